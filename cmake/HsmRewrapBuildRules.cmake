@@ -1,0 +1,42 @@
+# One helper per kind of target, so standard, warnings and includes are set once.
+
+function(hsmrewrap_warnings target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Wshadow
+    -Wnon-virtual-dtor -Wno-unused-parameter -Wno-missing-field-initializers)
+  if(HSMREWRAP_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+endfunction()
+
+# hsmrewrap_cc_library(NAME name SRCS ... DEPS ...): library hsmrewrap_<name>, alias hsmrewrap::<name>.
+function(hsmrewrap_cc_library)
+  cmake_parse_arguments(ARG "" "NAME" "SRCS;DEPS;PRIVATE_DEPS" ${ARGN})
+  set(t hsmrewrap_${ARG_NAME})
+  add_library(${t} STATIC ${ARG_SRCS})
+  add_library(hsmrewrap::${ARG_NAME} ALIAS ${t})
+  target_include_directories(${t} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${t} PUBLIC ${ARG_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
+  hsmrewrap_warnings(${t})
+endfunction()
+
+# hsmrewrap_cc_binary(NAME name SRCS ... DEPS ...)
+function(hsmrewrap_cc_binary)
+  cmake_parse_arguments(ARG "" "NAME" "SRCS;DEPS" ${ARGN})
+  add_executable(${ARG_NAME} ${ARG_SRCS})
+  target_include_directories(${ARG_NAME} PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS})
+  hsmrewrap_warnings(${ARG_NAME})
+endfunction()
+
+# hsmrewrap_cc_test(NAME name SRCS ... DEPS ... [LABELS ...])
+function(hsmrewrap_cc_test)
+  cmake_parse_arguments(ARG "" "NAME" "SRCS;DEPS;LABELS" ${ARGN})
+  add_executable(${ARG_NAME} ${ARG_SRCS})
+  target_include_directories(${ARG_NAME} PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS} GTest::gmock GTest::gtest_main)
+  hsmrewrap_warnings(${ARG_NAME})
+  add_test(NAME ${ARG_NAME} COMMAND ${ARG_NAME})
+  if(ARG_LABELS)
+    set_tests_properties(${ARG_NAME} PROPERTIES LABELS "${ARG_LABELS}")
+  endif()
+endfunction()
