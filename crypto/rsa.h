@@ -1,0 +1,41 @@
+// RSA padding helpers on the host: encryption to device/public keys and constant-time
+// padding removal for the HOST_UNPADDING path.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "crypto/keys.h"
+#include "crypto/secret.h"
+
+namespace hsmrewrap::crypto {
+
+enum class HashAlg { kSha1, kSha256, kSha384, kSha512 };
+size_t HashLen(HashAlg h);
+const EVP_MD* HashMd(HashAlg h);
+
+enum class RsaPadding { kOaepSha1, kOaepSha256, kOaepSha384, kOaepSha512, kPkcs1 };
+// The OAEP hash (MGF1 uses the same); not valid for kPkcs1.
+HashAlg OaepHash(RsaPadding p);
+// Largest plaintext this padding can carry for a key of modulus_len bytes (0 if none).
+size_t MaxPlaintextLen(RsaPadding p, size_t modulus_len);
+
+// Encrypts `plaintext` to an RSA public key (OAEP: MGF1 hash = OAEP hash, empty label).
+absl::StatusOr<Bytes> RsaEncrypt(const PublicKey& key, RsaPadding padding,
+                                 absl::Span<const uint8_t> plaintext);
+
+// Test helper: decrypts with an OpenSSL private key (PEM/DER). Not used by the service.
+absl::StatusOr<SecretBytes> RsaDecryptWithPrivateKey(absl::Span<const uint8_t> private_key_pem_or_der,
+                                                     RsaPadding padding,
+                                                     absl::Span<const uint8_t> ciphertext);
+
+// Removes EME-OAEP padding from a raw RSA output `em` (I2OSP'd to modulus_len bytes or
+// shorter; leading zeros may be missing) in constant time with respect to the padding's
+// validity. Every failure returns the same status: InvalidArgument("decryption failed").
+absl::StatusOr<SecretBytes> OaepUnpad(absl::Span<const uint8_t> em, size_t modulus_len,
+                                      HashAlg hash, HashAlg mgf1_hash);
+// Same for EME-PKCS1-v1_5 (constant time; same single failure status).
+absl::StatusOr<SecretBytes> Pkcs1Unpad(absl::Span<const uint8_t> em, size_t modulus_len);
+
+}  // namespace hsmrewrap::crypto
