@@ -1,0 +1,160 @@
+#include "service/config.h"
+
+#include <cstdlib>
+#include <thread>
+
+#include <yaml-cpp/yaml.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace hsmrewrap::service {
+namespace {
+
+absl::Status ParseBool(const std::string& key, const std::string& v, bool& out) {
+  std::string s = absl::AsciiStrToLower(v);
+  if (s == "true" || s == "yes" || s == "1" || s == "on") {
+    out = true;
+  } else if (s == "false" || s == "no" || s == "0" || s == "off") {
+    out = false;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(key, ": expected true or false, got '", v, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseU32(const std::string& key, const std::string& v, uint32_t& out) {
+  if (!absl::SimpleAtoi(v, &out)) {
+    return absl::InvalidArgumentError(absl::StrCat(key, ": expected a non-negative integer, got '", v, "'"));
+  }
+  return absl::OkStatus();
+}
+
+// One table of keys serves the YAML file and the environment alike.
+absl::Status SetKey(const std::string& key, const std::string& value, Config& c) {
+  if (key == "state_dir") { c.state_dir = value; return absl::OkStatus(); }
+  if (key == "listen") { c.listen = value; return absl::OkStatus(); }
+  if (key == "module") { c.module = value; return absl::OkStatus(); }
+  if (key == "init_args") { c.init_args = value; return absl::OkStatus(); }
+  if (key == "token") { c.token = value; return absl::OkStatus(); }
+  if (key == "token_uri") { c.token_uri = value; return absl::OkStatus(); }
+  if (key == "pin_file") { c.pin_file = value; return absl::OkStatus(); }
+  if (key == "log_level") { c.log_level = value; return absl::OkStatus(); }
+  if (key == "default_key") { c.default_key = value; return absl::OkStatus(); }
+  if (key == "allow_host_unpadding") {
+    c.allow_host_unpadding_set = true;
+    return ParseBool(key, value, c.allow_host_unpadding);
+  }
+  if (key == "pool_size") return ParseU32(key, value, c.pool_size);
+  if (key == "max_batch_items") return ParseU32(key, value, c.limits.max_batch_items);
+  if (key == "max_message_bytes") return ParseU32(key, value, c.limits.max_message_bytes);
+  if (key == "max_inflight_items") return ParseU32(key, value, c.limits.max_inflight_items);
+  return absl::InvalidArgumentError(absl::StrCat("unknown configuration key '", key, "'"));
+}
+
+constexpr const char* kKeys[] = {"state_dir", "listen", "module", "init_args", "token",
+                                 "token_uri", "pin_file", "log_level", "default_key",
+                                 "allow_host_unpadding", "pool_size", "max_batch_items",
+                                 "max_message_bytes", "max_inflight_items"};
+
+}  // namespace
+
+std::string DefaultStateDir() {
+  if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x) return absl::StrCat(x, "/hsm-rewrap");
+  if (const char* h = std::getenv("HOME"); h && *h) return absl::StrCat(h, "/.local/state/hsm-rewrap");
+  return ".hsm-rewrap";
+}
+
+absl::Status ApplyYamlFile(const std::string& path, Config& config) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config ", path, ": ", e.what()));
+  }
+  if (root.IsNull()) return absl::OkStatus();
+  if (!root.IsMap()) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": top level must be a mapping"));
+  for (const auto& kv : root) {
+    const std::string key = kv.first.as<std::string>();
+    const YAML::Node& v = kv.second;
+    if (key == "limits") {  // nested form: limits: {max_batch_items: ..}
+      if (!v.IsMap()) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": 'limits' must be a mapping"));
+      for (const auto& lv : v) {
+        auto st = SetKey(lv.first.as<std::string>(), lv.second.as<std::string>(), config);
+        if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": limits.", st.message()));
+      }
+      continue;
+    }
+    if (!v.IsScalar()) {
+      return absl::InvalidArgumentError(absl::StrCat("config ", path, ": '", key, "' must be a scalar"));
+    }
+    auto st = SetKey(key, v.as<std::string>(), config);
+    if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": ", st.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ApplyEnvironment(Config& config) {
+  for (const char* key : kKeys) {
+    std::string var = absl::StrCat("HSMREWRAP_", absl::AsciiStrToUpper(key));
+    if (const char* v = std::getenv(var.c_str()); v != nullptr) {
+      auto st = SetKey(key, v, config);
+      if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat(var, ": ", st.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Finalize(Config& c) {
+  if (c.state_dir.empty()) c.state_dir = DefaultStateDir();
+  if (c.pool_size == 0) c.pool_size = std::max(2u, std::thread::hardware_concurrency());
+  if (c.pool_size > 256) return absl::InvalidArgumentError("pool_size: at most 256");
+  if (c.limits.max_batch_items == 0) return absl::InvalidArgumentError("max_batch_items must be at least 1");
+  if (c.limits.max_inflight_items < c.limits.max_batch_items) {
+    return absl::InvalidArgumentError("max_inflight_items must be at least max_batch_items");
+  }
+  if (c.limits.max_message_bytes < 4096) return absl::InvalidArgumentError("max_message_bytes must be at least 4096");
+  if (c.listen.find(':') == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("listen: expected HOST:PORT, got '", c.listen, "'"));
+  }
+  if (c.embedded()) {
+    // The embedded SoftHSM2 default cannot decrypt OAEP-SHA2 natively (TOKENS.md §1), so it
+    // allows host unpadding unless the user said otherwise.
+    if (!c.allow_host_unpadding_set) c.allow_host_unpadding = true;
+    if (!c.token.empty() || !c.token_uri.empty() || !c.init_args.empty()) {
+      return absl::InvalidArgumentError("token, token_uri and init_args need module to be set");
+    }
+  } else if (c.token.empty() && c.token_uri.empty()) {
+    return absl::InvalidArgumentError("with module set, name the token with token (label) or token_uri");
+  }
+  static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+  bool level_ok = false;
+  for (const char* l : kLevels) level_ok |= (c.log_level == l);
+  if (!level_ok) return absl::InvalidArgumentError(absl::StrCat("log_level: unknown level '", c.log_level, "'"));
+  return absl::OkStatus();
+}
+
+std::string Describe(const Config& c) {
+  std::string s;
+  absl::StrAppend(&s, "listen:               ", c.listen, "\n");
+  absl::StrAppend(&s, "state dir:            ", c.state_dir, "\n");
+  if (c.embedded()) {
+    absl::StrAppend(&s, "token:                embedded SoftHSM2 token 'hsm-rewrap' in ", c.state_dir,
+                    "/tokens (created on first run, key '", c.default_key, "')\n");
+  } else {
+    absl::StrAppend(&s, "module:               ", c.module, "\n");
+    if (!c.init_args.empty()) absl::StrAppend(&s, "init args:            ", c.init_args, "\n");
+    absl::StrAppend(&s, "token:                ", c.token_uri.empty() ? "label " + c.token : c.token_uri, "\n");
+    absl::StrAppend(&s, "PIN from:             ",
+                    c.pin_file.empty() ? "$HSMREWRAP_PIN or systemd credential 'pin'" : c.pin_file, "\n");
+  }
+  absl::StrAppend(&s, "host unpadding:       ", c.allow_host_unpadding ? "ALLOWED" : "denied", "\n");
+  absl::StrAppend(&s, "session pool:         ", c.pool_size, "\n");
+  absl::StrAppend(&s, "limits:               ", c.limits.max_batch_items, " items/batch, ",
+                  c.limits.max_message_bytes, " bytes/message, ", c.limits.max_inflight_items,
+                  " items in flight\n");
+  return s;
+}
+
+}  // namespace hsmrewrap::service

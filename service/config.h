@@ -1,0 +1,51 @@
+// rewrapd configuration: built-in defaults, then the YAML file (--config), then
+// HSMREWRAP_* environment variables, then command-line flags (last wins).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace hsmrewrap::service {
+
+struct Limits {
+  uint32_t max_batch_items = 1000;          // items in one RewrapRequest
+  uint32_t max_message_bytes = 16u << 20;   // gRPC receive limit
+  uint32_t max_inflight_items = 10000;      // items queued or running in the engine
+};
+
+struct Config {
+  std::string config_file;        // --config
+  std::string state_dir;          // --state-dir (embedded default keeps its token here)
+  std::string listen = "127.0.0.1:50051";
+  std::string module;             // --module; empty = embedded SoftHSM2 default
+  std::string init_args;          // --init-args (vendor C_Initialize pReserved string)
+  std::string token;              // --token LABEL
+  std::string token_uri;          // RFC 7512 URI selecting the token (pkcs11:token=...)
+  std::string pin_file;           // --pin-file; else $HSMREWRAP_PIN or systemd credential "pin"
+  bool allow_host_unpadding = false;
+  bool allow_host_unpadding_set = false;  // true when the user said so either way
+  uint32_t pool_size = 0;         // HSM sessions = worker threads; 0 = number of cores (min 2)
+  Limits limits;
+  std::string log_level = "info";
+  std::string default_key = "default";  // key the embedded default creates
+
+  bool embedded() const { return module.empty(); }
+};
+
+// The default state folder: $XDG_STATE_HOME/hsm-rewrap, else ~/.local/state/hsm-rewrap.
+std::string DefaultStateDir();
+
+// Applies a YAML file's keys onto `config`. Unknown keys are an error (typos matter).
+absl::Status ApplyYamlFile(const std::string& path, Config& config);
+// Applies HSMREWRAP_<KEY> environment variables (e.g. HSMREWRAP_LISTEN).
+absl::Status ApplyEnvironment(Config& config);
+// Fills derived defaults and checks values; returns a clear error.
+absl::Status Finalize(Config& config);
+
+// A human summary of what rewrapd will do (for --check-config and the start banner).
+std::string Describe(const Config& config);
+
+}  // namespace hsmrewrap::service

@@ -1,0 +1,409 @@
+#include "service/engine.h"
+
+#include <unordered_set>
+
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+#include "crypto/cms.h"
+#include "crypto/rsa.h"
+
+namespace hsmrewrap::service {
+namespace {
+
+using crypto::RsaPadding;
+using v1::ItemError;
+
+void Fail(v1::RewrapResult& r, ItemError::Code code, std::string message) {
+  r.clear_ciphertext();
+  r.set_path(v1::PATH_UNSPECIFIED);
+  r.mutable_error()->set_code(code);
+  r.mutable_error()->set_message(std::move(message));
+}
+
+void FailDecrypt(v1::RewrapResult& r) { Fail(r, ItemError::DECRYPT_FAILED, kDecryptFailedMessage); }
+
+// Token errors while decrypting: token loss is UNAVAILABLE (retry elsewhere is safe);
+// anything else, whatever the token said, is the one uniform DECRYPT_FAILED.
+void FailFromToken(v1::RewrapResult& r, const absl::Status& s, const std::string& key) {
+  if (s.code() == absl::StatusCode::kUnavailable) {
+    Fail(r, ItemError::UNAVAILABLE, absl::StrCat("token unavailable: ", s.message()));
+    return;
+  }
+  if (!hsm::IsDecryptFailed(s)) {
+    spdlog::debug("item {}: key {}: token error reported as decryption failure: {}", r.id(), key,
+                  s.ToString());
+  }
+  FailDecrypt(r);
+}
+
+const char* PaddingName(v1::Padding p) { return v1::Padding_Name(p).c_str(); }
+
+bool IsBareFormat(v1::OutputFormat f) {
+  return f != v1::CMS_ENVELOPED && f != v1::CMS_ENVELOPED_PKCS1;
+}
+
+// The padding of a bare RSA output format.
+RsaPadding BarePadding(v1::OutputFormat f) {
+  switch (f) {
+    case v1::RSA_OAEP_SHA1: return RsaPadding::kOaepSha1;
+    case v1::RSA_OAEP_SHA384: return RsaPadding::kOaepSha384;
+    case v1::RSA_OAEP_SHA512: return RsaPadding::kOaepSha512;
+    case v1::RSA_PKCS1: return RsaPadding::kPkcs1;
+    case v1::RSA_OAEP_SHA256:
+    default: return RsaPadding::kOaepSha256;
+  }
+}
+
+constexpr RsaPadding kAllPaddings[] = {RsaPadding::kOaepSha256, RsaPadding::kOaepSha384,
+                                       RsaPadding::kOaepSha512, RsaPadding::kOaepSha1,
+                                       RsaPadding::kPkcs1};
+
+}  // namespace
+
+bool PaddingFromProto(v1::Padding p, RsaPadding* out) {
+  switch (p) {
+    case v1::OAEP_SHA256: *out = RsaPadding::kOaepSha256; return true;
+    case v1::OAEP_SHA384: *out = RsaPadding::kOaepSha384; return true;
+    case v1::OAEP_SHA512: *out = RsaPadding::kOaepSha512; return true;
+    case v1::OAEP_SHA1: *out = RsaPadding::kOaepSha1; return true;
+    case v1::PKCS1: *out = RsaPadding::kPkcs1; return true;
+    default: return false;
+  }
+}
+
+v1::Padding PaddingToProto(RsaPadding p) {
+  switch (p) {
+    case RsaPadding::kOaepSha256: return v1::OAEP_SHA256;
+    case RsaPadding::kOaepSha384: return v1::OAEP_SHA384;
+    case RsaPadding::kOaepSha512: return v1::OAEP_SHA512;
+    case RsaPadding::kOaepSha1: return v1::OAEP_SHA1;
+    case RsaPadding::kPkcs1: return v1::PKCS1;
+  }
+  return v1::PADDING_UNSPECIFIED;
+}
+
+v1::Path PathToProto(hsm::Path p) {
+  switch (p) {
+    case hsm::Path::kInToken: return v1::IN_TOKEN;
+    case hsm::Path::kTokenDecrypt: return v1::TOKEN_DECRYPT;
+    case hsm::Path::kHostUnpadding: return v1::HOST_UNPADDING;
+  }
+  return v1::PATH_UNSPECIFIED;
+}
+
+// ---------------------------------------------------------------------------------------
+// KeyDirectory
+
+absl::StatusOr<std::shared_ptr<const KeyEntry>> KeyDirectory::Get(const std::string& name) {
+  {
+    std::shared_lock<std::shared_mutex> l(mu_);
+    auto it = keys_.find(name);
+    if (it != keys_.end()) return it->second;
+  }
+  auto info = backend_->GetKey(name);
+  if (!info.ok()) return info.status();
+  return Put(*std::move(info));
+}
+
+absl::StatusOr<std::shared_ptr<const KeyEntry>> KeyDirectory::Put(hsm::KeyInfo info) {
+  auto pub = crypto::PublicKey::FromSpki(info.spki_der);
+  if (!pub.ok()) {
+    return absl::InternalError(absl::StrCat("key '", info.name, "': public key does not parse: ",
+                                            pub.status().message()));
+  }
+  auto entry = std::make_shared<KeyEntry>(KeyEntry{std::move(info), *std::move(pub), 0});
+  entry->modulus_len = static_cast<size_t>((entry->public_key.bits() + 7) / 8);
+  std::unique_lock<std::shared_mutex> l(mu_);
+  keys_[entry->info.name] = entry;
+  return std::shared_ptr<const KeyEntry>(entry);
+}
+
+void KeyDirectory::Forget(const std::string& name) {
+  std::unique_lock<std::shared_mutex> l(mu_);
+  keys_.erase(name);
+}
+
+// ---------------------------------------------------------------------------------------
+// RewrapEngine
+
+RewrapEngine::RewrapEngine(std::shared_ptr<hsm::KeyBackend> backend, Options options)
+    : backend_(backend), options_(options), keys_(backend),
+      pool_(std::make_unique<WorkerPool>(options.workers)) {}
+
+RewrapEngine::~RewrapEngine() { pool_.reset(); }
+
+std::vector<std::pair<RsaPadding, std::vector<hsm::Path>>> RewrapEngine::PathsFor(
+    const hsm::KeyInfo& info) {
+  std::vector<std::pair<RsaPadding, std::vector<hsm::Path>>> out;
+  const bool can_wrap = !backend_->WrapPaddings().empty();
+  for (RsaPadding p : kAllPaddings) {
+    if (p == RsaPadding::kPkcs1 && !info.allow_pkcs1) continue;
+    std::vector<hsm::Path> paths;
+    if (can_wrap && info.caps.unwrap.count(p)) paths.push_back(hsm::Path::kInToken);
+    if (info.caps.decrypt.count(p)) paths.push_back(hsm::Path::kTokenDecrypt);
+    if (options_.allow_host_unpadding && info.caps.raw_rsa) paths.push_back(hsm::Path::kHostUnpadding);
+    out.emplace_back(p, std::move(paths));
+  }
+  return out;
+}
+
+absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> request, Done done) {
+  const size_t n = static_cast<size_t>(request->items_size());
+  if (n == 0) return absl::InvalidArgumentError("the batch is empty: send at least one item");
+  if (n > options_.limits.max_batch_items) {
+    return absl::InvalidArgumentError(absl::StrCat("the batch has ", n, " items; the limit is ",
+                                                   options_.limits.max_batch_items,
+                                                   " (max_batch_items): split it"));
+  }
+  size_t before = inflight_.fetch_add(n);
+  if (before + n > options_.limits.max_inflight_items) {
+    inflight_.fetch_sub(n);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the service has ", before, " items in flight and takes at most ",
+        options_.limits.max_inflight_items, " (max_inflight_items): retry later"));
+  }
+
+  // Ids that occur more than once: every occurrence fails, since the caller could not
+  // tell their results apart by id.
+  std::unordered_set<std::string> seen, dups;
+  for (const auto& item : request->items()) {
+    if (!item.id().empty() && !seen.insert(item.id()).second) dups.insert(item.id());
+  }
+
+  struct Batch {
+    std::shared_ptr<const v1::RewrapRequest> request;
+    v1::RewrapResponse response;
+    std::atomic<size_t> remaining;
+    Done done;
+  };
+  auto batch = std::make_shared<Batch>();
+  batch->request = std::move(request);
+  batch->remaining.store(n);
+  batch->done = std::move(done);
+  for (size_t i = 0; i < n; ++i) batch->response.add_results();
+
+  auto finish_one = [this, batch]() {
+    inflight_.fetch_sub(1);
+    if (batch->remaining.fetch_sub(1) == 1) batch->done(std::move(batch->response));
+  };
+
+  for (size_t i = 0; i < n; ++i) {
+    const v1::RewrapItem& item = batch->request->items(static_cast<int>(i));
+    v1::RewrapResult* slot = batch->response.mutable_results(static_cast<int>(i));
+    if (dups.count(item.id())) {
+      slot->set_id(item.id());
+      Fail(*slot, ItemError::INVALID_ITEM,
+           absl::StrCat("id '", item.id(), "' occurs more than once in the batch; ids must be unique"));
+      finish_one();
+      continue;
+    }
+    pool_->Post([this, &item, slot, finish_one]() {
+      *slot = ProcessItem(item);
+      finish_one();
+    });
+  }
+  return absl::OkStatus();
+}
+
+v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item) {
+  v1::RewrapResult r;
+  r.set_id(item.id());
+
+  // 1. Everything that can be checked without the token.
+  if (item.id().empty()) {
+    Fail(r, ItemError::INVALID_ITEM, "id is empty: every item needs an id unique in its batch");
+    return r;
+  }
+  if (item.key_name().empty()) {
+    Fail(r, ItemError::INVALID_ITEM, "key_name is empty");
+    return r;
+  }
+  RsaPadding in_padding;
+  if (!v1::Padding_IsValid(item.padding())) {
+    Fail(r, ItemError::INVALID_ITEM, absl::StrCat("padding: unknown value ", item.padding()));
+    return r;
+  }
+  if (!PaddingFromProto(item.padding(), &in_padding)) {
+    Fail(r, ItemError::INVALID_ITEM, "padding is not set: name the padding the secret was sealed with");
+    return r;
+  }
+  if (!v1::OutputFormat_IsValid(item.format())) {
+    Fail(r, ItemError::INVALID_ITEM, absl::StrCat("format: unknown value ", item.format()));
+    return r;
+  }
+  if (item.ciphertext().empty()) {
+    Fail(r, ItemError::INVALID_ITEM, "ciphertext is empty");
+    return r;
+  }
+
+  // The recipient.
+  std::optional<crypto::Certificate> cert;
+  std::optional<crypto::PublicKey> device_key;
+  std::shared_ptr<const KeyEntry> target_key;
+  RsaPadding out_padding = BarePadding(item.format());
+  bool bare = IsBareFormat(item.format());
+  const auto& rcp = item.recipient();
+  const auto bytes_of = [](const std::string& s) {
+    return absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+  };
+  switch (rcp.kind_case()) {
+    case v1::Recipient::kCertificate: {
+      auto c = crypto::Certificate::Parse(bytes_of(rcp.certificate()));
+      if (!c.ok()) {
+        Fail(r, ItemError::INVALID_ITEM,
+             absl::StrCat("recipient certificate does not parse: ", c.status().message()));
+        return r;
+      }
+      device_key = c->public_key();
+      cert = *std::move(c);
+      break;
+    }
+    case v1::Recipient::kPublicKey: {
+      auto k = crypto::PublicKey::FromSpki(bytes_of(rcp.public_key()));
+      if (!k.ok()) {
+        Fail(r, ItemError::INVALID_ITEM,
+             absl::StrCat("recipient public_key does not parse as a SubjectPublicKeyInfo: ",
+                          k.status().message()));
+        return r;
+      }
+      device_key = *std::move(k);
+      break;
+    }
+    case v1::Recipient::kServiceKey: {
+      if (item.format() == v1::CMS_ENVELOPED_PKCS1) {
+        Fail(r, ItemError::INVALID_ITEM,
+             "format CMS_ENVELOPED_PKCS1 does not apply to a service_key recipient; use a bare RSA_* format");
+        return r;
+      }
+      if (!bare) out_padding = RsaPadding::kOaepSha512;  // Intune's default padding
+      bare = true;
+      auto t = keys_.Get(rcp.service_key());
+      if (!t.ok()) {
+        if (t.status().code() == absl::StatusCode::kNotFound) {
+          Fail(r, ItemError::KEY_NOT_FOUND,
+               absl::StrCat("recipient service key '", rcp.service_key(), "' not found"));
+        } else {
+          FailFromToken(r, t.status(), rcp.service_key());
+        }
+        return r;
+      }
+      if (!(*t)->info.enabled) {
+        Fail(r, ItemError::KEY_DISABLED,
+             absl::StrCat("recipient service key '", rcp.service_key(), "' is disabled"));
+        return r;
+      }
+      target_key = *t;
+      device_key = target_key->public_key;
+      break;
+    }
+    default:
+      Fail(r, ItemError::INVALID_ITEM, "recipient is not set: give a certificate, public_key or service_key");
+      return r;
+  }
+  if (device_key->is_rsa()) {
+    if (device_key->bits() < 2048) {
+      Fail(r, ItemError::INVALID_ITEM,
+           absl::StrCat("recipient RSA key has ", device_key->bits(), " bits; at least 2048 are required"));
+      return r;
+    }
+  } else if (bare) {
+    Fail(r, ItemError::INVALID_ITEM,
+         absl::StrCat("recipient is not an RSA key; format ", v1::OutputFormat_Name(item.format()),
+                      " needs one (use CMS_ENVELOPED for EC devices)"));
+    return r;
+  } else if (!device_key->is_ec()) {
+    Fail(r, ItemError::INVALID_ITEM, "recipient key is neither RSA nor EC");
+    return r;
+  }
+
+  // 2. The service key.
+  auto key_or = keys_.Get(item.key_name());
+  if (!key_or.ok()) {
+    if (key_or.status().code() == absl::StatusCode::kNotFound) {
+      Fail(r, ItemError::KEY_NOT_FOUND, absl::StrCat("key '", item.key_name(), "' not found"));
+    } else {
+      FailFromToken(r, key_or.status(), item.key_name());
+    }
+    return r;
+  }
+  const KeyEntry& key = **key_or;
+  if (!key.info.enabled) {
+    Fail(r, ItemError::KEY_DISABLED, absl::StrCat("key '", item.key_name(), "' is disabled"));
+    return r;
+  }
+  if (item.ciphertext().size() != key.modulus_len) {
+    Fail(r, ItemError::INVALID_ITEM,
+         absl::StrCat("ciphertext is ", item.ciphertext().size(), " bytes; key '", item.key_name(),
+                      "' needs exactly ", key.modulus_len, " (its modulus length)"));
+    return r;
+  }
+  if (in_padding == RsaPadding::kPkcs1 && !key.info.allow_pkcs1) {
+    Fail(r, ItemError::UNSUPPORTED,
+         absl::StrCat("key '", item.key_name(),
+                      "' does not accept PKCS1 sealed secrets; only keys created or imported with "
+                      "allow_pkcs1 do"));
+    return r;
+  }
+
+  // 3. The best path this token offers for the item.
+  const auto& caps = key.info.caps;
+  const auto ct = bytes_of(item.ciphertext());
+  if (bare && caps.unwrap.count(in_padding) && backend_->WrapPaddings().count(out_padding)) {
+    auto out = backend_->RewrapInToken(item.key_name(), in_padding, ct, *device_key, out_padding);
+    if (!out.ok()) {
+      FailFromToken(r, out.status(), item.key_name());
+      return r;
+    }
+    r.set_ciphertext(out->data(), out->size());
+    r.set_path(v1::IN_TOKEN);
+    return r;
+  }
+  hsm::Path path;
+  if (caps.decrypt.count(in_padding)) {
+    path = hsm::Path::kTokenDecrypt;
+  } else if (options_.allow_host_unpadding && caps.raw_rsa) {
+    path = hsm::Path::kHostUnpadding;
+  } else {
+    Fail(r, ItemError::UNSUPPORTED,
+         absl::StrCat("key '", item.key_name(), "' on this token cannot decrypt ",
+                      PaddingName(item.padding()),
+                      options_.allow_host_unpadding
+                          ? " (the token refuses it and raw RSA)"
+                          : " natively, and host unpadding is not allowed (allow_host_unpadding)"));
+    return r;
+  }
+  auto plain = backend_->Decrypt(item.key_name(), in_padding, ct, path);
+  if (!plain.ok()) {
+    FailFromToken(r, plain.status(), item.key_name());
+    return r;
+  }
+
+  // 4. Re-encrypt on the host; `plain` is wiped when it goes out of scope.
+  absl::StatusOr<crypto::Bytes> out;
+  if (bare) {
+    const size_t max = crypto::MaxPlaintextLen(out_padding, static_cast<size_t>((device_key->bits() + 7) / 8));
+    if (plain->size() > max) {
+      Fail(r, ItemError::INVALID_ITEM,
+           "the unsealed secret is too long for the recipient key with this output format");
+      return r;
+    }
+    out = crypto::RsaEncrypt(*device_key, out_padding, crypto::Reveal(*plain));
+  } else {
+    crypto::CmsOptions opts;
+    opts.key_transport = item.format() == v1::CMS_ENVELOPED_PKCS1 ? crypto::CmsKeyTransport::kRsaPkcs1
+                                                                  : crypto::CmsKeyTransport::kRsaOaepSha256;
+    out = cert ? crypto::CmsEnvelopeToCertificate(*cert, crypto::Reveal(*plain), opts)
+               : crypto::CmsEnvelopeToPublicKey(*device_key, crypto::Reveal(*plain), opts);
+  }
+  if (!out.ok()) {
+    spdlog::warn("item {}: encrypting to the recipient failed: {}", item.id(), out.status().ToString());
+    Fail(r, ItemError::INTERNAL, "encrypting to the recipient failed");
+    return r;
+  }
+  r.set_ciphertext(out->data(), out->size());
+  r.set_path(PathToProto(path));
+  return r;
+}
+
+}  // namespace hsmrewrap::service

@@ -1,0 +1,92 @@
+// The rewrap engine: business logic apart from gRPC. Validates items, picks the best
+// path per item, runs the token work on a bounded worker pool and gathers results in
+// order. The gRPC adapters in service/grpc_services.h only translate.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "crypto/keys.h"
+#include "hsm/backend.h"
+#include "hsmrewrap/v1/rewrap.pb.h"
+#include "service/config.h"
+#include "service/worker_pool.h"
+
+namespace hsmrewrap::service {
+
+namespace v1 = ::hsmrewrap::v1;
+
+// The one message every decryption failure carries, whatever the token said.
+inline constexpr char kDecryptFailedMessage[] = "decryption failed";
+
+// A service key as the engine serves it: the token's KeyInfo plus its parsed public key.
+struct KeyEntry {
+  hsm::KeyInfo info;
+  crypto::PublicKey public_key;
+  size_t modulus_len = 0;
+};
+
+// Caches KeyEntry by name; a miss asks the backend (another replica may have created it).
+class KeyDirectory final {
+ public:
+  explicit KeyDirectory(std::shared_ptr<hsm::KeyBackend> backend) : backend_(std::move(backend)) {}
+  absl::StatusOr<std::shared_ptr<const KeyEntry>> Get(const std::string& name);
+  absl::StatusOr<std::shared_ptr<const KeyEntry>> Put(hsm::KeyInfo info);
+  void Forget(const std::string& name);
+
+ private:
+  std::shared_ptr<hsm::KeyBackend> backend_;
+  std::shared_mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<const KeyEntry>> keys_;  // guarded by mu_
+};
+
+class RewrapEngine final {
+ public:
+  struct Options {
+    unsigned workers = 2;
+    Limits limits;
+    bool allow_host_unpadding = false;
+  };
+  using Done = std::function<void(v1::RewrapResponse)>;
+
+  RewrapEngine(std::shared_ptr<hsm::KeyBackend> backend, Options options);
+  ~RewrapEngine();
+  RewrapEngine(const RewrapEngine&) = delete;  // owns the worker threads
+  RewrapEngine& operator=(const RewrapEngine&) = delete;
+
+  // Checks batch-level limits (empty, too many items, too much in flight) and returns a
+  // status for the whole batch if they fail. Otherwise takes ownership of `request`,
+  // processes its items on the workers and calls `done` exactly once, from a worker
+  // thread, with one result per item in order.
+  absl::Status Submit(std::shared_ptr<const v1::RewrapRequest> request, Done done);
+
+  // Runs one item to completion on the calling thread (exposed for tests and the baseline).
+  v1::RewrapResult ProcessItem(const v1::RewrapItem& item);
+
+  KeyDirectory& keys() { return keys_; }
+  hsm::KeyBackend& backend() { return *backend_; }
+  size_t inflight() const { return inflight_.load(); }
+
+  // The paths this engine would offer a key for each padding, best first.
+  std::vector<std::pair<crypto::RsaPadding, std::vector<hsm::Path>>> PathsFor(const hsm::KeyInfo& info);
+
+ private:
+  std::shared_ptr<hsm::KeyBackend> backend_;
+  Options options_;
+  KeyDirectory keys_;
+  std::atomic<size_t> inflight_{0};
+  std::unique_ptr<WorkerPool> pool_;  // last: destroyed (joined) first
+};
+
+// Conversions between the API's enums and crypto's, shared with the Keys adapter.
+bool PaddingFromProto(v1::Padding p, crypto::RsaPadding* out);
+v1::Padding PaddingToProto(crypto::RsaPadding p);
+v1::Path PathToProto(hsm::Path p);
+
+}  // namespace hsmrewrap::service

@@ -1,0 +1,216 @@
+// rewrapd: the hsm-rewrap daemon.
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+#include "service/bootstrap.h"
+#include "service/config.h"
+#include "service/engine.h"
+#include "service/grpc_services.h"
+
+#ifndef HSMREWRAP_VERSION
+#define HSMREWRAP_VERSION "0.0.0"
+#endif
+
+namespace hsmrewrap::service {
+namespace {
+
+std::atomic<int> g_signal{0};
+void OnSignal(int sig) { g_signal.store(sig); }
+
+// No core dumps and no ptrace by other users: secrets pass through this process.
+void HardenProcess() {
+  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  struct rlimit no_core {0, 0};
+  ::setrlimit(RLIMIT_CORE, &no_core);
+}
+
+int Run(int argc, char** argv) {
+  CLI::App app{"rewrapd: rewraps sealed secrets with RSA keys kept in a PKCS#11 token.\n"
+               "With no arguments it creates (first run) and uses an embedded SoftHSM2 token\n"
+               "under the state folder, with a 2048-bit key named 'default', and serves on\n"
+               "127.0.0.1:50051. Every option is also a key of the YAML --config file and an\n"
+               "HSMREWRAP_<KEY> environment variable; flags win over both.",
+               "rewrapd"};
+  std::optional<std::string> config_file, state_dir, listen, module, init_args, token, token_uri,
+      pin_file, log_level;
+  std::optional<uint32_t> pool_size, max_batch, max_inflight, max_message;
+  bool allow_host_unpadding = false, deny_host_unpadding = false, check_config = false, version = false;
+  app.add_option("--config", config_file, "YAML configuration file")->check(CLI::ExistingFile);
+  app.add_option("--state-dir", state_dir, "state folder (default $XDG_STATE_HOME/hsm-rewrap or ~/.local/state/hsm-rewrap)");
+  app.add_option("--listen", listen, "HOST:PORT to serve gRPC on (default 127.0.0.1:50051; port 0 picks one)");
+  app.add_option("--module", module, "PKCS#11 module path (default: the embedded SoftHSM2 token)");
+  app.add_option("--init-args", init_args, "vendor C_Initialize argument string (NSS softoken needs one)");
+  app.add_option("--token", token, "token label");
+  app.add_option("--token-uri", token_uri, "RFC 7512 PKCS#11 URI of the token (pkcs11:token=...;serial=...)");
+  app.add_option("--pin-file", pin_file, "file holding the user PIN (else $HSMREWRAP_PIN or the systemd credential 'pin')");
+  app.add_flag("--allow-host-unpadding", allow_host_unpadding,
+               "allow raw RSA in the token + OAEP/PKCS#1 unpadding on the host for paddings the token cannot do");
+  app.add_flag("--deny-host-unpadding", deny_host_unpadding, "never unpad on the host (the embedded default allows it)");
+  app.add_option("--pool-size", pool_size, "PKCS#11 sessions and HSM worker threads (default: cores, at least 2)");
+  app.add_option("--max-batch-items", max_batch, "items per batch (default 1000)");
+  app.add_option("--max-inflight-items", max_inflight, "items queued or running (default 10000)");
+  app.add_option("--max-message-bytes", max_message, "largest request message (default 16 MiB)");
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error (default info)");
+  app.add_flag("--check-config", check_config, "validate the configuration, print what rewrapd would do, exit");
+  app.add_flag("--version", version, "print the version and exit");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);  // --help exits 0; a bad flag exits 2 with the reason
+  }
+  if (version) {
+    std::cout << "rewrapd " << HSMREWRAP_VERSION << "\n";
+    return 0;
+  }
+
+  Config c;
+  if (config_file) {
+    c.config_file = *config_file;
+    if (auto st = ApplyYamlFile(*config_file, c); !st.ok()) {
+      std::cerr << "rewrapd: " << st.message() << "\n";
+      return 2;
+    }
+  }
+  if (auto st = ApplyEnvironment(c); !st.ok()) {
+    std::cerr << "rewrapd: " << st.message() << "\n";
+    return 2;
+  }
+  if (state_dir) c.state_dir = *state_dir;
+  if (listen) c.listen = *listen;
+  if (module) c.module = *module;
+  if (init_args) c.init_args = *init_args;
+  if (token) c.token = *token;
+  if (token_uri) c.token_uri = *token_uri;
+  if (pin_file) c.pin_file = *pin_file;
+  if (log_level) c.log_level = *log_level;
+  if (pool_size) c.pool_size = *pool_size;
+  if (max_batch) c.limits.max_batch_items = *max_batch;
+  if (max_inflight) c.limits.max_inflight_items = *max_inflight;
+  if (max_message) c.limits.max_message_bytes = *max_message;
+  if (allow_host_unpadding && deny_host_unpadding) {
+    std::cerr << "rewrapd: --allow-host-unpadding and --deny-host-unpadding contradict each other\n";
+    return 2;
+  }
+  if (allow_host_unpadding || deny_host_unpadding) {
+    c.allow_host_unpadding = allow_host_unpadding;
+    c.allow_host_unpadding_set = true;
+  }
+  if (auto st = Finalize(c); !st.ok()) {
+    std::cerr << "rewrapd: configuration: " << st.message() << "\n";
+    return 2;
+  }
+  if (check_config) {
+    std::cout << "configuration is valid\n" << Describe(c);
+    return 0;
+  }
+
+  auto logger = spdlog::stderr_color_mt("rewrapd");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(c.log_level));
+  HardenProcess();
+
+  auto started = OpenToken(c);
+  if (!started.ok()) {
+    spdlog::error("cannot open the token: {}", started.status().ToString());
+    return 1;
+  }
+  if (c.allow_host_unpadding) {
+    spdlog::warn("HOST UNPADDING IS ALLOWED: for paddings this token cannot decrypt natively, the token does raw RSA "
+                 "and the padding is removed on this host, so plaintext passes through host memory. "
+                 "{}", c.embedded() ? "This is the embedded SoftHSM2 development default; use a real HSM and "
+                                      "leave allow_host_unpadding off in production."
+                                    : "It was enabled by configuration.");
+  }
+
+  RewrapEngine::Options eo;
+  eo.workers = c.pool_size;
+  eo.limits = c.limits;
+  eo.allow_host_unpadding = c.allow_host_unpadding;
+  RewrapEngine engine(started->backend, eo);
+  RewrapServiceImpl rewrap_service(&engine);
+  KeysServiceImpl keys_service(&engine, started->token_label);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(c.limits.max_message_bytes));
+  builder.RegisterService(&rewrap_service);
+  builder.RegisterService(&keys_service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) {
+    spdlog::error("cannot listen on {}", c.listen);
+    return 1;
+  }
+  const std::string host = c.listen.substr(0, c.listen.rfind(':'));
+  const std::string addr = absl::StrCat(host, ":", port);
+
+  auto* health = server->GetHealthCheckService();
+  auto set_health = [&](bool ok) {
+    health->SetServingStatus(ok);
+    health->SetServingStatus("hsmrewrap.v1.Rewrap", ok);
+    health->SetServingStatus("hsmrewrap.v1.Keys", ok);
+  };
+  set_health(true);
+
+  auto keys = started->backend->ListKeys();
+  if (keys.ok()) {
+    for (const auto& k : *keys) {
+      v1::KeyInfo info;
+      keys_service.ToProto(k, &info);
+      std::string paths;
+      for (const auto& p : info.paths()) {
+        absl::StrAppend(&paths, paths.empty() ? "" : ", ", v1::Padding_Name(p.padding()), "=");
+        if (p.paths().empty()) absl::StrAppend(&paths, "none");
+        for (int i = 0; i < p.paths_size(); ++i) {
+          absl::StrAppend(&paths, i ? "|" : "", v1::Path_Name(static_cast<v1::Path>(p.paths(i))));
+        }
+      }
+      spdlog::info("key '{}': {} bits, {}, paths: {}", k.name, k.bits, k.enabled ? "enabled" : "disabled", paths);
+    }
+  }
+
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+  std::cout << "rewrapd serving on " << addr << std::endl;
+  std::cout << "token: " << started->token_label << (c.embedded() ? " (embedded SoftHSM2 in " + c.state_dir + ")" : "")
+            << "\ntry:   rewrapctl --target " << addr << " keys list" << std::endl;
+
+  // Health follows the token; signals end the loop.
+  bool healthy = true;
+  while (g_signal.load() == 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    bool now = started->backend->Healthy();
+    if (now != healthy) {
+      healthy = now;
+      set_health(now);
+      if (now) spdlog::info("token is back: serving");
+      else spdlog::error("token unavailable: health NOT_SERVING");
+    }
+  }
+  spdlog::info("signal {}: draining for up to 10 s", g_signal.load());
+  set_health(false);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  server->Wait();
+  return 0;
+}
+
+}  // namespace
+}  // namespace hsmrewrap::service
+
+int main(int argc, char** argv) { return hsmrewrap::service::Run(argc, argv); }
