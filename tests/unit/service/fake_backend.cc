@@ -1,0 +1,95 @@
+#include "tests/unit/service/fake_backend.h"
+
+#include <openssl/x509.h>
+
+namespace hsmrewrap::testing {
+
+std::string MakeRsaPrivateKeyPem(int bits) {
+  EVP_PKEY* pkey = EVP_RSA_gen(static_cast<unsigned>(bits));
+  BIO* bio = BIO_new(BIO_s_mem());
+  PEM_write_bio_PrivateKey(bio, pkey, nullptr, nullptr, 0, nullptr, nullptr);
+  char* data = nullptr;
+  long n = BIO_get_mem_data(bio, &data);
+  std::string pem(data, static_cast<size_t>(n));
+  BIO_free(bio);
+  EVP_PKEY_free(pkey);
+  return pem;
+}
+
+crypto::Bytes SpkiOfPrivatePem(const std::string& pem) {
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  EVP_PKEY* pkey = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  unsigned char* der = nullptr;
+  int n = i2d_PUBKEY(pkey, &der);
+  crypto::Bytes out(der, der + n);
+  OPENSSL_free(der);
+  EVP_PKEY_free(pkey);
+  return out;
+}
+
+void FakeBackend::AddKey(const std::string& name, int bits, hsm::KeyCapabilities caps, bool allow_pkcs1) {
+  Key k;
+  k.private_pem = MakeRsaPrivateKeyPem(bits);
+  k.info.name = name;
+  k.info.bits = bits;
+  k.info.allow_pkcs1 = allow_pkcs1;
+  k.info.spki_der = SpkiOfPrivatePem(k.private_pem);
+  k.info.caps = std::move(caps);
+  std::lock_guard<std::mutex> l(mu_);
+  keys_[name] = std::move(k);
+}
+
+absl::StatusOr<std::vector<hsm::KeyInfo>> FakeBackend::ListKeys() {
+  std::lock_guard<std::mutex> l(mu_);
+  std::vector<hsm::KeyInfo> out;
+  for (auto& [n, k] : keys_) out.push_back(k.info);
+  return out;
+}
+
+absl::StatusOr<hsm::KeyInfo> FakeBackend::GetKey(const std::string& name) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = keys_.find(name);
+  if (it == keys_.end()) return absl::NotFoundError("no such key");
+  return it->second.info;
+}
+
+absl::StatusOr<hsm::KeyInfo> FakeBackend::CreateKey(const std::string& name, int bits, bool allow_pkcs1) {
+  AddKey(name, bits, {}, allow_pkcs1);
+  return GetKey(name);
+}
+
+absl::StatusOr<hsm::KeyInfo> FakeBackend::SetEnabled(const std::string& name, bool enabled) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = keys_.find(name);
+  if (it == keys_.end()) return absl::NotFoundError("no such key");
+  it->second.info.enabled = enabled;
+  return it->second.info;
+}
+
+absl::StatusOr<crypto::SecretBytes> FakeBackend::Decrypt(const std::string& key_name, crypto::RsaPadding padding,
+                                                         absl::Span<const uint8_t> ciphertext, hsm::Path path) {
+  decrypt_calls_++;
+  std::string pem;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    paths_.push_back(path);
+    if (!fail_.ok()) return fail_;
+    pem = keys_.at(key_name).private_pem;
+  }
+  auto out = crypto::RsaDecryptWithPrivateKey(
+      absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(pem.data()), pem.size()), padding, ciphertext);
+  if (!out.ok()) return hsm::DecryptFailedError();
+  return out;
+}
+
+absl::StatusOr<crypto::Bytes> FakeBackend::RewrapInToken(const std::string& key_name, crypto::RsaPadding in_padding,
+                                                         absl::Span<const uint8_t> ciphertext,
+                                                         const crypto::PublicKey& device_key,
+                                                         crypto::RsaPadding out_padding) {
+  auto plain = Decrypt(key_name, in_padding, ciphertext, hsm::Path::kInToken);
+  if (!plain.ok()) return plain.status();
+  return crypto::RsaEncrypt(device_key, out_padding, crypto::Reveal(*plain));
+}
+
+}  // namespace hsmrewrap::testing

@@ -1,0 +1,62 @@
+// A KeyBackend fake for engine tests: keys are OpenSSL keys in memory and decryption is
+// real (so outputs can be checked), while capabilities and failures are set by the test.
+#pragma once
+
+#include <map>
+#include <mutex>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+
+#include "crypto/rsa.h"
+#include "hsm/backend.h"
+
+namespace hsmrewrap::testing {
+
+// A PEM PKCS#8 RSA private key of `bits`, made with OpenSSL.
+std::string MakeRsaPrivateKeyPem(int bits);
+// Its SubjectPublicKeyInfo as DER.
+crypto::Bytes SpkiOfPrivatePem(const std::string& pem);
+
+class FakeBackend final : public hsm::KeyBackend {
+ public:
+  struct Key {
+    hsm::KeyInfo info;
+    std::string private_pem;
+  };
+  // Adds a key with the given capabilities.
+  void AddKey(const std::string& name, int bits, hsm::KeyCapabilities caps, bool allow_pkcs1 = false);
+  void SetWrapPaddings(std::set<crypto::RsaPadding> p) { wrap_ = std::move(p); }
+  // Every Decrypt/RewrapInToken fails with this status while set.
+  void FailWith(absl::Status s) { fail_ = std::move(s); }
+  const Key& key(const std::string& name) { return keys_.at(name); }
+  int decrypt_calls() const { return decrypt_calls_; }
+  std::vector<hsm::Path> paths_used() { std::lock_guard<std::mutex> l(mu_); return paths_; }
+
+  absl::StatusOr<std::vector<hsm::KeyInfo>> ListKeys() override;
+  absl::StatusOr<hsm::KeyInfo> GetKey(const std::string& name) override;
+  absl::StatusOr<hsm::KeyInfo> CreateKey(const std::string& name, int bits, bool allow_pkcs1) override;
+  absl::StatusOr<hsm::KeyInfo> ImportKey(const std::string&, const crypto::RsaPrivateKeyParts&, bool) override {
+    return absl::UnimplementedError("fake");
+  }
+  absl::StatusOr<hsm::KeyInfo> SetEnabled(const std::string& name, bool enabled) override;
+  absl::StatusOr<crypto::SecretBytes> Decrypt(const std::string& key_name, crypto::RsaPadding padding,
+                                              absl::Span<const uint8_t> ciphertext, hsm::Path path) override;
+  absl::StatusOr<crypto::Bytes> RewrapInToken(const std::string& key_name, crypto::RsaPadding in_padding,
+                                              absl::Span<const uint8_t> ciphertext,
+                                              const crypto::PublicKey& device_key,
+                                              crypto::RsaPadding out_padding) override;
+  std::set<crypto::RsaPadding> WrapPaddings() override { return wrap_; }
+  std::string TokenLabel() override { return "fake"; }
+  bool Healthy() override { return true; }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, Key> keys_;
+  std::set<crypto::RsaPadding> wrap_;
+  absl::Status fail_;
+  std::atomic<int> decrypt_calls_{0};
+  std::vector<hsm::Path> paths_;
+};
+
+}  // namespace hsmrewrap::testing
