@@ -1,0 +1,117 @@
+// Safe C++ over the raw Cryptoki API: the header we compile against, CK_RV names, the
+// one choke point through which every C_* call goes, and the loaded module.
+//
+// Thread safety: Module is immutable after Load() except for its atomic counters; every
+// method may be called from many threads (the module itself is initialised with
+// CKF_OS_LOCKING_OK, TOKENS.md §4).
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+// We compile against p11-kit's Cryptoki 2.40 header and load vendor modules by path. A
+// different header version could change struct layouts silently.
+static_assert(CRYPTOKI_VERSION_MAJOR == 2 && CRYPTOKI_VERSION_MINOR == 40,
+              "hsm/ is written against the Cryptoki 2.40 header of p11-kit");
+
+namespace hsmrewrap::hsm {
+
+// "CKR_GENERAL_ERROR" etc.; "CKR_VENDOR_DEFINED+0x..." is not produced: unknown values
+// give "CKR_UNKNOWN".
+const char* CkrName(CK_RV rv);
+
+// Maps a failed call to a status naming the function and the CKR_ value; the CK_RV is
+// kept as a payload (CkrOf) so callers can branch on it without parsing text.
+//  - device/session/token loss, CKR_GENERAL_ERROR, CKR_CRYPTOKI_NOT_INITIALIZED -> Unavailable
+//  - CKR_PIN_INCORRECT/LOCKED/EXPIRED -> PermissionDenied
+//  - CKR_MECHANISM_INVALID/PARAM_INVALID, CKR_FUNCTION_NOT_SUPPORTED -> Unimplemented
+//  - object/key handle invalid -> NotFound
+//  - everything else -> Internal (or FailedPrecondition for state errors)
+// The decrypt paths re-classify CKR_GENERAL_ERROR themselves (SoftHSM reports bad
+// padding that way, TOKENS.md §7).
+absl::Status CkrToStatus(absl::string_view function, CK_RV rv);
+// The CK_RV carried by a status from CkrToStatus; CKR_OK for an OK status; CKR_GENERAL_ERROR
+// for a non-OK status that did not come from a C_ call.
+CK_RV CkrOf(const absl::Status& s);
+// True for return values that mean the token, slot or session is gone (not the request).
+bool IsTokenLossRv(CK_RV rv);
+
+// Per-function call counters, for metrics.
+struct CallStat {
+  std::string function;
+  uint64_t calls = 0;
+  uint64_t errors = 0;
+};
+
+class Module final {
+ public:
+  // dlopen()s `path` (absolute), C_GetFunctionList, C_Initialize with CKF_OS_LOCKING_OK
+  // and, when `init_args` is not empty, pReserved = init_args (NSS softoken). A module
+  // can be initialised once per process, so Load() of a path that is already loaded
+  // returns the same instance (init_args must then be equal). C_Finalize + dlclose when
+  // the last reference goes away.
+  static absl::StatusOr<std::shared_ptr<Module>> Load(const std::string& path,
+                                                      const std::string& init_args);
+  ~Module();
+  // Owns a dlopen handle and the module's initialised state: not copyable or movable.
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  // The choke point: every C_* call goes through here. Counts the call (and errors) under
+  // `name`, refuses a null function pointer, maps the CK_RV with CkrToStatus.
+  //   module.Call("C_Decrypt", module.fl()->C_Decrypt, session, in, in_len, out, &out_len);
+  template <typename Fn, typename... Args>
+  absl::Status Call(const char* name, Fn fn, Args... args) const {
+    Counter& c = CounterFor(name);
+    c.calls.fetch_add(1, std::memory_order_relaxed);
+    if (fn == nullptr) {
+      c.errors.fetch_add(1, std::memory_order_relaxed);
+      return absl::UnimplementedError(std::string(name) + " is not provided by the module");
+    }
+    CK_RV rv = fn(args...);
+    if (rv == CKR_OK) return absl::OkStatus();
+    c.errors.fetch_add(1, std::memory_order_relaxed);
+    return CkrToStatus(name, rv);
+  }
+
+  CK_FUNCTION_LIST* fl() const { return fl_; }
+  const std::string& path() const { return path_; }
+  // Library description/manufacturer from C_GetInfo.
+  const std::string& description() const { return description_; }
+  std::vector<CallStat> CallStats() const;
+
+ private:
+  struct Counter {
+    std::atomic<uint64_t> calls{0};
+    std::atomic<uint64_t> errors{0};
+  };
+  static constexpr size_t kMaxFunctions = 80;
+
+  Module() = default;
+  Counter& CounterFor(const char* name) const;
+
+  std::string path_;
+  std::string init_args_;
+  std::string description_;
+  void* dl_ = nullptr;
+  CK_FUNCTION_LIST* fl_ = nullptr;
+  bool initialized_ = false;
+  bool registered_ = false;
+  // Index i counts the function KnownFunctions()[i]; the last slot counts unknown names.
+  mutable std::array<Counter, kMaxFunctions + 1> counters_;
+};
+
+// Reads a blank-padded fixed-size Cryptoki string (labels, serials) without the padding.
+std::string PaddedString(const unsigned char* p, size_t n);
+
+}  // namespace hsmrewrap::hsm

@@ -1,0 +1,1184 @@
+#include "hsm/pkcs11_backend.h"
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+
+#include <algorithm>
+#include <deque>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+#include "spdlog/spdlog.h"
+
+namespace hsmrewrap::hsm {
+namespace {
+
+constexpr char kApplication[] = "hsm-rewrap";
+constexpr RsaPadding kOaepPaddings[] = {RsaPadding::kOaepSha1, RsaPadding::kOaepSha256,
+                                        RsaPadding::kOaepSha384, RsaPadding::kOaepSha512};
+constexpr RsaPadding kAllPaddings[] = {RsaPadding::kOaepSha1, RsaPadding::kOaepSha256,
+                                       RsaPadding::kOaepSha384, RsaPadding::kOaepSha512,
+                                       RsaPadding::kPkcs1};
+
+const char* PaddingName(RsaPadding p) {
+  switch (p) {
+    case RsaPadding::kOaepSha1:
+      return "OAEP-SHA1";
+    case RsaPadding::kOaepSha256:
+      return "OAEP-SHA256";
+    case RsaPadding::kOaepSha384:
+      return "OAEP-SHA384";
+    case RsaPadding::kOaepSha512:
+      return "OAEP-SHA512";
+    case RsaPadding::kPkcs1:
+      return "PKCS1";
+  }
+  return "?";
+}
+
+std::string PaddingSetName(const std::set<RsaPadding>& s) {
+  std::vector<std::string> names;
+  for (RsaPadding p : s) names.push_back(PaddingName(p));
+  return absl::StrCat("{", absl::StrJoin(names, ","), "}");
+}
+
+// An attribute template that owns the storage of its non-secret values. Secret values
+// are referenced, not copied: the caller's SecretBytes must outlive the template.
+class Template final {
+ public:
+  Template& Bool(CK_ATTRIBUTE_TYPE t, bool v) {
+    return Own(t, std::vector<uint8_t>{static_cast<uint8_t>(v ? CK_TRUE : CK_FALSE)});
+  }
+  Template& Ulong(CK_ATTRIBUTE_TYPE t, CK_ULONG v) {
+    std::vector<uint8_t> b(sizeof(v));
+    std::memcpy(b.data(), &v, sizeof(v));
+    return Own(t, std::move(b));
+  }
+  Template& Data(CK_ATTRIBUTE_TYPE t, absl::Span<const uint8_t> v) {
+    return Own(t, std::vector<uint8_t>(v.begin(), v.end()));
+  }
+  Template& Str(CK_ATTRIBUTE_TYPE t, const std::string& s) {
+    return Own(t, std::vector<uint8_t>(s.begin(), s.end()));
+  }
+  Template& Mechanisms(const std::vector<CK_MECHANISM_TYPE>& m) {
+    std::vector<uint8_t> b(m.size() * sizeof(CK_MECHANISM_TYPE));
+    std::memcpy(b.data(), m.data(), b.size());
+    return Own(CKA_ALLOWED_MECHANISMS, std::move(b));
+  }
+  Template& SecretRef(CK_ATTRIBUTE_TYPE t, const crypto::SecretBytes& v) {
+    attrs_.push_back(CK_ATTRIBUTE{t, const_cast<uint8_t*>(v.data()), CK_ULONG(v.size())});
+    return *this;
+  }
+  void Remove(CK_ATTRIBUTE_TYPE t) {
+    attrs_.erase(std::remove_if(attrs_.begin(), attrs_.end(),
+                                [t](const CK_ATTRIBUTE& a) { return a.type == t; }),
+                 attrs_.end());
+  }
+  bool Has(CK_ATTRIBUTE_TYPE t) const {
+    return std::any_of(attrs_.begin(), attrs_.end(),
+                       [t](const CK_ATTRIBUTE& a) { return a.type == t; });
+  }
+  CK_ATTRIBUTE* data() { return attrs_.data(); }
+  CK_ULONG size() const { return attrs_.size(); }
+
+ private:
+  Template& Own(CK_ATTRIBUTE_TYPE t, std::vector<uint8_t> b) {
+    store_.push_back(std::move(b));  // deque: element addresses stay stable
+    auto& s = store_.back();
+    attrs_.push_back(CK_ATTRIBUTE{t, s.empty() ? nullptr : s.data(), CK_ULONG(s.size())});
+    return *this;
+  }
+  std::vector<CK_ATTRIBUTE> attrs_;
+  std::deque<std::vector<uint8_t>> store_;
+};
+
+absl::StatusOr<Bytes> GetAttr(SessionPool::Lease& l, CK_OBJECT_HANDLE obj,
+                              CK_ATTRIBUTE_TYPE type) {
+  const Module& m = l.module();
+  CK_ATTRIBUTE a{type, nullptr, 0};
+  if (auto s = m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, l.handle(), obj, &a,
+                      CK_ULONG(1));
+      !s.ok()) {
+    return s;
+  }
+  if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION) {
+    return absl::NotFoundError("attribute unavailable");
+  }
+  Bytes out(a.ulValueLen);
+  a.pValue = out.data();
+  if (auto s = m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, l.handle(), obj, &a,
+                      CK_ULONG(1));
+      !s.ok()) {
+    return s;
+  }
+  out.resize(a.ulValueLen);
+  return out;
+}
+
+absl::StatusOr<bool> GetBool(SessionPool::Lease& l, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_TYPE t) {
+  auto b = GetAttr(l, obj, t);
+  if (!b.ok()) return b.status();
+  if (b->size() != sizeof(CK_BBOOL)) return absl::InternalError("bad CK_BBOOL attribute");
+  return (*b)[0] != CK_FALSE;
+}
+
+// Marks the lease broken on failure: an unfinished search leaves operation state behind.
+absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> FindObjects(SessionPool::Lease& l, Template& t) {
+  const Module& m = l.module();
+  if (auto s = m.Call("C_FindObjectsInit", m.fl()->C_FindObjectsInit, l.handle(), t.data(),
+                      t.size());
+      !s.ok()) {
+    l.MarkBroken();
+    return s;
+  }
+  std::vector<CK_OBJECT_HANDLE> out;
+  CK_OBJECT_HANDLE batch[64];
+  for (;;) {
+    CK_ULONG n = 0;
+    if (auto s = m.Call("C_FindObjects", m.fl()->C_FindObjects, l.handle(), batch,
+                        CK_ULONG(64), &n);
+        !s.ok()) {
+      l.MarkBroken();
+      return s;
+    }
+    out.insert(out.end(), batch, batch + n);
+    if (n < 64) break;
+  }
+  if (auto s = m.Call("C_FindObjectsFinal", m.fl()->C_FindObjectsFinal, l.handle()); !s.ok()) {
+    l.MarkBroken();
+    return s;
+  }
+  return out;
+}
+
+void DestroyObject(SessionPool::Lease& l, CK_OBJECT_HANDLE h) {
+  if (h == CK_INVALID_HANDLE) return;
+  const Module& m = l.module();
+  if (auto s = m.Call("C_DestroyObject", m.fl()->C_DestroyObject, l.handle(), h); !s.ok()) {
+    // Session objects go away with the session: close it rather than keep them around.
+    spdlog::warn("{}", std::string(s.message()));
+    l.MarkBroken();
+  }
+}
+
+CK_MECHANISM_TYPE HashMech(crypto::HashAlg h) {
+  switch (h) {
+    case crypto::HashAlg::kSha1:
+      return CKM_SHA_1;
+    case crypto::HashAlg::kSha256:
+      return CKM_SHA256;
+    case crypto::HashAlg::kSha384:
+      return CKM_SHA384;
+    case crypto::HashAlg::kSha512:
+      return CKM_SHA512;
+  }
+  return CKM_SHA_1;
+}
+
+CK_RSA_PKCS_MGF_TYPE MgfFor(crypto::HashAlg h) {
+  switch (h) {
+    case crypto::HashAlg::kSha1:
+      return CKG_MGF1_SHA1;
+    case crypto::HashAlg::kSha256:
+      return CKG_MGF1_SHA256;
+    case crypto::HashAlg::kSha384:
+      return CKG_MGF1_SHA384;
+    case crypto::HashAlg::kSha512:
+      return CKG_MGF1_SHA512;
+  }
+  return CKG_MGF1_SHA1;
+}
+
+// The mechanism for `p`; `params` must outlive the returned mechanism. OAEP: MGF1 of the
+// same hash, empty label given as CKZ_DATA_SPECIFIED with no data (SoftHSM rejects
+// anything else for encrypt/wrap/unwrap, TOKENS.md §2).
+CK_MECHANISM MechFor(RsaPadding p, CK_RSA_PKCS_OAEP_PARAMS* params) {
+  if (p == RsaPadding::kPkcs1) return CK_MECHANISM{CKM_RSA_PKCS, nullptr, 0};
+  crypto::HashAlg h = crypto::OaepHash(p);
+  *params = CK_RSA_PKCS_OAEP_PARAMS{HashMech(h), MgfFor(h), CKZ_DATA_SPECIFIED, nullptr, 0};
+  return CK_MECHANISM{CKM_RSA_PKCS_OAEP, params, sizeof(*params)};
+}
+
+Bytes RandomBytes(size_t n) {
+  Bytes b(n);
+  if (RAND_bytes(b.data(), static_cast<int>(n)) != 1) {
+    spdlog::critical("RAND_bytes failed");
+    std::abort();
+  }
+  return b;
+}
+
+Bytes StripLeadingZeros(absl::Span<const uint8_t> v) {
+  size_t i = 0;
+  while (i + 1 < v.size() && v[i] == 0) ++i;
+  return Bytes(v.begin() + i, v.end());
+}
+
+int BitLength(absl::Span<const uint8_t> be) {
+  size_t i = 0;
+  while (i < be.size() && be[i] == 0) ++i;
+  if (i == be.size()) return 0;
+  int bits = static_cast<int>((be.size() - i - 1) * 8);
+  for (uint8_t top = be[i]; top != 0; top >>= 1) ++bits;
+  return bits;
+}
+
+absl::Status ValidateName(const std::string& name) {
+  if (name.empty() || name.size() > 128) {
+    return absl::InvalidArgumentError("key name must have 1..128 bytes");
+  }
+  for (unsigned char c : name) {
+    if (c < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError("key name must not contain control characters");
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool IsDataRv(CK_RV rv) {
+  return rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE ||
+         rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_WRAPPED_KEY_LEN_RANGE ||
+         rv == CKR_DATA_INVALID || rv == CKR_DATA_LEN_RANGE;
+}
+
+bool IsHandleRv(CK_RV rv) {
+  return rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID ||
+         rv == CKR_UNWRAPPING_KEY_HANDLE_INVALID;
+}
+
+struct EvpPkeyCtxDeleter {
+  void operator()(EVP_PKEY_CTX* p) const { EVP_PKEY_CTX_free(p); }
+};
+struct BnDeleter {
+  void operator()(BIGNUM* p) const { BN_free(p); }
+};
+
+Bytes BnBytes(const EVP_PKEY* pkey, const char* param) {
+  BIGNUM* raw = nullptr;
+  if (EVP_PKEY_get_bn_param(pkey, param, &raw) != 1) return {};
+  std::unique_ptr<BIGNUM, BnDeleter> bn(raw);
+  Bytes out(BN_num_bytes(bn.get()));
+  BN_bn2bin(bn.get(), out.data());
+  return out;
+}
+
+// Host-side RSA decryption with a throwaway key, used only to confirm C_WrapKey output.
+absl::StatusOr<Bytes> HostDecrypt(EVP_PKEY* pkey, RsaPadding p, absl::Span<const uint8_t> ct) {
+  std::unique_ptr<EVP_PKEY_CTX, EvpPkeyCtxDeleter> ctx(EVP_PKEY_CTX_new(pkey, nullptr));
+  if (!ctx || EVP_PKEY_decrypt_init(ctx.get()) != 1) return absl::InternalError("decrypt init");
+  if (p == RsaPadding::kPkcs1) {
+    if (EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PADDING) != 1) {
+      return absl::InternalError("padding");
+    }
+  } else {
+    const EVP_MD* md = crypto::HashMd(crypto::OaepHash(p));
+    if (EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_OAEP_PADDING) != 1 ||
+        EVP_PKEY_CTX_set_rsa_oaep_md(ctx.get(), md) != 1 ||
+        EVP_PKEY_CTX_set_rsa_mgf1_md(ctx.get(), md) != 1) {
+      return absl::InternalError("oaep params");
+    }
+  }
+  size_t len = 0;
+  if (EVP_PKEY_decrypt(ctx.get(), nullptr, &len, ct.data(), ct.size()) != 1) {
+    return absl::InternalError("decrypt size");
+  }
+  Bytes out(len);
+  if (EVP_PKEY_decrypt(ctx.get(), out.data(), &len, ct.data(), ct.size()) != 1) {
+    return absl::InvalidArgumentError("host decrypt failed");
+  }
+  out.resize(len);
+  return out;
+}
+
+// One C_DecryptInit + C_Decrypt with a modulus-sized output buffer (enough for a single
+// call, TOKENS.md §8). The lease is marked broken on any failure: after a failed
+// C_Decrypt the operation state is unknown (TOKENS.md §7, §15).
+absl::StatusOr<crypto::SecretBytes> DecryptOnce(SessionPool::Lease& l, CK_MECHANISM* mech,
+                                                CK_OBJECT_HANDLE key,
+                                                absl::Span<const uint8_t> ct, size_t out_len) {
+  const Module& m = l.module();
+  if (auto s = m.Call("C_DecryptInit", m.fl()->C_DecryptInit, l.handle(), mech, key); !s.ok()) {
+    l.MarkBroken();
+    return s;
+  }
+  crypto::SecretBytes out(out_len);
+  CK_ULONG len = out.size();
+  if (auto s = m.Call("C_Decrypt", m.fl()->C_Decrypt, l.handle(), const_cast<uint8_t*>(ct.data()),
+                      CK_ULONG(ct.size()), out.data(), &len);
+      !s.ok()) {
+    l.MarkBroken();
+    return s;
+  }
+  out.resize(len);
+  return out;
+}
+
+// C_UnwrapKey into a sensitive session secret (extractable so that C_WrapKey can move it
+// on to the device key; CKA_SENSITIVE keeps CKA_VALUE unreadable, TOKENS.md NSS §4).
+absl::StatusOr<CK_OBJECT_HANDLE> UnwrapOnce(SessionPool::Lease& l, CK_MECHANISM* mech,
+                                            CK_OBJECT_HANDLE key, absl::Span<const uint8_t> ct) {
+  const Module& m = l.module();
+  Template t;
+  t.Ulong(CKA_CLASS, CKO_SECRET_KEY)
+      .Ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET)
+      .Bool(CKA_TOKEN, false)
+      .Bool(CKA_PRIVATE, true)
+      .Bool(CKA_SENSITIVE, true)
+      .Bool(CKA_EXTRACTABLE, true);
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  if (auto s = m.Call("C_UnwrapKey", m.fl()->C_UnwrapKey, l.handle(), mech, key,
+                      const_cast<uint8_t*>(ct.data()), CK_ULONG(ct.size()), t.data(), t.size(),
+                      &h);
+      !s.ok()) {
+    l.MarkBroken();
+    return s;
+  }
+  return h;
+}
+
+absl::StatusOr<CK_OBJECT_HANDLE> CreateSessionPublicKey(SessionPool::Lease& l,
+                                                        absl::Span<const uint8_t> n,
+                                                        absl::Span<const uint8_t> e) {
+  const Module& m = l.module();
+  Template t;
+  t.Ulong(CKA_CLASS, CKO_PUBLIC_KEY)
+      .Ulong(CKA_KEY_TYPE, CKK_RSA)
+      .Bool(CKA_TOKEN, false)
+      .Bool(CKA_PRIVATE, false)
+      .Bool(CKA_WRAP, true)
+      .Bool(CKA_ENCRYPT, true)
+      .Data(CKA_MODULUS, StripLeadingZeros(n))
+      .Data(CKA_PUBLIC_EXPONENT, StripLeadingZeros(e));
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  if (auto s = m.Call("C_CreateObject", m.fl()->C_CreateObject, l.handle(), t.data(), t.size(),
+                      &h);
+      !s.ok()) {
+    l.MarkBroken();
+    return s;
+  }
+  return h;
+}
+
+absl::StatusOr<Bytes> WrapOnce(SessionPool::Lease& l, CK_MECHANISM* mech,
+                               CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE secret,
+                               size_t out_len) {
+  const Module& m = l.module();
+  Bytes out(out_len);
+  CK_ULONG len = out.size();
+  if (auto s = m.Call("C_WrapKey", m.fl()->C_WrapKey, l.handle(), mech, wrapping_key, secret,
+                      out.data(), &len);
+      !s.ok()) {
+    l.MarkBroken();
+    return s;
+  }
+  out.resize(len);
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<Pkcs11Backend>> Pkcs11Backend::Create(Options options) {
+  if (options.pool_size < 1) return absl::InvalidArgumentError("pool_size must be >= 1");
+  auto module = Module::Load(options.module_path, options.init_args);
+  if (!module.ok()) return module.status();
+  auto token = FindToken(**module, options.token);
+  if (!token.ok()) return token.status();
+  auto pool = SessionPool::Create(*module, token->slot, options.user_pin, options.pool_size);
+  if (!pool.ok()) return pool.status();
+  std::unique_ptr<Pkcs11Backend> b(
+      new Pkcs11Backend(std::move(options), std::move(*token), std::move(*pool)));
+  if (auto s = b->ProbeWrapPaddings(); !s.ok()) {
+    if (s.code() == absl::StatusCode::kUnavailable) return s;
+    spdlog::warn("token '{}': wrap probe failed: {}", b->token_.label, std::string(s.message()));
+  }
+  if (auto s = b->LoadAllKeys(); !s.ok()) return s;
+  spdlog::info("token '{}' (serial {}, {}): wrap paddings {}, host unpadding {}",
+               b->token_.label, b->token_.serial, b->module().description(),
+               PaddingSetName(b->wrap_paddings_),
+               b->options_.allow_host_unpadding ? "ALLOWED" : "off");
+  if (b->options_.allow_host_unpadding) {
+    spdlog::warn("HOST_UNPADDING is enabled: raw RSA in the token, OAEP decoding on the host");
+  }
+  return b;
+}
+
+Pkcs11Backend::~Pkcs11Backend() = default;
+
+absl::StatusOr<SessionPool::Lease> Pkcs11Backend::Lease() {
+  return pool_->Acquire(absl::Now() + options_.session_wait);
+}
+
+bool Pkcs11Backend::Healthy() {
+  CK_TOKEN_INFO ti{};
+  const Module& m = module();
+  return m.Call("C_GetTokenInfo", m.fl()->C_GetTokenInfo, token_.slot, &ti).ok();
+}
+
+absl::Status Pkcs11Backend::ProbeWrapPaddings() {
+  // A throwaway RSA key on the host: its public half goes into the token as a session
+  // object, a known session secret is wrapped to it, and OpenSSL confirms the result.
+  std::unique_ptr<EVP_PKEY, crypto::EvpPkeyDeleter> host(EVP_RSA_gen(2048));
+  if (!host) return absl::InternalError("EVP_RSA_gen failed");
+  Bytes n = BnBytes(host.get(), OSSL_PKEY_PARAM_RSA_N);
+  Bytes e = BnBytes(host.get(), OSSL_PKEY_PARAM_RSA_E);
+  crypto::SecretBytes value;
+  {
+    Bytes r = RandomBytes(16);
+    value.assign(r.begin(), r.end());
+  }
+  for (RsaPadding p : kAllPaddings) {
+    auto lease = Lease();
+    if (!lease.ok()) return lease.status();
+    const Module& m = module();
+    auto pub = CreateSessionPublicKey(*lease, n, e);
+    if (!pub.ok()) return pub.status();
+    Template t;
+    t.Ulong(CKA_CLASS, CKO_SECRET_KEY)
+        .Ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET)
+        .Bool(CKA_TOKEN, false)
+        .Bool(CKA_SENSITIVE, false)
+        .Bool(CKA_EXTRACTABLE, true)
+        .SecretRef(CKA_VALUE, value);
+    CK_OBJECT_HANDLE secret = CK_INVALID_HANDLE;
+    if (auto s = m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), t.data(),
+                        t.size(), &secret);
+        !s.ok()) {
+      lease->MarkBroken();
+      return s;
+    }
+    CK_RSA_PKCS_OAEP_PARAMS params{};
+    CK_MECHANISM mech = MechFor(p, &params);
+    auto wrapped = WrapOnce(*lease, &mech, *pub, secret, n.size());
+    DestroyObject(*lease, secret);
+    DestroyObject(*lease, *pub);
+    if (!wrapped.ok()) {
+      spdlog::debug("wrap probe {}: {}", PaddingName(p), std::string(wrapped.status().message()));
+      if (IsTokenLossRv(CkrOf(wrapped.status()))) return wrapped.status();
+      continue;
+    }
+    auto back = HostDecrypt(host.get(), p, *wrapped);
+    if (back.ok() && back->size() == value.size() &&
+        std::equal(back->begin(), back->end(), value.begin())) {
+      wrap_paddings_.insert(p);
+    } else {
+      spdlog::warn("wrap probe {}: token output did not decrypt to the secret", PaddingName(p));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<KeyCapabilities> Pkcs11Backend::Probe(CK_OBJECT_HANDLE priv,
+                                                     const crypto::PublicKey& pub,
+                                                     bool allow_pkcs1) {
+  KeyCapabilities caps;
+  const size_t k = static_cast<size_t>((pub.bits() + 7) / 8);
+  std::vector<RsaPadding> paddings(std::begin(kOaepPaddings), std::end(kOaepPaddings));
+  if (allow_pkcs1) paddings.push_back(RsaPadding::kPkcs1);
+  const Bytes probe = RandomBytes(16);
+  auto same = [&probe](const crypto::SecretBytes& got) {
+    return got.size() == probe.size() && std::equal(got.begin(), got.end(), probe.begin());
+  };
+  for (RsaPadding p : paddings) {
+    if (crypto::MaxPlaintextLen(p, k) < probe.size()) continue;  // e.g. OAEP-SHA512 on 1024
+    auto ct = crypto::RsaEncrypt(pub, p, probe);
+    if (!ct.ok()) return ct.status();
+    CK_RSA_PKCS_OAEP_PARAMS params{};
+    CK_MECHANISM mech = MechFor(p, &params);
+    {
+      auto lease = Lease();
+      if (!lease.ok()) return lease.status();
+      auto pt = DecryptOnce(*lease, &mech, priv, *ct, k);
+      if (pt.ok() && same(*pt)) {
+        caps.decrypt.insert(p);
+      } else if (!pt.ok()) {
+        spdlog::debug("decrypt probe {}: {}", PaddingName(p), std::string(pt.status().message()));
+        if (IsTokenLossRv(CkrOf(pt.status()))) return pt.status();
+      }
+    }
+    {
+      auto lease = Lease();
+      if (!lease.ok()) return lease.status();
+      auto h = UnwrapOnce(*lease, &mech, priv, *ct);
+      if (h.ok()) {
+        caps.unwrap.insert(p);
+        DestroyObject(*lease, *h);
+      } else {
+        spdlog::debug("unwrap probe {}: {}", PaddingName(p), std::string(h.status().message()));
+        if (IsTokenLossRv(CkrOf(h.status()))) return h.status();
+      }
+    }
+  }
+  if (options_.allow_host_unpadding) {
+    auto ct = crypto::RsaEncrypt(pub, RsaPadding::kPkcs1, probe);
+    if (!ct.ok()) return ct.status();
+    CK_MECHANISM mech{CKM_RSA_X_509, nullptr, 0};
+    auto lease = Lease();
+    if (!lease.ok()) return lease.status();
+    auto em = DecryptOnce(*lease, &mech, priv, *ct, k);
+    if (em.ok()) {
+      auto pt = crypto::Pkcs1Unpad(*em, k);
+      caps.raw_rsa = pt.ok() && same(*pt);
+    } else {
+      spdlog::debug("raw RSA probe: {}", std::string(em.status().message()));
+    }
+  }
+  return caps;
+}
+
+absl::StatusOr<Pkcs11Backend::Metadata> Pkcs11Backend::ReadMetadata(SessionPool::Lease& l,
+                                                                    const std::string& name,
+                                                                    CK_OBJECT_HANDLE* handle) {
+  Template t;
+  t.Ulong(CKA_CLASS, CKO_DATA).Str(CKA_APPLICATION, kApplication).Str(CKA_LABEL, name);
+  auto found = FindObjects(l, t);
+  if (!found.ok()) return found.status();
+  Metadata md;
+  if (handle) *handle = CK_INVALID_HANDLE;
+  if (found->empty()) return md;
+  if (found->size() > 1) {
+    spdlog::warn("key '{}': {} metadata objects; using the first", name, found->size());
+  }
+  if (handle) *handle = found->front();
+  auto value = GetAttr(l, found->front(), CKA_VALUE);
+  if (!value.ok()) return value.status();
+  auto j = nlohmann::json::parse(value->begin(), value->end(), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    spdlog::warn("key '{}': metadata is not JSON; using defaults", name);
+    return md;
+  }
+  md.present = true;
+  md.created_unix = j.value("created", int64_t{0});
+  md.enabled = j.value("enabled", true);
+  md.allow_pkcs1 = j.value("allow_pkcs1", false);
+  return md;
+}
+
+absl::Status Pkcs11Backend::WriteMetadata(const std::string& name, const Metadata& md) {
+  nlohmann::json j = {{"v", 1},
+                      {"created", md.created_unix},
+                      {"enabled", md.enabled},
+                      {"allow_pkcs1", md.allow_pkcs1}};
+  const std::string text = j.dump();
+  auto lease = Lease();
+  if (!lease.ok()) return lease.status();
+  const Module& m = module();
+  CK_OBJECT_HANDLE existing = CK_INVALID_HANDLE;
+  if (auto old = ReadMetadata(*lease, name, &existing); !old.ok()) return old.status();
+  if (existing != CK_INVALID_HANDLE) {
+    CK_ATTRIBUTE a{CKA_VALUE, const_cast<char*>(text.data()), CK_ULONG(text.size())};
+    auto s = m.Call("C_SetAttributeValue", m.fl()->C_SetAttributeValue, lease->handle(),
+                    existing, &a, CK_ULONG(1));
+    if (s.ok()) return s;
+    spdlog::debug("metadata update in place failed ({}); replacing the object", std::string(s.message()));
+    if (auto d = m.Call("C_DestroyObject", m.fl()->C_DestroyObject, lease->handle(), existing);
+        !d.ok()) {
+      return d;
+    }
+  }
+  Template t;
+  t.Ulong(CKA_CLASS, CKO_DATA)
+      .Bool(CKA_TOKEN, true)
+      .Bool(CKA_PRIVATE, true)  // only a logged-in user can read or change it
+      .Bool(CKA_MODIFIABLE, true)
+      .Str(CKA_APPLICATION, kApplication)
+      .Str(CKA_LABEL, name)
+      .Str(CKA_VALUE, text);
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  return m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), t.data(), t.size(),
+                &h);
+}
+
+absl::StatusOr<KeyInfo> Pkcs11Backend::LoadKey(const std::string& name) {
+  auto lease = Lease();
+  if (!lease.ok()) return lease.status();
+  Template t;
+  t.Ulong(CKA_CLASS, CKO_PRIVATE_KEY).Ulong(CKA_KEY_TYPE, CKK_RSA).Str(CKA_LABEL, name);
+  auto found = FindObjects(*lease, t);
+  if (!found.ok()) return found.status();
+  if (found->empty()) return absl::NotFoundError(absl::StrCat("no key named '", name, "'"));
+  if (found->size() > 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(found->size(), " RSA private keys are labelled '", name, "'; refusing"));
+  }
+  const CK_OBJECT_HANDLE priv = found->front();
+
+  // ARCHITECTURE.md §1: the key must be sensitive and never extractable.
+  auto sensitive = GetBool(*lease, priv, CKA_SENSITIVE);
+  auto extractable = GetBool(*lease, priv, CKA_EXTRACTABLE);
+  if (!sensitive.ok()) return sensitive.status();
+  if (!extractable.ok()) return extractable.status();
+  if (!*sensitive || *extractable) {
+    std::string why = absl::StrCat("key '", name, "' is ",
+                                   *sensitive ? "" : "not sensitive ",
+                                   *extractable ? "extractable" : "");
+    if (options_.refuse_weak_keys) {
+      spdlog::error("{}; refusing to serve it", why);
+      return absl::FailedPreconditionError(absl::StrCat(why, "; refusing to serve it"));
+    }
+    spdlog::warn("{}; serving it because refuse_weak_keys is off", why);
+  }
+
+  auto n = GetAttr(*lease, priv, CKA_MODULUS);
+  auto e = GetAttr(*lease, priv, CKA_PUBLIC_EXPONENT);
+  if (!n.ok() || !e.ok() || n->empty() || e->empty()) {
+    // Some tokens hide the modulus on private keys; use the public key object.
+    Template pt;
+    pt.Ulong(CKA_CLASS, CKO_PUBLIC_KEY).Ulong(CKA_KEY_TYPE, CKK_RSA).Str(CKA_LABEL, name);
+    auto pubs = FindObjects(*lease, pt);
+    if (!pubs.ok()) return pubs.status();
+    if (pubs->empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("key '", name, "': modulus unreadable and no public key object"));
+    }
+    n = GetAttr(*lease, pubs->front(), CKA_MODULUS);
+    e = GetAttr(*lease, pubs->front(), CKA_PUBLIC_EXPONENT);
+    if (!n.ok()) return n.status();
+    if (!e.ok()) return e.status();
+  }
+  auto pub = crypto::PublicKey::FromRsaComponents(*n, *e);
+  if (!pub.ok()) return pub.status();
+
+  auto md = ReadMetadata(*lease, name, nullptr);
+  if (!md.ok()) return md.status();
+  lease->Release();
+
+  auto caps = Probe(priv, *pub, md->allow_pkcs1);
+  if (!caps.ok()) return caps.status();
+
+  Entry entry;
+  entry.info.name = name;
+  entry.info.bits = pub->bits();
+  entry.info.created_unix = md->created_unix;
+  entry.info.enabled = md->enabled;
+  entry.info.allow_pkcs1 = md->allow_pkcs1;
+  entry.info.spki_der = pub->SpkiDer();
+  entry.info.caps = std::move(*caps);
+  entry.priv = priv;
+  entry.modulus_len = static_cast<size_t>((pub->bits() + 7) / 8);
+  entry.metadata_read = absl::Now();
+  spdlog::info("key '{}' RSA-{}{}: decrypt {} unwrap {} raw_rsa {}{}", name, entry.info.bits,
+               md->present ? "" : " (no metadata: defaults)",
+               PaddingSetName(entry.info.caps.decrypt), PaddingSetName(entry.info.caps.unwrap),
+               entry.info.caps.raw_rsa, entry.info.enabled ? "" : " DISABLED");
+  KeyInfo info = entry.info;
+  absl::MutexLock l(&mu_);
+  keys_[name] = std::move(entry);
+  return info;
+}
+
+absl::Status Pkcs11Backend::LoadAllKeys() {
+  std::vector<std::string> names;
+  {
+    auto lease = Lease();
+    if (!lease.ok()) return lease.status();
+    Template t;
+    t.Ulong(CKA_CLASS, CKO_PRIVATE_KEY).Ulong(CKA_KEY_TYPE, CKK_RSA);
+    auto found = FindObjects(*lease, t);
+    if (!found.ok()) return found.status();
+    for (CK_OBJECT_HANDLE h : *found) {
+      auto label = GetAttr(*lease, h, CKA_LABEL);
+      if (!label.ok() || label->empty()) continue;
+      names.emplace_back(label->begin(), label->end());
+    }
+  }
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  for (const auto& name : names) {
+    auto info = LoadKey(name);
+    if (!info.ok()) {
+      if (info.status().code() == absl::StatusCode::kUnavailable) return info.status();
+      spdlog::warn("key '{}' not served: {}", name, std::string(info.status().message()));
+    }
+  }
+  // Forget keys that vanished from the token.
+  absl::MutexLock l(&mu_);
+  for (auto it = keys_.begin(); it != keys_.end();) {
+    it = std::binary_search(names.begin(), names.end(), it->first) ? std::next(it)
+                                                                   : keys_.erase(it);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Pkcs11Backend::Entry> Pkcs11Backend::Lookup(const std::string& name) {
+  {
+    absl::MutexLock l(&mu_);
+    auto it = keys_.find(name);
+    if (it != keys_.end()) {
+      if (absl::Now() - it->second.metadata_read < options_.metadata_ttl) return it->second;
+    }
+  }
+  bool cached;
+  {
+    absl::MutexLock l(&mu_);
+    cached = keys_.count(name) > 0;
+  }
+  if (!cached) {
+    if (auto s = ValidateName(name); !s.ok()) return s;
+    auto info = LoadKey(name);
+    if (!info.ok()) return info.status();
+  } else {
+    // Another replica may have changed the shared metadata: re-read it.
+    auto lease = Lease();
+    if (!lease.ok()) return lease.status();
+    auto md = ReadMetadata(*lease, name, nullptr);
+    if (!md.ok()) return md.status();
+    absl::MutexLock l(&mu_);
+    auto it = keys_.find(name);
+    if (it != keys_.end() && md->present) {
+      it->second.info.enabled = md->enabled;
+      it->second.info.created_unix = md->created_unix;
+    }
+    if (it != keys_.end()) it->second.metadata_read = absl::Now();
+  }
+  absl::MutexLock l(&mu_);
+  auto it = keys_.find(name);
+  if (it == keys_.end()) return absl::NotFoundError(absl::StrCat("no key named '", name, "'"));
+  return it->second;
+}
+
+absl::StatusOr<CK_OBJECT_HANDLE> Pkcs11Backend::Reresolve(const std::string& name) {
+  auto lease = Lease();
+  if (!lease.ok()) return lease.status();
+  Template t;
+  t.Ulong(CKA_CLASS, CKO_PRIVATE_KEY).Ulong(CKA_KEY_TYPE, CKK_RSA).Str(CKA_LABEL, name);
+  auto found = FindObjects(*lease, t);
+  if (!found.ok()) return found.status();
+  if (found->size() != 1) {
+    return absl::NotFoundError(absl::StrCat("key '", name, "' is no longer in the token"));
+  }
+  spdlog::info("key '{}': object handle re-resolved", name);
+  absl::MutexLock l(&mu_);
+  auto it = keys_.find(name);
+  if (it != keys_.end()) it->second.priv = found->front();
+  return found->front();
+}
+
+absl::StatusOr<CK_OBJECT_HANDLE> Pkcs11Backend::PrivateKeyHandle(const std::string& name) {
+  auto e = Lookup(name);
+  if (!e.ok()) return e.status();
+  return e->priv;
+}
+
+absl::StatusOr<std::vector<KeyInfo>> Pkcs11Backend::ListKeys() {
+  if (auto s = LoadAllKeys(); !s.ok()) return s;
+  std::vector<std::string> names;
+  {
+    absl::MutexLock l(&mu_);
+    for (const auto& [name, entry] : keys_) names.push_back(name);
+  }
+  std::vector<KeyInfo> out;
+  for (const auto& name : names) {
+    auto e = Lookup(name);
+    if (e.ok()) out.push_back(e->info);
+  }
+  return out;
+}
+
+absl::StatusOr<KeyInfo> Pkcs11Backend::GetKey(const std::string& name) {
+  auto e = Lookup(name);
+  if (!e.ok()) return e.status();
+  return e->info;
+}
+
+absl::Status Pkcs11Backend::CheckNewName(SessionPool::Lease& lease, const std::string& name) {
+  for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
+    Template t;
+    t.Ulong(CKA_CLASS, cls).Str(CKA_LABEL, name);
+    auto found = FindObjects(lease, t);
+    if (!found.ok()) return found.status();
+    if (!found->empty()) {
+      return absl::AlreadyExistsError(absl::StrCat("a key named '", name, "' already exists"));
+    }
+  }
+  CK_OBJECT_HANDLE md = CK_INVALID_HANDLE;
+  if (auto r = ReadMetadata(lease, name, &md); !r.ok()) return r.status();
+  if (md != CK_INVALID_HANDLE) {
+    // Metadata of a deleted key: drop it so the new key starts clean.
+    const Module& m = module();
+    (void)m.Call("C_DestroyObject", m.fl()->C_DestroyObject, lease.handle(), md);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<KeyInfo> Pkcs11Backend::FinishNewKey(const std::string& name, bool allow_pkcs1) {
+  auto info = LoadKey(name);
+  if (!info.ok()) return info.status();
+  if (info->caps.decrypt.empty() && info->caps.unwrap.empty() && !info->caps.raw_rsa) {
+    spdlog::warn("key '{}': the token can do nothing with it", name);
+  }
+  return info;
+}
+
+namespace {
+
+std::vector<CK_MECHANISM_TYPE> AllowedMechanisms(bool host_unpadding, bool pkcs1) {
+  std::vector<CK_MECHANISM_TYPE> m{CKM_RSA_PKCS_OAEP};
+  if (host_unpadding) m.push_back(CKM_RSA_X_509);
+  if (pkcs1) m.push_back(CKM_RSA_PKCS);
+  return m;
+}
+
+// Attributes of every service private key (ARCHITECTURE.md §6). Some tokens reject a
+// few of them as CKR_ATTRIBUTE_TYPE_INVALID; those are in kOptionalPrivateAttrs.
+void ServicePrivateKeyAttrs(Template& t, const std::string& name, const Bytes& id,
+                            bool host_unpadding, bool pkcs1) {
+  t.Ulong(CKA_CLASS, CKO_PRIVATE_KEY)
+      .Ulong(CKA_KEY_TYPE, CKK_RSA)
+      .Bool(CKA_TOKEN, true)
+      .Bool(CKA_PRIVATE, true)
+      .Bool(CKA_SENSITIVE, true)
+      .Bool(CKA_EXTRACTABLE, false)
+      .Bool(CKA_DECRYPT, true)
+      .Bool(CKA_UNWRAP, true)
+      .Bool(CKA_SIGN, false)
+      .Bool(CKA_SIGN_RECOVER, false)
+      .Bool(CKA_DERIVE, false)
+      .Bool(CKA_WRAP, false)
+      .Str(CKA_LABEL, name)
+      .Data(CKA_ID, id)
+      .Mechanisms(AllowedMechanisms(host_unpadding, pkcs1));
+}
+
+// Dropped one at a time, in this order, when the token says CKR_ATTRIBUTE_TYPE_INVALID.
+constexpr CK_ATTRIBUTE_TYPE kOptionalPrivateAttrs[] = {CKA_WRAP, CKA_ALLOWED_MECHANISMS,
+                                                       CKA_DERIVE, CKA_SIGN_RECOVER};
+
+}  // namespace
+
+absl::StatusOr<KeyInfo> Pkcs11Backend::CreateKey(const std::string& name, int bits,
+                                                 bool allow_pkcs1) {
+  if (auto s = ValidateName(name); !s.ok()) return s;
+  if (bits != 2048 && bits != 3072 && bits != 4096) {
+    return absl::InvalidArgumentError("RSA key size must be 2048, 3072 or 4096");
+  }
+  absl::MutexLock admin(&admin_mu_);
+  const Module& m = module();
+  auto lease = Lease();
+  if (!lease.ok()) return lease.status();
+  if (auto s = CheckNewName(*lease, name); !s.ok()) return s;
+
+  const Bytes id = RandomBytes(20);
+  Template pub;
+  pub.Ulong(CKA_CLASS, CKO_PUBLIC_KEY)
+      .Ulong(CKA_KEY_TYPE, CKK_RSA)
+      .Bool(CKA_TOKEN, true)
+      .Bool(CKA_PRIVATE, false)
+      .Bool(CKA_ENCRYPT, true)
+      .Bool(CKA_VERIFY, false)
+      .Bool(CKA_WRAP, false)
+      .Str(CKA_LABEL, name)
+      .Data(CKA_ID, id)
+      .Ulong(CKA_MODULUS_BITS, CK_ULONG(bits))
+      .Data(CKA_PUBLIC_EXPONENT, Bytes{0x01, 0x00, 0x01});
+  Template priv;
+  ServicePrivateKeyAttrs(priv, name, id, options_.allow_host_unpadding, allow_pkcs1);
+  CK_MECHANISM mech{CKM_RSA_PKCS_KEY_PAIR_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
+  absl::Status s;
+  for (size_t drop = 0;; ++drop) {
+    s = m.Call("C_GenerateKeyPair", m.fl()->C_GenerateKeyPair, lease->handle(), &mech,
+               pub.data(), pub.size(), priv.data(), priv.size(), &hpub, &hpriv);
+    if (s.ok() || CkrOf(s) != CKR_ATTRIBUTE_TYPE_INVALID ||
+        drop >= std::size(kOptionalPrivateAttrs)) {
+      break;
+    }
+    spdlog::warn("token '{}' rejects an attribute ({}); retrying without attribute 0x{:x}",
+                 token_.label, std::string(s.message()), kOptionalPrivateAttrs[drop]);
+    priv.Remove(kOptionalPrivateAttrs[drop]);
+  }
+  if (!s.ok()) return s;
+  Metadata md;
+  md.created_unix = absl::ToUnixSeconds(absl::Now());
+  md.allow_pkcs1 = allow_pkcs1;
+  lease->Release();
+  if (auto w = WriteMetadata(name, md); !w.ok()) {
+    auto l2 = Lease();
+    if (l2.ok()) {
+      DestroyObject(*l2, hpriv);
+      DestroyObject(*l2, hpub);
+    }
+    return w;
+  }
+  return FinishNewKey(name, allow_pkcs1);
+}
+
+absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
+                                                 const crypto::RsaPrivateKeyParts& parts,
+                                                 bool allow_pkcs1) {
+  if (auto s = ValidateName(name); !s.ok()) return s;
+  const Bytes n = StripLeadingZeros(parts.n);
+  const Bytes e = StripLeadingZeros(parts.e);
+  const int bits = BitLength(n);
+  if (bits < 1024 || bits > 16384) {
+    return absl::InvalidArgumentError("RSA key size must be 1024..16384 bits");
+  }
+  if (e.empty() || parts.d.empty()) {
+    return absl::InvalidArgumentError("RSA private key needs n, e and d");
+  }
+  const bool crt = !parts.p.empty() && !parts.q.empty() && !parts.dp.empty() &&
+                   !parts.dq.empty() && !parts.qinv.empty();
+  absl::MutexLock admin(&admin_mu_);
+  const Module& m = module();
+  auto lease = Lease();
+  if (!lease.ok()) return lease.status();
+  if (auto s = CheckNewName(*lease, name); !s.ok()) return s;
+
+  const Bytes id = RandomBytes(20);
+  Template priv;
+  ServicePrivateKeyAttrs(priv, name, id, options_.allow_host_unpadding, allow_pkcs1);
+  priv.Data(CKA_MODULUS, n).Data(CKA_PUBLIC_EXPONENT, e).SecretRef(CKA_PRIVATE_EXPONENT, parts.d);
+  if (crt) {
+    // Three-prime keys (Wycheproof) have no two-prime CRT form: then n, e, d only.
+    priv.SecretRef(CKA_PRIME_1, parts.p)
+        .SecretRef(CKA_PRIME_2, parts.q)
+        .SecretRef(CKA_EXPONENT_1, parts.dp)
+        .SecretRef(CKA_EXPONENT_2, parts.dq)
+        .SecretRef(CKA_COEFFICIENT, parts.qinv);
+  }
+  CK_OBJECT_HANDLE hpriv = CK_INVALID_HANDLE;
+  absl::Status s;
+  for (size_t drop = 0;; ++drop) {
+    s = m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), priv.data(),
+               priv.size(), &hpriv);
+    if (s.ok() || CkrOf(s) != CKR_ATTRIBUTE_TYPE_INVALID ||
+        drop >= std::size(kOptionalPrivateAttrs)) {
+      break;
+    }
+    spdlog::warn("token '{}' rejects an attribute ({}); retrying without attribute 0x{:x}",
+                 token_.label, std::string(s.message()), kOptionalPrivateAttrs[drop]);
+    priv.Remove(kOptionalPrivateAttrs[drop]);
+  }
+  if (!s.ok()) return s;
+
+  Template pub;
+  pub.Ulong(CKA_CLASS, CKO_PUBLIC_KEY)
+      .Ulong(CKA_KEY_TYPE, CKK_RSA)
+      .Bool(CKA_TOKEN, true)
+      .Bool(CKA_PRIVATE, false)
+      .Bool(CKA_ENCRYPT, true)
+      .Bool(CKA_VERIFY, false)
+      .Bool(CKA_WRAP, false)
+      .Str(CKA_LABEL, name)
+      .Data(CKA_ID, id)
+      .Data(CKA_MODULUS, n)
+      .Data(CKA_PUBLIC_EXPONENT, e);
+  CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE;
+  if (auto ps = m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), pub.data(),
+                       pub.size(), &hpub);
+      !ps.ok()) {
+    DestroyObject(*lease, hpriv);
+    return ps;
+  }
+  Metadata md;
+  md.created_unix = absl::ToUnixSeconds(absl::Now());
+  md.allow_pkcs1 = allow_pkcs1;
+  lease->Release();
+  if (auto w = WriteMetadata(name, md); !w.ok()) {
+    auto l2 = Lease();
+    if (l2.ok()) {
+      DestroyObject(*l2, hpriv);
+      DestroyObject(*l2, hpub);
+    }
+    return w;
+  }
+  return FinishNewKey(name, allow_pkcs1);
+}
+
+absl::StatusOr<KeyInfo> Pkcs11Backend::SetEnabled(const std::string& name, bool enabled) {
+  absl::MutexLock admin(&admin_mu_);
+  auto entry = Lookup(name);
+  if (!entry.ok()) return entry.status();
+  Metadata md;
+  {
+    auto lease = Lease();
+    if (!lease.ok()) return lease.status();
+    auto cur = ReadMetadata(*lease, name, nullptr);
+    if (!cur.ok()) return cur.status();
+    md = *cur;
+  }
+  md.enabled = enabled;
+  if (!md.present) md.allow_pkcs1 = entry->info.allow_pkcs1;
+  if (auto s = WriteMetadata(name, md); !s.ok()) return s;
+  absl::MutexLock l(&mu_);
+  auto it = keys_.find(name);
+  if (it == keys_.end()) return absl::NotFoundError(absl::StrCat("no key named '", name, "'"));
+  it->second.info.enabled = enabled;
+  it->second.metadata_read = absl::Now();
+  spdlog::info("key '{}' {}", name, enabled ? "enabled" : "disabled");
+  return it->second.info;
+}
+
+absl::Status Pkcs11Backend::MapDecryptFailure(const absl::Status& s) {
+  const CK_RV rv = CkrOf(s);
+  if (IsDataRv(rv)) {
+    spdlog::debug("decrypt failed in the token: {}", std::string(s.message()));
+    return DecryptFailedError();
+  }
+  if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED) {
+    // SoftHSM reports bad padding as CKR_GENERAL_ERROR (TOKENS.md §7); a dying token may
+    // too. Tell them apart by whether a fresh session still works.
+    auto probe = Lease();
+    if (probe.ok()) {
+      CK_SESSION_INFO si{};
+      const Module& m = module();
+      auto ps = m.Call("C_GetSessionInfo", m.fl()->C_GetSessionInfo, probe->handle(), &si);
+      if (ps.ok()) {
+        spdlog::debug("decrypt failed in the token: {}", std::string(s.message()));
+        return DecryptFailedError();
+      }
+      probe->MarkBroken();
+      return absl::UnavailableError(absl::StrCat(s.message(), "; then ", ps.message()));
+    }
+    return absl::UnavailableError(absl::StrCat(s.message(), "; then ", probe.status().message()));
+  }
+  return s;
+}
+
+absl::StatusOr<crypto::SecretBytes> Pkcs11Backend::TokenDecrypt(
+    const std::string& name, CK_MECHANISM* mech, absl::Span<const uint8_t> ciphertext) {
+  for (int attempt = 0;; ++attempt) {
+    auto entry = Lookup(name);
+    if (!entry.ok()) return entry.status();
+    auto lease = Lease();
+    if (!lease.ok()) return lease.status();
+    auto out = DecryptOnce(*lease, mech, entry->priv, ciphertext, entry->modulus_len);
+    if (out.ok()) return out;
+    lease->Release();  // broken: closed now, before the reachability check
+    if (IsHandleRv(CkrOf(out.status())) && attempt == 0) {
+      if (auto h = Reresolve(name); !h.ok()) return h.status();
+      continue;
+    }
+    return MapDecryptFailure(out.status());
+  }
+}
+
+absl::StatusOr<crypto::SecretBytes> Pkcs11Backend::Decrypt(const std::string& key_name,
+                                                           RsaPadding padding,
+                                                           absl::Span<const uint8_t> ciphertext,
+                                                           Path path) {
+  auto entry = Lookup(key_name);
+  if (!entry.ok()) return entry.status();
+  const KeyInfo& info = entry->info;
+  if (!info.enabled) {
+    return absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' is disabled"));
+  }
+  if (padding == RsaPadding::kPkcs1 && !info.allow_pkcs1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("key '", key_name, "' does not allow PKCS#1 v1.5"));
+  }
+  // Checked before the token: an empty input poisons a SoftHSM session (TOKENS.md §15),
+  // and every wrong length must look like every other decryption failure.
+  if (ciphertext.size() != entry->modulus_len) return DecryptFailedError();
+
+  switch (path) {
+    case Path::kTokenDecrypt: {
+      if (!info.caps.decrypt.count(padding)) {
+        return absl::UnimplementedError(absl::StrCat("token cannot C_Decrypt ",
+                                                     PaddingName(padding), " with key '",
+                                                     key_name, "'"));
+      }
+      CK_RSA_PKCS_OAEP_PARAMS params{};
+      CK_MECHANISM mech = MechFor(padding, &params);
+      return TokenDecrypt(key_name, &mech, ciphertext);
+    }
+    case Path::kHostUnpadding: {
+      if (!options_.allow_host_unpadding || !info.caps.raw_rsa) {
+        return absl::UnimplementedError(
+            absl::StrCat("HOST_UNPADDING is not available for key '", key_name, "'"));
+      }
+      CK_MECHANISM mech{CKM_RSA_X_509, nullptr, 0};
+      auto em = TokenDecrypt(key_name, &mech, ciphertext);
+      if (!em.ok()) return em.status();
+      absl::StatusOr<crypto::SecretBytes> pt =
+          padding == RsaPadding::kPkcs1
+              ? crypto::Pkcs1Unpad(*em, entry->modulus_len)
+              : crypto::OaepUnpad(*em, entry->modulus_len, crypto::OaepHash(padding),
+                                  crypto::OaepHash(padding));
+      if (!pt.ok()) return DecryptFailedError();
+      return pt;
+    }
+    case Path::kInToken:
+      break;
+  }
+  return absl::InvalidArgumentError("Decrypt() does not take the IN_TOKEN path");
+}
+
+absl::StatusOr<Bytes> Pkcs11Backend::RewrapInToken(const std::string& key_name,
+                                                   RsaPadding in_padding,
+                                                   absl::Span<const uint8_t> ciphertext,
+                                                   const crypto::PublicKey& device_key,
+                                                   RsaPadding out_padding) {
+  auto entry = Lookup(key_name);
+  if (!entry.ok()) return entry.status();
+  const KeyInfo& info = entry->info;
+  if (!info.enabled) {
+    return absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' is disabled"));
+  }
+  if (in_padding == RsaPadding::kPkcs1 && !info.allow_pkcs1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("key '", key_name, "' does not allow PKCS#1 v1.5"));
+  }
+  if (!info.caps.unwrap.count(in_padding)) {
+    return absl::UnimplementedError(absl::StrCat("token cannot C_UnwrapKey ",
+                                                 PaddingName(in_padding), " with key '",
+                                                 key_name, "'"));
+  }
+  if (!wrap_paddings_.count(out_padding)) {
+    return absl::UnimplementedError(
+        absl::StrCat("token cannot C_WrapKey with ", PaddingName(out_padding)));
+  }
+  if (!device_key.is_rsa()) {
+    return absl::InvalidArgumentError("IN_TOKEN rewrap needs an RSA device key");
+  }
+  if (ciphertext.size() != entry->modulus_len) return DecryptFailedError();
+
+  const Bytes dn = device_key.modulus();
+  const Bytes de = device_key.public_exponent();
+  CK_RSA_PKCS_OAEP_PARAMS in_params{}, out_params{};
+  CK_MECHANISM in_mech = MechFor(in_padding, &in_params);
+  CK_MECHANISM out_mech = MechFor(out_padding, &out_params);
+  for (int attempt = 0;; ++attempt) {
+    auto e = Lookup(key_name);
+    if (!e.ok()) return e.status();
+    auto lease = Lease();
+    if (!lease.ok()) return lease.status();
+    auto secret = UnwrapOnce(*lease, &in_mech, e->priv, ciphertext);
+    if (!secret.ok()) {
+      lease->Release();
+      if (IsHandleRv(CkrOf(secret.status())) && attempt == 0) {
+        if (auto h = Reresolve(key_name); !h.ok()) return h.status();
+        continue;
+      }
+      return MapDecryptFailure(secret.status());
+    }
+    // Both session objects are destroyed whatever happens below (a failed destroy closes
+    // the session, which destroys them too).
+    CK_OBJECT_HANDLE device = CK_INVALID_HANDLE;
+    absl::Cleanup cleanup = [&] {
+      DestroyObject(*lease, *secret);
+      DestroyObject(*lease, device);
+    };
+    auto dev = CreateSessionPublicKey(*lease, dn, de);
+    if (!dev.ok()) return dev.status();
+    device = *dev;
+    auto wrapped = WrapOnce(*lease, &out_mech, device, *secret, dn.size());
+    if (!wrapped.ok()) {
+      // The unwrapped value may not fit the output padding (e.g. too long for OAEP-SHA512
+      // on a small device key): the caller sees it as a failed item.
+      spdlog::debug("C_WrapKey to device failed: {}", std::string(wrapped.status().message()));
+      if (IsTokenLossRv(CkrOf(wrapped.status()))) {
+        return absl::UnavailableError(wrapped.status().message());
+      }
+      return wrapped.status();
+    }
+    return wrapped;
+  }
+}
+
+}  // namespace hsmrewrap::hsm
