@@ -96,13 +96,27 @@ v1::Path PathToProto(hsm::Path p) {
 // KeyDirectory
 
 absl::StatusOr<std::shared_ptr<const KeyEntry>> KeyDirectory::Get(const std::string& name) {
+  std::shared_ptr<const KeyEntry> cached;
   {
     std::shared_lock<std::shared_mutex> l(mu_);
     auto it = keys_.find(name);
-    if (it != keys_.end()) return it->second;
+    if (it != keys_.end()) cached = it->second;
   }
+  const auto now = std::chrono::steady_clock::now();
+  if (cached && now - cached->fetched < kRefresh) return cached;
   auto info = backend_->GetKey(name);
-  if (!info.ok()) return info.status();
+  if (!info.ok()) {
+    if (info.status().code() == absl::StatusCode::kNotFound) Forget(name);
+    return info.status();
+  }
+  if (cached && info->spki_der == cached->info.spki_der) {  // same key: no re-parse
+    auto entry = std::make_shared<KeyEntry>(*cached);
+    entry->info = *std::move(info);
+    entry->fetched = now;
+    std::unique_lock<std::shared_mutex> l(mu_);
+    keys_[name] = entry;
+    return std::shared_ptr<const KeyEntry>(entry);
+  }
   return Put(*std::move(info));
 }
 
@@ -112,7 +126,8 @@ absl::StatusOr<std::shared_ptr<const KeyEntry>> KeyDirectory::Put(hsm::KeyInfo i
     return absl::InternalError(absl::StrCat("key '", info.name, "': public key does not parse: ",
                                             pub.status().message()));
   }
-  auto entry = std::make_shared<KeyEntry>(KeyEntry{std::move(info), *std::move(pub), 0});
+  auto entry = std::make_shared<KeyEntry>(
+      KeyEntry{std::move(info), *std::move(pub), 0, std::chrono::steady_clock::now()});
   entry->modulus_len = static_cast<size_t>((entry->public_key.bits() + 7) / 8);
   std::unique_lock<std::shared_mutex> l(mu_);
   keys_[entry->info.name] = entry;

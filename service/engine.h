@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <shared_mutex>
@@ -30,11 +31,15 @@ struct KeyEntry {
   hsm::KeyInfo info;
   crypto::PublicKey public_key;
   size_t modulus_len = 0;
+  std::chrono::steady_clock::time_point fetched;
 };
 
-// Caches KeyEntry by name; a miss asks the backend (another replica may have created it).
+// Caches KeyEntry by name. A miss, or an entry older than the refresh interval, asks the
+// backend again, so a key created or disabled through another replica that shares the
+// token is seen here within about that interval.
 class KeyDirectory final {
  public:
+  static constexpr std::chrono::seconds kRefresh{2};
   explicit KeyDirectory(std::shared_ptr<hsm::KeyBackend> backend) : backend_(std::move(backend)) {}
   absl::StatusOr<std::shared_ptr<const KeyEntry>> Get(const std::string& name);
   absl::StatusOr<std::shared_ptr<const KeyEntry>> Put(hsm::KeyInfo info);
