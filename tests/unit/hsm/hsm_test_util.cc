@@ -1,0 +1,99 @@
+#include "tests/unit/hsm/hsm_test_util.h"
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
+#include <stdlib.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+namespace hsmrewrap::hsm::testing {
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/hsm-test-XXXXXX";
+  char* p = mkdtemp(tmpl.data());
+  if (p == nullptr) std::abort();
+  path_ = p;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::trunc);
+  f << text;
+}
+
+std::string SetUpSoftHsmConfig(const std::string& dir) {
+  std::filesystem::create_directories(dir + "/tokens");
+  const std::string conf = dir + "/softhsm2.conf";
+  WriteFile(conf, "directories.tokendir = " + dir + "/tokens\nobjectstore.backend = file\n"
+                  "log.level = ERROR\n");
+  setenv("SOFTHSM2_CONF", conf.c_str(), 1);
+  return conf;
+}
+
+HostKey GenerateHostRsa(int bits) { return HostKey(EVP_RSA_gen(static_cast<unsigned>(bits))); }
+
+namespace {
+template <typename Out>
+Out Param(EVP_PKEY* key, const char* name) {
+  BIGNUM* bn = nullptr;
+  Out out;
+  if (EVP_PKEY_get_bn_param(key, name, &bn) != 1) return out;
+  out.resize(BN_num_bytes(bn));
+  BN_bn2bin(bn, out.data());
+  BN_clear_free(bn);
+  return out;
+}
+}  // namespace
+
+crypto::RsaPrivateKeyParts HostKeyParts(EVP_PKEY* key, bool crt) {
+  crypto::RsaPrivateKeyParts parts;
+  parts.n = Param<crypto::Bytes>(key, OSSL_PKEY_PARAM_RSA_N);
+  parts.e = Param<crypto::Bytes>(key, OSSL_PKEY_PARAM_RSA_E);
+  parts.d = Param<crypto::SecretBytes>(key, OSSL_PKEY_PARAM_RSA_D);
+  if (crt) {
+    parts.p = Param<crypto::SecretBytes>(key, OSSL_PKEY_PARAM_RSA_FACTOR1);
+    parts.q = Param<crypto::SecretBytes>(key, OSSL_PKEY_PARAM_RSA_FACTOR2);
+    parts.dp = Param<crypto::SecretBytes>(key, OSSL_PKEY_PARAM_RSA_EXPONENT1);
+    parts.dq = Param<crypto::SecretBytes>(key, OSSL_PKEY_PARAM_RSA_EXPONENT2);
+    parts.qinv = Param<crypto::SecretBytes>(key, OSSL_PKEY_PARAM_RSA_COEFFICIENT1);
+  }
+  parts.bits = EVP_PKEY_get_bits(key);
+  return parts;
+}
+
+crypto::Bytes HostKeyDer(EVP_PKEY* key) {
+  unsigned char* der = nullptr;
+  int len = i2d_PrivateKey(key, &der);
+  crypto::Bytes out(der, der + (len > 0 ? len : 0));
+  OPENSSL_free(der);
+  return out;
+}
+
+crypto::PublicKey HostPublicKey(EVP_PKEY* key) {
+  auto pk = crypto::PublicKey::FromRsaComponents(Param<crypto::Bytes>(key, OSSL_PKEY_PARAM_RSA_N),
+                                                 Param<crypto::Bytes>(key, OSSL_PKEY_PARAM_RSA_E));
+  if (!pk.ok()) std::abort();
+  return *pk;
+}
+
+crypto::SecretBytes ToSecret(const std::string& s) { return crypto::SecretBytes(s.begin(), s.end()); }
+
+crypto::SecretString Pin(const char* s) { return crypto::SecretString(s); }
+
+crypto::Bytes RandomBytes(size_t n) {
+  crypto::Bytes b(n);
+  RAND_bytes(b.data(), static_cast<int>(n));
+  return b;
+}
+
+}  // namespace hsmrewrap::hsm::testing
