@@ -34,6 +34,13 @@ class PublicKey final {
                                                      absl::Span<const uint8_t> e);
   // Detects PEM SPKI, DER SPKI or CNG RSAPUBLICBLOB (Export-IntunePublicKey's two forms).
   static absl::StatusOr<PublicKey> FromAnyPublicKeyFile(absl::Span<const uint8_t> bytes);
+  // Wraps an existing OpenSSL key (takes its own reference; the caller keeps theirs). A key
+  // that carries private parts is reduced to its public half first.
+  static absl::StatusOr<PublicKey> FromEvpPkey(EVP_PKEY* pkey);
+
+  // Every factory accepts only: RSA (rsaEncryption; 1024..16384 bits, odd e >= 3) and EC on
+  // P-256, P-384 or P-521. DER input is parsed once with d2i_PUBKEY (no PEM probing), so
+  // per-request parsing of device keys costs one ASN.1 decode.
 
   bool is_rsa() const;
   bool is_ec() const;
@@ -46,11 +53,16 @@ class PublicKey final {
   std::string SpkiPem() const;
   Bytes CngPublicBlob() const;  // RSA only
   std::string Sha256Hex() const;  // lowercase hex SHA-256 of SpkiDer()
+  // Same algorithm and same public key.
+  bool Equals(const PublicKey& other) const;
 
   EVP_PKEY* get() const { return pkey_.get(); }
 
  private:
   explicit PublicKey(std::shared_ptr<EVP_PKEY> p) : pkey_(std::move(p)) {}
+  // Takes ownership of `owned` (a public-only key), validates it and wraps it.
+  static absl::StatusOr<PublicKey> Adopt(EVP_PKEY* owned);
+  friend class Certificate;  // wraps the key it parsed without re-encoding it
   std::shared_ptr<EVP_PKEY> pkey_;
 };
 
@@ -76,12 +88,19 @@ struct RsaPrivateKeyParts {
   int bits = 0;
 };
 
-// PKCS#8 PrivateKeyInfo or PKCS#1 RSAPrivateKey, DER or PEM (unencrypted).
+// PKCS#8 PrivateKeyInfo or PKCS#1 RSAPrivateKey, DER or PEM (unencrypted). Integers are
+// returned without leading zeros by every parser below.
 absl::StatusOr<RsaPrivateKeyParts> ParseRsaPrivateKey(absl::Span<const uint8_t> der_or_pem);
-// The RSA private key of a PKCS#12 file.
+// The RSA private key of a PKCS#12 file. Loads OpenSSL's "legacy" provider (with
+// "default") into the default library context the first time a file needs it (RC2-40,
+// as `openssl pkcs12 -export` 1.x and Windows write); that stays loaded process-wide.
 absl::StatusOr<RsaPrivateKeyParts> ParseRsaPrivateKeyFromPfx(absl::Span<const uint8_t> pfx,
                                                              const SecretString& password);
 // BCRYPT_RSAFULLPRIVATE_BLOB ("RSA3"), as Export-IntunePrivateKey writes it.
 absl::StatusOr<RsaPrivateKeyParts> ParseCngFullPrivateBlob(absl::Span<const uint8_t> blob);
+
+// Reads a whole file (PIN, password) into a SecretString, stripping one trailing "\n" or
+// "\r\n". Files over 1 MiB are refused. No permission check is made here.
+absl::StatusOr<SecretString> ReadSecretFile(const std::string& path);
 
 }  // namespace hsmrewrap::crypto

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,5 @@ using SecretString = std::basic_string<char, std::char_traits<char>, ZeroizingAl
 
 inline absl::Span<const uint8_t> Reveal(const SecretBytes& s) { return absl::MakeConstSpan(s); }
 
-// Reads a whole file into a SecretString, stripping one trailing "\n" or "\r\n".
-// Used for PIN files; refuses files readable by group/others unless allow_shared.
+// ReadSecretFile (whole file -> SecretString) is declared in crypto/keys.h.
 }  // namespace hsmrewrap::crypto

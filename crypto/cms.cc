@@ -1,0 +1,155 @@
+#include "crypto/cms.h"
+
+#include <openssl/cms.h>
+#include <openssl/err.h>
+#include <openssl/rsa.h>
+#include <openssl/x509v3.h>
+
+#include "absl/status/status.h"
+#include "crypto/openssl_util.h"
+
+namespace hsmrewrap::crypto {
+
+using internal::BioPtr;
+using internal::CmsPtr;
+using internal::OsslInternal;
+using internal::OsslInvalidArgument;
+using internal::X509Ptr;
+
+namespace {
+
+const EVP_CIPHER* ContentCipher(CmsContentCipher c) {
+  switch (c) {
+    case CmsContentCipher::kAes256Cbc: return EVP_aes_256_cbc();
+    case CmsContentCipher::kAes128Cbc: return EVP_aes_128_cbc();
+    case CmsContentCipher::kDes3Cbc: return EVP_des_ede3_cbc();
+  }
+  return nullptr;
+}
+
+// Builds DER ContentInfo(EnvelopedData) with one recipient for `recipient`'s key.
+// `id_flags` is 0 (issuerAndSerialNumber) or CMS_USE_KEYID (subjectKeyIdentifier).
+absl::StatusOr<Bytes> Envelope(X509* recipient, const PublicKey& key,
+                               absl::Span<const uint8_t> plaintext, const CmsOptions& options,
+                               unsigned int id_flags) {
+  const EVP_CIPHER* cipher = ContentCipher(options.cipher);
+  if (cipher == nullptr) return absl::InvalidArgumentError("unknown CMS content cipher");
+  const bool rsa = key.is_rsa();
+  if (!rsa && !key.is_ec()) {
+    return absl::InvalidArgumentError("CMS recipient key must be RSA or EC");
+  }
+  bool oaep = false;
+  if (rsa) {
+    switch (options.key_transport) {
+      case CmsKeyTransport::kRsaOaepSha256: oaep = true; break;
+      case CmsKeyTransport::kRsaPkcs1: oaep = false; break;
+      default: return absl::InvalidArgumentError("unknown CMS key transport");
+    }
+  }
+  // CMS_BINARY: the content is bytes, never MIME-canonicalised. CMS_PARTIAL: recipients are
+  // added and the structure finalised below.
+  const unsigned int flags = CMS_BINARY | CMS_PARTIAL;
+  CmsPtr cms(CMS_encrypt(nullptr, nullptr, cipher, flags));
+  if (!cms) return OsslInternal("CMS_encrypt failed");
+  // CMS_KEY_PARAM makes OpenSSL create the key-transport EVP_PKEY_CTX now so that OAEP
+  // parameters can be set on it; it also writes them into keyEncryptionAlgorithm
+  // (id-RSAES-OAEP with SHA-256 and MGF1-SHA-256).
+  const unsigned int ri_flags = id_flags | (oaep ? CMS_KEY_PARAM : 0);
+  CMS_RecipientInfo* ri = CMS_add1_recipient_cert(cms.get(), recipient, ri_flags);
+  if (ri == nullptr) return OsslInvalidArgument("cannot add the CMS recipient");
+  if (oaep) {
+    EVP_PKEY_CTX* pctx = CMS_RecipientInfo_get0_pkey_ctx(ri);
+    if (pctx == nullptr ||
+        EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_oaep_md(pctx, EVP_sha256()) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) <= 0) {
+      return OsslInternal("cannot set RSA-OAEP-SHA256 key transport");
+    }
+  }
+  // Read-only memory BIO over the caller's buffer: no extra copy of the plaintext.
+  BioPtr in(BIO_new_mem_buf(plaintext.empty() ? static_cast<const void*>("") : plaintext.data(),
+                            static_cast<int>(plaintext.size())));
+  if (!in) return OsslInternal("BIO_new_mem_buf failed");
+  if (CMS_final(cms.get(), in.get(), nullptr, CMS_BINARY) != 1) {
+    ERR_clear_error();  // errors here could only concern the content; keep them out
+    return absl::InternalError("CMS encryption failed");
+  }
+  unsigned char* der = nullptr;
+  const int len = i2d_CMS_ContentInfo(cms.get(), &der);
+  if (len <= 0) return OsslInternal("CMS DER encoding failed");
+  Bytes out(der, der + len);
+  OPENSSL_free(der);
+  return out;
+}
+
+constexpr size_t kMaxCmsPlaintext = 64 * 1024;
+
+// OpenSSL caches a certificate's extensions (and so finds its SKI) only if the certificate
+// can be DER-encoded, which needs a signature algorithm. The placeholder below is therefore
+// signed with this process-wide throwaway P-256 key; the signature means nothing and the
+// placeholder never leaves the process.
+EVP_PKEY* PlaceholderSigningKey() {
+  static EVP_PKEY* key = [] {
+    EVP_PKEY* k = EVP_EC_gen("P-256");
+    ERR_clear_error();
+    return k;
+  }();
+  return key;
+}
+
+}  // namespace
+
+absl::StatusOr<Bytes> CmsEnvelopeToCertificate(const Certificate& certificate,
+                                               absl::Span<const uint8_t> plaintext,
+                                               const CmsOptions& options) {
+  if (plaintext.size() > kMaxCmsPlaintext) {
+    return absl::InvalidArgumentError("CMS plaintext larger than 64 KiB");
+  }
+  return Envelope(certificate.get(), certificate.public_key(), plaintext, options, 0);
+}
+
+// OpenSSL's CMS API takes recipients as certificates. For a bare key we build a throwaway
+// in-memory X509 that carries only the key and a subjectKeyIdentifier extension,
+// and ask for CMS_USE_KEYID: OpenSSL then reads just the public key and the SKI from it, so
+// the output names the recipient by SKI (RFC 5652 RecipientIdentifier subjectKeyIdentifier
+// for key transport, rKeyId for key agreement). The X509 never leaves this function.
+absl::StatusOr<Bytes> CmsEnvelopeToPublicKey(const PublicKey& key,
+                                             absl::Span<const uint8_t> plaintext,
+                                             const CmsOptions& options) {
+  if (plaintext.size() > kMaxCmsPlaintext) {
+    return absl::InvalidArgumentError("CMS plaintext larger than 64 KiB");
+  }
+  X509Ptr x(X509_new());
+  if (!x || X509_set_version(x.get(), X509_VERSION_3) != 1 ||
+      X509_set_pubkey(x.get(), key.get()) != 1) {
+    return OsslInternal("cannot build the recipient placeholder");
+  }
+  // SKI = SHA-1 of the subjectPublicKey BIT STRING contents (RFC 5280 4.2.1.2, method 1).
+  const unsigned char* pk = nullptr;
+  int pk_len = 0;
+  if (X509_PUBKEY_get0_param(nullptr, &pk, &pk_len, nullptr, X509_get_X509_PUBKEY(x.get())) !=
+      1) {
+    return OsslInternal("cannot read the public key bits");
+  }
+  unsigned char ski[EVP_MAX_MD_SIZE];
+  unsigned int ski_len = 0;
+  if (EVP_Digest(pk, static_cast<size_t>(pk_len), ski, &ski_len, EVP_sha1(), nullptr) != 1) {
+    return OsslInternal("SHA-1 failed");
+  }
+  internal::Asn1OctetStringPtr os(ASN1_OCTET_STRING_new());
+  if (!os || ASN1_OCTET_STRING_set(os.get(), ski, static_cast<int>(ski_len)) != 1 ||
+      X509_add1_ext_i2d(x.get(), NID_subject_key_identifier, os.get(), 0, X509V3_ADD_DEFAULT) !=
+          1) {
+    return OsslInternal("cannot set subjectKeyIdentifier");
+  }
+  EVP_PKEY* signer = PlaceholderSigningKey();
+  if (signer == nullptr || X509_sign(x.get(), signer, EVP_sha256()) <= 0) {
+    return OsslInternal("cannot finish the recipient placeholder");
+  }
+  if (X509_get0_subject_key_id(x.get()) == nullptr) {
+    return OsslInternal("subjectKeyIdentifier not visible to OpenSSL");
+  }
+  return Envelope(x.get(), key, plaintext, options, CMS_USE_KEYID);
+}
+
+}  // namespace hsmrewrap::crypto
