@@ -4,6 +4,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 #include <thread>
@@ -38,6 +39,21 @@ void HardenProcess() {
   ::setrlimit(RLIMIT_CORE, &no_core);
 }
 
+// rewrapctl beside this binary (installed) or in the build tree (../clients), else by name.
+std::string RewrapctlPath() {
+  std::error_code ec;
+  auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return "rewrapctl";
+  for (const auto& p : {self.parent_path() / "rewrapctl", self.parent_path().parent_path() / "clients" / "rewrapctl"}) {
+    if (std::filesystem::exists(p, ec)) {
+      auto rel = std::filesystem::relative(p, std::filesystem::current_path(), ec);
+      std::string s = (ec || rel.empty()) ? p.string() : rel.string();
+      return s.find('/') == std::string::npos ? "./" + s : s;
+    }
+  }
+  return "rewrapctl";
+}
+
 int Run(int argc, char** argv) {
   CLI::App app{"rewrapd: rewraps sealed secrets with RSA keys kept in a PKCS#11 token.\n"
                "With no arguments it creates (first run) and uses an embedded SoftHSM2 token\n"
@@ -70,7 +86,7 @@ int Run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);  // --help exits 0; a bad flag exits 2 with the reason
+    return app.exit(e) == 0 ? 0 : 2;  // --help exits 0; a usage error exits 2 with the reason
   }
   if (version) {
     std::cout << "rewrapd " << HSMREWRAP_VERSION << "\n";
@@ -189,7 +205,7 @@ int Run(int argc, char** argv) {
   std::signal(SIGINT, OnSignal);
   std::cout << "rewrapd serving on " << addr << std::endl;
   std::cout << "token: " << started->token_label << (c.embedded() ? " (embedded SoftHSM2 in " + c.state_dir + ")" : "")
-            << "\ntry:   rewrapctl --target " << addr << " keys list" << std::endl;
+            << "\ntry:   " << RewrapctlPath() << " --target " << addr << " keys list" << std::endl;
 
   // Health follows the token; signals end the loop.
   bool healthy = true;

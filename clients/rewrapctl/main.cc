@@ -129,7 +129,7 @@ int Run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return app.exit(e) == 0 ? 0 : 2;  // --help exits 0; a usage error exits 2 with the reason
   }
   auto channel = MakeChannel(copts);
   if (!channel.ok()) {
