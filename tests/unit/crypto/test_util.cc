@@ -52,13 +52,16 @@ Bytes I2d(F f) {
 
 EvpPkeyPtr RsaKey(int bits) {
   static std::mutex mu;
-  static std::map<int, EVP_PKEY*> cache;  // never freed: shared across the test binary
+  static auto* cache = new std::map<int, EvpPkeyPtr>();  // shared across the test binary
+  static struct Cleanup {
+    ~Cleanup() { cache->clear(); }  // keeps LeakSanitizer quiet
+  } cleanup;
   std::lock_guard<std::mutex> lock(mu);
-  EVP_PKEY*& k = cache[bits];
-  if (k == nullptr) k = EVP_RSA_gen(static_cast<unsigned int>(bits));
+  EvpPkeyPtr& k = (*cache)[bits];
+  if (k == nullptr) k.reset(EVP_RSA_gen(static_cast<unsigned int>(bits)));
   if (k == nullptr) return nullptr;
-  EVP_PKEY_up_ref(k);
-  return EvpPkeyPtr(k);
+  EVP_PKEY_up_ref(k.get());
+  return EvpPkeyPtr(k.get());
 }
 
 EvpPkeyPtr EcKey(const char* curve) { return EvpPkeyPtr(EVP_EC_gen(curve)); }
