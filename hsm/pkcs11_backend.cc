@@ -540,7 +540,13 @@ absl::StatusOr<Pkcs11Backend::Metadata> Pkcs11Backend::ReadMetadata(SessionPool:
   if (!found.ok()) return found.status();
   Metadata md;
   if (handle) *handle = CK_INVALID_HANDLE;
-  if (found->empty()) return md;
+  if (found->empty()) {
+    if (!metadata_in_token_.load()) {
+      absl::MutexLock md_lock(&local_md_mu_);
+      if (auto it = local_md_.find(name); it != local_md_.end()) return it->second;
+    }
+    return md;
+  }
   if (found->size() > 1) {
     spdlog::warn("key '{}': {} metadata objects; using the first", name, found->size());
   }
@@ -590,8 +596,25 @@ absl::Status Pkcs11Backend::WriteMetadata(const std::string& name, const Metadat
       .Str(CKA_LABEL, name)
       .Str(CKA_VALUE, text);
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-  return m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), t.data(), t.size(),
-                &h);
+  absl::Status s = m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), t.data(),
+                          t.size(), &h);
+  if (s.ok()) return s;
+  const CK_RV rv = CkrOf(s);
+  if (rv != CKR_ATTRIBUTE_VALUE_INVALID && rv != CKR_ATTRIBUTE_TYPE_INVALID &&
+      rv != CKR_TEMPLATE_INCONSISTENT) {
+    return s;
+  }
+  if (metadata_in_token_.exchange(false)) {
+    spdlog::error(
+        "token '{}' cannot store data objects ({}): key metadata (enabled, allow_pkcs1, "
+        "created) is kept in this process only and is NOT shared with other replicas",
+        token_.label, std::string(s.message()));
+  }
+  Metadata stored = md;
+  stored.present = true;
+  absl::MutexLock l(&local_md_mu_);
+  local_md_[name] = stored;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<KeyInfo> Pkcs11Backend::LoadKey(const std::string& name) {
@@ -690,6 +713,10 @@ absl::Status Pkcs11Backend::LoadAllKeys() {
   std::sort(names.begin(), names.end());
   names.erase(std::unique(names.begin(), names.end()), names.end());
   for (const auto& name : names) {
+    {
+      absl::MutexLock l(&mu_);
+      if (keys_.count(name)) continue;  // loaded and probed before; metadata has a TTL
+    }
     auto info = LoadKey(name);
     if (!info.ok()) {
       if (info.status().code() == absl::StatusCode::kUnavailable) return info.status();
@@ -839,15 +866,25 @@ void ServicePrivateKeyAttrs(Template& t, const std::string& name, const Bytes& i
       .Bool(CKA_SIGN, false)
       .Bool(CKA_SIGN_RECOVER, false)
       .Bool(CKA_DERIVE, false)
-      .Bool(CKA_WRAP, false)
       .Str(CKA_LABEL, name)
       .Data(CKA_ID, id)
       .Mechanisms(AllowedMechanisms(host_unpadding, pkcs1));
 }
 
 // Dropped one at a time, in this order, when the token says CKR_ATTRIBUTE_TYPE_INVALID.
-constexpr CK_ATTRIBUTE_TYPE kOptionalPrivateAttrs[] = {CKA_WRAP, CKA_ALLOWED_MECHANISMS,
-                                                       CKA_DERIVE, CKA_SIGN_RECOVER};
+// (CKA_WRAP is not a private-key attribute; SoftHSM 2.6.1 rejects it, so it is never sent.)
+// A failed C_GenerateKeyPair can leave a half-made session object behind in SoftHSM
+// 2.6.1, so the session of a failed attempt is discarded.
+constexpr CK_ATTRIBUTE_TYPE kOptionalPrivateAttrs[] = {CKA_ALLOWED_MECHANISMS, CKA_DERIVE,
+                                                       CKA_SIGN_RECOVER};
+
+// How tokens reject an attribute they do not support. NSS softoken 3.87 answers a template
+// with CKA_ALLOWED_MECHANISMS with CKR_GENERAL_ERROR (measured), so that counts too; a
+// real device error fails again on the retry and is returned then.
+bool IsAttributeRejection(CK_RV rv) {
+  return rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_VALUE_INVALID ||
+         rv == CKR_TEMPLATE_INCONSISTENT || rv == CKR_GENERAL_ERROR;
+}
 
 }  // namespace
 
@@ -884,15 +921,25 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::CreateKey(const std::string& name, int bi
   for (size_t drop = 0;; ++drop) {
     s = m.Call("C_GenerateKeyPair", m.fl()->C_GenerateKeyPair, lease->handle(), &mech,
                pub.data(), pub.size(), priv.data(), priv.size(), &hpub, &hpriv);
-    if (s.ok() || CkrOf(s) != CKR_ATTRIBUTE_TYPE_INVALID ||
-        drop >= std::size(kOptionalPrivateAttrs)) {
+    if (s.ok() || !IsAttributeRejection(CkrOf(s)) || drop >= std::size(kOptionalPrivateAttrs)) {
       break;
     }
-    spdlog::warn("token '{}' rejects an attribute ({}); retrying without attribute 0x{:x}",
-                 token_.label, std::string(s.message()), kOptionalPrivateAttrs[drop]);
+    spdlog::warn("token '{}' rejects the key template ({}); retrying without attribute 0x{:x}{}",
+                 token_.label, std::string(s.message()), kOptionalPrivateAttrs[drop],
+                 kOptionalPrivateAttrs[drop] == CKA_ALLOWED_MECHANISMS
+                     ? " (CKA_ALLOWED_MECHANISMS: the token will not restrict the key's "
+                       "mechanisms; hsm-rewrap still enforces allow_pkcs1 itself)"
+                     : "");
     priv.Remove(kOptionalPrivateAttrs[drop]);
+    lease->MarkBroken();
+    lease->Release();
+    lease = Lease();
+    if (!lease.ok()) return lease.status();
   }
-  if (!s.ok()) return s;
+  if (!s.ok()) {
+    lease->MarkBroken();
+    return s;
+  }
   Metadata md;
   md.created_unix = absl::ToUnixSeconds(absl::Now());
   md.allow_pkcs1 = allow_pkcs1;
@@ -946,15 +993,25 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
   for (size_t drop = 0;; ++drop) {
     s = m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), priv.data(),
                priv.size(), &hpriv);
-    if (s.ok() || CkrOf(s) != CKR_ATTRIBUTE_TYPE_INVALID ||
-        drop >= std::size(kOptionalPrivateAttrs)) {
+    if (s.ok() || !IsAttributeRejection(CkrOf(s)) || drop >= std::size(kOptionalPrivateAttrs)) {
       break;
     }
-    spdlog::warn("token '{}' rejects an attribute ({}); retrying without attribute 0x{:x}",
-                 token_.label, std::string(s.message()), kOptionalPrivateAttrs[drop]);
+    spdlog::warn("token '{}' rejects the key template ({}); retrying without attribute 0x{:x}{}",
+                 token_.label, std::string(s.message()), kOptionalPrivateAttrs[drop],
+                 kOptionalPrivateAttrs[drop] == CKA_ALLOWED_MECHANISMS
+                     ? " (CKA_ALLOWED_MECHANISMS: the token will not restrict the key's "
+                       "mechanisms; hsm-rewrap still enforces allow_pkcs1 itself)"
+                     : "");
     priv.Remove(kOptionalPrivateAttrs[drop]);
+    lease->MarkBroken();
+    lease->Release();
+    lease = Lease();
+    if (!lease.ok()) return lease.status();
   }
-  if (!s.ok()) return s;
+  if (!s.ok()) {
+    lease->MarkBroken();
+    return s;
+  }
 
   Template pub;
   pub.Ulong(CKA_CLASS, CKO_PUBLIC_KEY)

@@ -12,6 +12,7 @@
 // Thread safety: all methods are thread-safe (KeyBackend contract).
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <string>
@@ -113,6 +114,12 @@ class Pkcs11Backend final : public KeyBackend {
   const TokenSlot token_;
   const std::unique_ptr<SessionPool> pool_;
   std::set<RsaPadding> wrap_paddings_;  // set once in Create()
+
+  // Tokens that refuse CKO_DATA token objects (NSS softoken 3.87: CKR_ATTRIBUTE_VALUE_INVALID
+  // for CKA_TOKEN=TRUE) keep metadata in this process only; loudly reported.
+  std::atomic<bool> metadata_in_token_{true};
+  absl::Mutex local_md_mu_;
+  std::map<std::string, Metadata> local_md_ ABSL_GUARDED_BY(local_md_mu_);
 
   absl::Mutex admin_mu_;  // serialises CreateKey/ImportKey/SetEnabled
   absl::Mutex mu_;

@@ -43,7 +43,7 @@ CK_UTF8CHAR_PTR PinPtr(const crypto::SecretString& pin) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<TokenSlot>> ListTokens(const Module& m) {
+absl::StatusOr<std::vector<TokenSlot>> ListTokens(const Module& m, bool include_uninitialized) {
   auto slots = SlotList(m, true);
   if (!slots.ok()) return slots.status();
   std::vector<TokenSlot> out;
@@ -53,7 +53,7 @@ absl::StatusOr<std::vector<TokenSlot>> ListTokens(const Module& m) {
       spdlog::debug("slot {}: {}", id, std::string(s.message()));
       continue;
     }
-    if (!(ti.flags & CKF_TOKEN_INITIALIZED)) continue;
+    if (!include_uninitialized && !(ti.flags & CKF_TOKEN_INITIALIZED)) continue;
     TokenSlot t;
     t.slot = id;
     t.label = PaddedString(ti.label, sizeof(ti.label));

@@ -29,8 +29,10 @@ struct TokenSlot {
   CK_FLAGS flags = 0;
 };
 
-// Slots with an initialised token present.
-absl::StatusOr<std::vector<TokenSlot>> ListTokens(const Module& module);
+// Slots with a token present; uninitialised tokens only when asked for (NSS softoken's key
+// token reports CKF_TOKEN_INITIALIZED only once its user PIN is set).
+absl::StatusOr<std::vector<TokenSlot>> ListTokens(const Module& module,
+                                                  bool include_uninitialized = false);
 // The one initialised token that matches; NotFound if none, FailedPrecondition if several.
 absl::StatusOr<TokenSlot> FindToken(const Module& module, const TokenSelector& selector);
 

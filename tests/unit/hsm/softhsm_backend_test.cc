@@ -409,16 +409,52 @@ TEST_F(SoftHsmBackendTest, ConcurrentDecryptsFromEightThreads) {
   EXPECT_LE(backend_->pool().open_sessions(), 4u);
 }
 
+// Classes of all objects visible to a session of the backend's pool.
+std::vector<std::string> ObjectKinds(Pkcs11Backend& b) {
+  std::vector<std::string> kinds;
+  auto lease = b.pool().Acquire(absl::Now() + absl::Seconds(1));
+  EXPECT_THAT(lease, IsOk());
+  if (!lease.ok()) return kinds;
+  const Module& m = b.module();
+  EXPECT_THAT(m.Call("C_FindObjectsInit", m.fl()->C_FindObjectsInit, lease->handle(), nullptr,
+                     CK_ULONG(0)),
+              IsOk());
+  CK_OBJECT_HANDLE objs[64];
+  CK_ULONG n = 0;
+  EXPECT_THAT(m.Call("C_FindObjects", m.fl()->C_FindObjects, lease->handle(), objs, CK_ULONG(64),
+                     &n),
+              IsOk());
+  EXPECT_THAT(m.Call("C_FindObjectsFinal", m.fl()->C_FindObjectsFinal, lease->handle()), IsOk());
+  for (CK_ULONG i = 0; i < n; ++i) {
+    CK_OBJECT_CLASS cls = 0;
+    CK_BBOOL token = CK_FALSE;
+    CK_ATTRIBUTE a[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &token, sizeof(token)}};
+    EXPECT_THAT(m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, lease->handle(),
+                       objs[i], a, CK_ULONG(2)),
+                IsOk());
+    const char* name = cls == CKO_PRIVATE_KEY  ? "private"
+                       : cls == CKO_PUBLIC_KEY ? "public"
+                       : cls == CKO_DATA       ? "data"
+                       : cls == CKO_SECRET_KEY ? "secret"
+                                               : "other";
+    kinds.push_back(std::string(name) + (token ? "/token" : "/session"));
+  }
+  return kinds;
+}
+
 TEST_F(SoftHsmBackendTest, RewrapInTokenWithOaepSha1) {
   Open();
   auto k = backend_->CreateKey("svc", 2048, false);
   ASSERT_THAT(k, IsOk());
+  const auto kKeyObjects = UnorderedElementsAre("private/token", "public/token", "data/token");
+  EXPECT_THAT(ObjectKinds(*backend_), kKeyObjects);
   auto device = testing::GenerateHostRsa(2048);
   const crypto::Bytes pt = testing::RandomBytes(20);
   auto out = backend_->RewrapInToken("svc", RsaPadding::kOaepSha1,
                                      Seal(*k, RsaPadding::kOaepSha1, pt),
                                      testing::HostPublicKey(device.get()), RsaPadding::kOaepSha1);
   ASSERT_THAT(out, IsOk());
+  EXPECT_THAT(ObjectKinds(*backend_), kKeyObjects);
   auto back = crypto::RsaDecryptWithPrivateKey(testing::HostKeyDer(device.get()),
                                                RsaPadding::kOaepSha1, *out);
   ASSERT_THAT(back, IsOk());
@@ -436,19 +472,8 @@ TEST_F(SoftHsmBackendTest, RewrapInTokenWithOaepSha1) {
                                                       RsaPadding::kOaepSha1)
                                   .status()));
   // Session objects were destroyed: only the key pair and metadata are left in the token.
-  auto lease = backend_->pool().Acquire(absl::Now() + absl::Seconds(1));
-  ASSERT_THAT(lease, IsOk());
-  const Module& m = backend_->module();
-  ASSERT_THAT(m.Call("C_FindObjectsInit", m.fl()->C_FindObjectsInit, lease->handle(), nullptr,
-                     CK_ULONG(0)),
-              IsOk());
-  CK_OBJECT_HANDLE objs[16];
-  CK_ULONG n = 0;
-  ASSERT_THAT(m.Call("C_FindObjects", m.fl()->C_FindObjects, lease->handle(), objs, CK_ULONG(16),
-                     &n),
-              IsOk());
-  ASSERT_THAT(m.Call("C_FindObjectsFinal", m.fl()->C_FindObjectsFinal, lease->handle()), IsOk());
-  EXPECT_EQ(n, 3u);
+  EXPECT_THAT(ObjectKinds(*backend_),
+              UnorderedElementsAre("private/token", "public/token", "data/token"));
 }
 
 }  // namespace
