@@ -25,41 +25,113 @@ absl::Status CheckKeyName(const std::string& name) {
   return absl::OkStatus();
 }
 
-// Bidirectional stream: each request is one batch; responses go back in order. One batch
-// is processed at a time per stream; callers open several streams for concurrency.
+// Bidirectional stream: each request is one batch and gets exactly one response, in
+// request order. Up to kMaxPending batches of one stream are in the engine at once (so one
+// stream keeps several workers busy); beyond that the stream stops reading, which is
+// gRPC flow control pushing back on the client. A batch refused for the service's
+// in-flight limit is answered with RESOURCE_EXHAUSTED per item (retryable) and the stream
+// goes on; a malformed batch (empty, too large) ends the stream with that status once
+// the batches before it are answered.
 class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1::RewrapResponse> {
  public:
-  explicit StreamReactor(RewrapEngine* engine) : engine_(engine) { NextRead(); }
+  static constexpr size_t kMaxPending = 8;
+
+  explicit StreamReactor(RewrapEngine* engine) : engine_(engine) {
+    std::lock_guard<std::mutex> l(mu_);
+    ReadLocked();
+  }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {  // client half-closed (or the call broke): nothing outstanding
-      Finish(grpc::Status::OK);
+    std::unique_lock<std::mutex> l(mu_);
+    reading_ = false;
+    if (!ok) {  // the client half-closed, or the call broke
+      read_closed_ = true;
+      MaybeFinishLocked();
       return;
     }
+    auto slot = std::make_shared<Slot>();
+    pending_.push_back(slot);
     auto req = std::make_shared<const v1::RewrapRequest>(std::move(request_));
     request_.Clear();
-    absl::Status st = engine_->Submit(std::move(req), [this](v1::RewrapResponse resp) {
-      response_ = std::move(resp);
-      StartWrite(&response_);
+    l.unlock();
+    absl::Status st = engine_->Submit(req, [this, slot](v1::RewrapResponse resp) {
+      std::lock_guard<std::mutex> g(mu_);
+      slot->response = std::move(resp);
+      slot->ready = true;
+      MaybeWriteLocked();
+      MaybeFinishLocked();
     });
-    if (!st.ok()) Finish(ToGrpc(st));
+    l.lock();
+    if (!st.ok()) {
+      if (st.code() == absl::StatusCode::kResourceExhausted) {
+        for (const auto& item : req->items()) {
+          auto* r = slot->response.add_results();
+          r->set_id(item.id());
+          r->mutable_error()->set_code(v1::ItemError::RESOURCE_EXHAUSTED);
+          r->mutable_error()->set_message(std::string(st.message()));
+        }
+        slot->ready = true;
+        MaybeWriteLocked();
+      } else {
+        pending_.pop_back();
+        final_status_ = ToGrpc(st);
+        read_closed_ = true;  // read no more
+        MaybeFinishLocked();
+        return;
+      }
+    }
+    if (pending_.size() < kMaxPending) ReadLocked();
   }
 
   void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> l(mu_);
+    writing_ = false;
+    pending_.pop_front();
     if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke while writing"));
-      return;
+      // The client went away: the outstanding batches still complete (their callbacks
+      // reference this reactor), then the call ends.
+      broken_ = true;
+      read_closed_ = true;
+      final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke while writing");
     }
-    NextRead();
+    MaybeWriteLocked();
+    if (!read_closed_ && !reading_ && pending_.size() < kMaxPending) ReadLocked();
+    MaybeFinishLocked();
   }
 
   void OnDone() override { delete this; }
 
  private:
-  void NextRead() { StartRead(&request_); }
+  struct Slot {
+    bool ready = false;
+    v1::RewrapResponse response;
+  };
+
+  void ReadLocked() {
+    reading_ = true;
+    StartRead(&request_);
+  }
+  void MaybeWriteLocked() {
+    if (writing_ || pending_.empty() || !pending_.front()->ready) return;
+    if (broken_) {  // nobody to write to: drop answered batches in order
+      while (!pending_.empty() && pending_.front()->ready) pending_.pop_front();
+      return;
+    }
+    writing_ = true;
+    StartWrite(&pending_.front()->response);
+  }
+  void MaybeFinishLocked() {
+    if (finished_ || !read_closed_ || reading_ || writing_ || !pending_.empty()) return;
+    finished_ = true;
+    Finish(final_status_);
+  }
+
   RewrapEngine* engine_;
+  std::mutex mu_;  // guards everything below
   v1::RewrapRequest request_;
-  v1::RewrapResponse response_;
+  std::deque<std::shared_ptr<Slot>> pending_;  // batches in request order
+  bool reading_ = false, writing_ = false, read_closed_ = false, finished_ = false, broken_ = false;
+  grpc::Status final_status_ = grpc::Status::OK;
 };
 
 }  // namespace
