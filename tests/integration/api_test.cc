@@ -417,7 +417,8 @@ TEST_F(ApiTest, ImportKeyEverySource) {
     c->req.set_cng_rsa_full_private_blob(CngFullPrivateBlob(c->key.get()));
   }
   {
-    Case* c = add("odd-2049", 2049, GenerateRsa(2049));
+    // OpenSSL rounds some odd requests down (2049 -> 2048); 2047 stays odd.
+    Case* c = add("odd-2047", 2047, GenerateRsa(2047));
     c->req.set_pkcs8(PrivateKeyPkcs8Der(c->key.get()));
   }
   {
@@ -439,7 +440,7 @@ TEST_F(ApiTest, ImportKeyEverySource) {
     Case& c = cases[i];
     ASSERT_NO_FATAL_FAILURE(ImportServiceKey(h_, c.req, &keys[i])) << c.label;
     const ServiceKey& k = keys[i];
-    EXPECT_EQ(k.info.bits(), static_cast<uint32_t>(c.bits)) << c.label;
+    EXPECT_EQ(k.info.bits(), static_cast<uint32_t>(EVP_PKEY_get_bits(c.key.get()))) << c.label;
     EXPECT_EQ(k.info.spki_sha256(), HexEncode(Sha256(SpkiDer(c.key.get())))) << c.label;
     EXPECT_TRUE(SpkiDer(k.pub.get()) == SpkiDer(c.key.get())) << c.label << ": public key differs";
     EXPECT_EQ(k.info.allow_pkcs1(), c.req.allow_pkcs1()) << c.label;
@@ -675,7 +676,7 @@ TEST_F(ApiTest, BadItemsFailAloneInOneBatch) {
     it->set_format(v1::CMS_ENVELOPED);
     return it;
   };
-  const std::vector<std::string> kLen = {"length", "modulus", "size"};
+  const std::vector<std::string> kLen = {"length", "modulus", "size", "bytes", "empty"};
   const std::vector<std::string> kRecip = {"recipient", "certificate", "public key", "public_key",
                                            "parse", "spki"};
 
@@ -713,7 +714,7 @@ TEST_F(ApiTest, BadItemsFailAloneInOneBatch) {
     // A second item with the same id: it (and possibly the first) fails as a duplicate.
     Expect e{Expect::kDuplicate};
     e.code = v1::ItemError::INVALID_ITEM;
-    e.words = {"duplicate"};
+    e.words = {"duplicate", "more than once", "unique"};
     want.push_back(e);
     fill(req.add_items(), "dup");
   }

@@ -266,7 +266,7 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
     mkdir(db.c_str(), 0700);
     const std::string pin_file = dir + "/nss.pin";
     const std::string pin = "it-" + RandomToken(16);
-    if (!WriteFile(pin_file, pin + "\n", 0600)) {
+    if (!WriteFile(pin_file, pin, 0600)) {
       *error = "cannot write " + pin_file;
       return nullptr;
     }
