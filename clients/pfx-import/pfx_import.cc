@@ -927,7 +927,8 @@ int RunPfxImport(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    const int rc = app.exit(e);  // prints help or the parse error
+    return rc == 0 ? 0 : kExitUsage;
   }
   f.service_given = service->count() > 0 || app.get_option("--target")->count() > 0;
   auto usage = [](const std::string& m) {
