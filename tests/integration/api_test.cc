@@ -968,7 +968,13 @@ TEST_F(ApiTest, DecryptFailedIsUniform) {
       }
       EXPECT_EQ(r.id(), item.id());
       if (!r.has_error()) {
-        ADD_FAILURE() << item.id() << ": decrypted a bad ciphertext (path " << PathName(r.path())
+        std::string why;
+        auto pt = DecryptOutput(d, item.format(), false, r.ciphertext(), &why);
+        ADD_FAILURE() << item.id() << ": a bad ciphertext was rewrapped instead of DECRYPT_FAILED "
+                      << "(path " << PathName(r.path()) << "; the device got "
+                      << (pt ? std::to_string(pt->size()) + " bytes" +
+                                   (*pt == secret ? " = the secret" : " != the secret: implicit rejection?")
+                             : "nothing decryptable: " + why)
                       << ")";
         continue;
       }

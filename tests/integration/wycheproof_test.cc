@@ -38,7 +38,7 @@ struct FileStats {
   std::string file;
   int tests = 0;
   int valid = 0, valid_ok = 0;
-  int invalid = 0, invalid_decrypt_failed = 0, invalid_len = 0;
+  int invalid = 0, invalid_decrypt_failed = 0, invalid_len = 0, invalid_accepted = 0;
   int acceptable = 0, acceptable_ok = 0, acceptable_rejected = 0;
   int failures = 0;
   int groups = 0, groups_skipped = 0;
@@ -228,11 +228,17 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
                                   ", " + t.value("comment", "") + ")";
         if (r.id() != item.id()) fail(where + ": result id '" + r.id() + "' out of order");
         bool decrypted_ok = false;
+        std::string accepted_detail;
         if (!r.has_error()) {
           std::string why;
           auto pt = DecryptOutput(device, item.format(), false, r.ciphertext(), &why);
           const std::string msg = HexDecode(t.at("msg").get<std::string>());
-          if (!pt) {
+          if (result == "invalid") {
+            // Counted (and failed) below as "invalid accepted"; say what the device got.
+            accepted_detail = pt ? "the device got " + std::to_string(pt->size()) + " bytes" +
+                                       (*pt == msg ? " (= msg)" : " (!= msg, e.g. implicit rejection)")
+                                 : "output does not decrypt: " + why;
+          } else if (!pt) {
             fail(where + ": output does not decrypt: " + why);
           } else if (*pt != msg) {
             fail(where + ": decrypts to " + HexEncode(*pt) + ", want " + HexEncode(msg));
@@ -263,7 +269,9 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
         } else if (result == "invalid") {
           ++st.invalid;
           if (!r.has_error()) {
-            fail(where + ": invalid vector was accepted");
+            ++st.invalid_accepted;
+            fail(where + ": invalid vector was accepted (path " + PathName(r.path()) + "; " +
+                 accepted_detail + ")");
           } else if (code == v1::ItemError::DECRYPT_FAILED) {
             ++st.invalid_decrypt_failed;
           } else if (code == v1::ItemError::INVALID_ITEM && is_len) {
@@ -296,9 +304,9 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
   out << "Wycheproof through rewrapd on " << TokenName(CurrentToken()) << " (" << files.size()
       << " files in " << dir.string() << ")\n";
   out << "valid: decrypted to msg / valid run; invalid: DECRYPT_FAILED + INVALID_ITEM(length) / "
-         "invalid run; acceptable: decrypted + rejected; skipped: tests by reason\n\n";
-  out << PadRight("file", 52) << PadRight("tests", 6) << PadRight("valid", 10) << PadRight("invalid", 14)
-      << PadRight("accept", 8) << PadRight("fail", 5) << "skipped | paths\n";
+         "invalid run; inv.acc: invalid vectors the service rewrapped (failures); acceptable: decrypted + rejected;\nfail: failed checks; skipped: tests by reason; paths: of the successful items\n\n";
+  out << PadRight("file", 56) << PadRight("tests", 6) << PadRight("valid", 10) << PadRight("invalid", 14)
+      << PadRight("inv.acc", 9) << PadRight("accept", 8) << PadRight("fail", 5) << "skipped | paths\n";
   FileStats total;
   total.file = "TOTAL";
   auto line = [&](const FileStats& s) {
@@ -310,11 +318,12 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
     std::string paths;
     for (const auto& [p, n] : s.paths) paths += (paths.empty() ? "" : ", ") + p + ": " + std::to_string(n);
     if (paths.empty()) paths = "-";
-    out << PadRight(s.file, 52) << PadRight(std::to_string(s.tests), 6)
+    out << PadRight(s.file, 56) << PadRight(std::to_string(s.tests), 6)
         << PadRight(std::to_string(s.valid_ok) + "/" + std::to_string(s.valid), 10)
         << PadRight(std::to_string(s.invalid_decrypt_failed) + "+" + std::to_string(s.invalid_len) + "/" +
                    std::to_string(s.invalid),
                14)
+        << PadRight(std::to_string(s.invalid_accepted), 9)
         << PadRight(std::to_string(s.acceptable_ok) + "+" + std::to_string(s.acceptable_rejected), 8)
         << PadRight(std::to_string(s.failures), 5) << skipped << " | " << paths << "\n";
   };
@@ -326,6 +335,7 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
     total.invalid += s.invalid;
     total.invalid_decrypt_failed += s.invalid_decrypt_failed;
     total.invalid_len += s.invalid_len;
+    total.invalid_accepted += s.invalid_accepted;
     total.acceptable += s.acceptable;
     total.acceptable_ok += s.acceptable_ok;
     total.acceptable_rejected += s.acceptable_rejected;
