@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Command-line contract of rewrapd and rewrapctl, run as a user would: the embedded
+# default on a fresh state folder, key administration with rewrapctl, exit codes.
+# Usage: cli_test.sh REWRAPD REWRAPCTL
+set -uo pipefail
+REWRAPD=$1
+CTL=$2
+WORK=$(mktemp -d)
+PID=""
+fails=0
+passes=0
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+check() {  # check NAME EXPECTED ACTUAL
+  if [ "$2" == "$3" ]; then passes=$((passes + 1)); else echo "FAIL: $1: expected [$2], got [$3]"; fails=$((fails + 1)); fi
+}
+contains() {  # contains NAME NEEDLE HAYSTACK
+  if [[ "$3" == *"$2"* ]]; then passes=$((passes + 1)); else echo "FAIL: $1: [$2] not in: $3"; fails=$((fails + 1)); fi
+}
+
+start() {  # start rewrapd with the given args; sets PID and ADDR
+  "$REWRAPD" "$@" >"$WORK/out" 2>"$WORK/err" &
+  PID=$!
+  for _ in $(seq 1 300); do
+    ADDR=$(sed -n 's/^rewrapd serving on //p' "$WORK/out")
+    [ -n "$ADDR" ] && return 0
+    kill -0 "$PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "rewrapd did not start:"; cat "$WORK/err"; exit 1
+}
+stop() { kill -TERM "$PID"; wait "$PID"; local rc=$?; PID=""; return $rc; }
+
+# --- flags and exit codes that need no token
+"$REWRAPD" --version >"$WORK/v"; check "rewrapd --version exit" 0 $?
+contains "rewrapd --version text" "rewrapd " "$(cat "$WORK/v")"
+"$REWRAPD" --help >"$WORK/h"; check "rewrapd --help exit" 0 $?
+for flag in --config --state-dir --listen --module --init-args --token --pin-file --allow-host-unpadding --version --help; do
+  contains "rewrapd --help lists $flag" "$flag" "$(cat "$WORK/h")"
+done
+"$REWRAPD" --no-such-flag 2>/dev/null; check "rewrapd bad flag exit" 2 $?
+printf 'listne: 1\n' >"$WORK/bad.yaml"
+err=$("$REWRAPD" --config "$WORK/bad.yaml" --check-config 2>&1); check "bad config exit" 2 $?
+contains "bad config names the key" "unknown configuration key 'listne'" "$err"
+printf 'module: /usr/lib/softhsm/libsofthsm2.so\ntoken: x\npool_size: 3\n' >"$WORK/ok.yaml"
+out=$("$REWRAPD" --config "$WORK/ok.yaml" --check-config); check "check-config exit" 0 $?
+contains "check-config shows the pool" "session pool:         3" "$out"
+contains "check-config denies host unpadding for a real module" "host unpadding:       denied" "$out"
+
+# --- the embedded default: first run creates token, PINs and key
+start --state-dir "$WORK/state" --listen 127.0.0.1:0
+contains "banner gives a client command" "--target $ADDR keys list" "$(cat "$WORK/out")"
+check "user.pin mode" 600 "$(stat -c %a "$WORK/state/user.pin")"
+check "so.pin mode" 600 "$(stat -c %a "$WORK/state/so.pin")"
+check "state dir mode" 700 "$(stat -c %a "$WORK/state")"
+contains "host unpadding is announced" "HOST UNPADDING IS ALLOWED" "$(cat "$WORK/err")"
+"$CTL" --target "$ADDR" health >/dev/null; check "health SERVING exit" 0 $?
+json=$("$CTL" --target "$ADDR" -o json keys list); check "keys list exit" 0 $?
+check "default key exists, 2048 bits" "default 2048 True" "$(python3 -c 'import json,sys; k=json.loads(sys.argv[1]); print(k[0]["name"], k[0]["bits"], k[0]["enabled"])' "$json")"
+check "SoftHSM OAEP-SHA256 path" "HOST_UNPADDING" "$(python3 -c 'import json,sys; print(" ".join(json.loads(sys.argv[1])[0]["paths"]["OAEP_SHA256"]))' "$json")"
+
+# keys create / export-public in three forms that agree
+"$CTL" --target "$ADDR" keys create k3072 --bits 3072 >/dev/null; check "create exit" 0 $?
+"$CTL" --target "$ADDR" keys create k3072 >/dev/null 2>"$WORK/e"; check "duplicate create exit" 1 $?
+contains "duplicate create says why" "already exists" "$(cat "$WORK/e")"
+"$CTL" --target "$ADDR" keys create 'bad name!' >/dev/null 2>&1; check "bad name exit" 1 $?
+"$CTL" --target "$ADDR" keys export-public k3072 --out "$WORK/k.pem" 2>/dev/null; check "export pem exit" 0 $?
+"$CTL" --target "$ADDR" keys export-public k3072 --format der --out "$WORK/k.der" 2>/dev/null
+"$CTL" --target "$ADDR" keys export-public k3072 --format cng --out "$WORK/k.blob" 2>/dev/null
+check "pem and der are the same key" "$(openssl pkey -pubin -in "$WORK/k.pem" -outform DER | sha256sum)" "$(sha256sum <"$WORK/k.der")"
+check "cng blob size for 3072/e=65537" 411 "$(stat -c %s "$WORK/k.blob")"
+check "cng blob magic" "52534131" "$(head -c 4 "$WORK/k.blob" | od -An -tx1 | tr -d ' \n')"
+check "cng modulus = pem modulus" \
+  "$(openssl rsa -pubin -in "$WORK/k.pem" -noout -modulus | cut -d= -f2 | tr 'A-F' 'a-f')" \
+  "$(tail -c 384 "$WORK/k.blob" | od -An -tx1 | tr -d ' \n')"
+
+# import: a PKCS#8 file made by openssl
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/imp.pem" 2>/dev/null
+"$CTL" --target "$ADDR" keys import imported --pkcs8 "$WORK/imp.pem" >/dev/null; check "import exit" 0 $?
+"$CTL" --target "$ADDR" keys export-public imported --out "$WORK/imp.pub" 2>/dev/null
+check "imported public key matches" "$(openssl pkey -in "$WORK/imp.pem" -pubout)" "$(cat "$WORK/imp.pub")"
+
+# disable / enable, and a rewrap through the disabled key is refused (seen in list)
+"$CTL" --target "$ADDR" keys disable k3072 >/dev/null; check "disable exit" 0 $?
+check "disabled in list" "False" "$(python3 -c 'import json,sys; print([k for k in json.loads(sys.argv[1]) if k["name"]=="k3072"][0]["enabled"])' "$("$CTL" --target "$ADDR" -o json keys list)")"
+"$CTL" --target "$ADDR" keys enable k3072 >/dev/null; check "enable exit" 0 $?
+"$CTL" --target "$ADDR" keys export-public nope >/dev/null 2>&1; check "unknown key exit" 1 $?
+
+# --- a second run reuses the token, its PINs and keys
+stop; check "clean stop exit" 0 $?
+pin_before=$(sha256sum <"$WORK/state/user.pin")
+start --state-dir "$WORK/state" --listen 127.0.0.1:0
+check "PIN file kept" "$pin_before" "$(sha256sum <"$WORK/state/user.pin")"
+check "keys kept across restarts" "default imported k3072" \
+  "$(python3 -c 'import json,sys; print(" ".join(sorted(k["name"] for k in json.loads(sys.argv[1]))))' "$("$CTL" --target "$ADDR" -o json keys list)")"
+stop
+"$CTL" --target "$ADDR" --timeout 2 health >/dev/null 2>&1; check "health of a stopped service exits 3" 3 $?
+"$CTL" --target "$ADDR" 2>/dev/null; check "rewrapctl without subcommand exits 2" 2 $?
+
+echo "$passes passed, $fails failed"
+[ "$fails" -eq 0 ]
