@@ -13,7 +13,8 @@ PACKAGES=(
   libabsl-dev nlohmann-json3-dev libyaml-cpp-dev libcli11-dev libspdlog-dev libfmt-dev
   libsystemd-dev libcurl4-openssl-dev libcpp-httplib-dev
   python3 python3-cryptography python3-cryptography-vectors
-  gnutls-bin default-jre-headless libplist-utils libplist-dev
+  gnutls-bin default-jre-headless libplist-utils
+  yamllint systemd dpkg-dev libplist-dev
 )
 
 missing=()
