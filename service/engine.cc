@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
+#include "crypto/apple_payload.h"
 #include "crypto/cms.h"
 #include "crypto/rsa.h"
 
@@ -40,7 +41,16 @@ void FailFromToken(v1::RewrapResult& r, const absl::Status& s, const std::string
 const char* PaddingName(v1::Padding p) { return v1::Padding_Name(p).c_str(); }
 
 bool IsBareFormat(v1::OutputFormat f) {
-  return f != v1::CMS_ENVELOPED && f != v1::CMS_ENVELOPED_PKCS1;
+  return f != v1::CMS_ENVELOPED && f != v1::CMS_ENVELOPED_PKCS1 && f != v1::APPLE_ENCRYPTED_PAYLOAD;
+}
+
+crypto::CmsContentCipher ContentCipherFromProto(v1::ContentCipher c) {
+  switch (c) {
+    case v1::AES_128_CBC: return crypto::CmsContentCipher::kAes128Cbc;
+    case v1::DES_EDE3_CBC: return crypto::CmsContentCipher::kDes3Cbc;
+    case v1::AES_256_CBC:
+    default: return crypto::CmsContentCipher::kAes256Cbc;
+  }
 }
 
 // The padding of a bare RSA output format.
@@ -251,6 +261,28 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item) {
     Fail(r, ItemError::INVALID_ITEM, "ciphertext is empty");
     return r;
   }
+  if (!v1::ContentCipher_IsValid(item.content_cipher())) {
+    Fail(r, ItemError::INVALID_ITEM, absl::StrCat("content_cipher: unknown value ", item.content_cipher()));
+    return r;
+  }
+  const bool apple = item.format() == v1::APPLE_ENCRYPTED_PAYLOAD;
+  if (apple) {
+    if (item.recipient().kind_case() != v1::Recipient::kCertificate) {
+      Fail(r, ItemError::INVALID_ITEM,
+           "format APPLE_ENCRYPTED_PAYLOAD needs a certificate recipient (the device identity certificate)");
+      return r;
+    }
+    if (item.pfx().empty()) {
+      Fail(r, ItemError::INVALID_ITEM,
+           "format APPLE_ENCRYPTED_PAYLOAD needs the PKCS#12 file in pfx; it is empty");
+      return r;
+    }
+  } else if (!item.pfx().empty()) {
+    Fail(r, ItemError::INVALID_ITEM,
+         absl::StrCat("pfx is only used by format APPLE_ENCRYPTED_PAYLOAD; leave it empty for ",
+                      v1::OutputFormat_Name(item.format())));
+    return r;
+  }
 
   // The recipient.
   std::optional<crypto::Certificate> cert;
@@ -364,6 +396,7 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item) {
   // 3. The best path this token offers for the item.
   const auto& caps = key.info.caps;
   const auto ct = bytes_of(item.ciphertext());
+  // (APPLE_ENCRYPTED_PAYLOAD is not bare: the plist needs the password on the host.)
   if (bare && caps.unwrap.count(in_padding) && backend_->WrapPaddings().count(out_padding)) {
     auto out = backend_->RewrapInToken(item.key_name(), in_padding, ct, *device_key, out_padding);
     if (!out.ok()) {
@@ -408,8 +441,20 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item) {
     crypto::CmsOptions opts;
     opts.key_transport = item.format() == v1::CMS_ENVELOPED_PKCS1 ? crypto::CmsKeyTransport::kRsaPkcs1
                                                                   : crypto::CmsKeyTransport::kRsaOaepSha256;
-    out = cert ? crypto::CmsEnvelopeToCertificate(*cert, crypto::Reveal(*plain), opts)
-               : crypto::CmsEnvelopeToPublicKey(*device_key, crypto::Reveal(*plain), opts);
+    opts.cipher = ContentCipherFromProto(item.content_cipher());
+    if (apple) {
+      auto payload = crypto::AppleEncryptedPkcs12Payload(*cert, bytes_of(item.pfx()), crypto::Reveal(*plain), opts);
+      if (!payload.ok() && payload.status().code() == absl::StatusCode::kInvalidArgument) {
+        // Only what BuildPkcs12PayloadPlist refuses (a control character in the password);
+        // the message names no byte of it.
+        Fail(r, ItemError::INVALID_ITEM, std::string(payload.status().message()));
+        return r;
+      }
+      out = std::move(payload);
+    } else {
+      out = cert ? crypto::CmsEnvelopeToCertificate(*cert, crypto::Reveal(*plain), opts)
+                 : crypto::CmsEnvelopeToPublicKey(*device_key, crypto::Reveal(*plain), opts);
+    }
   }
   if (!out.ok()) {
     spdlog::warn("item {}: encrypting to the recipient failed: {}", item.id(), out.status().ToString());
