@@ -43,8 +43,11 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
 
   void OnReadDone(bool ok) override {
     std::unique_lock<std::mutex> l(mu_);
-    reading_ = false;
+    // reading_ stays true until this read is fully handled: while mu_ is released around
+    // Submit, a batch may complete and OnWriteDone run, and it must not start a second
+    // read (gRPC allows one outstanding read: GRPC_CALL_ERROR_TOO_MANY_OPERATIONS).
     if (!ok) {  // the client half-closed, or the call broke
+      reading_ = false;
       read_closed_ = true;
       MaybeFinishLocked();
       return;
@@ -75,11 +78,13 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
       } else {
         pending_.pop_back();
         final_status_ = ToGrpc(st);
+        reading_ = false;
         read_closed_ = true;  // read no more
         MaybeFinishLocked();
         return;
       }
     }
+    reading_ = false;
     if (pending_.size() < kMaxPending) ReadLocked();
   }
 
