@@ -2,6 +2,7 @@
 
 #include <unordered_set>
 
+#include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
@@ -147,6 +148,57 @@ absl::StatusOr<std::shared_ptr<const KeyEntry>> KeyDirectory::Put(hsm::KeyInfo i
 void KeyDirectory::Forget(const std::string& name) {
   std::unique_lock<std::shared_mutex> l(mu_);
   keys_.erase(name);
+}
+
+// ---------------------------------------------------------------------------------------
+// RecipientCache
+
+absl::StatusOr<std::shared_ptr<const RecipientCache::Parsed>> RecipientCache::Get(
+    bool is_certificate, absl::Span<const uint8_t> bytes) {
+  // The key: kind byte + SHA-256 of the bytes (the digest is fetched once: an EVP fetch per
+  // call would take OpenSSL's global locks, which is what this cache avoids).
+  static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  std::string key(1 + 32, is_certificate ? 'c' : 'k');
+  unsigned int len = 0;
+  if (sha256 == nullptr ||
+      EVP_Digest(bytes.data(), bytes.size(), reinterpret_cast<unsigned char*>(&key[1]), &len, sha256, nullptr) != 1) {
+    key.clear();  // no digest: parse without caching
+  }
+  if (!key.empty()) {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = entries_.find(key);
+    if (it != entries_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second.second);
+      return it->second.first;
+    }
+  }
+  auto parsed = std::make_shared<Parsed>();
+  if (is_certificate) {
+    auto c = crypto::Certificate::Parse(bytes);
+    if (!c.ok()) return c.status();
+    parsed->key = c->public_key();
+    parsed->cert = *std::move(c);
+  } else {
+    auto k = crypto::PublicKey::FromSpki(bytes);
+    if (!k.ok()) return k.status();
+    parsed->key = *std::move(k);
+  }
+  if (key.empty() || capacity_ == 0) return std::shared_ptr<const Parsed>(parsed);
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = entries_.find(key);
+  if (it != entries_.end()) return it->second.first;  // another thread parsed it meanwhile
+  lru_.push_front(key);
+  entries_.emplace(key, std::make_pair(parsed, lru_.begin()));
+  while (entries_.size() > capacity_) {
+    entries_.erase(lru_.back());
+    lru_.pop_back();
+  }
+  return std::shared_ptr<const Parsed>(parsed);
+}
+
+size_t RecipientCache::size() {
+  std::lock_guard<std::mutex> l(mu_);
+  return entries_.size();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -296,25 +348,25 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item) {
   };
   switch (rcp.kind_case()) {
     case v1::Recipient::kCertificate: {
-      auto c = crypto::Certificate::Parse(bytes_of(rcp.certificate()));
+      auto c = recipients_.Get(true, bytes_of(rcp.certificate()));
       if (!c.ok()) {
         Fail(r, ItemError::INVALID_ITEM,
              absl::StrCat("recipient certificate does not parse: ", c.status().message()));
         return r;
       }
-      device_key = c->public_key();
-      cert = *std::move(c);
+      device_key = (*c)->key;
+      cert = (*c)->cert;
       break;
     }
     case v1::Recipient::kPublicKey: {
-      auto k = crypto::PublicKey::FromSpki(bytes_of(rcp.public_key()));
+      auto k = recipients_.Get(false, bytes_of(rcp.public_key()));
       if (!k.ok()) {
         Fail(r, ItemError::INVALID_ITEM,
              absl::StrCat("recipient public_key does not parse as a SubjectPublicKeyInfo: ",
                           k.status().message()));
         return r;
       }
-      device_key = *std::move(k);
+      device_key = (*k)->key;
       break;
     }
     case v1::Recipient::kServiceKey: {

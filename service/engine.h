@@ -6,7 +6,10 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <list>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -51,6 +54,30 @@ class KeyDirectory final {
   std::unordered_map<std::string, std::shared_ptr<const KeyEntry>> keys_;  // guarded by mu_
 };
 
+// Parsed recipients (device certificates and public keys) by SHA-256 of their bytes.
+// OpenSSL 3.0's d2i_X509 / d2i_PUBKEY cost 100-300 µs a call and scale badly across
+// threads, and the same devices come back again and again, so each recipient is parsed
+// once. A bounded LRU: at most `capacity` entries (a parsed certificate is a few KiB).
+// Only successful parses are cached. Thread-safe.
+class RecipientCache final {
+ public:
+  struct Parsed {
+    std::optional<crypto::Certificate> cert;  // set for certificate recipients
+    std::optional<crypto::PublicKey> key;     // always set: the certificate's key, or the SPKI
+  };
+  explicit RecipientCache(size_t capacity) : capacity_(capacity) {}
+  // `is_certificate` selects X.509 vs SubjectPublicKeyInfo (DER or PEM) parsing.
+  absl::StatusOr<std::shared_ptr<const Parsed>> Get(bool is_certificate, absl::Span<const uint8_t> bytes);
+  size_t size();
+
+ private:
+  const size_t capacity_;
+  std::mutex mu_;
+  std::list<std::string> lru_;  // guarded by mu_; most recent first; holds the map keys
+  std::unordered_map<std::string, std::pair<std::shared_ptr<const Parsed>, std::list<std::string>::iterator>>
+      entries_;  // guarded by mu_
+};
+
 class RewrapEngine final {
  public:
   struct Options {
@@ -85,6 +112,7 @@ class RewrapEngine final {
   std::shared_ptr<hsm::KeyBackend> backend_;
   Options options_;
   KeyDirectory keys_;
+  RecipientCache recipients_{1024};
   std::atomic<size_t> inflight_{0};
   std::unique_ptr<WorkerPool> pool_;  // last: destroyed (joined) first
 };
