@@ -1,0 +1,61 @@
+# Shared helpers for the connector tests and scripts/connector-replicas-demo.sh.
+# Needs: REWRAPD, REWRAPCTL, CONNECTOR (paths) and W (a work directory) set by the caller.
+
+PIDS=()
+
+# start_replica NAME STATE_DIR: starts rewrapd on a free loopback port; sets ADDR and
+# records its pid in $W/NAME.pid (log in $W/NAME.log).
+start_replica() {
+  local name=$1 state=$2
+  "$REWRAPD" --state-dir "$state" --listen 127.0.0.1:0 >"$W/$name.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  echo "$pid" >"$W/$name.pid"
+  local i
+  for i in $(seq 1 600); do
+    if ADDR=$(grep -o 'rewrapd serving on [^ ]*' "$W/$name.log" | awk '{print $4}') && [ -n "$ADDR" ]; then
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "rewrapd $name exited:"; cat "$W/$name.log"; return 1
+    fi
+    sleep 0.1
+  done
+  echo "rewrapd $name did not start:"; cat "$W/$name.log"; return 1
+}
+
+stop_all() {
+  local p
+  for p in "${PIDS[@]:-}"; do
+    [ -n "$p" ] && kill "$p" 2>/dev/null || true
+  done
+  for p in "${PIDS[@]:-}"; do
+    [ -n "$p" ] && wait "$p" 2>/dev/null || true
+  done
+}
+
+# seal PUBKEY_PEM PADDING(oaepSha256|oaepSha384|oaepSha512|oaepSha1|pkcs1) PLAINTEXT_FILE -> base64 on stdout
+seal() {
+  local pub=$1 padding=$2 file=$3 opts=()
+  case "$padding" in
+    oaepSha256) opts=(-pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256) ;;
+    oaepSha384) opts=(-pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha384 -pkeyopt rsa_mgf1_md:sha384) ;;
+    oaepSha512) opts=(-pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha512 -pkeyopt rsa_mgf1_md:sha512) ;;
+    oaepSha1) opts=(-pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha1 -pkeyopt rsa_mgf1_md:sha1) ;;
+    pkcs1) opts=(-pkeyopt rsa_padding_mode:pkcs1) ;;
+  esac
+  openssl pkeyutl -encrypt -pubin -inkey "$pub" "${opts[@]}" -in "$file" | base64 -w0
+}
+
+# Device identities: $W/dev-rsa.{key,crt}, $W/dev-p256.*, $W/dev-p384.*
+make_devices() {
+  openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=device-rsa -days 2 \
+    -keyout "$W/dev-rsa.key" -out "$W/dev-rsa.crt" 2>/dev/null
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=device-p256 -days 2 \
+    -keyout "$W/dev-p256.key" -out "$W/dev-p256.crt" 2>/dev/null
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -subj /CN=device-p384 -days 2 \
+    -keyout "$W/dev-p384.key" -out "$W/dev-p384.crt" 2>/dev/null
+}
+
+# b64_of_der CERT_PEM -> base64 DER of the certificate
+cert_b64() { openssl x509 -in "$1" -outform DER | base64 -w0; }
