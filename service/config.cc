@@ -42,6 +42,8 @@ absl::Status SetKey(const std::string& key, const std::string& value, Config& c)
   if (key == "pin_file") { c.pin_file = value; return absl::OkStatus(); }
   if (key == "log_level") { c.log_level = value; return absl::OkStatus(); }
   if (key == "default_key") { c.default_key = value; return absl::OkStatus(); }
+  if (key == "metrics_listen") { c.metrics_listen = value; return absl::OkStatus(); }
+  if (key == "selftest_interval_s") return ParseU32(key, value, c.selftest_interval_s);
   if (key == "allow_host_unpadding") {
     c.allow_host_unpadding_set = true;
     return ParseBool(key, value, c.allow_host_unpadding);
@@ -56,7 +58,8 @@ absl::Status SetKey(const std::string& key, const std::string& value, Config& c)
 constexpr const char* kKeys[] = {"state_dir", "listen", "module", "init_args", "token",
                                  "token_uri", "pin_file", "log_level", "default_key",
                                  "allow_host_unpadding", "pool_size", "max_batch_items",
-                                 "max_message_bytes", "max_inflight_items"};
+                                 "max_message_bytes", "max_inflight_items", "metrics_listen",
+                                 "selftest_interval_s"};
 
 }  // namespace
 
@@ -151,6 +154,10 @@ std::string Describe(const Config& c) {
   }
   absl::StrAppend(&s, "host unpadding:       ", c.allow_host_unpadding ? "ALLOWED" : "denied", "\n");
   absl::StrAppend(&s, "session pool:         ", c.pool_size, "\n");
+  absl::StrAppend(&s, "metrics:              ",
+                  c.metrics_listen.empty() ? "off" : "http://" + c.metrics_listen + "/metrics", "\n");
+  absl::StrAppend(&s, "self-test:            ",
+                  c.selftest_interval_s ? absl::StrCat("every ", c.selftest_interval_s, " s") : "on demand", "\n");
   absl::StrAppend(&s, "limits:               ", c.limits.max_batch_items, " items/batch, ",
                   c.limits.max_message_bytes, " bytes/message, ", c.limits.max_inflight_items,
                   " items in flight\n");

@@ -1,0 +1,33 @@
+// Serves Metrics::Render() at GET /metrics over HTTP (cpp-httplib), on its own thread.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "service/metrics.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace hsmrewrap::service {
+
+class MetricsServer final {
+ public:
+  // Binds HOST:PORT (port 0 picks one) and starts serving.
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& listen, Metrics* metrics);
+  ~MetricsServer();
+  MetricsServer(const MetricsServer&) = delete;  // owns a thread and a socket
+  MetricsServer& operator=(const MetricsServer&) = delete;
+  const std::string& address() const { return address_; }
+
+ private:
+  MetricsServer() = default;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+  std::string address_;
+};
+
+}  // namespace hsmrewrap::service

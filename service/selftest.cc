@@ -1,0 +1,144 @@
+#include "service/selftest.h"
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+#include "crypto/rsa.h"
+
+namespace hsmrewrap::service {
+namespace {
+
+// A fresh RSA-2048 device key: private key as PEM, public key as SPKI DER.
+void MakeDeviceKey(std::string* private_pem, std::string* spki_der) {
+  EVP_PKEY* pkey = EVP_RSA_gen(2048);
+  if (pkey == nullptr) return;
+  BIO* bio = BIO_new(BIO_s_mem());
+  PEM_write_bio_PrivateKey(bio, pkey, nullptr, nullptr, 0, nullptr, nullptr);
+  char* data = nullptr;
+  long n = BIO_get_mem_data(bio, &data);
+  private_pem->assign(data, static_cast<size_t>(n));
+  BIO_free(bio);
+  unsigned char* der = nullptr;
+  int len = i2d_PUBKEY(pkey, &der);
+  if (len > 0) spki_der->assign(reinterpret_cast<char*>(der), static_cast<size_t>(len));
+  OPENSSL_free(der);
+  EVP_PKEY_free(pkey);
+}
+
+absl::Span<const uint8_t> Span(const std::string& s) {
+  return absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+}
+
+}  // namespace
+
+SelfTester::SelfTester(RewrapEngine* engine, Metrics* metrics, std::chrono::seconds interval)
+    : engine_(engine), metrics_(metrics), interval_(interval) {
+  MakeDeviceKey(&device_private_pem_, &device_spki_der_);
+  metrics_->DeclareGauge("hsmrewrap_selftest_ok", "1 if the key's last known-answer self-test passed", [this] {
+    std::vector<std::pair<Metrics::Labels, double>> out;
+    for (const auto& r : Last()) out.push_back({{{"key", r.key}}, r.ok ? 1.0 : 0.0});
+    return out;
+  });
+  metrics_->DeclareGauge("hsmrewrap_selftest_last_run_timestamp_seconds", "Unix time of the key's last self-test", [this] {
+    std::vector<std::pair<Metrics::Labels, double>> out;
+    for (const auto& r : Last()) out.push_back({{{"key", r.key}}, static_cast<double>(r.time_unix)});
+    return out;
+  });
+  if (interval_.count() > 0) thread_ = std::thread([this] { Loop(); });
+}
+
+SelfTester::~SelfTester() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void SelfTester::Loop() {
+  std::unique_lock<std::mutex> l(mu_);
+  while (!stopping_) {
+    l.unlock();
+    for (const auto& r : RunNow()) {
+      if (!r.ok) spdlog::error("self-test of key '{}' failed: {}", r.key, r.message);
+    }
+    l.lock();
+    cv_.wait_for(l, interval_, [this] { return stopping_; });
+  }
+}
+
+std::vector<SelfTestResult> SelfTester::RunNow(const std::string& key) {
+  std::vector<std::string> names;
+  if (!key.empty()) {
+    names.push_back(key);
+  } else {
+    auto keys = engine_->backend().ListKeys();
+    if (keys.ok()) {
+      for (const auto& k : *keys) {
+        if (k.enabled) names.push_back(k.name);
+      }
+    }
+  }
+  std::vector<SelfTestResult> out;
+  for (const auto& n : names) {
+    SelfTestResult r = TestKey(n);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      last_[n] = r;
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::vector<SelfTestResult> SelfTester::Last() const {
+  std::lock_guard<std::mutex> l(mu_);
+  std::vector<SelfTestResult> out;
+  for (const auto& [k, r] : last_) out.push_back(r);
+  return out;
+}
+
+SelfTestResult SelfTester::TestKey(const std::string& name) {
+  SelfTestResult r;
+  r.key = name;
+  const auto start = std::chrono::steady_clock::now();
+  r.time_unix = std::chrono::duration_cast<std::chrono::seconds>(
+                    std::chrono::system_clock::now().time_since_epoch()).count();
+  auto finish = [&](bool ok, std::string message) {
+    r.ok = ok;
+    r.message = std::move(message);
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return r;
+  };
+  if (device_spki_der_.empty()) return finish(false, "could not make the throw-away device key");
+  auto entry = engine_->keys().Get(name);
+  if (!entry.ok()) return finish(false, std::string(entry.status().message()));
+  // A random known answer, sealed as Intune's tooling seals (OAEP-SHA256).
+  crypto::SecretBytes secret(32);
+  RAND_bytes(secret.data(), static_cast<int>(secret.size()));
+  auto sealed = crypto::RsaEncrypt((*entry)->public_key, crypto::RsaPadding::kOaepSha256, crypto::Reveal(secret));
+  if (!sealed.ok()) return finish(false, absl::StrCat("sealing failed: ", sealed.status().message()));
+  v1::RewrapItem item;
+  item.set_id("selftest");
+  item.set_key_name(name);
+  item.set_padding(v1::OAEP_SHA256);
+  item.set_ciphertext(sealed->data(), sealed->size());
+  item.mutable_recipient()->set_public_key(device_spki_der_);
+  item.set_format(v1::RSA_OAEP_SHA256);
+  v1::RewrapResult res = engine_->ProcessItem(item);
+  r.path = res.path();
+  if (res.has_error()) {
+    return finish(false, absl::StrCat(v1::ItemError::Code_Name(res.error().code()), ": ", res.error().message()));
+  }
+  auto opened = crypto::RsaDecryptWithPrivateKey(Span(device_private_pem_), crypto::RsaPadding::kOaepSha256,
+                                                 Span(res.ciphertext()));
+  if (!opened.ok() || *opened != secret) return finish(false, "the rewrapped value does not match the known answer");
+  return finish(true, "");
+}
+
+}  // namespace hsmrewrap::service

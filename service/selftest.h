@@ -1,0 +1,57 @@
+// Known-answer self-test per enabled key, the way Intune's on-prem validation kit proves
+// that the connector can use its key: seal a random value to the key, rewrap it through the
+// engine (the real token path) to a throw-away device key, decrypt that on the host and
+// compare. Runs periodically on its own thread and on demand (Keys.SelfTest).
+#pragma once
+
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "service/engine.h"
+#include "service/metrics.h"
+
+namespace hsmrewrap::service {
+
+struct SelfTestResult {
+  std::string key;
+  bool ok = false;
+  std::string message;  // why it failed; empty when ok
+  v1::Path path = v1::PATH_UNSPECIFIED;
+  int64_t time_unix = 0;
+  double seconds = 0;
+};
+
+class SelfTester final {
+ public:
+  // interval 0 = only on demand.
+  SelfTester(RewrapEngine* engine, Metrics* metrics, std::chrono::seconds interval);
+  ~SelfTester();
+  SelfTester(const SelfTester&) = delete;  // owns a thread
+  SelfTester& operator=(const SelfTester&) = delete;
+
+  // Tests `key` (or every enabled key when empty) now and records the results.
+  std::vector<SelfTestResult> RunNow(const std::string& key = "");
+  // The last result per key.
+  std::vector<SelfTestResult> Last() const;
+
+ private:
+  SelfTestResult TestKey(const std::string& key);
+  void Loop();
+
+  RewrapEngine* engine_;
+  Metrics* metrics_;
+  const std::chrono::seconds interval_;
+  std::string device_private_pem_;  // throw-away device key for this process
+  std::string device_spki_der_;
+  mutable std::mutex mu_;
+  std::map<std::string, SelfTestResult> last_;  // guarded by mu_
+  bool stopping_ = false;                       // guarded by mu_
+  std::condition_variable cv_;
+  std::thread thread_;
+};
+
+}  // namespace hsmrewrap::service
