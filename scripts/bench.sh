@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# The throughput benchmark of issue 6: the no-gRPC baseline and rewrapd under rewrap-load,
+# same token, key, padding and device encryption, on this machine; every figure printed
+# next to its target with the ratio.
+#
+#   scripts/bench.sh [--quick] [--out DIR] [--skip-memory] [--skip-delay] [--skip-scaling]
+#
+# --quick finishes in about 2-3 minutes (short runs, fewer points); the default takes about
+# 25 minutes (the memory run alone is 10 minutes). Binaries come from $BUILD_DIR (default
+# ./build; build with scripts/build.sh). Results (JSON, HTML, summary.md) go to --out
+# (default a new folder under /tmp).
+#
+# Everything runs on this machine, load client included. On a shared machine the figures
+# move with whatever else runs: the script prints the load average before and after.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD_DIR=$(cd "${BUILD_DIR:-$ROOT/build}" 2>/dev/null && pwd) || { echo "bench.sh: no build folder: build first (scripts/build.sh)" >&2; exit 2; }
+QUICK=0 OUT="" DO_MEM=1 DO_DELAY=1 DO_SCALING=1
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --out) OUT=$2; shift ;;
+    --skip-memory) DO_MEM=0 ;;
+    --skip-delay) DO_DELAY=0 ;;
+    --skip-scaling) DO_SCALING=0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+REWRAPD=$BUILD_DIR/service/rewrapd
+CTL=$BUILD_DIR/clients/rewrapctl
+LOAD=$BUILD_DIR/clients/rewrap-load/rewrap-load
+BASE=$BUILD_DIR/bench/rewrap-baseline/rewrap-baseline
+DELAY_MOD=$BUILD_DIR/bench/delay-module/libhsmrewrap_delay_pkcs11.so
+for b in "$REWRAPD" "$CTL" "$LOAD" "$BASE"; do
+  [ -x "$b" ] || { echo "bench.sh: $b is missing: build first (scripts/build.sh, or BUILD_DIR=...)" >&2; exit 2; }
+done
+[ -f "$DELAY_MOD" ] || DO_DELAY=0
+
+if [ $QUICK -eq 1 ]; then
+  DUR=5; MEM_DUR=10; DELAY_DUR=3; SCALE_DUR=3; POOLS="1 8 64"; BATCHES="1 16 256"; DEVICES=4
+else
+  DUR=30; MEM_DUR=600; DELAY_DUR=15; SCALE_DUR=15; POOLS="1 2 4 8 16 32 64"; BATCHES="1 8 64 256 1000"; DEVICES=16
+fi
+CORES=$(nproc)
+PADDING=OAEP_SHA1 FORMAT=CMS_ENVELOPED DEVICE_BITS=2048
+WORK=$(mktemp -d /tmp/hsmrewrap-bench.XXXXXX)
+OUT=${OUT:-$WORK/results}
+mkdir -p "$OUT"
+STATE=$WORK/state
+PID=""
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$STATE" "$WORK/delay-state"; }
+trap cleanup EXIT
+
+jget() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {"j": j}))' "$1" "$2"; }
+calc() { python3 -c "print($1)"; }
+SUMMARY=$OUT/summary.md
+: >"$SUMMARY"
+say() { echo "$*"; echo "$*" >>"$SUMMARY"; }
+
+start_rewrapd() {  # start_rewrapd LOGNAME [args...]: sets PID and ADDR
+  local log=$1; shift
+  "$REWRAPD" --listen 127.0.0.1:0 "$@" >"$WORK/$log.out" 2>"$WORK/$log.err" &
+  PID=$!
+  ADDR=""
+  for _ in $(seq 1 600); do
+    ADDR=$(sed -n 's/^rewrapd serving on //p' "$WORK/$log.out")
+    [ -n "$ADDR" ] && return 0
+    kill -0 "$PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bench.sh: rewrapd did not start:" >&2; cat "$WORK/$log.err" >&2; exit 1
+}
+stop_rewrapd() { kill -TERM "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; PID=""; }
+load() {  # load NAME [rewrap-load args...]: JSON in $OUT/NAME.json
+  local name=$1; shift
+  "$LOAD" --target "$ADDR" --padding $PADDING --format $FORMAT --device-bits $DEVICE_BITS \
+    --devices $DEVICES --server-pid "$PID" --json "$OUT/$name.json" -q "$@" || echo "bench.sh: rewrap-load $name exited $? (errors: see $OUT/$name.json)" >&2
+}
+baseline() {  # baseline NAME [args...]: JSON in $OUT/NAME.json
+  local name=$1; shift
+  "$BASE" --state-dir "$STATE" --padding $PADDING --format $FORMAT --device-bits $DEVICE_BITS --devices $DEVICES \
+    --json "$OUT/$name.json" "$@" 2>>"$WORK/baseline.err" >/dev/null
+}
+row() {  # row FIGURE MEASURED TARGET RATIO VERDICT
+  say "$(printf '| %-52s | %14s | %-30s | %7s | %-4s |' "$1" "$2" "$3" "$4" "$5")"
+}
+
+say "## rewrap benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
+say ""
+say "- command: \`scripts/bench.sh$([ $QUICK -eq 1 ] && echo ' --quick')\` (runs of ${DUR} s; memory run ${MEM_DUR} s)"
+say "- machine: $CORES cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+say "- service key RSA-2048 on SoftHSM2 $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null), $PADDING (native: TOKEN_DECRYPT), $FORMAT to ${DEVICE_BITS}-bit device certificates; rewrapd pool = $CORES sessions; load client on the same machine"
+say ""
+
+# --- 0. A fresh token: rewrapd's first run creates it and the 2048-bit key `default`.
+start_rewrapd init --state-dir "$STATE"
+if [ $DO_SCALING -eq 1 ]; then
+  "$CTL" --target "$ADDR" --timeout 120 keys create k3072 --bits 3072 >/dev/null
+  "$CTL" --target "$ADDR" --timeout 120 keys create k4096 --bits 4096 >/dev/null
+fi
+stop_rewrapd
+
+# --- 1. Baseline (no gRPC), as many threads as cores; and one thread (token time per op).
+baseline base --duration $DUR
+BASE_RATE=$(jget "$OUT/base.json" 'j["items_per_s"]')
+baseline base1 --duration $((DUR / 2 > 3 ? DUR / 2 : 3)) --threads 1
+TOKEN_MS=$(calc "1000.0 / $(jget "$OUT/base1.json" 'j["items_per_s"]')")
+
+# --- 2. rewrapd under rewrap-load: batch 64, batch 1, latency at 80%, memory.
+start_rewrapd serve --state-dir "$STATE"
+load b64 --batch 64 --streams 2 --depth 4 --duration $DUR
+load b1 --batch 1 --streams 8 --depth 8 --duration $DUR
+B64=$(jget "$OUT/b64.json" 'j["items_per_s"]')
+B1=$(jget "$OUT/b1.json" 'j["items_per_s"]')
+RATE80=$(calc "round(0.8 * $B64)")
+load p99 --batch 64 --streams 4 --rate "$RATE80" --duration $DUR
+P50=$(jget "$OUT/p99.json" 'j["latency"]["item"]["p50_ms"]')
+P99=$(jget "$OUT/p99.json" 'j["latency"]["item"]["p99_ms"]')
+if [ $DO_MEM -eq 1 ]; then
+  # 1,000 items in flight: 2 streams x 4 batches x 125 items.
+  load mem --batch 125 --streams 2 --depth 4 --duration $MEM_DUR --html "$OUT/mem.html"
+fi
+stop_rewrapd
+
+say "| figure | measured | target | ratio | ok |"
+say "|---|---|---|---|---|"
+verdict() { python3 -c "print('yes' if $1 else 'NO')"; }
+row "baseline, $CORES threads (items/s)" "$(printf %.0f "$BASE_RATE")" "-" "-" "-"
+R=$(calc "round($B64 / $BASE_RATE, 2)")
+row "service, batch 64 (items/s)" "$(printf %.0f "$B64")" ">= 0.90 x baseline" "$R" "$(verdict "$R >= 0.90")"
+R=$(calc "round($B1 / $BASE_RATE, 2)")
+row "service, batch 1 (items/s)" "$(printf %.0f "$B1")" ">= 0.70 x baseline" "$R" "$(verdict "$R >= 0.70")"
+R=$(calc "round($P99 / $P50, 2)")
+row "p99 / p50 at 80% of max ($RATE80 items/s, batch 64)" "$P99 / $P50 ms" "p99 <= 3 x p50" "$R" "$(verdict "$R <= 3")"
+if [ $DO_MEM -eq 1 ]; then
+  MEMMAX=$(jget "$OUT/mem.json" 'round(j["server"]["rss_kib_max"] / 1024, 1)')
+  # Flat: RSS at the end vs RSS after the first 10% of the run.
+  MEMEARLY=$(jget "$OUT/mem.json" 'round([s for s in j["server"]["series"] if s["t_s"] >= 0.1 * j["elapsed_s"]][0]["rss_kib"] / 1024, 1)')
+  MEMLAST=$(jget "$OUT/mem.json" 'round(j["server"]["rss_kib_last"] / 1024, 1)')
+  row "rewrapd RSS max, 1,000 in flight, ${MEM_DUR} s (MiB)" "$MEMMAX" "<= 64 MiB" "$(calc "round($MEMMAX / 64, 2)")" "$(verdict "$MEMMAX <= 64")"
+  row "rewrapd RSS at 10% -> end of run (MiB)" "$MEMEARLY -> $MEMLAST" "flat" "$(calc "round($MEMLAST / $MEMEARLY, 2)")" "$(verdict "$MEMLAST <= 1.1 * $MEMEARLY")"
+fi
+say ""
+say "Service CPU per item (batch 64): server $(jget "$OUT/b64.json" 'round(j["server"]["cpu_us_per_item"])') us + client $(jget "$OUT/b64.json" 'round(j["client_cpu"]["seconds"] * 1e6 / j["items"])') us; baseline $(jget "$OUT/base.json" 'round(j["cpu_us_per_item"])') us (steadier than items/s on a shared machine)."
+say "Errors: batch 64 $(jget "$OUT/b64.json" 'j["error_items"]'), batch 1 $(jget "$OUT/b1.json" 'j["error_items"]'), p99 run $(jget "$OUT/p99.json" 'j["error_items"]'); verified outputs $(jget "$OUT/b64.json" 'j["verified"]') (batch 64), mismatches $(jget "$OUT/b64.json" 'j["mismatches"]')."
+say ""
+
+# --- 3. Network-HSM stand-in: 2 ms added to each token operation, pool 1..64.
+if [ $DO_DELAY -eq 1 ]; then
+  say "### With 2 ms added per token operation (bench/delay-module), pool size 1..64"
+  say ""
+  say "Token time per operation without delay (baseline, 1 thread): $(printf %.2f "$TOKEN_MS") ms; target = 0.8 x min(pool / (2 ms + token time), baseline)."
+  say ""
+  say "| pool | items/s | target | ratio to target | ok |"
+  say "|---|---|---|---|---|"
+  for pool in $POOLS; do
+    streams=$((pool / 4 > 2 ? pool / 4 : 2))
+    SOFTHSM2_CONF=$STATE/softhsm2.conf HSMREWRAP_DELAY_US=2000 HSMREWRAP_DELAY_MODULE=/usr/lib/softhsm/libsofthsm2.so \
+      start_rewrapd delay$pool --module "$DELAY_MOD" --token hsm-rewrap --pin-file "$STATE/user.pin" \
+      --allow-host-unpadding --state-dir "$WORK/delay-state" --pool-size "$pool"
+    load delay$pool --batch 16 --streams $streams --depth 4 --duration $DELAY_DUR
+    stop_rewrapd
+    got=$(jget "$OUT/delay$pool.json" 'j["items_per_s"]')
+    target=$(calc "round(0.8 * min($pool / ((2.0 + $TOKEN_MS) / 1000.0), $BASE_RATE))")
+    r=$(calc "round($got / $target, 2)")
+    say "| $pool | $(printf %.0f "$got") | $target | $r | $(verdict "$r >= 1.0") |"
+  done
+  say ""
+fi
+
+# --- 4. Scaling: key size (baseline and service, batch 64) and batch size (RSA-2048).
+if [ $DO_SCALING -eq 1 ]; then
+  say "### Scaling with the service key size (batch 64, ${SCALE_DUR} s runs)"
+  say ""
+  say "| key | baseline items/s | service items/s | ratio |"
+  say "|---|---|---|---|"
+  for k in default:2048 k3072:3072 k4096:4096; do
+    name=${k%%:*} bits=${k##*:}
+    baseline base_k$bits --key-name "$name" --duration $SCALE_DUR
+    start_rewrapd scale$bits --state-dir "$STATE"
+    load key$bits --key-name "$name" --batch 64 --streams 2 --depth 4 --duration $SCALE_DUR
+    stop_rewrapd
+    b=$(jget "$OUT/base_k$bits.json" 'j["items_per_s"]') s=$(jget "$OUT/key$bits.json" 'j["items_per_s"]')
+    say "| RSA-$bits | $(printf %.0f "$b") | $(printf %.0f "$s") | $(calc "round($s / $b, 2)") |"
+  done
+  say ""
+  say "### Scaling with the batch size (RSA-2048, closed loop, ${SCALE_DUR} s runs)"
+  say ""
+  say "| batch | streams x depth | items/s | batches/s | ratio to baseline | item p50 ms | item p99 ms |"
+  say "|---|---|---|---|---|---|---|"
+  start_rewrapd batches --state-dir "$STATE"
+  for b in $BATCHES; do
+    if [ "$b" -le 8 ]; then sd="8 8"; else sd="2 4"; fi
+    set -- $sd
+    load batch$b --batch "$b" --streams "$1" --depth "$2" --duration $SCALE_DUR --passwords $((b > 2048 ? b : 2048))
+    f=$OUT/batch$b.json
+    say "| $b | $1 x $2 | $(jget "$f" 'round(j["items_per_s"])') | $(jget "$f" 'round(j["batches_per_s"], 1)') | $(calc "round($(jget "$f" 'j["items_per_s"]') / $BASE_RATE, 2)") | $(jget "$f" 'j["latency"]["item"]["p50_ms"]') | $(jget "$f" 'j["latency"]["item"]["p99_ms"]') |"
+  done
+  stop_rewrapd
+  say ""
+fi
+say "Load average after: $(cut -d' ' -f1-3 /proc/loadavg). Reports: $OUT (*.json; mem.html has the charts)."
