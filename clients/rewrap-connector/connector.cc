@@ -115,10 +115,10 @@ struct RetryLater {
 
 class Job {
  public:
-  Job(const Options& o, std::shared_ptr<grpc::Channel> ch, std::istream& in, std::ostream& out,
-      std::ostream* errors)
-      : o_(o), stub_(v1::Rewrap::NewStub(ch)), in_(in), out_(out), errors_(errors),
-        rng_(std::random_device{}()) {
+  Job(const Options& o, const std::vector<std::shared_ptr<grpc::Channel>>& channels, std::istream& in,
+      std::ostream& out, std::ostream* errors)
+      : o_(o), in_(in), out_(out), errors_(errors), rng_(std::random_device{}()) {
+    for (const auto& ch : channels) stubs_.push_back(v1::Rewrap::NewStub(ch));
     window_ = o_.window ? o_.window : std::max<size_t>(o_.batch * o_.streams * o_.inflight * 2, 64);
   }
 
@@ -327,10 +327,17 @@ class Job {
   void StreamWorker(size_t index) {
     int consecutive_failures = 0;
     std::vector<WorkPtr> carry;  // taken but not yet sent (the stream broke first)
+    // Streams start spread over the replicas; every new stream (after a failure or a
+    // rotation) goes to the next replica, so a retry lands on another one.
+    size_t target = index % stubs_.size();
+    bool first = true;
     while (!JobOver() || !carry.empty()) {
+      if (!first) target = (target + 1) % stubs_.size();
+      first = false;
       // One stream's lifetime.
       grpc::ClientContext ctx;
-      auto stream = stub_->RewrapStream(&ctx);
+      auto stream = stubs_[target]->RewrapStream(&ctx);
+      std::atomic<bool> closing{false};  // we sent WritesDone: the end is ours
       std::mutex smu;  // guards inflight, broken
       std::condition_variable scv;
       std::deque<Batch> inflight;
@@ -365,12 +372,20 @@ class Job {
           broken = true;
         }
         scv.notify_all();
-        cv_.notify_all();  // a writer waiting in TakeBatch
-        ctx.TryCancel();   // a writer blocked in Write
+        cv_.notify_all();                  // a writer waiting in TakeBatch
+        if (!closing) ctx.TryCancel();     // a writer blocked in Write
       });
 
-      bool over = false;
+      bool over = false, rotate = false;
+      size_t sent_batches = 0;
+      const auto opened = Clock::now();
       for (;;) {
+        if (sent_batches >= kRotateAfterBatches || Clock::now() - opened > kRotateAfter) {
+          // Close this stream and open another, so that round robin spreads the streams
+          // over replicas that became ready later (or came back).
+          rotate = true;
+          break;
+        }
         std::vector<WorkPtr> items = std::move(carry);
         carry.clear();
         if (items.empty() && !TakeBatch(&items, stop)) {
@@ -396,6 +411,7 @@ class Job {
           *req.add_items() = w->item;
         }
         inflight.push_back(Batch{std::move(items), Clock::now()});
+        ++sent_batches;
         g.unlock();
         if (!stream->Write(req)) {
           std::lock_guard<std::mutex> g2(smu);
@@ -403,8 +419,9 @@ class Job {
           break;
         }
       }
-      if (over) {
-        // No more work: wait for our outstanding batches, then close our side.
+      if (over || rotate) {
+        // No more work (or time to rotate): wait for our outstanding batches, then close
+        // our side.
         std::unique_lock<std::mutex> g(smu);
         while (!broken && !inflight.empty()) {
           if (!deadline_hit && CheckDeadline(inflight)) {
@@ -414,6 +431,7 @@ class Job {
           scv.wait_for(g, std::chrono::milliseconds(100));
         }
         g.unlock();
+        closing = true;
         stream->WritesDone();
       }
       reader.join();
@@ -433,9 +451,14 @@ class Job {
       if (code == grpc::StatusCode::OK || code == grpc::StatusCode::CANCELLED) {
         code = grpc::StatusCode::UNAVAILABLE;  // our TryCancel after a broken Write
       }
+      size_t n_lost = 0;
+      for (const auto& b : lost) n_lost += b.items.size();
       {
         std::lock_guard<std::mutex> l(mu_);
-        ++summary_.stream_failures;
+        if (++summary_.stream_failures <= kMaxStreamFailureLogs) {
+          std::fprintf(stderr, "rewrap-connector: stream %zu (replica %zu): %s: %s; %zu in-flight items go back to the queue\n",
+                       index, target, GrpcCodeName(code).c_str(), msg.c_str(), n_lost);
+        }
       }
       for (auto& b : lost) {
         for (auto& w : b.items) {
@@ -452,7 +475,6 @@ class Job {
         std::lock_guard<std::mutex> l(mu_);
         pause = Backoff(consecutive_failures);
       }
-      (void)index;
       std::this_thread::sleep_for(pause);
     }
   }
@@ -502,8 +524,14 @@ class Job {
     std::fprintf(stderr, "\n");
   }
 
+  // A stream is closed and replaced after this many batches or this long (whichever
+  // comes first): a new stream is a new round-robin pick.
+  static constexpr size_t kRotateAfterBatches = 64;
+  static constexpr uint64_t kMaxStreamFailureLogs = 20;
+  static constexpr std::chrono::seconds kRotateAfter{1};
+
   const Options o_;
-  std::unique_ptr<v1::Rewrap::Stub> stub_;
+  std::vector<std::unique_ptr<v1::Rewrap::Stub>> stubs_;  // one per replica
   std::istream& in_;
   std::ostream& out_;
   std::ostream* errors_;
@@ -675,13 +703,14 @@ absl::StatusOr<v1::RewrapItem> ParseResealRecord(const ojson& rec, const Options
   return item;
 }
 
-absl::StatusOr<Summary> Run(const Options& options, std::shared_ptr<grpc::Channel> channel,
+absl::StatusOr<Summary> Run(const Options& options, const std::vector<std::shared_ptr<grpc::Channel>>& channels,
                             std::istream& in, std::ostream& out, std::ostream* errors) {
+  if (channels.empty()) return absl::InvalidArgumentError("no service address");
   if (options.batch == 0 || options.streams == 0 || options.inflight == 0) {
     return absl::InvalidArgumentError("--batch, --streams and the in-flight count must be at least 1");
   }
   if (options.max_attempts < 1) return absl::InvalidArgumentError("--max-attempts must be at least 1");
-  Job job(options, std::move(channel), in, out, errors);
+  Job job(options, channels, in, out, errors);
   return job.Run();
 }
 

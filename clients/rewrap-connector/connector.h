@@ -15,6 +15,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
@@ -78,7 +79,9 @@ struct Summary {
 // Runs the whole job. `errors`, when not null, receives failed results instead of `out`.
 // Returns the summary; the status is not OK only when the job could not run (bad input
 // stream and the like), never because items failed.
-absl::StatusOr<Summary> Run(const Options& options, std::shared_ptr<grpc::Channel> channel,
+// `channels`: one per replica (streams are spread over them and move to the next one
+// when they fail).
+absl::StatusOr<Summary> Run(const Options& options, const std::vector<std::shared_ptr<grpc::Channel>>& channels,
                             std::istream& in, std::ostream& out, std::ostream* errors);
 
 std::string FormatSummary(const Summary& s);

@@ -47,8 +47,9 @@ Rotation (--reseal --to KEY): input lines are userPFXCertificate records (as pfx
 inside the service, keyName = KEY and paddingScheme = --to-padding. Failed records are
 written as error lines (to --errors FILE if given).
 
+Replicas: streams are spread round robin over the --target addresses (one channel each).
 Retries: UNAVAILABLE, DEADLINE_EXCEEDED (no answer within --deadline) and a broken stream
-send the items again on a new stream (round robin: another replica), as do item errors
+send the items again on a new stream to the next replica of --target (round robin), as do item errors
 UNAVAILABLE and RESOURCE_EXHAUSTED; exponential backoff with jitter, at most
 --max-attempts tries per item. A summary goes to stderr at the end.
 
@@ -107,9 +108,22 @@ int Main(int argc, char** argv) {
     o.reseal_padding = *p;
   }
 
-  auto channel = clients::MakeChannel(copts);
-  if (!channel.ok()) {
-    std::cerr << "rewrap-connector: " << channel.status().message() << "\n";
+  // One channel per replica: the connector spreads its streams over them itself and moves
+  // a failed stream to the next replica (a single round-robin channel would pin all early
+  // streams to whichever replica connected first).
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (const std::string& t : clients::SplitTargets(copts.target)) {
+    clients::ChannelOptions one = copts;
+    one.target = t;
+    auto channel = clients::MakeChannel(one);
+    if (!channel.ok()) {
+      std::cerr << "rewrap-connector: " << channel.status().message() << "\n";
+      return kExitUsage;
+    }
+    channels.push_back(*std::move(channel));
+  }
+  if (channels.empty()) {
+    std::cerr << "rewrap-connector: --target is empty\n";
     return kExitUsage;
   }
 
@@ -144,7 +158,7 @@ int Main(int argc, char** argv) {
     errors = &errors_file;
   }
 
-  auto summary = connector::Run(o, *channel, *in, *out, errors);
+  auto summary = connector::Run(o, channels, *in, *out, errors);
   if (!summary.ok()) {
     std::cerr << "rewrap-connector: " << summary.status().message() << "\n";
     return kExitUsage;
