@@ -31,6 +31,12 @@ struct KeyCapabilities {
   std::set<RsaPadding> decrypt;      // C_Decrypt with this padding works (TOKEN_DECRYPT)
   std::set<RsaPadding> unwrap;       // C_UnwrapKey with this padding works (IN_TOKEN source)
   bool raw_rsa = false;              // CKM_RSA_X_509 decrypt works (HOST_UNPADDING possible)
+  // PKCS#1 v1.5 (probed only when PKCS1 is): the token does implicit rejection, i.e. a
+  // ciphertext with invalid padding "decrypts" (C_Decrypt/C_UnwrapKey CKR_OK) to a
+  // deterministic pseudo-random message instead of failing (NSS softoken 3.87; the
+  // Marvin/Bleichenbacher countermeasure). Learned by trial: a non-conformant block is
+  // raw-RSA encrypted and C_Decrypt'ed with CKM_RSA_PKCS.
+  bool pkcs1_implicit_rejection = false;
 };
 
 struct KeyInfo {

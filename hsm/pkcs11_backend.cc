@@ -1,5 +1,6 @@
 #include "hsm/pkcs11_backend.h"
 
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -294,6 +295,37 @@ absl::StatusOr<Bytes> HostDecrypt(EVP_PKEY* pkey, RsaPadding p, absl::Span<const
   return out;
 }
 
+// A modulus-length RSA ciphertext whose plaintext block is NOT PKCS#1 v1.5 conformant:
+// 00 02 followed by k-2 non-zero random bytes (no zero separator), raw-RSA encrypted
+// (m^e mod n; the leading 00 keeps m < n). A token that answers CKR_OK to C_Decrypt of it
+// with CKM_RSA_PKCS does implicit rejection.
+absl::StatusOr<Bytes> NonConformantPkcs1Ciphertext(const crypto::PublicKey& pub, size_t k) {
+  const Bytes nb = pub.modulus();
+  const Bytes eb = pub.public_exponent();
+  if (k < 11 || nb.empty() || eb.empty()) return absl::InternalError("bad public key");
+  Bytes block = RandomBytes(k);
+  block[0] = 0x00;
+  block[1] = 0x02;
+  for (size_t i = 2; i < k; ++i) {
+    while (block[i] == 0) block[i] = RandomBytes(1)[0];
+  }
+  std::unique_ptr<BIGNUM, BnDeleter> n(BN_bin2bn(nb.data(), static_cast<int>(nb.size()), nullptr));
+  std::unique_ptr<BIGNUM, BnDeleter> e(BN_bin2bn(eb.data(), static_cast<int>(eb.size()), nullptr));
+  std::unique_ptr<BIGNUM, BnDeleter> m(
+      BN_bin2bn(block.data(), static_cast<int>(block.size()), nullptr));
+  std::unique_ptr<BIGNUM, BnDeleter> c(BN_new());
+  std::unique_ptr<BN_CTX, decltype(&BN_CTX_free)> ctx(BN_CTX_new(), &BN_CTX_free);
+  if (!n || !e || !m || !c || !ctx || BN_cmp(m.get(), n.get()) >= 0 ||
+      BN_mod_exp(c.get(), m.get(), e.get(), n.get(), ctx.get()) != 1) {
+    return absl::InternalError("raw RSA encryption of the PKCS#1 probe failed");
+  }
+  Bytes out(k);
+  if (BN_bn2binpad(c.get(), out.data(), static_cast<int>(k)) != static_cast<int>(k)) {
+    return absl::InternalError("raw RSA probe ciphertext does not fit the modulus");
+  }
+  return out;
+}
+
 // One C_DecryptInit + C_Decrypt with a modulus-sized output buffer (enough for a single
 // call, TOKENS.md §8). The lease is marked broken on any failure: after a failed
 // C_Decrypt the operation state is unknown (TOKENS.md §7, §15).
@@ -514,6 +546,37 @@ absl::StatusOr<KeyCapabilities> Pkcs11Backend::Probe(CK_OBJECT_HANDLE priv,
       }
     }
   }
+  // Implicit rejection (Marvin countermeasure, NSS softoken): does an invalid PKCS#1 v1.5
+  // block come back as CKR_OK instead of an error? Not an error to us: it is reported in
+  // KeyInfo, and tests then accept a pseudo-random secret for a bad PKCS#1 ciphertext.
+  if (allow_pkcs1 && (caps.decrypt.count(RsaPadding::kPkcs1) ||
+                      caps.unwrap.count(RsaPadding::kPkcs1))) {
+    auto bad = NonConformantPkcs1Ciphertext(pub, k);
+    if (!bad.ok()) return bad.status();
+    CK_MECHANISM mech{CKM_RSA_PKCS, nullptr, 0};
+    auto lease = Lease();
+    if (!lease.ok()) return lease.status();
+    if (caps.decrypt.count(RsaPadding::kPkcs1)) {
+      auto pt = DecryptOnce(*lease, &mech, priv, *bad, k);
+      if (pt.ok()) {
+        caps.pkcs1_implicit_rejection = true;
+      } else {
+        spdlog::debug("PKCS#1 implicit-rejection probe (C_Decrypt): {}",
+                      std::string(pt.status().message()));
+        if (IsTokenLossRv(CkrOf(pt.status()))) return pt.status();
+      }
+    } else {
+      auto h = UnwrapOnce(*lease, &mech, priv, *bad);
+      if (h.ok()) {
+        caps.pkcs1_implicit_rejection = true;
+        DestroyObject(*lease, *h);
+      } else {
+        spdlog::debug("PKCS#1 implicit-rejection probe (C_UnwrapKey): {}",
+                      std::string(h.status().message()));
+        if (IsTokenLossRv(CkrOf(h.status()))) return h.status();
+      }
+    }
+  }
   if (options_.allow_host_unpadding) {
     auto ct = crypto::RsaEncrypt(pub, RsaPadding::kPkcs1, probe);
     if (!ct.ok()) return ct.status();
@@ -685,10 +748,15 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::LoadKey(const std::string& name) {
   entry.priv = priv;
   entry.modulus_len = static_cast<size_t>((pub->bits() + 7) / 8);
   entry.metadata_read = absl::Now();
-  spdlog::info("key '{}' RSA-{}{}: decrypt {} unwrap {} raw_rsa {}{}", name, entry.info.bits,
+  spdlog::info("key '{}' RSA-{}{}: decrypt {} unwrap {} raw_rsa {}{}{}", name, entry.info.bits,
                md->present ? "" : " (no metadata: defaults)",
                PaddingSetName(entry.info.caps.decrypt), PaddingSetName(entry.info.caps.unwrap),
-               entry.info.caps.raw_rsa, entry.info.enabled ? "" : " DISABLED");
+               entry.info.caps.raw_rsa,
+               entry.info.caps.pkcs1_implicit_rejection
+                   ? " pkcs1_implicit_rejection (bad PKCS#1 padding gives a pseudo-random "
+                     "secret, not DECRYPT_FAILED)"
+                   : "",
+               entry.info.enabled ? "" : " DISABLED");
   KeyInfo info = entry.info;
   absl::MutexLock l(&mu_);
   keys_[name] = std::move(entry);
@@ -1010,6 +1078,16 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
   }
   if (!s.ok()) {
     lease->MarkBroken();
+    const CK_RV rv = CkrOf(s);
+    if (!crt && (rv == CKR_TEMPLATE_INCOMPLETE || rv == CKR_ATTRIBUTE_VALUE_INVALID)) {
+      // NSS softoken 3.87 derives p and q from n, e, d only for two-prime keys; a
+      // three-prime key (no two-prime CRT form) is CKR_TEMPLATE_INCOMPLETE.
+      spdlog::info("token '{}' cannot import key '{}' without CRT parameters: {}",
+                   token_.label, name, std::string(s.message()));
+      return absl::FailedPreconditionError(
+          "this token needs the CRT parameters (p, q, dP, dQ, qInv) of a two-prime RSA key; "
+          "a multi-prime key cannot be imported into it");
+    }
     return s;
   }
 

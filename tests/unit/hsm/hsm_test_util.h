@@ -58,6 +58,8 @@ struct EvpPkeyFree {
 using HostKey = std::unique_ptr<EVP_PKEY, EvpPkeyFree>;
 
 HostKey GenerateHostRsa(int bits);
+// An RSA key with `primes` prime factors (3: the Wycheproof three-prime keys).
+HostKey GenerateHostRsaPrimes(int bits, int primes);
 // Full CRT parts (or n, e, d only when crt is false).
 crypto::RsaPrivateKeyParts HostKeyParts(EVP_PKEY* key, bool crt);
 crypto::Bytes HostKeyDer(EVP_PKEY* key);  // PKCS#8 DER

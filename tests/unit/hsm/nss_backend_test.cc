@@ -12,6 +12,7 @@ namespace hsmrewrap::hsm {
 namespace {
 
 using ::testing::Contains;
+using ::testing::HasSubstr;
 using testing::IsOk;
 using testing::StatusIs;
 
@@ -141,6 +142,55 @@ TEST_F(NssBackendTest, ImportAndMetadata) {
   ASSERT_THAT(again, IsOk());
   EXPECT_TRUE(again->enabled);
   EXPECT_EQ(again->spki_der, k->spki_der);
+}
+
+// NSS softoken does implicit rejection for PKCS#1 v1.5 (Marvin countermeasure): an invalid
+// padding "decrypts" to a deterministic pseudo-random message. The probe must learn it.
+TEST_F(NssBackendTest, Pkcs1ImplicitRejectionIsProbed) {
+  Open();
+  auto k = backend_->CreateKey("p1", 2048, /*allow_pkcs1=*/true);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_THAT(k->caps.decrypt, Contains(RsaPadding::kPkcs1));
+  EXPECT_TRUE(k->caps.pkcs1_implicit_rejection);
+  const crypto::Bytes pt = testing::RandomBytes(32);
+  const crypto::Bytes ct = Seal(*k, RsaPadding::kPkcs1, pt);
+  auto good = backend_->Decrypt("p1", RsaPadding::kPkcs1, ct, Path::kTokenDecrypt);
+  ASSERT_THAT(good, IsOk());
+  EXPECT_EQ(crypto::Bytes(good->begin(), good->end()), pt);
+  crypto::Bytes bad = ct;
+  bad[200] ^= 0x40;  // a low byte: stays < n
+  auto r1 = backend_->Decrypt("p1", RsaPadding::kPkcs1, bad, Path::kTokenDecrypt);
+  auto r2 = backend_->Decrypt("p1", RsaPadding::kPkcs1, bad, Path::kTokenDecrypt);
+  if (r1.ok()) {
+    ASSERT_THAT(r2, IsOk());
+    EXPECT_EQ(crypto::Bytes(r1->begin(), r1->end()), crypto::Bytes(r2->begin(), r2->end()))
+        << "implicit rejection must be deterministic";
+    EXPECT_NE(crypto::Bytes(r1->begin(), r1->end()), pt);
+  } else {
+    EXPECT_TRUE(IsDecryptFailed(r1.status())) << r1.status();
+  }
+  // OAEP is never affected; a key without PKCS#1 is not probed.
+  crypto::Bytes bad_oaep = Seal(*k, RsaPadding::kOaepSha256, pt);
+  bad_oaep[200] ^= 0x40;
+  EXPECT_TRUE(IsDecryptFailed(
+      backend_->Decrypt("p1", RsaPadding::kOaepSha256, bad_oaep, Path::kTokenDecrypt).status()));
+  auto strict = backend_->CreateKey("strict", 2048, /*allow_pkcs1=*/false);
+  ASSERT_THAT(strict, IsOk());
+  EXPECT_FALSE(strict->caps.pkcs1_implicit_rejection);
+}
+
+// NSS derives p and q from n, e, d only for two-prime keys: a three-prime key (no CRT
+// parts) is a clear FAILED_PRECONDITION, not an internal error.
+TEST_F(NssBackendTest, ThreePrimeKeyWithoutCrtIsFailedPrecondition) {
+  Open();
+  auto three = testing::GenerateHostRsaPrimes(2048, 3);
+  ASSERT_TRUE(three);
+  auto r = backend_->ImportKey("three", testing::HostKeyParts(three.get(), false), false);
+  EXPECT_THAT(r, StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("multi-prime key cannot be imported"));
+  // Nothing was left behind: the name is still free.
+  auto two = testing::GenerateHostRsa(2048);
+  EXPECT_THAT(backend_->ImportKey("three", testing::HostKeyParts(two.get(), true), false), IsOk());
 }
 
 }  // namespace

@@ -87,6 +87,8 @@ TEST_F(SoftHsmBackendTest, CreateKeyProbesSoftHsmQuirks) {
   EXPECT_THAT(k->caps.decrypt, Not(Contains(RsaPadding::kOaepSha256)));
   EXPECT_THAT(k->caps.unwrap, UnorderedElementsAre(RsaPadding::kOaepSha1, RsaPadding::kPkcs1));
   EXPECT_TRUE(k->caps.raw_rsa);
+  // TOKENS.md §7: bad PKCS#1 padding is an error (CKR_GENERAL_ERROR), no implicit rejection.
+  EXPECT_FALSE(k->caps.pkcs1_implicit_rejection);
   EXPECT_THAT(backend_->WrapPaddings(),
               UnorderedElementsAre(RsaPadding::kOaepSha1, RsaPadding::kPkcs1));
   EXPECT_EQ(backend_->TokenLabel(), kLabel);
@@ -245,6 +247,13 @@ TEST_F(SoftHsmBackendTest, ImportWithoutCrtPartsAndOddSize) {
   EXPECT_EQ(k->bits, 1032);
   ExpectDecrypts("no-crt", RsaPadding::kOaepSha1, Path::kTokenDecrypt);
   ExpectDecrypts("no-crt", RsaPadding::kOaepSha256, Path::kHostUnpadding);
+
+  // A three-prime key given as n, e, d only (as Wycheproof's): SoftHSM takes it.
+  auto three = testing::GenerateHostRsaPrimes(2048, 3);
+  ASSERT_TRUE(three);
+  ASSERT_THAT(backend_->ImportKey("three-prime", testing::HostKeyParts(three.get(), false), false),
+              IsOk());
+  ExpectDecrypts("three-prime", RsaPadding::kOaepSha1, Path::kTokenDecrypt);
 
   crypto::RsaPrivateKeyParts tiny = testing::HostKeyParts(testing::GenerateHostRsa(768).get(), true);
   EXPECT_THAT(backend_->ImportKey("tiny", tiny, false),
