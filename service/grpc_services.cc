@@ -176,6 +176,7 @@ void KeysServiceImpl::ToProto(const hsm::KeyInfo& info, v1::KeyInfo* out) {
   if (info.created_unix > 0) out->mutable_created()->set_seconds(info.created_unix);
   out->set_enabled(info.enabled);
   out->set_allow_pkcs1(info.allow_pkcs1);
+  out->set_pkcs1_implicit_rejection(info.allow_pkcs1 && info.caps.pkcs1_implicit_rejection);
   auto pub = crypto::PublicKey::FromSpki(info.spki_der);
   if (pub.ok()) out->set_spki_sha256(pub->Sha256Hex());
   for (const auto& [padding, paths] : engine_->PathsFor(info)) {

@@ -15,6 +15,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <systemd/sd-daemon.h>
 
 #include "absl/strings/str_cat.h"
 #include "service/bootstrap.h"
@@ -197,12 +198,15 @@ int Run(int argc, char** argv) {
           absl::StrAppend(&paths, i ? "|" : "", v1::Path_Name(static_cast<v1::Path>(p.paths(i))));
         }
       }
-      spdlog::info("key '{}': {} bits, {}, paths: {}", k.name, k.bits, k.enabled ? "enabled" : "disabled", paths);
+      spdlog::info("key '{}': {} bits, {}, paths: {}{}", k.name, k.bits, k.enabled ? "enabled" : "disabled", paths, info.pkcs1_implicit_rejection() ? " (PKCS1 implicit rejection: bad padding gives a pseudo-random secret)" : "");
     }
   }
 
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
+  // Type=notify: systemd learns that the token is open and the port bound (a no-op
+  // outside systemd).
+  sd_notifyf(0, "READY=1\nSTATUS=serving on %s, token %s", addr.c_str(), started->token_label.c_str());
   std::cout << "rewrapd serving on " << addr << std::endl;
   std::cout << "token: " << started->token_label << (c.embedded() ? " (embedded SoftHSM2 in " + c.state_dir + ")" : "")
             << "\ntry:   " << RewrapctlPath() << " --target " << addr << " keys list" << std::endl;
@@ -217,10 +221,12 @@ int Run(int argc, char** argv) {
       set_health(now);
       if (now) spdlog::info("token is back: serving");
       else spdlog::error("token unavailable: health NOT_SERVING");
+      sd_notifyf(0, "STATUS=%s", now ? "serving" : "token unavailable: NOT_SERVING");
     }
   }
   spdlog::info("signal {}: draining for up to 10 s", g_signal.load());
   set_health(false);
+  sd_notify(0, "STOPPING=1\nSTATUS=draining");
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
   server->Wait();
   return 0;
