@@ -212,6 +212,10 @@ TEST_F(ApiTest, CreateKeyAndListKeysFields) {
     if (allow) {
       EXPECT_FALSE(k.PathsFor(v1::PKCS1).empty()) << "allow_pkcs1 key lists no PKCS1 paths";
     }
+    // Learned by trial: NSS softoken 3.87 does PKCS#1 implicit rejection, SoftHSM2 returns an
+    // error (TOKENS.md SoftHSM2 #7). Never reported for a key without PKCS#1.
+    EXPECT_EQ(info.pkcs1_implicit_rejection(), allow && nss()) << name;
+    EXPECT_EQ(created.pkcs1_implicit_rejection(), info.pkcs1_implicit_rejection()) << name;
   }
 }
 
@@ -438,6 +442,20 @@ TEST_F(ApiTest, ImportKeyEverySource) {
   std::vector<size_t> item_key;
   for (size_t i = 0; i < cases.size(); ++i) {
     Case& c = cases[i];
+    if (c.label == "three-prime" && nss()) {
+      // NSS softoken cannot import a multi-prime key given as n, e, d (no two-prime CRT
+      // form): a clear client error, not INTERNAL.
+      grpc::ClientContext ctx;
+      SetDeadline(&ctx);
+      v1::KeyInfo info;
+      grpc::Status s = h_->keys().ImportKey(&ctx, c.req, &info);
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << c.label << ": "
+                                                                        << StatusText(s);
+      EXPECT_EQ(s.error_message(),
+                "this token needs the CRT parameters (p, q, dP, dQ, qInv) of a two-prime RSA "
+                "key; a multi-prime key cannot be imported into it");
+      continue;
+    }
     ASSERT_NO_FATAL_FAILURE(ImportServiceKey(h_, c.req, &keys[i])) << c.label;
     const ServiceKey& k = keys[i];
     EXPECT_EQ(k.info.bits(), static_cast<uint32_t>(EVP_PKEY_get_bits(c.key.get()))) << c.label;
@@ -954,6 +972,15 @@ TEST_F(ApiTest, DecryptFailedIsUniform) {
       v1::RSA_OAEP_SHA256, true);
   add("pkcs1 good", p1, v1::PKCS1, Seal(p1, v1::PKCS1, secret), v1::RSA_OAEP_SHA256, false);
 
+  // A token with PKCS#1 implicit rejection (ListKeys says so; NSS softoken) answers an
+  // invalid PKCS#1 ciphertext with a deterministic pseudo-random secret instead of an error:
+  // such an item may be rewrapped, but never to the secret, and the same ciphertext must
+  // give the same secret in both rounds (or DECRYPT_FAILED in both). Never for OAEP.
+  const bool implicit_rejection = p1.info.pkcs1_implicit_rejection();
+  printf("[decrypt-failed] key %s: pkcs1_implicit_rejection=%s\n", p1.name.c_str(),
+         implicit_rejection ? "true" : "false");
+  std::map<std::string, std::string> outcome[2];  // round -> item id -> "F" or "P:" + plaintext
+  int implicit_rejections = 0;
   std::map<std::string, std::vector<std::string>> messages;  // message -> item ids
   for (int round = 0; round < 2; ++round) {
     v1::RewrapResponse resp;
@@ -967,6 +994,26 @@ TEST_F(ApiTest, DecryptFailedIsUniform) {
         continue;
       }
       EXPECT_EQ(r.id(), item.id());
+      const bool may_implicitly_reject =
+          implicit_rejection && item.padding() == v1::PKCS1 && item.key_name() == p1.name;
+      if (may_implicitly_reject) {
+        if (r.has_error()) {
+          outcome[round][item.id()] = "F";
+        } else {
+          std::string why;
+          auto pt = DecryptOutput(d, item.format(), false, r.ciphertext(), &why);
+          if (!pt) {
+            ADD_FAILURE() << item.id() << ": implicit rejection output does not decrypt: " << why;
+          } else {
+            EXPECT_NE(*pt, secret) << item.id() << ": a bad PKCS#1 ciphertext gave the secret";
+            outcome[round][item.id()] = "P:" + *pt;
+            ++implicit_rejections;
+          }
+          EXPECT_EQ(p1.PathsFor(v1::PKCS1).count(r.path()), 1u)
+              << item.id() << ": path " << PathName(r.path()) << " not advertised";
+          continue;
+        }
+      }
       if (!r.has_error()) {
         std::string why;
         auto pt = DecryptOutput(d, item.format(), false, r.ciphertext(), &why);
@@ -984,6 +1031,19 @@ TEST_F(ApiTest, DecryptFailedIsUniform) {
       messages[r.error().message()].push_back(item.id());
     }
   }
+  for (const auto& [id, first] : outcome[0]) {
+    auto it = outcome[1].find(id);
+    EXPECT_TRUE(it != outcome[1].end() && it->second == first)
+        << id << ": implicit rejection is not deterministic (round 1: "
+        << (first == "F" ? "DECRYPT_FAILED" : "rewrapped") << ", round 2: "
+        << (it == outcome[1].end() ? "missing"
+                                   : it->second == "F" ? "DECRYPT_FAILED"
+                                                       : it->second == first ? "same" : "a different secret")
+        << ")";
+  }
+  EXPECT_EQ(outcome[0].size(), outcome[1].size());
+  printf("[decrypt-failed] %d PKCS#1 items rewrapped by implicit rejection (2 rounds)\n",
+         implicit_rejections);
   EXPECT_EQ(messages.size(), 1u) << "DECRYPT_FAILED messages differ";
   for (const auto& [m, ids] : messages) {
     printf("[decrypt-failed] %zu items: \"%s\"\n", ids.size(), m.c_str());
