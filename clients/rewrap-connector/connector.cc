@@ -119,6 +119,7 @@ class Job {
       std::ostream& out, std::ostream* errors)
       : o_(o), in_(in), out_(out), errors_(errors), rng_(std::random_device{}()) {
     for (const auto& ch : channels) stubs_.push_back(v1::Rewrap::NewStub(ch));
+    down_until_.assign(stubs_.size(), Clock::time_point{});
     window_ = o_.window ? o_.window : std::max<size_t>(o_.batch * o_.streams * o_.inflight * 2, 64);
   }
 
@@ -332,7 +333,7 @@ class Job {
     size_t target = index % stubs_.size();
     bool first = true;
     while (!JobOver() || !carry.empty()) {
-      if (!first) target = (target + 1) % stubs_.size();
+      if (!first) target = NextTarget(target);
       first = false;
       // One stream's lifetime.
       grpc::ClientContext ctx;
@@ -470,6 +471,7 @@ class Job {
         }
       }
       consecutive_failures = any_response ? 1 : consecutive_failures + 1;
+      if (!any_response) MarkDown(target, consecutive_failures);
       std::chrono::milliseconds pause;
       {
         std::lock_guard<std::mutex> l(mu_);
@@ -477,6 +479,25 @@ class Job {
       }
       std::this_thread::sleep_for(pause);
     }
+  }
+
+  // The replica after `current` that is not marked down (or simply the next one when all are).
+  size_t NextTarget(size_t current) {
+    std::lock_guard<std::mutex> l(mu_);
+    const auto now = Clock::now();
+    for (size_t k = 1; k <= stubs_.size(); ++k) {
+      const size_t t = (current + k) % stubs_.size();
+      if (down_until_[t] <= now) return t;
+    }
+    return (current + 1) % stubs_.size();
+  }
+
+  // A stream to `target` failed before any answer: skip that replica for a while
+  // (1 s, doubling with consecutive failures, at most 30 s).
+  void MarkDown(size_t target, int failures) {
+    std::lock_guard<std::mutex> l(mu_);
+    const auto d = std::chrono::seconds(std::min(30, 1 << std::min(failures - 1, 5)));
+    down_until_[target] = std::max(down_until_[target], Clock::now() + d);
   }
 
   bool CheckDeadline(const std::deque<Batch>& inflight) {
@@ -541,6 +562,7 @@ class Job {
   std::mutex mu_;  // guards everything below
   std::condition_variable cv_;
   std::mt19937_64 rng_;
+  std::vector<Clock::time_point> down_until_;  // per replica: skip it until then
   std::deque<WorkPtr> ready_;
   std::priority_queue<WorkPtr, std::vector<WorkPtr>, RetryLater> retry_;
   std::map<uint64_t, std::pair<std::string, bool>> pending_out_;  // seq -> (line, failed)
