@@ -25,6 +25,27 @@ absl::Status CheckKeyName(const std::string& name) {
   return absl::OkStatus();
 }
 
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Per batch: its size, latency and one count per item by key, outcome and path. The key
+// label is kept only for keys that exist, so callers cannot grow the label set at will.
+void RecordBatch(Metrics* metrics, const char* rpc, const v1::RewrapRequest& req, const v1::RewrapResponse& resp,
+                 double seconds) {
+  metrics->Observe("hsmrewrap_batch_items", {{"rpc", rpc}}, req.items_size());
+  metrics->Observe("hsmrewrap_rpc_latency_seconds", {{"rpc", rpc}}, seconds);
+  for (int i = 0; i < resp.results_size() && i < req.items_size(); ++i) {
+    const auto& r = resp.results(i);
+    const bool known_key = !r.has_error() || (r.error().code() != v1::ItemError::KEY_NOT_FOUND &&
+                                               r.error().code() != v1::ItemError::INVALID_ITEM);
+    metrics->Add("hsmrewrap_items_total",
+                 {{"key", known_key ? req.items(i).key_name() : ""},
+                  {"outcome", r.has_error() ? v1::ItemError::Code_Name(r.error().code()) : "OK"},
+                  {"path", v1::Path_Name(r.path())}});
+  }
+}
+
 // Bidirectional stream: each request is one batch and gets exactly one response, in
 // request order. Up to kMaxPending batches of one stream are in the engine at once (so one
 // stream keeps several workers busy); beyond that the stream stops reading, which is
@@ -36,7 +57,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
  public:
   static constexpr size_t kMaxPending = 8;
 
-  explicit StreamReactor(RewrapEngine* engine) : engine_(engine) {
+  StreamReactor(RewrapEngine* engine, Metrics* metrics) : engine_(engine), metrics_(metrics) {
     std::lock_guard<std::mutex> l(mu_);
     ReadLocked();
   }
@@ -57,7 +78,9 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
     auto req = std::make_shared<const v1::RewrapRequest>(std::move(request_));
     request_.Clear();
     l.unlock();
-    absl::Status st = engine_->Submit(req, [this, slot](v1::RewrapResponse resp) {
+    const auto start = std::chrono::steady_clock::now();
+    absl::Status st = engine_->Submit(req, [this, slot, req, start](v1::RewrapResponse resp) {
+      RecordBatch(metrics_, "RewrapStream", *req, resp, SecondsSince(start));
       std::lock_guard<std::mutex> g(mu_);
       slot->response = std::move(resp);
       slot->ready = true;
@@ -132,6 +155,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
   }
 
   RewrapEngine* engine_;
+  Metrics* metrics_;
   std::mutex mu_;  // guards everything below
   v1::RewrapRequest request_;
   std::deque<std::shared_ptr<Slot>> pending_;  // batches in request order
@@ -146,13 +170,25 @@ grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
+void DeclareServiceMetrics(Metrics& m) {
+  m.DeclareCounter("hsmrewrap_items_total", "Rewrap items by service key, outcome and path");
+  m.DeclareHistogram("hsmrewrap_batch_items", "Items per Rewrap batch",
+                     {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000});
+  m.DeclareHistogram("hsmrewrap_rpc_latency_seconds", "Latency per RPC (per batch for Rewrap/RewrapStream)",
+                     LatencyBuckets());
+}
+
+RewrapServiceImpl::RewrapServiceImpl(RewrapEngine* engine, Metrics* metrics) : engine_(engine), metrics_(metrics) {}
+
 grpc::ServerUnaryReactor* RewrapServiceImpl::Rewrap(grpc::CallbackServerContext* ctx,
                                                     const v1::RewrapRequest* req,
                                                     v1::RewrapResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
   // The request outlives the batch: gRPC keeps it until Finish.
   std::shared_ptr<const v1::RewrapRequest> alias(std::shared_ptr<void>(), req);
-  absl::Status st = engine_->Submit(alias, [reactor, resp](v1::RewrapResponse r) {
+  const auto start = std::chrono::steady_clock::now();
+  absl::Status st = engine_->Submit(alias, [this, reactor, req, resp, start](v1::RewrapResponse r) {
+    RecordBatch(metrics_, "Rewrap", *req, r, SecondsSince(start));
     *resp = std::move(r);
     reactor->Finish(grpc::Status::OK);
   });
@@ -162,13 +198,14 @@ grpc::ServerUnaryReactor* RewrapServiceImpl::Rewrap(grpc::CallbackServerContext*
 
 grpc::ServerBidiReactor<v1::RewrapRequest, v1::RewrapResponse>* RewrapServiceImpl::RewrapStream(
     grpc::CallbackServerContext*) {
-  return new StreamReactor(engine_);
+  return new StreamReactor(engine_, metrics_);
 }
 
 // ---------------------------------------------------------------------------------------
 
-KeysServiceImpl::KeysServiceImpl(RewrapEngine* engine, std::string token_label)
-    : engine_(engine), token_label_(std::move(token_label)) {}
+KeysServiceImpl::KeysServiceImpl(RewrapEngine* engine, std::string token_label, Metrics* metrics,
+                                 SelfTester* selftest)
+    : engine_(engine), token_label_(std::move(token_label)), metrics_(metrics), selftest_(selftest) {}
 
 void KeysServiceImpl::ToProto(const hsm::KeyInfo& info, v1::KeyInfo* out) {
   out->set_name(info.name);
@@ -187,16 +224,21 @@ void KeysServiceImpl::ToProto(const hsm::KeyInfo& info, v1::KeyInfo* out) {
   out->set_token_label(token_label_);
 }
 
-grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(grpc::CallbackServerContext* ctx,
+grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(grpc::CallbackServerContext* ctx, const char* rpc,
                                                      std::function<grpc::Status()> fn) {
   auto* reactor = ctx->DefaultReactor();
-  admin_.Post([reactor, fn = std::move(fn)] { reactor->Finish(fn()); });
+  const auto start = std::chrono::steady_clock::now();
+  admin_.Post([this, reactor, rpc, start, fn = std::move(fn)] {
+    grpc::Status st = fn();
+    metrics_->Observe("hsmrewrap_rpc_latency_seconds", {{"rpc", rpc}}, SecondsSince(start));
+    reactor->Finish(st);
+  });
   return reactor;
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::CreateKey(grpc::CallbackServerContext* ctx,
                                                      const v1::CreateKeyRequest* req, v1::KeyInfo* out) {
-  return OffThread(ctx, [this, req, out]() -> grpc::Status {
+  return OffThread(ctx, "CreateKey", [this, req, out]() -> grpc::Status {
     if (auto st = CheckKeyName(req->name()); !st.ok()) return ToGrpc(st);
     const uint32_t bits = req->bits() == 0 ? 2048 : req->bits();
     if (bits != 2048 && bits != 3072 && bits != 4096) {
@@ -214,7 +256,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::CreateKey(grpc::CallbackServerContext
 
 grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext* ctx,
                                                      const v1::ImportKeyRequest* req, v1::KeyInfo* out) {
-  return OffThread(ctx, [this, req, out]() -> grpc::Status {
+  return OffThread(ctx, "ImportKey", [this, req, out]() -> grpc::Status {
     if (auto st = CheckKeyName(req->name()); !st.ok()) return ToGrpc(st);
     absl::StatusOr<crypto::RsaPrivateKeyParts> parts;
     switch (req->source_case()) {
@@ -252,7 +294,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext
 
 grpc::ServerUnaryReactor* KeysServiceImpl::ListKeys(grpc::CallbackServerContext* ctx,
                                                     const v1::ListKeysRequest*, v1::ListKeysResponse* out) {
-  return OffThread(ctx, [this, out]() -> grpc::Status {
+  return OffThread(ctx, "ListKeys", [this, out]() -> grpc::Status {
     auto keys = engine_->backend().ListKeys();
     if (!keys.ok()) return ToGrpc(keys.status());
     for (const auto& k : *keys) ToProto(k, out->add_keys());
@@ -263,7 +305,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ListKeys(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* KeysServiceImpl::GetPublicKey(grpc::CallbackServerContext* ctx,
                                                         const v1::GetPublicKeyRequest* req,
                                                         v1::GetPublicKeyResponse* out) {
-  return OffThread(ctx, [this, req, out]() -> grpc::Status {
+  return OffThread(ctx, "GetPublicKey", [this, req, out]() -> grpc::Status {
     auto entry = engine_->keys().Get(req->name());
     if (!entry.ok()) return ToGrpc(entry.status());
     const crypto::PublicKey& pub = (*entry)->public_key;
@@ -301,12 +343,32 @@ grpc::Status KeysServiceImpl::SetEnabled(const std::string& name, bool enabled, 
 
 grpc::ServerUnaryReactor* KeysServiceImpl::DisableKey(grpc::CallbackServerContext* ctx,
                                                       const v1::DisableKeyRequest* req, v1::KeyInfo* out) {
-  return OffThread(ctx, [this, req, out] { return SetEnabled(req->name(), false, out); });
+  return OffThread(ctx, "DisableKey", [this, req, out] { return SetEnabled(req->name(), false, out); });
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::EnableKey(grpc::CallbackServerContext* ctx,
                                                      const v1::EnableKeyRequest* req, v1::KeyInfo* out) {
-  return OffThread(ctx, [this, req, out] { return SetEnabled(req->name(), true, out); });
+  return OffThread(ctx, "EnableKey", [this, req, out] { return SetEnabled(req->name(), true, out); });
+}
+
+grpc::ServerUnaryReactor* KeysServiceImpl::SelfTest(grpc::CallbackServerContext* ctx, const v1::SelfTestRequest* req,
+                                                    v1::SelfTestResponse* out) {
+  return OffThread(ctx, "SelfTest", [this, req, out]() -> grpc::Status {
+    if (!req->name().empty()) {
+      auto entry = engine_->keys().Get(req->name());
+      if (!entry.ok()) return ToGrpc(entry.status());
+    }
+    for (const auto& r : selftest_->RunNow(req->name())) {
+      auto* o = out->add_results();
+      o->set_name(r.key);
+      o->set_ok(r.ok);
+      o->set_message(r.message);
+      o->set_path(r.path);
+      o->mutable_time()->set_seconds(r.time_unix);
+      o->set_seconds(r.seconds);
+    }
+    return grpc::Status::OK;
+  });
 }
 
 }  // namespace hsmrewrap::service

@@ -22,6 +22,10 @@
 #include "service/config.h"
 #include "service/engine.h"
 #include "service/grpc_services.h"
+#include "service/metrics.h"
+#include "service/metrics_server.h"
+#include "service/selftest.h"
+#include "hsm/pkcs11_backend.h"
 
 #ifndef HSMREWRAP_VERSION
 #define HSMREWRAP_VERSION "0.0.0"
@@ -31,6 +35,40 @@ namespace hsmrewrap::service {
 namespace {
 
 std::atomic<int> g_signal{0};
+std::atomic<bool> token_healthy{false};
+
+// Gauges read at scrape time: build, token, engine queue, PKCS#11 calls and sessions.
+void DeclareProcessMetrics(Metrics& m, const Config& c, RewrapEngine& engine, const Started& started) {
+  const std::string label = started.token_label;
+  const std::string host_unpadding = c.allow_host_unpadding ? "allowed" : "denied";
+  m.DeclareGauge("hsmrewrap_build_info", "Build and configuration of this rewrapd", [label, host_unpadding] {
+    return std::vector<std::pair<Metrics::Labels, double>>{
+        {{{"version", HSMREWRAP_VERSION}, {"token", label}, {"host_unpadding", host_unpadding}}, 1.0}};
+  });
+  m.DeclareGauge("hsmrewrap_token_up", "1 while the token answers", [] {
+    return std::vector<std::pair<Metrics::Labels, double>>{{{}, token_healthy.load() ? 1.0 : 0.0}};
+  });
+  m.DeclareGauge("hsmrewrap_inflight_items", "Items queued or running in the engine", [&engine] {
+    return std::vector<std::pair<Metrics::Labels, double>>{{{}, static_cast<double>(engine.inflight())}};
+  });
+  auto* p11 = dynamic_cast<hsm::Pkcs11Backend*>(started.backend.get());
+  if (p11 == nullptr) return;
+  m.DeclareGauge("hsmrewrap_pkcs11_calls_total", "PKCS#11 calls by function and result", [p11] {
+    std::vector<std::pair<Metrics::Labels, double>> out;
+    for (const auto& st : p11->module().CallStats()) {
+      if (st.calls == 0) continue;
+      out.push_back({{{"function", st.function}, {"result", "ok"}}, static_cast<double>(st.calls - st.errors)});
+      out.push_back({{{"function", st.function}, {"result", "error"}}, static_cast<double>(st.errors)});
+    }
+    return out;
+  }, "counter");
+  m.DeclareGauge("hsmrewrap_sessions", "PKCS#11 sessions: pool size and open sessions", [p11] {
+    return std::vector<std::pair<Metrics::Labels, double>>{
+        {{{"state", "pool_size"}}, static_cast<double>(p11->pool().size())},
+        {{{"state", "open"}}, static_cast<double>(p11->pool().open_sessions())},
+        {{{"state", "discarded_total"}}, static_cast<double>(p11->pool().discarded_sessions())}};
+  });
+}
 void OnSignal(int sig) { g_signal.store(sig); }
 
 // No core dumps and no ptrace by other users: secrets pass through this process.
@@ -63,8 +101,8 @@ int Run(int argc, char** argv) {
                "HSMREWRAP_<KEY> environment variable; flags win over both.",
                "rewrapd"};
   std::optional<std::string> config_file, state_dir, listen, module, init_args, token, token_uri,
-      pin_file, log_level;
-  std::optional<uint32_t> pool_size, max_batch, max_inflight, max_message;
+      pin_file, log_level, metrics_listen;
+  std::optional<uint32_t> pool_size, max_batch, max_inflight, max_message, selftest_interval;
   bool allow_host_unpadding = false, deny_host_unpadding = false, check_config = false, version = false;
   app.add_option("--config", config_file, "YAML configuration file")->check(CLI::ExistingFile);
   app.add_option("--state-dir", state_dir, "state folder (default $XDG_STATE_HOME/hsm-rewrap or ~/.local/state/hsm-rewrap)");
@@ -82,6 +120,8 @@ int Run(int argc, char** argv) {
   app.add_option("--max-inflight-items", max_inflight, "items queued or running (default 10000)");
   app.add_option("--max-message-bytes", max_message, "largest request message (default 16 MiB)");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error (default info)");
+  app.add_option("--metrics-listen", metrics_listen, "HOST:PORT for Prometheus metrics at GET /metrics (default off)");
+  app.add_option("--selftest-interval", selftest_interval, "seconds between known-answer self-tests (default 300; 0 = on demand)");
   app.add_flag("--check-config", check_config, "validate the configuration, print what rewrapd would do, exit");
   app.add_flag("--version", version, "print the version and exit");
   try {
@@ -114,6 +154,8 @@ int Run(int argc, char** argv) {
   if (token_uri) c.token_uri = *token_uri;
   if (pin_file) c.pin_file = *pin_file;
   if (log_level) c.log_level = *log_level;
+  if (metrics_listen) c.metrics_listen = *metrics_listen;
+  if (selftest_interval) c.selftest_interval_s = *selftest_interval;
   if (pool_size) c.pool_size = *pool_size;
   if (max_batch) c.limits.max_batch_items = *max_batch;
   if (max_inflight) c.limits.max_inflight_items = *max_inflight;
@@ -158,8 +200,12 @@ int Run(int argc, char** argv) {
   eo.limits = c.limits;
   eo.allow_host_unpadding = c.allow_host_unpadding;
   RewrapEngine engine(started->backend, eo);
-  RewrapServiceImpl rewrap_service(&engine);
-  KeysServiceImpl keys_service(&engine, started->token_label);
+  Metrics metrics;
+  DeclareServiceMetrics(metrics);
+  DeclareProcessMetrics(metrics, c, engine, *started);
+  SelfTester selftest(&engine, &metrics, std::chrono::seconds(c.selftest_interval_s));
+  RewrapServiceImpl rewrap_service(&engine, &metrics);
+  KeysServiceImpl keys_service(&engine, started->token_label, &metrics, &selftest);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -202,6 +248,17 @@ int Run(int argc, char** argv) {
     }
   }
 
+  std::unique_ptr<MetricsServer> metrics_server;
+  if (!c.metrics_listen.empty()) {
+    auto ms = MetricsServer::Start(c.metrics_listen, &metrics);
+    if (!ms.ok()) {
+      spdlog::error("{}", std::string(ms.status().message()));
+      return 1;
+    }
+    metrics_server = *std::move(ms);
+    spdlog::info("metrics on http://{}/metrics", metrics_server->address());
+  }
+
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   // Type=notify: systemd learns that the token is open and the port bound (a no-op
@@ -213,9 +270,11 @@ int Run(int argc, char** argv) {
 
   // Health follows the token; signals end the loop.
   bool healthy = true;
+  token_healthy.store(true);
   while (g_signal.load() == 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     bool now = started->backend->Healthy();
+    token_healthy.store(now);
     if (now != healthy) {
       healthy = now;
       set_health(now);

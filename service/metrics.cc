@@ -57,10 +57,10 @@ void Metrics::DeclareHistogram(const std::string& name, const std::string& help,
 }
 
 void Metrics::DeclareGauge(const std::string& name, const std::string& help,
-                           std::function<std::vector<std::pair<Labels, double>>()> read) {
+                           std::function<std::vector<std::pair<Labels, double>>()> read, const std::string& type) {
   std::lock_guard<std::mutex> l(mu_);
   auto& f = families_[name];
-  f.type = "gauge";
+  f.type = type;
   f.help = help;
   f.read = std::move(read);
 }
@@ -107,7 +107,7 @@ std::string Metrics::Render() const {
   std::string out;
   for (const auto& [name, f] : families_) {
     absl::StrAppend(&out, "# HELP ", name, " ", f.help, "\n# TYPE ", name, " ", f.type, "\n");
-    if (f.type == "gauge") {
+    if (f.read) {
       for (const auto& [labels, v] : gauges[name]) absl::StrAppend(&out, name, LabelText(labels), " ", Num(v), "\n");
     } else if (f.type == "counter") {
       for (const auto& [labels, v] : f.values) absl::StrAppend(&out, name, LabelText(labels), " ", Num(v), "\n");

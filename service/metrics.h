@@ -23,9 +23,11 @@ class Metrics final {
   // Declares a family once; later calls with the same name are ignored.
   void DeclareCounter(const std::string& name, const std::string& help);
   void DeclareHistogram(const std::string& name, const std::string& help, std::vector<double> buckets);
-  // A gauge whose samples are produced at scrape time.
+  // A gauge (or, with type "counter", a counter kept elsewhere) whose samples are produced
+  // at scrape time.
   void DeclareGauge(const std::string& name, const std::string& help,
-                    std::function<std::vector<std::pair<Labels, double>>()> read);
+                    std::function<std::vector<std::pair<Labels, double>>()> read,
+                    const std::string& type = "gauge");
 
   void Add(const std::string& name, const Labels& labels, double v = 1);
   // Sets a counter to an absolute value (for counts kept elsewhere, e.g. PKCS#11 calls).

@@ -122,6 +122,9 @@ int Run(int argc, char** argv) {
   enable->add_option("name", name, "key name")->required();
   auto* disable = keys->add_subcommand("disable", "refuse rewraps with a key (KEY_DISABLED)");
   disable->add_option("name", name, "key name")->required();
+  auto* selftest = app.add_subcommand("selftest", "run the known-answer self-test now (exit 0 when every key passes)");
+  std::string selftest_key;
+  selftest->add_option("name", selftest_key, "key to test (default: every enabled key)");
   auto* health = app.add_subcommand("health", "check rewrapd's gRPC health (exit 0 when SERVING)");
   std::string service;
   health->add_option("--service", service, "service name to check ('' = the whole server)");
@@ -154,6 +157,27 @@ int Run(int argc, char** argv) {
     if (output == "json") std::cout << json{{"status", st}}.dump() << "\n";
     else std::cout << st << "\n";
     return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : kExitNotServing;
+  }
+  if (*selftest) {
+    v1::SelfTestRequest req;
+    req.set_name(selftest_key);
+    v1::SelfTestResponse resp;
+    auto s = keys_stub->SelfTest(ctx().get(), req, &resp);
+    if (!s.ok()) return Report(s);
+    bool all_ok = resp.results_size() > 0;
+    json arr = json::array();
+    for (const auto& r : resp.results()) {
+      all_ok = all_ok && r.ok();
+      arr.push_back({{"name", r.name()}, {"ok", r.ok()}, {"message", r.message()},
+                     {"path", v1::Path_Name(r.path())}, {"seconds", r.seconds()}});
+      if (output != "json") {
+        std::printf("%-24s %-4s %-15s %7.1f ms %s\n", r.name().c_str(), r.ok() ? "ok" : "FAIL",
+                    v1::Path_Name(r.path()).c_str(), r.seconds() * 1000, r.message().c_str());
+      }
+    }
+    if (output == "json") std::cout << arr.dump(2) << "\n";
+    if (resp.results_size() == 0) std::cerr << "rewrapctl: no enabled key to test\n";
+    return all_ok ? 0 : kExitRefused;
   }
   if (*list) {
     v1::ListKeysResponse resp;

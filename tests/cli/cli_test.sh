@@ -49,7 +49,7 @@ contains "check-config shows the pool" "session pool:         3" "$out"
 contains "check-config denies host unpadding for a real module" "host unpadding:       denied" "$out"
 
 # --- the embedded default: first run creates token, PINs and key
-start --state-dir "$WORK/state" --listen 127.0.0.1:0
+start --state-dir "$WORK/state" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
 contains "banner gives a client command" "--target $ADDR keys list" "$(cat "$WORK/out")"
 check "user.pin mode" 600 "$(stat -c %a "$WORK/state/user.pin")"
 check "so.pin mode" 600 "$(stat -c %a "$WORK/state/so.pin")"
@@ -59,6 +59,17 @@ contains "host unpadding is announced" "HOST UNPADDING IS ALLOWED" "$(cat "$WORK
 json=$("$CTL" --target "$ADDR" -o json keys list); check "keys list exit" 0 $?
 check "default key exists, 2048 bits" "default 2048 True" "$(python3 -c 'import json,sys; k=json.loads(sys.argv[1]); print(k[0]["name"], k[0]["bits"], k[0]["enabled"])' "$json")"
 check "SoftHSM OAEP-SHA256 path" "HOST_UNPADDING" "$(python3 -c 'import json,sys; print(" ".join(json.loads(sys.argv[1])[0]["paths"]["OAEP_SHA256"]))' "$json")"
+
+# self-test and metrics
+out=$("$CTL" --target "$ADDR" selftest); check "selftest exit" 0 $?
+contains "selftest passes on the default key" "default" "$out"
+"$CTL" --target "$ADDR" selftest nope >/dev/null 2>&1; check "selftest of an unknown key exits 1" 1 $?
+MADDR=$(sed -n 's/.*metrics on http:\/\/\([^/]*\)\/metrics.*/\1/p' "$WORK/err")
+metrics=$(curl -sf "http://$MADDR/metrics"); check "metrics endpoint answers" 0 $?
+contains "metrics: build info" 'hsmrewrap_build_info{version=' "$metrics"
+contains "metrics: self-test result" 'hsmrewrap_selftest_ok{key="default"} 1' "$metrics"
+contains "metrics: PKCS#11 calls" 'hsmrewrap_pkcs11_calls_total{function="C_Decrypt",result="ok"}' "$metrics"
+contains "metrics: sessions" 'hsmrewrap_sessions{state="pool_size"}' "$metrics"
 
 # keys create / export-public in three forms that agree
 "$CTL" --target "$ADDR" keys create k3072 --bits 3072 >/dev/null; check "create exit" 0 $?
