@@ -1,5 +1,7 @@
 #include "service/engine.h"
 
+#include <algorithm>
+#include <thread>
 #include <unordered_set>
 
 #include <openssl/evp.h>
@@ -206,7 +208,7 @@ size_t RecipientCache::size() {
 
 RewrapEngine::RewrapEngine(std::shared_ptr<hsm::KeyBackend> backend, Options options)
     : backend_(backend), options_(options), keys_(backend),
-      pool_(std::make_unique<WorkerPool>(options.workers)) {}
+      pool_(std::make_unique<WorkerPool>(options.workers + std::max(1u, std::thread::hardware_concurrency()))) {}
 
 RewrapEngine::~RewrapEngine() { pool_.reset(); }
 

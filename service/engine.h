@@ -81,6 +81,9 @@ class RecipientCache final {
 class RewrapEngine final {
  public:
   struct Options {
+    // Token-bound worker threads (normally the session pool size). The engine runs this
+    // many plus one per core, so that host work (CMS, OAEP unpadding) overlaps a slow
+    // token's wait instead of keeping a session idle; the extra threads wait for a session.
     unsigned workers = 2;
     Limits limits;
     bool allow_host_unpadding = false;
