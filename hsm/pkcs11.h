@@ -9,6 +9,8 @@
 #include <p11-kit/pkcs11.h>
 
 #include <array>
+#include <chrono>
+#include <functional>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -78,11 +80,22 @@ class Module final {
       c.errors.fetch_add(1, std::memory_order_relaxed);
       return absl::UnimplementedError(std::string(name) + " is not provided by the module");
     }
+    const bool timed = static_cast<bool>(observer_);
+    const auto start = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
     CK_RV rv = fn(args...);
+    if (timed) {
+      observer_(name, rv == CKR_OK,
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
     if (rv == CKR_OK) return absl::OkStatus();
     c.errors.fetch_add(1, std::memory_order_relaxed);
     return CkrToStatus(name, rv);
   }
+
+  // Every later call reports its function, success and duration here (metrics). Set it once,
+  // before the module is used from other threads.
+  using CallObserver = std::function<void(const char* function, bool ok, double seconds)>;
+  void SetCallObserver(CallObserver observer) { observer_ = std::move(observer); }
 
   CK_FUNCTION_LIST* fl() const { return fl_; }
   const std::string& path() const { return path_; }
@@ -106,6 +119,7 @@ class Module final {
   void* dl_ = nullptr;
   CK_FUNCTION_LIST* fl_ = nullptr;
   bool initialized_ = false;
+  CallObserver observer_;
   bool registered_ = false;
   // Index i counts the function KnownFunctions()[i]; the last slot counts unknown names.
   mutable std::array<Counter, kMaxFunctions + 1> counters_;

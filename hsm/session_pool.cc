@@ -175,6 +175,11 @@ void SessionPool::Return(CK_SESSION_HANDLE h, bool broken) {
   idle_.push_back(h);
 }
 
+size_t SessionPool::idle_sessions() const {
+  absl::MutexLock l(&mu_);
+  return idle_.size();
+}
+
 size_t SessionPool::open_sessions() const {
   absl::MutexLock l(&mu_);
   return open_;

@@ -72,6 +72,8 @@ class SessionPool final {
   const std::shared_ptr<Module>& shared_module() const { return module_; }
   CK_SLOT_ID slot() const { return slot_; }
   size_t size() const { return size_; }
+  // Working sessions idle in the pool (open, not leased).
+  size_t idle_sessions() const;
   // Working sessions currently open (idle + leased).
   size_t open_sessions() const;
   // Sessions discarded after errors, for metrics.

@@ -42,6 +42,7 @@ absl::Status SetKey(const std::string& key, const std::string& value, Config& c)
   if (key == "pin_file") { c.pin_file = value; return absl::OkStatus(); }
   if (key == "log_level") { c.log_level = value; return absl::OkStatus(); }
   if (key == "default_key") { c.default_key = value; return absl::OkStatus(); }
+  if (key == "log_format") { c.log_format = value; return absl::OkStatus(); }
   if (key == "metrics_listen") { c.metrics_listen = value; return absl::OkStatus(); }
   if (key == "selftest_interval_s") return ParseU32(key, value, c.selftest_interval_s);
   if (key == "allow_host_unpadding") {
@@ -59,7 +60,7 @@ constexpr const char* kKeys[] = {"state_dir", "listen", "module", "init_args", "
                                  "token_uri", "pin_file", "log_level", "default_key",
                                  "allow_host_unpadding", "pool_size", "max_batch_items",
                                  "max_message_bytes", "max_inflight_items", "metrics_listen",
-                                 "selftest_interval_s"};
+                                 "selftest_interval_s", "log_format"};
 
 }  // namespace
 
@@ -130,6 +131,9 @@ absl::Status Finalize(Config& c) {
     }
   } else if (c.token.empty() && c.token_uri.empty()) {
     return absl::InvalidArgumentError("with module set, name the token with token (label) or token_uri");
+  }
+  if (!c.log_format.empty() && c.log_format != "json" && c.log_format != "text") {
+    return absl::InvalidArgumentError(absl::StrCat("log_format: json or text, not '", c.log_format, "'"));
   }
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
   bool level_ok = false;

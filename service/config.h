@@ -30,6 +30,8 @@ struct Config {
   uint32_t pool_size = 0;         // HSM sessions = worker threads; 0 = number of cores (min 2)
   Limits limits;
   std::string log_level = "info";
+  std::string log_format;         // "json" (one JSON object a line) or "text"; empty = json
+                                  // unless stderr is a terminal
   std::string metrics_listen;     // HOST:PORT for Prometheus GET /metrics; empty = off
   uint32_t selftest_interval_s = 300;  // known-answer self-test period; 0 = on demand only
   std::string default_key = "default";  // key the embedded default creates

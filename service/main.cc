@@ -1,6 +1,7 @@
 // rewrapd: the hsm-rewrap daemon.
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/spdlog.h>
 #include <systemd/sd-daemon.h>
 
@@ -33,6 +35,40 @@
 
 namespace hsmrewrap::service {
 namespace {
+
+// spdlog flag %* : the message, escaped for a JSON string.
+class JsonEscapedMessage final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+    static const char kHex[] = "0123456789abcdef";
+    for (char ch : msg.payload) {
+      const auto u = static_cast<unsigned char>(ch);
+      if (ch == '"' || ch == '\\') {
+        dest.push_back('\\');
+        dest.push_back(ch);
+      } else if (u < 0x20) {
+        const char esc[] = {'\\', 'u', '0', '0', kHex[u >> 4], kHex[u & 15]};
+        dest.append(esc, esc + sizeof(esc));
+      } else {
+        dest.push_back(ch);
+      }
+    }
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<JsonEscapedMessage>(); }
+};
+
+void SetUpLogging(const Config& c) {
+  auto logger = spdlog::stderr_color_mt("rewrapd");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(c.log_level));
+  const bool json = c.log_format == "json" || (c.log_format.empty() && !::isatty(STDERR_FILENO));
+  if (json) {
+    auto f = std::make_unique<spdlog::pattern_formatter>();
+    f->add_flag<JsonEscapedMessage>('*').set_pattern(
+        R"({"time":"%Y-%m-%dT%H:%M:%S.%f%z","level":"%l","logger":"%n","pid":%P,"msg":"%*"})");
+    logger->set_formatter(std::move(f));
+  }
+}
 
 std::atomic<int> g_signal{0};
 std::atomic<bool> token_healthy{false};
@@ -62,10 +98,11 @@ void DeclareProcessMetrics(Metrics& m, const Config& c, RewrapEngine& engine, co
     }
     return out;
   }, "counter");
-  m.DeclareGauge("hsmrewrap_sessions", "PKCS#11 sessions: pool size and open sessions", [p11] {
+  m.DeclareGauge("hsmrewrap_sessions", "PKCS#11 sessions: pool size, open (idle + in use), idle, discarded after errors", [p11] {
     return std::vector<std::pair<Metrics::Labels, double>>{
         {{{"state", "pool_size"}}, static_cast<double>(p11->pool().size())},
         {{{"state", "open"}}, static_cast<double>(p11->pool().open_sessions())},
+        {{{"state", "idle"}}, static_cast<double>(p11->pool().idle_sessions())},
         {{{"state", "discarded_total"}}, static_cast<double>(p11->pool().discarded_sessions())}};
   });
 }
@@ -120,6 +157,8 @@ int Run(int argc, char** argv) {
   app.add_option("--max-inflight-items", max_inflight, "items queued or running (default 10000)");
   app.add_option("--max-message-bytes", max_message, "largest request message (default 16 MiB)");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error (default info)");
+  std::optional<std::string> log_format;
+  app.add_option("--log-format", log_format, "json or text (default: json unless stderr is a terminal)");
   app.add_option("--metrics-listen", metrics_listen, "HOST:PORT for Prometheus metrics at GET /metrics (default off)");
   app.add_option("--selftest-interval", selftest_interval, "seconds between known-answer self-tests (default 300; 0 = on demand)");
   app.add_flag("--check-config", check_config, "validate the configuration, print what rewrapd would do, exit");
@@ -154,6 +193,7 @@ int Run(int argc, char** argv) {
   if (token_uri) c.token_uri = *token_uri;
   if (pin_file) c.pin_file = *pin_file;
   if (log_level) c.log_level = *log_level;
+  if (log_format) c.log_format = *log_format;
   if (metrics_listen) c.metrics_listen = *metrics_listen;
   if (selftest_interval) c.selftest_interval_s = *selftest_interval;
   if (pool_size) c.pool_size = *pool_size;
@@ -177,9 +217,7 @@ int Run(int argc, char** argv) {
     return 0;
   }
 
-  auto logger = spdlog::stderr_color_mt("rewrapd");
-  spdlog::set_default_logger(logger);
-  spdlog::set_level(spdlog::level::from_str(c.log_level));
+  SetUpLogging(c);
   HardenProcess();
 
   auto started = OpenToken(c);
@@ -203,6 +241,23 @@ int Run(int argc, char** argv) {
   Metrics metrics;
   DeclareServiceMetrics(metrics);
   DeclareProcessMetrics(metrics, c, engine, *started);
+  // Time every PKCS#11 call. The guard removes the observer before `metrics` goes away (the
+  // module outlives it); by then the server, the self-test thread and the workers are idle.
+  struct ObserverGuard {
+    std::shared_ptr<hsm::Module> module;
+    ~ObserverGuard() {
+      if (module) module->SetCallObserver(nullptr);
+    }
+  } observer_guard;
+  if (auto* p11 = dynamic_cast<hsm::Pkcs11Backend*>(started->backend.get())) {
+    metrics.DeclareHistogram("hsmrewrap_pkcs11_call_seconds", "Latency of PKCS#11 calls by function and result",
+                             LatencyBuckets());
+    observer_guard.module = p11->pool().shared_module();
+    observer_guard.module->SetCallObserver([&metrics](const char* function, bool ok, double seconds) {
+      metrics.Observe("hsmrewrap_pkcs11_call_seconds", {{"function", function}, {"result", ok ? "ok" : "error"}},
+                      seconds);
+    });
+  }
   SelfTester selftest(&engine, &metrics, std::chrono::seconds(c.selftest_interval_s));
   RewrapServiceImpl rewrap_service(&engine, &metrics);
   KeysServiceImpl keys_service(&engine, started->token_label, &metrics, &selftest);
