@@ -493,8 +493,10 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item) {
     out = crypto::RsaEncrypt(*device_key, out_padding, crypto::Reveal(*plain));
   } else {
     crypto::CmsOptions opts;
-    opts.key_transport = item.format() == v1::CMS_ENVELOPED_PKCS1 ? crypto::CmsKeyTransport::kRsaPkcs1
-                                                                  : crypto::CmsKeyTransport::kRsaOaepSha256;
+    // Apple payloads use PKCS#1 v1.5 key transport (rsaEncryption), as MDM servers' PKCS#7
+    // envelopes for iOS/macOS do; CMS_ENVELOPED uses OAEP-SHA256.
+    opts.key_transport = (item.format() == v1::CMS_ENVELOPED_PKCS1 || apple) ? crypto::CmsKeyTransport::kRsaPkcs1
+                                                                              : crypto::CmsKeyTransport::kRsaOaepSha256;
     opts.cipher = ContentCipherFromProto(item.content_cipher());
     if (apple) {
       auto payload = crypto::AppleEncryptedPkcs12Payload(*cert, bytes_of(item.pfx()), crypto::Reveal(*plain), opts);

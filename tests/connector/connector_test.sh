@@ -164,6 +164,10 @@ EOF
     -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha512 -pkeyopt rsa_mgf1_md:sha512
   expect_plain bare-pkcs1 "$W/pw1" openssl pkeyutl -decrypt -inkey "$K" -in "$W/o.der" -pkeyopt rsa_padding_mode:pkcs1
 
+  output apple "$W/o.der"
+  openssl cms -cmsout -print -inform DER -in "$W/o.der" | grep -q "algorithm: rsaEncryption" \
+    && pass "apple key transport rsaEncryption (PKCS#1 v1.5)" || fail "apple key transport is not rsaEncryption"
+
   # Apple: CMS -> plist (plistlib) -> PFX that opens with the plist's password.
   local id key crt
   for id in apple apple-p256; do
