@@ -15,7 +15,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD_DIR=$(cd "${BUILD_DIR:-$ROOT/build}" 2>/dev/null && pwd) || { echo "bench.sh: no build folder: build first (scripts/build.sh)" >&2; exit 2; }
-QUICK=0 OUT="" DO_MEM=1 DO_DELAY=1 DO_SCALING=1
+QUICK=0 OUT="" DO_MEM=1 DO_DELAY=1 DO_SCALING=1 ARGS="$*"
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1 ;;
@@ -89,7 +89,7 @@ row() {  # row FIGURE MEASURED TARGET RATIO VERDICT
 
 say "## rewrap benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
 say ""
-say "- command: \`scripts/bench.sh$([ $QUICK -eq 1 ] && echo ' --quick')\` (runs of ${DUR} s; memory run ${MEM_DUR} s)"
+say "- command: \`scripts/bench.sh${ARGS:+ $ARGS}\` at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) (runs of ${DUR} s$([ $DO_MEM -eq 1 ] && echo "; memory run ${MEM_DUR} s"))"
 say "- machine: $CORES cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 say "- service key RSA-2048 on SoftHSM2 $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null), $PADDING (native: TOKEN_DECRYPT), $FORMAT to ${DEVICE_BITS}-bit device certificates; rewrapd pool = $CORES sessions; load client on the same machine"
 say ""
