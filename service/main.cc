@@ -152,7 +152,7 @@ int Run(int argc, char** argv) {
   app.add_flag("--allow-host-unpadding", allow_host_unpadding,
                "allow raw RSA in the token + OAEP/PKCS#1 unpadding on the host for paddings the token cannot do");
   app.add_flag("--deny-host-unpadding", deny_host_unpadding, "never unpad on the host (the embedded default allows it)");
-  app.add_option("--pool-size", pool_size, "PKCS#11 sessions and HSM worker threads (default: cores, at least 2)");
+  app.add_option("--pool-size", pool_size, "PKCS#11 sessions (default: cores, at least 2); the engine runs one worker per session plus one per core");
   app.add_option("--max-batch-items", max_batch, "items per batch (default 1000)");
   app.add_option("--max-inflight-items", max_inflight, "items queued or running (default 10000)");
   app.add_option("--max-message-bytes", max_message, "largest request message (default 16 MiB)");
