@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <functional>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -954,6 +955,28 @@ bool IsAttributeRejection(CK_RV rv) {
          rv == CKR_TEMPLATE_INCONSISTENT || rv == CKR_GENERAL_ERROR;
 }
 
+// Calls `create` (C_GenerateKeyPair or C_CreateObject with `priv`). While the token rejects
+// the template, drops the next optional attribute and tries again on the fresh session
+// `renew` leases (the failed attempt may have left debris in the old one).
+absl::Status CreateWithOptionalAttrs(const std::string& token_label, Template& priv,
+                                     const std::function<absl::Status()>& create,
+                                     const std::function<absl::Status()>& renew) {
+  for (size_t drop = 0;; ++drop) {
+    absl::Status s = create();
+    if (s.ok() || !IsAttributeRejection(CkrOf(s)) || drop >= std::size(kOptionalPrivateAttrs)) {
+      return s;
+    }
+    spdlog::warn("token '{}' rejects the key template ({}); retrying without attribute 0x{:x}{}",
+                 token_label, std::string(s.message()), kOptionalPrivateAttrs[drop],
+                 kOptionalPrivateAttrs[drop] == CKA_ALLOWED_MECHANISMS
+                     ? " (CKA_ALLOWED_MECHANISMS: the token will not restrict the key's "
+                       "mechanisms; hsm-rewrap still enforces allow_pkcs1 itself)"
+                     : "");
+    priv.Remove(kOptionalPrivateAttrs[drop]);
+    if (absl::Status r = renew(); !r.ok()) return r;
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<KeyInfo> Pkcs11Backend::CreateKey(const std::string& name, int bits,
@@ -985,26 +1008,18 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::CreateKey(const std::string& name, int bi
   ServicePrivateKeyAttrs(priv, name, id, options_.allow_host_unpadding, allow_pkcs1);
   CK_MECHANISM mech{CKM_RSA_PKCS_KEY_PAIR_GEN, nullptr, 0};
   CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
-  absl::Status s;
-  for (size_t drop = 0;; ++drop) {
-    s = m.Call("C_GenerateKeyPair", m.fl()->C_GenerateKeyPair, lease->handle(), &mech,
-               pub.data(), pub.size(), priv.data(), priv.size(), &hpub, &hpriv);
-    if (s.ok() || !IsAttributeRejection(CkrOf(s)) || drop >= std::size(kOptionalPrivateAttrs)) {
-      break;
-    }
-    spdlog::warn("token '{}' rejects the key template ({}); retrying without attribute 0x{:x}{}",
-                 token_.label, std::string(s.message()), kOptionalPrivateAttrs[drop],
-                 kOptionalPrivateAttrs[drop] == CKA_ALLOWED_MECHANISMS
-                     ? " (CKA_ALLOWED_MECHANISMS: the token will not restrict the key's "
-                       "mechanisms; hsm-rewrap still enforces allow_pkcs1 itself)"
-                     : "");
-    priv.Remove(kOptionalPrivateAttrs[drop]);
+  auto renew = [&]() -> absl::Status {
     lease->MarkBroken();
     lease->Release();
     lease = Lease();
-    if (!lease.ok()) return lease.status();
-  }
+    return lease.status();
+  };
+  absl::Status s = CreateWithOptionalAttrs(token_.label, priv, [&] {
+    return m.Call("C_GenerateKeyPair", m.fl()->C_GenerateKeyPair, lease->handle(), &mech,
+                  pub.data(), pub.size(), priv.data(), priv.size(), &hpub, &hpriv);
+  }, renew);
   if (!s.ok()) {
+    if (!lease.ok()) return s;
     lease->MarkBroken();
     return s;
   }
@@ -1057,26 +1072,18 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
         .SecretRef(CKA_COEFFICIENT, parts.qinv);
   }
   CK_OBJECT_HANDLE hpriv = CK_INVALID_HANDLE;
-  absl::Status s;
-  for (size_t drop = 0;; ++drop) {
-    s = m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), priv.data(),
-               priv.size(), &hpriv);
-    if (s.ok() || !IsAttributeRejection(CkrOf(s)) || drop >= std::size(kOptionalPrivateAttrs)) {
-      break;
-    }
-    spdlog::warn("token '{}' rejects the key template ({}); retrying without attribute 0x{:x}{}",
-                 token_.label, std::string(s.message()), kOptionalPrivateAttrs[drop],
-                 kOptionalPrivateAttrs[drop] == CKA_ALLOWED_MECHANISMS
-                     ? " (CKA_ALLOWED_MECHANISMS: the token will not restrict the key's "
-                       "mechanisms; hsm-rewrap still enforces allow_pkcs1 itself)"
-                     : "");
-    priv.Remove(kOptionalPrivateAttrs[drop]);
+  auto renew = [&]() -> absl::Status {
     lease->MarkBroken();
     lease->Release();
     lease = Lease();
-    if (!lease.ok()) return lease.status();
-  }
+    return lease.status();
+  };
+  absl::Status s = CreateWithOptionalAttrs(token_.label, priv, [&] {
+    return m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), priv.data(),
+                  priv.size(), &hpriv);
+  }, renew);
   if (!s.ok()) {
+    if (!lease.ok()) return s;
     lease->MarkBroken();
     const CK_RV rv = CkrOf(s);
     if (!crt && (rv == CKR_TEMPLATE_INCOMPLETE || rv == CKR_ATTRIBUTE_VALUE_INVALID)) {
