@@ -902,7 +902,20 @@ absl::Status Pkcs11Backend::CheckNewName(SessionPool::Lease& lease, const std::s
   return absl::OkStatus();
 }
 
-absl::StatusOr<KeyInfo> Pkcs11Backend::FinishNewKey(const std::string& name, bool allow_pkcs1) {
+absl::StatusOr<KeyInfo> Pkcs11Backend::FinishNewKey(const std::string& name, bool allow_pkcs1,
+                                                    CK_OBJECT_HANDLE hpriv, CK_OBJECT_HANDLE hpub) {
+  Metadata md;
+  md.created_unix = absl::ToUnixSeconds(absl::Now());
+  md.allow_pkcs1 = allow_pkcs1;
+  if (auto w = WriteMetadata(name, md); !w.ok()) {
+    // Without its metadata the key would be served with defaults: remove it again.
+    auto lease = Lease();
+    if (lease.ok()) {
+      DestroyObject(*lease, hpriv);
+      DestroyObject(*lease, hpub);
+    }
+    return w;
+  }
   auto info = LoadKey(name);
   if (!info.ok()) return info.status();
   if (info->caps.decrypt.empty() && info->caps.unwrap.empty() && !info->caps.raw_rsa) {
@@ -1023,19 +1036,8 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::CreateKey(const std::string& name, int bi
     lease->MarkBroken();
     return s;
   }
-  Metadata md;
-  md.created_unix = absl::ToUnixSeconds(absl::Now());
-  md.allow_pkcs1 = allow_pkcs1;
   lease->Release();
-  if (auto w = WriteMetadata(name, md); !w.ok()) {
-    auto l2 = Lease();
-    if (l2.ok()) {
-      DestroyObject(*l2, hpriv);
-      DestroyObject(*l2, hpub);
-    }
-    return w;
-  }
-  return FinishNewKey(name, allow_pkcs1);
+  return FinishNewKey(name, allow_pkcs1, hpriv, hpub);
 }
 
 absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
@@ -1117,19 +1119,8 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
     DestroyObject(*lease, hpriv);
     return ps;
   }
-  Metadata md;
-  md.created_unix = absl::ToUnixSeconds(absl::Now());
-  md.allow_pkcs1 = allow_pkcs1;
   lease->Release();
-  if (auto w = WriteMetadata(name, md); !w.ok()) {
-    auto l2 = Lease();
-    if (l2.ok()) {
-      DestroyObject(*l2, hpriv);
-      DestroyObject(*l2, hpub);
-    }
-    return w;
-  }
-  return FinishNewKey(name, allow_pkcs1);
+  return FinishNewKey(name, allow_pkcs1, hpriv, hpub);
 }
 
 absl::StatusOr<KeyInfo> Pkcs11Backend::SetEnabled(const std::string& name, bool enabled) {

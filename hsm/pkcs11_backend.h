@@ -103,7 +103,10 @@ class Pkcs11Backend final : public KeyBackend {
   // Finds the private key by label again after CKR_OBJECT_HANDLE_INVALID.
   absl::StatusOr<CK_OBJECT_HANDLE> Reresolve(const std::string& name);
   absl::Status CheckNewName(SessionPool::Lease& lease, const std::string& name);
-  absl::StatusOr<KeyInfo> FinishNewKey(const std::string& name, bool allow_pkcs1);
+  // Writes the new key's metadata (destroying the key objects if that fails), then loads
+  // and probes it.
+  absl::StatusOr<KeyInfo> FinishNewKey(const std::string& name, bool allow_pkcs1,
+                                       CK_OBJECT_HANDLE hpriv, CK_OBJECT_HANDLE hpub);
   // Maps a failed C_Decrypt/C_UnwrapKey: data errors -> DecryptFailedError, token loss ->
   // Unavailable. The lease is already marked broken.
   absl::Status MapDecryptFailure(const absl::Status& s);
