@@ -7,6 +7,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace hsmrewrap::service {
@@ -44,6 +45,12 @@ absl::Status SetKey(const std::string& key, const std::string& value, Config& c)
   if (key == "default_key") { c.default_key = value; return absl::OkStatus(); }
   if (key == "log_format") { c.log_format = value; return absl::OkStatus(); }
   if (key == "metrics_listen") { c.metrics_listen = value; return absl::OkStatus(); }
+  if (key == "tls_cert") { c.tls_cert = value; return absl::OkStatus(); }
+  if (key == "tls_key") { c.tls_key = value; return absl::OkStatus(); }
+  if (key == "client_ca") { c.client_ca = value; return absl::OkStatus(); }
+  if (key == "insecure") return ParseBool(key, value, c.insecure);
+  if (key == "policy") { c.policy = value; return absl::OkStatus(); }
+  if (key == "audit_log") { c.audit_log = value; return absl::OkStatus(); }
   if (key == "selftest_interval_s") return ParseU32(key, value, c.selftest_interval_s);
   if (key == "allow_host_unpadding") {
     c.allow_host_unpadding_set = true;
@@ -60,9 +67,31 @@ constexpr const char* kKeys[] = {"state_dir", "listen", "module", "init_args", "
                                  "token_uri", "pin_file", "log_level", "default_key",
                                  "allow_host_unpadding", "pool_size", "max_batch_items",
                                  "max_message_bytes", "max_inflight_items", "metrics_listen",
-                                 "selftest_interval_s", "log_format"};
+                                 "selftest_interval_s", "log_format", "tls_cert", "tls_key",
+                                 "client_ca", "insecure", "policy", "audit_log"};
 
 }  // namespace
+
+bool IsLoopbackListen(const std::string& listen) {
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
+absl::Status CheckTransport(const Config& c) {
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return absl::InvalidArgumentError("tls_cert and tls_key go together: give both or neither");
+  }
+  if (!c.client_ca.empty() && !c.tls()) {
+    return absl::InvalidArgumentError("client_ca needs TLS: set tls_cert and tls_key too");
+  }
+  if (!c.tls() && !c.insecure && !IsLoopbackListen(c.listen)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "listen ", c.listen, " is not a loopback address and TLS is off: set tls_cert, tls_key and "
+        "client_ca (mTLS), or set insecure: true to serve plaintext gRPC on the network anyway"));
+  }
+  return absl::OkStatus();
+}
 
 std::string DefaultStateDir() {
   if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x) return absl::StrCat(x, "/hsm-rewrap");
@@ -122,6 +151,7 @@ absl::Status Finalize(Config& c) {
   if (c.listen.find(':') == std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat("listen: expected HOST:PORT, got '", c.listen, "'"));
   }
+  if (auto st = CheckTransport(c); !st.ok()) return st;
   if (c.embedded()) {
     // The embedded SoftHSM2 default cannot decrypt OAEP-SHA2 natively (TOKENS.md §1), so it
     // allows host unpadding unless the user said otherwise.
@@ -162,6 +192,11 @@ std::string Describe(const Config& c) {
                   c.metrics_listen.empty() ? "off" : "http://" + c.metrics_listen + "/metrics", "\n");
   absl::StrAppend(&s, "self-test:            ",
                   c.selftest_interval_s ? absl::StrCat("every ", c.selftest_interval_s, " s") : "on demand", "\n");
+  absl::StrAppend(&s, "transport:            ",
+                  !c.tls() ? (c.insecure && !IsLoopbackListen(c.listen) ? "PLAINTEXT (insecure)" : "plaintext (loopback)")
+                  : c.client_ca.empty() ? "TLS (no client certificates)" : "mTLS (client certificates required)", "\n");
+  absl::StrAppend(&s, "policy:               ", c.policy.empty() ? "none (every caller may do everything)" : c.policy, "\n");
+  absl::StrAppend(&s, "audit log:            ", c.audit_log.empty() ? "off" : c.audit_log, "\n");
   absl::StrAppend(&s, "limits:               ", c.limits.max_batch_items, " items/batch, ",
                   c.limits.max_message_bytes, " bytes/message, ", c.limits.max_inflight_items,
                   " items in flight\n");

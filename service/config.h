@@ -35,8 +35,16 @@ struct Config {
   std::string metrics_listen;     // HOST:PORT for Prometheus GET /metrics; empty = off
   uint32_t selftest_interval_s = 300;  // known-answer self-test period; 0 = on demand only
   std::string default_key = "default";  // key the embedded default creates
+  // Security (docs/operator-guide.md "Security").
+  std::string tls_cert;           // server certificate chain (PEM); with tls_key turns TLS on
+  std::string tls_key;            // server private key (PEM)
+  std::string client_ca;          // CA bundle (PEM) client certificates must chain to (mTLS)
+  bool insecure = false;          // allow plaintext gRPC on a non-loopback address
+  std::string policy;             // policy file (YAML): identities -> RPCs, keys, recipients, limits
+  std::string audit_log;          // audit file: one JSON line per item; empty = off
 
   bool embedded() const { return module.empty(); }
+  bool tls() const { return !tls_cert.empty(); }
 };
 
 // The default state folder: $XDG_STATE_HOME/hsm-rewrap, else ~/.local/state/hsm-rewrap.
@@ -48,6 +56,11 @@ absl::Status ApplyYamlFile(const std::string& path, Config& config);
 absl::Status ApplyEnvironment(Config& config);
 // Fills derived defaults and checks values; returns a clear error.
 absl::Status Finalize(Config& config);
+
+// True when HOST of HOST:PORT is a loopback address (127.0.0.0/8, ::1, localhost).
+bool IsLoopbackListen(const std::string& listen);
+// TLS settings are complete, and plaintext gRPC is served on loopback only unless insecure.
+absl::Status CheckTransport(const Config& config);
 
 // A human summary of what rewrapd will do (for --check-config and the start banner).
 std::string Describe(const Config& config);

@@ -25,6 +25,14 @@ void Fail(v1::RewrapResult& r, ItemError::Code code, std::string message) {
   r.mutable_error()->set_message(std::move(message));
 }
 
+// A gate's refusal: the status code picks the item code; the message is the gate's.
+void FailGate(v1::RewrapResult& r, const absl::Status& s) {
+  ItemError::Code code = ItemError::PERMISSION_DENIED;
+  if (s.code() == absl::StatusCode::kResourceExhausted) code = ItemError::RESOURCE_EXHAUSTED;
+  if (s.code() == absl::StatusCode::kUnavailable) code = ItemError::UNAVAILABLE;
+  Fail(r, code, std::string(s.message()));
+}
+
 void FailDecrypt(v1::RewrapResult& r) { Fail(r, ItemError::DECRYPT_FAILED, kDecryptFailedMessage); }
 
 // Token errors while decrypting: token loss is UNAVAILABLE (retry elsewhere is safe);
@@ -227,7 +235,8 @@ std::vector<std::pair<RsaPadding, std::vector<hsm::Path>>> RewrapEngine::PathsFo
   return out;
 }
 
-absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> request, Done done) {
+absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> request, Done done,
+                                  std::shared_ptr<ItemGate> gate) {
   const size_t n = static_cast<size_t>(request->items_size());
   if (n == 0) return absl::InvalidArgumentError("the batch is empty: send at least one item");
   if (n > options_.limits.max_batch_items) {
@@ -255,16 +264,23 @@ absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> reque
     v1::RewrapResponse response;
     std::atomic<size_t> remaining;
     Done done;
+    std::shared_ptr<ItemGate> gate;
+    std::vector<std::string> recipient_sha256;  // per item, for the gate's audit record
   };
   auto batch = std::make_shared<Batch>();
   batch->request = std::move(request);
   batch->remaining.store(n);
   batch->done = std::move(done);
+  batch->gate = std::move(gate);
+  if (batch->gate) batch->recipient_sha256.resize(n);
   for (size_t i = 0; i < n; ++i) batch->response.add_results();
 
   auto finish_one = [this, batch]() {
     inflight_.fetch_sub(1);
-    if (batch->remaining.fetch_sub(1) == 1) batch->done(std::move(batch->response));
+    if (batch->remaining.fetch_sub(1) == 1) {
+      if (batch->gate) batch->gate->BatchDone(*batch->request, &batch->response, batch->recipient_sha256);
+      batch->done(std::move(batch->response));
+    }
   };
 
   for (size_t i = 0; i < n; ++i) {
@@ -274,20 +290,30 @@ absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> reque
       slot->set_id(item.id());
       Fail(*slot, ItemError::INVALID_ITEM,
            absl::StrCat("id '", item.id(), "' occurs more than once in the batch; ids must be unique"));
+      if (batch->gate) batch->gate->ItemDone(*slot);
       finish_one();
       continue;
     }
-    pool_->Post([this, &item, slot, finish_one]() {
-      *slot = ProcessItem(item);
+    std::string* fp = batch->gate ? &batch->recipient_sha256[i] : nullptr;
+    pool_->Post([this, &item, slot, finish_one, gate = batch->gate.get(), fp]() {
+      *slot = ProcessItem(item, gate, fp);
+      if (gate) gate->ItemDone(*slot);
       finish_one();
     });
   }
   return absl::OkStatus();
 }
 
-v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item) {
+v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate* gate,
+                                           std::string* recipient_sha256) {
   v1::RewrapResult r;
   r.set_id(item.id());
+  if (gate) {  // rate limits and a failed audit log stop an item before anything else
+    if (absl::Status st = gate->Admit(); !st.ok()) {
+      FailGate(r, st);
+      return r;
+    }
+  }
 
   // 1. Everything that can be checked without the token.
   if (item.id().empty()) {
@@ -338,6 +364,20 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item) {
     return r;
   }
 
+  // The caller's rights to the key and a service_key recipient, before anything says whether
+  // they exist.
+  if (gate) {
+    absl::Status st = gate->CheckKey(item.key_name());
+    if (st.ok() && item.recipient().kind_case() == v1::Recipient::kServiceKey) {
+      if (recipient_sha256) *recipient_sha256 = "service_key:" + item.recipient().service_key();
+      st = gate->CheckRecipient(item.recipient(), nullptr);
+    }
+    if (!st.ok()) {
+      FailGate(r, st);
+      return r;
+    }
+  }
+
   // The recipient.
   std::optional<crypto::Certificate> cert;
   std::optional<crypto::PublicKey> device_key;
@@ -356,6 +396,13 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item) {
              absl::StrCat("recipient certificate does not parse: ", c.status().message()));
         return r;
       }
+      if (recipient_sha256) *recipient_sha256 = (*c)->cert->Sha256Hex();
+      if (gate) {
+        if (absl::Status st = gate->CheckRecipient(rcp, c->get()); !st.ok()) {
+          FailGate(r, st);
+          return r;
+        }
+      }
       device_key = (*c)->key;
       cert = (*c)->cert;
       break;
@@ -367,6 +414,13 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item) {
              absl::StrCat("recipient public_key does not parse as a SubjectPublicKeyInfo: ",
                           k.status().message()));
         return r;
+      }
+      if (recipient_sha256) *recipient_sha256 = (*k)->key->Sha256Hex();
+      if (gate) {
+        if (absl::Status st = gate->CheckRecipient(rcp, k->get()); !st.ok()) {
+          FailGate(r, st);
+          return r;
+        }
       }
       device_key = (*k)->key;
       break;

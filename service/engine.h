@@ -78,6 +78,28 @@ class RecipientCache final {
       entries_;  // guarded by mu_
 };
 
+// Per-call checks the security layer (service/policy.h) attaches to a batch: who may use
+// which key and recipient, rate limits, the audit trail. Thread-safe: items of one batch
+// run on several workers at once.
+class ItemGate {
+ public:
+  virtual ~ItemGate() = default;
+  // Before anything else of an item. A non-OK status fails the item with the matching
+  // ItemError code (RESOURCE_EXHAUSTED, UNAVAILABLE, PERMISSION_DENIED) and its message.
+  virtual absl::Status Admit() = 0;
+  // May the caller use this service key (the item's key_name)?
+  virtual absl::Status CheckKey(const std::string& key_name) = 0;
+  // May the caller rewrap to this recipient? `parsed` is null for a service_key recipient.
+  virtual absl::Status CheckRecipient(const v1::Recipient& recipient, const RecipientCache::Parsed* parsed) = 0;
+  // After each item (counts decryption failures).
+  virtual void ItemDone(const v1::RewrapResult& result) = 0;
+  // Once per batch, before the response goes out; `recipient_sha256` has one entry per
+  // item (empty where the recipient did not parse). May replace results (an audit record
+  // that cannot be written withholds the batch's results).
+  virtual void BatchDone(const v1::RewrapRequest& request, v1::RewrapResponse* response,
+                         const std::vector<std::string>& recipient_sha256) = 0;
+};
+
 class RewrapEngine final {
  public:
   struct Options {
@@ -99,10 +121,14 @@ class RewrapEngine final {
   // status for the whole batch if they fail. Otherwise takes ownership of `request`,
   // processes its items on the workers and calls `done` exactly once, from a worker
   // thread, with one result per item in order.
-  absl::Status Submit(std::shared_ptr<const v1::RewrapRequest> request, Done done);
+  // `gate`, when set, checks and audits every item (service/policy.h).
+  absl::Status Submit(std::shared_ptr<const v1::RewrapRequest> request, Done done,
+                      std::shared_ptr<ItemGate> gate = nullptr);
 
   // Runs one item to completion on the calling thread (exposed for tests and the baseline).
-  v1::RewrapResult ProcessItem(const v1::RewrapItem& item);
+  // With a gate, *recipient_sha256 gets the recipient's fingerprint for the audit record.
+  v1::RewrapResult ProcessItem(const v1::RewrapItem& item, ItemGate* gate = nullptr,
+                               std::string* recipient_sha256 = nullptr);
 
   KeyDirectory& keys() { return keys_; }
   hsm::KeyBackend& backend() { return *backend_; }

@@ -57,7 +57,8 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
  public:
   static constexpr size_t kMaxPending = 8;
 
-  StreamReactor(RewrapEngine* engine, Metrics* metrics) : engine_(engine), metrics_(metrics) {
+  StreamReactor(RewrapEngine* engine, Metrics* metrics, std::shared_ptr<ItemGate> gate)
+      : engine_(engine), metrics_(metrics), gate_(std::move(gate)) {
     std::lock_guard<std::mutex> l(mu_);
     ReadLocked();
   }
@@ -86,7 +87,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
       slot->ready = true;
       MaybeWriteLocked();
       MaybeFinishLocked();
-    });
+    }, gate_);
     l.lock();
     if (!st.ok()) {
       if (st.code() == absl::StatusCode::kResourceExhausted) {
@@ -156,11 +157,19 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
 
   RewrapEngine* engine_;
   Metrics* metrics_;
+  std::shared_ptr<ItemGate> gate_;  // may be null
   std::mutex mu_;  // guards everything below
   v1::RewrapRequest request_;
   std::deque<std::shared_ptr<Slot>> pending_;  // batches in request order
   bool reading_ = false, writing_ = false, read_closed_ = false, finished_ = false, broken_ = false;
   grpc::Status final_status_ = grpc::Status::OK;
+};
+
+// A stream the caller may not open: ends at once with the status.
+class RefusedStream final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1::RewrapResponse> {
+ public:
+  explicit RefusedStream(grpc::Status st) { Finish(std::move(st)); }
+  void OnDone() override { delete this; }
 };
 
 }  // namespace
@@ -178,12 +187,22 @@ void DeclareServiceMetrics(Metrics& m) {
                      LatencyBuckets());
 }
 
-RewrapServiceImpl::RewrapServiceImpl(RewrapEngine* engine, Metrics* metrics) : engine_(engine), metrics_(metrics) {}
+RewrapServiceImpl::RewrapServiceImpl(RewrapEngine* engine, Metrics* metrics, Security* security)
+    : engine_(engine), metrics_(metrics), security_(security) {}
 
 grpc::ServerUnaryReactor* RewrapServiceImpl::Rewrap(grpc::CallbackServerContext* ctx,
                                                     const v1::RewrapRequest* req,
                                                     v1::RewrapResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
+  std::shared_ptr<ItemGate> gate;
+  if (security_) {
+    auto call = security_->Authorize(*ctx, RpcClass::kRewrap, "Rewrap");
+    if (!call.ok()) {
+      reactor->Finish(ToGrpc(call.status()));
+      return reactor;
+    }
+    gate = security_->GateFor(*std::move(call));
+  }
   // The request outlives the batch: gRPC keeps it until Finish.
   std::shared_ptr<const v1::RewrapRequest> alias(std::shared_ptr<void>(), req);
   const auto start = std::chrono::steady_clock::now();
@@ -191,21 +210,28 @@ grpc::ServerUnaryReactor* RewrapServiceImpl::Rewrap(grpc::CallbackServerContext*
     RecordBatch(metrics_, "Rewrap", *req, r, SecondsSince(start));
     *resp = std::move(r);
     reactor->Finish(grpc::Status::OK);
-  });
+  }, std::move(gate));
   if (!st.ok()) reactor->Finish(ToGrpc(st));
   return reactor;
 }
 
 grpc::ServerBidiReactor<v1::RewrapRequest, v1::RewrapResponse>* RewrapServiceImpl::RewrapStream(
-    grpc::CallbackServerContext*) {
-  return new StreamReactor(engine_, metrics_);
+    grpc::CallbackServerContext* ctx) {
+  std::shared_ptr<ItemGate> gate;
+  if (security_) {
+    auto call = security_->Authorize(*ctx, RpcClass::kRewrap, "RewrapStream");
+    if (!call.ok()) return new RefusedStream(ToGrpc(call.status()));
+    gate = security_->GateFor(*std::move(call));
+  }
+  return new StreamReactor(engine_, metrics_, std::move(gate));
 }
 
 // ---------------------------------------------------------------------------------------
 
 KeysServiceImpl::KeysServiceImpl(RewrapEngine* engine, std::string token_label, Metrics* metrics,
-                                 SelfTester* selftest)
-    : engine_(engine), token_label_(std::move(token_label)), metrics_(metrics), selftest_(selftest) {}
+                                 SelfTester* selftest, Security* security)
+    : engine_(engine), token_label_(std::move(token_label)), metrics_(metrics), selftest_(selftest),
+      security_(security) {}
 
 void KeysServiceImpl::ToProto(const hsm::KeyInfo& info, v1::KeyInfo* out) {
   out->set_name(info.name);
@@ -225,12 +251,28 @@ void KeysServiceImpl::ToProto(const hsm::KeyInfo& info, v1::KeyInfo* out) {
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(grpc::CallbackServerContext* ctx, const char* rpc,
-                                                     std::function<grpc::Status()> fn) {
+                                                     RpcClass rpc_class, const std::string& key,
+                                                     std::function<grpc::Status(const Security::Call&)> fn) {
   auto* reactor = ctx->DefaultReactor();
+  Security::Call call;
+  call.rpc = rpc;
+  if (security_) {
+    auto c = security_->Authorize(*ctx, rpc_class, rpc);  // audits its own refusals
+    if (c.ok() && !key.empty() && !c->AllowsKey(key)) {
+      security_->AuditKeyCall(*c, key, "PERMISSION_DENIED");
+      c = absl::PermissionDeniedError(absl::StrCat("'", c->who, "' may not use key '", key, "'"));
+    }
+    if (!c.ok()) {
+      reactor->Finish(ToGrpc(c.status()));
+      return reactor;
+    }
+    call = *std::move(c);
+  }
   const auto start = std::chrono::steady_clock::now();
-  admin_.Post([this, reactor, rpc, start, fn = std::move(fn)] {
-    grpc::Status st = fn();
+  admin_.Post([this, reactor, rpc, start, key, call = std::move(call), fn = std::move(fn)] {
+    grpc::Status st = fn(call);
     metrics_->Observe("hsmrewrap_rpc_latency_seconds", {{"rpc", rpc}}, SecondsSince(start));
+    if (security_) security_->AuditKeyCall(call, key, st.ok() ? "OK" : absl::StatusCodeToString(static_cast<absl::StatusCode>(st.error_code())));
     reactor->Finish(st);
   });
   return reactor;
@@ -238,7 +280,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(grpc::CallbackServerContext
 
 grpc::ServerUnaryReactor* KeysServiceImpl::CreateKey(grpc::CallbackServerContext* ctx,
                                                      const v1::CreateKeyRequest* req, v1::KeyInfo* out) {
-  return OffThread(ctx, "CreateKey", [this, req, out]() -> grpc::Status {
+  return OffThread(ctx, "CreateKey", RpcClass::kKeysAdmin, req->name(), [this, req, out](const Security::Call&) -> grpc::Status {
     if (auto st = CheckKeyName(req->name()); !st.ok()) return ToGrpc(st);
     const uint32_t bits = req->bits() == 0 ? 2048 : req->bits();
     if (bits != 2048 && bits != 3072 && bits != 4096) {
@@ -256,7 +298,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::CreateKey(grpc::CallbackServerContext
 
 grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext* ctx,
                                                      const v1::ImportKeyRequest* req, v1::KeyInfo* out) {
-  return OffThread(ctx, "ImportKey", [this, req, out]() -> grpc::Status {
+  return OffThread(ctx, "ImportKey", RpcClass::kKeysAdmin, req->name(), [this, req, out](const Security::Call&) -> grpc::Status {
     if (auto st = CheckKeyName(req->name()); !st.ok()) return ToGrpc(st);
     absl::StatusOr<crypto::RsaPrivateKeyParts> parts;
     switch (req->source_case()) {
@@ -294,10 +336,12 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext
 
 grpc::ServerUnaryReactor* KeysServiceImpl::ListKeys(grpc::CallbackServerContext* ctx,
                                                     const v1::ListKeysRequest*, v1::ListKeysResponse* out) {
-  return OffThread(ctx, "ListKeys", [this, out]() -> grpc::Status {
+  return OffThread(ctx, "ListKeys", RpcClass::kKeysRead, "", [this, out](const Security::Call& call) -> grpc::Status {
     auto keys = engine_->backend().ListKeys();
     if (!keys.ok()) return ToGrpc(keys.status());
-    for (const auto& k : *keys) ToProto(k, out->add_keys());
+    for (const auto& k : *keys) {
+      if (call.AllowsKey(k.name)) ToProto(k, out->add_keys());  // only the caller's keys
+    }
     return grpc::Status::OK;
   });
 }
@@ -305,7 +349,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ListKeys(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* KeysServiceImpl::GetPublicKey(grpc::CallbackServerContext* ctx,
                                                         const v1::GetPublicKeyRequest* req,
                                                         v1::GetPublicKeyResponse* out) {
-  return OffThread(ctx, "GetPublicKey", [this, req, out]() -> grpc::Status {
+  return OffThread(ctx, "GetPublicKey", RpcClass::kKeysRead, req->name(), [this, req, out](const Security::Call&) -> grpc::Status {
     auto entry = engine_->keys().Get(req->name());
     if (!entry.ok()) return ToGrpc(entry.status());
     const crypto::PublicKey& pub = (*entry)->public_key;
@@ -343,22 +387,25 @@ grpc::Status KeysServiceImpl::SetEnabled(const std::string& name, bool enabled, 
 
 grpc::ServerUnaryReactor* KeysServiceImpl::DisableKey(grpc::CallbackServerContext* ctx,
                                                       const v1::DisableKeyRequest* req, v1::KeyInfo* out) {
-  return OffThread(ctx, "DisableKey", [this, req, out] { return SetEnabled(req->name(), false, out); });
+  return OffThread(ctx, "DisableKey", RpcClass::kKeysAdmin, req->name(),
+                   [this, req, out](const Security::Call&) { return SetEnabled(req->name(), false, out); });
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::EnableKey(grpc::CallbackServerContext* ctx,
                                                      const v1::EnableKeyRequest* req, v1::KeyInfo* out) {
-  return OffThread(ctx, "EnableKey", [this, req, out] { return SetEnabled(req->name(), true, out); });
+  return OffThread(ctx, "EnableKey", RpcClass::kKeysAdmin, req->name(),
+                   [this, req, out](const Security::Call&) { return SetEnabled(req->name(), true, out); });
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::SelfTest(grpc::CallbackServerContext* ctx, const v1::SelfTestRequest* req,
                                                     v1::SelfTestResponse* out) {
-  return OffThread(ctx, "SelfTest", [this, req, out]() -> grpc::Status {
+  return OffThread(ctx, "SelfTest", RpcClass::kKeysRead, req->name(), [this, req, out](const Security::Call& call) -> grpc::Status {
     if (!req->name().empty()) {
       auto entry = engine_->keys().Get(req->name());
       if (!entry.ok()) return ToGrpc(entry.status());
     }
     for (const auto& r : selftest_->RunNow(req->name())) {
+      if (!call.AllowsKey(r.key)) continue;
       auto* o = out->add_results();
       o->set_name(r.key);
       o->set_ok(r.ok);

@@ -1,9 +1,12 @@
 // rewrapd: the hsm-rewrap daemon.
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -26,7 +29,9 @@
 #include "service/grpc_services.h"
 #include "service/metrics.h"
 #include "service/metrics_server.h"
+#include "service/policy.h"
 #include "service/selftest.h"
+#include "service/tls.h"
 #include "hsm/pkcs11_backend.h"
 
 #ifndef HSMREWRAP_VERSION
@@ -71,6 +76,7 @@ void SetUpLogging(const Config& c) {
 }
 
 std::atomic<int> g_signal{0};
+std::atomic<bool> g_reload{false};
 std::atomic<bool> token_healthy{false};
 
 // Gauges read at scrape time: build, token, engine queue, PKCS#11 calls and sessions.
@@ -107,12 +113,20 @@ void DeclareProcessMetrics(Metrics& m, const Config& c, RewrapEngine& engine, co
   });
 }
 void OnSignal(int sig) { g_signal.store(sig); }
+void OnHangup(int) { g_reload.store(true); }
 
-// No core dumps and no ptrace by other users: secrets pass through this process.
+// No core dumps and no ptrace by other users: secrets pass through this process. Memory is
+// locked (no PINs or plaintexts in swap) where RLIMIT_MEMLOCK or CAP_IPC_LOCK allow it.
 void HardenProcess() {
-  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) spdlog::warn("prctl(PR_SET_DUMPABLE, 0) failed: {}", std::strerror(errno));
   struct rlimit no_core {0, 0};
   ::setrlimit(RLIMIT_CORE, &no_core);
+  if (::mlockall(MCL_CURRENT | MCL_FUTURE) == 0) {
+    spdlog::info("memory locked (mlockall): secrets are not swapped out");
+  } else {
+    spdlog::warn("memory not locked (mlockall: {}); secrets could reach swap. Raise LimitMEMLOCK or grant "
+                 "CAP_IPC_LOCK, or run without swap", std::strerror(errno));
+  }
 }
 
 // rewrapctl beside this binary (installed) or in the build tree (../clients), else by name.
@@ -138,9 +152,10 @@ int Run(int argc, char** argv) {
                "HSMREWRAP_<KEY> environment variable; flags win over both.",
                "rewrapd"};
   std::optional<std::string> config_file, state_dir, listen, module, init_args, token, token_uri,
-      pin_file, log_level, metrics_listen;
+      pin_file, log_level, metrics_listen, tls_cert, tls_key, client_ca, policy, audit_log;
   std::optional<uint32_t> pool_size, max_batch, max_inflight, max_message, selftest_interval;
-  bool allow_host_unpadding = false, deny_host_unpadding = false, check_config = false, version = false;
+  bool allow_host_unpadding = false, deny_host_unpadding = false, check_config = false, version = false,
+       insecure = false;
   app.add_option("--config", config_file, "YAML configuration file")->check(CLI::ExistingFile);
   app.add_option("--state-dir", state_dir, "state folder (default $XDG_STATE_HOME/hsm-rewrap or ~/.local/state/hsm-rewrap)");
   app.add_option("--listen", listen, "HOST:PORT to serve gRPC on (default 127.0.0.1:50051; port 0 picks one)");
@@ -161,6 +176,12 @@ int Run(int argc, char** argv) {
   app.add_option("--log-format", log_format, "json or text (default: json unless stderr is a terminal)");
   app.add_option("--metrics-listen", metrics_listen, "HOST:PORT for Prometheus metrics at GET /metrics (default off)");
   app.add_option("--selftest-interval", selftest_interval, "seconds between known-answer self-tests (default 300; 0 = on demand)");
+  app.add_option("--tls-cert", tls_cert, "server certificate chain (PEM); with --tls-key serves TLS");
+  app.add_option("--tls-key", tls_key, "server private key (PEM)");
+  app.add_option("--client-ca", client_ca, "CA bundle (PEM): require client certificates that chain to it (mTLS)");
+  app.add_flag("--insecure", insecure, "allow plaintext gRPC on a non-loopback address (logs a warning)");
+  app.add_option("--policy", policy, "policy file (YAML): identities -> RPCs, keys, recipients, rate limits; SIGHUP reloads it");
+  app.add_option("--audit-log", audit_log, "append one JSON line per item here; rewraps stop if it cannot be written");
   app.add_flag("--check-config", check_config, "validate the configuration, print what rewrapd would do, exit");
   app.add_flag("--version", version, "print the version and exit");
   try {
@@ -197,6 +218,12 @@ int Run(int argc, char** argv) {
   if (metrics_listen) c.metrics_listen = *metrics_listen;
   if (selftest_interval) c.selftest_interval_s = *selftest_interval;
   if (pool_size) c.pool_size = *pool_size;
+  if (tls_cert) c.tls_cert = *tls_cert;
+  if (tls_key) c.tls_key = *tls_key;
+  if (client_ca) c.client_ca = *client_ca;
+  if (insecure) c.insecure = true;
+  if (policy) c.policy = *policy;
+  if (audit_log) c.audit_log = *audit_log;
   if (max_batch) c.limits.max_batch_items = *max_batch;
   if (max_inflight) c.limits.max_inflight_items = *max_inflight;
   if (max_message) c.limits.max_message_bytes = *max_message;
@@ -212,6 +239,25 @@ int Run(int argc, char** argv) {
     std::cerr << "rewrapd: configuration: " << st.message() << "\n";
     return 2;
   }
+  auto server_creds = MakeServerCredentials(c);
+  if (!server_creds.ok()) {
+    std::cerr << "rewrapd: configuration: " << server_creds.status().message() << "\n";
+    return 2;
+  }
+  std::unique_ptr<AuditLog> audit;
+  if (!c.audit_log.empty() && !check_config) {
+    auto a = AuditLog::Open(c.audit_log);
+    if (!a.ok()) {
+      std::cerr << "rewrapd: configuration: " << a.status().message() << "\n";
+      return 2;
+    }
+    audit = *std::move(a);
+  }
+  auto security = Security::Create(c.policy, std::move(audit));
+  if (!security.ok()) {
+    std::cerr << "rewrapd: configuration: " << security.status().message() << "\n";
+    return 2;
+  }
   if (check_config) {
     std::cout << "configuration is valid\n" << Describe(c);
     return 0;
@@ -219,6 +265,24 @@ int Run(int argc, char** argv) {
 
   SetUpLogging(c);
   HardenProcess();
+  if (!c.tls() && !IsLoopbackListen(c.listen)) {
+    spdlog::warn("INSECURE: serving plaintext gRPC on {} (insecure is set): anyone who can reach this address "
+                 "can call rewrapd and read its traffic. Use tls_cert, tls_key and client_ca in production.",
+                 c.listen);
+  }
+  if (c.tls() && c.client_ca.empty()) {
+    spdlog::warn("TLS without client certificates (client_ca unset): callers are anonymous");
+  }
+  if (!(*security)->has_policy()) {
+    if (c.tls() && !c.client_ca.empty()) {
+      spdlog::warn("no policy file: every client whose certificate chains to {} may call every RPC on every "
+                   "key and rewrap to any recipient", c.client_ca);
+    } else {
+      spdlog::info("no policy file: every caller may do everything (development mode)");
+    }
+  } else {
+    spdlog::info("policy {} loaded (SIGHUP reloads it)", c.policy);
+  }
 
   auto started = OpenToken(c);
   if (!started.ok()) {
@@ -259,14 +323,14 @@ int Run(int argc, char** argv) {
     });
   }
   SelfTester selftest(&engine, &metrics, std::chrono::seconds(c.selftest_interval_s));
-  RewrapServiceImpl rewrap_service(&engine, &metrics);
-  KeysServiceImpl keys_service(&engine, started->token_label, &metrics, &selftest);
+  RewrapServiceImpl rewrap_service(&engine, &metrics, security->get());
+  KeysServiceImpl keys_service(&engine, started->token_label, &metrics, &selftest, security->get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(c.listen, *server_creds, &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(c.limits.max_message_bytes));
   builder.RegisterService(&rewrap_service);
   builder.RegisterService(&keys_service);
@@ -316,6 +380,7 @@ int Run(int argc, char** argv) {
 
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
+  std::signal(SIGHUP, OnHangup);
   // Type=notify: systemd learns that the token is open and the port bound (a no-op
   // outside systemd).
   sd_notifyf(0, "READY=1\nSTATUS=serving on %s, token %s", addr.c_str(), started->token_label.c_str());
@@ -328,14 +393,24 @@ int Run(int argc, char** argv) {
   token_healthy.store(true);
   while (g_signal.load() == 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    bool now = started->backend->Healthy();
-    token_healthy.store(now);
+    if (g_reload.exchange(false)) {
+      if (auto st = (*security)->Reload(); st.ok()) {
+        spdlog::info("SIGHUP: policy {} reloaded", c.policy.empty() ? "(none)" : c.policy);
+      } else {
+        spdlog::error("SIGHUP: policy not reloaded, the previous one stays in force: {}", std::string(st.message()));
+      }
+    }
+    const bool token_ok = started->backend->Healthy();
+    token_healthy.store(token_ok);
+    // A broken audit log stops the service for good (fail closed).
+    const bool now = token_ok && (*security)->serving();
     if (now != healthy) {
       healthy = now;
       set_health(now);
+      const char* why = !(*security)->serving() ? "audit log unwritable" : "token unavailable";
       if (now) spdlog::info("token is back: serving");
-      else spdlog::error("token unavailable: health NOT_SERVING");
-      sd_notifyf(0, "STATUS=%s", now ? "serving" : "token unavailable: NOT_SERVING");
+      else spdlog::error("{}: health NOT_SERVING", why);
+      sd_notifyf(0, "STATUS=%s%s", now ? "serving" : why, now ? "" : ": NOT_SERVING");
     }
   }
   spdlog::info("signal {}: draining for up to 10 s", g_signal.load());

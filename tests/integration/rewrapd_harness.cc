@@ -247,6 +247,11 @@ void SetDeadline(grpc::ClientContext* ctx, std::chrono::seconds s) {
 }
 
 std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::string* error) {
+  return Start(kind, error, Options());
+}
+
+std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::string* error,
+                                                      const Options& options) {
   std::unique_ptr<RewrapdHarness> h(new RewrapdHarness());
   h->kind_ = kind;
   h->dir_ = std::make_unique<TempDir>(std::string("rewrapd-") + TokenName(kind));
@@ -283,6 +288,7 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
                      "--pin-file", pin_file});
   }
   h->argv_.insert(h->argv_.end(), {"--listen", "127.0.0.1:0", "--state-dir", state});
+  h->argv_.insert(h->argv_.end(), options.extra_args.begin(), options.extra_args.end());
 
   const std::string out_path = dir + "/rewrapd.stdout";
   const std::string err_path = dir + "/rewrapd.stderr";
@@ -355,8 +361,9 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
-  h->channel_ = grpc::CreateCustomChannel(h->address_, grpc::InsecureChannelCredentials(), args);
-  if (!h->channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(15))) {
+  h->channel_ = grpc::CreateCustomChannel(
+      h->address_, options.credentials ? options.credentials : grpc::InsecureChannelCredentials(), args);
+  if (options.wait_connected && !h->channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(15))) {
     *error = "cannot connect to rewrapd at " + h->address_ + "\nstderr:\n" + h->StderrText();
     h->Stop();
     return nullptr;

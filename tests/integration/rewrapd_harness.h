@@ -72,6 +72,13 @@ class RewrapdHarness {
   // waits (60 s max) for "rewrapd serving on HOST:PORT" and connects. On failure returns
   // null and sets *error, including rewrapd's stderr.
   static std::unique_ptr<RewrapdHarness> Start(TokenKind kind, std::string* error);
+  // The same with more rewrapd arguments and the client side's channel credentials (TLS).
+  struct Options {
+    std::vector<std::string> extra_args;
+    std::shared_ptr<grpc::ChannelCredentials> credentials;  // null: plaintext
+    bool wait_connected = true;  // false: a channel that may not connect (tests of refusal)
+  };
+  static std::unique_ptr<RewrapdHarness> Start(TokenKind kind, std::string* error, const Options& options);
   ~RewrapdHarness();  // Stop() if still running
 
   // SIGTERM and waitpid (SIGKILL after 30 s). Returns "" on a clean stop (exit 0 or killed by
@@ -79,6 +86,7 @@ class RewrapdHarness {
   std::string Stop();
 
   TokenKind kind() const { return kind_; }
+  pid_t pid() const { return pid_; }
   const std::string& address() const { return address_; }
   const std::string& dir() const { return dir_->path(); }
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }

@@ -1,0 +1,120 @@
+// Who may do what: the policy file (--policy, YAML; annotated example in
+// deploy/policy.example.yaml) maps caller identities (service/tls.h) to RPC classes, service
+// keys, recipients and rate limits. `Security` applies it per call: a denied RPC is gRPC
+// PERMISSION_DENIED; in a batch a denied item fails alone (ItemError PERMISSION_DENIED).
+//
+// Without a policy file every caller may do everything: on loopback / insecure plaintext
+// that is the development mode; with mTLS it means every client certificate the CA
+// vouches for (logged as a warning at start-up).
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <grpcpp/server_context.h>
+#include <openssl/x509_vfy.h>
+
+#include "absl/status/statusor.h"
+#include "crypto/keys.h"
+#include "service/audit.h"
+#include "service/engine.h"
+#include "service/rate_limit.h"
+#include "service/tls.h"
+
+namespace hsmrewrap::service {
+
+// RPC classes of the policy: Rewrap/RewrapStream; ListKeys/GetPublicKey/SelfTest;
+// CreateKey/ImportKey/EnableKey/DisableKey.
+enum class RpcClass { kRewrap, kKeysRead, kKeysAdmin };
+const char* RpcClassName(RpcClass c);  // "rewrap", "keys.read", "keys.admin"
+
+class Policy {
+ public:
+  struct Recipients {
+    // X.509 stores built from `ca_files`: a certificate recipient must chain to one (and be
+    // within its validity period) ...
+    std::vector<std::shared_ptr<X509_STORE>> ca_stores;
+    std::vector<std::string> ca_files;
+    // ... or have its SHA-256 (of the DER certificate) listed here (validity still checked).
+    // A raw public key recipient is allowed when raw_public_keys is true, or when the SHA-256
+    // of its SubjectPublicKeyInfo is listed here.
+    std::set<std::string> fingerprints;
+    bool raw_public_keys = false;
+    std::set<std::string> service_keys;  // service_key recipients (rotation); "*" = any
+  };
+  struct Client {
+    std::string name;                   // label for logs, audit and rate limits
+    std::set<std::string> identities;   // certificate CNs / URI SANs
+    bool anonymous = false;             // matches callers without a client certificate
+    std::set<RpcClass> rpcs;
+    std::set<std::string> keys;         // service key names; "*" = any
+    Recipients recipients;
+    RateLimits limits;
+
+    bool AllowsKey(const std::string& key) const { return keys.count("*") || keys.count(key); }
+    absl::Status CheckCertificate(const crypto::Certificate& cert) const;
+    absl::Status CheckPublicKey(const crypto::PublicKey& key) const;
+    absl::Status CheckServiceKey(const std::string& name) const;
+  };
+
+  // Parses and checks a policy file; errors name the file and the entry.
+  static absl::StatusOr<std::shared_ptr<const Policy>> Load(const std::string& path);
+
+  // The client entry for `id`, or null (then the caller may do nothing).
+  const Client* Find(const Identity& id) const;
+  const std::vector<Client>& clients() const { return clients_; }
+
+ private:
+  std::vector<Client> clients_;
+};
+
+// The transport and policy settings put together, shared by the gRPC adapters.
+class Security {
+ public:
+  // `policy_path` empty = no policy (see above); `audit` may be null.
+  static absl::StatusOr<std::unique_ptr<Security>> Create(const std::string& policy_path,
+                                                          std::unique_ptr<AuditLog> audit);
+
+  // Re-reads the policy file (SIGHUP). On error the old policy stays and the error is
+  // returned (and logged by the caller). Calls already running keep the policy they began with.
+  absl::Status Reload();
+
+  // Authorizes a call of `rpc_class` named `rpc`. PERMISSION_DENIED (naming the identity)
+  // when the caller may not; the audit log being broken is UNAVAILABLE for rewraps only.
+  // For rewraps the result carries an ItemGate for the engine.
+  struct Call {
+    Identity identity;
+    std::string who;                         // the client entry's name, else identity.primary()
+    std::shared_ptr<const Policy> policy;    // null: no policy file
+    const Policy::Client* client = nullptr;  // null when policy is null
+    std::string rpc;
+    bool AllowsKey(const std::string& key) const { return client == nullptr || client->AllowsKey(key); }
+  };
+  absl::StatusOr<Call> Authorize(const grpc::ServerContextBase& ctx, RpcClass rpc_class, const char* rpc);
+  std::shared_ptr<ItemGate> GateFor(Call call);
+
+  // One audit record for a key RPC (outcome = gRPC status code name).
+  void AuditKeyCall(const Call& call, const std::string& key, const std::string& outcome);
+
+  // False once the audit log failed: rewraps are refused and health is NOT_SERVING.
+  bool serving() const { return audit_ == nullptr || audit_->ok(); }
+  bool has_policy() const;
+
+  RateLimiter& limiter() { return limiter_; }
+  AuditLog* audit() { return audit_.get(); }
+
+ private:
+  Security(std::string path, std::unique_ptr<AuditLog> audit) : path_(std::move(path)), audit_(std::move(audit)) {}
+  std::shared_ptr<const Policy> current() const;
+
+  const std::string path_;
+  mutable std::mutex mu_;
+  std::shared_ptr<const Policy> policy_;  // guarded by mu_
+  std::unique_ptr<AuditLog> audit_;
+  RateLimiter limiter_;
+};
+
+}  // namespace hsmrewrap::service

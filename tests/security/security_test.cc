@@ -1,0 +1,591 @@
+// Security of rewrapd (issue 7): mTLS identities, the policy (identities x RPCs x keys x
+// recipients), rate limits, SIGHUP reload, the audit trail and its fail-closed behaviour.
+// One rewrapd (SoftHSM2 embedded default, mTLS, policy, audit log) serves the matrix; the
+// fail-closed and transport checks start their own.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <set>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "hsmrewrap/v1/rewrap.grpc.pb.h"
+#include "tests/integration/rewrapd_harness.h"
+#include "tests/integration/test_crypto.h"
+#include "tests/security/pki.h"
+
+namespace hsmrewrap::sec {
+namespace {
+
+namespace v1 = ::hsmrewrap::v1;
+using it::RewrapdHarness;
+
+std::string Base64(const std::string& b) {
+  static const char k[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < b.size(); i += 3) {
+    uint32_t v = (uint8_t(b[i]) << 16) | (uint8_t(b[i + 1]) << 8) | uint8_t(b[i + 2]);
+    out += {k[v >> 18], k[(v >> 12) & 63], k[(v >> 6) & 63], k[v & 63]};
+  }
+  return out;  // the full 3-byte groups are enough to find a leak
+}
+
+// Everything the tests share: the PKI, the policy and the one rewrapd.
+struct World {
+  it::TempDir dir{"hsmrewrap-sec"};
+  Issued ca = MakeCa("hsm-rewrap test CA");          // signs the server and the clients
+  Issued other_ca = MakeCa("some other CA");
+  Issued device_ca = MakeCa("device CA");
+  Issued server, connector, rawkeys, reader, admin, limited, failing, stranger, impostor;
+  Issued dev_good, dev_expired, dev_wrong_ca, dev_pinned;  // RSA device certificates
+  std::unique_ptr<RewrapdHarness> h;
+  std::map<std::string, it::Pkey> service_pub;  // key name -> public key
+  std::string error;
+
+  std::string Path(const std::string& n) const { return dir.File(n); }
+
+  std::string PolicyText(bool reader_may_rewrap) const {
+    const std::string pinned = it::HexEncode(it::Sha256(dev_pinned.cert_der));
+    return "clients:\n"
+           "  - name: connector\n"
+           "    identities: [\"spiffe://hsm-rewrap.test/connector\"]\n"
+           "    rpcs: [rewrap]\n"
+           "    keys: [default]\n"
+           "    recipients:\n"
+           "      ca_files: [" + Path("device-ca.pem") + "]\n"
+           "      fingerprints: [\"" + pinned + "\"]\n"
+           "  - name: rawkeys\n"
+           "    identities: [rawkeys]\n"
+           "    rpcs: [rewrap]\n"
+           "    keys: [\"*\"]\n"
+           "    recipients: {raw_public_keys: true, service_keys: [rot]}\n"
+           "  - name: reader\n"
+           "    identities: [reader]\n"
+           "    rpcs: [keys.read" + std::string(reader_may_rewrap ? ", rewrap" : "") + "]\n"
+           "    keys: [default]\n"
+           "    recipients: {raw_public_keys: true}\n"
+           "  - name: admin\n"
+           "    identities: [admin]\n"
+           "    rpcs: [keys.read, keys.admin]\n"
+           "    keys: [\"*\"]\n"
+           "  - name: limited\n"
+           "    identities: [limited]\n"
+           "    rpcs: [rewrap]\n"
+           "    keys: [default]\n"
+           "    recipients: {raw_public_keys: true}\n"
+           "    limits: {items_per_second: 0.001, burst: 5}\n"
+           "  - name: failing\n"
+           "    identities: [failing]\n"
+           "    rpcs: [rewrap]\n"
+           "    keys: [default]\n"
+           "    recipients: {raw_public_keys: true}\n"
+           "    limits: {decrypt_failures_per_hour: 3}\n";
+  }
+
+  std::shared_ptr<grpc::Channel> Channel(const Issued* client) const {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = ca.cert_pem;
+    if (client) {
+      o.pem_cert_chain = client->cert_pem;
+      o.pem_private_key = client->key_pem;
+    }
+    return grpc::CreateChannel(h->address(), grpc::SslCredentials(o));
+  }
+
+  bool Init() {
+    const std::string tls = "TLS Web Client Authentication";
+    server = Issue(ca, "rewrapd", {"IP:127.0.0.1", "DNS:localhost"}, KeyKind::kEc, "serverAuth");
+    connector = Issue(ca, "connector-host", {"URI:spiffe://hsm-rewrap.test/connector"}, KeyKind::kEc, "clientAuth");
+    rawkeys = Issue(ca, "rawkeys", {}, KeyKind::kEc, "clientAuth");
+    reader = Issue(ca, "reader", {}, KeyKind::kEc, "clientAuth");
+    admin = Issue(ca, "admin", {}, KeyKind::kEc, "clientAuth");
+    limited = Issue(ca, "limited", {}, KeyKind::kEc, "clientAuth");
+    failing = Issue(ca, "failing", {}, KeyKind::kEc, "clientAuth");
+    stranger = Issue(ca, "stranger", {}, KeyKind::kEc, "clientAuth");
+    impostor = Issue(other_ca, "admin", {}, KeyKind::kEc, "clientAuth");  // right CN, wrong CA
+    dev_good = Issue(device_ca, "device-good", {}, KeyKind::kRsa2048, "");
+    dev_expired = Issue(device_ca, "device-expired", {}, KeyKind::kRsa2048, "", -86400L * 10, -86400L);
+    dev_wrong_ca = Issue(other_ca, "device-wrong-ca", {}, KeyKind::kRsa2048, "");
+    dev_pinned = Issue(other_ca, "device-pinned", {}, KeyKind::kRsa2048, "");  // not from the device CA
+    bool ok = it::WriteFile(Path("ca.pem"), ca.cert_pem) && it::WriteFile(Path("server.pem"), server.cert_pem) &&
+              it::WriteFile(Path("server.key"), server.key_pem) &&
+              it::WriteFile(Path("device-ca.pem"), device_ca.cert_pem) &&
+              it::WriteFile(Path("policy.yaml"), PolicyText(false));
+    if (!ok) {
+      error = "cannot write the PKI files";
+      return false;
+    }
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = ca.cert_pem;
+    o.pem_cert_chain = admin.cert_pem;
+    o.pem_private_key = admin.key_pem;
+    RewrapdHarness::Options opts;
+    opts.extra_args = {"--tls-cert", Path("server.pem"), "--tls-key", Path("server.key"), "--client-ca",
+                       Path("ca.pem"), "--policy", Path("policy.yaml"), "--audit-log", Path("audit.jsonl"),
+                       "--log-level", "debug"};
+    opts.credentials = grpc::SslCredentials(o);
+    h = RewrapdHarness::Start(it::TokenKind::kSoftHsm, &error, opts);
+    if (!h) return false;
+    // Keys: "default" (embedded), "other" and "rot" created by admin.
+    for (const std::string name : {"other", "rot"}) {
+      grpc::ClientContext ctx;
+      it::SetDeadline(&ctx);
+      v1::CreateKeyRequest req;
+      req.set_name(name);
+      v1::KeyInfo info;
+      auto st = h->keys().CreateKey(&ctx, req, &info);
+      if (!st.ok()) {
+        error = "admin CreateKey " + name + ": " + st.error_message() + "\n" + h->StderrText();
+        return false;
+      }
+    }
+    for (const std::string name : {"default", "other", "rot"}) {
+      grpc::ClientContext ctx;
+      it::SetDeadline(&ctx);
+      v1::GetPublicKeyRequest req;
+      req.set_name(name);
+      req.set_format(v1::DER_SPKI);
+      v1::GetPublicKeyResponse resp;
+      auto st = h->keys().GetPublicKey(&ctx, req, &resp);
+      if (!st.ok()) {
+        error = "GetPublicKey " + name + ": " + st.error_message();
+        return false;
+      }
+      service_pub[name] = it::ParsePublicKey(resp.public_key());
+    }
+    return true;
+  }
+
+  std::string Seal(const std::string& key, const std::string& secret) const {
+    return *it::RsaEncrypt(service_pub.at(key).get(), it::Pad::kOaepSha256, secret);
+  }
+};
+
+World* g_world = nullptr;
+bool g_world_tried = false;
+
+World* GetWorld(std::string* error) {
+  if (!g_world_tried) {
+    g_world_tried = true;
+    auto* w = new World();
+    if (w->Init()) {
+      g_world = w;
+    } else {
+      *error = w->error;
+      delete w;
+    }
+  }
+  if (!g_world && error->empty()) *error = "set-up failed earlier";
+  return g_world;
+}
+
+// Stops the shared rewrapd after the last test (an unclean stop fails the run).
+class StopWorld : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (g_world == nullptr) return;
+    const std::string problem = g_world->h->Stop();
+    if (!problem.empty()) ADD_FAILURE() << problem;
+    delete g_world;
+    g_world = nullptr;
+  }
+};
+const auto* const g_stop_world = ::testing::AddGlobalTestEnvironment(new StopWorld());
+
+class SecurityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string skip = it::TokenUnavailableReason(it::TokenKind::kSoftHsm);
+    if (!skip.empty()) GTEST_SKIP() << skip;
+    std::string error;
+    w_ = GetWorld(&error);
+    ASSERT_NE(w_, nullptr) << error;
+  }
+
+  grpc::Status Rewrap(const Issued* who, const v1::RewrapRequest& req, v1::RewrapResponse* resp) {
+    auto stub = v1::Rewrap::NewStub(w_->Channel(who));
+    grpc::ClientContext ctx;
+    it::SetDeadline(&ctx, std::chrono::seconds(60));
+    return stub->Rewrap(&ctx, req, resp);
+  }
+
+  v1::RewrapItem Item(const std::string& id, const std::string& key, const std::string& secret) {
+    v1::RewrapItem item;
+    item.set_id(id);
+    item.set_key_name(key);
+    item.set_padding(v1::OAEP_SHA256);
+    item.set_ciphertext(w_->Seal(key, secret));
+    item.set_format(v1::RSA_OAEP_SHA256);
+    item.mutable_recipient()->set_public_key(it::SpkiDer(w_->dev_good.key.get()));
+    return item;
+  }
+
+  World* w_ = nullptr;
+};
+
+// The identities x RPCs x keys x recipients matrix against what the policy says.
+TEST_F(SecurityTest, Matrix) {
+  struct Who {
+    const char* name;
+    const Issued* cert;
+  };
+  const Who whos[] = {{"connector", &w_->connector}, {"rawkeys", &w_->rawkeys}, {"reader", &w_->reader},
+                      {"admin", &w_->admin},         {"stranger", &w_->stranger}};
+  enum Rcp { kCaChained, kWrongCa, kExpired, kPinned, kRawKey, kServiceKeyRot, kServiceKeyOther };
+  const char* rcp_names[] = {"ca-chained", "wrong-ca", "expired", "pinned", "raw-key", "service-key rot",
+                             "service-key other"};
+  const std::string keys[] = {"default", "other"};
+  // The policy, written out: may `who` rewrap with `key` to `rcp`?
+  auto allowed = [](const std::string& who, const std::string& key, Rcp rcp) {
+    if (who == "connector") return key == "default" && (rcp == kCaChained || rcp == kPinned);
+    if (who == "rawkeys") return rcp == kRawKey || rcp == kServiceKeyRot;
+    return false;
+  };
+  const std::set<std::string> may_rewrap = {"connector", "rawkeys"};
+  const std::set<std::string> may_read = {"reader", "admin"};
+  const std::map<std::string, std::set<std::string>> readable = {{"reader", {"default"}},
+                                                                 {"admin", {"default", "other", "rot"}}};
+  const std::string secret = "matrix-" + it::RandomAscii(12);
+  int checked = 0;
+  for (const Who& who : whos) {
+    SCOPED_TRACE(who.name);
+    // Rewrap: one batch, every key x recipient.
+    v1::RewrapRequest req;
+    std::vector<std::pair<std::string, Rcp>> expect;
+    for (const auto& key : keys) {
+      for (int r = kCaChained; r <= kServiceKeyOther; ++r) {
+        v1::RewrapItem item = Item(std::string(key) + "/" + rcp_names[r], key, secret);
+        auto* rc = item.mutable_recipient();
+        switch (static_cast<Rcp>(r)) {
+          case kCaChained: rc->set_certificate(w_->dev_good.cert_der); item.set_format(v1::CMS_ENVELOPED); break;
+          case kWrongCa: rc->set_certificate(w_->dev_wrong_ca.cert_der); item.set_format(v1::CMS_ENVELOPED); break;
+          case kExpired: rc->set_certificate(w_->dev_expired.cert_der); item.set_format(v1::CMS_ENVELOPED); break;
+          case kPinned: rc->set_certificate(w_->dev_pinned.cert_pem); item.set_format(v1::CMS_ENVELOPED); break;
+          case kRawKey: break;
+          case kServiceKeyRot: rc->set_service_key("rot"); break;
+          case kServiceKeyOther: rc->set_service_key("other"); break;
+        }
+        *req.add_items() = item;
+        expect.emplace_back(key, static_cast<Rcp>(r));
+      }
+    }
+    v1::RewrapResponse resp;
+    grpc::Status st = Rewrap(who.cert, req, &resp);
+    if (!may_rewrap.count(who.name)) {
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+      ++checked;
+    } else {
+      ASSERT_TRUE(st.ok()) << st.error_message();
+      ASSERT_EQ(resp.results_size(), req.items_size());
+      for (int i = 0; i < resp.results_size(); ++i) {
+        const auto& r = resp.results(i);
+        const bool ok = allowed(who.name, expect[size_t(i)].first, expect[size_t(i)].second);
+        if (ok) {
+          EXPECT_FALSE(r.has_error()) << r.id() << ": " << r.error().message();
+        } else {
+          EXPECT_EQ(r.error().code(), v1::ItemError::PERMISSION_DENIED) << r.id() << ": " << r.error().message();
+          EXPECT_TRUE(r.ciphertext().empty());
+        }
+        ++checked;
+      }
+    }
+    // Keys: ListKeys / GetPublicKey (keys.read), DisableKey of a missing key (keys.admin:
+    // NOT_FOUND proves the call got through), CreateKey with a bad name (INVALID_ARGUMENT).
+    auto keys_stub = v1::Keys::NewStub(w_->Channel(who.cert));
+    {
+      grpc::ClientContext ctx;
+      it::SetDeadline(&ctx);
+      v1::ListKeysResponse lr;
+      st = keys_stub->ListKeys(&ctx, v1::ListKeysRequest(), &lr);
+      if (may_read.count(who.name)) {
+        ASSERT_TRUE(st.ok()) << st.error_message();
+        std::set<std::string> names;
+        for (const auto& k : lr.keys()) names.insert(k.name());
+        EXPECT_EQ(names, readable.at(who.name));
+      } else {
+        EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+      }
+      ++checked;
+    }
+    for (const auto& key : keys) {
+      grpc::ClientContext ctx;
+      it::SetDeadline(&ctx);
+      v1::GetPublicKeyRequest gr;
+      gr.set_name(key);
+      v1::GetPublicKeyResponse gresp;
+      st = keys_stub->GetPublicKey(&ctx, gr, &gresp);
+      const bool ok = may_read.count(who.name) && readable.at(who.name).count(key);
+      EXPECT_EQ(st.error_code(), ok ? grpc::StatusCode::OK : grpc::StatusCode::PERMISSION_DENIED) << key;
+      ++checked;
+    }
+    {
+      grpc::ClientContext ctx;
+      it::SetDeadline(&ctx);
+      v1::DisableKeyRequest dr;
+      dr.set_name("no-such-key");
+      v1::KeyInfo info;
+      st = keys_stub->DisableKey(&ctx, dr, &info);
+      EXPECT_EQ(st.error_code(), std::string(who.name) == "admin" ? grpc::StatusCode::NOT_FOUND
+                                                                   : grpc::StatusCode::PERMISSION_DENIED)
+          << st.error_message();
+      ++checked;
+    }
+  }
+  printf("[matrix] %d outcomes checked\n", checked);
+}
+
+TEST_F(SecurityTest, ClientWithoutCertificateIsRefused) {
+  auto stub = v1::Keys::NewStub(w_->Channel(nullptr));
+  grpc::ClientContext ctx;
+  it::SetDeadline(&ctx, std::chrono::seconds(10));
+  v1::ListKeysResponse lr;
+  auto st = stub->ListKeys(&ctx, v1::ListKeysRequest(), &lr);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+}
+
+TEST_F(SecurityTest, ClientCertificateFromAnotherCaIsRefused) {
+  auto stub = v1::Keys::NewStub(w_->Channel(&w_->impostor));  // CN=admin, but another CA
+  grpc::ClientContext ctx;
+  it::SetDeadline(&ctx, std::chrono::seconds(10));
+  v1::ListKeysResponse lr;
+  auto st = stub->ListKeys(&ctx, v1::ListKeysRequest(), &lr);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+}
+
+TEST_F(SecurityTest, PlaintextClientIsRefused) {
+  auto ch = grpc::CreateChannel(w_->h->address(), grpc::InsecureChannelCredentials());
+  auto stub = v1::Keys::NewStub(ch);
+  grpc::ClientContext ctx;
+  it::SetDeadline(&ctx, std::chrono::seconds(10));
+  v1::ListKeysResponse lr;
+  EXPECT_EQ(stub->ListKeys(&ctx, v1::ListKeysRequest(), &lr).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST_F(SecurityTest, ItemsPerSecondLimitIsPerIdentity) {
+  v1::RewrapRequest req;
+  const std::string secret = "rl-" + it::RandomAscii(8);
+  for (int i = 0; i < 10; ++i) *req.add_items() = Item("i" + std::to_string(i), "default", secret);
+  v1::RewrapResponse resp;
+  ASSERT_TRUE(Rewrap(&w_->limited, req, &resp).ok());
+  int ok = 0, exhausted = 0;
+  for (const auto& r : resp.results()) {
+    if (!r.has_error()) ++ok;
+    else if (r.error().code() == v1::ItemError::RESOURCE_EXHAUSTED) ++exhausted;
+  }
+  EXPECT_EQ(ok, 5) << "burst 5";
+  EXPECT_EQ(exhausted, 5);
+  // Another identity is not affected.
+  v1::RewrapResponse other;
+  ASSERT_TRUE(Rewrap(&w_->rawkeys, req, &other).ok());
+  for (const auto& r : other.results()) EXPECT_FALSE(r.has_error()) << r.error().message();
+  EXPECT_NE(w_->h->StderrText().find("rate limit: identity 'limited'"), std::string::npos) << "no warning logged";
+}
+
+TEST_F(SecurityTest, DecryptFailureBudgetIsPerIdentity) {
+  v1::RewrapRequest bad;
+  for (int i = 0; i < 3; ++i) {
+    auto item = Item("bad" + std::to_string(i), "default", "x");
+    std::string ct = item.ciphertext();
+    ct[5] ^= 0x20;
+    item.set_ciphertext(ct);
+    *bad.add_items() = item;
+  }
+  v1::RewrapResponse resp;
+  ASSERT_TRUE(Rewrap(&w_->failing, bad, &resp).ok());
+  for (const auto& r : resp.results()) EXPECT_EQ(r.error().code(), v1::ItemError::DECRYPT_FAILED);
+  v1::RewrapRequest good;
+  *good.add_items() = Item("good", "default", "fine");
+  ASSERT_TRUE(Rewrap(&w_->failing, good, &resp).ok());
+  EXPECT_EQ(resp.results(0).error().code(), v1::ItemError::RESOURCE_EXHAUSTED) << resp.results(0).error().message();
+  ASSERT_TRUE(Rewrap(&w_->rawkeys, good, &resp).ok());
+  EXPECT_FALSE(resp.results(0).has_error()) << "another identity must not be limited";
+}
+
+TEST_F(SecurityTest, AuditRecordsEveryItemWithoutSecrets) {
+  const std::string secret = "audit-" + it::RandomAscii(16);
+  v1::RewrapRequest req;
+  *req.add_items() = Item("audit-ok", "default", secret);
+  *req.add_items() = Item("audit-denied", "other", secret);
+  v1::RewrapResponse resp;
+  ASSERT_TRUE(Rewrap(&w_->reader, req, &resp).error_code() == grpc::StatusCode::PERMISSION_DENIED);
+  ASSERT_TRUE(Rewrap(&w_->rawkeys, req, &resp).ok());
+  const std::string audit = it::ReadFileOrEmpty(w_->Path("audit.jsonl"));
+  std::map<std::string, nlohmann::json> by_id;
+  bool reader_denied = false;
+  std::istringstream in(audit);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << "not JSON: " << line;
+    for (const char* f : {"time", "identity", "rpc", "outcome"}) EXPECT_TRUE(j.contains(f)) << f << " in " << line;
+    if (j.value("id", "").rfind("audit-", 0) == 0) by_id[j["id"]] = j;
+    if (j["identity"] == "reader" && j["rpc"] == "Rewrap" && j["outcome"] == "PERMISSION_DENIED") reader_denied = true;
+  }
+  EXPECT_TRUE(reader_denied) << "the refused call is not in the audit log";
+  ASSERT_EQ(by_id.size(), 2u) << audit;
+  EXPECT_EQ(by_id["audit-ok"]["identity"], "rawkeys");
+  EXPECT_EQ(by_id["audit-ok"]["key"], "default");
+  EXPECT_EQ(by_id["audit-ok"]["outcome"], "OK");
+  EXPECT_EQ(by_id["audit-ok"]["path"], "HOST_UNPADDING");
+  EXPECT_EQ(by_id["audit-ok"]["recipient_sha256"], it::HexEncode(it::Sha256(it::SpkiDer(w_->dev_good.key.get()))));
+  EXPECT_EQ(by_id["audit-denied"]["outcome"], "OK") << "rawkeys may use every key";
+  for (const std::string& needle : {secret, it::HexEncode(secret), Base64(secret)}) {
+    EXPECT_EQ(audit.find(needle), std::string::npos) << "plaintext in the audit log";
+  }
+  for (const auto& item : req.items()) {
+    EXPECT_EQ(audit.find(it::HexEncode(item.ciphertext()).substr(0, 32)), std::string::npos);
+    EXPECT_EQ(audit.find(Base64(item.ciphertext()).substr(0, 32)), std::string::npos);
+  }
+}
+
+// The clients' --tls-cert/--tls-key/--ca work against rewrapd's mTLS.
+TEST_F(SecurityTest, RewrapctlWithClientCertificate) {
+  ASSERT_TRUE(it::WriteFile(w_->Path("admin.pem"), w_->admin.cert_pem) &&
+              it::WriteFile(w_->Path("admin.key"), w_->admin.key_pem));
+  std::vector<std::string> args = {HSMREWRAP_REWRAPCTL_PATH, "--target", w_->h->address(), "--ca", w_->Path("ca.pem"),
+                                   "--tls-cert", w_->Path("admin.pem"), "--tls-key", w_->Path("admin.key"),
+                                   "keys", "list"};
+  auto r = it::RunCommand(args, "", std::chrono::seconds(30));
+  EXPECT_EQ(r.exit_code, 0) << r.Describe(args);
+  EXPECT_NE(r.out.find("rot"), std::string::npos) << r.out;
+  std::vector<std::string> no_cert = {HSMREWRAP_REWRAPCTL_PATH, "--target", w_->h->address(), "--ca",
+                                      w_->Path("ca.pem"), "keys", "list"};
+  r = it::RunCommand(no_cert, "", std::chrono::seconds(30));
+  EXPECT_NE(r.exit_code, 0) << r.Describe(no_cert);
+}
+
+// Last of the shared-rewrapd tests: changes the policy.
+TEST_F(SecurityTest, SighupReloadsPolicyWithoutDroppingTraffic) {
+  std::atomic<bool> stop{false};
+  std::atomic<int> calls{0}, failures{0};
+  std::thread traffic([&] {
+    while (!stop.load()) {
+      v1::RewrapRequest req;
+      *req.add_items() = Item("t", "default", "traffic");
+      req.mutable_items(0)->mutable_recipient()->set_certificate(w_->dev_good.cert_der);
+      req.mutable_items(0)->set_format(v1::CMS_ENVELOPED);
+      v1::RewrapResponse resp;
+      auto st = Rewrap(&w_->connector, req, &resp);
+      ++calls;
+      if (!st.ok() || resp.results(0).has_error()) ++failures;
+    }
+  });
+  auto reader_can_rewrap = [&] {
+    v1::RewrapRequest req;
+    *req.add_items() = Item("r", "default", "reload");
+    v1::RewrapResponse resp;
+    return Rewrap(&w_->reader, req, &resp).ok() && !resp.results(0).has_error();
+  };
+  auto wait_for = [&](bool want) {
+    for (int i = 0; i < 100; ++i) {
+      if (reader_can_rewrap() == want) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  };
+  EXPECT_FALSE(reader_can_rewrap());
+  ASSERT_TRUE(it::WriteFile(w_->Path("policy.yaml"), w_->PolicyText(true)));
+  kill(w_->h->pid(), SIGHUP);
+  EXPECT_TRUE(wait_for(true)) << "the reloaded policy did not apply";
+  // A broken file: the old policy stays, and the log says why.
+  ASSERT_TRUE(it::WriteFile(w_->Path("policy.yaml"), "clients:\n  - name: x\n    rpcs: [teleport]\n"));
+  kill(w_->h->pid(), SIGHUP);
+  bool logged = false;
+  for (int i = 0; i < 100 && !logged; ++i) {
+    logged = w_->h->StderrText().find("policy not reloaded") != std::string::npos;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(logged) << w_->h->StderrText();
+  EXPECT_NE(w_->h->StderrText().find("teleport"), std::string::npos) << "the log does not say what is wrong";
+  EXPECT_TRUE(reader_can_rewrap()) << "a bad policy file replaced the good one";
+  ASSERT_TRUE(it::WriteFile(w_->Path("policy.yaml"), w_->PolicyText(false)));
+  kill(w_->h->pid(), SIGHUP);
+  EXPECT_TRUE(wait_for(false));
+  stop = true;
+  traffic.join();
+  EXPECT_GT(calls.load(), 0);
+  EXPECT_EQ(failures.load(), 0) << "traffic failed during reloads";
+}
+
+// A rewrapd whose audit log cannot be written stops serving rewraps and says so.
+TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
+  if (!it::TokenUnavailableReason(it::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  if (access("/dev/full", W_OK) != 0) GTEST_SKIP() << "no /dev/full";
+  std::string error;
+  RewrapdHarness::Options opts;
+  opts.extra_args = {"--audit-log", "/dev/full"};
+  auto h = RewrapdHarness::Start(it::TokenKind::kSoftHsm, &error, opts);
+  ASSERT_NE(h, nullptr) << error;
+  grpc::ClientContext gctx;
+  it::SetDeadline(&gctx);
+  v1::GetPublicKeyRequest gr;
+  gr.set_name("default");
+  v1::GetPublicKeyResponse gresp;
+  ASSERT_TRUE(h->keys().GetPublicKey(&gctx, gr, &gresp).ok());
+  auto pub = it::ParsePublicKey(gresp.public_key());
+  auto device = it::GenerateRsa(2048);
+  v1::RewrapRequest req;
+  auto* item = req.add_items();
+  item->set_id("a");
+  item->set_key_name("default");
+  item->set_padding(v1::OAEP_SHA256);
+  item->set_ciphertext(*it::RsaEncrypt(pub.get(), it::Pad::kOaepSha256, "fail-closed"));
+  item->set_format(v1::RSA_OAEP_SHA256);
+  item->mutable_recipient()->set_public_key(it::SpkiDer(device.get()));
+  for (int round = 0; round < 2; ++round) {
+    grpc::ClientContext ctx;
+    it::SetDeadline(&ctx);
+    v1::RewrapResponse resp;
+    ASSERT_TRUE(h->rewrap().Rewrap(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.results(0).error().code(), v1::ItemError::UNAVAILABLE) << "round " << round;
+    EXPECT_TRUE(resp.results(0).ciphertext().empty());
+  }
+  auto health = grpc::health::v1::Health::NewStub(h->channel());
+  grpc::health::v1::HealthCheckResponse hr;
+  bool not_serving = false;
+  for (int i = 0; i < 50 && !not_serving; ++i) {
+    grpc::ClientContext ctx;
+    it::SetDeadline(&ctx);
+    grpc::health::v1::HealthCheckRequest hreq;
+    hreq.set_service("hsmrewrap.v1.Rewrap");
+    not_serving = health->Check(&ctx, hreq, &hr).ok() && hr.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING;
+    if (!not_serving) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(not_serving);
+  EXPECT_NE(h->StderrText().find("AUDIT LOG /dev/full CANNOT BE WRITTEN"), std::string::npos) << h->StderrText();
+  EXPECT_EQ(h->Stop(), "");
+}
+
+// Plaintext gRPC only on loopback unless insecure; TLS settings must be complete.
+TEST(SecurityStandalone, TransportRules) {
+  auto check = [](std::vector<std::string> args) {
+    args.insert(args.begin(), it::RewrapdPath());
+    args.push_back("--check-config");
+    return it::RunCommand(args);
+  };
+  auto r = check({"--listen", "0.0.0.0:50051"});
+  EXPECT_EQ(r.exit_code, 2) << r.Describe({});
+  EXPECT_NE(r.err.find("not a loopback address and TLS is off"), std::string::npos) << r.err;
+  r = check({"--listen", "0.0.0.0:50051", "--insecure"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("PLAINTEXT (insecure)"), std::string::npos) << r.out;
+  r = check({"--listen", "[::1]:50051"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = check({"--tls-cert", "/nonexistent.pem"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("tls_cert and tls_key go together"), std::string::npos) << r.err;
+  r = check({"--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("/nonexistent.pem"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace hsmrewrap::sec
