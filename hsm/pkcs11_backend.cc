@@ -7,11 +7,14 @@
 #include <openssl/rsa.h>
 
 #include <algorithm>
+#include <cstring>
+#include <optional>
 #include <deque>
 #include <functional>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
@@ -681,6 +684,79 @@ absl::Status Pkcs11Backend::WriteMetadata(const std::string& name, const Metadat
   return absl::OkStatus();
 }
 
+namespace {
+
+// What is wrong with a service private key's attributes, one phrase per attribute (empty:
+// nothing). A token that does not know an attribute (CKR_ATTRIBUTE_TYPE_INVALID, or the
+// value unavailable) is not held against the key, except for CKA_SENSITIVE and
+// CKA_EXTRACTABLE, which every token has.
+absl::StatusOr<std::vector<std::string>> WrongKeyAttributes(SessionPool::Lease& l, CK_OBJECT_HANDLE priv,
+                                                            bool allow_pkcs1) {
+  std::vector<std::string> wrong;
+  auto optional_bool = [&](CK_ATTRIBUTE_TYPE t) -> absl::StatusOr<std::optional<bool>> {
+    auto b = GetBool(l, priv, t);
+    if (b.ok()) return std::optional<bool>(*b);
+    if (b.status().code() == absl::StatusCode::kNotFound || CkrOf(b.status()) == CKR_ATTRIBUTE_TYPE_INVALID ||
+        CkrOf(b.status()) == CKR_ATTRIBUTE_SENSITIVE) {
+      return std::optional<bool>();
+    }
+    return b.status();
+  };
+  struct Rule {
+    CK_ATTRIBUTE_TYPE type;
+    const char* name;
+    bool want;
+    bool required;  // must be readable
+  };
+  const Rule rules[] = {{CKA_SENSITIVE, "CKA_SENSITIVE", true, true},
+                        {CKA_EXTRACTABLE, "CKA_EXTRACTABLE", false, true},
+                        {CKA_SIGN, "CKA_SIGN", false, false},
+                        {CKA_SIGN_RECOVER, "CKA_SIGN_RECOVER", false, false},
+                        {CKA_DERIVE, "CKA_DERIVE", false, false},
+                        {CKA_WRAP, "CKA_WRAP", false, false}};
+  for (const Rule& r : rules) {
+    auto v = optional_bool(r.type);
+    if (!v.ok()) return v.status();
+    if (!v->has_value()) {
+      if (r.required) wrong.push_back(absl::StrCat(r.name, " is unreadable"));
+      continue;
+    }
+    if (**v != r.want) wrong.push_back(absl::StrCat(r.name, " is ", **v ? "TRUE" : "FALSE", ", must be ", r.want ? "TRUE" : "FALSE"));
+  }
+  // Generated in the token (CKA_LOCAL): it must never have been anything but sensitive and
+  // non-extractable.
+  auto local = optional_bool(CKA_LOCAL);
+  if (!local.ok()) return local.status();
+  if (local->value_or(false)) {
+    for (const Rule& r : {Rule{CKA_ALWAYS_SENSITIVE, "CKA_ALWAYS_SENSITIVE", true, false},
+                          Rule{CKA_NEVER_EXTRACTABLE, "CKA_NEVER_EXTRACTABLE", true, false}}) {
+      auto v = optional_bool(r.type);
+      if (!v.ok()) return v.status();
+      if (v->has_value() && **v != r.want) {
+        wrong.push_back(absl::StrCat(r.name, " is FALSE, must be TRUE for a key generated in the token"));
+      }
+    }
+  }
+  // CKA_ALLOWED_MECHANISMS where the token keeps it: set, and only the rewrap mechanisms
+  // (CKM_RSA_PKCS only on a key created or imported with allow_pkcs1).
+  auto mechs = GetAttr(l, priv, CKA_ALLOWED_MECHANISMS);
+  if (mechs.ok()) {
+    std::vector<CK_MECHANISM_TYPE> list(mechs->size() / sizeof(CK_MECHANISM_TYPE));
+    std::memcpy(list.data(), mechs->data(), list.size() * sizeof(CK_MECHANISM_TYPE));
+    if (list.empty()) wrong.push_back("CKA_ALLOWED_MECHANISMS is empty (any mechanism), must list the rewrap ones");
+    for (CK_MECHANISM_TYPE m : list) {
+      const bool ok = m == CKM_RSA_PKCS_OAEP || m == CKM_RSA_X_509 || (m == CKM_RSA_PKCS && allow_pkcs1);
+      if (!ok) wrong.push_back(absl::StrFormat("CKA_ALLOWED_MECHANISMS allows mechanism 0x%x%s", m,
+                                               m == CKM_RSA_PKCS ? " (CKM_RSA_PKCS on a key without allow_pkcs1)" : ""));
+    }
+  } else if (mechs.status().code() != absl::StatusCode::kNotFound && CkrOf(mechs.status()) != CKR_ATTRIBUTE_TYPE_INVALID) {
+    return mechs.status();
+  }
+  return wrong;
+}
+
+}  // namespace
+
 absl::StatusOr<KeyInfo> Pkcs11Backend::LoadKey(const std::string& name) {
   auto lease = Lease();
   if (!lease.ok()) return lease.status();
@@ -694,22 +770,6 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::LoadKey(const std::string& name) {
         absl::StrCat(found->size(), " RSA private keys are labelled '", name, "'; refusing"));
   }
   const CK_OBJECT_HANDLE priv = found->front();
-
-  // ARCHITECTURE.md §1: the key must be sensitive and never extractable.
-  auto sensitive = GetBool(*lease, priv, CKA_SENSITIVE);
-  auto extractable = GetBool(*lease, priv, CKA_EXTRACTABLE);
-  if (!sensitive.ok()) return sensitive.status();
-  if (!extractable.ok()) return extractable.status();
-  if (!*sensitive || *extractable) {
-    std::string why = absl::StrCat("key '", name, "' is ",
-                                   *sensitive ? "" : "not sensitive ",
-                                   *extractable ? "extractable" : "");
-    if (options_.refuse_weak_keys) {
-      spdlog::error("{}; refusing to serve it", why);
-      return absl::FailedPreconditionError(absl::StrCat(why, "; refusing to serve it"));
-    }
-    spdlog::warn("{}; serving it because refuse_weak_keys is off", why);
-  }
 
   auto n = GetAttr(*lease, priv, CKA_MODULUS);
   auto e = GetAttr(*lease, priv, CKA_PUBLIC_EXPONENT);
@@ -733,6 +793,17 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::LoadKey(const std::string& name) {
 
   auto md = ReadMetadata(*lease, name, nullptr);
   if (!md.ok()) return md.status();
+  // ARCHITECTURE.md §1 and issue 7: the key's attributes must not allow more than rewraps.
+  auto wrong = WrongKeyAttributes(*lease, priv, md->allow_pkcs1);
+  if (!wrong.ok()) return wrong.status();
+  if (!wrong->empty()) {
+    const std::string why = absl::StrCat("key '", name, "' has unsafe attributes: ", absl::StrJoin(*wrong, "; "));
+    if (options_.refuse_weak_keys) {
+      spdlog::error("{}; refusing to serve it", why);
+      return absl::FailedPreconditionError(absl::StrCat(why, "; refusing to serve it"));
+    }
+    spdlog::warn("{}; serving it because refuse_weak_keys is off", why);
+  }
   lease->Release();
 
   auto caps = Probe(priv, *pub, md->allow_pkcs1);

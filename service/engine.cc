@@ -477,6 +477,9 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
   if (!key_or.ok()) {
     if (key_or.status().code() == absl::StatusCode::kNotFound) {
       Fail(r, ItemError::KEY_NOT_FOUND, absl::StrCat("key '", item.key_name(), "' not found"));
+    } else if (key_or.status().code() == absl::StatusCode::kFailedPrecondition) {
+      // A key rewrapd refuses to serve (unsafe attributes, duplicate label): says why.
+      Fail(r, ItemError::UNSUPPORTED, std::string(key_or.status().message()));
     } else {
       FailFromToken(r, key_or.status(), item.key_name());
     }

@@ -982,6 +982,7 @@ TEST_F(ApiTest, DecryptFailedIsUniform) {
   std::map<std::string, std::string> outcome[2];  // round -> item id -> "F" or "P:" + plaintext
   int implicit_rejections = 0;
   std::map<std::string, std::vector<std::string>> messages;  // message -> item ids
+  std::set<size_t> sizes;  // serialized size of each DECRYPT_FAILED result, id excluded
   for (int round = 0; round < 2; ++round) {
     v1::RewrapResponse resp;
     ASSERT_NO_FATAL_FAILURE(CallRewrap(h_, req, &resp));
@@ -1029,6 +1030,8 @@ TEST_F(ApiTest, DecryptFailedIsUniform) {
           << item.id() << ": " << CodeName(r.error().code()) << " \"" << r.error().message() << "\"";
       EXPECT_TRUE(r.ciphertext().empty());
       messages[r.error().message()].push_back(item.id());
+      // The same bytes on the wire, whatever the cause: the serialized result minus its id.
+      sizes.insert(r.ByteSizeLong() - r.id().size());
     }
   }
   for (const auto& [id, first] : outcome[0]) {
@@ -1045,6 +1048,7 @@ TEST_F(ApiTest, DecryptFailedIsUniform) {
   printf("[decrypt-failed] %d PKCS#1 items rewrapped by implicit rejection (2 rounds)\n",
          implicit_rejections);
   EXPECT_EQ(messages.size(), 1u) << "DECRYPT_FAILED messages differ";
+  EXPECT_EQ(sizes.size(), 1u) << "DECRYPT_FAILED results differ in size";
   for (const auto& [m, ids] : messages) {
     printf("[decrypt-failed] %zu items: \"%s\"\n", ids.size(), m.c_str());
     if (messages.size() > 1) {

@@ -564,6 +564,56 @@ TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
   EXPECT_EQ(h->Stop(), "");
 }
 
+// A key planted in the token with unsafe attributes (pkcs11-tool: sign role, extractable,
+// no CKA_ALLOWED_MECHANISMS) is refused, and the refusal names the attributes.
+TEST(SecurityStandalone, KeyWithUnsafeAttributesIsRefused) {
+  if (!it::TokenUnavailableReason(it::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  if (access("/usr/bin/pkcs11-tool", X_OK) != 0) GTEST_SKIP() << "pkcs11-tool not installed (opensc)";
+  std::string error;
+  auto h = RewrapdHarness::Start(it::TokenKind::kSoftHsm, &error);
+  ASSERT_NE(h, nullptr) << error;
+  const std::string state = h->dir() + "/state";
+  setenv("SOFTHSM2_CONF", (state + "/softhsm2.conf").c_str(), 1);
+  std::vector<std::string> gen = {"pkcs11-tool", "--module", "/usr/lib/softhsm/libsofthsm2.so", "--token-label",
+                                  "hsm-rewrap", "--login", "--pin", it::ReadFileOrEmpty(state + "/user.pin"),
+                                  "--keypairgen", "--key-type", "rsa:2048", "--label", "planted",
+                                  "--usage-decrypt", "--usage-sign", "--extractable"};
+  auto r = it::RunCommand(gen);
+  ASSERT_EQ(r.exit_code, 0) << r.Describe({"pkcs11-tool", "--keypairgen", "..."});
+  grpc::ClientContext ctx;
+  it::SetDeadline(&ctx);
+  v1::GetPublicKeyRequest gr;
+  gr.set_name("planted");
+  v1::GetPublicKeyResponse gresp;
+  auto st = h->keys().GetPublicKey(&ctx, gr, &gresp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  for (const char* phrase : {"CKA_SIGN is TRUE", "CKA_EXTRACTABLE is TRUE", "CKA_NEVER_EXTRACTABLE is FALSE",
+                             "CKA_ALLOWED_MECHANISMS is empty"}) {
+    EXPECT_NE(st.error_message().find(phrase), std::string::npos) << phrase << " not in: " << st.error_message();
+  }
+  // A rewrap with it fails with that reason, not as a decryption failure.
+  v1::RewrapRequest req;
+  auto* item = req.add_items();
+  item->set_id("p");
+  item->set_key_name("planted");
+  item->set_padding(v1::OAEP_SHA256);
+  item->set_ciphertext(std::string(256, '\x01'));
+  item->mutable_recipient()->set_public_key(it::SpkiDer(it::GenerateRsa(2048).get()));
+  grpc::ClientContext rctx;
+  it::SetDeadline(&rctx);
+  v1::RewrapResponse resp;
+  ASSERT_TRUE(h->rewrap().Rewrap(&rctx, req, &resp).ok());
+  EXPECT_EQ(resp.results(0).error().code(), v1::ItemError::UNSUPPORTED) << resp.results(0).error().message();
+  EXPECT_NE(resp.results(0).error().message().find("CKA_SIGN is TRUE"), std::string::npos);
+  grpc::ClientContext lctx;
+  it::SetDeadline(&lctx);
+  v1::ListKeysResponse lr;
+  ASSERT_TRUE(h->keys().ListKeys(&lctx, v1::ListKeysRequest(), &lr).ok());
+  for (const auto& k : lr.keys()) EXPECT_NE(k.name(), "planted") << "an unsafe key is listed";
+  EXPECT_NE(h->StderrText().find("key 'planted' has unsafe attributes"), std::string::npos) << h->StderrText();
+  EXPECT_EQ(h->Stop(), "");
+}
+
 // Plaintext gRPC only on loopback unless insecure; TLS settings must be complete.
 TEST(SecurityStandalone, TransportRules) {
   auto check = [](std::vector<std::string> args) {
