@@ -121,11 +121,18 @@ void HardenProcess() {
   if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) spdlog::warn("prctl(PR_SET_DUMPABLE, 0) failed: {}", std::strerror(errno));
   struct rlimit no_core {0, 0};
   ::setrlimit(RLIMIT_CORE, &no_core);
-  if (::mlockall(MCL_CURRENT | MCL_FUTURE) == 0) {
-    spdlog::info("memory locked (mlockall): secrets are not swapped out");
+  // Only without a finite RLIMIT_MEMLOCK (root, or LimitMEMLOCK=infinity): with MCL_FUTURE a
+  // finite limit would make later allocations fail once reached. MCL_ONFAULT locks pages as
+  // they are touched instead of populating every thread stack.
+  struct rlimit ml {};
+  const bool unlimited = ::getrlimit(RLIMIT_MEMLOCK, &ml) == 0 && ml.rlim_cur == RLIM_INFINITY;
+  if (!unlimited && ::geteuid() != 0) {
+    spdlog::warn("memory not locked: RLIMIT_MEMLOCK is finite; secrets could reach swap. Set LimitMEMLOCK=infinity "
+                 "(the systemd unit does) or run without swap");
+  } else if (::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0) {
+    spdlog::info("memory locked (mlockall, on fault): secrets are not swapped out");
   } else {
-    spdlog::warn("memory not locked (mlockall: {}); secrets could reach swap. Raise LimitMEMLOCK or grant "
-                 "CAP_IPC_LOCK, or run without swap", std::strerror(errno));
+    spdlog::warn("memory not locked (mlockall: {}); secrets could reach swap", std::strerror(errno));
   }
 }
 
