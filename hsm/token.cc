@@ -1,5 +1,6 @@
 #include "hsm/token.h"
 
+#include <p11-kit/p11-kit.h>
 #include <p11-kit/uri.h>
 
 #include <cstring>
@@ -14,6 +15,46 @@ namespace {
 struct UriDeleter {
   void operator()(P11KitUri* u) const { p11_kit_uri_free(u); }
 };
+
+std::string FixedField(const CK_UTF8CHAR* p, size_t n) {
+  std::string s(reinterpret_cast<const char*>(p), n);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\0')) s.pop_back();
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<P11KitUri, UriDeleter>> ParseUri(const std::string& text) {
+  std::unique_ptr<P11KitUri, UriDeleter> uri(p11_kit_uri_new());
+  const int rc = p11_kit_uri_parse(text.c_str(), P11_KIT_URI_FOR_ANY, uri.get());
+  if (rc != P11_KIT_URI_OK) {
+    return absl::InvalidArgumentError(absl::StrCat("bad PKCS#11 URI '", text, "': ", p11_kit_uri_message(rc)));
+  }
+  return uri;
+}
+
+// The file of the p11-kit registered module `name` (its .module configuration), without
+// initialising any module.
+absl::StatusOr<std::string> ModuleFileByName(const std::string& name) {
+  CK_FUNCTION_LIST** modules = p11_kit_modules_load(nullptr, P11_KIT_MODULE_UNMANAGED);
+  if (modules == nullptr) {
+    return absl::NotFoundError(absl::StrCat("module-name=", name, ": p11-kit found no configured modules"));
+  }
+  std::string file;
+  for (CK_FUNCTION_LIST** m = modules; *m != nullptr; ++m) {
+    char* n = p11_kit_module_get_name(*m);
+    if (n != nullptr && name == n) {
+      char* f = p11_kit_module_get_filename(*m);
+      if (f != nullptr) file = f;
+      free(f);
+    }
+    free(n);
+  }
+  p11_kit_modules_release(modules);
+  if (file.empty()) {
+    return absl::NotFoundError(absl::StrCat("module-name=", name,
+                                            ": no such p11-kit module (see `p11-kit list-modules`)"));
+  }
+  return file;
+}
 
 absl::StatusOr<std::vector<CK_SLOT_ID>> SlotList(const Module& m, bool token_present) {
   CK_ULONG n = 0;
@@ -42,6 +83,63 @@ CK_UTF8CHAR_PTR PinPtr(const crypto::SecretString& pin) {
 }
 
 }  // namespace
+
+absl::StatusOr<UriExtras> ParseUriExtras(const std::string& text) {
+  auto uri = ParseUri(text);
+  if (!uri.ok()) return uri.status();
+  UriExtras out;
+  P11KitUri* u = uri->get();
+  if (const char* path = p11_kit_uri_get_module_path(u)) out.module_path = path;
+  if (const char* name = p11_kit_uri_get_module_name(u)) {
+    auto file = ModuleFileByName(name);
+    if (!file.ok()) return file.status();
+    if (!out.module_path.empty() && out.module_path != *file) {
+      return absl::InvalidArgumentError(absl::StrCat("URI '", text, "': module-name=", name, " is ", *file,
+                                                     ", not module-path=", out.module_path));
+    }
+    out.module_path = *file;
+  }
+  if (const char* src = p11_kit_uri_get_pin_source(u)) {
+    out.pin_source = src;
+    if (out.pin_source.rfind("file:", 0) == 0) out.pin_source = out.pin_source.substr(5);
+  }
+  out.has_pin_value = p11_kit_uri_get_pin_value(u) != nullptr;
+  CK_TOKEN_INFO* ti = p11_kit_uri_get_token_info(u);
+  out.has_token_attributes = !FixedField(ti->label, sizeof ti->label).empty() ||
+                             !FixedField(ti->serialNumber, sizeof ti->serialNumber).empty() ||
+                             !FixedField(ti->manufacturerID, sizeof ti->manufacturerID).empty() ||
+                             !FixedField(ti->model, sizeof ti->model).empty();
+  if (CK_ATTRIBUTE* label = p11_kit_uri_get_attribute(u, CKA_LABEL)) {
+    out.object.assign(static_cast<const char*>(label->pValue), label->ulValueLen);
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> KeyNameFromNameOrUri(const std::string& name_or_uri) {
+  if (name_or_uri.rfind("pkcs11:", 0) != 0) return name_or_uri;
+  auto extras = ParseUriExtras(name_or_uri);
+  if (!extras.ok()) return extras.status();
+  if (extras->object.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("key URI '", name_or_uri, "' does not name the key (object=...)"));
+  }
+  if (extras->has_token_attributes || !extras->module_path.empty() || extras->has_pin_value ||
+      !extras->pin_source.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key URI '", name_or_uri,
+        "': only object= and type= belong in a key URI; the token and module are chosen by token_uri/module"));
+  }
+  auto uri = ParseUri(name_or_uri);
+  if (!uri.ok()) return uri.status();
+  if (CK_ATTRIBUTE* cls = p11_kit_uri_get_attribute(uri->get(), CKA_CLASS)) {
+    CK_OBJECT_CLASS c = 0;
+    if (cls->ulValueLen == sizeof c) std::memcpy(&c, cls->pValue, sizeof c);
+    if (c != CKO_PRIVATE_KEY && c != CKO_PUBLIC_KEY) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("key URI '", name_or_uri, "': type must be private (or public), the RSA key pair"));
+    }
+  }
+  return extras->object;
+}
 
 absl::StatusOr<std::vector<TokenSlot>> ListTokens(const Module& m, bool include_uninitialized) {
   auto slots = SlotList(m, true);

@@ -29,6 +29,25 @@ struct TokenSlot {
   CK_FLAGS flags = 0;
 };
 
+// What an RFC 7512 URI says beyond token attributes (parsed by p11-kit): the module
+// (query attributes module-path / module-name), where the PIN is (pin-source), whether it
+// carries a PIN itself (pin-value), and the object label (object=) for key URIs.
+struct UriExtras {
+  std::string module_path;  // module-path, or the file of the p11-kit module named by module-name
+  std::string pin_source;   // pin-source with a "file:" prefix removed
+  bool has_pin_value = false;
+  std::string object;       // object= (CKA_LABEL)
+  bool has_token_attributes = false;  // token=, serial=, manufacturer= or model= present
+};
+// Parses `uri` ("pkcs11:..."). A module-name is resolved through p11-kit's module
+// configuration (/usr/share/p11-kit/modules/*.module); an unknown name is NotFound.
+absl::StatusOr<UriExtras> ParseUriExtras(const std::string& uri);
+
+// A key given as a name or as an RFC 7512 URI ("pkcs11:object=NAME;type=private"): the
+// name. A URI must name the object and may only say type=private (or public: the same key
+// pair); token and module attributes belong to the token URI and are refused here.
+absl::StatusOr<std::string> KeyNameFromNameOrUri(const std::string& name_or_uri);
+
 // Slots with a token present; uninitialised tokens only when asked for (NSS softoken's key
 // token reports CKF_TOKEN_INITIALIZED only once its user PIN is set).
 absl::StatusOr<std::vector<TokenSlot>> ListTokens(const Module& module,

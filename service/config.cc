@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "hsm/token.h"
 
 namespace hsmrewrap::service {
 namespace {
@@ -152,6 +153,38 @@ absl::Status Finalize(Config& c) {
     return absl::InvalidArgumentError(absl::StrCat("listen: expected HOST:PORT, got '", c.listen, "'"));
   }
   if (auto st = CheckTransport(c); !st.ok()) return st;
+  // The module (module-path / module-name) and the PIN file (pin-source) may come from the
+  // token URI (RFC 7512); explicit settings must agree with it. A PIN in the URI
+  // (pin-value) is refused: URIs end up in argv, logs and config dumps.
+  if (!c.token_uri.empty()) {
+    auto extras = hsm::ParseUriExtras(c.token_uri);
+    if (!extras.ok()) return absl::InvalidArgumentError(absl::StrCat("token_uri: ", extras.status().message()));
+    if (extras->has_pin_value) {
+      return absl::InvalidArgumentError(
+          "token_uri: pin-value is not accepted (a PIN must not sit in a URI); use pin-source=file:PATH or pin_file");
+    }
+    if (!extras->module_path.empty()) {
+      if (c.module.empty()) {
+        c.module = extras->module_path;
+      } else if (c.module != extras->module_path) {
+        return absl::InvalidArgumentError(absl::StrCat("module '", c.module, "' and token_uri's module (",
+                                                       extras->module_path, ") differ"));
+      }
+    }
+    if (!extras->pin_source.empty()) {
+      if (c.pin_file.empty()) {
+        c.pin_file = extras->pin_source;
+      } else if (c.pin_file != extras->pin_source) {
+        return absl::InvalidArgumentError(absl::StrCat("pin_file '", c.pin_file, "' and token_uri's pin-source (",
+                                                       extras->pin_source, ") differ"));
+      }
+    }
+  }
+  if (auto key = hsm::KeyNameFromNameOrUri(c.default_key); key.ok()) {
+    c.default_key = *key;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("default_key: ", key.status().message()));
+  }
   if (c.embedded()) {
     // The embedded SoftHSM2 default cannot decrypt OAEP-SHA2 natively (TOKENS.md §1), so it
     // allows host unpadding unless the user said otherwise.

@@ -66,5 +66,62 @@ TEST(ConfigTest, ClearErrors) {
   EXPECT_THAT(std::string(Finalize(g).message()), HasSubstr("HOST:PORT"));
 }
 
+
+// RFC 7512: the module and the PIN file may come from the token URI (p11-kit parses it).
+TEST(ConfigTest, TokenUriChoosesModuleAndPinSource) {
+  Config c;
+  c.token_uri = "pkcs11:token=hsm-rewrap?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/pin";
+  ASSERT_TRUE(Finalize(c).ok());
+  EXPECT_EQ(c.module, "/usr/lib/softhsm/libsofthsm2.so");
+  EXPECT_EQ(c.pin_file, "/run/pin");
+  EXPECT_FALSE(c.embedded());
+
+  // module-name is looked up in p11-kit's module configuration (softhsm2.module, from the
+  // softhsm2 package).
+  Config named;
+  named.token_uri = "pkcs11:token=hsm-rewrap?module-name=softhsm2";
+  ASSERT_TRUE(Finalize(named).ok());
+  EXPECT_THAT(named.module, HasSubstr("libsofthsm2.so"));
+
+  Config unknown;
+  unknown.token_uri = "pkcs11:token=x?module-name=no-such-module";
+  EXPECT_THAT(std::string(Finalize(unknown).message()), HasSubstr("no-such-module"));
+}
+
+TEST(ConfigTest, TokenUriConflictsAndPinValueAreErrors) {
+  Config pin;
+  pin.token_uri = "pkcs11:token=t?module-path=/m.so&pin-value=1234";
+  EXPECT_THAT(std::string(Finalize(pin).message()), HasSubstr("pin-value"));
+
+  Config differ;
+  differ.module = "/a.so";
+  differ.token_uri = "pkcs11:token=t?module-path=/b.so";
+  EXPECT_THAT(std::string(Finalize(differ).message()), HasSubstr("differ"));
+
+  Config bad;
+  bad.module = "/a.so";
+  bad.token_uri = "pkcs11:token=%zz";
+  EXPECT_THAT(std::string(Finalize(bad).message()), HasSubstr("token_uri"));
+}
+
+TEST(ConfigTest, DefaultKeyMayBeAUri) {
+  Config c;
+  c.default_key = "pkcs11:object=intune-2026;type=private";
+  ASSERT_TRUE(Finalize(c).ok());
+  EXPECT_EQ(c.default_key, "intune-2026");
+
+  Config token_attr;
+  token_attr.default_key = "pkcs11:token=other;object=k";
+  EXPECT_THAT(std::string(Finalize(token_attr).message()), HasSubstr("only object= and type="));
+
+  Config wrong_type;
+  wrong_type.default_key = "pkcs11:object=k;type=cert";
+  EXPECT_THAT(std::string(Finalize(wrong_type).message()), HasSubstr("type must be private"));
+
+  Config no_object;
+  no_object.default_key = "pkcs11:type=private";
+  EXPECT_THAT(std::string(Finalize(no_object).message()), HasSubstr("object="));
+}
+
 }  // namespace
 }  // namespace hsmrewrap::service
