@@ -29,8 +29,13 @@ crypto::Bytes SpkiOfPrivatePem(const std::string& pem) {
 }
 
 void FakeBackend::AddKey(const std::string& name, int bits, hsm::KeyCapabilities caps, bool allow_pkcs1) {
+  AddKeyPem(name, MakeRsaPrivateKeyPem(bits), bits, std::move(caps), allow_pkcs1);
+}
+
+void FakeBackend::AddKeyPem(const std::string& name, std::string private_pem, int bits,
+                            hsm::KeyCapabilities caps, bool allow_pkcs1) {
   Key k;
-  k.private_pem = MakeRsaPrivateKeyPem(bits);
+  k.private_pem = std::move(private_pem);
   k.info.name = name;
   k.info.bits = bits;
   k.info.allow_pkcs1 = allow_pkcs1;

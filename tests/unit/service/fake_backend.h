@@ -26,6 +26,9 @@ class FakeBackend final : public hsm::KeyBackend {
   };
   // Adds a key with the given capabilities.
   void AddKey(const std::string& name, int bits, hsm::KeyCapabilities caps, bool allow_pkcs1 = false);
+  // Same with a given PEM private key of `bits` (e.g. a test vector's key).
+  void AddKeyPem(const std::string& name, std::string private_pem, int bits, hsm::KeyCapabilities caps,
+                 bool allow_pkcs1 = false);
   void SetWrapPaddings(std::set<crypto::RsaPadding> p) { wrap_ = std::move(p); }
   // Every Decrypt/RewrapInToken fails with this status while set.
   void FailWith(absl::Status s) { fail_ = std::move(s); }
