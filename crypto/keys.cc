@@ -241,21 +241,6 @@ absl::StatusOr<RsaPrivateKeyParts> PrivateKeyFromDer(absl::Span<const uint8_t> d
   return PartsFromPkey(pkey.get());
 }
 
-// Loads "default" and "legacy" into the default library context, once per process.
-// Loading any provider explicitly switches off the implicit fallback to "default", so both
-// are loaded. The handles are never unloaded (other threads may be using them).
-bool EnsureLegacyProvider() {
-  static std::once_flag once;
-  static bool loaded = false;
-  std::call_once(once, [] {
-    OSSL_PROVIDER* def = OSSL_PROVIDER_load(nullptr, "default");
-    OSSL_PROVIDER* legacy = OSSL_PROVIDER_load(nullptr, "legacy");
-    loaded = def != nullptr && legacy != nullptr;
-    ERR_clear_error();
-  });
-  return loaded;
-}
-
 bool LegacyAlreadyLoaded() { return OSSL_PROVIDER_available(nullptr, "legacy") == 1; }
 
 }  // namespace
@@ -535,7 +520,7 @@ absl::StatusOr<RsaPrivateKeyParts> ParseRsaPrivateKeyFromPfx(absl::Span<const ui
   if (!parsed && !LegacyAlreadyLoaded()) {
     // Most likely RC2-40 or another legacy PBE (openssl 1.x and Windows defaults).
     ERR_clear_error();
-    if (EnsureLegacyProvider()) {
+    if (internal::EnsureLegacyProvider()) {
       parsed = PKCS12_parse(p12.get(), password.c_str(), &raw, nullptr, nullptr) == 1;
     }
   }

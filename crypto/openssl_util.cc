@@ -1,6 +1,9 @@
 #include "crypto/openssl_util.h"
 
 #include <openssl/err.h>
+#include <openssl/provider.h>
+
+#include <mutex>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -179,6 +182,18 @@ std::string DigestHex(const EVP_MD* md, absl::Span<const uint8_t> data) {
     return "";
   }
   return HexEncode(absl::MakeConstSpan(buf, len));
+}
+
+bool EnsureLegacyProvider() {
+  static std::once_flag once;
+  static OSSL_PROVIDER* default_provider = nullptr;
+  static OSSL_PROVIDER* legacy_provider = nullptr;
+  std::call_once(once, [] {
+    default_provider = OSSL_PROVIDER_load(nullptr, "default");
+    legacy_provider = OSSL_PROVIDER_load(nullptr, "legacy");
+    ERR_clear_error();
+  });
+  return default_provider != nullptr && legacy_provider != nullptr;
 }
 
 }  // namespace hsmrewrap::crypto::internal

@@ -78,4 +78,11 @@ bool Base64DecodeInto(absl::string_view b64, Container* out);
 // Lowercase hex of a digest of `data`.
 std::string DigestHex(const EVP_MD* md, absl::Span<const uint8_t> data);
 
+// Loads OpenSSL's "default" and "legacy" providers into the default library context, once
+// per process (RC2-40 and 3DES PKCS#12 files need "legacy"). Loading any provider
+// explicitly switches off the implicit fallback to "default", so both are loaded. The
+// handles are kept (in statics) for the life of the process: other threads may be using
+// them. Returns whether both loaded.
+bool EnsureLegacyProvider();
+
 }  // namespace hsmrewrap::crypto::internal

@@ -13,6 +13,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "crypto/encoding.h"
+#include "crypto/openssl_util.h"
 
 namespace hsmrewrap::crypto {
 namespace {
@@ -34,17 +35,6 @@ absl::Status Problem(PfxProblem p, const std::string& message) {
                                                  : absl::InvalidArgumentError(message);
   s.SetPayload(kProblemPayloadUrl, absl::Cord(PfxProblemName(p)));
   return s;
-}
-
-// Loads "default" and "legacy" once per process. Loading a provider explicitly turns off
-// the implicit "default" fallback, hence both. Handles stay loaded (other threads use them).
-void EnsureProviders() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    OSSL_PROVIDER_load(nullptr, "default");
-    OSSL_PROVIDER_load(nullptr, "legacy");
-    ERR_clear_error();
-  });
 }
 
 // The CVE-2024-0727 shapes: a ContentInfo whose content is absent. OpenSSL 3.0.13+ checks
@@ -135,7 +125,7 @@ PfxProblem PfxProblemOf(const absl::Status& status) {
 }
 
 absl::StatusOr<PfxContents> OpenPfx(absl::Span<const uint8_t> pfx, const SecretString& password) {
-  EnsureProviders();
+  internal::EnsureLegacyProvider();
   ERR_clear_error();
   if (pfx.empty()) return Problem(PfxProblem::kNotPkcs12, "not a PKCS#12 file: the file is empty");
   if (pfx.size() > kMaxPfx) {

@@ -15,6 +15,19 @@
 
 namespace hsmrewrap::hsm {
 namespace {
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kKeepModulesLoaded = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kKeepModulesLoaded = true;
+#else
+constexpr bool kKeepModulesLoaded = false;
+#endif
+#else
+constexpr bool kKeepModulesLoaded = false;
+#endif
+}  // namespace
+namespace {
 
 constexpr char kCkrPayloadUrl[] = "type.hsmrewrap/pkcs11.ckr";
 
@@ -333,7 +346,10 @@ Module::~Module() {
     auto s = Call("C_Finalize", fl_->C_Finalize, nullptr);
     if (!s.ok()) spdlog::warn("{}: {}", path_, std::string(s.message()));
   }
-  if (dl_ != nullptr) dlclose(dl_);
+  // Under AddressSanitizer the module stays mapped: LeakSanitizer runs at exit and can only
+  // attribute (and its suppressions match) allocations made inside a module that is still
+  // loaded. Production builds unload it.
+  if (dl_ != nullptr && !kKeepModulesLoaded) dlclose(dl_);
   if (registered_) {
     auto& reg = Registry();
     if (auto it = reg.find(path_); it != reg.end() && it->second.expired()) reg.erase(it);
