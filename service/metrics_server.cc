@@ -7,7 +7,8 @@
 
 namespace hsmrewrap::service {
 
-absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& listen, Metrics* metrics) {
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& listen, Metrics* metrics,
+                                                                   std::function<bool()> serving) {
   const size_t colon = listen.rfind(':');
   int port = 0;
   if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 || port > 65535) {
@@ -20,8 +21,14 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
   s->server_->Get("/metrics", [metrics](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics->Render(), "text/plain; version=0.0.4; charset=utf-8");
   });
+  s->server_->Get("/healthz", [serving = std::move(serving)](const httplib::Request&, httplib::Response& res) {
+    const bool ok = serving();
+    res.status = ok ? 200 : 503;
+    res.set_content(ok ? "SERVING\n" : "NOT_SERVING\n", "text/plain");
+  });
   s->server_->Get("/", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("rewrapd metrics: GET /metrics\n", "text/plain");
+    res.set_content("rewrapd: GET /metrics (Prometheus), GET /healthz (200 SERVING / 503 NOT_SERVING)\n",
+                    "text/plain");
   });
   if (port == 0) {
     port = s->server_->bind_to_any_port(host.c_str());

@@ -1,6 +1,10 @@
-// Serves Metrics::Render() at GET /metrics over HTTP (cpp-httplib), on its own thread.
+// Serves Metrics::Render() at GET /metrics over HTTP (cpp-httplib), on its own thread, and
+// GET /healthz: 200 "SERVING" or 503 "NOT_SERVING", the same state as the gRPC health
+// service. Plain HTTP on purpose: Kubernetes' gRPC probes cannot present a client
+// certificate to an mTLS listener, an httpGet probe on this port can always reach it.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -16,8 +20,10 @@ namespace hsmrewrap::service {
 
 class MetricsServer final {
  public:
-  // Binds HOST:PORT (port 0 picks one) and starts serving.
-  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& listen, Metrics* metrics);
+  // Binds HOST:PORT (port 0 picks one) and starts serving. `serving` answers /healthz
+  // (called on the HTTP thread; must be thread-safe).
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& listen, Metrics* metrics,
+                                                              std::function<bool()> serving);
   ~MetricsServer();
   MetricsServer(const MetricsServer&) = delete;  // owns a thread and a socket
   MetricsServer& operator=(const MetricsServer&) = delete;
