@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -350,7 +351,9 @@ int Run(int argc, char** argv) {
   const std::string addr = absl::StrCat(host, ":", port);
 
   auto* health = server->GetHealthCheckService();
+  std::atomic<bool> serving_now{false};  // what health says, also for the metrics server's /healthz
   auto set_health = [&](bool ok) {
+    serving_now.store(ok);
     health->SetServingStatus(ok);
     health->SetServingStatus("hsmrewrap.v1.Rewrap", ok);
     health->SetServingStatus("hsmrewrap.v1.Keys", ok);
@@ -376,7 +379,7 @@ int Run(int argc, char** argv) {
 
   std::unique_ptr<MetricsServer> metrics_server;
   if (!c.metrics_listen.empty()) {
-    auto ms = MetricsServer::Start(c.metrics_listen, &metrics);
+    auto ms = MetricsServer::Start(c.metrics_listen, &metrics, [&serving_now] { return serving_now.load(); });
     if (!ms.ok()) {
       spdlog::error("{}", std::string(ms.status().message()));
       return 1;
