@@ -2,12 +2,19 @@
 //
 // Exit codes: 0 run finished without errors; 1 some items failed or did not verify;
 // 2 usage error; 3 the service could not be reached or the work could not be prepared.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "clients/common/channel.h"
 #include "clients/rewrap-load/load.h"
@@ -28,6 +35,16 @@ bool WriteFile(const std::string& path, const std::string& data) {
   return static_cast<bool>(out);
 }
 
+// --passwords-out: the plaintexts, hex, one a line, in a file only the user can read.
+bool WritePasswords(const std::string& path, const std::vector<std::string>& passwords) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return false;
+  ::close(fd);
+  std::string text;
+  for (const auto& p : passwords) absl::StrAppend(&text, absl::BytesToHexString(p), "\n");
+  return WriteFile(path, text);
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"rewrap-load: load-tests rewrapd (closed loop, or open loop with --rate) and verifies a sample\n"
                "of the outputs with the device keys (every output with --verify-all).\n"
@@ -37,7 +54,7 @@ int Main(int argc, char** argv) {
   clients::AddChannelFlags(app, copts);
   Options o;
   std::string padding = "OAEP_SHA256", format = "CMS_ENVELOPED", device_kind = "rsa", recipient = "certificate";
-  std::string json_file, html_file;
+  std::string json_file, html_file, passwords_file;
   bool quiet = false;
   app.add_option("--key-name", o.key_name, "service key the passwords are sealed to (default 'default')");
   app.add_option("--padding", padding, "padding of the sealed passwords: OAEP_SHA256 (default), OAEP_SHA384, "
@@ -66,6 +83,9 @@ int Main(int argc, char** argv) {
   app.add_option("--json", json_file, "write the report as JSON to FILE");
   app.add_option("--html", html_file, "write a self-contained HTML report with charts to FILE");
   app.add_flag("--quiet,-q", quiet, "no live progress line and no text report");
+  app.add_option("--passwords-out", passwords_file,
+                 "write the plaintext passwords it sealed to FILE (mode 0600, one a line, hex), for tests that "
+                 "search the service's logs for them; never on real data");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -95,6 +115,10 @@ int Main(int argc, char** argv) {
   if (!work.ok()) {
     std::cerr << "rewrap-load: " << work.status().message() << "\n";
     return work.status().code() == absl::StatusCode::kInvalidArgument ? kExitUsage : kExitUnreachable;
+  }
+  if (!passwords_file.empty() && !WritePasswords(passwords_file, work->passwords)) {
+    std::cerr << "rewrap-load: cannot write " << passwords_file << "\n";
+    return kExitUsage;
   }
   Report r = Run(o, *work, *channel);
   r.target = copts.target;

@@ -9,7 +9,14 @@ WORK=$(mktemp -d)
 PID=""
 fails=0
 passes=0
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$WORK"; }
+# Leak check: rewrapd at trace level with an audit log; its logs and PINs are collected.
+. "$(dirname "$0")/../leakcheck/leakcheck.sh"
+LEAK_DIR=""
+cleanup() {
+  [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+  leak_keep "$LEAK_DIR" "$WORK/out" "$WORK/err"
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 check() {  # check NAME EXPECTED ACTUAL
@@ -20,17 +27,22 @@ contains() {  # contains NAME NEEDLE HAYSTACK
 }
 
 start() {  # start rewrapd with the given args; sets PID and ADDR
-  "$REWRAPD" "$@" >"$WORK/out" 2>"$WORK/err" &
+  leak_args rewrapd
+  "$REWRAPD" "$@" "${LEAK_ARGS[@]}" >"$WORK/out" 2>"$WORK/err" &
   PID=$!
   for _ in $(seq 1 300); do
     ADDR=$(sed -n 's/^rewrapd serving on //p' "$WORK/out")
-    [ -n "$ADDR" ] && return 0
+    [ -n "$ADDR" ] && { leak_secret_file "$WORK/state/user.pin" "$WORK/state/so.pin"; return 0; }
     kill -0 "$PID" 2>/dev/null || break
     sleep 0.1
   done
   echo "rewrapd did not start:"; cat "$WORK/err"; exit 1
 }
-stop() { kill -TERM "$PID"; wait "$PID"; local rc=$?; PID=""; return $rc; }
+stop() {
+  kill -TERM "$PID"; wait "$PID"; local rc=$?; PID=""
+  leak_keep "$LEAK_DIR" "$WORK/out" "$WORK/err"; LEAK_DIR=""
+  return $rc
+}
 
 # --- flags and exit codes that need no token
 "$REWRAPD" --version >"$WORK/v"; check "rewrapd --version exit" 0 $?

@@ -21,7 +21,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 W=$(mktemp -d /tmp/connector-test.XXXXXX)
 # shellcheck source=tests/connector/lib.sh
 . "$HERE/lib.sh"
-cleanup() { stop_all; [ -n "${KEEP_TMP:-}" ] || rm -rf "$W"; }
+cleanup() { stop_all; leak_keep_replicas; [ -n "${KEEP_TMP:-}" ] || rm -rf "$W"; }
 trap cleanup EXIT
 
 FAILS=0
@@ -71,6 +71,7 @@ cms_cipher_is() {  # ID CIPHER-NAME-AS-OPENSSL-PRINTS-IT
 part_formats() {
   echo "== formats"
   printf 'Secret-pw-1' >"$W/pw1"
+  leak_secret_file "$W/pw1"
   openssl pkcs12 -export -in "$W/dev-rsa.crt" -inkey "$W/dev-rsa.key" -passout file:"$W/pw1" \
     -out "$W/user.pfx" 2>/dev/null
   local s512 s256 s384 s1
@@ -221,6 +222,7 @@ part_reseal() {
   "$REWRAPCTL" --target "$A1" keys create rotated >/dev/null
   printf 'Rotate-me-%s' 1 >"$W/rpw1"
   printf 'Rotate-me-%s' 2 >"$W/rpw2"
+  leak_secret_file "$W/rpw1" "$W/rpw2"
   local rsa
   rsa=$(cert_b64 "$W/dev-rsa.crt")
   python3 - "$W/records.jsonl" "$(seal "$W/svc.pem" oaepSha512 "$W/rpw1")" "$(seal "$W/svc.pem" oaepSha256 "$W/rpw2")" <<'EOF'

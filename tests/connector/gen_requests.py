@@ -52,3 +52,9 @@ with open(a.out, "w") as f:
 with open(a.secrets, "w") as f:
     json.dump([s[0].hex() for s in sealed], f)
 os.chmod(a.secrets, 0o600)
+# The leak check (tests/leakcheck/leakcheck.sh) searches the service's logs for them.
+if os.environ.get("HSMREWRAP_LEAKCHECK_DIR") and os.environ.get("HSMREWRAP_LEAKCHECK_TEST"):
+    d = os.path.join(os.environ["HSMREWRAP_LEAKCHECK_DIR"], os.environ["HSMREWRAP_LEAKCHECK_TEST"])
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "secrets-%d.hex" % os.getpid()), "a") as f:
+        f.write("".join(s[0].hex() + "\n" for s in sealed))

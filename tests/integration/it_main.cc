@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/integration/it_env.h"
+#include "tests/leakcheck/record.h"
 
 namespace hsmrewrap::it {
 namespace {
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
     // ctest's SKIP_REGULAR_EXPRESSION matches this line.
     printf("HSMREWRAP_IT_SKIP_ALL token %s unavailable: %s\n", hsmrewrap::it::TokenName(token),
            skip.c_str());
+    hsmrewrap::leakcheck::MarkSkipped(std::string("token unavailable: ") + skip);
   }
   ::testing::AddGlobalTestEnvironment(new hsmrewrap::it::StopRewrapd());
   return RUN_ALL_TESTS();

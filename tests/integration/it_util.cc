@@ -2,6 +2,8 @@
 
 #include <openssl/obj_mac.h>
 
+#include "tests/leakcheck/record.h"
+
 namespace hsmrewrap::it {
 
 std::set<int> ServiceKey::PathsFor(v1::Padding p) const {
@@ -104,6 +106,10 @@ void CreateServiceKey(RewrapdHarness* h, const std::string& name, uint32_t bits,
 }
 
 void ImportServiceKey(RewrapdHarness* h, const v1::ImportKeyRequest& req, ServiceKey* out) {
+  // The private key material and PFX password the service gets: never in its logs.
+  leakcheck::RecordSecret(req.pkcs8());
+  leakcheck::RecordSecret(req.cng_rsa_full_private_blob());
+  leakcheck::RecordSecret(req.pfx().password());
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
   v1::KeyInfo info;

@@ -18,6 +18,8 @@
 #include <sstream>
 #include <thread>
 
+#include "tests/leakcheck/record.h"
+
 #ifndef HSMREWRAP_REWRAPD_PATH
 #define HSMREWRAP_REWRAPD_PATH "rewrapd"
 #endif
@@ -58,6 +60,22 @@ std::vector<char*> CArgv(std::vector<std::string>& argv) {
 
 std::string Tail(const std::string& s, size_t n = 8000) {
   return s.size() <= n ? s : "...(truncated)...\n" + s.substr(s.size() - n);
+}
+
+bool HasFlag(const std::vector<std::string>& args, const std::string& flag) {
+  for (const auto& a : args) {
+    if (a == flag || a.rfind(flag + "=", 0) == 0) return true;
+  }
+  return false;
+}
+
+// The value of `--flag VALUE` or `--flag=VALUE` in args, or "".
+std::string FlagValue(const std::vector<std::string>& args, const std::string& flag) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == flag && i + 1 < args.size()) return args[i + 1];
+    if (args[i].rfind(flag + "=", 0) == 0) return args[i].substr(flag.size() + 1);
+  }
+  return "";
 }
 
 }  // namespace
@@ -264,6 +282,10 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
   }
   const std::string state = dir + "/state";
   mkdir(state.c_str(), 0700);
+  // rewrapd's stdout, stderr and audit log: in the leak check's collection when it is on
+  // (kept after the run, searched for the recorded secrets), else in the temp dir.
+  h->log_dir_ = leakcheck::NewLogDir(std::string("rewrapd-") + TokenName(kind));
+  if (h->log_dir_.empty()) h->log_dir_ = dir;
 
   h->argv_ = {rewrapd};
   if (kind == TokenKind::kNss) {
@@ -271,6 +293,7 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
     mkdir(db.c_str(), 0700);
     const std::string pin_file = dir + "/nss.pin";
     const std::string pin = "it-" + RandomToken(16);
+    leakcheck::RecordSecret(pin);
     if (!WriteFile(pin_file, pin, 0600)) {
       *error = "cannot write " + pin_file;
       return nullptr;
@@ -289,9 +312,17 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
   }
   h->argv_.insert(h->argv_.end(), {"--listen", "127.0.0.1:0", "--state-dir", state});
   h->argv_.insert(h->argv_.end(), options.extra_args.begin(), options.extra_args.end());
+  // The most verbose logging and an audit log, unless the test chose its own: the leak
+  // check searches both for every secret the tests used.
+  if (!HasFlag(options.extra_args, "--log-level")) h->argv_.insert(h->argv_.end(), {"--log-level", "trace"});
+  if (HasFlag(options.extra_args, "--audit-log")) {
+    h->own_audit_log_ = FlagValue(options.extra_args, "--audit-log");
+  } else {
+    h->argv_.insert(h->argv_.end(), {"--audit-log", h->log_dir_ + "/audit.jsonl"});
+  }
 
-  const std::string out_path = dir + "/rewrapd.stdout";
-  const std::string err_path = dir + "/rewrapd.stderr";
+  const std::string out_path = h->log_dir_ + "/rewrapd.stdout";
+  const std::string err_path = h->log_dir_ + "/rewrapd.stderr";
   std::vector<std::string> argv = h->argv_;
   std::vector<char*> cargv = CArgv(argv);
   pid_t pid = fork();
@@ -347,6 +378,10 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   }
+  // The embedded SoftHSM2 token's PINs, made by rewrapd on its first start.
+  for (const char* pin_file : {"/user.pin", "/so.pin"}) {
+    leakcheck::RecordSecret(ReadFileOrEmpty(state + pin_file));
+  }
   h->address_ = line.substr(strlen(kReadyPrefix));
   while (!h->address_.empty() && isspace(static_cast<unsigned char>(h->address_.back()))) {
     h->address_.pop_back();
@@ -374,11 +409,11 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
 }
 
 std::string RewrapdHarness::StderrText() const {
-  return Tail(ReadFileOrEmpty(dir_->path() + "/rewrapd.stderr"));
+  return Tail(ReadFileOrEmpty(log_dir_ + "/rewrapd.stderr"));
 }
 
 std::string RewrapdHarness::StdoutText() const {
-  return Tail(ReadFileOrEmpty(dir_->path() + "/rewrapd.stdout"));
+  return Tail(ReadFileOrEmpty(log_dir_ + "/rewrapd.stdout"));
 }
 
 std::string RewrapdHarness::CommandLine() const {
@@ -415,6 +450,12 @@ std::string RewrapdHarness::Stop() {
     problem = "rewrapd died of signal " + std::to_string(WTERMSIG(status)) + " on SIGTERM";
   }
   pid_ = -1;
+  // An audit log the test placed itself (in its own temp dir) joins the collection.
+  struct stat st;
+  if (!own_audit_log_.empty() && log_dir_ != dir_->path() && stat(own_audit_log_.c_str(), &st) == 0 &&
+      S_ISREG(st.st_mode)) {
+    WriteFile(log_dir_ + "/own-audit.jsonl", ReadFileOrEmpty(own_audit_log_));
+  }
   if (!problem.empty()) problem += "\nstderr:\n" + StderrText();
   return problem;
 }

@@ -71,6 +71,9 @@ class RewrapdHarness {
   // Prepares the token (NSS: a fresh database and PIN made with certutil), starts rewrapd,
   // waits (60 s max) for "rewrapd serving on HOST:PORT" and connects. On failure returns
   // null and sets *error, including rewrapd's stderr.
+  // rewrapd logs at trace level and writes an audit log (unless extra_args set
+  // --log-level / --audit-log); with the leak check on (tests/leakcheck/record.h) its
+  // stdout, stderr and audit log are kept in the collection, and the PINs are recorded.
   static std::unique_ptr<RewrapdHarness> Start(TokenKind kind, std::string* error);
   // The same with more rewrapd arguments and the client side's channel credentials (TLS).
   struct Options {
@@ -101,6 +104,8 @@ class RewrapdHarness {
   RewrapdHarness() = default;
   TokenKind kind_ = TokenKind::kSoftHsm;
   std::unique_ptr<TempDir> dir_;
+  std::string log_dir_;        // rewrapd.stdout, rewrapd.stderr, audit.jsonl
+  std::string own_audit_log_;  // --audit-log given in extra_args; copied to log_dir_ on Stop()
   std::vector<std::string> argv_;
   pid_t pid_ = -1;
   std::string address_;

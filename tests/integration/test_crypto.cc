@@ -15,6 +15,8 @@
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
+#include "tests/leakcheck/record.h"
+
 namespace hsmrewrap::it {
 namespace {
 
@@ -247,6 +249,7 @@ std::string CertPem(X509* c) {
 }
 
 std::string Pkcs12(EVP_PKEY* k, X509* c, const std::string& password) {
+  leakcheck::RecordSecret(password);  // the service gets it with the PFX (ImportKey)
   PKCS12* p12 = PKCS12_create(password.c_str(), "imported", k, c, nullptr, 0, 0, 0, 0, 0);
   if (p12 == nullptr) Die("PKCS12_create");
   std::string der = ToDer([p12](unsigned char** p) { return i2d_PKCS12(p12, p); });
@@ -331,6 +334,7 @@ size_t MaxPlaintext(Pad p, size_t modulus_len) {
 }
 
 std::optional<std::string> RsaEncrypt(EVP_PKEY* pub, Pad p, const std::string& pt) {
+  leakcheck::RecordSecret(pt);  // every sealed plaintext: the leak check searches the logs for it
   CtxPtr ctx(EVP_PKEY_CTX_new(pub, nullptr));
   size_t len = 0;
   if (!ctx || EVP_PKEY_encrypt_init(ctx.get()) != 1 || !SetPadding(ctx.get(), p) ||

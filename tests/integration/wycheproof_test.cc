@@ -26,6 +26,7 @@
 
 #include "tests/integration/it_env.h"
 #include "tests/integration/it_util.h"
+#include "tests/leakcheck/record.h"
 
 #ifndef HSMREWRAP_SHARED_DIR
 #define HSMREWRAP_SHARED_DIR ""
@@ -189,6 +190,7 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
         req.set_name("wp-" + stem.substr(0, 40) + "-g" + std::to_string(gi) + "-" +
                      std::to_string(++key_counter));
         req.set_pkcs8(HexDecode(pkcs8_hex));
+        leakcheck::RecordSecret(req.pkcs8());  // imported key material: never logged
         req.set_allow_pkcs1(pkcs1);
         ServiceKey k;
         grpc::StatusCode import_code = grpc::StatusCode::OK;
@@ -222,6 +224,7 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
           continue;
         }
         const std::string msg = HexDecode(t.at("msg").get<std::string>());
+        if (t.value("result", "") != "invalid") leakcheck::RecordSecret(msg);  // rewrapped: never logged
         const v1::OutputFormat format =
             msg.size() <= MaxPlaintext(Pad::kOaepSha256, 256) ? v1::RSA_OAEP_SHA256 : v1::CMS_ENVELOPED;
         AddItem(&req, "tc" + std::to_string(t.at("tcId").get<int>()), key.name, padding,

@@ -10,11 +10,19 @@ LOAD=$2
 WORK=$(mktemp -d)
 PID=""
 fails=0
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$WORK"; }
+# Leak check: rewrapd at trace level with an audit log; its logs, the PINs and every
+# password rewrap-load seals (--passwords-out) are collected.
+. "$(dirname "$0")/../leakcheck/leakcheck.sh"
+leak_args rewrapd
+cleanup() {
+  [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+  leak_keep "$LEAK_DIR" "$WORK/out" "$WORK/err"
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
-"$REWRAPD" --state-dir "$WORK/state" --listen 127.0.0.1:0 --pool-size 2 >"$WORK/out" 2>"$WORK/err" &
+"$REWRAPD" --state-dir "$WORK/state" --listen 127.0.0.1:0 --pool-size 2 "${LEAK_ARGS[@]}" >"$WORK/out" 2>"$WORK/err" &
 PID=$!
 ADDR=""
 for _ in $(seq 1 600); do
@@ -24,6 +32,13 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 [ -n "$ADDR" ] || { echo "rewrapd did not start:"; cat "$WORK/err"; exit 1; }
+leak_secret_file "$WORK/state/user.pin" "$WORK/state/so.pin"
+# leak_passwords FILE: records the passwords rewrap-load wrote with --passwords-out (hex lines).
+leak_passwords() {
+  leak_on || return 0
+  [ -s "$1" ] || { fail "rewrap-load wrote no --passwords-out file"; return 0; }
+  cat "$1" >>"$HSMREWRAP_LEAKCHECK_DIR/$HSMREWRAP_LEAKCHECK_TEST/secrets-$$.hex"
+}
 
 # --help names every flag of the command-line contract.
 help=$("$LOAD" --help) || fail "--help exit code"
@@ -58,8 +73,9 @@ PY
 # 1. Closed loop, CMS to device certificates, OAEP-SHA1 (TOKEN_DECRYPT), HTML report too.
 "$LOAD" --target "$ADDR" --padding oaep-sha1 --format CMS_ENVELOPED --device-bits 2048 --devices 4 \
   --passwords 256 --batch 16 --streams 2 --duration 3 --verify-all --server-pid "$PID" \
-  --json "$WORK/closed.json" --html "$WORK/closed.html" -q
+  --json "$WORK/closed.json" --html "$WORK/closed.html" -q --passwords-out "$WORK/pw1"
 rc=$?
+leak_passwords "$WORK/pw1"
 [ $rc -eq 0 ] || fail "closed loop exit code $rc"
 check_json closed "$WORK/closed.json"
 html=$(cat "$WORK/closed.html")
@@ -71,14 +87,18 @@ python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if j["se
 # 2. Open loop at a modest rate, bare RSA-OAEP-SHA1 (IN_TOKEN on SoftHSM), SPKI recipients,
 #    SHA-256 sealed (HOST_UNPADDING).
 "$LOAD" --target "$ADDR" --padding OAEP_SHA256 --format RSA_OAEP_SHA1 --recipient public-key --devices 3 \
-  --passwords 64 --batch 4 --streams 2 --rate 100 --duration 3 --verify-all --json "$WORK/open.json" -q
+  --passwords 64 --batch 4 --streams 2 --rate 100 --duration 3 --verify-all --json "$WORK/open.json" -q \
+  --passwords-out "$WORK/pw2"
 rc=$?
+leak_passwords "$WORK/pw2"
 [ $rc -eq 0 ] || fail "open loop exit code $rc"
 check_json open "$WORK/open.json"
 
 # 3. An item count instead of a duration, over two addresses (round robin).
-"$LOAD" --target "$ADDR,$ADDR" --padding oaep-sha1 --batch 8 --items 200 --verify-all --json "$WORK/items.json" -q
+"$LOAD" --target "$ADDR,$ADDR" --padding oaep-sha1 --batch 8 --items 200 --verify-all --json "$WORK/items.json" -q \
+  --passwords-out "$WORK/pw3"
 rc=$?
+leak_passwords "$WORK/pw3"
 [ $rc -eq 0 ] || fail "--items exit code $rc"
 check_json items "$WORK/items.json"
 python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if j["items"] == 200 else 1)' \

@@ -10,6 +10,7 @@
 #include "crypto/keys.h"
 #include "crypto/rsa.h"
 #include "hsmrewrap/v1/rewrap.grpc.pb.h"
+#include "tests/leakcheck/record.h"
 #include "tests/pfx_import/test_util.h"
 
 namespace hsmrewrap::pfx_test {
@@ -90,6 +91,7 @@ TEST_F(PfxImportService, VerifyPassesAndRecordDecryptsThroughTheService) {
   const std::string testcert = SharedDir() + "/vectors/intune/testcert.pfx";
   std::string pfx_path = testcert;
   std::string password = "TestCert";
+  leakcheck::RecordSecret(password);  // the vector's PFX password, sealed by pfx-import
   if (ReadFile(testcert).empty()) {  // no shared vectors: a generated PFX does the same job
     KeyCert kc = MakeKeyCert("it", -3600, 86400, "critical,digitalSignature,keyEncipherment");
     pfx_path = tmp_.File("it.pfx");
@@ -111,13 +113,15 @@ TEST_F(PfxImportService, VerifyPassesAndRecordDecryptsThroughTheService) {
 TEST_F(PfxImportService, BulkCsvWithVerifyAndOaepSha256) {
   KeyCert a = MakeKeyCert("a", -3600, 86400, "");
   KeyCert b = MakeKeyCert("b", -3600, 86400, "");
-  WriteFile(tmp_.File("a.pfx"), MakePfx(a.key, a.cert, {}, "pa\xC3\xA9"));
-  WriteFile(tmp_.File("b.pfx"), MakePfx(b.key, b.cert, {}, "pb"));
+  // Passwords of 8 bytes or more, so that the leak check searches the logs for them.
+  WriteFile(tmp_.File("a.pfx"), MakePfx(a.key, a.cert, {}, "pa\xC3\xA9-Secret-A"));
+  WriteFile(tmp_.File("b.pfx"), MakePfx(b.key, b.cert, {}, "pb-Secret-B"));
+  leakcheck::RecordSecret("pa\xE9-Secret-A");  // what pfx-import seals for a (see the end)
   WriteFile(tmp_.File("bad.pfx"), "garbage");
   WriteFile(tmp_.File("m.csv"),
             "userPrincipalName,pfxPath,password\n"
-            "a@x,a.pfx,pa\xC3\xA9\n"
-            "b@x,b.pfx,pb\n"
+            "a@x,a.pfx,pa\xC3\xA9-Secret-A\n"
+            "b@x,b.pfx,pb-Secret-B\n"
             "c@x,bad.pfx,pc\n");
   Result r = Import({"--service", rewrapd_->address(), "--csv", tmp_.File("m.csv"), "--padding", "oaepSha256",
                      "--verify", "--out", tmp_.File("out.jsonl")});
@@ -130,7 +134,7 @@ TEST_F(PfxImportService, BulkCsvWithVerifyAndOaepSha256) {
   while (std::getline(lines, line)) {
     got.push_back(UnsealThroughService(rewrapd_->address(), nlohmann::json::parse(line), v1::OAEP_SHA256));
   }
-  EXPECT_THAT(got, ::testing::ElementsAre("pa\xE9", "pb"));
+  EXPECT_THAT(got, ::testing::ElementsAre("pa\xE9-Secret-A", "pb-Secret-B"));
 }
 
 TEST_F(PfxImportService, UnknownKeyAndUnreachableServiceFailAtStartup) {

@@ -19,6 +19,8 @@
 #include <openssl/rsa.h>
 #include <openssl/x509v3.h>
 
+#include "tests/leakcheck/record.h"
+
 namespace hsmrewrap::pfx_test {
 
 std::string SharedDir() { return HSMREWRAP_SHARED_DIR; }
@@ -152,6 +154,7 @@ KeyCert MakeKeyCert(const std::string& cn, long not_before_offset, long not_afte
 
 std::string MakePfx(EVP_PKEY* key, X509* cert, const std::vector<X509*>& ca,
                     const std::string& password) {
+  leakcheck::RecordSecret(password);
   STACK_OF(X509)* stack = sk_X509_new_null();
   for (X509* c : ca) sk_X509_push(stack, c);
   PKCS12* p12 = PKCS12_create(password.c_str(), "test", key, cert, stack, 0, 0, 0, 0, 0);
@@ -193,8 +196,13 @@ std::string CertPem(X509* cert) {
 
 bool Rewrapd::Start(const std::string& state_dir, std::string* error) {
   // stdout goes to a file (not a pipe we would later close: rewrapd must never get SIGPIPE).
-  const std::string out_file = state_dir + "/rewrapd.stdout";
-  err_file_ = state_dir + "/rewrapd.stderr";
+  // Logs at trace level with an audit log; with the leak check on (tests/leakcheck/record.h)
+  // they are kept in its collection, and the token's PINs are recorded.
+  std::string log_dir = leakcheck::NewLogDir("rewrapd");
+  if (log_dir.empty()) log_dir = state_dir;
+  const std::string out_file = log_dir + "/rewrapd.stdout";
+  const std::string audit_file = log_dir + "/audit.jsonl";
+  err_file_ = log_dir + "/rewrapd.stderr";
   pid_ = fork();
   if (pid_ == 0) {
     const int ofd = open(out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
@@ -202,7 +210,7 @@ bool Rewrapd::Start(const std::string& state_dir, std::string* error) {
     dup2(ofd, 1);
     dup2(efd, 2);
     execl(REWRAPD_BIN, REWRAPD_BIN, "--state-dir", state_dir.c_str(), "--listen", "127.0.0.1:0",
-          static_cast<char*>(nullptr));
+          "--log-level", "trace", "--audit-log", audit_file.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   // Wait for "rewrapd serving on HOST:PORT" (60 s max).
@@ -218,6 +226,8 @@ bool Rewrapd::Start(const std::string& state_dir, std::string* error) {
         while (!address_.empty() && (address_.back() == '\r' || address_.back() == ' ')) {
           address_.pop_back();
         }
+        leakcheck::RecordSecret(ReadFile(state_dir + "/user.pin"));
+        leakcheck::RecordSecret(ReadFile(state_dir + "/so.pin"));
         return true;
       }
     }
