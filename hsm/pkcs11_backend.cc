@@ -742,7 +742,8 @@ absl::StatusOr<std::vector<std::string>> WrongKeyAttributes(SessionPool::Lease& 
   auto mechs = GetAttr(l, priv, CKA_ALLOWED_MECHANISMS);
   if (mechs.ok()) {
     std::vector<CK_MECHANISM_TYPE> list(mechs->size() / sizeof(CK_MECHANISM_TYPE));
-    std::memcpy(list.data(), mechs->data(), list.size() * sizeof(CK_MECHANISM_TYPE));
+    // (memcpy from an empty attribute's null data pointer is undefined even for 0 bytes)
+    if (!list.empty()) std::memcpy(list.data(), mechs->data(), list.size() * sizeof(CK_MECHANISM_TYPE));
     if (list.empty()) wrong.push_back("CKA_ALLOWED_MECHANISMS is empty (any mechanism), must list the rewrap ones");
     for (CK_MECHANISM_TYPE m : list) {
       const bool ok = m == CKM_RSA_PKCS_OAEP || m == CKM_RSA_X_509 || (m == CKM_RSA_PKCS && allow_pkcs1);
