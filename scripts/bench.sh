@@ -32,7 +32,7 @@ REWRAPD=$BUILD_DIR/service/rewrapd
 CTL=$BUILD_DIR/clients/rewrapctl
 LOAD=$BUILD_DIR/clients/rewrap-load/rewrap-load
 BASE=$BUILD_DIR/bench/rewrap-baseline/rewrap-baseline
-DELAY_MOD=$BUILD_DIR/bench/delay-module/libhsmrewrap_delay_pkcs11.so
+DELAY_MOD=$BUILD_DIR/tests/fault_module/libhsmrewrap_fault_pkcs11.so
 for b in "$REWRAPD" "$CTL" "$LOAD" "$BASE"; do
   [ -x "$b" ] || { echo "bench.sh: $b is missing: build first (scripts/build.sh, or BUILD_DIR=...)" >&2; exit 2; }
 done
@@ -160,7 +160,9 @@ say ""
 
 # --- 3. Network-HSM stand-in: 2 ms added to each token operation, pool 1..64.
 if [ $DO_DELAY -eq 1 ]; then
-  say "### With 2 ms added per token operation (bench/delay-module), pool size 1..64"
+  say "### With 2 ms added per token operation (fault module delay), pool size 1..64"
+  # The fault module (tests/fault_module) with only a latency rule: a network HSM stand-in.
+  echo 'delay C_Decrypt,C_UnwrapKey,C_WrapKey 2000' >"$WORK/delay.conf"
   say ""
   say "Token time per operation without delay (baseline, 1 thread): $(printf %.2f "$TOKEN_MS") ms; target = 0.8 x min(pool / (2 ms + token time), baseline)."
   say ""
@@ -168,7 +170,7 @@ if [ $DO_DELAY -eq 1 ]; then
   say "|---|---|---|---|---|"
   for pool in $POOLS; do
     streams=$((pool / 4 > 2 ? pool / 4 : 2))
-    SOFTHSM2_CONF=$STATE/softhsm2.conf HSMREWRAP_DELAY_US=2000 HSMREWRAP_DELAY_MODULE=/usr/lib/softhsm/libsofthsm2.so \
+    SOFTHSM2_CONF=$STATE/softhsm2.conf HSMREWRAP_FAULT_CONFIG=$WORK/delay.conf HSMREWRAP_FAULT_MODULE=/usr/lib/softhsm/libsofthsm2.so \
       start_rewrapd delay$pool --module "$DELAY_MOD" --token hsm-rewrap --pin-file "$STATE/user.pin" \
       --allow-host-unpadding --state-dir "$WORK/delay-state" --pool-size "$pool"
     load delay$pool --batch 16 --streams $streams --depth 4 --duration $DELAY_DUR

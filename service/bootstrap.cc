@@ -17,6 +17,7 @@
 #include "crypto/encoding.h"
 #include "crypto/keys.h"
 #include "hsm/pkcs11_backend.h"
+#include "hsm/token_supervisor.h"
 #include "hsm/token.h"
 
 namespace hsmrewrap::service {
@@ -155,7 +156,17 @@ absl::StatusOr<Started> OpenToken(const Config& c) {
   opts.user_pin = *std::move(pin);
   opts.pool_size = c.pool_size;
   opts.allow_host_unpadding = c.allow_host_unpadding;
-  auto backend = hsm::Pkcs11Backend::Create(std::move(opts));
+  // The supervisor re-runs this factory (a fresh module, login, pool and key handles)
+  // whenever the token is lost and comes back.
+  hsm::TokenSupervisor::Options so;
+  so.max_backoff = absl::Milliseconds(c.reconnect_backoff_max_ms);
+  auto backend = hsm::TokenSupervisor::Create(
+      [opts]() -> absl::StatusOr<std::unique_ptr<hsm::KeyBackend>> {
+        auto b = hsm::Pkcs11Backend::Create(opts);
+        if (!b.ok()) return b.status();
+        return std::unique_ptr<hsm::KeyBackend>(std::move(*b));
+      },
+      so);
   if (!backend.ok()) return backend.status();
   out.backend = std::shared_ptr<hsm::KeyBackend>(std::move(*backend));
   out.token_label = out.backend->TokenLabel();

@@ -57,6 +57,8 @@ absl::Status SetKey(const std::string& key, const std::string& value, Config& c)
     c.allow_host_unpadding_set = true;
     return ParseBool(key, value, c.allow_host_unpadding);
   }
+  if (key == "shutdown_grace_s") return ParseU32(key, value, c.shutdown_grace_s);
+  if (key == "reconnect_backoff_max_ms") return ParseU32(key, value, c.reconnect_backoff_max_ms);
   if (key == "pool_size") return ParseU32(key, value, c.pool_size);
   if (key == "max_batch_items") return ParseU32(key, value, c.limits.max_batch_items);
   if (key == "max_message_bytes") return ParseU32(key, value, c.limits.max_message_bytes);
@@ -69,7 +71,8 @@ constexpr const char* kKeys[] = {"state_dir", "listen", "module", "init_args", "
                                  "allow_host_unpadding", "pool_size", "max_batch_items",
                                  "max_message_bytes", "max_inflight_items", "metrics_listen",
                                  "selftest_interval_s", "log_format", "tls_cert", "tls_key",
-                                 "client_ca", "insecure", "policy", "audit_log"};
+                                 "client_ca", "insecure", "policy", "audit_log", "shutdown_grace_s",
+                                 "reconnect_backoff_max_ms"};
 
 }  // namespace
 
@@ -198,6 +201,9 @@ absl::Status Finalize(Config& c) {
   if (!c.log_format.empty() && c.log_format != "json" && c.log_format != "text") {
     return absl::InvalidArgumentError(absl::StrCat("log_format: json or text, not '", c.log_format, "'"));
   }
+  if (c.reconnect_backoff_max_ms < 100 || c.reconnect_backoff_max_ms > 600000) {
+    return absl::InvalidArgumentError("reconnect_backoff_max_ms: 100 to 600000");
+  }
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
   bool level_ok = false;
   for (const char* l : kLevels) level_ok |= (c.log_level == l);
@@ -230,6 +236,9 @@ std::string Describe(const Config& c) {
                   : c.client_ca.empty() ? "TLS (no client certificates)" : "mTLS (client certificates required)", "\n");
   absl::StrAppend(&s, "policy:               ", c.policy.empty() ? "none (every caller may do everything)" : c.policy, "\n");
   absl::StrAppend(&s, "audit log:            ", c.audit_log.empty() ? "off" : c.audit_log, "\n");
+  absl::StrAppend(&s, "token loss:           re-initialise with backoff up to ", c.reconnect_backoff_max_ms,
+                  " ms\n");
+  absl::StrAppend(&s, "shutdown:             in-flight batches get ", c.shutdown_grace_s, " s after SIGTERM\n");
   absl::StrAppend(&s, "limits:               ", c.limits.max_batch_items, " items/batch, ",
                   c.limits.max_message_bytes, " bytes/message, ", c.limits.max_inflight_items,
                   " items in flight\n");

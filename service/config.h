@@ -42,6 +42,9 @@ struct Config {
   bool insecure = false;          // allow plaintext gRPC on a non-loopback address
   std::string policy;             // policy file (YAML): identities -> RPCs, keys, recipients, limits
   std::string audit_log;          // audit file: one JSON line per item; empty = off
+  // Reliability (docs/operator-guide.md "Reliability").
+  uint32_t shutdown_grace_s = 10;           // SIGTERM: how long in-flight batches may finish
+  uint32_t reconnect_backoff_max_ms = 2000; // token lost: longest wait between re-initialisations
 
   bool embedded() const { return module.empty(); }
   bool tls() const { return !tls_cert.empty(); }

@@ -236,7 +236,7 @@ std::vector<std::pair<RsaPadding, std::vector<hsm::Path>>> RewrapEngine::PathsFo
 }
 
 absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> request, Done done,
-                                  std::shared_ptr<ItemGate> gate) {
+                                  std::shared_ptr<ItemGate> gate, std::chrono::system_clock::time_point deadline) {
   const size_t n = static_cast<size_t>(request->items_size());
   if (n == 0) return absl::InvalidArgumentError("the batch is empty: send at least one item");
   if (n > options_.limits.max_batch_items) {
@@ -295,8 +295,16 @@ absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> reque
       continue;
     }
     std::string* fp = batch->gate ? &batch->recipient_sha256[i] : nullptr;
-    pool_->Post([this, &item, slot, finish_one, gate = batch->gate.get(), fp]() {
-      *slot = ProcessItem(item, gate, fp);
+    pool_->Post([this, &item, slot, finish_one, gate = batch->gate.get(), fp, deadline]() {
+      if (stopping_.load()) {
+        slot->set_id(item.id());
+        Fail(*slot, ItemError::UNAVAILABLE, "rewrapd is shutting down; retry elsewhere");
+      } else if (std::chrono::system_clock::now() > deadline) {
+        slot->set_id(item.id());
+        Fail(*slot, ItemError::DEADLINE_EXCEEDED, "the call's deadline passed before this item was started");
+      } else {
+        *slot = ProcessItem(item, gate, fp);
+      }
       if (gate) gate->ItemDone(*slot);
       finish_one();
     });

@@ -121,9 +121,16 @@ class RewrapEngine final {
   // status for the whole batch if they fail. Otherwise takes ownership of `request`,
   // processes its items on the workers and calls `done` exactly once, from a worker
   // thread, with one result per item in order.
-  // `gate`, when set, checks and audits every item (service/policy.h).
+  // `gate`, when set, checks and audits every item (service/policy.h). Items not started by
+  // `deadline` (the gRPC call's) fail DEADLINE_EXCEEDED without touching the token: nobody
+  // waits for them any more.
   absl::Status Submit(std::shared_ptr<const v1::RewrapRequest> request, Done done,
-                      std::shared_ptr<ItemGate> gate = nullptr);
+                      std::shared_ptr<ItemGate> gate = nullptr,
+                      std::chrono::system_clock::time_point deadline = std::chrono::system_clock::time_point::max());
+
+  // Shutdown: items not started yet fail UNAVAILABLE ("shutting down", safe to retry
+  // elsewhere) without the token; items running finish. Irreversible.
+  void StopAccepting() { stopping_.store(true); }
 
   // Runs one item to completion on the calling thread (exposed for tests and the baseline).
   // With a gate, *recipient_sha256 gets the recipient's fingerprint for the audit record.
@@ -143,6 +150,7 @@ class RewrapEngine final {
   KeyDirectory keys_;
   RecipientCache recipients_{1024};
   std::atomic<size_t> inflight_{0};
+  std::atomic<bool> stopping_{false};
   std::unique_ptr<WorkerPool> pool_;  // last: destroyed (joined) first
 };
 

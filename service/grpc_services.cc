@@ -57,8 +57,9 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
  public:
   static constexpr size_t kMaxPending = 8;
 
-  StreamReactor(RewrapEngine* engine, Metrics* metrics, std::shared_ptr<ItemGate> gate)
-      : engine_(engine), metrics_(metrics), gate_(std::move(gate)) {
+  StreamReactor(RewrapEngine* engine, Metrics* metrics, std::shared_ptr<ItemGate> gate,
+                std::chrono::system_clock::time_point deadline)
+      : engine_(engine), metrics_(metrics), gate_(std::move(gate)), deadline_(deadline) {
     std::lock_guard<std::mutex> l(mu_);
     ReadLocked();
   }
@@ -87,7 +88,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
       slot->ready = true;
       MaybeWriteLocked();
       MaybeFinishLocked();
-    }, gate_);
+    }, gate_, deadline_);
     l.lock();
     if (!st.ok()) {
       if (st.code() == absl::StatusCode::kResourceExhausted) {
@@ -158,6 +159,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
   RewrapEngine* engine_;
   Metrics* metrics_;
   std::shared_ptr<ItemGate> gate_;  // may be null
+  const std::chrono::system_clock::time_point deadline_;  // the stream's (max if none)
   std::mutex mu_;  // guards everything below
   v1::RewrapRequest request_;
   std::deque<std::shared_ptr<Slot>> pending_;  // batches in request order
@@ -210,7 +212,7 @@ grpc::ServerUnaryReactor* RewrapServiceImpl::Rewrap(grpc::CallbackServerContext*
     RecordBatch(metrics_, "Rewrap", *req, r, SecondsSince(start));
     *resp = std::move(r);
     reactor->Finish(grpc::Status::OK);
-  }, std::move(gate));
+  }, std::move(gate), ctx->deadline());
   if (!st.ok()) reactor->Finish(ToGrpc(st));
   return reactor;
 }
@@ -223,7 +225,7 @@ grpc::ServerBidiReactor<v1::RewrapRequest, v1::RewrapResponse>* RewrapServiceImp
     if (!call.ok()) return new RefusedStream(ToGrpc(call.status()));
     gate = security_->GateFor(*std::move(call));
   }
-  return new StreamReactor(engine_, metrics_, std::move(gate));
+  return new StreamReactor(engine_, metrics_, std::move(gate), ctx->deadline());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -33,7 +35,8 @@
 #include "service/policy.h"
 #include "service/selftest.h"
 #include "service/tls.h"
-#include "hsm/pkcs11_backend.h"
+#include "hsm/token_supervisor.h"
+#include "service/token_metrics.h"
 
 #ifndef HSMREWRAP_VERSION
 #define HSMREWRAP_VERSION "0.0.0"
@@ -96,24 +99,7 @@ void DeclareProcessMetrics(Metrics& m, const Config& c, RewrapEngine& engine, co
   m.DeclareGauge("hsmrewrap_inflight_items", "Items queued or running in the engine", [&engine] {
     return std::vector<std::pair<Metrics::Labels, double>>{{{}, static_cast<double>(engine.inflight())}};
   });
-  auto* p11 = dynamic_cast<hsm::Pkcs11Backend*>(started.backend.get());
-  if (p11 == nullptr) return;
-  m.DeclareGauge("hsmrewrap_pkcs11_calls_total", "PKCS#11 calls by function and result", [p11] {
-    std::vector<std::pair<Metrics::Labels, double>> out;
-    for (const auto& st : p11->module().CallStats()) {
-      if (st.calls == 0) continue;
-      out.push_back({{{"function", st.function}, {"result", "ok"}}, static_cast<double>(st.calls - st.errors)});
-      out.push_back({{{"function", st.function}, {"result", "error"}}, static_cast<double>(st.errors)});
-    }
-    return out;
-  }, "counter");
-  m.DeclareGauge("hsmrewrap_sessions", "PKCS#11 sessions: pool size, open (idle + in use), idle, discarded after errors", [p11] {
-    return std::vector<std::pair<Metrics::Labels, double>>{
-        {{{"state", "pool_size"}}, static_cast<double>(p11->pool().size())},
-        {{{"state", "open"}}, static_cast<double>(p11->pool().open_sessions())},
-        {{{"state", "idle"}}, static_cast<double>(p11->pool().idle_sessions())},
-        {{{"state", "discarded_total"}}, static_cast<double>(p11->pool().discarded_sessions())}};
-  });
+  if (auto* sup = dynamic_cast<hsm::TokenSupervisor*>(started.backend.get())) DeclareTokenMetrics(m, sup);
 }
 void OnSignal(int sig) { g_signal.store(sig); }
 void OnHangup(int) { g_reload.store(true); }
@@ -163,7 +149,8 @@ int Run(int argc, char** argv) {
                "rewrapd"};
   std::optional<std::string> config_file, state_dir, listen, module, init_args, token, token_uri,
       pin_file, log_level, metrics_listen, tls_cert, tls_key, client_ca, policy, audit_log;
-  std::optional<uint32_t> pool_size, max_batch, max_inflight, max_message, selftest_interval;
+  std::optional<uint32_t> pool_size, max_batch, max_inflight, max_message, selftest_interval, shutdown_grace,
+      reconnect_backoff_max;
   bool allow_host_unpadding = false, deny_host_unpadding = false, check_config = false, version = false,
        insecure = false;
   app.add_option("--config", config_file, "YAML configuration file")->check(CLI::ExistingFile);
@@ -192,6 +179,10 @@ int Run(int argc, char** argv) {
   app.add_flag("--insecure", insecure, "allow plaintext gRPC on a non-loopback address (logs a warning)");
   app.add_option("--policy", policy, "policy file (YAML): identities -> RPCs, keys, recipients, rate limits; SIGHUP reloads it");
   app.add_option("--audit-log", audit_log, "append one JSON line per item here; rewraps stop if it cannot be written");
+  app.add_option("--shutdown-grace", shutdown_grace,
+                 "seconds in-flight batches get to finish after SIGTERM/SIGINT before rewrapd stops (default 10)");
+  app.add_option("--reconnect-backoff-max", reconnect_backoff_max,
+                 "token lost: longest wait in ms between re-initialisation attempts (default 2000; 100-600000)");
   app.add_flag("--check-config", check_config, "validate the configuration, print what rewrapd would do, exit");
   app.add_flag("--version", version, "print the version and exit");
   try {
@@ -227,6 +218,8 @@ int Run(int argc, char** argv) {
   if (log_format) c.log_format = *log_format;
   if (metrics_listen) c.metrics_listen = *metrics_listen;
   if (selftest_interval) c.selftest_interval_s = *selftest_interval;
+  if (shutdown_grace) c.shutdown_grace_s = *shutdown_grace;
+  if (reconnect_backoff_max) c.reconnect_backoff_max_ms = *reconnect_backoff_max;
   if (pool_size) c.pool_size = *pool_size;
   if (tls_cert) c.tls_cert = *tls_cert;
   if (tls_key) c.tls_key = *tls_key;
@@ -293,6 +286,9 @@ int Run(int argc, char** argv) {
   } else {
     spdlog::info("policy {} loaded (SIGHUP reloads it)", c.policy);
   }
+  // A network token's client module (p11-kit-client.so) writes to a socket whose server may
+  // have died: that must be an error return (token lost), not SIGPIPE killing rewrapd.
+  std::signal(SIGPIPE, SIG_IGN);
 
   auto started = OpenToken(c);
   if (!started.ok()) {
@@ -317,17 +313,18 @@ int Run(int argc, char** argv) {
   DeclareProcessMetrics(metrics, c, engine, *started);
   // Time every PKCS#11 call. The guard removes the observer before `metrics` goes away (the
   // module outlives it); by then the server, the self-test thread and the workers are idle.
+  // The supervisor sets the observer on every module it loads (after a token loss too).
   struct ObserverGuard {
-    std::shared_ptr<hsm::Module> module;
+    hsm::TokenSupervisor* supervisor = nullptr;
     ~ObserverGuard() {
-      if (module) module->SetCallObserver(nullptr);
+      if (supervisor) supervisor->SetCallObserver(nullptr);
     }
   } observer_guard;
-  if (auto* p11 = dynamic_cast<hsm::Pkcs11Backend*>(started->backend.get())) {
+  if (auto* sup = dynamic_cast<hsm::TokenSupervisor*>(started->backend.get())) {
     metrics.DeclareHistogram("hsmrewrap_pkcs11_call_seconds", "Latency of PKCS#11 calls by function and result",
                              LatencyBuckets());
-    observer_guard.module = p11->pool().shared_module();
-    observer_guard.module->SetCallObserver([&metrics](const char* function, bool ok, double seconds) {
+    observer_guard.supervisor = sup;
+    sup->SetCallObserver([&metrics](const char* function, bool ok, double seconds) {
       metrics.Observe("hsmrewrap_pkcs11_call_seconds", {{"function", function}, {"result", ok ? "ok" : "error"}},
                       seconds);
     });
@@ -425,11 +422,38 @@ int Run(int argc, char** argv) {
       sd_notifyf(0, "STATUS=%s%s", now ? "serving" : why, now ? "" : ": NOT_SERVING");
     }
   }
-  spdlog::info("signal {}: draining for up to 10 s", g_signal.load());
+  // Drain: NOT_SERVING so balancers move away, no new calls; calls in flight get up to
+  // shutdown_grace_s to finish, then are cancelled.
+  const size_t inflight = engine.inflight();
+  spdlog::info("signal {}: draining ({} items in flight) for up to {} s", g_signal.load(), inflight,
+               c.shutdown_grace_s);
   set_health(false);
   sd_notify(0, "STOPPING=1\nSTATUS=draining");
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  const auto drain_start = std::chrono::steady_clock::now();
+  // gRPC's Shutdown(deadline) cancels the calls at the deadline but still waits for their
+  // reactors, i.e. for the engine: at the deadline the engine stops starting items, so the
+  // rest of every batch fails fast (UNAVAILABLE, without the token) and the calls end.
+  std::mutex grace_mu;
+  std::condition_variable grace_cv;
+  bool drained = false;
+  std::thread grace_timer([&] {
+    std::unique_lock<std::mutex> l(grace_mu);
+    if (!grace_cv.wait_for(l, std::chrono::seconds(c.shutdown_grace_s), [&] { return drained; })) {
+      spdlog::warn("shutdown grace of {} s is over: items not yet started fail UNAVAILABLE", c.shutdown_grace_s);
+      engine.StopAccepting();
+    }
+  });
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(c.shutdown_grace_s));
   server->Wait();
+  {
+    std::lock_guard<std::mutex> l(grace_mu);
+    drained = true;
+  }
+  grace_cv.notify_all();
+  grace_timer.join();
+  spdlog::info("stopped after {:.2f} s of draining ({} items still in the engine)",
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - drain_start).count(),
+               engine.inflight());
   return 0;
 }
 

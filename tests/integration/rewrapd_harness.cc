@@ -288,7 +288,9 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
   if (h->log_dir_.empty()) h->log_dir_ = dir;
 
   h->argv_ = {rewrapd};
-  if (kind == TokenKind::kNss) {
+  if (!options.module_args.empty()) {
+    h->argv_.insert(h->argv_.end(), options.module_args.begin(), options.module_args.end());
+  } else if (kind == TokenKind::kNss) {
     const std::string db = dir + "/nssdb";
     mkdir(db.c_str(), 0700);
     const std::string pin_file = dir + "/nss.pin";
@@ -320,6 +322,16 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
   } else {
     h->argv_.insert(h->argv_.end(), {"--audit-log", h->log_dir_ + "/audit.jsonl"});
   }
+  // The child's environment, built before fork (only async-signal-safe calls after it).
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string kv = *e;
+    bool overridden = false;
+    for (const auto& [k, v] : options.env) overridden |= kv.compare(0, k.size() + 1, k + "=") == 0;
+    if (!overridden) env.push_back(kv);
+  }
+  for (const auto& [k, v] : options.env) env.push_back(k + "=" + v);
+  std::vector<char*> cenv = CArgv(env);
 
   const std::string out_path = h->log_dir_ + "/rewrapd.stdout";
   const std::string err_path = h->log_dir_ + "/rewrapd.stderr";
@@ -340,7 +352,7 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
     dup2(devnull, 0);
     dup2(out, 1);
     dup2(err, 2);
-    execv(cargv[0], cargv.data());
+    execve(cargv[0], cargv.data(), cenv.data());
     _exit(127);
   }
   h->pid_ = pid;

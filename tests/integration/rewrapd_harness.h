@@ -75,11 +75,15 @@ class RewrapdHarness {
   // --log-level / --audit-log); with the leak check on (tests/leakcheck/record.h) its
   // stdout, stderr and audit log are kept in the collection, and the PINs are recorded.
   static std::unique_ptr<RewrapdHarness> Start(TokenKind kind, std::string* error);
-  // The same with more rewrapd arguments and the client side's channel credentials (TLS).
+  // The same with more rewrapd arguments and the client side's channel credentials (TLS);
+  // `module_args`, when not empty, replace the token arguments (a token the test made:
+  // --module/--token/--pin-file) and `env` is set for rewrapd only.
   struct Options {
     std::vector<std::string> extra_args;
     std::shared_ptr<grpc::ChannelCredentials> credentials;  // null: plaintext
     bool wait_connected = true;  // false: a channel that may not connect (tests of refusal)
+    std::vector<std::string> module_args;
+    std::vector<std::pair<std::string, std::string>> env;
   };
   static std::unique_ptr<RewrapdHarness> Start(TokenKind kind, std::string* error, const Options& options);
   ~RewrapdHarness();  // Stop() if still running

@@ -1,0 +1,358 @@
+#include "hsm/token_supervisor.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "hsm/pkcs11_backend.h"
+#include "spdlog/spdlog.h"
+
+namespace hsmrewrap::hsm {
+
+const char* TokenSupervisor::StateName(State s) {
+  switch (s) {
+    case State::kUp: return "up";
+    case State::kLost: return "lost";
+    case State::kPinRefused: return "pin_refused";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<TokenSupervisor>> TokenSupervisor::Create(Factory factory, Options options) {
+  auto first = factory();
+  if (!first.ok()) return first.status();
+  std::unique_ptr<TokenSupervisor> s(new TokenSupervisor(std::move(factory), options));
+  {
+    absl::MutexLock l(&s->mu_);
+    s->Install(std::shared_ptr<KeyBackend>(std::move(*first)));
+  }
+  s->thread_ = std::thread([p = s.get()] { p->Run(); });
+  return s;
+}
+
+TokenSupervisor::~TokenSupervisor() {
+  {
+    absl::MutexLock l(&mu_);
+    stop_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void TokenSupervisor::Install(std::shared_ptr<KeyBackend> b) {
+  label_ = b->TokenLabel();
+  wrap_paddings_ = b->WrapPaddings();
+  if (auto* p11 = dynamic_cast<Pkcs11Backend*>(b.get())) {
+    pool_size_ = p11->pool().size();
+    // Before the backend is published: Module::SetCallObserver is not thread-safe.
+    if (observer_) p11->pool().shared_module()->SetCallObserver(observer_);
+  }
+  current_ = std::move(b);
+  state_ = State::kUp;
+}
+
+absl::StatusOr<std::shared_ptr<KeyBackend>> TokenSupervisor::Use() const {
+  absl::MutexLock l(&mu_);
+  switch (state_) {
+    case State::kUp:
+      return current_;
+    case State::kLost:
+      return absl::UnavailableError("the token is unavailable; reconnecting");
+    case State::kPinRefused:
+      return absl::UnavailableError("the token refused the user PIN; fix the PIN and restart rewrapd");
+  }
+  return absl::InternalError("bad token state");
+}
+
+void TokenSupervisor::Observe(const absl::Status& s) {
+  if (s.code() == absl::StatusCode::kUnavailable) {
+    absl::MutexLock l(&mu_);
+    suspect_ = true;  // the thread checks the token now instead of at the next interval
+  } else if (s.code() == absl::StatusCode::kPermissionDenied) {
+    absl::MutexLock l(&mu_);
+    if (state_ != State::kPinRefused) {
+      spdlog::error("the token refused the user PIN ({}); rewrapd stops using the token and will not retry the "
+                    "PIN: health is NOT_SERVING until the PIN is fixed and rewrapd restarted",
+                    std::string(s.message()));
+      state_ = State::kPinRefused;
+    }
+  }
+}
+
+absl::Status TokenSupervisor::Recheck(KeyBackend& b, absl::Status s) {
+  if (IsDecryptFailed(s) && !b.Healthy()) {
+    spdlog::warn("a decryption failed and the token no longer answers: reported as unavailable");
+    s = absl::UnavailableError("the token stopped answering during the operation");
+  }
+  Observe(s);
+  return s;
+}
+
+template <typename T>
+absl::StatusOr<T> TokenSupervisor::Checked(KeyBackend& b, absl::StatusOr<T> r) {
+  if (r.ok()) return r;
+  return Recheck(b, r.status());
+}
+
+absl::StatusOr<std::vector<KeyInfo>> TokenSupervisor::ListKeys() {
+  auto b = Use();
+  if (!b.ok()) return b.status();
+  return Checked(**b, (*b)->ListKeys());
+}
+
+absl::StatusOr<KeyInfo> TokenSupervisor::GetKey(const std::string& name) {
+  auto b = Use();
+  if (!b.ok()) return b.status();
+  return Checked(**b, (*b)->GetKey(name));
+}
+
+absl::StatusOr<KeyInfo> TokenSupervisor::CreateKey(const std::string& name, int bits, bool allow_pkcs1) {
+  auto b = Use();
+  if (!b.ok()) return b.status();
+  return Checked(**b, (*b)->CreateKey(name, bits, allow_pkcs1));
+}
+
+absl::StatusOr<KeyInfo> TokenSupervisor::ImportKey(const std::string& name, const crypto::RsaPrivateKeyParts& parts,
+                                                   bool allow_pkcs1) {
+  auto b = Use();
+  if (!b.ok()) return b.status();
+  return Checked(**b, (*b)->ImportKey(name, parts, allow_pkcs1));
+}
+
+absl::StatusOr<KeyInfo> TokenSupervisor::SetEnabled(const std::string& name, bool enabled) {
+  auto b = Use();
+  if (!b.ok()) return b.status();
+  return Checked(**b, (*b)->SetEnabled(name, enabled));
+}
+
+absl::StatusOr<crypto::SecretBytes> TokenSupervisor::Decrypt(const std::string& key_name, RsaPadding padding,
+                                                             absl::Span<const uint8_t> ciphertext, Path path) {
+  auto b = Use();
+  if (!b.ok()) return b.status();
+  return Checked(**b, (*b)->Decrypt(key_name, padding, ciphertext, path));
+}
+
+absl::StatusOr<Bytes> TokenSupervisor::RewrapInToken(const std::string& key_name, RsaPadding in_padding,
+                                                     absl::Span<const uint8_t> ciphertext,
+                                                     const crypto::PublicKey& device_key, RsaPadding out_padding) {
+  auto b = Use();
+  if (!b.ok()) return b.status();
+  return Checked(**b, (*b)->RewrapInToken(key_name, in_padding, ciphertext, device_key, out_padding));
+}
+
+std::set<RsaPadding> TokenSupervisor::WrapPaddings() {
+  absl::MutexLock l(&mu_);
+  return wrap_paddings_;
+}
+
+std::string TokenSupervisor::TokenLabel() {
+  absl::MutexLock l(&mu_);
+  return label_;
+}
+
+bool TokenSupervisor::Healthy() {
+  absl::MutexLock l(&mu_);
+  return state_ == State::kUp;
+}
+
+TokenSupervisor::State TokenSupervisor::state() const {
+  absl::MutexLock l(&mu_);
+  return state_;
+}
+
+uint64_t TokenSupervisor::reconnects() const {
+  absl::MutexLock l(&mu_);
+  return reconnects_;
+}
+
+double TokenSupervisor::last_outage_seconds() const {
+  absl::MutexLock l(&mu_);
+  return last_outage_s_;
+}
+
+std::shared_ptr<KeyBackend> TokenSupervisor::current() const {
+  absl::MutexLock l(&mu_);
+  return current_;
+}
+
+std::vector<CallStat> TokenSupervisor::CallStats() const {
+  absl::MutexLock l(&mu_);
+  std::map<std::string, CallStat> sum = retired_calls_;
+  if (auto* p11 = dynamic_cast<Pkcs11Backend*>(current_.get())) {
+    for (const auto& st : p11->module().CallStats()) {
+      auto& s = sum[st.function];
+      s.function = st.function;
+      s.calls += st.calls;
+      s.errors += st.errors;
+    }
+  }
+  std::vector<CallStat> out;
+  for (auto& [name, st] : sum) out.push_back(st);
+  return out;
+}
+
+TokenSupervisor::PoolStats TokenSupervisor::pool_stats() const {
+  absl::MutexLock l(&mu_);
+  PoolStats ps;
+  ps.size = pool_size_;
+  ps.discarded = retired_discarded_;
+  if (auto* p11 = dynamic_cast<Pkcs11Backend*>(current_.get())) {
+    ps.open = p11->pool().open_sessions();
+    ps.idle = p11->pool().idle_sessions();
+    ps.discarded += p11->pool().discarded_sessions();
+  }
+  return ps;
+}
+
+void TokenSupervisor::SetCallObserver(Module::CallObserver observer) {
+  absl::MutexLock l(&mu_);
+  observer_ = std::move(observer);
+  if (auto* p11 = dynamic_cast<Pkcs11Backend*>(current_.get())) {
+    p11->pool().shared_module()->SetCallObserver(observer_);
+  }
+}
+
+bool TokenSupervisor::Sleep(absl::Duration d, bool wake_on_suspect) {
+  absl::MutexLock l(&mu_);
+  auto woken = [this, wake_on_suspect]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stop_ || (wake_on_suspect && state_ == State::kUp && suspect_);
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&woken), d);
+  return !stop_;
+}
+
+bool TokenSupervisor::CheckHealthy(KeyBackend& b) {
+  // Three tries 50 ms apart: one failed C_GetTokenInfo (an injected or transient error) is
+  // not a lost token; three are, and they still fit in the 1 s the health status has.
+  for (int i = 0; i < 3; ++i) {
+    if (b.Healthy()) return true;
+    if (i < 2 && !Sleep(absl::Milliseconds(50))) return true;
+  }
+  return false;
+}
+
+void TokenSupervisor::MarkLost(const std::string& why) {
+  std::shared_ptr<KeyBackend> old;
+  {
+    absl::MutexLock l(&mu_);
+    if (state_ != State::kUp) return;
+    state_ = State::kLost;
+    old = std::move(current_);
+  }
+  spdlog::error("token lost ({}): health NOT_SERVING, items fail UNAVAILABLE; re-initialising with backoff", why);
+  Retire(std::move(old));
+}
+
+void TokenSupervisor::Retire(std::shared_ptr<KeyBackend> old) {
+  if (old == nullptr) return;
+  // Calls still running on the old backend hold references; once they have returned (a
+  // lost token answers quickly) the backend and, with it, the module can go, so the next
+  // Load() runs C_Initialize afresh (the p11-kit client reconnects only then).
+  const absl::Time deadline = absl::Now() + options_.drain_wait;
+  while (old.use_count() > 1 && absl::Now() < deadline) {
+    if (!Sleep(absl::Milliseconds(20))) break;
+  }
+  if (old.use_count() > 1) {
+    spdlog::warn("token: {} calls still hold the lost backend after {}; dropping it anyway", old.use_count() - 1,
+                 absl::FormatDuration(options_.drain_wait));
+  }
+  std::weak_ptr<Module> module;
+  std::vector<CallStat> stats;
+  uint64_t discarded = 0;
+  if (auto* p11 = dynamic_cast<Pkcs11Backend*>(old.get())) {
+    module = p11->pool().shared_module();
+    stats = p11->module().CallStats();
+    discarded = p11->pool().discarded_sessions();
+  }
+  old.reset();  // closes the pool's sessions; C_Finalize + dlclose if it was the last user
+  absl::MutexLock l(&mu_);
+  retired_discarded_ += discarded;
+  if (module.expired()) {  // else the counters live on in the module still in use
+    for (const auto& st : stats) {
+      auto& s = retired_calls_[st.function];
+      s.function = st.function;
+      s.calls += st.calls;
+      s.errors += st.errors;
+    }
+  }
+}
+
+absl::Status TokenSupervisor::Reconnect() {
+  auto b = factory_();
+  if (!b.ok()) return b.status();
+  absl::MutexLock l(&mu_);
+  if (stop_) return absl::CancelledError("stopping");
+  Install(std::shared_ptr<KeyBackend>(std::move(*b)));
+  suspect_ = false;
+  ++reconnects_;
+  return absl::OkStatus();
+}
+
+void TokenSupervisor::Run() {
+  absl::Duration backoff = options_.initial_backoff;
+  absl::Time lost_at;
+  int attempts = 0;
+  while (true) {
+    State st;
+    std::shared_ptr<KeyBackend> b;
+    {
+      absl::MutexLock l(&mu_);
+      if (stop_) return;
+      st = state_;
+      b = current_;
+    }
+    if (st == State::kUp) {
+      if (!Sleep(options_.check_interval, /*wake_on_suspect=*/true)) return;
+      {
+        absl::MutexLock l(&mu_);
+        suspect_ = false;
+        if (state_ != State::kUp) continue;
+      }
+      if (!CheckHealthy(*b)) {
+        b.reset();
+        lost_at = absl::Now();
+        attempts = 0;
+        backoff = options_.initial_backoff;
+        MarkLost("C_GetTokenInfo fails");
+      }
+      continue;
+    }
+    if (st == State::kPinRefused) {
+      b.reset();
+      std::shared_ptr<KeyBackend> old;
+      {
+        absl::MutexLock l(&mu_);
+        old = std::move(current_);
+      }
+      Retire(std::move(old));  // terminal: nothing more to do until the end
+      absl::MutexLock l(&mu_);
+      auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
+      mu_.Await(absl::Condition(&stopping));
+      return;
+    }
+    // Lost: try again, then sleep with exponential backoff.
+    if (lost_at == absl::Time()) lost_at = absl::Now();
+    ++attempts;
+    absl::Status s = Reconnect();
+    if (s.ok()) {
+      const double outage = absl::ToDoubleSeconds(absl::Now() - lost_at);
+      {
+        absl::MutexLock l(&mu_);
+        last_outage_s_ = outage;
+      }
+      spdlog::info("token is back after {:.2f} s ({} attempts): re-initialised, serving", outage, attempts);
+      lost_at = absl::Time();
+      backoff = options_.initial_backoff;
+      continue;
+    }
+    if (s.code() == absl::StatusCode::kPermissionDenied) {
+      Observe(s);
+      continue;
+    }
+    if (s.code() == absl::StatusCode::kCancelled) return;
+    spdlog::warn("token still unavailable ({}); next attempt in {}", std::string(s.message()),
+                 absl::FormatDuration(backoff));
+    if (!Sleep(backoff)) return;
+    backoff = std::min(backoff * 2, options_.max_backoff);
+  }
+}
+
+}  // namespace hsmrewrap::hsm

@@ -1,0 +1,533 @@
+// Reliability of the real rewrapd against real tokens with real faults (issue 8):
+//  - `fault` tests: SoftHSM2 behind our fault-injecting module (tests/fault_module), whose
+//    configuration file each test rewrites while rewrapd runs;
+//  - `remote` test: SoftHSM2 served by `p11-kit server` over a Unix socket, rewrapd on
+//    p11-kit's client module; the server's process group is SIGKILLed and started again.
+// Every test gets its own token (softhsm2-util in a temp dir) and its own rewrapd.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <fstream>
+#include <future>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "tests/integration/it_util.h"
+#include "tests/integration/rewrapd_harness.h"
+#include "tests/integration/test_crypto.h"
+
+namespace hsmrewrap::it {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+constexpr char kSoftHsm[] = "/usr/lib/softhsm/libsofthsm2.so";
+constexpr char kP11KitClient[] = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
+constexpr char kLabel[] = "reliability";
+constexpr char kPin[] = "rel-user-1234";
+
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// A SoftHSM2 token of its own in `dir`; SOFTHSM2_CONF is set for this process (and so for
+// every child it starts).
+bool MakeSoftToken(const TempDir& dir, std::string* why) {
+  const std::string tokens = dir.File("tokens");
+  std::filesystem::create_directories(tokens);
+  const std::string conf = dir.File("softhsm2.conf");
+  WriteFile(conf, "directories.tokendir = " + tokens + "\nobjectstore.backend = file\nlog.level = ERROR\n");
+  setenv("SOFTHSM2_CONF", conf.c_str(), 1);
+  WriteFile(dir.File("user.pin"), kPin, 0600);
+  std::vector<std::string> cmd = {"softhsm2-util", "--init-token", "--free", "--label", kLabel,
+                                  "--pin", kPin, "--so-pin", "rel-so-5678"};
+  CommandResult r = RunCommand(cmd);
+  if (r.exit_code != 0) *why = r.Describe(cmd);
+  return r.exit_code == 0;
+}
+
+class Rig {
+ public:
+  // Starts rewrapd on `module` (the fault module unless given) over a fresh token.
+  bool Start(std::vector<std::string> extra_args, std::string* why) {
+    return Prepare(why) && Launch(std::move(extra_args), why);
+  }
+  // The token and the fault configuration.
+  bool Prepare(std::string* why) { return MakeSoftToken(dir_, why); }
+  // rewrapd on `module` (default: the fault module over SoftHSM2).
+  bool Launch(std::vector<std::string> extra_args, std::string* why, const std::string& module = "",
+              std::vector<std::pair<std::string, std::string>> env = {}) {
+    fault_conf_ = dir_.File("faults.conf");
+    WriteFaults("");
+    RewrapdHarness::Options x;
+    x.module_args = {"--module", module.empty() ? HSMREWRAP_FAULT_MODULE_PATH : module, "--token", kLabel,
+                     "--pin-file", dir_.File("user.pin")};
+    x.extra_args = {"--metrics-listen", "127.0.0.1:0", "--log-format", "text", "--reconnect-backoff-max", "500",
+              "--selftest-interval", "0"};
+    x.extra_args.insert(x.extra_args.end(), extra_args.begin(), extra_args.end());
+    x.env = std::move(env);
+    x.env.push_back({"HSMREWRAP_FAULT_CONFIG", fault_conf_});
+    x.env.push_back({"HSMREWRAP_FAULT_MODULE", kSoftHsm});
+    h_ = RewrapdHarness::Start(TokenKind::kSoftHsm, why, x);
+    if (!h_) return false;
+    health_ = grpc::health::v1::Health::NewStub(h_->channel());
+    const std::string err = ReadFileOrEmpty(h_->dir() + "/rewrapd.stderr");
+    const std::string tag = "metrics on http://";
+    if (size_t p = err.find(tag); p != std::string::npos) {
+      metrics_ = err.substr(p + tag.size(), err.find('/', p + tag.size()) - p - tag.size());
+    }
+    return true;
+  }
+
+  RewrapdHarness* h() { return h_.get(); }
+  const std::string& dir() const { return dir_.path(); }
+
+  // Atomic rewrite of the fault module's configuration (it re-reads it within 10 ms).
+  void WriteFaults(const std::string& text) {
+    const std::string tmp = fault_conf_ + ".tmp";
+    WriteFile(tmp, text, 0600);
+    std::rename(tmp.c_str(), fault_conf_.c_str());
+  }
+
+  bool Serving() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 2s);
+    grpc::health::v1::HealthCheckRequest req;
+    grpc::health::v1::HealthCheckResponse resp;
+    auto s = health_->Check(&ctx, req, &resp);
+    return s.ok() && resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+  }
+  // Seconds until health is `serving`, or -1 after `limit` seconds.
+  double WaitHealth(bool serving, double limit) {
+    const auto t0 = Clock::now();
+    while (Since(t0) < limit) {
+      if (Serving() == serving) return Since(t0);
+      std::this_thread::sleep_for(20ms);
+    }
+    return -1;
+  }
+
+  // A sample from the metrics endpoint: the first line starting with `prefix` (name and
+  // labels), or -1.
+  double Metric(const std::string& prefix) {
+    CommandResult r = RunCommand({"curl", "-s", "--max-time", "5", "http://" + metrics_ + "/metrics"});
+    std::istringstream in(r.out);
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind(prefix + " ", 0) == 0) return std::stod(line.substr(prefix.size() + 1));
+    }
+    return -1;
+  }
+
+  // CPU seconds (user + system) rewrapd has used.
+  double CpuSeconds() {
+    std::string stat = ReadFileOrEmpty("/proc/" + std::to_string(h_->pid()) + "/stat");
+    std::istringstream in(stat.substr(stat.rfind(')') + 2));
+    std::string f;
+    double ticks = 0;
+    for (int i = 3; i <= 15 && in >> f; ++i) {
+      if (i == 14 || i == 15) ticks += std::stod(f);
+    }
+    return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+  }
+
+  void CreateKey() {
+    ASSERT_NO_FATAL_FAILURE(CreateServiceKey(h_.get(), "rel", 2048, false, &key_));
+    device_ = MakeDevice(2048, "reliability-device");
+  }
+
+  // A batch of `n` sealed items (ids prefix-0..n-1); secrets in *secrets.
+  v1::RewrapRequest Batch(const std::string& prefix, int n, std::vector<std::string>* secrets) {
+    v1::RewrapRequest req;
+    secrets->clear();
+    for (int i = 0; i < n; ++i) {
+      secrets->push_back(RandomAscii(24));
+      AddItem(&req, prefix + "-" + std::to_string(i), key_.name, v1::OAEP_SHA1, Seal(key_, v1::OAEP_SHA1, secrets->back()),
+              device_, Rcp::kSpkiDer, v1::RSA_OAEP_SHA256);
+    }
+    return req;
+  }
+  grpc::Status Call(const v1::RewrapRequest& req, v1::RewrapResponse* resp,
+                    std::chrono::milliseconds deadline = 60s) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+    return h_->rewrap().Rewrap(&ctx, req, resp);
+  }
+  // Checks that every result is either the right output or one of `allowed` errors; counts.
+  void Check(const v1::RewrapRequest& req, const v1::RewrapResponse& resp, const std::vector<std::string>& secrets,
+             std::map<std::string, int>* outcomes) {
+    ASSERT_EQ(resp.results_size(), req.items_size());
+    for (int i = 0; i < req.items_size(); ++i) {
+      const auto& r = resp.results(i);
+      ASSERT_EQ(r.id(), req.items(i).id());
+      if (r.has_error()) {
+        (*outcomes)[CodeName(r.error().code())]++;
+        EXPECT_TRUE(r.ciphertext().empty());
+        continue;
+      }
+      std::string why;
+      auto pt = DecryptOutput(device_, v1::RSA_OAEP_SHA256, false, r.ciphertext(), &why);
+      ASSERT_TRUE(pt.has_value()) << r.id() << ": " << why;
+      ASSERT_EQ(*pt, secrets[static_cast<size_t>(i)]) << r.id() << ": wrong output";
+      (*outcomes)["OK"]++;
+    }
+  }
+  std::string Log() { return ReadFileOrEmpty(h_->dir() + "/rewrapd.stderr"); }
+
+ private:
+  TempDir dir_{"hsmrewrap-rel"};
+  std::string fault_conf_;
+  std::unique_ptr<RewrapdHarness> h_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  std::string metrics_;
+  ServiceKey key_;
+  Device device_;
+};
+
+std::string Outcomes(const std::map<std::string, int>& m) {
+  std::string s;
+  for (const auto& [k, v] : m) s += k + "=" + std::to_string(v) + " ";
+  return s;
+}
+
+#define START_RIG(rig, ...)                           \
+  do {                                                \
+    std::string why_;                                 \
+    ASSERT_TRUE((rig).Start(__VA_ARGS__, &why_)) << why_; \
+  } while (0)
+
+// The token goes away (every call fails CKR_DEVICE_REMOVED) and comes back: health
+// NOT_SERVING within 1 s, items UNAVAILABLE meanwhile, CPU near idle, SERVING again within
+// 5 s of the return without a restart, the reconnect counted, outputs right afterwards.
+TEST(FaultTest, TokenLossAndReturn) {
+  Rig rig;
+  START_RIG(rig, {});
+  ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
+  std::vector<std::string> secrets;
+  std::map<std::string, int> out;
+  auto req = rig.Batch("before", 8, &secrets);
+  v1::RewrapResponse resp;
+  ASSERT_TRUE(rig.Call(req, &resp).ok());
+  ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+  EXPECT_EQ(out["OK"], 8) << Outcomes(out);
+
+  rig.WriteFaults("fail * CKR_DEVICE_REMOVED\n");
+  const double down = rig.WaitHealth(false, 5);
+  printf("[reliability] token removed: NOT_SERVING after %.3f s\n", down);
+  ASSERT_GE(down, 0) << "health never went NOT_SERVING\n" << rig.Log();
+  EXPECT_LT(down, 1.0);
+  EXPECT_EQ(rig.Metric("hsmrewrap_token_state{state=\"lost\"}"), 1);
+
+  out.clear();
+  req = rig.Batch("during", 10, &secrets);
+  resp.Clear();
+  ASSERT_TRUE(rig.Call(req, &resp).ok());
+  ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+  EXPECT_EQ(out["UNAVAILABLE"], 10) << Outcomes(out);
+
+  // Backoff, not a busy loop: CPU over 3 s of absence.
+  const double cpu0 = rig.CpuSeconds();
+  std::this_thread::sleep_for(3s);
+  const double cpu = (rig.CpuSeconds() - cpu0) / 3.0;
+  printf("[reliability] CPU while the token is gone: %.1f%% of a core\n", cpu * 100);
+  EXPECT_LT(cpu, 0.05);
+
+  rig.WriteFaults("");
+  const double up = rig.WaitHealth(true, 10);
+  printf("[reliability] token back: SERVING after %.3f s\n", up);
+  ASSERT_GE(up, 0) << rig.Log();
+  EXPECT_LT(up, 5.0);
+  EXPECT_EQ(rig.Metric("hsmrewrap_token_reconnects_total"), 1);
+  EXPECT_GT(rig.Metric("hsmrewrap_token_last_outage_seconds"), 3);
+
+  out.clear();
+  req = rig.Batch("after", 8, &secrets);
+  resp.Clear();
+  ASSERT_TRUE(rig.Call(req, &resp).ok());
+  ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+  EXPECT_EQ(out["OK"], 8) << Outcomes(out);
+  const std::string log = rig.Log();
+  EXPECT_NE(log.find("token lost"), std::string::npos);
+  EXPECT_NE(log.find("token is back after"), std::string::npos);
+}
+
+// Each token-loss code on every function: items fail UNAVAILABLE, never DECRYPT_FAILED or a
+// wrong output, and the service recovers every time.
+TEST(FaultTest, EveryLossCodeIsUnavailable) {
+  Rig rig;
+  START_RIG(rig, {});
+  ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
+  for (const char* code : {"CKR_DEVICE_ERROR", "CKR_DEVICE_REMOVED", "CKR_TOKEN_NOT_PRESENT",
+                           "CKR_SESSION_HANDLE_INVALID", "CKR_SESSION_CLOSED", "CKR_GENERAL_ERROR",
+                           "CKR_SESSION_COUNT"}) {
+    SCOPED_TRACE(code);
+    std::vector<std::string> secrets;
+    auto req = rig.Batch(code, 6, &secrets);
+    rig.WriteFaults(std::string("fail * ") + code + "\n");
+    std::this_thread::sleep_for(50ms);  // the module re-reads its file within 10 ms
+    v1::RewrapResponse resp;
+    std::map<std::string, int> out;
+    ASSERT_TRUE(rig.Call(req, &resp).ok());
+    ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+    EXPECT_EQ(out["UNAVAILABLE"], 6) << Outcomes(out);
+    EXPECT_LT(rig.WaitHealth(false, 2), 1.0);
+    rig.WriteFaults("");
+    const double up = rig.WaitHealth(true, 10);
+    ASSERT_GE(up, 0) << rig.Log();
+    EXPECT_LT(up, 5.0);
+    out.clear();
+    resp.Clear();
+    ASSERT_TRUE(rig.Call(req, &resp).ok());
+    ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+    EXPECT_EQ(out["OK"], 6) << Outcomes(out);
+  }
+}
+
+// A fault on one operation fails that item alone; the session it left in a bad state (a
+// C_Decrypt that never ran leaves SoftHSM's decrypt operation active; an unwrap whose answer
+// was lost leaves a session object) is discarded, so no later item is affected.
+TEST(FaultTest, BrokenSessionsNeverAffectLaterItems) {
+  Rig rig;
+  START_RIG(rig, {"--pool-size", "1"});  // one session: a reused bad one would show at once
+  ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
+  const double discarded0 = rig.Metric("hsmrewrap_sessions{state=\"discarded_total\"}");
+  rig.WriteFaults(
+      "fail C_UnwrapKey CKR_SESSION_CLOSED calls=1-2 forward\n"
+      "fail C_Decrypt,C_UnwrapKey CKR_DEVICE_ERROR calls=3-5\n");
+  std::this_thread::sleep_for(50ms);
+  std::map<std::string, int> out;
+  for (int round = 0; round < 4; ++round) {
+    std::vector<std::string> secrets;
+    auto req = rig.Batch("r" + std::to_string(round), 10, &secrets);
+    v1::RewrapResponse resp;
+    ASSERT_TRUE(rig.Call(req, &resp).ok());
+    ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+  }
+  // Only the faulted operations' items failed (a failed IN_TOKEN unwrap is not retried on
+  // another path), all as UNAVAILABLE; the 35 others are right.
+  EXPECT_EQ(out["OK"] + out["UNAVAILABLE"], 40) << Outcomes(out);
+  EXPECT_GE(out["OK"], 35) << Outcomes(out);
+  EXPECT_EQ(out.count("DECRYPT_FAILED"), 0u) << Outcomes(out);
+  EXPECT_GE(rig.Metric("hsmrewrap_sessions{state=\"discarded_total\"}") - discarded0, out["UNAVAILABLE"]);
+  EXPECT_TRUE(rig.Serving());
+}
+
+// A PIN the token refuses when rewrapd re-initialises is never tried again: only the first
+// C_Login is refused (calls=1-1), so a second try would succeed and show as SERVING.
+TEST(FaultTest, RefusedPinIsNeverRetried) {
+  Rig rig;
+  START_RIG(rig, {});
+  rig.WriteFaults("fail * CKR_DEVICE_REMOVED\n");
+  ASSERT_GE(rig.WaitHealth(false, 2), 0);
+  rig.WriteFaults("fail C_Login CKR_PIN_INCORRECT calls=1-1\n");
+  EXPECT_LT(rig.WaitHealth(true, 5), 0) << "came back although the PIN was refused";
+  EXPECT_EQ(rig.Metric("hsmrewrap_token_state{state=\"pin_refused\"}"), 1);
+  const std::string log = rig.Log();
+  size_t n = 0;
+  for (size_t p = log.find("will not be retried"); p != std::string::npos; p = log.find("will not be retried", p + 1)) ++n;
+  EXPECT_EQ(n, 1u) << log;
+  EXPECT_NE(log.find("NOT_SERVING until the PIN is fixed"), std::string::npos) << log;
+}
+
+// Past max_inflight_items a batch is refused at once with RESOURCE_EXHAUSTED (no queueing).
+TEST(OverloadTest, PastTheInflightLimitIsResourceExhaustedAtOnce) {
+  Rig rig;
+  START_RIG(rig, {"--pool-size", "1", "--max-inflight-items", "20", "--max-batch-items", "20"});
+  ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
+  rig.WriteFaults("delay C_Decrypt,C_UnwrapKey 100000\n");  // 100 ms per token operation
+  std::this_thread::sleep_for(50ms);
+  std::vector<std::string> s1, s2;
+  auto busy = rig.Batch("busy", 20, &s1);
+  auto more = rig.Batch("more", 5, &s2);
+  auto first = std::async(std::launch::async, [&] {
+    v1::RewrapResponse r;
+    return rig.Call(busy, &r).error_code();
+  });
+  std::this_thread::sleep_for(300ms);
+  v1::RewrapResponse resp;
+  const auto t0 = Clock::now();
+  grpc::Status st = rig.Call(more, &resp);
+  const double took = Since(t0);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << StatusText(st);
+  EXPECT_LT(took, 0.5) << "refused at once, not queued";
+  EXPECT_EQ(first.get(), grpc::StatusCode::OK);
+}
+
+// Items whose call deadline has passed are dropped without the token.
+TEST(OverloadTest, ExpiredItemsAreDroppedWithoutTheToken) {
+  Rig rig;
+  START_RIG(rig, {"--pool-size", "1"});
+  ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
+  rig.WriteFaults("delay C_Decrypt,C_UnwrapKey 200000\n");
+  std::this_thread::sleep_for(50ms);
+  auto ops = [&] {
+    return std::max(0.0, rig.Metric("hsmrewrap_pkcs11_calls_total{function=\"C_UnwrapKey\",result=\"ok\"}")) +
+           std::max(0.0, rig.Metric("hsmrewrap_pkcs11_calls_total{function=\"C_Decrypt\",result=\"ok\"}"));
+  };
+  const double ops0 = ops();
+  std::vector<std::string> secrets;
+  auto req = rig.Batch("late", 30, &secrets);
+  v1::RewrapResponse resp;
+  grpc::Status st = rig.Call(req, &resp, 500ms);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << StatusText(st);
+  // Wait until the engine is empty again, then count token operations.
+  for (int i = 0; i < 100 && rig.Metric("hsmrewrap_inflight_items") != 0; ++i) std::this_thread::sleep_for(100ms);
+  const double used = ops() - ops0;
+  printf("[reliability] 30 items, 0.5 s deadline, 0.2 s per token operation: %.0f token operations\n", used);
+  EXPECT_LE(used, 12) << "expired items still went to the token";
+  EXPECT_GE(rig.Metric("hsmrewrap_items_total{key=\"rel\",outcome=\"DEADLINE_EXCEEDED\",path=\"PATH_UNSPECIFIED\"}"), 15);
+}
+
+// SIGTERM: a batch in flight completes within the grace period, rewrapd exits 0.
+TEST(DrainTest, SigtermDrainsInflightBatches) {
+  Rig rig;
+  START_RIG(rig, {"--pool-size", "1", "--shutdown-grace", "20"});
+  ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
+  rig.WriteFaults("delay C_Decrypt,C_UnwrapKey 100000\n");
+  std::this_thread::sleep_for(50ms);
+  std::vector<std::string> secrets;
+  auto req = rig.Batch("drain", 12, &secrets);
+  v1::RewrapResponse resp;
+  auto call = std::async(std::launch::async, [&] { return rig.Call(req, &resp); });
+  std::this_thread::sleep_for(300ms);
+  const auto t0 = Clock::now();
+  ASSERT_EQ(kill(rig.h()->pid(), SIGTERM), 0);
+  grpc::Status st = call.get();
+  ASSERT_TRUE(st.ok()) << StatusText(st);
+  std::map<std::string, int> out;
+  ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+  EXPECT_EQ(out["OK"], 12) << Outcomes(out);
+  EXPECT_EQ(rig.h()->Stop(), "");
+  printf("[reliability] drained 12 items and stopped %.2f s after SIGTERM\n", Since(t0));
+  EXPECT_LT(Since(t0), 10);
+}
+
+// SIGTERM with more work than the grace period: rewrapd stops after the grace anyway.
+TEST(DrainTest, SigtermStopsAfterTheGracePeriod) {
+  Rig rig;
+  START_RIG(rig, {"--pool-size", "1", "--shutdown-grace", "1"});
+  ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
+  rig.WriteFaults("delay C_Decrypt,C_UnwrapKey 200000\n");
+  std::this_thread::sleep_for(50ms);
+  std::vector<std::string> secrets;
+  auto req = rig.Batch("long", 60, &secrets);  // >= 12 s of token time
+  v1::RewrapResponse resp;
+  auto call = std::async(std::launch::async, [&] { return rig.Call(req, &resp); });
+  std::this_thread::sleep_for(300ms);
+  const auto t0 = Clock::now();
+  ASSERT_EQ(kill(rig.h()->pid(), SIGTERM), 0);
+  EXPECT_EQ(rig.h()->Stop(), "");
+  const double took = Since(t0);
+  printf("[reliability] 1 s grace: stopped %.2f s after SIGTERM\n", took);
+  EXPECT_LT(took, 4.0);
+  EXPECT_FALSE(call.get().ok());
+}
+
+// The remote token: p11-kit server (SoftHSM2) on a Unix socket, rewrapd on p11-kit's client
+// module. SIGKILL of the server's process group is a real token loss; a new server on the
+// same socket is the return.
+class RemoteServer {
+ public:
+  explicit RemoteServer(std::string socket) : socket_(std::move(socket)) {}
+  ~RemoteServer() { Kill(); }
+  bool Start() {
+    unlink(socket_.c_str());
+    pid_ = fork();
+    if (pid_ == 0) {
+      setpgid(0, 0);  // its own group: the per-connection p11-kit-remote children die with it
+      execlp("p11-kit", "p11-kit", "server", "-f", "-n", socket_.c_str(), "--provider", kSoftHsm,
+             (std::string("pkcs11:token=") + kLabel).c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    for (int i = 0; i < 100; ++i) {
+      if (access(socket_.c_str(), F_OK) == 0) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
+  void Kill() {
+    if (pid_ <= 0) return;
+    kill(-pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+ private:
+  std::string socket_;
+  pid_t pid_ = -1;
+};
+
+TEST(RemoteTest, ServerKilledAndRestarted) {
+  if (access(kP11KitClient, R_OK) != 0) GTEST_SKIP() << kP11KitClient << " missing (package p11-kit-modules)";
+  Rig rig;
+  std::string why;
+  ASSERT_TRUE(rig.Prepare(&why)) << why;
+  RemoteServer server(rig.dir() + "/p11.sock");
+  ASSERT_TRUE(server.Start()) << "p11-kit server did not create its socket";
+  ASSERT_TRUE(rig.Launch({}, &why, kP11KitClient, {{"P11_KIT_SERVER_ADDRESS", "unix:path=" + rig.dir() + "/p11.sock"}}))
+      << why;
+  ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
+  for (int round = 1; round <= 2; ++round) {
+    SCOPED_TRACE(round);
+    std::vector<std::string> secrets;
+    std::map<std::string, int> out;
+    auto req = rig.Batch("ok" + std::to_string(round), 8, &secrets);
+    v1::RewrapResponse resp;
+    ASSERT_TRUE(rig.Call(req, &resp).ok());
+    ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+    EXPECT_EQ(out["OK"], 8) << Outcomes(out);
+
+    // Items in flight when the server dies: sent, then the server is killed mid-batch.
+    rig.WriteFaults("");
+    auto inflight = rig.Batch("kill" + std::to_string(round), 40, &secrets);
+    v1::RewrapResponse inflight_resp;
+    auto call = std::async(std::launch::async, [&] { return rig.Call(inflight, &inflight_resp); });
+    std::this_thread::sleep_for(100ms);
+    server.Kill();
+    const auto killed = Clock::now();
+    const double down = rig.WaitHealth(false, 5);
+    printf("[reliability] remote token killed (round %d): NOT_SERVING after %.3f s\n", round, down);
+    ASSERT_GE(down, 0) << rig.Log();
+    EXPECT_LT(down, 1.0);
+    ASSERT_TRUE(call.get().ok());
+    out.clear();
+    ASSERT_NO_FATAL_FAILURE(rig.Check(inflight, inflight_resp, secrets, &out));
+    EXPECT_EQ(out.count("DECRYPT_FAILED"), 0u) << Outcomes(out);
+    EXPECT_EQ(out["OK"] + out["UNAVAILABLE"], 40) << Outcomes(out);
+    printf("[reliability] batch in flight at the kill: %s\n", Outcomes(out).c_str());
+
+    out.clear();
+    req = rig.Batch("down" + std::to_string(round), 6, &secrets);
+    resp.Clear();
+    ASSERT_TRUE(rig.Call(req, &resp).ok());
+    ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+    EXPECT_EQ(out["UNAVAILABLE"], 6) << Outcomes(out);
+
+    std::this_thread::sleep_for(1500ms);
+    ASSERT_TRUE(server.Start());
+    const double up = rig.WaitHealth(true, 10);
+    printf("[reliability] remote token restarted (round %d, %.1f s after the kill): SERVING after %.3f s\n", round,
+           Since(killed), up);
+    ASSERT_GE(up, 0) << rig.Log();
+    EXPECT_LT(up, 5.0);
+  }
+  EXPECT_EQ(rig.Metric("hsmrewrap_token_reconnects_total"), 2);
+  std::vector<std::string> secrets;
+  std::map<std::string, int> out;
+  auto req = rig.Batch("end", 8, &secrets);
+  v1::RewrapResponse resp;
+  ASSERT_TRUE(rig.Call(req, &resp).ok());
+  ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+  EXPECT_EQ(out["OK"], 8) << Outcomes(out);
+}
+
+}  // namespace
+}  // namespace hsmrewrap::it
