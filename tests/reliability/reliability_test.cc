@@ -76,7 +76,9 @@ class Rig {
     x.extra_args.insert(x.extra_args.end(), extra_args.begin(), extra_args.end());
     x.env = std::move(env);
     x.env.push_back({"HSMREWRAP_FAULT_CONFIG", fault_conf_});
-    x.env.push_back({"HSMREWRAP_FAULT_MODULE", kSoftHsm});
+    bool has_module = false;
+    for (const auto& [k, v] : x.env) has_module |= k == "HSMREWRAP_FAULT_MODULE";
+    if (!has_module) x.env.push_back({"HSMREWRAP_FAULT_MODULE", kSoftHsm});
     h_ = RewrapdHarness::Start(TokenKind::kSoftHsm, why, x);
     if (!h_) return false;
     health_ = grpc::health::v1::Health::NewStub(h_->channel());
@@ -472,7 +474,11 @@ TEST(RemoteTest, ServerKilledAndRestarted) {
   ASSERT_TRUE(rig.Prepare(&why)) << why;
   RemoteServer server(rig.dir() + "/p11.sock");
   ASSERT_TRUE(server.Start()) << "p11-kit server did not create its socket";
-  ASSERT_TRUE(rig.Launch({}, &why, kP11KitClient, {{"P11_KIT_SERVER_ADDRESS", "unix:path=" + rig.dir() + "/p11.sock"}}))
+  // rewrapd -> fault module (latency only, so a batch is in flight at the kill) -> p11-kit
+  // client module -> socket -> p11-kit server -> SoftHSM2.
+  ASSERT_TRUE(rig.Launch({}, &why, "",
+                         {{"P11_KIT_SERVER_ADDRESS", "unix:path=" + rig.dir() + "/p11.sock"},
+                          {"HSMREWRAP_FAULT_MODULE", kP11KitClient}}))
       << why;
   ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
   for (int round = 1; round <= 2; ++round) {
@@ -486,7 +492,8 @@ TEST(RemoteTest, ServerKilledAndRestarted) {
     EXPECT_EQ(out["OK"], 8) << Outcomes(out);
 
     // Items in flight when the server dies: sent, then the server is killed mid-batch.
-    rig.WriteFaults("");
+    rig.WriteFaults("delay C_Decrypt,C_UnwrapKey 20000\n");  // 40 items: ~0.4 s on 2 sessions
+    std::this_thread::sleep_for(50ms);
     auto inflight = rig.Batch("kill" + std::to_string(round), 40, &secrets);
     v1::RewrapResponse inflight_resp;
     auto call = std::async(std::launch::async, [&] { return rig.Call(inflight, &inflight_resp); });
