@@ -336,13 +336,26 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Load(const std::string& path,
   return m;
 }
 
+void Module::Retire() {
+  absl::MutexLock lock(&RegistryMutex());
+  if (retired_.exchange(true, std::memory_order_acq_rel)) return;
+  if (initialized_ && fl_ != nullptr && fl_->C_Finalize != nullptr) {
+    CK_RV rv = fl_->C_Finalize(nullptr);
+    spdlog::warn("{}: finalised under calls still inside it ({})", path_, CkrName(rv));
+  }
+  if (registered_) {
+    auto& reg = Registry();
+    if (auto it = reg.find(path_); it != reg.end() && it->second.lock().get() == this) reg.erase(it);
+  }
+}
+
 Module::~Module() {
   // A registered module finalises under the registry lock so that a concurrent Load() of
   // the same path cannot C_Initialize before this C_Finalize. (An unregistered one is
   // destroyed inside Load(), which already holds the lock.)
   std::unique_ptr<absl::MutexLock> lock;
   if (registered_) lock = std::make_unique<absl::MutexLock>(&RegistryMutex());
-  if (initialized_ && fl_ != nullptr) {
+  if (initialized_ && fl_ != nullptr && !retired_.load()) {
     auto s = Call("C_Finalize", fl_->C_Finalize, nullptr);
     if (!s.ok()) spdlog::warn("{}: {}", path_, std::string(s.message()));
   }

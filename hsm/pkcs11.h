@@ -76,6 +76,10 @@ class Module final {
   absl::Status Call(const char* name, Fn fn, Args... args) const {
     Counter& c = CounterFor(name);
     c.calls.fetch_add(1, std::memory_order_relaxed);
+    if (retired_.load(std::memory_order_acquire)) {  // finalised under its callers: refuse
+      c.errors.fetch_add(1, std::memory_order_relaxed);
+      return CkrToStatus(name, CKR_CRYPTOKI_NOT_INITIALIZED);
+    }
     if (fn == nullptr) {
       c.errors.fetch_add(1, std::memory_order_relaxed);
       return absl::UnimplementedError(std::string(name) + " is not provided by the module");
@@ -96,6 +100,14 @@ class Module final {
   // before the module is used from other threads.
   using CallObserver = std::function<void(const char* function, bool ok, double seconds)>;
   void SetCallObserver(CallObserver observer) { observer_ = std::move(observer); }
+
+  // Token lost and calls stuck inside the module (p11-kit 0.24.1's client module can leave
+  // threads waiting forever for answers from a dead server): C_Finalize now, under them,
+  // which tears down the module's connection; this Module refuses every later call (its
+  // session handles would mean other sessions once the library is initialised again), and
+  // the next Load() of the path initialises the library afresh.
+  void Retire();
+  bool retired() const { return retired_.load(); }
 
   CK_FUNCTION_LIST* fl() const { return fl_; }
   const std::string& path() const { return path_; }
@@ -121,6 +133,7 @@ class Module final {
   bool initialized_ = false;
   CallObserver observer_;
   bool registered_ = false;
+  std::atomic<bool> retired_{false};
   // Index i counts the function KnownFunctions()[i]; the last slot counts unknown names.
   mutable std::array<Counter, kMaxFunctions + 1> counters_;
 };

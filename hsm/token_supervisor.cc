@@ -246,13 +246,23 @@ void TokenSupervisor::Retire(std::shared_ptr<KeyBackend> old) {
   // Calls still running on the old backend hold references; once they have returned (a
   // lost token answers quickly) the backend and, with it, the module can go, so the next
   // Load() runs C_Initialize afresh (the p11-kit client reconnects only then).
-  const absl::Time deadline = absl::Now() + options_.drain_wait;
-  while (old.use_count() > 1 && absl::Now() < deadline) {
-    if (!Sleep(absl::Milliseconds(20))) break;
-  }
+  auto wait_for_calls = [&] {
+    const absl::Time deadline = absl::Now() + options_.drain_wait;
+    while (old.use_count() > 1 && absl::Now() < deadline) {
+      if (!Sleep(absl::Milliseconds(20))) break;
+    }
+  };
+  wait_for_calls();
   if (old.use_count() > 1) {
-    spdlog::warn("token: {} calls still hold the lost backend after {}; dropping it anyway", old.use_count() - 1,
-                 absl::FormatDuration(options_.drain_wait));
+    if (auto* p11 = dynamic_cast<Pkcs11Backend*>(old.get())) {
+      spdlog::warn("token: {} calls still inside the module after {}: finalising it under them",
+                   old.use_count() - 1, absl::FormatDuration(options_.drain_wait));
+      p11->pool().shared_module()->Retire();
+      wait_for_calls();
+    }
+    if (old.use_count() > 1) {
+      spdlog::warn("token: {} calls still hold the lost backend; re-initialising without them", old.use_count() - 1);
+    }
   }
   std::weak_ptr<Module> module;
   std::vector<CallStat> stats;

@@ -48,7 +48,9 @@ class TokenSupervisor final : public KeyBackend {
     absl::Duration max_backoff = absl::Seconds(2);
     // How long a lost backend's in-flight calls may take to return before it is dropped
     // anyway (the module is then re-initialised only once they have).
-    absl::Duration drain_wait = absl::Seconds(10);
+    // After that, a module with calls stuck inside it is finalised under them
+    // (Module::Retire) and, after as long again, the backend is dropped anyway.
+    absl::Duration drain_wait = absl::Seconds(1);
   };
   // Makes a new backend: loads/initialises the module, selects the token, logs in.
   using Factory = std::function<absl::StatusOr<std::unique_ptr<KeyBackend>>()>;

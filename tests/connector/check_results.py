@@ -12,6 +12,9 @@ ap.add_argument("--secrets", required=True)
 ap.add_argument("--keys", required=True, help="cert=key,... in the order given to gen_requests --certs")
 ap.add_argument("--sample", type=int, default=1000)
 ap.add_argument("--seed", type=int, default=None)
+ap.add_argument("--invalid", default=None,
+                help="file of ids (one a line) sealed wrongly on purpose: they must fail DECRYPT_FAILED")
+ap.add_argument("--summary-json", default=None, help="write the counts here (scripts/soak.sh)")
 a = ap.parse_args()
 
 pws = [bytes.fromhex(h) for h in json.load(open(a.secrets))]
@@ -23,7 +26,9 @@ for line in open(a.requests):
     want[r["id"]] = (r["_pw"], r["_dev"], r.get("format", "cms"))
     order.append(r["id"])
 rng = random.Random(a.seed)
-sample = set(rng.sample(order, min(a.sample, len(order))))
+invalid = set(l.strip() for l in open(a.invalid)) if a.invalid else set()
+valid = [i for i in order if i not in invalid]
+sample = set(rng.sample(valid, min(a.sample, len(valid))))
 
 seen, outputs, failed, unknown, dup = {}, {}, [], [], []
 paths = {}
@@ -36,7 +41,10 @@ for line in open(a.results):
     if i in seen:
         dup.append(i)
     seen[i] = True
-    if "output" not in r:
+    if i in invalid:
+        if "output" in r or r.get("error", {}).get("code") != "DECRYPT_FAILED":
+            failed.append(r)  # a bad seal must fail, and only as DECRYPT_FAILED
+    elif "output" not in r:
         failed.append(r)
     elif i in sample:
         outputs[i] = base64.b64decode(r["output"])
@@ -68,4 +76,9 @@ with tempfile.TemporaryDirectory() as d:
                 print("check: %s (%s) does not decrypt to its password: %s" % (i, fmt, p.stderr[:200]))
 print("check: sample of %d outputs decrypted with OpenSSL: %d correct, %d wrong"
       % (len(outputs), len(outputs) - bad, bad))
+if a.summary_json:
+    json.dump({"requests": len(order), "answered": len(seen), "missing": len(missing), "duplicated": len(dup),
+               "unknown": len(unknown), "failed": len(failed), "invalid": len(invalid), "sampled": len(outputs),
+               "wrong": bad, "failed_codes": sorted({(f.get("error") or {}).get("code", "OUTPUT") for f in failed})},
+              open(a.summary_json, "w"))
 sys.exit(0 if ok and bad == 0 else 1)
