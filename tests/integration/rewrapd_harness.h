@@ -100,6 +100,8 @@ class RewrapdHarness {
   hsmrewrap::v1::Rewrap::Stub& rewrap() { return *rewrap_; }
   hsmrewrap::v1::Keys::Stub& keys() { return *keys_; }
   std::string StderrText() const;
+  // rewrapd's whole stderr log file (StderrText() is its tail).
+  std::string StderrPath() const { return log_dir_ + "/rewrapd.stderr"; }
   std::string StdoutText() const;
   // The command line rewrapd was started with (for messages).
   std::string CommandLine() const;

@@ -71,7 +71,7 @@ class Rig {
     RewrapdHarness::Options x;
     x.module_args = {"--module", module.empty() ? HSMREWRAP_FAULT_MODULE_PATH : module, "--token", kLabel,
                      "--pin-file", dir_.File("user.pin")};
-    x.extra_args = {"--metrics-listen", "127.0.0.1:0", "--log-format", "text", "--reconnect-backoff-max", "500",
+    x.extra_args = {"--metrics-listen", "127.0.0.1:0", "--reconnect-backoff-max", "500",
               "--selftest-interval", "0"};
     x.extra_args.insert(x.extra_args.end(), extra_args.begin(), extra_args.end());
     x.env = std::move(env);
@@ -82,9 +82,9 @@ class Rig {
     h_ = RewrapdHarness::Start(TokenKind::kSoftHsm, why, x);
     if (!h_) return false;
     health_ = grpc::health::v1::Health::NewStub(h_->channel());
-    const std::string err = ReadFileOrEmpty(h_->dir() + "/rewrapd.stderr");
+    const std::string err = ReadFileOrEmpty(h_->StderrPath());
     const std::string tag = "metrics on http://";
-    if (size_t p = err.find(tag); p != std::string::npos) {
+    if (size_t p = err.rfind(tag); p != std::string::npos) {  // the last: the bound address
       metrics_ = err.substr(p + tag.size(), err.find('/', p + tag.size()) - p - tag.size());
     }
     return true;
@@ -120,9 +120,11 @@ class Rig {
 
   // A sample from the metrics endpoint: the first line starting with `prefix` (name and
   // labels), or -1.
+  std::string MetricsText() {
+    return RunCommand({"curl", "-s", "--max-time", "5", "http://" + metrics_ + "/metrics"}).out;
+  }
   double Metric(const std::string& prefix) {
-    CommandResult r = RunCommand({"curl", "-s", "--max-time", "5", "http://" + metrics_ + "/metrics"});
-    std::istringstream in(r.out);
+    std::istringstream in(MetricsText());
     for (std::string line; std::getline(in, line);) {
       if (line.rfind(prefix + " ", 0) == 0) return std::stod(line.substr(prefix.size() + 1));
     }
@@ -182,7 +184,7 @@ class Rig {
       (*outcomes)["OK"]++;
     }
   }
-  std::string Log() { return ReadFileOrEmpty(h_->dir() + "/rewrapd.stderr"); }
+  std::string Log() { return ReadFileOrEmpty(h_->StderrPath()); }
 
  private:
   TempDir dir_{"hsmrewrap-rel"};
@@ -385,7 +387,8 @@ TEST(OverloadTest, ExpiredItemsAreDroppedWithoutTheToken) {
   const double used = ops() - ops0;
   printf("[reliability] 30 items, 0.5 s deadline, 0.2 s per token operation: %.0f token operations\n", used);
   EXPECT_LE(used, 12) << "expired items still went to the token";
-  EXPECT_GE(rig.Metric("hsmrewrap_items_total{key=\"rel\",outcome=\"DEADLINE_EXCEEDED\",path=\"PATH_UNSPECIFIED\"}"), 15);
+  EXPECT_GE(rig.Metric("hsmrewrap_items_total{key=\"rel\",outcome=\"DEADLINE_EXCEEDED\",path=\"PATH_UNSPECIFIED\"}"), 15)
+      << rig.MetricsText();
 }
 
 // SIGTERM: a batch in flight completes within the grace period, rewrapd exits 0.
