@@ -402,7 +402,10 @@ TEST(DrainTest, SigtermDrainsInflightBatches) {
   auto req = rig.Batch("drain", 12, &secrets);
   v1::RewrapResponse resp;
   auto call = std::async(std::launch::async, [&] { return rig.Call(req, &resp); });
-  std::this_thread::sleep_for(300ms);
+  // SIGTERM only once the batch is in the engine: a call that had not reached rewrapd yet
+  // would be refused by the drain, which is right but not what this test is about.
+  for (int i = 0; i < 100 && rig.Metric("hsmrewrap_inflight_items") == 0; ++i) std::this_thread::sleep_for(50ms);
+  ASSERT_GT(rig.Metric("hsmrewrap_inflight_items"), 0) << "the batch never reached rewrapd";
   const auto t0 = Clock::now();
   ASSERT_EQ(kill(rig.h()->pid(), SIGTERM), 0);
   grpc::Status st = call.get();
@@ -426,13 +429,16 @@ TEST(DrainTest, SigtermStopsAfterTheGracePeriod) {
   auto req = rig.Batch("long", 60, &secrets);  // >= 12 s of token time
   v1::RewrapResponse resp;
   auto call = std::async(std::launch::async, [&] { return rig.Call(req, &resp); });
-  std::this_thread::sleep_for(300ms);
+  for (int i = 0; i < 100 && rig.Metric("hsmrewrap_inflight_items") == 0; ++i) std::this_thread::sleep_for(50ms);
+  ASSERT_GT(rig.Metric("hsmrewrap_inflight_items"), 0) << "the batch never reached rewrapd";
   const auto t0 = Clock::now();
   ASSERT_EQ(kill(rig.h()->pid(), SIGTERM), 0);
   EXPECT_EQ(rig.h()->Stop(), "");
   const double took = Since(t0);
   printf("[reliability] 1 s grace: stopped %.2f s after SIGTERM\n", took);
-  EXPECT_LT(took, 4.0);
+  // Far less than the >= 12 s of queued token work; slack for a loaded machine and the
+  // sanitizer build (stopping joins threads and finalises the module).
+  EXPECT_LT(took, 8.0);
   EXPECT_FALSE(call.get().ok());
 }
 
