@@ -171,7 +171,9 @@ bool ParseRange(const std::string& v, double* a, double* b) {
   size_t dash = v.find('-');
   if (dash == std::string::npos) return false;
   char* end = nullptr;
-  *a = std::strtod(v.substr(0, dash).c_str(), &end);
+  // `end` points into the string parsed, so that string must outlive the check.
+  const std::string first = v.substr(0, dash);
+  *a = std::strtod(first.c_str(), &end);
   if (dash == 0 || *end != '\0') return false;
   std::string rest = v.substr(dash + 1);
   if (rest.empty()) {
