@@ -184,6 +184,16 @@ class Rig {
       (*outcomes)["OK"]++;
     }
   }
+  // A fresh batch of `n` items (Batch), sent (Call) and checked (Check); its outcomes are
+  // added to *outcomes.
+  void SendBatch(const std::string& prefix, int n, std::map<std::string, int>* outcomes) {
+    std::vector<std::string> secrets;
+    const v1::RewrapRequest req = Batch(prefix, n, &secrets);
+    v1::RewrapResponse resp;
+    const grpc::Status st = Call(req, &resp);
+    ASSERT_TRUE(st.ok()) << StatusText(st);
+    Check(req, resp, secrets, outcomes);
+  }
   std::string Log() { return ReadFileOrEmpty(h_->StderrPath()); }
 
  private:
@@ -215,12 +225,8 @@ TEST(FaultTest, TokenLossAndReturn) {
   Rig rig;
   START_RIG(rig, {});
   ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
-  std::vector<std::string> secrets;
   std::map<std::string, int> out;
-  auto req = rig.Batch("before", 8, &secrets);
-  v1::RewrapResponse resp;
-  ASSERT_TRUE(rig.Call(req, &resp).ok());
-  ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+  ASSERT_NO_FATAL_FAILURE(rig.SendBatch("before", 8, &out));
   EXPECT_EQ(out["OK"], 8) << Outcomes(out);
 
   rig.WriteFaults("fail * CKR_DEVICE_REMOVED\n");
@@ -231,10 +237,7 @@ TEST(FaultTest, TokenLossAndReturn) {
   EXPECT_EQ(rig.Metric("hsmrewrap_token_state{state=\"lost\"}"), 1);
 
   out.clear();
-  req = rig.Batch("during", 10, &secrets);
-  resp.Clear();
-  ASSERT_TRUE(rig.Call(req, &resp).ok());
-  ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+  ASSERT_NO_FATAL_FAILURE(rig.SendBatch("during", 10, &out));
   EXPECT_EQ(out["UNAVAILABLE"], 10) << Outcomes(out);
 
   // Backoff, not a busy loop: CPU over 3 s of absence.
@@ -253,10 +256,7 @@ TEST(FaultTest, TokenLossAndReturn) {
   EXPECT_GT(rig.Metric("hsmrewrap_token_last_outage_seconds"), 3);
 
   out.clear();
-  req = rig.Batch("after", 8, &secrets);
-  resp.Clear();
-  ASSERT_TRUE(rig.Call(req, &resp).ok());
-  ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+  ASSERT_NO_FATAL_FAILURE(rig.SendBatch("after", 8, &out));
   EXPECT_EQ(out["OK"], 8) << Outcomes(out);
   const std::string log = rig.Log();
   EXPECT_NE(log.find("token lost"), std::string::npos);
@@ -309,11 +309,7 @@ TEST(FaultTest, BrokenSessionsNeverAffectLaterItems) {
   std::this_thread::sleep_for(50ms);
   std::map<std::string, int> out;
   for (int round = 0; round < 4; ++round) {
-    std::vector<std::string> secrets;
-    auto req = rig.Batch("r" + std::to_string(round), 10, &secrets);
-    v1::RewrapResponse resp;
-    ASSERT_TRUE(rig.Call(req, &resp).ok());
-    ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+    ASSERT_NO_FATAL_FAILURE(rig.SendBatch("r" + std::to_string(round), 10, &out));
   }
   // Only the faulted operations' items failed (a failed IN_TOKEN unwrap is not retried on
   // another path), all as UNAVAILABLE; the 35 others are right.
@@ -492,17 +488,14 @@ TEST(RemoteTest, ServerKilledAndRestarted) {
   ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
   for (int round = 1; round <= 2; ++round) {
     SCOPED_TRACE(round);
-    std::vector<std::string> secrets;
     std::map<std::string, int> out;
-    auto req = rig.Batch("ok" + std::to_string(round), 8, &secrets);
-    v1::RewrapResponse resp;
-    ASSERT_TRUE(rig.Call(req, &resp).ok());
-    ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+    ASSERT_NO_FATAL_FAILURE(rig.SendBatch("ok" + std::to_string(round), 8, &out));
     EXPECT_EQ(out["OK"], 8) << Outcomes(out);
 
     // Items in flight when the server dies: sent, then the server is killed mid-batch.
     rig.WriteFaults("delay C_Decrypt,C_UnwrapKey 20000\n");  // 40 items: ~0.4 s on 2 sessions
     std::this_thread::sleep_for(50ms);
+    std::vector<std::string> secrets;
     auto inflight = rig.Batch("kill" + std::to_string(round), 40, &secrets);
     v1::RewrapResponse inflight_resp;
     auto call = std::async(std::launch::async, [&] { return rig.Call(inflight, &inflight_resp); });
@@ -521,10 +514,7 @@ TEST(RemoteTest, ServerKilledAndRestarted) {
     printf("[reliability] batch in flight at the kill: %s\n", Outcomes(out).c_str());
 
     out.clear();
-    req = rig.Batch("down" + std::to_string(round), 6, &secrets);
-    resp.Clear();
-    ASSERT_TRUE(rig.Call(req, &resp).ok());
-    ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+    ASSERT_NO_FATAL_FAILURE(rig.SendBatch("down" + std::to_string(round), 6, &out));
     EXPECT_EQ(out["UNAVAILABLE"], 6) << Outcomes(out);
 
     std::this_thread::sleep_for(1500ms);
@@ -536,12 +526,8 @@ TEST(RemoteTest, ServerKilledAndRestarted) {
     EXPECT_LT(up, 5.0);
   }
   EXPECT_EQ(rig.Metric("hsmrewrap_token_reconnects_total"), 2);
-  std::vector<std::string> secrets;
   std::map<std::string, int> out;
-  auto req = rig.Batch("end", 8, &secrets);
-  v1::RewrapResponse resp;
-  ASSERT_TRUE(rig.Call(req, &resp).ok());
-  ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+  ASSERT_NO_FATAL_FAILURE(rig.SendBatch("end", 8, &out));
   EXPECT_EQ(out["OK"], 8) << Outcomes(out);
 }
 
