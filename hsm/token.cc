@@ -112,6 +112,11 @@ absl::StatusOr<UriExtras> ParseUriExtras(const std::string& text) {
   if (CK_ATTRIBUTE* label = p11_kit_uri_get_attribute(u, CKA_LABEL)) {
     out.object.assign(static_cast<const char*>(label->pValue), label->ulValueLen);
   }
+  if (CK_ATTRIBUTE* cls = p11_kit_uri_get_attribute(u, CKA_CLASS)) {
+    CK_OBJECT_CLASS c = 0;
+    if (cls->ulValueLen == sizeof c) std::memcpy(&c, cls->pValue, sizeof c);
+    out.object_class = c;
+  }
   return out;
 }
 
@@ -128,15 +133,10 @@ absl::StatusOr<std::string> KeyNameFromNameOrUri(const std::string& name_or_uri)
         "key URI '", name_or_uri,
         "': only object= and type= belong in a key URI; the token and module are chosen by token_uri/module"));
   }
-  auto uri = ParseUri(name_or_uri);
-  if (!uri.ok()) return uri.status();
-  if (CK_ATTRIBUTE* cls = p11_kit_uri_get_attribute(uri->get(), CKA_CLASS)) {
-    CK_OBJECT_CLASS c = 0;
-    if (cls->ulValueLen == sizeof c) std::memcpy(&c, cls->pValue, sizeof c);
-    if (c != CKO_PRIVATE_KEY && c != CKO_PUBLIC_KEY) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("key URI '", name_or_uri, "': type must be private (or public), the RSA key pair"));
-    }
+  if (extras->object_class.has_value() && *extras->object_class != CKO_PRIVATE_KEY &&
+      *extras->object_class != CKO_PUBLIC_KEY) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key URI '", name_or_uri, "': type must be private (or public), the RSA key pair"));
   }
   return extras->object;
 }
@@ -170,12 +170,9 @@ absl::StatusOr<TokenSlot> FindToken(const Module& m, const TokenSelector& sel) {
   }
   std::unique_ptr<P11KitUri, UriDeleter> uri;
   if (!sel.uri.empty()) {
-    uri.reset(p11_kit_uri_new());
-    int rc = p11_kit_uri_parse(sel.uri.c_str(), P11_KIT_URI_FOR_ANY, uri.get());
-    if (rc != P11_KIT_URI_OK) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("bad PKCS#11 URI '", sel.uri, "': ", p11_kit_uri_message(rc)));
-    }
+    auto parsed = ParseUri(sel.uri);
+    if (!parsed.ok()) return parsed.status();
+    uri = *std::move(parsed);
   }
   auto slots = SlotList(m, true);
   if (!slots.ok()) return slots.status();

@@ -4,6 +4,7 @@
 // renumbers its slots after C_InitToken and in every new process (TOKENS.md §5).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,7 @@ struct UriExtras {
   std::string pin_source;   // pin-source with a "file:" prefix removed
   bool has_pin_value = false;
   std::string object;       // object= (CKA_LABEL)
+  std::optional<CK_OBJECT_CLASS> object_class;  // type= (CKA_CLASS)
   bool has_token_attributes = false;  // token=, serial=, manufacturer= or model= present
 };
 // Parses `uri` ("pkcs11:..."). A module-name is resolved through p11-kit's module
