@@ -166,22 +166,20 @@ absl::Status Finalize(Config& c) {
       return absl::InvalidArgumentError(
           "token_uri: pin-value is not accepted (a PIN must not sit in a URI); use pin-source=file:PATH or pin_file");
     }
-    if (!extras->module_path.empty()) {
-      if (c.module.empty()) {
-        c.module = extras->module_path;
-      } else if (c.module != extras->module_path) {
-        return absl::InvalidArgumentError(absl::StrCat("module '", c.module, "' and token_uri's module (",
-                                                       extras->module_path, ") differ"));
+    // A setting the URI also gives: taken from the URI when unset, else it must agree.
+    auto adopt = [](std::string& setting, const char* setting_name, const std::string& from_uri,
+                    const char* uri_name) -> absl::Status {
+      if (from_uri.empty()) return absl::OkStatus();
+      if (setting.empty()) {
+        setting = from_uri;
+      } else if (setting != from_uri) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(setting_name, " '", setting, "' and token_uri's ", uri_name, " (", from_uri, ") differ"));
       }
-    }
-    if (!extras->pin_source.empty()) {
-      if (c.pin_file.empty()) {
-        c.pin_file = extras->pin_source;
-      } else if (c.pin_file != extras->pin_source) {
-        return absl::InvalidArgumentError(absl::StrCat("pin_file '", c.pin_file, "' and token_uri's pin-source (",
-                                                       extras->pin_source, ") differ"));
-      }
-    }
+      return absl::OkStatus();
+    };
+    if (auto st = adopt(c.module, "module", extras->module_path, "module"); !st.ok()) return st;
+    if (auto st = adopt(c.pin_file, "pin_file", extras->pin_source, "pin-source"); !st.ok()) return st;
   }
   if (auto key = hsm::KeyNameFromNameOrUri(c.default_key); key.ok()) {
     c.default_key = *key;
