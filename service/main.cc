@@ -398,7 +398,6 @@ int Run(int argc, char** argv) {
             << "\ntry:   " << RewrapctlPath() << " --target " << addr << " keys list" << std::endl;
 
   // Health follows the token; signals end the loop.
-  bool healthy = true;
   token_healthy.store(true);
   while (g_signal.load() == 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -413,8 +412,7 @@ int Run(int argc, char** argv) {
     token_healthy.store(token_ok);
     // A broken audit log stops the service for good (fail closed).
     const bool now = token_ok && (*security)->serving();
-    if (now != healthy) {
-      healthy = now;
+    if (now != serving_now.load()) {
       set_health(now);
       const char* why = !(*security)->serving() ? "audit log unwritable" : "token unavailable";
       if (now) spdlog::info("token is back: serving");
