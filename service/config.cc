@@ -60,6 +60,7 @@ absl::Status SetKey(const std::string& key, const std::string& value, Config& c)
   if (key == "shutdown_grace_s") return ParseU32(key, value, c.shutdown_grace_s);
   if (key == "reconnect_backoff_max_ms") return ParseU32(key, value, c.reconnect_backoff_max_ms);
   if (key == "pool_size") return ParseU32(key, value, c.pool_size);
+  if (key == "workers") return ParseU32(key, value, c.workers);
   if (key == "max_batch_items") return ParseU32(key, value, c.limits.max_batch_items);
   if (key == "max_message_bytes") return ParseU32(key, value, c.limits.max_message_bytes);
   if (key == "max_inflight_items") return ParseU32(key, value, c.limits.max_inflight_items);
@@ -68,7 +69,7 @@ absl::Status SetKey(const std::string& key, const std::string& value, Config& c)
 
 constexpr const char* kKeys[] = {"state_dir", "listen", "module", "init_args", "token",
                                  "token_uri", "pin_file", "log_level", "default_key",
-                                 "allow_host_unpadding", "pool_size", "max_batch_items",
+                                 "allow_host_unpadding", "pool_size", "workers", "max_batch_items",
                                  "max_message_bytes", "max_inflight_items", "metrics_listen",
                                  "selftest_interval_s", "log_format", "tls_cert", "tls_key",
                                  "client_ca", "insecure", "policy", "audit_log", "shutdown_grace_s",
@@ -145,8 +146,14 @@ absl::Status ApplyEnvironment(Config& config) {
 
 absl::Status Finalize(Config& c) {
   if (c.state_dir.empty()) c.state_dir = DefaultStateDir();
-  if (c.pool_size == 0) c.pool_size = std::max(2u, std::thread::hardware_concurrency());
+  // Defaults measured in docs/benchmarks.md: a local, CPU-bound token runs best with as many
+  // workers as sessions (no worker waits for a session) and with two sessions per core;
+  // extra workers waiting for a session only add context switches.
+  const uint32_t cores = std::max(1u, std::thread::hardware_concurrency());
+  if (c.pool_size == 0) c.pool_size = std::max(2u, 2 * cores);
   if (c.pool_size > 256) return absl::InvalidArgumentError("pool_size: at most 256");
+  if (c.workers == 0) c.workers = std::max(c.pool_size, cores);
+  if (c.workers > 1024) return absl::InvalidArgumentError("workers: at most 1024");
   if (c.limits.max_batch_items == 0) return absl::InvalidArgumentError("max_batch_items must be at least 1");
   if (c.limits.max_inflight_items < c.limits.max_batch_items) {
     return absl::InvalidArgumentError("max_inflight_items must be at least max_batch_items");
@@ -224,7 +231,7 @@ std::string Describe(const Config& c) {
                     c.pin_file.empty() ? "$HSMREWRAP_PIN or systemd credential 'pin'" : c.pin_file, "\n");
   }
   absl::StrAppend(&s, "host unpadding:       ", c.allow_host_unpadding ? "ALLOWED" : "denied", "\n");
-  absl::StrAppend(&s, "session pool:         ", c.pool_size, "\n");
+  absl::StrAppend(&s, "session pool:         ", c.pool_size, " sessions, ", c.workers, " workers\n");
   absl::StrAppend(&s, "metrics:              ",
                   c.metrics_listen.empty() ? "off" : "http://" + c.metrics_listen + "/metrics", "\n");
   absl::StrAppend(&s, "self-test:            ",

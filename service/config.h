@@ -27,7 +27,8 @@ struct Config {
   std::string pin_file;           // --pin-file; else $HSMREWRAP_PIN or systemd credential "pin"
   bool allow_host_unpadding = false;
   bool allow_host_unpadding_set = false;  // true when the user said so either way
-  uint32_t pool_size = 0;         // PKCS#11 sessions; workers = pool_size + cores; 0 = cores (min 2)
+  uint32_t pool_size = 0;         // PKCS#11 sessions; 0 = 2 x cores (at least 2)
+  uint32_t workers = 0;           // engine threads; 0 = max(pool_size, cores)
   Limits limits;
   std::string log_level = "info";
   std::string log_format;         // "json" (one JSON object a line) or "text"; empty = json

@@ -216,7 +216,7 @@ size_t RecipientCache::size() {
 
 RewrapEngine::RewrapEngine(std::shared_ptr<hsm::KeyBackend> backend, Options options)
     : backend_(backend), options_(options), keys_(backend),
-      pool_(std::make_unique<WorkerPool>(options.workers + std::max(1u, std::thread::hardware_concurrency()))) {}
+      pool_(std::make_unique<WorkerPool>(options.workers)) {}
 
 RewrapEngine::~RewrapEngine() { pool_.reset(); }
 

@@ -103,9 +103,9 @@ class ItemGate {
 class RewrapEngine final {
  public:
   struct Options {
-    // Token-bound worker threads (normally the session pool size). The engine runs this
-    // many plus one per core, so that host work (CMS, OAEP unpadding) overlaps a slow
-    // token's wait instead of keeping a session idle; the extra threads wait for a session.
+    // Threads that run items (config `workers`: max(pool size, cores) by default). A worker
+    // holds a session only for the token step; host work (CMS, OAEP unpadding) runs after
+    // the session is back in the pool.
     unsigned workers = 2;
     Limits limits;
     bool allow_host_unpadding = false;

@@ -149,7 +149,7 @@ int Run(int argc, char** argv) {
                "rewrapd"};
   std::optional<std::string> config_file, state_dir, listen, module, init_args, token, token_uri,
       pin_file, log_level, metrics_listen, tls_cert, tls_key, client_ca, policy, audit_log;
-  std::optional<uint32_t> pool_size, max_batch, max_inflight, max_message, selftest_interval, shutdown_grace,
+  std::optional<uint32_t> pool_size, workers, max_batch, max_inflight, max_message, selftest_interval, shutdown_grace,
       reconnect_backoff_max;
   bool allow_host_unpadding = false, deny_host_unpadding = false, check_config = false, version = false,
        insecure = false;
@@ -164,7 +164,8 @@ int Run(int argc, char** argv) {
   app.add_flag("--allow-host-unpadding", allow_host_unpadding,
                "allow raw RSA in the token + OAEP/PKCS#1 unpadding on the host for paddings the token cannot do");
   app.add_flag("--deny-host-unpadding", deny_host_unpadding, "never unpad on the host (the embedded default allows it)");
-  app.add_option("--pool-size", pool_size, "PKCS#11 sessions (default: cores, at least 2); the engine runs one worker per session plus one per core");
+  app.add_option("--pool-size", pool_size, "PKCS#11 sessions (default: 2 x cores, at least 2)");
+  app.add_option("--workers", workers, "engine threads that run items (default: max(pool size, cores)); more than the pool size only helps when host work is large next to the token's time");
   app.add_option("--max-batch-items", max_batch, "items per batch (default 1000)");
   app.add_option("--max-inflight-items", max_inflight, "items queued or running (default 10000)");
   app.add_option("--max-message-bytes", max_message, "largest request message (default 16 MiB)");
@@ -221,6 +222,7 @@ int Run(int argc, char** argv) {
   if (shutdown_grace) c.shutdown_grace_s = *shutdown_grace;
   if (reconnect_backoff_max) c.reconnect_backoff_max_ms = *reconnect_backoff_max;
   if (pool_size) c.pool_size = *pool_size;
+  if (workers) c.workers = *workers;
   if (tls_cert) c.tls_cert = *tls_cert;
   if (tls_key) c.tls_key = *tls_key;
   if (client_ca) c.client_ca = *client_ca;
@@ -304,7 +306,7 @@ int Run(int argc, char** argv) {
   }
 
   RewrapEngine::Options eo;
-  eo.workers = c.pool_size;
+  eo.workers = c.workers;
   eo.limits = c.limits;
   eo.allow_host_unpadding = c.allow_host_unpadding;
   RewrapEngine engine(started->backend, eo);

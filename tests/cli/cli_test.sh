@@ -57,7 +57,7 @@ err=$("$REWRAPD" --config "$WORK/bad.yaml" --check-config 2>&1); check "bad conf
 contains "bad config names the key" "unknown configuration key 'listne'" "$err"
 printf 'module: /usr/lib/softhsm/libsofthsm2.so\ntoken: x\npool_size: 3\n' >"$WORK/ok.yaml"
 out=$("$REWRAPD" --config "$WORK/ok.yaml" --check-config); check "check-config exit" 0 $?
-contains "check-config shows the pool" "session pool:         3" "$out"
+contains "check-config shows the pool" "session pool:         3 sessions, " "$out"
 contains "check-config denies host unpadding for a real module" "host unpadding:       denied" "$out"
 
 # --- the embedded default: first run creates token, PINs and key

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -38,6 +39,34 @@ TEST(ConfigTest, YamlEnvAndDefaults) {
   EXPECT_EQ(c.limits.max_batch_items, 50u);
   EXPECT_FALSE(c.allow_host_unpadding) << "a real module denies host unpadding unless set";
   EXPECT_FALSE(c.state_dir.empty());
+}
+
+// Sessions default to 2 x cores; workers to max(pool, cores): a worker never waits for a
+// session unless the operator asks for more workers (docs/benchmarks.md has the figures).
+TEST(ConfigTest, PoolAndWorkerDefaults) {
+  const uint32_t cores = std::max(1u, std::thread::hardware_concurrency());
+  Config c;
+  ASSERT_TRUE(Finalize(c).ok());
+  EXPECT_EQ(c.pool_size, std::max(2u, 2 * cores));
+  EXPECT_EQ(c.workers, c.pool_size);
+  Config one;
+  one.pool_size = 1;
+  ASSERT_TRUE(Finalize(one).ok());
+  EXPECT_EQ(one.workers, cores) << "one session still gets a worker per core for the host work";
+  Config set;
+  ASSERT_TRUE(ApplyYamlFile(WriteTemp("pool_size: 8\nworkers: 12\n"), set).ok());
+  ASSERT_TRUE(Finalize(set).ok());
+  EXPECT_EQ(set.pool_size, 8u);
+  EXPECT_EQ(set.workers, 12u);
+  Config env;
+  setenv("HSMREWRAP_WORKERS", "5", 1);
+  ASSERT_TRUE(ApplyEnvironment(env).ok());
+  unsetenv("HSMREWRAP_WORKERS");
+  ASSERT_TRUE(Finalize(env).ok());
+  EXPECT_EQ(env.workers, 5u);
+  Config bad;
+  bad.workers = 5000;
+  EXPECT_THAT(std::string(Finalize(bad).message()), HasSubstr("workers: at most 1024"));
 }
 
 TEST(ConfigTest, EmbeddedDefaultAllowsHostUnpadding) {
