@@ -173,7 +173,7 @@ if [ $DO_DELAY -eq 1 ]; then
     SOFTHSM2_CONF=$STATE/softhsm2.conf HSMREWRAP_FAULT_CONFIG=$WORK/delay.conf HSMREWRAP_FAULT_MODULE=/usr/lib/softhsm/libsofthsm2.so \
       start_rewrapd delay$pool --module "$DELAY_MOD" --token hsm-rewrap --pin-file "$STATE/user.pin" \
       --allow-host-unpadding --state-dir "$WORK/delay-state" --pool-size "$pool"
-    load delay$pool --batch 16 --streams $streams --depth 4 --duration $DELAY_DUR
+    load delay$pool --batch 64 --streams $streams --depth 4 --duration $DELAY_DUR
     stop_rewrapd
     got=$(jget "$OUT/delay$pool.json" 'j["items_per_s"]')
     target=$(calc "round(0.8 * min($pool / ((2.0 + $TOKEN_MS) / 1000.0), $BASE_RATE))")
