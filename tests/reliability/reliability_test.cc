@@ -165,6 +165,16 @@ class Rig {
     ctx.set_deadline(std::chrono::system_clock::now() + deadline);
     return h_->rewrap().Rewrap(&ctx, req, resp);
   }
+  // Starts Call(req, resp) on another thread and waits (up to 5 s) until rewrapd reports
+  // items in flight, i.e. the batch is in the engine. Returns the call; `*in_engine` says
+  // whether the batch got there.
+  std::future<grpc::Status> CallInBackground(const v1::RewrapRequest& req, v1::RewrapResponse* resp,
+                                             bool* in_engine) {
+    auto call = std::async(std::launch::async, [this, &req, resp] { return Call(req, resp); });
+    for (int i = 0; i < 100 && Metric("hsmrewrap_inflight_items") == 0; ++i) std::this_thread::sleep_for(50ms);
+    *in_engine = Metric("hsmrewrap_inflight_items") > 0;
+    return call;
+  }
   // Checks that every result is either the right output or one of `allowed` errors; counts.
   void Check(const v1::RewrapRequest& req, const v1::RewrapResponse& resp, const std::vector<std::string>& secrets,
              std::map<std::string, int>* outcomes) {
@@ -347,18 +357,17 @@ TEST(OverloadTest, PastTheInflightLimitIsResourceExhaustedAtOnce) {
   std::vector<std::string> s1, s2;
   auto busy = rig.Batch("busy", 20, &s1);
   auto more = rig.Batch("more", 5, &s2);
-  auto first = std::async(std::launch::async, [&] {
-    v1::RewrapResponse r;
-    return rig.Call(busy, &r).error_code();
-  });
-  std::this_thread::sleep_for(300ms);
+  v1::RewrapResponse busy_resp;
+  bool in_engine = false;
+  auto first = rig.CallInBackground(busy, &busy_resp, &in_engine);
+  ASSERT_TRUE(in_engine) << "the first batch never reached rewrapd";
   v1::RewrapResponse resp;
   const auto t0 = Clock::now();
   grpc::Status st = rig.Call(more, &resp);
   const double took = Since(t0);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << StatusText(st);
   EXPECT_LT(took, 0.5) << "refused at once, not queued";
-  EXPECT_EQ(first.get(), grpc::StatusCode::OK);
+  EXPECT_EQ(first.get().error_code(), grpc::StatusCode::OK);
 }
 
 // Items whose call deadline has passed are dropped without the token.
@@ -397,11 +406,11 @@ TEST(DrainTest, SigtermDrainsInflightBatches) {
   std::vector<std::string> secrets;
   auto req = rig.Batch("drain", 12, &secrets);
   v1::RewrapResponse resp;
-  auto call = std::async(std::launch::async, [&] { return rig.Call(req, &resp); });
   // SIGTERM only once the batch is in the engine: a call that had not reached rewrapd yet
   // would be refused by the drain, which is right but not what this test is about.
-  for (int i = 0; i < 100 && rig.Metric("hsmrewrap_inflight_items") == 0; ++i) std::this_thread::sleep_for(50ms);
-  ASSERT_GT(rig.Metric("hsmrewrap_inflight_items"), 0) << "the batch never reached rewrapd";
+  bool in_engine = false;
+  auto call = rig.CallInBackground(req, &resp, &in_engine);
+  ASSERT_TRUE(in_engine) << "the batch never reached rewrapd";
   const auto t0 = Clock::now();
   ASSERT_EQ(kill(rig.h()->pid(), SIGTERM), 0);
   grpc::Status st = call.get();
@@ -424,9 +433,9 @@ TEST(DrainTest, SigtermStopsAfterTheGracePeriod) {
   std::vector<std::string> secrets;
   auto req = rig.Batch("long", 60, &secrets);  // >= 12 s of token time
   v1::RewrapResponse resp;
-  auto call = std::async(std::launch::async, [&] { return rig.Call(req, &resp); });
-  for (int i = 0; i < 100 && rig.Metric("hsmrewrap_inflight_items") == 0; ++i) std::this_thread::sleep_for(50ms);
-  ASSERT_GT(rig.Metric("hsmrewrap_inflight_items"), 0) << "the batch never reached rewrapd";
+  bool in_engine = false;
+  auto call = rig.CallInBackground(req, &resp, &in_engine);
+  ASSERT_TRUE(in_engine) << "the batch never reached rewrapd";
   const auto t0 = Clock::now();
   ASSERT_EQ(kill(rig.h()->pid(), SIGTERM), 0);
   EXPECT_EQ(rig.h()->Stop(), "");
