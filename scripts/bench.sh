@@ -91,7 +91,7 @@ say "## rewrap benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
 say ""
 say "- command: \`scripts/bench.sh${ARGS:+ $ARGS}\` at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) (runs of ${DUR} s$([ $DO_MEM -eq 1 ] && echo "; memory run ${MEM_DUR} s"))"
 say "- machine: $CORES cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-say "- service key RSA-2048 on SoftHSM2 $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null), $PADDING (native: TOKEN_DECRYPT), $FORMAT to ${DEVICE_BITS}-bit device certificates; rewrapd defaults: pool $((2 * CORES)) sessions, $((2 * CORES)) workers; load client on the same machine"
+say "- service key RSA-2048 on SoftHSM2 $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null), $PADDING (native: TOKEN_DECRYPT), $FORMAT to ${DEVICE_BITS}-bit device certificates; rewrapd defaults: $("$REWRAPD" --check-config --state-dir "$STATE" | sed -n "s/^session pool: *//p"); load client on the same machine"
 say ""
 
 # --- 0. A fresh token: rewrapd's first run creates it and the 2048-bit key `default`.

@@ -1,7 +1,6 @@
 #include "service/engine.h"
 
 #include <algorithm>
-#include <thread>
 #include <unordered_set>
 
 #include <openssl/evp.h>
