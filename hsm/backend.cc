@@ -14,15 +14,29 @@ const char* PathName(Path p) {
   return "UNKNOWN";
 }
 
-namespace {
-// One text for every cause, so neither code, message nor size tells causes apart.
-constexpr char kDecryptFailed[] = "decryption failed";
-}  // namespace
+const char* OutcomeName(Outcome o) {
+  switch (o) {
+    case Outcome::kOk: return "ok";
+    case Outcome::kDecryptFailed: return "decrypt_failed";
+    case Outcome::kRetryable: return "retryable";
+    case Outcome::kRefused: return "refused";
+  }
+  return "unknown";
+}
 
-absl::Status DecryptFailedError() { return absl::InvalidArgumentError(kDecryptFailed); }
-
-bool IsDecryptFailed(const absl::Status& s) {
-  return s.code() == absl::StatusCode::kInvalidArgument && s.message() == kDecryptFailed;
+Outcome OutcomeOfStatus(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kOk:
+      return Outcome::kOk;
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kCancelled:
+      return Outcome::kRetryable;
+    default:
+      return Outcome::kRefused;
+  }
 }
 
 }  // namespace hsmrewrap::hsm

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -49,15 +50,84 @@ struct KeyInfo {
   KeyCapabilities caps;
 };
 
-// Status conventions of every backend method:
-//  - decryption failed for any reason inside the token that is about the ciphertext:
-//    DecryptFailedError() (same status for every cause; details go to the debug log only);
+// Status conventions of the key methods (ListKeys, GetKey, CreateKey, ImportKey, SetEnabled):
 //  - token, slot or session trouble (device error/removed, session closed, ...):
-//    absl::UnavailableError naming the C_ function and the CKR_ value;
+//    absl::UnavailableError naming the C_ function and the CKR_ value; no PKCS#11 session
+//    free in time: absl::ResourceExhaustedError;
 //  - unknown key: absl::NotFoundError; padding/path the token cannot do: UnimplementedError;
 //  - a PIN that was refused: absl::PermissionDeniedError (never retried).
-absl::Status DecryptFailedError();
-bool IsDecryptFailed(const absl::Status& s);
+//
+// The rewrap operations (Decrypt, RewrapInToken) return an OpResult: the outcome is a type,
+// not a status whose text is compared.
+enum class Outcome {
+  kOk,
+  // The token answered the call that saw the ciphertext: it does not decrypt (bad padding,
+  // wrong key, wrong length...). Every cause gives the same result; details go to the debug
+  // log only. The only outcome a caller may treat as final for the ciphertext.
+  kDecryptFailed,
+  // Nothing is known to be wrong with the item: the token is lost or unavailable, no session
+  // was free in time, a call timed out or was abandoned. status() is Unavailable,
+  // ResourceExhausted or DeadlineExceeded; retrying (later, or on another replica) is safe.
+  kRetryable,
+  // The item cannot be done as asked, whatever the ciphertext: key unknown (NotFound) or
+  // disabled/refused (FailedPrecondition), padding/path unsupported (Unimplemented), the
+  // secret too long for the recipient (InvalidArgument), a PIN refused (PermissionDenied),
+  // anything else (Internal). status() says which.
+  kRefused,
+};
+const char* OutcomeName(Outcome o);
+
+// The message of every decryption failure, on every path and token.
+inline constexpr char kDecryptFailedText[] = "decryption failed";
+// The message when the unsealed secret does not fit the recipient key with the output
+// padding (same text on the host and the in-token paths; names no byte of the secret).
+inline constexpr char kSecretTooLongText[] =
+    "the unsealed secret is too long for the recipient key with this output format";
+
+// How a status from a call that did NOT see the ciphertext maps to an outcome: Unavailable,
+// ResourceExhausted, DeadlineExceeded, Aborted and Cancelled are retryable; everything else
+// is refused. Never kDecryptFailed.
+Outcome OutcomeOfStatus(const absl::Status& s);
+
+template <typename T>
+class OpResult final {
+ public:
+  OpResult(T value) : outcome_(Outcome::kOk), value_(std::move(value)) {}  // NOLINT: like StatusOr
+  static OpResult DecryptFailed() { return OpResult(Outcome::kDecryptFailed, absl::InvalidArgumentError(kDecryptFailedText)); }
+  static OpResult Retryable(absl::Status why) { return OpResult(Outcome::kRetryable, std::move(why)); }
+  static OpResult Refused(absl::Status why) { return OpResult(Outcome::kRefused, std::move(why)); }
+  // A failed non-data call (see OutcomeOfStatus). `s` must not be OK.
+  static OpResult FromStatus(absl::Status s) {
+    const Outcome o = OutcomeOfStatus(s);
+    return OpResult(o, std::move(s));
+  }
+  // The same failure for another value type.
+  template <typename U>
+  static OpResult From(const OpResult<U>& failed) {
+    return OpResult(failed.outcome(), failed.status());
+  }
+
+  Outcome outcome() const { return outcome_; }
+  bool ok() const { return outcome_ == Outcome::kOk; }
+  // OK when ok(); kDecryptFailedText for kDecryptFailed; the reason otherwise.
+  const absl::Status& status() const { return status_; }
+  T& value() { return *value_; }
+  const T& value() const { return *value_; }
+  T& operator*() { return *value_; }
+  const T& operator*() const { return *value_; }
+  T* operator->() { return &*value_; }
+  const T* operator->() const { return &*value_; }
+
+ private:
+  template <typename U>
+  friend class OpResult;
+  OpResult(Outcome o, absl::Status s) : outcome_(o), status_(std::move(s)) {
+    if (status_.ok()) status_ = absl::InternalError("failed operation without a reason");
+  }
+  Outcome outcome_;
+  absl::Status status_;
+  std::optional<T> value_;
+};
 
 class KeyBackend {
  public:
@@ -74,18 +144,16 @@ class KeyBackend {
   // TOKEN_DECRYPT (C_Decrypt with `padding`) or HOST_UNPADDING (CKM_RSA_X_509 in the token,
   // constant-time unpadding on the host). `ciphertext` has the modulus length (checked by
   // the caller).
-  virtual absl::StatusOr<crypto::SecretBytes> Decrypt(const std::string& key_name,
-                                                      RsaPadding padding,
-                                                      absl::Span<const uint8_t> ciphertext,
-                                                      Path path) = 0;
+  virtual OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name, RsaPadding padding,
+                                                absl::Span<const uint8_t> ciphertext, Path path) = 0;
 
   // IN_TOKEN: C_UnwrapKey(key, in_padding) into a sensitive session secret, then
   // C_WrapKey(device RSA public key imported as a session object, out_padding). Both
-  // objects are destroyed. Returns the device ciphertext.
-  virtual absl::StatusOr<Bytes> RewrapInToken(const std::string& key_name, RsaPadding in_padding,
-                                              absl::Span<const uint8_t> ciphertext,
-                                              const crypto::PublicKey& device_key,
-                                              RsaPadding out_padding) = 0;
+  // objects are destroyed. Returns the device ciphertext. A secret too long for the device
+  // key with out_padding is kRefused/InvalidArgument(kSecretTooLongText), as on the host path.
+  virtual OpResult<Bytes> RewrapInToken(const std::string& key_name, RsaPadding in_padding,
+                                        absl::Span<const uint8_t> ciphertext,
+                                        const crypto::PublicKey& device_key, RsaPadding out_padding) = 0;
 
   // Paddings the token can C_WrapKey with to an imported RSA public key (learned at start).
   virtual std::set<RsaPadding> WrapPaddings() = 0;

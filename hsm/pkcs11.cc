@@ -337,15 +337,18 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Load(const std::string& path,
 }
 
 void Module::Retire() {
-  absl::MutexLock lock(&RegistryMutex());
-  if (retired_.exchange(true, std::memory_order_acq_rel)) return;
+  {
+    absl::MutexLock lock(&RegistryMutex());
+    if (retired_.exchange(true, std::memory_order_acq_rel)) return;
+    if (registered_) {
+      auto& reg = Registry();
+      if (auto it = reg.find(path_); it != reg.end() && it->second.lock().get() == this) reg.erase(it);
+    }
+  }
+  // Outside the registry lock: a C_Finalize that hangs must not stop the next Load().
   if (initialized_ && fl_ != nullptr && fl_->C_Finalize != nullptr) {
     CK_RV rv = fl_->C_Finalize(nullptr);
     spdlog::warn("{}: finalised under calls still inside it ({})", path_, CkrName(rv));
-  }
-  if (registered_) {
-    auto& reg = Registry();
-    if (auto it = reg.find(path_); it != reg.end() && it->second.lock().get() == this) reg.erase(it);
   }
 }
 

@@ -84,22 +84,25 @@ class Module final {
       c.errors.fetch_add(1, std::memory_order_relaxed);
       return absl::UnimplementedError(std::string(name) + " is not provided by the module");
     }
-    const bool timed = static_cast<bool>(observer_);
-    const auto start = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
+    const auto start = std::chrono::steady_clock::now();
     CK_RV rv = fn(args...);
-    if (timed) {
-      observer_(name, rv == CKR_OK,
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    // Loaded after the call: an observer cleared meanwhile (shutdown) is not called.
+    if (auto observer = std::atomic_load_explicit(&observer_, std::memory_order_acquire)) {
+      (*observer)(name, rv == CKR_OK, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
     if (rv == CKR_OK) return absl::OkStatus();
     c.errors.fetch_add(1, std::memory_order_relaxed);
     return CkrToStatus(name, rv);
   }
 
-  // Every later call reports its function, success and duration here (metrics). Set it once,
-  // before the module is used from other threads.
+  // Every later call reports its function, success and duration here (metrics). May be set
+  // or cleared (null) at any time, while other threads call the module.
   using CallObserver = std::function<void(const char* function, bool ok, double seconds)>;
-  void SetCallObserver(CallObserver observer) { observer_ = std::move(observer); }
+  void SetCallObserver(CallObserver observer) {
+    std::shared_ptr<const CallObserver> p;
+    if (observer) p = std::make_shared<const CallObserver>(std::move(observer));
+    std::atomic_store_explicit(&observer_, std::move(p), std::memory_order_release);
+  }
 
   // Token lost and calls stuck inside the module (p11-kit 0.24.1's client module can leave
   // threads waiting forever for answers from a dead server): C_Finalize now, under them,
@@ -131,7 +134,7 @@ class Module final {
   void* dl_ = nullptr;
   CK_FUNCTION_LIST* fl_ = nullptr;
   bool initialized_ = false;
-  CallObserver observer_;
+  std::shared_ptr<const CallObserver> observer_;  // atomic_load/atomic_store only
   bool registered_ = false;
   std::atomic<bool> retired_{false};
   // Index i counts the function KnownFunctions()[i]; the last slot counts unknown names.

@@ -244,15 +244,31 @@ absl::Status ValidateName(const std::string& name) {
   return absl::OkStatus();
 }
 
-bool IsDataRv(CK_RV rv) {
-  return rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE ||
-         rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_WRAPPED_KEY_LEN_RANGE ||
-         rv == CKR_DATA_INVALID || rv == CKR_DATA_LEN_RANGE;
-}
-
 bool IsHandleRv(CK_RV rv) {
   return rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID ||
          rv == CKR_UNWRAPPING_KEY_HANDLE_INVALID;
+}
+
+// The outcome of a failed rewrap call (issue 14: DECRYPT_FAILED only when the token
+// answered that the ciphertext does not decrypt).
+//  - token, session or memory trouble: retryable, from any call;
+//  - a call that never saw the ciphertext (C_DecryptInit, C_CreateObject, C_WrapKey...):
+//    its status decides (CKR_GENERAL_ERROR is Unavailable, so retryable); never a decryption
+//    failure;
+//  - the call that saw the ciphertext (C_Decrypt, C_UnwrapKey) with any other code: a
+//    decryption failure. That includes CKR_GENERAL_ERROR/CKR_FUNCTION_FAILED (SoftHSM
+//    reports bad padding that way, TOKENS.md §7) and codes no token documents: which code a
+//    bad ciphertext produces must not be visible to the caller (no padding oracle). Whether
+//    the token is still alive after such an answer is the supervisor's re-check.
+template <typename T>
+OpResult<T> TokenFailure(const absl::Status& s, bool saw_ciphertext) {
+  const CK_RV rv = CkrOf(s);
+  if (IsTokenLossRv(rv) || rv == CKR_HOST_MEMORY || rv == CKR_DEVICE_MEMORY) {
+    return OpResult<T>::Retryable(absl::UnavailableError(s.message()));
+  }
+  if (!saw_ciphertext) return OpResult<T>::FromStatus(s);
+  spdlog::debug("decrypt failed in the token: {}", std::string(s.message()));
+  return OpResult<T>::DecryptFailed();
 }
 
 struct EvpPkeyCtxDeleter {
@@ -333,14 +349,19 @@ absl::StatusOr<Bytes> NonConformantPkcs1Ciphertext(const crypto::PublicKey& pub,
 // One C_DecryptInit + C_Decrypt with a modulus-sized output buffer (enough for a single
 // call, TOKENS.md §8). The lease is marked broken on any failure: after a failed
 // C_Decrypt the operation state is unknown (TOKENS.md §7, §15).
+// *saw_ciphertext (if given) tells whether the failing call was C_Decrypt, which saw the
+// ciphertext, or C_DecryptInit, which did not.
 absl::StatusOr<crypto::SecretBytes> DecryptOnce(SessionPool::Lease& l, CK_MECHANISM* mech,
                                                 CK_OBJECT_HANDLE key,
-                                                absl::Span<const uint8_t> ct, size_t out_len) {
+                                                absl::Span<const uint8_t> ct, size_t out_len,
+                                                bool* saw_ciphertext = nullptr) {
   const Module& m = l.module();
+  if (saw_ciphertext) *saw_ciphertext = false;
   if (auto s = m.Call("C_DecryptInit", m.fl()->C_DecryptInit, l.handle(), mech, key); !s.ok()) {
     l.MarkBroken();
     return s;
   }
+  if (saw_ciphertext) *saw_ciphertext = true;
   crypto::SecretBytes out(out_len);
   CK_ULONG len = out.size();
   if (auto s = m.Call("C_Decrypt", m.fl()->C_Decrypt, l.handle(), const_cast<uint8_t*>(ct.data()),
@@ -447,7 +468,14 @@ absl::StatusOr<std::unique_ptr<Pkcs11Backend>> Pkcs11Backend::Create(Options opt
 Pkcs11Backend::~Pkcs11Backend() = default;
 
 absl::StatusOr<SessionPool::Lease> Pkcs11Backend::Lease() {
-  return pool_->Acquire(absl::Now() + options_.session_wait);
+  auto lease = pool_->Acquire(absl::Now() + options_.session_wait);
+  if (!lease.ok() && lease.status().code() == absl::StatusCode::kDeadlineExceeded) {
+    // Overload: every session stayed busy for session_wait. Retryable, never the item's fault.
+    return absl::ResourceExhaustedError(absl::StrCat(lease.status().message(), " of ",
+                                                     absl::FormatDuration(options_.session_wait),
+                                                     ": the token is busy; retry later"));
+  }
+  return lease;
 }
 
 bool Pkcs11Backend::Healthy() {
@@ -600,60 +628,76 @@ absl::StatusOr<KeyCapabilities> Pkcs11Backend::Probe(CK_OBJECT_HANDLE priv,
 
 absl::StatusOr<Pkcs11Backend::Metadata> Pkcs11Backend::ReadMetadata(SessionPool::Lease& l,
                                                                     const std::string& name,
-                                                                    CK_OBJECT_HANDLE* handle) {
+                                                                    std::vector<CK_OBJECT_HANDLE>* objects) {
   Template t;
   t.Ulong(CKA_CLASS, CKO_DATA).Str(CKA_APPLICATION, kApplication).Str(CKA_LABEL, name);
   auto found = FindObjects(l, t);
   if (!found.ok()) return found.status();
-  Metadata md;
-  if (handle) *handle = CK_INVALID_HANDLE;
+  if (objects) objects->clear();
   if (found->empty()) {
     if (!metadata_in_token_.load()) {
       absl::MutexLock md_lock(&local_md_mu_);
       if (auto it = local_md_.find(name); it != local_md_.end()) return it->second;
     }
-    return md;
+    return Metadata{};
   }
-  if (found->size() > 1) {
-    spdlog::warn("key '{}': {} metadata objects; using the first", name, found->size());
+  // More than one object: a write that created the new version but could not destroy the
+  // old one (WriteMetadata creates first). The highest `seq` is the current state.
+  std::optional<Metadata> best;
+  CK_OBJECT_HANDLE best_handle = CK_INVALID_HANDLE;
+  for (CK_OBJECT_HANDLE h : *found) {
+    auto value = GetAttr(l, h, CKA_VALUE);
+    if (!value.ok()) return value.status();
+    auto j = nlohmann::json::parse(value->begin(), value->end(), nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+      spdlog::warn("key '{}': a metadata object is not JSON; ignoring it", name);
+      continue;
+    }
+    Metadata md;
+    md.present = true;
+    md.created_unix = j.value("created", int64_t{0});
+    md.enabled = j.value("enabled", true);
+    md.allow_pkcs1 = j.value("allow_pkcs1", false);
+    md.seq = j.value("seq", uint64_t{0});
+    if (!best || md.seq > best->seq) {
+      best = md;
+      best_handle = h;
+    }
   }
-  if (handle) *handle = found->front();
-  auto value = GetAttr(l, found->front(), CKA_VALUE);
-  if (!value.ok()) return value.status();
-  auto j = nlohmann::json::parse(value->begin(), value->end(), nullptr, false);
-  if (j.is_discarded() || !j.is_object()) {
-    spdlog::warn("key '{}': metadata is not JSON; using defaults", name);
-    return md;
+  if (objects) {
+    objects->push_back(best_handle);
+    for (CK_OBJECT_HANDLE h : *found) {
+      if (h != best_handle) objects->push_back(h);
+    }
+    if (best_handle == CK_INVALID_HANDLE) objects->erase(objects->begin());
   }
-  md.present = true;
-  md.created_unix = j.value("created", int64_t{0});
-  md.enabled = j.value("enabled", true);
-  md.allow_pkcs1 = j.value("allow_pkcs1", false);
-  return md;
+  if (!best) return Metadata{};
+  return *best;
 }
 
 absl::Status Pkcs11Backend::WriteMetadata(const std::string& name, const Metadata& md) {
+  auto lease = Lease();
+  if (!lease.ok()) return lease.status();
+  const Module& m = module();
+  std::vector<CK_OBJECT_HANDLE> existing;  // the current object first
+  auto old = ReadMetadata(*lease, name, &existing);
+  if (!old.ok()) return old.status();
   nlohmann::json j = {{"v", 1},
+                      {"seq", old->seq + 1},
                       {"created", md.created_unix},
                       {"enabled", md.enabled},
                       {"allow_pkcs1", md.allow_pkcs1}};
   const std::string text = j.dump();
-  auto lease = Lease();
-  if (!lease.ok()) return lease.status();
-  const Module& m = module();
-  CK_OBJECT_HANDLE existing = CK_INVALID_HANDLE;
-  if (auto old = ReadMetadata(*lease, name, &existing); !old.ok()) return old.status();
-  if (existing != CK_INVALID_HANDLE) {
+  if (existing.size() == 1) {
     CK_ATTRIBUTE a{CKA_VALUE, const_cast<char*>(text.data()), CK_ULONG(text.size())};
-    auto s = m.Call("C_SetAttributeValue", m.fl()->C_SetAttributeValue, lease->handle(),
-                    existing, &a, CK_ULONG(1));
+    auto s = m.Call("C_SetAttributeValue", m.fl()->C_SetAttributeValue, lease->handle(), existing.front(), &a,
+                    CK_ULONG(1));
     if (s.ok()) return s;
     spdlog::debug("metadata update in place failed ({}); replacing the object", std::string(s.message()));
-    if (auto d = m.Call("C_DestroyObject", m.fl()->C_DestroyObject, lease->handle(), existing);
-        !d.ok()) {
-      return d;
-    }
   }
+  // Replace: create the new version first, then destroy the old ones. A failed create
+  // leaves the old state in the token (the caller gets the error, nothing is lost); a failed
+  // destroy leaves an older version beside the new one, which ReadMetadata passes over by seq.
   Template t;
   t.Ulong(CKA_CLASS, CKO_DATA)
       .Bool(CKA_TOKEN, true)
@@ -663,13 +707,21 @@ absl::Status Pkcs11Backend::WriteMetadata(const std::string& name, const Metadat
       .Str(CKA_LABEL, name)
       .Str(CKA_VALUE, text);
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-  absl::Status s = m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), t.data(),
-                          t.size(), &h);
-  if (s.ok()) return s;
-  const CK_RV rv = CkrOf(s);
-  if (rv != CKR_ATTRIBUTE_VALUE_INVALID && rv != CKR_ATTRIBUTE_TYPE_INVALID &&
-      rv != CKR_TEMPLATE_INCONSISTENT) {
+  absl::Status s = m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), t.data(), t.size(), &h);
+  if (s.ok()) {
+    for (CK_OBJECT_HANDLE o : existing) {
+      if (auto d = m.Call("C_DestroyObject", m.fl()->C_DestroyObject, lease->handle(), o); !d.ok()) {
+        spdlog::warn("key '{}': the previous metadata object stays beside the new one ({}); the newer one is used",
+                     name, std::string(d.message()));
+      }
+    }
     return s;
+  }
+  const CK_RV rv = CkrOf(s);
+  if (!existing.empty() || (rv != CKR_ATTRIBUTE_VALUE_INVALID && rv != CKR_ATTRIBUTE_TYPE_INVALID &&
+                            rv != CKR_TEMPLATE_INCONSISTENT)) {
+    return absl::Status(s.code(), absl::StrCat("key '", name, "': metadata not written (", s.message(),
+                                               "); the key keeps its previous state"));
   }
   if (metadata_in_token_.exchange(false)) {
     spdlog::error(
@@ -679,6 +731,7 @@ absl::Status Pkcs11Backend::WriteMetadata(const std::string& name, const Metadat
   }
   Metadata stored = md;
   stored.present = true;
+  stored.seq = old->seq + 1;
   absl::MutexLock l(&local_md_mu_);
   local_md_[name] = stored;
   return absl::OkStatus();
@@ -974,12 +1027,12 @@ absl::Status Pkcs11Backend::CheckNewName(SessionPool::Lease& lease, const std::s
       return absl::AlreadyExistsError(absl::StrCat("a key named '", name, "' already exists"));
     }
   }
-  CK_OBJECT_HANDLE md = CK_INVALID_HANDLE;
+  std::vector<CK_OBJECT_HANDLE> md;
   if (auto r = ReadMetadata(lease, name, &md); !r.ok()) return r.status();
-  if (md != CK_INVALID_HANDLE) {
+  for (CK_OBJECT_HANDLE h : md) {
     // Metadata of a deleted key: drop it so the new key starts clean.
     const Module& m = module();
-    (void)m.Call("C_DestroyObject", m.fl()->C_DestroyObject, lease.handle(), md);
+    (void)m.Call("C_DestroyObject", m.fl()->C_DestroyObject, lease.handle(), h);
   }
   return absl::OkStatus();
 }
@@ -1229,74 +1282,47 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::SetEnabled(const std::string& name, bool 
   return it->second.info;
 }
 
-absl::Status Pkcs11Backend::MapDecryptFailure(const absl::Status& s) {
-  const CK_RV rv = CkrOf(s);
-  if (IsDataRv(rv)) {
-    spdlog::debug("decrypt failed in the token: {}", std::string(s.message()));
-    return DecryptFailedError();
-  }
-  if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED) {
-    // SoftHSM reports bad padding as CKR_GENERAL_ERROR (TOKENS.md §7); a dying token may
-    // too. Tell them apart by whether a fresh session still works.
-    auto probe = Lease();
-    if (probe.ok()) {
-      CK_SESSION_INFO si{};
-      const Module& m = module();
-      auto ps = m.Call("C_GetSessionInfo", m.fl()->C_GetSessionInfo, probe->handle(), &si);
-      if (ps.ok()) {
-        spdlog::debug("decrypt failed in the token: {}", std::string(s.message()));
-        return DecryptFailedError();
-      }
-      probe->MarkBroken();
-      return absl::UnavailableError(absl::StrCat(s.message(), "; then ", ps.message()));
-    }
-    return absl::UnavailableError(absl::StrCat(s.message(), "; then ", probe.status().message()));
-  }
-  return s;
-}
-
-absl::StatusOr<crypto::SecretBytes> Pkcs11Backend::TokenDecrypt(
-    const std::string& name, CK_MECHANISM* mech, absl::Span<const uint8_t> ciphertext) {
+OpResult<crypto::SecretBytes> Pkcs11Backend::TokenDecrypt(const std::string& name, CK_MECHANISM* mech,
+                                                         absl::Span<const uint8_t> ciphertext) {
+  using R = OpResult<crypto::SecretBytes>;
   for (int attempt = 0;; ++attempt) {
     auto entry = Lookup(name);
-    if (!entry.ok()) return entry.status();
+    if (!entry.ok()) return R::FromStatus(entry.status());
     auto lease = Lease();
-    if (!lease.ok()) return lease.status();
-    auto out = DecryptOnce(*lease, mech, entry->priv, ciphertext, entry->modulus_len);
-    if (out.ok()) return out;
-    lease->Release();  // broken: closed now, before the reachability check
+    if (!lease.ok()) return R::FromStatus(lease.status());
+    bool saw_ciphertext = false;
+    auto out = DecryptOnce(*lease, mech, entry->priv, ciphertext, entry->modulus_len, &saw_ciphertext);
+    if (out.ok()) return *std::move(out);
+    lease->Release();  // broken: closed now
     if (IsHandleRv(CkrOf(out.status())) && attempt == 0) {
-      if (auto h = Reresolve(name); !h.ok()) return h.status();
+      if (auto h = Reresolve(name); !h.ok()) return R::FromStatus(h.status());
       continue;
     }
-    return MapDecryptFailure(out.status());
+    return TokenFailure<crypto::SecretBytes>(out.status(), saw_ciphertext);
   }
 }
 
-absl::StatusOr<crypto::SecretBytes> Pkcs11Backend::Decrypt(const std::string& key_name,
-                                                           RsaPadding padding,
-                                                           absl::Span<const uint8_t> ciphertext,
-                                                           Path path) {
+OpResult<crypto::SecretBytes> Pkcs11Backend::Decrypt(const std::string& key_name, RsaPadding padding,
+                                                    absl::Span<const uint8_t> ciphertext, Path path) {
+  using R = OpResult<crypto::SecretBytes>;
   auto entry = Lookup(key_name);
-  if (!entry.ok()) return entry.status();
+  if (!entry.ok()) return R::FromStatus(entry.status());
   const KeyInfo& info = entry->info;
   if (!info.enabled) {
-    return absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' is disabled"));
+    return R::Refused(absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' is disabled")));
   }
   if (padding == RsaPadding::kPkcs1 && !info.allow_pkcs1) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("key '", key_name, "' does not allow PKCS#1 v1.5"));
+    return R::Refused(absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' does not allow PKCS#1 v1.5")));
   }
   // Checked before the token: an empty input poisons a SoftHSM session (TOKENS.md §15),
   // and every wrong length must look like every other decryption failure.
-  if (ciphertext.size() != entry->modulus_len) return DecryptFailedError();
+  if (ciphertext.size() != entry->modulus_len) return R::DecryptFailed();
 
   switch (path) {
     case Path::kTokenDecrypt: {
       if (!info.caps.decrypt.count(padding)) {
-        return absl::UnimplementedError(absl::StrCat("token cannot C_Decrypt ",
-                                                     PaddingName(padding), " with key '",
-                                                     key_name, "'"));
+        return R::Refused(absl::UnimplementedError(
+            absl::StrCat("token cannot C_Decrypt ", PaddingName(padding), " with key '", key_name, "'")));
       }
       CK_RSA_PKCS_OAEP_PARAMS params{};
       CK_MECHANISM mech = MechFor(padding, &params);
@@ -1304,73 +1330,72 @@ absl::StatusOr<crypto::SecretBytes> Pkcs11Backend::Decrypt(const std::string& ke
     }
     case Path::kHostUnpadding: {
       if (!options_.allow_host_unpadding || !info.caps.raw_rsa) {
-        return absl::UnimplementedError(
-            absl::StrCat("HOST_UNPADDING is not available for key '", key_name, "'"));
+        return R::Refused(
+            absl::UnimplementedError(absl::StrCat("HOST_UNPADDING is not available for key '", key_name, "'")));
       }
       CK_MECHANISM mech{CKM_RSA_X_509, nullptr, 0};
       auto em = TokenDecrypt(key_name, &mech, ciphertext);
-      if (!em.ok()) return em.status();
+      if (!em.ok()) return em;
       absl::StatusOr<crypto::SecretBytes> pt =
           padding == RsaPadding::kPkcs1
               ? crypto::Pkcs1Unpad(*em, entry->modulus_len)
-              : crypto::OaepUnpad(*em, entry->modulus_len, crypto::OaepHash(padding),
-                                  crypto::OaepHash(padding));
-      if (!pt.ok()) return DecryptFailedError();
-      return pt;
+              : crypto::OaepUnpad(*em, entry->modulus_len, crypto::OaepHash(padding), crypto::OaepHash(padding));
+      if (!pt.ok()) return R::DecryptFailed();
+      return *std::move(pt);
     }
     case Path::kInToken:
       break;
   }
-  return absl::InvalidArgumentError("Decrypt() does not take the IN_TOKEN path");
+  return R::Refused(absl::InvalidArgumentError("Decrypt() does not take the IN_TOKEN path"));
 }
 
-absl::StatusOr<Bytes> Pkcs11Backend::RewrapInToken(const std::string& key_name,
-                                                   RsaPadding in_padding,
-                                                   absl::Span<const uint8_t> ciphertext,
-                                                   const crypto::PublicKey& device_key,
-                                                   RsaPadding out_padding) {
+OpResult<Bytes> Pkcs11Backend::RewrapInToken(const std::string& key_name, RsaPadding in_padding,
+                                             absl::Span<const uint8_t> ciphertext,
+                                             const crypto::PublicKey& device_key, RsaPadding out_padding) {
+  using R = OpResult<Bytes>;
   auto entry = Lookup(key_name);
-  if (!entry.ok()) return entry.status();
+  if (!entry.ok()) return R::FromStatus(entry.status());
   const KeyInfo& info = entry->info;
   if (!info.enabled) {
-    return absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' is disabled"));
+    return R::Refused(absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' is disabled")));
   }
   if (in_padding == RsaPadding::kPkcs1 && !info.allow_pkcs1) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("key '", key_name, "' does not allow PKCS#1 v1.5"));
+    return R::Refused(absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' does not allow PKCS#1 v1.5")));
   }
   if (!info.caps.unwrap.count(in_padding)) {
-    return absl::UnimplementedError(absl::StrCat("token cannot C_UnwrapKey ",
-                                                 PaddingName(in_padding), " with key '",
-                                                 key_name, "'"));
+    return R::Refused(absl::UnimplementedError(
+        absl::StrCat("token cannot C_UnwrapKey ", PaddingName(in_padding), " with key '", key_name, "'")));
   }
   if (!wrap_paddings_.count(out_padding)) {
-    return absl::UnimplementedError(
-        absl::StrCat("token cannot C_WrapKey with ", PaddingName(out_padding)));
+    return R::Refused(absl::UnimplementedError(absl::StrCat("token cannot C_WrapKey with ", PaddingName(out_padding))));
   }
   if (!device_key.is_rsa()) {
-    return absl::InvalidArgumentError("IN_TOKEN rewrap needs an RSA device key");
+    return R::Refused(absl::InvalidArgumentError("IN_TOKEN rewrap needs an RSA device key"));
   }
-  if (ciphertext.size() != entry->modulus_len) return DecryptFailedError();
+  if (ciphertext.size() != entry->modulus_len) return R::DecryptFailed();
 
   const Bytes dn = device_key.modulus();
   const Bytes de = device_key.public_exponent();
+  // The longest secret the output padding can carry to this device key: the host path's
+  // rule (crypto::MaxPlaintextLen), so both paths give the same answer for the same item.
+  const size_t max_secret =
+      crypto::MaxPlaintextLen(out_padding, static_cast<size_t>((device_key.bits() + 7) / 8));
   CK_RSA_PKCS_OAEP_PARAMS in_params{}, out_params{};
   CK_MECHANISM in_mech = MechFor(in_padding, &in_params);
   CK_MECHANISM out_mech = MechFor(out_padding, &out_params);
   for (int attempt = 0;; ++attempt) {
     auto e = Lookup(key_name);
-    if (!e.ok()) return e.status();
+    if (!e.ok()) return R::FromStatus(e.status());
     auto lease = Lease();
-    if (!lease.ok()) return lease.status();
+    if (!lease.ok()) return R::FromStatus(lease.status());
     auto secret = UnwrapOnce(*lease, &in_mech, e->priv, ciphertext);
     if (!secret.ok()) {
       lease->Release();
       if (IsHandleRv(CkrOf(secret.status())) && attempt == 0) {
-        if (auto h = Reresolve(key_name); !h.ok()) return h.status();
+        if (auto h = Reresolve(key_name); !h.ok()) return R::FromStatus(h.status());
         continue;
       }
-      return MapDecryptFailure(secret.status());
+      return TokenFailure<Bytes>(secret.status(), /*saw_ciphertext=*/true);
     }
     // Both session objects are destroyed whatever happens below (a failed destroy closes
     // the session, which destroys them too).
@@ -1379,20 +1404,29 @@ absl::StatusOr<Bytes> Pkcs11Backend::RewrapInToken(const std::string& key_name,
       DestroyObject(*lease, *secret);
       DestroyObject(*lease, device);
     };
+    // The secret's length (CKA_VALUE_LEN is readable on a sensitive key). Tokens that do not
+    // give it are judged by C_WrapKey's answer below.
+    std::optional<CK_ULONG> secret_len;
+    if (auto v = GetAttr(*lease, *secret, CKA_VALUE_LEN); v.ok() && v->size() == sizeof(CK_ULONG)) {
+      CK_ULONG n = 0;
+      std::memcpy(&n, v->data(), sizeof(n));
+      secret_len = n;
+    }
+    if (secret_len && *secret_len > max_secret) return R::Refused(absl::InvalidArgumentError(kSecretTooLongText));
     auto dev = CreateSessionPublicKey(*lease, dn, de);
-    if (!dev.ok()) return dev.status();
+    if (!dev.ok()) return TokenFailure<Bytes>(dev.status(), /*saw_ciphertext=*/false);
     device = *dev;
     auto wrapped = WrapOnce(*lease, &out_mech, device, *secret, dn.size());
     if (!wrapped.ok()) {
-      // The unwrapped value may not fit the output padding (e.g. too long for OAEP-SHA512
-      // on a small device key): the caller sees it as a failed item.
       spdlog::debug("C_WrapKey to device failed: {}", std::string(wrapped.status().message()));
-      if (IsTokenLossRv(CkrOf(wrapped.status()))) {
-        return absl::UnavailableError(wrapped.status().message());
+      const CK_RV rv = CkrOf(wrapped.status());
+      if (!secret_len && (rv == CKR_KEY_SIZE_RANGE || rv == CKR_DATA_LEN_RANGE || rv == CKR_WRAPPED_KEY_LEN_RANGE ||
+                          rv == CKR_WRAPPING_KEY_SIZE_RANGE)) {
+        return R::Refused(absl::InvalidArgumentError(kSecretTooLongText));
       }
-      return wrapped.status();
+      return TokenFailure<Bytes>(wrapped.status(), /*saw_ciphertext=*/false);
     }
-    return wrapped;
+    return *std::move(wrapped);
   }
 }
 

@@ -54,13 +54,11 @@ class Pkcs11Backend final : public KeyBackend {
                                     const crypto::RsaPrivateKeyParts& parts,
                                     bool allow_pkcs1) override;
   absl::StatusOr<KeyInfo> SetEnabled(const std::string& name, bool enabled) override;
-  absl::StatusOr<crypto::SecretBytes> Decrypt(const std::string& key_name, RsaPadding padding,
-                                              absl::Span<const uint8_t> ciphertext,
-                                              Path path) override;
-  absl::StatusOr<Bytes> RewrapInToken(const std::string& key_name, RsaPadding in_padding,
-                                      absl::Span<const uint8_t> ciphertext,
-                                      const crypto::PublicKey& device_key,
-                                      RsaPadding out_padding) override;
+  OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name, RsaPadding padding,
+                                        absl::Span<const uint8_t> ciphertext, Path path) override;
+  OpResult<Bytes> RewrapInToken(const std::string& key_name, RsaPadding in_padding,
+                                absl::Span<const uint8_t> ciphertext, const crypto::PublicKey& device_key,
+                                RsaPadding out_padding) override;
   std::set<RsaPadding> WrapPaddings() override { return wrap_paddings_; }
   std::string TokenLabel() override { return token_.label; }
   bool Healthy() override;
@@ -78,6 +76,7 @@ class Pkcs11Backend final : public KeyBackend {
     bool enabled = true;
     bool allow_pkcs1 = false;
     bool present = false;  // a metadata object exists in the token
+    uint64_t seq = 0;      // version: raised by every write; the highest object wins
   };
   struct Entry {
     KeyInfo info;
@@ -93,8 +92,10 @@ class Pkcs11Backend final : public KeyBackend {
   // Loads a key from the token (attributes, metadata, probe) into keys_.
   absl::StatusOr<KeyInfo> LoadKey(const std::string& name);
   absl::Status LoadAllKeys();
+  // The key's current metadata; *objects (if given) gets every metadata object of the key,
+  // the current one first.
   absl::StatusOr<Metadata> ReadMetadata(SessionPool::Lease& lease, const std::string& name,
-                                        CK_OBJECT_HANDLE* handle);
+                                        std::vector<CK_OBJECT_HANDLE>* objects);
   absl::Status WriteMetadata(const std::string& name, const Metadata& md);
   absl::StatusOr<KeyCapabilities> Probe(CK_OBJECT_HANDLE priv, const crypto::PublicKey& pub,
                                         bool allow_pkcs1);
@@ -107,11 +108,8 @@ class Pkcs11Backend final : public KeyBackend {
   // and probes it.
   absl::StatusOr<KeyInfo> FinishNewKey(const std::string& name, bool allow_pkcs1,
                                        CK_OBJECT_HANDLE hpriv, CK_OBJECT_HANDLE hpub);
-  // Maps a failed C_Decrypt/C_UnwrapKey: data errors -> DecryptFailedError, token loss ->
-  // Unavailable. The lease is already marked broken.
-  absl::Status MapDecryptFailure(const absl::Status& s);
-  absl::StatusOr<crypto::SecretBytes> TokenDecrypt(const std::string& name, CK_MECHANISM* mech,
-                                                   absl::Span<const uint8_t> ciphertext);
+  OpResult<crypto::SecretBytes> TokenDecrypt(const std::string& name, CK_MECHANISM* mech,
+                                             absl::Span<const uint8_t> ciphertext);
 
   const Options options_;
   const TokenSlot token_;

@@ -29,11 +29,20 @@ absl::StatusOr<std::unique_ptr<TokenSupervisor>> TokenSupervisor::Create(Factory
   return s;
 }
 
+namespace {
+// The CallRunner tag of re-initialisation and module retirement (backend calls use the
+// backend's generation, which never gets this high).
+constexpr uint64_t kLifecycleTag = ~uint64_t{0};
+}  // namespace
+
 TokenSupervisor::~TokenSupervisor() {
   {
     absl::MutexLock l(&mu_);
     stop_ = true;
   }
+  // A re-initialisation stuck inside the module (C_Initialize that never returns) must not
+  // keep the supervisor's thread, and so this destructor, waiting.
+  runner_.Abandon(kLifecycleTag, absl::CancelledError("stopping"));
   if (thread_.joinable()) thread_.join();
 }
 
@@ -42,18 +51,18 @@ void TokenSupervisor::Install(std::shared_ptr<KeyBackend> b) {
   wrap_paddings_ = b->WrapPaddings();
   if (auto* p11 = dynamic_cast<Pkcs11Backend*>(b.get())) {
     pool_size_ = p11->pool().size();
-    // Before the backend is published: Module::SetCallObserver is not thread-safe.
     if (observer_) p11->pool().shared_module()->SetCallObserver(observer_);
   }
   current_ = std::move(b);
+  ++generation_;
   state_ = State::kUp;
 }
 
-absl::StatusOr<std::shared_ptr<KeyBackend>> TokenSupervisor::Use() const {
+absl::StatusOr<std::pair<std::shared_ptr<KeyBackend>, uint64_t>> TokenSupervisor::Use() const {
   absl::MutexLock l(&mu_);
   switch (state_) {
     case State::kUp:
-      return current_;
+      return std::make_pair(current_, generation_);
     case State::kLost:
       return absl::UnavailableError("the token is unavailable; reconnecting");
     case State::kPinRefused:
@@ -77,65 +86,80 @@ void TokenSupervisor::Observe(const absl::Status& s) {
   }
 }
 
-absl::Status TokenSupervisor::Recheck(KeyBackend& b, absl::Status s) {
-  if (IsDecryptFailed(s) && !b.Healthy()) {
-    spdlog::warn("a decryption failed and the token no longer answers: reported as unavailable");
-    s = absl::UnavailableError("the token stopped answering during the operation");
-  }
-  Observe(s);
-  return s;
+template <typename T>
+T TokenSupervisor::OnToken(std::function<T(KeyBackend&)> op, std::function<T(absl::Status)> fail) {
+  auto use = Use();
+  if (!use.ok()) return fail(use.status());
+  std::shared_ptr<KeyBackend> b = std::move(use->first);
+  return runner_.Run<T>([b = std::move(b), op = std::move(op)]() { return op(*b); }, use->second, std::move(fail));
 }
 
 template <typename T>
-absl::StatusOr<T> TokenSupervisor::Checked(KeyBackend& b, absl::StatusOr<T> r) {
-  if (r.ok()) return r;
-  return Recheck(b, r.status());
+absl::StatusOr<T> TokenSupervisor::KeyCall(std::function<absl::StatusOr<T>(KeyBackend&)> op) {
+  auto r = OnToken<absl::StatusOr<T>>(std::move(op), [](absl::Status s) -> absl::StatusOr<T> { return s; });
+  if (!r.ok()) Observe(r.status());
+  return r;
 }
 
+namespace {
+// A decryption failure from a token that no longer answers is not about the ciphertext.
+template <typename T>
+OpResult<T> Rechecked(KeyBackend& b, OpResult<T> r) {
+  if (r.outcome() == Outcome::kDecryptFailed && !b.Healthy()) {
+    spdlog::warn("a decryption failed and the token no longer answers: reported as unavailable");
+    return OpResult<T>::Retryable(absl::UnavailableError("the token stopped answering during the operation"));
+  }
+  return r;
+}
+}  // namespace
+
 absl::StatusOr<std::vector<KeyInfo>> TokenSupervisor::ListKeys() {
-  auto b = Use();
-  if (!b.ok()) return b.status();
-  return Checked(**b, (*b)->ListKeys());
+  return KeyCall<std::vector<KeyInfo>>([](KeyBackend& b) { return b.ListKeys(); });
 }
 
 absl::StatusOr<KeyInfo> TokenSupervisor::GetKey(const std::string& name) {
-  auto b = Use();
-  if (!b.ok()) return b.status();
-  return Checked(**b, (*b)->GetKey(name));
+  return KeyCall<KeyInfo>([name](KeyBackend& b) { return b.GetKey(name); });
 }
 
 absl::StatusOr<KeyInfo> TokenSupervisor::CreateKey(const std::string& name, int bits, bool allow_pkcs1) {
-  auto b = Use();
-  if (!b.ok()) return b.status();
-  return Checked(**b, (*b)->CreateKey(name, bits, allow_pkcs1));
+  return KeyCall<KeyInfo>([name, bits, allow_pkcs1](KeyBackend& b) { return b.CreateKey(name, bits, allow_pkcs1); });
 }
 
 absl::StatusOr<KeyInfo> TokenSupervisor::ImportKey(const std::string& name, const crypto::RsaPrivateKeyParts& parts,
                                                    bool allow_pkcs1) {
-  auto b = Use();
-  if (!b.ok()) return b.status();
-  return Checked(**b, (*b)->ImportKey(name, parts, allow_pkcs1));
+  // The parts are copied into the call (zeroizing buffers): it may outlive this caller.
+  return KeyCall<KeyInfo>(
+      [name, parts, allow_pkcs1](KeyBackend& b) { return b.ImportKey(name, parts, allow_pkcs1); });
 }
 
 absl::StatusOr<KeyInfo> TokenSupervisor::SetEnabled(const std::string& name, bool enabled) {
-  auto b = Use();
-  if (!b.ok()) return b.status();
-  return Checked(**b, (*b)->SetEnabled(name, enabled));
+  return KeyCall<KeyInfo>([name, enabled](KeyBackend& b) { return b.SetEnabled(name, enabled); });
 }
 
-absl::StatusOr<crypto::SecretBytes> TokenSupervisor::Decrypt(const std::string& key_name, RsaPadding padding,
-                                                             absl::Span<const uint8_t> ciphertext, Path path) {
-  auto b = Use();
-  if (!b.ok()) return b.status();
-  return Checked(**b, (*b)->Decrypt(key_name, padding, ciphertext, path));
+OpResult<crypto::SecretBytes> TokenSupervisor::Decrypt(const std::string& key_name, RsaPadding padding,
+                                                      absl::Span<const uint8_t> ciphertext, Path path) {
+  using R = OpResult<crypto::SecretBytes>;
+  auto r = OnToken<R>(
+      [key_name, padding, ct = Bytes(ciphertext.begin(), ciphertext.end()), path](KeyBackend& b) {
+        return Rechecked(b, b.Decrypt(key_name, padding, ct, path));
+      },
+      [](absl::Status s) { return R::Retryable(std::move(s)); });
+  if (!r.ok()) Observe(r.status());
+  return r;
 }
 
-absl::StatusOr<Bytes> TokenSupervisor::RewrapInToken(const std::string& key_name, RsaPadding in_padding,
-                                                     absl::Span<const uint8_t> ciphertext,
-                                                     const crypto::PublicKey& device_key, RsaPadding out_padding) {
-  auto b = Use();
-  if (!b.ok()) return b.status();
-  return Checked(**b, (*b)->RewrapInToken(key_name, in_padding, ciphertext, device_key, out_padding));
+OpResult<Bytes> TokenSupervisor::RewrapInToken(const std::string& key_name, RsaPadding in_padding,
+                                               absl::Span<const uint8_t> ciphertext,
+                                               const crypto::PublicKey& device_key, RsaPadding out_padding) {
+  using R = OpResult<Bytes>;
+  auto r = OnToken<R>(
+      [key_name, in_padding, ct = Bytes(ciphertext.begin(), ciphertext.end()), device_key,
+       out_padding](KeyBackend& b) {
+        return Rechecked(b, b.RewrapInToken(key_name, in_padding, ct, device_key, out_padding));
+      },
+      [](absl::Status s) { return R::Retryable(std::move(s)); });
+  if (!r.ok()) Observe(r.status());
+  return r;
 }
 
 std::set<RsaPadding> TokenSupervisor::WrapPaddings() {
@@ -219,56 +243,70 @@ bool TokenSupervisor::Sleep(absl::Duration d, bool wake_on_suspect) {
   return !stop_;
 }
 
-bool TokenSupervisor::CheckHealthy(KeyBackend& b) {
+absl::Status TokenSupervisor::CheckHealthy(const std::shared_ptr<KeyBackend>& b, uint64_t generation) {
   // Three tries 50 ms apart: one failed C_GetTokenInfo (an injected or transient error) is
-  // not a lost token; three are, and they still fit in the 1 s the health status has.
+  // not a lost token; three are, and they still fit in the 1 s the health status has. A
+  // check that does not answer within probe_timeout is a lost token at once (trying again
+  // would only leave another thread inside the module).
   for (int i = 0; i < 3; ++i) {
-    if (b.Healthy()) return true;
-    if (i < 2 && !Sleep(absl::Milliseconds(50))) return true;
+    absl::Status s = runner_.Run<absl::Status>(
+        [b]() { return b->Healthy() ? absl::OkStatus() : absl::UnavailableError("C_GetTokenInfo fails"); },
+        generation, [](absl::Status why) { return why; }, absl::Now() + options_.probe_timeout);
+    if (s.ok()) return s;
+    if (s.code() == absl::StatusCode::kDeadlineExceeded) {
+      return absl::UnavailableError(absl::StrCat("C_GetTokenInfo did not answer within ",
+                                                 absl::FormatDuration(options_.probe_timeout)));
+    }
+    if (s.code() != absl::StatusCode::kUnavailable || s.message() != "C_GetTokenInfo fails") return s;
+    if (i < 2 && !Sleep(absl::Milliseconds(50))) return absl::OkStatus();
   }
-  return false;
+  return absl::UnavailableError("C_GetTokenInfo fails");
 }
 
 void TokenSupervisor::MarkLost(const std::string& why) {
   std::shared_ptr<KeyBackend> old;
+  uint64_t generation = 0;
   {
     absl::MutexLock l(&mu_);
     if (state_ != State::kUp) return;
     state_ = State::kLost;
     old = std::move(current_);
+    generation = generation_;
   }
-  spdlog::error("token lost ({}): health NOT_SERVING, items fail UNAVAILABLE; re-initialising with backoff", why);
+  // Every call still inside the lost token is answered now; its thread is left behind.
+  const size_t abandoned =
+      runner_.Abandon(generation, absl::UnavailableError(absl::StrCat("the token was lost during the call (", why,
+                                                                       "); retry")));
+  spdlog::error("token lost ({}): health NOT_SERVING, items fail UNAVAILABLE ({} calls in flight answered); "
+                "re-initialising with backoff",
+                why, abandoned);
   Retire(std::move(old));
 }
 
 void TokenSupervisor::Retire(std::shared_ptr<KeyBackend> old) {
   if (old == nullptr) return;
-  // Calls still running on the old backend hold references; once they have returned (a
-  // lost token answers quickly) the backend and, with it, the module can go, so the next
-  // Load() runs C_Initialize afresh (the p11-kit client reconnects only then).
-  auto wait_for_calls = [&] {
-    const absl::Time deadline = absl::Now() + options_.drain_wait;
-    while (old.use_count() > 1 && absl::Now() < deadline) {
-      if (!Sleep(absl::Milliseconds(20))) break;
-    }
-  };
-  wait_for_calls();
-  if (old.use_count() > 1) {
-    if (auto* p11 = dynamic_cast<Pkcs11Backend*>(old.get())) {
-      spdlog::warn("token: {} calls still inside the module after {}: finalising it under them",
-                   old.use_count() - 1, absl::FormatDuration(options_.drain_wait));
-      p11->pool().shared_module()->Retire();
-      wait_for_calls();
-    }
-    if (old.use_count() > 1) {
-      spdlog::warn("token: {} calls still hold the lost backend; re-initialising without them", old.use_count() - 1);
-    }
+  // Calls still running on the old backend hold references. A lost token usually answers
+  // them quickly; then the backend and its module go now, so the next Load() runs
+  // C_Initialize afresh (the p11-kit client reconnects only then). Calls that stay inside
+  // the module were answered already (MarkLost); their module is finalised under them and
+  // the reconnect goes ahead without them.
+  const absl::Time deadline = absl::Now() + options_.drain_wait;
+  while (old.use_count() > 1 && absl::Now() < deadline) {
+    if (!Sleep(absl::Milliseconds(10))) break;
   }
   std::weak_ptr<Module> module;
   std::vector<CallStat> stats;
   uint64_t discarded = 0;
   if (auto* p11 = dynamic_cast<Pkcs11Backend*>(old.get())) {
     module = p11->pool().shared_module();
+    if (old.use_count() > 1) {
+      spdlog::warn("token: {} calls still inside the module after {}: finalising it under them",
+                   old.use_count() - 1, absl::FormatDuration(options_.drain_wait));
+      // C_Finalize under them, on a runner thread: it may hang as well.
+      std::shared_ptr<Module> m = p11->pool().shared_module();
+      runner_.Run<bool>([m]() { m->Retire(); return true; }, kLifecycleTag,
+                        [](absl::Status) { return false; }, absl::Now() + options_.probe_timeout);
+    }
     stats = p11->module().CallStats();
     discarded = p11->pool().discarded_sessions();
   }
@@ -286,7 +324,11 @@ void TokenSupervisor::Retire(std::shared_ptr<KeyBackend> old) {
 }
 
 absl::Status TokenSupervisor::Reconnect() {
-  auto b = factory_();
+  // On a runner thread: C_Initialize of a module whose device hangs may never return. The
+  // call owns a copy of the factory, so it may outlive this supervisor.
+  using Made = absl::StatusOr<std::unique_ptr<KeyBackend>>;
+  Made b = runner_.Run<Made>([factory = factory_]() { return factory(); }, kLifecycleTag,
+                             [](absl::Status why) -> Made { return why; });
   if (!b.ok()) return b.status();
   absl::MutexLock l(&mu_);
   if (stop_) return absl::CancelledError("stopping");
@@ -316,12 +358,25 @@ void TokenSupervisor::Run() {
         suspect_ = false;
         if (state_ != State::kUp) continue;
       }
-      if (!CheckHealthy(*b)) {
+      uint64_t generation;
+      {
+        absl::MutexLock l(&mu_);
+        generation = generation_;
+      }
+      absl::Status lost;
+      if (const absl::Duration oldest = runner_.OldestRunning(generation); oldest > options_.call_timeout) {
+        lost = absl::UnavailableError(absl::StrCat("a token call has not returned for ", absl::FormatDuration(oldest),
+                                                   " (token_call_timeout_s ",
+                                                   absl::ToDoubleSeconds(options_.call_timeout), ")"));
+      } else {
+        lost = CheckHealthy(b, generation);
+      }
+      if (!lost.ok()) {
         b.reset();
         lost_at = absl::Now();
         attempts = 0;
         backoff = options_.initial_backoff;
-        MarkLost("C_GetTokenInfo fails");
+        MarkLost(std::string(lost.message()));
       }
       continue;
     }

@@ -1,21 +1,26 @@
 // Token-loss recovery: a KeyBackend that owns the real backend (normally a Pkcs11Backend)
 // and replaces it when the token is lost.
 //
+//  - Every call runs on a thread of the supervisor's CallRunner (hsm/call_runner.h), never
+//    on the caller's: when the token is declared lost, every caller whose call has not
+//    returned is answered Unavailable at once, whatever the module does; a thread stuck
+//    inside the module is abandoned (counted in stuck_calls()) and new calls get new threads.
 //  - Up: calls go to the current backend. A background thread checks Healthy() every
 //    `check_interval` (and at once after a call failed Unavailable); three failed checks
 //    in a row (50 ms apart, so one injected or transient error is not a loss) mark the
-//    token lost.
+//    token lost, and so does one check that does not answer within `probe_timeout`, or any
+//    call that has been inside the module for longer than `call_timeout`.
 //  - Lost: every call fails Unavailable at once, without touching the token. The thread
-//    drops the old backend (waiting for its in-flight calls to return, so the module can
-//    be C_Finalize'd and loaded again), then calls the factory (C_Initialize, token
-//    selection, login, new session pool, keys and handles loaded again) with exponential
-//    backoff from `initial_backoff` to `max_backoff`. The thread sleeps in between: no busy
-//    loop while the token is gone.
+//    drops the old backend (after at most `drain_wait` for its calls to return; a module
+//    with calls still inside is finalised under them), then calls the factory (C_Initialize,
+//    token selection, login, new session pool, keys and handles loaded again) with
+//    exponential backoff from `initial_backoff` to `max_backoff`. The thread sleeps in
+//    between: no busy loop while the token is gone. The reconnect never waits for stuck calls.
 //  - A refused PIN (PermissionDenied from the factory or from a call) is terminal: no
 //    retry, Healthy() stays false, logged once as an error.
 //  - A decryption failure is re-checked against the token's liveness before it is
-//    returned: if the token no longer answers C_GetTokenInfo the call fails Unavailable
-//    (a dying token must not make good items look like bad ciphertexts).
+//    returned: if the token no longer answers C_GetTokenInfo the call is retryable
+//    (Unavailable): a dying token must not make good items look like bad ciphertexts.
 //
 // Thread safety: every method may be called from any thread.
 #pragma once
@@ -33,6 +38,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "hsm/backend.h"
+#include "hsm/call_runner.h"
 #include "hsm/pkcs11.h"
 
 namespace hsmrewrap::hsm {
@@ -46,11 +52,15 @@ class TokenSupervisor final : public KeyBackend {
     absl::Duration check_interval = absl::Milliseconds(200);
     absl::Duration initial_backoff = absl::Milliseconds(100);
     absl::Duration max_backoff = absl::Seconds(2);
-    // How long a lost backend's in-flight calls may take to return before it is dropped
-    // anyway (the module is then re-initialised only once they have).
-    // After that, a module with calls stuck inside it is finalised under them
-    // (Module::Retire) and, after as long again, the backend is dropped anyway.
-    absl::Duration drain_wait = absl::Seconds(1);
+    // A health check (C_GetTokenInfo) that has not answered after this is a lost token.
+    absl::Duration probe_timeout = absl::Seconds(1);
+    // A token call inside the module for longer than this is a lost token (config
+    // token_call_timeout_s). Far above any real operation (RSA on a TPM: < 1 s).
+    absl::Duration call_timeout = absl::Seconds(10);
+    // How long a lost backend's in-flight calls may take to return before its module is
+    // finalised under them (they have been answered already; this only lets a module that
+    // answers quickly be finalised cleanly).
+    absl::Duration drain_wait = absl::Milliseconds(200);
   };
   // Makes a new backend: loads/initialises the module, selects the token, logs in.
   using Factory = std::function<absl::StatusOr<std::unique_ptr<KeyBackend>>()>;
@@ -67,11 +77,11 @@ class TokenSupervisor final : public KeyBackend {
   absl::StatusOr<KeyInfo> ImportKey(const std::string& name, const crypto::RsaPrivateKeyParts& parts,
                                     bool allow_pkcs1) override;
   absl::StatusOr<KeyInfo> SetEnabled(const std::string& name, bool enabled) override;
-  absl::StatusOr<crypto::SecretBytes> Decrypt(const std::string& key_name, RsaPadding padding,
-                                              absl::Span<const uint8_t> ciphertext, Path path) override;
-  absl::StatusOr<Bytes> RewrapInToken(const std::string& key_name, RsaPadding in_padding,
-                                      absl::Span<const uint8_t> ciphertext, const crypto::PublicKey& device_key,
-                                      RsaPadding out_padding) override;
+  OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name, RsaPadding padding,
+                                        absl::Span<const uint8_t> ciphertext, Path path) override;
+  OpResult<Bytes> RewrapInToken(const std::string& key_name, RsaPadding in_padding,
+                                absl::Span<const uint8_t> ciphertext, const crypto::PublicKey& device_key,
+                                RsaPadding out_padding) override;
   std::set<RsaPadding> WrapPaddings() override;
   std::string TokenLabel() override;
   // True while the state is Up (no token call: the thread keeps the state current).
@@ -80,6 +90,10 @@ class TokenSupervisor final : public KeyBackend {
   State state() const;
   // Successful re-initialisations since start.
   uint64_t reconnects() const;
+  // Token calls abandoned (answered Unavailable at a token loss, or a health check that did
+  // not answer) whose thread is still inside the module; and all ever abandoned.
+  size_t stuck_calls() const { return runner_.stuck(); }
+  uint64_t abandoned_calls() const { return runner_.abandoned_total(); }
   // Seconds the last completed outage lasted (loss detected -> serving again); 0 if none.
   double last_outage_seconds() const;
   // PKCS#11 call counters summed over every module instance this supervisor has used (so
@@ -99,18 +113,23 @@ class TokenSupervisor final : public KeyBackend {
  private:
   TokenSupervisor(Factory factory, Options options) : factory_(std::move(factory)), options_(options) {}
 
-  // The backend to use for a call, or Unavailable while the token is lost.
-  absl::StatusOr<std::shared_ptr<KeyBackend>> Use() const;
+  // The backend to use for a call and its generation (the CallRunner tag of its calls), or
+  // Unavailable while the token is lost.
+  absl::StatusOr<std::pair<std::shared_ptr<KeyBackend>, uint64_t>> Use() const;
   // Looks at a call's result: Unavailable wakes the thread for a check at once; a refused
   // PIN makes the state terminal.
   void Observe(const absl::Status& s);
-  // Returns `s`, or Unavailable if `s` is a decryption failure and the token has gone.
-  absl::Status Recheck(KeyBackend& b, absl::Status s);
+  // Runs op(backend) on a runner thread; `fail` turns a status into a T (lost token,
+  // abandoned call). Everything `op` captures must be owned by it: an abandoned call goes on
+  // running after its caller has returned.
   template <typename T>
-  absl::StatusOr<T> Checked(KeyBackend& b, absl::StatusOr<T> r);
+  T OnToken(std::function<T(KeyBackend&)> op, std::function<T(absl::Status)> fail);
+  template <typename T>
+  absl::StatusOr<T> KeyCall(std::function<absl::StatusOr<T>(KeyBackend&)> op);
 
   void Run();
-  bool CheckHealthy(KeyBackend& b);
+  // OK, or why the token counts as lost (three failed checks, or one that did not answer).
+  absl::Status CheckHealthy(const std::shared_ptr<KeyBackend>& b, uint64_t generation);
   void MarkLost(const std::string& why);
   absl::Status Reconnect();
   void Retire(std::shared_ptr<KeyBackend> old);
@@ -136,7 +155,9 @@ class TokenSupervisor final : public KeyBackend {
   std::map<std::string, CallStat> retired_calls_ ABSL_GUARDED_BY(mu_);
   uint64_t retired_discarded_ ABSL_GUARDED_BY(mu_) = 0;
   size_t pool_size_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // raised by every Install()
 
+  CallRunner runner_;
   std::thread thread_;
 };
 

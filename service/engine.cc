@@ -32,20 +32,63 @@ void FailGate(v1::RewrapResult& r, const absl::Status& s) {
   Fail(r, code, std::string(s.message()));
 }
 
-void FailDecrypt(v1::RewrapResult& r) { Fail(r, ItemError::DECRYPT_FAILED, kDecryptFailedMessage); }
+void FailDecrypt(v1::RewrapResult& r) { Fail(r, ItemError::DECRYPT_FAILED, hsm::kDecryptFailedText); }
 
-// Token errors while decrypting: token loss is UNAVAILABLE (retry elsewhere is safe);
-// anything else, whatever the token said, is the one uniform DECRYPT_FAILED.
-void FailFromToken(v1::RewrapResult& r, const absl::Status& s, const std::string& key) {
-  if (s.code() == absl::StatusCode::kUnavailable) {
-    Fail(r, ItemError::UNAVAILABLE, absl::StrCat("token unavailable: ", s.message()));
-    return;
+// A failed call that did not see the ciphertext (key lookups) or a refused/retryable token
+// operation: the status code picks the item code. Never DECRYPT_FAILED: only the token's
+// answer about a ciphertext is that (FailFromOp).
+void FailFromStatus(v1::RewrapResult& r, const absl::Status& s, const std::string& key) {
+  switch (s.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kPermissionDenied:  // the token refused the PIN: unavailable here
+      Fail(r, ItemError::UNAVAILABLE, absl::StrCat("token unavailable: ", s.message()));
+      return;
+    case absl::StatusCode::kResourceExhausted:
+      Fail(r, ItemError::RESOURCE_EXHAUSTED, std::string(s.message()));
+      return;
+    case absl::StatusCode::kDeadlineExceeded:
+      Fail(r, ItemError::DEADLINE_EXCEEDED, std::string(s.message()));
+      return;
+    case absl::StatusCode::kNotFound:
+      Fail(r, ItemError::KEY_NOT_FOUND, absl::StrCat("key '", key, "' not found"));
+      return;
+    case absl::StatusCode::kFailedPrecondition:  // a key rewrapd refuses to serve, says why
+    case absl::StatusCode::kUnimplemented:
+      Fail(r, ItemError::UNSUPPORTED, std::string(s.message()));
+      return;
+    case absl::StatusCode::kInvalidArgument:
+      Fail(r, ItemError::INVALID_ITEM, std::string(s.message()));
+      return;
+    default:
+      spdlog::warn("item {}: key {}: token error: {}", r.id(), key, s.ToString());
+      Fail(r, ItemError::INTERNAL, "the token failed the operation");
+      return;
   }
-  if (!hsm::IsDecryptFailed(s)) {
-    spdlog::debug("item {}: key {}: token error reported as decryption failure: {}", r.id(), key,
-                  s.ToString());
+}
+
+// The typed outcome of a rewrap operation (hsm::OpResult).
+template <typename T>
+void FailFromOp(v1::RewrapResult& r, const hsm::OpResult<T>& op, const std::string& key) {
+  switch (op.outcome()) {
+    case hsm::Outcome::kDecryptFailed:
+      FailDecrypt(r);
+      return;
+    case hsm::Outcome::kRetryable:
+      if (hsm::OutcomeOfStatus(op.status()) != hsm::Outcome::kRetryable) {  // keep it retryable
+        Fail(r, ItemError::UNAVAILABLE, absl::StrCat("token unavailable: ", op.status().message()));
+        return;
+      }
+      FailFromStatus(r, op.status(), key);
+      return;
+    case hsm::Outcome::kRefused:
+      FailFromStatus(r, op.status(), key);
+      return;
+    case hsm::Outcome::kOk:
+      break;
   }
-  FailDecrypt(r);
+  Fail(r, ItemError::INTERNAL, "internal error: a successful operation reported as failed");
 }
 
 const char* PaddingName(v1::Padding p) { return v1::Padding_Name(p).c_str(); }
@@ -446,7 +489,7 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
           Fail(r, ItemError::KEY_NOT_FOUND,
                absl::StrCat("recipient service key '", rcp.service_key(), "' not found"));
         } else {
-          FailFromToken(r, t.status(), rcp.service_key());
+          FailFromStatus(r, t.status(), rcp.service_key());
         }
         return r;
       }
@@ -488,7 +531,7 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
       // A key rewrapd refuses to serve (unsafe attributes, duplicate label): says why.
       Fail(r, ItemError::UNSUPPORTED, std::string(key_or.status().message()));
     } else {
-      FailFromToken(r, key_or.status(), item.key_name());
+      FailFromStatus(r, key_or.status(), item.key_name());
     }
     return r;
   }
@@ -518,7 +561,7 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
   if (bare && caps.unwrap.count(in_padding) && backend_->WrapPaddings().count(out_padding)) {
     auto out = backend_->RewrapInToken(item.key_name(), in_padding, ct, *device_key, out_padding);
     if (!out.ok()) {
-      FailFromToken(r, out.status(), item.key_name());
+      FailFromOp(r, out, item.key_name());
       return r;
     }
     r.set_ciphertext(out->data(), out->size());
@@ -541,7 +584,7 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
   }
   auto plain = backend_->Decrypt(item.key_name(), in_padding, ct, path);
   if (!plain.ok()) {
-    FailFromToken(r, plain.status(), item.key_name());
+    FailFromOp(r, plain, item.key_name());
     return r;
   }
 
@@ -550,8 +593,7 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
   if (bare) {
     const size_t max = crypto::MaxPlaintextLen(out_padding, static_cast<size_t>((device_key->bits() + 7) / 8));
     if (plain->size() > max) {
-      Fail(r, ItemError::INVALID_ITEM,
-           "the unsealed secret is too long for the recipient key with this output format");
+      Fail(r, ItemError::INVALID_ITEM, hsm::kSecretTooLongText);
       return r;
     }
     out = crypto::RsaEncrypt(*device_key, out_padding, crypto::Reveal(*plain));

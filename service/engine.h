@@ -27,7 +27,7 @@ namespace hsmrewrap::service {
 namespace v1 = ::hsmrewrap::v1;
 
 // The one message every decryption failure carries, whatever the token said.
-inline constexpr char kDecryptFailedMessage[] = "decryption failed";
+inline constexpr const char* kDecryptFailedMessage = hsm::kDecryptFailedText;
 
 // A service key as the engine serves it: the token's KeyInfo plus its parsed public key.
 struct KeyEntry {

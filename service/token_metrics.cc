@@ -24,6 +24,13 @@ void DeclareTokenMetrics(Metrics& m, hsm::TokenSupervisor* s) {
                  "Duration of the last token outage (loss detected to serving again); 0 if none", [s] {
                    return Samples{{{}, s->last_outage_seconds()}};
                  });
+  m.DeclareGauge("hsmrewrap_token_stuck_calls",
+                 "Token calls abandoned at a token loss (their items answered UNAVAILABLE) whose thread is still "
+                 "inside the PKCS#11 module",
+                 [s] { return Samples{{{}, static_cast<double>(s->stuck_calls())}}; });
+  m.DeclareGauge("hsmrewrap_token_abandoned_calls_total",
+                 "Token calls given up on (lost token, or a health check that did not answer)",
+                 [s] { return Samples{{{}, static_cast<double>(s->abandoned_calls())}}; }, "counter");
   m.DeclareGauge("hsmrewrap_pkcs11_calls_total", "PKCS#11 calls by function and result", [s] {
     Samples out;
     for (const auto& st : s->CallStats()) {

@@ -191,7 +191,12 @@ int Main(int argc, char** argv) {
       const crypto::Certificate& cert = certs[i % certs.size()];
       absl::StatusOr<crypto::Bytes> out;
       if (in_token) {
-        out = (*backend)->RewrapInToken(key_name, padding, ct, cert.public_key(), format.bare);
+        auto wrapped = (*backend)->RewrapInToken(key_name, padding, ct, cert.public_key(), format.bare);
+        if (wrapped.ok()) {
+          out = *std::move(wrapped);
+        } else {
+          out = wrapped.status();
+        }
       } else {
         auto plain = (*backend)->Decrypt(key_name, padding, ct, path);
         if (!plain.ok()) {

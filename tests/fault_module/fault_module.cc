@@ -23,6 +23,13 @@
 //         window=A-B    A..B seconds after the file was (re)loaded; `window=A-` = from A on
 //         forward       call the real function first, then return CKR_NAME anyway (the
 //                       token did the work but the answer was lost)
+//   hang FUNCS [forever]             each call of FUNCS blocks, before it is forwarded, until
+//                                    no `hang` rule names it any more (the file changed);
+//                                    `forever`: it never returns. A call released after the
+//                                    real module was finalised (C_Finalize) meanwhile returns
+//                                    CKR_CRYPTOKI_NOT_INITIALIZED without being forwarded: its
+//                                    handles belong to a library instance that has ended.
+//                                    C_Finalize and C_GetFunctionList never hang.
 //   The first `fail` rule that fires wins. Counters and the clock restart on every reload.
 //   An injected failure is not forwarded (unless `forward`), so e.g. a failed C_Decrypt
 //   leaves the real session with its decrypt operation still active, like a real fault.
@@ -118,6 +125,8 @@ struct Rule {
 struct Rules {
   std::vector<std::unique_ptr<Rule>> fail;
   long delay_us[kNumFunctions] = {};
+  bool hang[kNumFunctions] = {};
+  bool hang_forever[kNumFunctions] = {};
   std::chrono::steady_clock::time_point loaded = std::chrono::steady_clock::now();
 };
 
@@ -125,10 +134,12 @@ CK_FUNCTION_LIST g_list;              // ours: every entry a forwarding wrapper
 CK_FUNCTION_LIST_PTR g_real = nullptr;  // the real module's list
 std::once_flag g_once;
 CK_RV g_init_rv = CKR_GENERAL_ERROR;
-std::string g_config_path;
-
+// Never destroyed: a call hanging inside this module may still read them while the
+// process runs its exit-time destructors.
+std::string& g_config_path = *new std::string;
 std::mutex g_rules_mu;               // guards g_rules (the pointer) and g_stamp
-std::shared_ptr<const Rules> g_rules = std::make_shared<Rules>();
+std::shared_ptr<const Rules>& g_rules = *new std::shared_ptr<const Rules>(std::make_shared<Rules>());
+std::atomic<uint64_t> g_finalized{0};  // C_Finalize calls forwarded so far
 struct Stamp {
   bool exists = false;
   long long mtime_ns = 0, size = 0, ino = 0;
@@ -211,6 +222,17 @@ std::shared_ptr<Rules> Parse(const std::string& text, std::string* module, std::
         *err = where + *err;
         return nullptr;
       }
+    } else if (w[0] == "hang" && (w.size() == 2 || (w.size() == 3 && w[2] == "forever"))) {
+      Rule r;
+      if (!ParseFuncs(w[1], &r, nullptr, 0, err)) {
+        *err = where + *err;
+        return nullptr;
+      }
+      for (size_t i = 0; i < kNumFunctions; ++i) {
+        if (!r.funcs[i] || i == k_C_Finalize) continue;
+        rules->hang[i] = true;
+        if (w.size() == 3) rules->hang_forever[i] = true;
+      }
     } else if (w[0] == "fail" && w.size() >= 3) {
       auto r = std::make_unique<Rule>();
       if (!ParseFuncs(w[1], r.get(), nullptr, 0, err)) {
@@ -261,7 +283,7 @@ std::shared_ptr<Rules> Parse(const std::string& text, std::string* module, std::
       }
       rules->fail.push_back(std::move(r));
     } else {
-      *err = where + "expected `module PATH`, `delay FUNCS US` or `fail FUNCS CKR_NAME [...]`";
+      *err = where + "expected `module PATH`, `delay FUNCS US`, `hang FUNCS [forever]` or `fail FUNCS CKR_NAME [...]`";
       return nullptr;
     }
   }
@@ -327,10 +349,22 @@ void SleepUs(long us) {
   }
 }
 
-// Before a call of `fn`: sleeps its delay, then returns the return value to inject (CKR_OK:
-// none). *forward says whether the real function is still to be called.
+// Before a call of `fn`: hangs while a `hang` rule names it, sleeps its delay, then returns
+// the return value to inject (CKR_OK: none). *forward says whether the real function is
+// still to be called.
 CK_RV Decide(size_t fn, bool* forward) {
   std::shared_ptr<const Rules> rules = CurrentRules();
+  if (rules->hang[fn]) {
+    const uint64_t finalized = g_finalized.load();
+    while (rules->hang[fn]) {
+      SleepUs(10000);
+      if (!rules->hang_forever[fn]) rules = CurrentRules();
+    }
+    if (g_finalized.load() != finalized) {
+      *forward = false;
+      return CKR_CRYPTOKI_NOT_INITIALIZED;
+    }
+  }
   SleepUs(rules->delay_us[fn]);
   *forward = true;
   const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - rules->loaded).count();
@@ -358,6 +392,7 @@ struct Fwd<I, Member, CK_RV (*)(A...)> {
     if (forward) {
       auto fn = g_real->*Member;
       rv = fn == nullptr ? CKR_FUNCTION_NOT_SUPPORTED : fn(a...);
+      if (I == k_C_Finalize) g_finalized.fetch_add(1);
     }
     return injected != CKR_OK ? injected : rv;
   }

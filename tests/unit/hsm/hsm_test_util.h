@@ -11,8 +11,17 @@
 #include "crypto/keys.h"
 #include "crypto/rsa.h"
 #include "crypto/secret.h"
+#include "hsm/backend.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+
+namespace hsmrewrap::hsm {
+// A rewrap operation's typed decryption failure.
+template <typename T>
+bool IsDecryptFailed(const OpResult<T>& r) {
+  return r.outcome() == Outcome::kDecryptFailed;
+}
+}  // namespace hsmrewrap::hsm
 
 namespace hsmrewrap::hsm::testing {
 
@@ -20,6 +29,10 @@ inline const absl::Status& StatusOf(const absl::Status& s) { return s; }
 template <typename T>
 const absl::Status& StatusOf(const absl::StatusOr<T>& s) {
   return s.status();
+}
+template <typename T>
+const absl::Status& StatusOf(const OpResult<T>& r) {
+  return r.status();
 }
 
 MATCHER(IsOk, "is OK") {

@@ -41,10 +41,29 @@ TEST(Pkcs11Test, Classification) {
   EXPECT_TRUE(CkrToStatus("C_X", CKR_OK).ok());
 }
 
-TEST(Pkcs11Test, DecryptFailedIsOneStatus) {
-  EXPECT_TRUE(IsDecryptFailed(DecryptFailedError()));
-  EXPECT_FALSE(IsDecryptFailed(absl::InvalidArgumentError("other")));
-  EXPECT_FALSE(IsDecryptFailed(absl::OkStatus()));
+TEST(Pkcs11Test, OutcomesAreTyped) {
+  const auto failed = OpResult<crypto::Bytes>::DecryptFailed();
+  EXPECT_EQ(failed.outcome(), Outcome::kDecryptFailed);
+  EXPECT_EQ(failed.status(), absl::InvalidArgumentError(kDecryptFailedText));
+  // A status that merely looks like a decryption failure is not one.
+  EXPECT_EQ(OpResult<crypto::Bytes>::FromStatus(absl::InvalidArgumentError(kDecryptFailedText)).outcome(),
+            Outcome::kRefused);
+  for (auto code : {absl::StatusCode::kUnavailable, absl::StatusCode::kResourceExhausted,
+                    absl::StatusCode::kDeadlineExceeded, absl::StatusCode::kAborted, absl::StatusCode::kCancelled}) {
+    EXPECT_EQ(OutcomeOfStatus(absl::Status(code, "x")), Outcome::kRetryable) << code;
+  }
+  for (auto code : {absl::StatusCode::kInternal, absl::StatusCode::kNotFound, absl::StatusCode::kFailedPrecondition,
+                    absl::StatusCode::kUnimplemented, absl::StatusCode::kInvalidArgument}) {
+    EXPECT_EQ(OutcomeOfStatus(absl::Status(code, "x")), Outcome::kRefused) << code;
+  }
+  // C_DecryptInit (or any call) failing CKR_GENERAL_ERROR is retryable, not a bad ciphertext.
+  EXPECT_EQ(OpResult<crypto::Bytes>::FromStatus(CkrToStatus("C_DecryptInit", CKR_GENERAL_ERROR)).outcome(),
+            Outcome::kRetryable);
+  const auto from = OpResult<int>::From(failed);
+  EXPECT_EQ(from.outcome(), Outcome::kDecryptFailed);
+  OpResult<int> ok(7);
+  EXPECT_TRUE(ok.ok());
+  EXPECT_EQ(*ok, 7);
   EXPECT_STREQ(PathName(Path::kHostUnpadding), "HOST_UNPADDING");
 }
 

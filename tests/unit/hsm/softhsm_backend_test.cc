@@ -146,7 +146,7 @@ TEST_F(SoftHsmBackendTest, TamperedCiphertextFailsUniformly) {
       auto r = backend_->Decrypt("svc", c.padding, bad, c.path);
       // PKCS#1 v1.5 has a small chance of a tampered input still unpadding; never OAEP.
       if (c.padding == RsaPadding::kPkcs1 && r.ok()) continue;
-      EXPECT_TRUE(IsDecryptFailed(r.status())) << r.status() << " " << PathName(c.path);
+      EXPECT_TRUE(IsDecryptFailed(r)) << r.status() << " " << PathName(c.path);
     }
     auto good = backend_->Decrypt("svc", c.padding, ct, c.path);
     ASSERT_THAT(good, IsOk());
@@ -166,13 +166,13 @@ TEST_F(SoftHsmBackendTest, EmptyAndShortCiphertextDoNotPoisonSessions) {
     crypto::Bytes shorter(ct.begin(), ct.begin() + len);
     for (Path p : {Path::kTokenDecrypt, Path::kHostUnpadding}) {
       EXPECT_TRUE(
-          IsDecryptFailed(backend_->Decrypt("svc", RsaPadding::kOaepSha1, shorter, p).status()));
+          IsDecryptFailed(backend_->Decrypt("svc", RsaPadding::kOaepSha1, shorter, p)));
     }
   }
   crypto::Bytes longer = ct;
   longer.push_back(0);
   EXPECT_TRUE(IsDecryptFailed(
-      backend_->Decrypt("svc", RsaPadding::kOaepSha1, longer, Path::kTokenDecrypt).status()));
+      backend_->Decrypt("svc", RsaPadding::kOaepSha1, longer, Path::kTokenDecrypt)));
   ExpectDecrypts("svc", RsaPadding::kOaepSha1, Path::kTokenDecrypt);
   ExpectDecrypts("svc", RsaPadding::kOaepSha256, Path::kHostUnpadding);
 }
@@ -401,7 +401,7 @@ TEST_F(SoftHsmBackendTest, ConcurrentDecryptsFromEightThreads) {
       for (int i = 0; i < 20; ++i) {
         if ((i + t) % 5 == 0) {
           auto r = backend_->Decrypt("svc", RsaPadding::kOaepSha1, bad, Path::kTokenDecrypt);
-          (IsDecryptFailed(r.status()) ? failed_as_expected : wrong)++;
+          (IsDecryptFailed(r) ? failed_as_expected : wrong)++;
           continue;
         }
         bool host = (i % 2) == 0;
@@ -478,8 +478,7 @@ TEST_F(SoftHsmBackendTest, RewrapInTokenWithOaepSha1) {
   bad[3] ^= 2;
   EXPECT_TRUE(IsDecryptFailed(backend_->RewrapInToken("svc", RsaPadding::kOaepSha1, bad,
                                                       testing::HostPublicKey(device.get()),
-                                                      RsaPadding::kOaepSha1)
-                                  .status()));
+                                                      RsaPadding::kOaepSha1)));
   // Session objects were destroyed: only the key pair and metadata are left in the token.
   EXPECT_THAT(ObjectKinds(*backend_),
               UnorderedElementsAre("private/token", "public/token", "data/token"));

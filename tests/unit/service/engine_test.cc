@@ -149,10 +149,11 @@ TEST_F(EngineTest, EveryDecryptFailureLooksTheSame) {
   auto r1 = engine_->ProcessItem(Item("a", "svc", v1::OAEP_SHA1, tampered));
   std::string wrong_key = Seal("native", RsaPadding::kOaepSha256, "secret");
   auto r2 = engine_->ProcessItem(Item("b", "svc", v1::OAEP_SHA256, wrong_key));
-  backend_->FailWith(absl::InternalError("CKR_FUNCTION_FAILED from C_Decrypt"));
+  // The backend's typed decryption failure (whatever the token said: CKR_FUNCTION_FAILED,
+  // CKR_ENCRYPTED_DATA_INVALID...).
+  backend_->FailWith(hsm::Outcome::kDecryptFailed);
   auto r3 = engine_->ProcessItem(Item("c", "svc", v1::OAEP_SHA1, ct));
-  backend_->FailWith(absl::InvalidArgumentError("C_Decrypt: CKR_ENCRYPTED_DATA_INVALID"));
-  auto r4 = engine_->ProcessItem(Item("d", "svc", v1::OAEP_SHA1, ct));
+  auto r4 = engine_->ProcessItem(Item("d", "svc", v1::OAEP_SHA1, tampered));
   for (const auto* r : {&r1, &r2, &r3, &r4}) {
     EXPECT_EQ(r->error().code(), ItemError::DECRYPT_FAILED) << r->id();
     EXPECT_EQ(r->error().message(), kDecryptFailedMessage) << r->id();
@@ -160,9 +161,38 @@ TEST_F(EngineTest, EveryDecryptFailureLooksTheSame) {
     EXPECT_EQ(r->ByteSizeLong() - r->id().size(), r1.ByteSizeLong() - r1.id().size()) << "response size differs";
   }
   // Token loss is not a decryption failure: it is retryable.
-  backend_->FailWith(absl::UnavailableError("C_Decrypt: CKR_DEVICE_REMOVED"));
+  backend_->FailWith(hsm::Outcome::kRetryable, absl::UnavailableError("C_Decrypt: CKR_DEVICE_REMOVED"));
   auto r5 = engine_->ProcessItem(Item("e", "svc", v1::OAEP_SHA1, ct));
   EXPECT_EQ(r5.error().code(), ItemError::UNAVAILABLE);
+}
+
+// Issue 14: only the token's answer about a ciphertext is DECRYPT_FAILED. Overload, time-outs
+// and refusals keep their own (retryable or explanatory) codes, whatever their status says.
+TEST_F(EngineTest, OnlyATypedDecryptFailureIsDecryptFailed) {
+  const std::string ct = Seal("svc", RsaPadding::kOaepSha1, "secret");
+  struct Case {
+    hsm::Outcome outcome;
+    absl::Status status;
+    ItemError::Code want;
+  };
+  const Case cases[] = {
+      {hsm::Outcome::kRetryable, absl::ResourceExhaustedError("no PKCS#11 session free"), ItemError::RESOURCE_EXHAUSTED},
+      {hsm::Outcome::kRetryable, absl::DeadlineExceededError("the token did not answer in time"),
+       ItemError::DEADLINE_EXCEEDED},
+      {hsm::Outcome::kRetryable, absl::UnavailableError("the token was lost during the call"), ItemError::UNAVAILABLE},
+      // A retryable outcome stays retryable even with a status code that is not.
+      {hsm::Outcome::kRetryable, absl::InternalError("odd"), ItemError::UNAVAILABLE},
+      {hsm::Outcome::kRefused, absl::InvalidArgumentError(hsm::kSecretTooLongText), ItemError::INVALID_ITEM},
+      {hsm::Outcome::kRefused, absl::UnimplementedError("token cannot C_Decrypt"), ItemError::UNSUPPORTED},
+      {hsm::Outcome::kRefused, absl::NotFoundError("no key"), ItemError::KEY_NOT_FOUND},
+      {hsm::Outcome::kRefused, absl::InternalError("C_WrapKey failed: CKR_FUNCTION_FAILED"), ItemError::INTERNAL},
+  };
+  for (const Case& c : cases) {
+    backend_->FailWith(c.outcome, c.status);
+    auto r = engine_->ProcessItem(Item("x", "svc", v1::OAEP_SHA1, ct));
+    EXPECT_EQ(r.error().code(), c.want) << c.status;
+    EXPECT_TRUE(r.ciphertext().empty());
+  }
 }
 
 TEST_F(EngineTest, BadItemsFailAloneWithTheirOwnErrorBeforeTheToken) {

@@ -72,29 +72,40 @@ absl::StatusOr<hsm::KeyInfo> FakeBackend::SetEnabled(const std::string& name, bo
   return it->second.info;
 }
 
-absl::StatusOr<crypto::SecretBytes> FakeBackend::Decrypt(const std::string& key_name, crypto::RsaPadding padding,
-                                                         absl::Span<const uint8_t> ciphertext, hsm::Path path) {
+hsm::OpResult<crypto::SecretBytes> FakeBackend::Decrypt(const std::string& key_name, crypto::RsaPadding padding,
+                                                        absl::Span<const uint8_t> ciphertext, hsm::Path path) {
+  using R = hsm::OpResult<crypto::SecretBytes>;
   decrypt_calls_++;
   std::string pem;
   {
     std::lock_guard<std::mutex> l(mu_);
     paths_.push_back(path);
-    if (!fail_.ok()) return fail_;
+    switch (fail_outcome_) {
+      case hsm::Outcome::kOk: break;
+      case hsm::Outcome::kDecryptFailed: return R::DecryptFailed();
+      case hsm::Outcome::kRetryable: return R::Retryable(fail_);
+      case hsm::Outcome::kRefused: return R::Refused(fail_);
+    }
     pem = keys_.at(key_name).private_pem;
   }
   auto out = crypto::RsaDecryptWithPrivateKey(
       absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(pem.data()), pem.size()), padding, ciphertext);
-  if (!out.ok()) return hsm::DecryptFailedError();
-  return out;
+  if (!out.ok()) return R::DecryptFailed();
+  return *std::move(out);
 }
 
-absl::StatusOr<crypto::Bytes> FakeBackend::RewrapInToken(const std::string& key_name, crypto::RsaPadding in_padding,
-                                                         absl::Span<const uint8_t> ciphertext,
-                                                         const crypto::PublicKey& device_key,
-                                                         crypto::RsaPadding out_padding) {
+hsm::OpResult<crypto::Bytes> FakeBackend::RewrapInToken(const std::string& key_name, crypto::RsaPadding in_padding,
+                                                        absl::Span<const uint8_t> ciphertext,
+                                                        const crypto::PublicKey& device_key,
+                                                        crypto::RsaPadding out_padding) {
+  using R = hsm::OpResult<crypto::Bytes>;
   auto plain = Decrypt(key_name, in_padding, ciphertext, hsm::Path::kInToken);
-  if (!plain.ok()) return plain.status();
-  return crypto::RsaEncrypt(device_key, out_padding, crypto::Reveal(*plain));
+  if (!plain.ok()) return R::From(plain);
+  const size_t max = crypto::MaxPlaintextLen(out_padding, static_cast<size_t>((device_key.bits() + 7) / 8));
+  if (plain->size() > max) return R::Refused(absl::InvalidArgumentError(hsm::kSecretTooLongText));
+  auto out = crypto::RsaEncrypt(device_key, out_padding, crypto::Reveal(*plain));
+  if (!out.ok()) return R::Refused(out.status());
+  return *std::move(out);
 }
 
 }  // namespace hsmrewrap::testing

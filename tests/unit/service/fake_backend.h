@@ -30,8 +30,13 @@ class FakeBackend final : public hsm::KeyBackend {
   void AddKeyPem(const std::string& name, std::string private_pem, int bits, hsm::KeyCapabilities caps,
                  bool allow_pkcs1 = false);
   void SetWrapPaddings(std::set<crypto::RsaPadding> p) { wrap_ = std::move(p); }
-  // Every Decrypt/RewrapInToken fails with this status while set.
-  void FailWith(absl::Status s) { fail_ = std::move(s); }
+  // Every Decrypt/RewrapInToken fails with this outcome (and status, for kRetryable and
+  // kRefused) while set; kOk clears it.
+  void FailWith(hsm::Outcome o, absl::Status s = absl::OkStatus()) {
+    std::lock_guard<std::mutex> l(mu_);
+    fail_outcome_ = o;
+    fail_ = std::move(s);
+  }
   const Key& key(const std::string& name) { return keys_.at(name); }
   int decrypt_calls() const { return decrypt_calls_; }
   std::vector<hsm::Path> paths_used() { std::lock_guard<std::mutex> l(mu_); return paths_; }
@@ -43,12 +48,12 @@ class FakeBackend final : public hsm::KeyBackend {
     return absl::UnimplementedError("fake");
   }
   absl::StatusOr<hsm::KeyInfo> SetEnabled(const std::string& name, bool enabled) override;
-  absl::StatusOr<crypto::SecretBytes> Decrypt(const std::string& key_name, crypto::RsaPadding padding,
-                                              absl::Span<const uint8_t> ciphertext, hsm::Path path) override;
-  absl::StatusOr<crypto::Bytes> RewrapInToken(const std::string& key_name, crypto::RsaPadding in_padding,
-                                              absl::Span<const uint8_t> ciphertext,
-                                              const crypto::PublicKey& device_key,
-                                              crypto::RsaPadding out_padding) override;
+  hsm::OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name, crypto::RsaPadding padding,
+                                             absl::Span<const uint8_t> ciphertext, hsm::Path path) override;
+  hsm::OpResult<crypto::Bytes> RewrapInToken(const std::string& key_name, crypto::RsaPadding in_padding,
+                                             absl::Span<const uint8_t> ciphertext,
+                                             const crypto::PublicKey& device_key,
+                                             crypto::RsaPadding out_padding) override;
   std::set<crypto::RsaPadding> WrapPaddings() override { return wrap_; }
   std::string TokenLabel() override { return "fake"; }
   bool Healthy() override { return true; }
@@ -57,6 +62,7 @@ class FakeBackend final : public hsm::KeyBackend {
   std::mutex mu_;
   std::map<std::string, Key> keys_;
   std::set<crypto::RsaPadding> wrap_;
+  hsm::Outcome fail_outcome_ = hsm::Outcome::kOk;
   absl::Status fail_;
   std::atomic<int> decrypt_calls_{0};
   std::vector<hsm::Path> paths_;
