@@ -1404,15 +1404,14 @@ OpResult<Bytes> Pkcs11Backend::RewrapInToken(const std::string& key_name, RsaPad
       DestroyObject(*lease, *secret);
       DestroyObject(*lease, device);
     };
-    // The secret's length (CKA_VALUE_LEN is readable on a sensitive key). Tokens that do not
-    // give it are judged by C_WrapKey's answer below.
-    std::optional<CK_ULONG> secret_len;
+    // The secret's length (CKA_VALUE_LEN is readable on a sensitive key: NSS softoken).
+    // Tokens that do not give it (SoftHSM2 2.6 leaves it 0 on unwrapped secrets) are judged
+    // by C_WrapKey's answer below.
     if (auto v = GetAttr(*lease, *secret, CKA_VALUE_LEN); v.ok() && v->size() == sizeof(CK_ULONG)) {
       CK_ULONG n = 0;
       std::memcpy(&n, v->data(), sizeof(n));
-      secret_len = n;
+      if (n > max_secret) return R::Refused(absl::InvalidArgumentError(kSecretTooLongText));
     }
-    if (secret_len && *secret_len > max_secret) return R::Refused(absl::InvalidArgumentError(kSecretTooLongText));
     auto dev = CreateSessionPublicKey(*lease, dn, de);
     if (!dev.ok()) return TokenFailure<Bytes>(dev.status(), /*saw_ciphertext=*/false);
     device = *dev;
@@ -1420,8 +1419,8 @@ OpResult<Bytes> Pkcs11Backend::RewrapInToken(const std::string& key_name, RsaPad
     if (!wrapped.ok()) {
       spdlog::debug("C_WrapKey to device failed: {}", std::string(wrapped.status().message()));
       const CK_RV rv = CkrOf(wrapped.status());
-      if (!secret_len && (rv == CKR_KEY_SIZE_RANGE || rv == CKR_DATA_LEN_RANGE || rv == CKR_WRAPPED_KEY_LEN_RANGE ||
-                          rv == CKR_WRAPPING_KEY_SIZE_RANGE)) {
+      // The device key's size was checked by the caller: a size error is the secret's.
+      if (rv == CKR_KEY_SIZE_RANGE || rv == CKR_DATA_LEN_RANGE || rv == CKR_WRAPPED_KEY_LEN_RANGE) {
         return R::Refused(absl::InvalidArgumentError(kSecretTooLongText));
       }
       return TokenFailure<Bytes>(wrapped.status(), /*saw_ciphertext=*/false);

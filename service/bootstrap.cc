@@ -160,6 +160,7 @@ absl::StatusOr<Started> OpenToken(const Config& c) {
   // whenever the token is lost and comes back.
   hsm::TokenSupervisor::Options so;
   so.max_backoff = absl::Milliseconds(c.reconnect_backoff_max_ms);
+  so.call_timeout = absl::Seconds(c.token_call_timeout_s);
   auto backend = hsm::TokenSupervisor::Create(
       [opts]() -> absl::StatusOr<std::unique_ptr<hsm::KeyBackend>> {
         auto b = hsm::Pkcs11Backend::Create(opts);

@@ -59,6 +59,7 @@ absl::Status SetKey(const std::string& key, const std::string& value, Config& c)
   }
   if (key == "shutdown_grace_s") return ParseU32(key, value, c.shutdown_grace_s);
   if (key == "reconnect_backoff_max_ms") return ParseU32(key, value, c.reconnect_backoff_max_ms);
+  if (key == "token_call_timeout_s") return ParseU32(key, value, c.token_call_timeout_s);
   if (key == "pool_size") return ParseU32(key, value, c.pool_size);
   if (key == "workers") return ParseU32(key, value, c.workers);
   if (key == "max_batch_items") return ParseU32(key, value, c.limits.max_batch_items);
@@ -73,7 +74,7 @@ constexpr const char* kKeys[] = {"state_dir", "listen", "module", "init_args", "
                                  "max_message_bytes", "max_inflight_items", "metrics_listen",
                                  "selftest_interval_s", "log_format", "tls_cert", "tls_key",
                                  "client_ca", "insecure", "policy", "audit_log", "shutdown_grace_s",
-                                 "reconnect_backoff_max_ms"};
+                                 "reconnect_backoff_max_ms", "token_call_timeout_s"};
 
 }  // namespace
 
@@ -209,6 +210,9 @@ absl::Status Finalize(Config& c) {
   if (c.reconnect_backoff_max_ms < 100 || c.reconnect_backoff_max_ms > 600000) {
     return absl::InvalidArgumentError("reconnect_backoff_max_ms: 100 to 600000");
   }
+  if (c.token_call_timeout_s < 1 || c.token_call_timeout_s > 3600) {
+    return absl::InvalidArgumentError("token_call_timeout_s: 1 to 3600");
+  }
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
   bool level_ok = false;
   for (const char* l : kLevels) level_ok |= (c.log_level == l);
@@ -242,7 +246,8 @@ std::string Describe(const Config& c) {
   absl::StrAppend(&s, "policy:               ", c.policy.empty() ? "none (every caller may do everything)" : c.policy, "\n");
   absl::StrAppend(&s, "audit log:            ", c.audit_log.empty() ? "off" : c.audit_log, "\n");
   absl::StrAppend(&s, "token loss:           re-initialise with backoff up to ", c.reconnect_backoff_max_ms,
-                  " ms\n");
+                  " ms; a call inside the token over ", c.token_call_timeout_s,
+                  " s counts as a loss (its items UNAVAILABLE)\n");
   absl::StrAppend(&s, "shutdown:             in-flight batches get ", c.shutdown_grace_s, " s after SIGTERM\n");
   absl::StrAppend(&s, "limits:               ", c.limits.max_batch_items, " items/batch, ",
                   c.limits.max_message_bytes, " bytes/message, ", c.limits.max_inflight_items,

@@ -46,6 +46,7 @@ struct Config {
   // Reliability (docs/operator-guide.md "Reliability").
   uint32_t shutdown_grace_s = 10;           // SIGTERM: how long in-flight batches may finish
   uint32_t reconnect_backoff_max_ms = 2000; // token lost: longest wait between re-initialisations
+  uint32_t token_call_timeout_s = 10;       // a token call inside the module longer than this: token lost
 
   bool embedded() const { return module.empty(); }
   bool tls() const { return !tls_cert.empty(); }

@@ -150,7 +150,7 @@ int Run(int argc, char** argv) {
   std::optional<std::string> config_file, state_dir, listen, module, init_args, token, token_uri,
       pin_file, log_level, metrics_listen, tls_cert, tls_key, client_ca, policy, audit_log;
   std::optional<uint32_t> pool_size, workers, max_batch, max_inflight, max_message, selftest_interval, shutdown_grace,
-      reconnect_backoff_max;
+      reconnect_backoff_max, token_call_timeout;
   bool allow_host_unpadding = false, deny_host_unpadding = false, check_config = false, version = false,
        insecure = false;
   app.add_option("--config", config_file, "YAML configuration file")->check(CLI::ExistingFile);
@@ -184,6 +184,9 @@ int Run(int argc, char** argv) {
                  "seconds in-flight batches get to finish after SIGTERM/SIGINT before rewrapd stops (default 10)");
   app.add_option("--reconnect-backoff-max", reconnect_backoff_max,
                  "token lost: longest wait in ms between re-initialisation attempts (default 2000; 100-600000)");
+  app.add_option("--token-call-timeout", token_call_timeout,
+                 "seconds a PKCS#11 call may stay inside the module before the token counts as lost and the "
+                 "call's items are answered UNAVAILABLE (default 10; 1-3600)");
   app.add_flag("--check-config", check_config, "validate the configuration, print what rewrapd would do, exit");
   app.add_flag("--version", version, "print the version and exit");
   try {
@@ -221,6 +224,7 @@ int Run(int argc, char** argv) {
   if (selftest_interval) c.selftest_interval_s = *selftest_interval;
   if (shutdown_grace) c.shutdown_grace_s = *shutdown_grace;
   if (reconnect_backoff_max) c.reconnect_backoff_max_ms = *reconnect_backoff_max;
+  if (token_call_timeout) c.token_call_timeout_s = *token_call_timeout;
   if (pool_size) c.pool_size = *pool_size;
   if (workers) c.workers = *workers;
   if (tls_cert) c.tls_cert = *tls_cert;

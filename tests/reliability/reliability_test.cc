@@ -347,6 +347,192 @@ TEST(FaultTest, RefusedPinIsNeverRetried) {
   EXPECT_NE(log.find("NOT_SERVING until the PIN is fixed"), std::string::npos) << log;
 }
 
+// Issue 14.1: calls that never return (every call of the module hangs: a p11-kit client
+// stuck in a read, a vendor library that never answers). The health check does not answer
+// either, so the token is declared lost; every item whose call is stuck is answered
+// UNAVAILABLE within 2 s of NOT_SERVING, the stuck threads are counted, and the service is
+// SERVING again within 5 s of the hang ending, with right outputs.
+TEST(HangTest, CallsThatNeverReturnAreAnsweredAtTheLoss) {
+  Rig rig;
+  START_RIG(rig, {});
+  ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
+  std::map<std::string, int> out;
+  ASSERT_NO_FATAL_FAILURE(rig.SendBatch("before", 8, &out));
+  EXPECT_EQ(out["OK"], 8) << Outcomes(out);
+
+  rig.WriteFaults("hang *\n");
+  std::this_thread::sleep_for(50ms);
+  std::vector<std::string> secrets;
+  const auto req = rig.Batch("stuck", 16, &secrets);
+  v1::RewrapResponse resp;
+  bool in_engine = false;
+  auto call = rig.CallInBackground(req, &resp, &in_engine);
+  ASSERT_TRUE(in_engine) << "the batch never reached rewrapd";
+  const double down = rig.WaitHealth(false, 10);
+  const auto not_serving = Clock::now();
+  printf("[reliability] every call hangs: NOT_SERVING after %.3f s\n", down);
+  ASSERT_GE(down, 0) << "health never went NOT_SERVING\n" << rig.Log();
+  ASSERT_EQ(call.wait_for(5s), std::future_status::ready) << "the batch in flight was never answered\n" << rig.Log();
+  const double answered = Since(not_serving);
+  printf("[reliability] batch stuck in the module answered %.3f s after NOT_SERVING\n", answered);
+  EXPECT_LT(answered, 2.0);
+  const grpc::Status st = call.get();
+  ASSERT_TRUE(st.ok()) << StatusText(st);
+  out.clear();
+  ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+  EXPECT_EQ(out["UNAVAILABLE"], 16) << Outcomes(out);
+  const double stuck = rig.Metric("hsmrewrap_token_stuck_calls");
+  printf("[reliability] threads stuck inside the module: %.0f\n", stuck);
+  EXPECT_GE(stuck, 1) << rig.MetricsText();
+  EXPECT_GE(rig.Metric("hsmrewrap_token_abandoned_calls_total"), stuck);
+
+  // While it hangs: new items fail at once, key RPCs do not hang either.
+  out.clear();
+  ASSERT_NO_FATAL_FAILURE(rig.SendBatch("during", 4, &out));
+  EXPECT_EQ(out["UNAVAILABLE"], 4) << Outcomes(out);
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 5s);
+    v1::ListKeysRequest lreq;
+    v1::ListKeysResponse lresp;
+    const grpc::Status ls = rig.h()->keys().ListKeys(&ctx, lreq, &lresp);
+    EXPECT_NE(ls.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << "ListKeys hung with the token";
+  }
+
+  rig.WriteFaults("");
+  const double up = rig.WaitHealth(true, 10);
+  printf("[reliability] hang over: SERVING after %.3f s\n", up);
+  ASSERT_GE(up, 0) << rig.Log();
+  EXPECT_LT(up, 5.0);
+  out.clear();
+  ASSERT_NO_FATAL_FAILURE(rig.SendBatch("after", 8, &out));
+  EXPECT_EQ(out["OK"], 8) << Outcomes(out);
+  // The abandoned threads came back out of the module.
+  double left = -1;
+  for (int i = 0; i < 100 && (left = rig.Metric("hsmrewrap_token_stuck_calls")) != 0; ++i) {
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(left, 0) << rig.MetricsText();
+}
+
+// Issue 14.1: only the rewrap operations hang (the health check still answers): a call that
+// stays inside the module past token_call_timeout_s makes the token lost all the same.
+TEST(HangTest, ACallPastTheCallTimeoutIsATokenLoss) {
+  Rig rig;
+  START_RIG(rig, {"--token-call-timeout", "2"});
+  ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
+  rig.WriteFaults("hang C_Decrypt,C_UnwrapKey\n");
+  std::this_thread::sleep_for(50ms);
+  std::vector<std::string> secrets;
+  const auto req = rig.Batch("slow", 6, &secrets);
+  v1::RewrapResponse resp;
+  const auto t0 = Clock::now();
+  bool in_engine = false;
+  auto call = rig.CallInBackground(req, &resp, &in_engine);
+  ASSERT_TRUE(in_engine);
+  ASSERT_EQ(call.wait_for(10s), std::future_status::ready) << "never answered\n" << rig.Log();
+  const double took = Since(t0);
+  printf("[reliability] operations hang, health answers: batch answered after %.3f s (call timeout 2 s)\n", took);
+  EXPECT_GE(took, 1.9);
+  EXPECT_LT(took, 4.0);
+  ASSERT_TRUE(call.get().ok());
+  std::map<std::string, int> out;
+  ASSERT_NO_FATAL_FAILURE(rig.Check(req, resp, secrets, &out));
+  EXPECT_EQ(out["UNAVAILABLE"], 6) << Outcomes(out);
+  EXPECT_NE(rig.Log().find("has not returned for"), std::string::npos) << rig.Log();
+  // The health loop shows the loss within its 200 ms poll; only then is "SERVING" news.
+  ASSERT_GE(rig.WaitHealth(false, 2), 0) << rig.Log();
+  rig.WriteFaults("");
+  ASSERT_GE(rig.WaitHealth(true, 10), 0) << rig.Log();
+  out.clear();
+  ASSERT_NO_FATAL_FAILURE(rig.SendBatch("after", 6, &out));
+  EXPECT_EQ(out["OK"], 6) << Outcomes(out);
+}
+
+// Issue 14.4: a metadata write that fails never loses the key's state. Replacing the
+// metadata object creates the new one before destroying the old: a failed C_CreateObject
+// leaves the key as it was (seen by a second rewrapd on the same token, as after a restart
+// or on another replica); a failed C_DestroyObject leaves two versions, the newer one wins.
+TEST(FaultTest, KeyStateSurvivesFailedMetadataWrites) {
+  Rig rig;
+  START_RIG(rig, {});
+  ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
+  auto set_enabled = [&](bool enabled) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 30s);
+    v1::KeyInfo info;
+    if (enabled) {
+      v1::EnableKeyRequest r;
+      r.set_name("rel");
+      return rig.h()->keys().EnableKey(&ctx, r, &info);
+    }
+    v1::DisableKeyRequest r;
+    r.set_name("rel");
+    return rig.h()->keys().DisableKey(&ctx, r, &info);
+  };
+  // What a freshly started rewrapd on the same token says.
+  auto enabled_after_restart = [&]() -> int {
+    std::string why;
+    if (!rig.Launch({}, &why)) {
+      ADD_FAILURE() << why;
+      return -1;
+    }
+    v1::KeyInfo info;
+    FindKeyInfo(rig.h(), "rel", &info);
+    return info.enabled() ? 1 : 0;
+  };
+  ASSERT_TRUE(set_enabled(false).ok());
+  // Update in place refused, and the replacement cannot be created: the enable fails and the
+  // key stays disabled (before: the old object was destroyed first, so it came back enabled).
+  rig.WriteFaults("fail C_SetAttributeValue,C_CreateObject CKR_FUNCTION_FAILED\n");
+  std::this_thread::sleep_for(50ms);
+  const grpc::Status failed = set_enabled(true);
+  EXPECT_FALSE(failed.ok()) << "EnableKey succeeded although no metadata could be written";
+  printf("[reliability] EnableKey with C_CreateObject failing: %s\n", StatusText(failed).c_str());
+  rig.WriteFaults("");
+  EXPECT_EQ(enabled_after_restart(), 0) << "a disabled key came back enabled";
+
+  // The old object cannot be destroyed: the enable succeeds, the newer version wins.
+  rig.WriteFaults("fail C_SetAttributeValue,C_DestroyObject CKR_FUNCTION_FAILED\n");
+  std::this_thread::sleep_for(50ms);
+  EXPECT_TRUE(set_enabled(true).ok());
+  rig.WriteFaults("");
+  EXPECT_EQ(enabled_after_restart(), 1);
+  // Two versions in the token now; the next change replaces both.
+  ASSERT_TRUE(set_enabled(false).ok());
+  EXPECT_EQ(enabled_after_restart(), 0);
+  ASSERT_TRUE(set_enabled(true).ok());
+  EXPECT_EQ(enabled_after_restart(), 1);
+}
+
+// Issue 14.2: overload is never a bad ciphertext. One session, eight workers, a token that
+// takes 0.8 s per operation, 16 valid items: those that cannot get a session within
+// session_wait (5 s) are RESOURCE_EXHAUSTED (retryable), the rest are right; none is
+// DECRYPT_FAILED (before: 4 of 16).
+TEST(OverloadTest, WaitingForASessionIsNeverDecryptFailed) {
+  Rig rig;
+  START_RIG(rig, {"--pool-size", "1", "--workers", "8"});
+  ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
+  rig.WriteFaults("delay C_Decrypt,C_UnwrapKey 800000\n");
+  std::this_thread::sleep_for(50ms);
+  std::vector<std::string> s1, s2;
+  const auto b1 = rig.Batch("a", 8, &s1);
+  const auto b2 = rig.Batch("b", 8, &s2);
+  v1::RewrapResponse r1, r2;
+  auto c1 = std::async(std::launch::async, [&] { return rig.Call(b1, &r1); });
+  auto c2 = std::async(std::launch::async, [&] { return rig.Call(b2, &r2); });
+  ASSERT_TRUE(c1.get().ok());
+  ASSERT_TRUE(c2.get().ok());
+  std::map<std::string, int> out;
+  ASSERT_NO_FATAL_FAILURE(rig.Check(b1, r1, s1, &out));
+  ASSERT_NO_FATAL_FAILURE(rig.Check(b2, r2, s2, &out));
+  printf("[reliability] 16 items, 1 session, 0.8 s per operation: %s\n", Outcomes(out).c_str());
+  EXPECT_EQ(out.count("DECRYPT_FAILED"), 0u) << Outcomes(out);
+  EXPECT_EQ(out["OK"] + out["RESOURCE_EXHAUSTED"], 16) << Outcomes(out);
+  EXPECT_GE(out["RESOURCE_EXHAUSTED"], 1) << "no item waited past session_wait: the test proves nothing";
+  EXPECT_GE(out["OK"], 5) << Outcomes(out);
+}
+
 // Past max_inflight_items a batch is refused at once with RESOURCE_EXHAUSTED (no queueing).
 TEST(OverloadTest, PastTheInflightLimitIsResourceExhaustedAtOnce) {
   Rig rig;
