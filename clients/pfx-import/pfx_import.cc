@@ -257,6 +257,8 @@ absl::StatusOr<std::string> ReadWholeFile(const std::string& path, size_t limit)
 std::optional<SecretString> PromptNoEcho(const std::string& prompt) {
   FILE* tty = std::fopen("/dev/tty", "r+");
   if (tty == nullptr) return std::nullopt;
+  // Unbuffered: a stdio buffer would keep a copy of the typed password, freed unwiped.
+  std::setvbuf(tty, nullptr, _IONBF, 0);
   const int fd = fileno(tty);
   if (!isatty(fd)) {
     std::fclose(tty);
