@@ -630,8 +630,7 @@ absl::StatusOr<SecretString> ReadSecretFile(const std::string& path) {
     int fd;
     ~FdCloser() { close(fd); }
   } closer{fd};
-  // Reserve beyond std::string's small-buffer size so the secret lives on the heap, where
-  // the zeroizing allocator wipes it (an SSO buffer would not be wiped).
+  // Growing reallocates through the zeroizing allocator, which wipes each old buffer.
   SecretString out;
   out.reserve(4096);
   struct stat st;

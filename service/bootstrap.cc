@@ -35,18 +35,25 @@ absl::Status MakePrivateDir(const fs::path& dir) {
 }
 
 // Writes a small file readable only by the owner (created 0600 before anything is written).
+// Straight through write(2): a stdio FILE would keep a copy of the content (a PIN) in its
+// buffer, which fclose frees unwiped.
 absl::Status WritePrivateFile(const fs::path& path, absl::Span<const char> content) {
-  FILE* f = nullptr;
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd >= 0) f = ::fdopen(fd, "w");
-  if (f == nullptr) {
-    if (fd >= 0) ::close(fd);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
     return absl::FailedPreconditionError(absl::StrCat("cannot create ", path.string(), ": ", std::strerror(errno)));
   }
-  size_t n = std::fwrite(content.data(), 1, content.size(), f);
-  if (std::fclose(f) != 0 || n != content.size()) {
-    return absl::FailedPreconditionError(absl::StrCat("cannot write ", path.string()));
+  size_t done = 0;
+  while (done < content.size()) {
+    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = errno;
+      ::close(fd);
+      return absl::FailedPreconditionError(absl::StrCat("cannot write ", path.string(), ": ", std::strerror(err)));
+    }
+    done += static_cast<size_t>(n);
   }
+  if (::close(fd) != 0) return absl::FailedPreconditionError(absl::StrCat("cannot write ", path.string()));
   return absl::OkStatus();
 }
 
@@ -57,6 +64,7 @@ absl::StatusOr<crypto::SecretString> RandomPin() {
   }
   static const char kHex[] = "0123456789abcdef";
   crypto::SecretString pin;
+  pin.reserve(2 * raw.size());
   for (uint8_t b : raw) {
     pin.push_back(kHex[b >> 4]);
     pin.push_back(kHex[b & 15]);

@@ -1,7 +1,11 @@
 #include "service/config.h"
 
 #include <cstdlib>
+#include <map>
+#include <string_view>
 #include <thread>
+#include <utility>
+#include <variant>
 
 #include <yaml-cpp/yaml.h>
 
@@ -28,53 +32,187 @@ absl::Status ParseBool(const std::string& key, const std::string& v, bool& out) 
 
 absl::Status ParseU32(const std::string& key, const std::string& v, uint32_t& out) {
   if (!absl::SimpleAtoi(v, &out)) {
-    return absl::InvalidArgumentError(absl::StrCat(key, ": expected a non-negative integer, got '", v, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(key, ": expected a non-negative integer (at most 4294967295), got '", v, "'"));
   }
   return absl::OkStatus();
 }
 
-// One table of keys serves the YAML file and the environment alike.
-absl::Status SetKey(const std::string& key, const std::string& value, Config& c) {
-  if (key == "state_dir") { c.state_dir = value; return absl::OkStatus(); }
-  if (key == "listen") { c.listen = value; return absl::OkStatus(); }
-  if (key == "module") { c.module = value; return absl::OkStatus(); }
-  if (key == "init_args") { c.init_args = value; return absl::OkStatus(); }
-  if (key == "token") { c.token = value; return absl::OkStatus(); }
-  if (key == "token_uri") { c.token_uri = value; return absl::OkStatus(); }
-  if (key == "pin_file") { c.pin_file = value; return absl::OkStatus(); }
-  if (key == "log_level") { c.log_level = value; return absl::OkStatus(); }
-  if (key == "default_key") { c.default_key = value; return absl::OkStatus(); }
-  if (key == "log_format") { c.log_format = value; return absl::OkStatus(); }
-  if (key == "metrics_listen") { c.metrics_listen = value; return absl::OkStatus(); }
-  if (key == "tls_cert") { c.tls_cert = value; return absl::OkStatus(); }
-  if (key == "tls_key") { c.tls_key = value; return absl::OkStatus(); }
-  if (key == "client_ca") { c.client_ca = value; return absl::OkStatus(); }
-  if (key == "insecure") return ParseBool(key, value, c.insecure);
-  if (key == "policy") { c.policy = value; return absl::OkStatus(); }
-  if (key == "audit_log") { c.audit_log = value; return absl::OkStatus(); }
-  if (key == "selftest_interval_s") return ParseU32(key, value, c.selftest_interval_s);
-  if (key == "allow_host_unpadding") {
-    c.allow_host_unpadding_set = true;
-    return ParseBool(key, value, c.allow_host_unpadding);
-  }
-  if (key == "shutdown_grace_s") return ParseU32(key, value, c.shutdown_grace_s);
-  if (key == "reconnect_backoff_max_ms") return ParseU32(key, value, c.reconnect_backoff_max_ms);
-  if (key == "token_call_timeout_s") return ParseU32(key, value, c.token_call_timeout_s);
-  if (key == "pool_size") return ParseU32(key, value, c.pool_size);
-  if (key == "workers") return ParseU32(key, value, c.workers);
-  if (key == "max_batch_items") return ParseU32(key, value, c.limits.max_batch_items);
-  if (key == "max_message_bytes") return ParseU32(key, value, c.limits.max_message_bytes);
-  if (key == "max_inflight_items") return ParseU32(key, value, c.limits.max_inflight_items);
-  return absl::InvalidArgumentError(absl::StrCat("unknown configuration key '", key, "'"));
+// Where a key's value goes. The alternative is the key's type; the Limits members are the
+// keys that may also sit under limits:.
+using Field = std::variant<std::string Config::*, bool Config::*, uint32_t Config::*, uint32_t Limits::*>;
+
+struct KeyDef {
+  const char* name;
+  Field field;
+};
+
+constexpr char kLimitsSection[] = "limits";
+
+// The one table of keys: the YAML file and the environment both read it, and ConfigKeys()
+// exports it, so the three cannot drift apart.
+const KeyDef kKeyDefs[] = {
+    {"state_dir", &Config::state_dir},
+    {"listen", &Config::listen},
+    {"module", &Config::module},
+    {"init_args", &Config::init_args},
+    {"token", &Config::token},
+    {"token_uri", &Config::token_uri},
+    {"pin_file", &Config::pin_file},
+    {"log_level", &Config::log_level},
+    {"default_key", &Config::default_key},
+    {"allow_host_unpadding", &Config::allow_host_unpadding},
+    {"pool_size", &Config::pool_size},
+    {"workers", &Config::workers},
+    {"max_batch_items", &Limits::max_batch_items},
+    {"max_message_bytes", &Limits::max_message_bytes},
+    {"max_inflight_items", &Limits::max_inflight_items},
+    {"metrics_listen", &Config::metrics_listen},
+    {"selftest_interval_s", &Config::selftest_interval_s},
+    {"log_format", &Config::log_format},
+    {"tls_cert", &Config::tls_cert},
+    {"tls_key", &Config::tls_key},
+    {"client_ca", &Config::client_ca},
+    {"insecure", &Config::insecure},
+    {"policy", &Config::policy},
+    {"audit_log", &Config::audit_log},
+    {"shutdown_grace_s", &Config::shutdown_grace_s},
+    {"reconnect_backoff_max_ms", &Config::reconnect_backoff_max_ms},
+    {"token_call_timeout_s", &Config::token_call_timeout_s},
+};
+
+ConfigValueType TypeOf(const KeyDef& d) {
+  if (std::holds_alternative<std::string Config::*>(d.field)) return ConfigValueType::kString;
+  if (std::holds_alternative<bool Config::*>(d.field)) return ConfigValueType::kBool;
+  return ConfigValueType::kUint32;
 }
 
-constexpr const char* kKeys[] = {"state_dir", "listen", "module", "init_args", "token",
-                                 "token_uri", "pin_file", "log_level", "default_key",
-                                 "allow_host_unpadding", "pool_size", "workers", "max_batch_items",
-                                 "max_message_bytes", "max_inflight_items", "metrics_listen",
-                                 "selftest_interval_s", "log_format", "tls_cert", "tls_key",
-                                 "client_ca", "insecure", "policy", "audit_log", "shutdown_grace_s",
-                                 "reconnect_backoff_max_ms", "token_call_timeout_s"};
+const char* SectionOf(const KeyDef& d) {
+  return std::holds_alternative<uint32_t Limits::*>(d.field) ? kLimitsSection : "";
+}
+
+const KeyDef* FindKey(std::string_view name) {
+  for (const KeyDef& d : kKeyDefs) {
+    if (name == d.name) return &d;
+  }
+  return nullptr;
+}
+
+// True for a key whose value is a mapping of other keys (limits).
+bool IsSection(std::string_view name) {
+  if (name.empty()) return false;
+  for (const KeyDef& d : kKeyDefs) {
+    if (name == SectionOf(d)) return true;
+  }
+  return false;
+}
+
+// `key` is the name for messages (limits.max_batch_items when nested).
+absl::Status SetValue(const KeyDef& d, const std::string& key, const std::string& value, Config& c) {
+  if (const auto* f = std::get_if<std::string Config::*>(&d.field)) {
+    c.*(*f) = value;
+    return absl::OkStatus();
+  }
+  if (const auto* f = std::get_if<bool Config::*>(&d.field)) {
+    if (*f == &Config::allow_host_unpadding) c.allow_host_unpadding_set = true;
+    return ParseBool(key, value, c.*(*f));
+  }
+  if (const auto* f = std::get_if<uint32_t Config::*>(&d.field)) return ParseU32(key, value, c.*(*f));
+  return ParseU32(key, value, c.limits.*std::get<uint32_t Limits::*>(d.field));
+}
+
+const char* Expected(ConfigValueType t) {
+  switch (t) {
+    case ConfigValueType::kString: return "a string";
+    case ConfigValueType::kBool: return "true or false";
+    case ConfigValueType::kUint32: return "a non-negative integer";
+  }
+  return "a scalar";
+}
+
+// What a node is, for messages ("got a list").
+std::string KindOf(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null: return "an empty value (null)";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Map: return "a mapping";
+    case YAML::NodeType::Scalar: return absl::StrCat("'", n.Scalar(), "'");
+    case YAML::NodeType::Undefined: break;
+  }
+  return "nothing";
+}
+
+// 1-based line of a node, 0 when yaml-cpp does not know it.
+int LineOf(const YAML::Node& n) { return n.Mark().is_null() ? 0 : n.Mark().line + 1; }
+
+absl::Status Bad(const std::string& path, const YAML::Node& at, absl::string_view what) {
+  const int line = LineOf(at);
+  return absl::InvalidArgumentError(
+      absl::StrCat("config ", path, line > 0 ? absl::StrCat(" line ", line) : "", ": ", what));
+}
+
+// Reads one mapping of the file: the top level (section "") or a section such as limits.
+// Every node is type-checked before its text is read, so no yaml-cpp conversion can throw.
+class YamlReader {
+ public:
+  YamlReader(const std::string& path, Config& config) : path_(path), config_(config) {}
+
+  absl::Status ApplyMapping(const YAML::Node& map, const std::string& section) {
+    for (const auto& kv : map) {
+      const YAML::Node& k = kv.first;
+      const YAML::Node& v = kv.second;
+      const std::string in = section.empty() ? "" : absl::StrCat(section, ": ");
+      if (!k.IsScalar()) return Bad(path_, k, absl::StrCat(in, "a key must be a name, got ", KindOf(k)));
+      const std::string name = k.Scalar();
+      const std::string shown = section.empty() ? name : absl::StrCat(section, ".", name);
+      if (section.empty() && IsSection(name)) {
+        if (auto st = FirstTime(name, shown, k); !st.ok()) return st;
+        if (!v.IsMap()) {
+          return Bad(path_, k, absl::StrCat(name, ": expected a mapping (", SectionKeys(name), "), got ", KindOf(v)));
+        }
+        if (auto st = ApplyMapping(v, name); !st.ok()) return st;
+        continue;
+      }
+      const KeyDef* d = FindKey(name);
+      // A limit may also be given at the top level (max_batch_items: ..), as in the environment.
+      if (d == nullptr || (!section.empty() && section != SectionOf(*d))) {
+        if (section.empty()) return Bad(path_, k, absl::StrCat("unknown configuration key '", name, "'"));
+        return Bad(path_, k, absl::StrCat("unknown key '", shown, "' (", section, ": takes ", SectionKeys(section), ")"));
+      }
+      if (auto st = FirstTime(name, shown, k); !st.ok()) return st;
+      if (!v.IsScalar()) {
+        const char* hint = v.IsNull() && TypeOf(*d) == ConfigValueType::kString ? "; write \"\" for an empty string" : "";
+        return Bad(path_, k, absl::StrCat(shown, ": expected ", Expected(TypeOf(*d)), ", got ", KindOf(v), hint));
+      }
+      if (auto st = SetValue(*d, shown, v.Scalar(), config_); !st.ok()) return Bad(path_, k, st.message());
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  // yaml-cpp keeps both entries of a repeated key and the later one would win silently. A
+  // limit is the same setting at the top level and under limits:.
+  absl::Status FirstTime(const std::string& name, const std::string& shown, const YAML::Node& k) {
+    auto [it, inserted] = seen_.emplace(name, std::make_pair(shown, LineOf(k)));
+    if (inserted) return absl::OkStatus();
+    const auto& [first_shown, first_line] = it->second;
+    return Bad(path_, k, absl::StrCat("'", shown, "' is given twice (also ",
+                                      first_shown == shown ? "" : absl::StrCat("as '", first_shown, "' "),
+                                      first_line > 0 ? absl::StrCat("on line ", first_line) : "earlier", ")"));
+  }
+
+  static std::string SectionKeys(const std::string& section) {
+    std::string keys;
+    for (const KeyDef& d : kKeyDefs) {
+      if (section == SectionOf(d)) absl::StrAppend(&keys, keys.empty() ? "" : ", ", d.name);
+    }
+    return keys;
+  }
+
+  const std::string& path_;
+  Config& config_;
+  std::map<std::string, std::pair<std::string, int>> seen_;  // name -> (as written, line)
+};
 
 }  // namespace
 
@@ -105,40 +243,47 @@ std::string DefaultStateDir() {
   return ".hsm-rewrap";
 }
 
+const std::vector<ConfigKey>& ConfigKeys() {
+  static const std::vector<ConfigKey>* const keys = [] {
+    auto* out = new std::vector<ConfigKey>;
+    for (const KeyDef& d : kKeyDefs) out->push_back(ConfigKey{d.name, TypeOf(d), SectionOf(d)});
+    return out;
+  }();
+  return *keys;
+}
+
 absl::Status ApplyYamlFile(const std::string& path, Config& config) {
-  YAML::Node root;
+  std::vector<YAML::Node> docs;
   try {
-    root = YAML::LoadFile(path);
+    docs = YAML::LoadAllFromFile(path);
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("config ", path, ": ", e.what()));
   }
-  if (root.IsNull()) return absl::OkStatus();
-  if (!root.IsMap()) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": top level must be a mapping"));
-  for (const auto& kv : root) {
-    const std::string key = kv.first.as<std::string>();
-    const YAML::Node& v = kv.second;
-    if (key == "limits") {  // nested form: limits: {max_batch_items: ..}
-      if (!v.IsMap()) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": 'limits' must be a mapping"));
-      for (const auto& lv : v) {
-        auto st = SetKey(lv.first.as<std::string>(), lv.second.as<std::string>(), config);
-        if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": limits.", st.message()));
-      }
-      continue;
-    }
-    if (!v.IsScalar()) {
-      return absl::InvalidArgumentError(absl::StrCat("config ", path, ": '", key, "' must be a scalar"));
-    }
-    auto st = SetKey(key, v.as<std::string>(), config);
-    if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat("config ", path, ": ", st.message()));
+  if (docs.size() > 1) {
+    return absl::InvalidArgumentError(absl::StrCat("config ", path, " holds ", docs.size(),
+                                                   " YAML documents ('---'); a configuration is one mapping"));
   }
-  return absl::OkStatus();
+  // An empty file, or one with only comments (an example file with every line commented
+  // out), sets nothing: the defaults apply, as for `{}`.
+  if (docs.empty() || docs[0].IsNull()) return absl::OkStatus();
+  const YAML::Node& root = docs[0];
+  if (!root.IsMap()) {
+    return Bad(path, root, absl::StrCat("the top level must be a mapping of 'key: value' lines, got ", KindOf(root)));
+  }
+  try {
+    return YamlReader(path, config).ApplyMapping(root, "");
+  } catch (const YAML::Exception& e) {
+    // Not expected (every node is type-checked before it is read): kept so that a yaml-cpp
+    // surprise is still a configuration error (exit 2), never std::terminate.
+    return absl::InvalidArgumentError(absl::StrCat("config ", path, ": ", e.what()));
+  }
 }
 
 absl::Status ApplyEnvironment(Config& config) {
-  for (const char* key : kKeys) {
-    std::string var = absl::StrCat("HSMREWRAP_", absl::AsciiStrToUpper(key));
+  for (const KeyDef& d : kKeyDefs) {
+    std::string var = absl::StrCat("HSMREWRAP_", absl::AsciiStrToUpper(d.name));
     if (const char* v = std::getenv(var.c_str()); v != nullptr) {
-      auto st = SetKey(key, v, config);
+      auto st = SetValue(d, d.name, v, config);
       if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat(var, ": ", st.message()));
     }
   }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -55,7 +56,25 @@ struct Config {
 // The default state folder: $XDG_STATE_HOME/hsm-rewrap, else ~/.local/state/hsm-rewrap.
 std::string DefaultStateDir();
 
-// Applies a YAML file's keys onto `config`. Unknown keys are an error (typos matter).
+// The value a configuration key takes: YAML scalar text, or an environment variable's text.
+enum class ConfigValueType { kString, kBool, kUint32 };
+
+// One key of the YAML file, also read from the environment as HSMREWRAP_<NAME>.
+struct ConfigKey {
+  const char* name;
+  ConfigValueType type;
+  // A mapping the key may also sit in ("limits" for limits: {max_batch_items: ..}), or "".
+  const char* section;
+};
+
+// Every key ApplyYamlFile and ApplyEnvironment accept, from the table they read (so a test
+// that walks this list covers a key added later).
+const std::vector<ConfigKey>& ConfigKeys();
+
+// Applies a YAML file's keys onto `config`. The file is one mapping; unknown keys, a key
+// given twice, a value of the wrong type (a list or mapping where a scalar belongs, an empty
+// value, a scalar where limits: wants a mapping) and an empty file are InvalidArgument
+// errors naming the key (typos matter); nothing here throws.
 absl::Status ApplyYamlFile(const std::string& path, Config& config);
 // Applies HSMREWRAP_<KEY> environment variables (e.g. HSMREWRAP_LISTEN).
 absl::Status ApplyEnvironment(Config& config);

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "crypto/keys.h"
+#include "crypto/secret.h"
 
 namespace hsmrewrap::service {
 namespace {
@@ -15,6 +16,28 @@ namespace {
 absl::Span<const uint8_t> BytesOf(const std::string& s) {
   return absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(s.data()), s.size());
 }
+
+// A secret field of a request (key material, a password), copied into wiped memory; the
+// field itself is wiped. The request is gRPC's, allocated mutable and handed to the
+// handler as const: only its bytes change (not its size), and nothing reads the field
+// afterwards. gRPC's receive buffer, which the request was parsed from, is out of reach.
+crypto::SecretBytes TakeSecretBytes(const std::string& field) {
+  crypto::SecretBytes out(field.begin(), field.end());
+  crypto::Cleanse(const_cast<char*>(field.data()), field.size());
+  return out;
+}
+
+crypto::SecretString TakeSecretString(const std::string& field) {
+  crypto::SecretString out(field.data(), field.size());
+  crypto::Cleanse(const_cast<char*>(field.data()), field.size());
+  return out;
+}
+
+// What ImportKey takes out of its request (TakeSecret*), for the off-thread part.
+struct ImportSecrets {
+  crypto::SecretBytes key;       // pkcs8 or cng_rsa_full_private_blob
+  crypto::SecretString password; // pfx.password
+};
 
 absl::Status CheckKeyName(const std::string& name) {
   static const std::regex kName("[A-Za-z0-9][A-Za-z0-9._-]{0,63}");
@@ -300,20 +323,35 @@ grpc::ServerUnaryReactor* KeysServiceImpl::CreateKey(grpc::CallbackServerContext
 
 grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext* ctx,
                                                      const v1::ImportKeyRequest* req, v1::KeyInfo* out) {
-  return OffThread(ctx, "ImportKey", RpcClass::kKeysAdmin, req->name(), [this, req, out](const Security::Call&) -> grpc::Status {
+  // The private key and the PFX password leave the request before anything else happens
+  // (also when the call is refused): protobuf keeps them in plain std::strings, short ones
+  // inside the message object, which are freed unwiped.
+  auto secrets = std::make_shared<ImportSecrets>();
+  switch (req->source_case()) {
+    case v1::ImportKeyRequest::kPkcs8:
+      secrets->key = TakeSecretBytes(req->pkcs8());
+      break;
+    case v1::ImportKeyRequest::kPfx:
+      secrets->password = TakeSecretString(req->pfx().password());
+      break;
+    case v1::ImportKeyRequest::kCngRsaFullPrivateBlob:
+      secrets->key = TakeSecretBytes(req->cng_rsa_full_private_blob());
+      break;
+    default:
+      break;
+  }
+  return OffThread(ctx, "ImportKey", RpcClass::kKeysAdmin, req->name(), [this, req, out, secrets](const Security::Call&) -> grpc::Status {
     if (auto st = CheckKeyName(req->name()); !st.ok()) return ToGrpc(st);
     absl::StatusOr<crypto::RsaPrivateKeyParts> parts;
     switch (req->source_case()) {
       case v1::ImportKeyRequest::kPkcs8:
-        parts = crypto::ParseRsaPrivateKey(BytesOf(req->pkcs8()));
+        parts = crypto::ParseRsaPrivateKey(crypto::Reveal(secrets->key));
         break;
-      case v1::ImportKeyRequest::kPfx: {
-        crypto::SecretString pw(req->pfx().password().begin(), req->pfx().password().end());
-        parts = crypto::ParseRsaPrivateKeyFromPfx(BytesOf(req->pfx().pfx()), pw);
+      case v1::ImportKeyRequest::kPfx:
+        parts = crypto::ParseRsaPrivateKeyFromPfx(BytesOf(req->pfx().pfx()), secrets->password);
         break;
-      }
       case v1::ImportKeyRequest::kCngRsaFullPrivateBlob:
-        parts = crypto::ParseCngFullPrivateBlob(BytesOf(req->cng_rsa_full_private_blob()));
+        parts = crypto::ParseCngFullPrivateBlob(crypto::Reveal(secrets->key));
         break;
       default:
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,

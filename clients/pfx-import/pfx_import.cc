@@ -257,6 +257,8 @@ absl::StatusOr<std::string> ReadWholeFile(const std::string& path, size_t limit)
 std::optional<SecretString> PromptNoEcho(const std::string& prompt) {
   FILE* tty = std::fopen("/dev/tty", "r+");
   if (tty == nullptr) return std::nullopt;
+  // Unbuffered: a stdio buffer would keep a copy of the typed password, freed unwiped.
+  std::setvbuf(tty, nullptr, _IONBF, 0);
   const int fd = fileno(tty);
   if (!isatty(fd)) {
     std::fclose(tty);
@@ -385,10 +387,12 @@ class CsvRows final : public RowSource {
     row->where = absl::StrCat("row ", row->number, " (line ", reader_->line(), ", ",
                               raw_path.empty() ? "no pfxPath" : raw_path, ")");
     row->upn = std::string(absl::StripAsciiWhitespace(field(c_upn_)));
-    if (c_password_ >= 0 && !field(c_password_).empty()) {
-      const std::string& p = f[static_cast<size_t>(c_password_)];
-      row->password = SecretString(p.begin(), p.end());
-      crypto::Cleanse(f[static_cast<size_t>(c_password_)].data(), p.size());
+    // Not through field(), which returns a copy that would be freed unwiped.
+    if (c_password_ >= 0 && static_cast<size_t>(c_password_) < f.size() &&
+        !f[static_cast<size_t>(c_password_)].empty()) {
+      std::string& p = f[static_cast<size_t>(c_password_)];
+      row->password = SecretString(p.data(), p.size());
+      crypto::Cleanse(p.data(), p.size());
     }
     const std::string pwf(absl::StripAsciiWhitespace(field(c_password_file_)));
     if (!pwf.empty()) row->password_file = Resolve(base_dir_, pwf);

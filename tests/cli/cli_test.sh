@@ -55,6 +55,30 @@ done
 printf 'listne: 1\n' >"$WORK/bad.yaml"
 err=$("$REWRAPD" --config "$WORK/bad.yaml" --check-config 2>&1); check "bad config exit" 2 $?
 contains "bad config names the key" "unknown configuration key 'listne'" "$err"
+# A value of the wrong type is a configuration error: exit 2 naming the key, never an
+# abort (exit 134) or another signal. A list under limits: used to throw past the loader
+# (issue 14); tests/unit/service/config_test.cc walks every key and type.
+bad_config() {  # bad_config NAME NEEDLE YAML
+  printf '%s' "$3" >"$WORK/bad.yaml"
+  err=$("$REWRAPD" --config "$WORK/bad.yaml" --check-config 2>&1); local rc=$?
+  check "$1: exit 2, not a signal" 2 $rc
+  contains "$1: names the key and type" "$2" "$err"
+}
+bad_config "list under limits" "limits.max_batch_items: expected a non-negative integer, got a list" \
+  $'limits:\n  max_batch_items: [1, 2]\n'
+bad_config "mapping under limits" "limits.max_inflight_items: expected a non-negative integer, got a mapping" \
+  $'limits:\n  max_inflight_items: {a: 1}\n'
+bad_config "limits not a mapping" "limits: expected a mapping" $'limits: [1]\n'
+bad_config "list for a string" "listen: expected a string, got a list" $'listen: [127.0.0.1:1]\n'
+bad_config "empty value" "tls_cert: expected a string, got an empty value" $'tls_cert:\n'
+bad_config "mapping for a number" "pool_size: expected a non-negative integer, got a mapping" $'pool_size: {a: 1}\n'
+bad_config "wrong boolean" "insecure: expected true or false, got 'maybe'" $'insecure: maybe\n'
+bad_config "list key" "a key must be a name, got a list" $'? [a, b]\n: 1\n'
+bad_config "key given twice" "'workers' is given twice (also on line 1)" $'workers: 2\nworkers: 3\n'
+bad_config "top level a list" "the top level must be a mapping" $'- listen: 127.0.0.1:1\n'
+printf '# every line commented out\n# pool_size: 4\n' >"$WORK/commented.yaml"
+"$REWRAPD" --config "$WORK/commented.yaml" --check-config >/dev/null 2>&1
+check "a comments-only config sets nothing (exit 0)" 0 $?
 printf 'module: /usr/lib/softhsm/libsofthsm2.so\ntoken: x\npool_size: 3\n' >"$WORK/ok.yaml"
 out=$("$REWRAPD" --config "$WORK/ok.yaml" --check-config); check "check-config exit" 0 $?
 contains "check-config shows the pool" "session pool:         3 sessions, " "$out"

@@ -1,11 +1,19 @@
 #include "service/config.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <set>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 
 namespace hsmrewrap::service {
 namespace {
@@ -95,6 +103,159 @@ TEST(ConfigTest, ClearErrors) {
   EXPECT_THAT(std::string(Finalize(g).message()), HasSubstr("HOST:PORT"));
 }
 
+
+// The text ApplyYamlFile uses for what a key of this type expects.
+std::string ExpectedText(ConfigValueType t) {
+  switch (t) {
+    case ConfigValueType::kString: return "a string";
+    case ConfigValueType::kBool: return "true or false";
+    case ConfigValueType::kUint32: return "a non-negative integer";
+  }
+  return "?";
+}
+
+// Values of the wrong type for a key of type `t`: YAML that is not a scalar (lists,
+// mappings, an empty value), and for booleans and numbers scalars that do not parse.
+std::vector<std::string> WrongValues(ConfigValueType t) {
+  std::vector<std::string> v = {"[1, 2]", "[]", "{a: 1}", "{}", "", "~", "null", "\n  - a\n  - b", "\n  x: 1"};
+  switch (t) {
+    case ConfigValueType::kString: break;
+    case ConfigValueType::kBool:
+      for (const char* s : {"maybe", "2", "''", "'true false'", "1.0"}) v.push_back(s);
+      break;
+    case ConfigValueType::kUint32:
+      for (const char* s : {"-1", "1.5", "many", "4294967296", "0x10", "''", "true", "1e3"}) v.push_back(s);
+      break;
+  }
+  return v;
+}
+
+// Loads `yaml` from a temporary file; the loader must not throw, whatever the file holds.
+absl::Status Load(const std::string& yaml, Config& c) {
+  const std::string path = WriteTemp(yaml);
+  absl::Status st;
+  EXPECT_NO_THROW(st = ApplyYamlFile(path, c)) << yaml;
+  std::remove(path.c_str());
+  return st;
+}
+
+void ExpectInvalid(const std::string& yaml, const std::string& needle) {
+  Config c;
+  const absl::Status st = Load(yaml, c);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << "YAML:\n" << yaml << "\nstatus: " << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr(needle)) << "YAML:\n" << yaml;
+}
+
+// The YAML lines that set `key` to `value`: at the top level, or nested in its section.
+std::string KeyLine(const ConfigKey& key, bool nested, const std::string& value) {
+  if (!nested) return absl::StrCat(key.name, ": ", value, "\n");
+  std::string indented = absl::StrReplaceAll(value, {{"\n", "\n  "}});
+  return absl::StrCat(key.section, ":\n  ", key.name, ": ", indented, "\n");
+}
+
+// Issue 14 item 5: a wrong type (here: a list under limits:) threw from yaml-cpp past the
+// loader and aborted rewrapd. Every key the loader knows (its own table, so a key added
+// later is covered too), in every place it may be written, with every wrong type, is an
+// InvalidArgument naming the key and the type it wants.
+TEST(ConfigTest, EveryKeyRefusesEveryWrongType) {
+  ASSERT_FALSE(ConfigKeys().empty());
+  int cases = 0;
+  for (const ConfigKey& key : ConfigKeys()) {
+    for (bool nested : {false, true}) {
+      if (nested && *key.section == '\0') continue;
+      const std::string shown = nested ? absl::StrCat(key.section, ".", key.name) : key.name;
+      for (const std::string& value : WrongValues(key.type)) {
+        SCOPED_TRACE(absl::StrCat(shown, " = [", value, "]"));
+        ExpectInvalid(KeyLine(key, nested, value), absl::StrCat(shown, ": expected ", ExpectedText(key.type)));
+        ++cases;
+      }
+    }
+  }
+  EXPECT_GT(cases, 200);
+}
+
+// The same table, with a value of the right type: accepted in every place, from the
+// environment as HSMREWRAP_<KEY> too (so the list above is not testing unknown keys).
+TEST(ConfigTest, EveryKeyAcceptsItsType) {
+  for (const ConfigKey& key : ConfigKeys()) {
+    const std::string good = key.type == ConfigValueType::kString ? "x"
+                             : key.type == ConfigValueType::kBool ? "true"
+                                                                  : "4096";
+    for (bool nested : {false, true}) {
+      if (nested && *key.section == '\0') continue;
+      Config c;
+      EXPECT_TRUE(Load(KeyLine(key, nested, good), c).ok()) << KeyLine(key, nested, good);
+    }
+    const std::string var = absl::StrCat("HSMREWRAP_", absl::AsciiStrToUpper(key.name));
+    Config c;
+    setenv(var.c_str(), good.c_str(), 1);
+    EXPECT_TRUE(ApplyEnvironment(c).ok()) << var;
+    if (key.type != ConfigValueType::kString) {
+      setenv(var.c_str(), "not-a-value", 1);
+      EXPECT_THAT(std::string(ApplyEnvironment(c).message()), HasSubstr(absl::StrCat(var, ": ", key.name)));
+    }
+    unsetenv(var.c_str());
+  }
+}
+
+TEST(ConfigTest, SectionMustBeAMappingOfItsKeys) {
+  std::set<std::string> sections;
+  for (const ConfigKey& key : ConfigKeys()) {
+    if (*key.section != '\0') sections.insert(key.section);
+  }
+  ASSERT_EQ(sections.count("limits"), 1u);
+  for (const std::string& section : sections) {
+    for (const char* value : {" [1, 2]", " 5", " x", "", " ~", "\n  - max_batch_items: 1"}) {
+      SCOPED_TRACE(value);
+      ExpectInvalid(absl::StrCat(section, ":", value, "\n"), absl::StrCat(section, ": expected a mapping"));
+    }
+    ExpectInvalid(absl::StrCat(section, ":\n  nope: 1\n"), absl::StrCat("unknown key '", section, ".nope'"));
+    // A top-level key does not belong in a section.
+    ExpectInvalid(absl::StrCat(section, ":\n  listen: 127.0.0.1:1\n"), absl::StrCat("unknown key '", section, ".listen'"));
+    ExpectInvalid(absl::StrCat(section, ":\n  ? [a, b]\n  : 1\n"), "a key must be a name, got a list");
+    Config empty;
+    EXPECT_TRUE(Load(absl::StrCat(section, ": {}\n"), empty).ok());
+  }
+}
+
+TEST(ConfigTest, FileShapeErrors) {
+  // An empty or comments-only file sets nothing (an example file with every line commented out).
+  for (const char* nothing : {"", "# only a comment\n\n", "~\n"}) {
+    Config c;
+    EXPECT_TRUE(Load(nothing, c).ok()) << "'" << nothing << "'";
+    EXPECT_EQ(c.listen, Config{}.listen);
+  }
+  ExpectInvalid("- listen: 127.0.0.1:1\n", "the top level must be a mapping of 'key: value' lines, got a list");
+  ExpectInvalid("listen\n", "the top level must be a mapping of 'key: value' lines, got 'listen'");
+  ExpectInvalid("pool_size: 1\n---\npool_size: 2\n", "holds 2 YAML documents");
+  ExpectInvalid("pool_size: [1\n", "config ");  // not YAML at all: yaml-cpp's reason
+  ExpectInvalid("? [a, b]\n: 1\n", "line 1: a key must be a name, got a list");
+  ExpectInvalid("? {a: 1}\n: 1\n", "a key must be a name, got a mapping");
+  ExpectInvalid("~: 1\n", "a key must be a name, got an empty value");
+  ExpectInvalid("'': 1\n", "unknown configuration key ''");
+  Config missing;
+  EXPECT_EQ(ApplyYamlFile("/nonexistent/rewrapd.yaml", missing).code(), absl::StatusCode::kInvalidArgument);
+  Config explicit_empty;
+  EXPECT_TRUE(Load("{}\n", explicit_empty).ok()) << "{} deliberately sets nothing";
+}
+
+// yaml-cpp keeps both entries of a repeated key (the later would win unseen): refused,
+// with both lines. A limit is one setting whether written at the top level or in limits:.
+TEST(ConfigTest, KeyGivenTwice) {
+  ExpectInvalid("pool_size: 1\nlisten: 127.0.0.1:1\npool_size: 2\n", "line 3: 'pool_size' is given twice (also on line 1)");
+  ExpectInvalid("limits:\n  max_batch_items: 1\n  max_batch_items: 2\n", "'limits.max_batch_items' is given twice (also on line 2)");
+  ExpectInvalid("max_batch_items: 1\nlimits:\n  max_batch_items: 2\n",
+                "'limits.max_batch_items' is given twice (also as 'max_batch_items' on line 1)");
+  ExpectInvalid("limits: {}\nlimits: {}\n", "'limits' is given twice");
+}
+
+TEST(ConfigTest, NullStringHintsAtQuotes) {
+  ExpectInvalid("metrics_listen:\n", "line 1: metrics_listen: expected a string, got an empty value (null); write \"\" for an empty string");
+  Config c;
+  c.metrics_listen = "127.0.0.1:1";
+  ASSERT_TRUE(Load("metrics_listen: \"\"\n", c).ok());
+  EXPECT_EQ(c.metrics_listen, "");
+}
 
 // RFC 7512: the module and the PIN file may come from the token URI (p11-kit parses it).
 TEST(ConfigTest, TokenUriChoosesModuleAndPinSource) {
