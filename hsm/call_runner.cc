@@ -146,6 +146,32 @@ absl::Duration CallRunner::OldestRunning(uint64_t tag) const {
   return oldest;
 }
 
+absl::Duration CallRunner::Overdue(uint64_t tag) const {
+  const State& st = *state_;
+  absl::MutexLock l(&st.mu);
+  absl::Duration worst = absl::ZeroDuration(), age_of_worst = absl::ZeroDuration();
+  const absl::Time now = absl::Now();
+  for (const auto& c : st.inflight) {
+    if (c->tag != tag || !c->started || c->abandoned) continue;
+    const absl::Duration age = now - c->start;
+    if (age > c->limit && age - c->limit > worst) {
+      worst = age - c->limit;
+      age_of_worst = age;
+    }
+  }
+  return age_of_worst;
+}
+
+absl::Duration CallRunner::LongestLimit(uint64_t tag) const {
+  const State& st = *state_;
+  absl::MutexLock l(&st.mu);
+  absl::Duration longest = absl::ZeroDuration();
+  for (const auto& c : st.inflight) {
+    if (c->tag == tag && c->started && !c->abandoned) longest = std::max(longest, c->limit);
+  }
+  return longest;
+}
+
 size_t CallRunner::stuck() const {
   absl::MutexLock l(&state_->mu);
   return state_->stuck;

@@ -46,6 +46,7 @@ class CallRunner final {
     absl::Status abandon_status;
     absl::Time start;
     uint64_t tag = 0;  // the caller's grouping (the supervisor: which backend generation)
+    absl::Duration limit = absl::InfiniteDuration();  // running longer than this is overdue
   };
 
   CallRunner() : CallRunner(Options{}) {}
@@ -56,12 +57,14 @@ class CallRunner final {
 
   // Runs `fn` on a runner thread and returns its result, or `abandon_status` of the
   // Abandon() that gave up on it, or DeadlineExceeded if it has not returned by `deadline`
-  // (the call is then abandoned). A call abandoned before it started never runs.
+  // (the call is then abandoned). A call abandoned before it started never runs. `limit`:
+  // how long the call may run before Overdue() reports it (the caller keeps waiting).
   template <typename T>
   T Run(std::function<T()> fn, uint64_t tag, std::function<T(absl::Status)> on_abandon,
-        absl::Time deadline = absl::InfiniteFuture()) {
+        absl::Time deadline = absl::InfiniteFuture(), absl::Duration limit = absl::InfiniteDuration()) {
     auto call = std::make_shared<TypedCall<T>>(std::move(fn));
     call->tag = tag;
+    call->limit = limit;
     absl::Status gave_up = Submit(call, deadline);
     if (!gave_up.ok()) return on_abandon(std::move(gave_up));
     return *std::move(call->result);
@@ -72,6 +75,10 @@ class CallRunner final {
   size_t Abandon(uint64_t tag, const absl::Status& why);
   // The longest any call with `tag` has been running (0 if none).
   absl::Duration OldestRunning(uint64_t tag) const;
+  // The age of the call with `tag` that has run longest past its limit (0 if none is past it).
+  absl::Duration Overdue(uint64_t tag) const;
+  // The largest limit of the calls with `tag` now running (0 if none).
+  absl::Duration LongestLimit(uint64_t tag) const;
 
   // Abandoned calls whose thread is still inside the module.
   size_t stuck() const;

@@ -43,6 +43,13 @@ TokenSupervisor::~TokenSupervisor() {
   // A re-initialisation stuck inside the module (C_Initialize that never returns) must not
   // keep the supervisor's thread, and so this destructor, waiting.
   runner_.Abandon(kLifecycleTag, absl::CancelledError("stopping"));
+  uint64_t generation;
+  {
+    absl::MutexLock l(&mu_);
+    generation = generation_;
+  }
+  // And a health check of the current token that hangs (its thread waits on it).
+  runner_.Abandon(generation, absl::CancelledError("stopping"));
   if (thread_.joinable()) thread_.join();
 }
 
@@ -87,16 +94,19 @@ void TokenSupervisor::Observe(const absl::Status& s) {
 }
 
 template <typename T>
-T TokenSupervisor::OnToken(std::function<T(KeyBackend&)> op, std::function<T(absl::Status)> fail) {
+T TokenSupervisor::OnToken(std::function<T(KeyBackend&)> op, std::function<T(absl::Status)> fail,
+                           absl::Duration limit) {
   auto use = Use();
   if (!use.ok()) return fail(use.status());
   std::shared_ptr<KeyBackend> b = std::move(use->first);
-  return runner_.Run<T>([b = std::move(b), op = std::move(op)]() { return op(*b); }, use->second, std::move(fail));
+  return runner_.Run<T>([b = std::move(b), op = std::move(op)]() { return op(*b); }, use->second, std::move(fail),
+                        absl::InfiniteFuture(), limit);
 }
 
 template <typename T>
 absl::StatusOr<T> TokenSupervisor::KeyCall(std::function<absl::StatusOr<T>(KeyBackend&)> op) {
-  auto r = OnToken<absl::StatusOr<T>>(std::move(op), [](absl::Status s) -> absl::StatusOr<T> { return s; });
+  auto r = OnToken<absl::StatusOr<T>>(
+      std::move(op), [](absl::Status s) -> absl::StatusOr<T> { return s; }, options_.admin_call_timeout);
   if (!r.ok()) Observe(r.status());
   return r;
 }
@@ -143,7 +153,7 @@ OpResult<crypto::SecretBytes> TokenSupervisor::Decrypt(const std::string& key_na
       [key_name, padding, ct = Bytes(ciphertext.begin(), ciphertext.end()), path](KeyBackend& b) {
         return Rechecked(b, b.Decrypt(key_name, padding, ct, path));
       },
-      [](absl::Status s) { return R::Retryable(std::move(s)); });
+      [](absl::Status s) { return R::Retryable(std::move(s)); }, options_.call_timeout);
   if (!r.ok()) Observe(r.status());
   return r;
 }
@@ -157,7 +167,7 @@ OpResult<Bytes> TokenSupervisor::RewrapInToken(const std::string& key_name, RsaP
        out_padding](KeyBackend& b) {
         return Rechecked(b, b.RewrapInToken(key_name, in_padding, ct, device_key, out_padding));
       },
-      [](absl::Status s) { return R::Retryable(std::move(s)); });
+      [](absl::Status s) { return R::Retryable(std::move(s)); }, options_.call_timeout);
   if (!r.ok()) Observe(r.status());
   return r;
 }
@@ -246,16 +256,17 @@ bool TokenSupervisor::Sleep(absl::Duration d, bool wake_on_suspect) {
 absl::Status TokenSupervisor::CheckHealthy(const std::shared_ptr<KeyBackend>& b, uint64_t generation) {
   // Three tries 50 ms apart: one failed C_GetTokenInfo (an injected or transient error) is
   // not a lost token; three are, and they still fit in the 1 s the health status has. A
-  // check that does not answer within probe_timeout is a lost token at once (trying again
-  // would only leave another thread inside the module).
+  // check that does not answer within call_timeout (or, while key management runs, within
+  // its longer limit: a module that serialises calls answers after it) is a lost token at
+  // once (trying again would only leave another thread inside the module).
   for (int i = 0; i < 3; ++i) {
+    const absl::Duration wait = std::max(options_.call_timeout, runner_.LongestLimit(generation));
     absl::Status s = runner_.Run<absl::Status>(
         [b]() { return b->Healthy() ? absl::OkStatus() : absl::UnavailableError("C_GetTokenInfo fails"); },
-        generation, [](absl::Status why) { return why; }, absl::Now() + options_.probe_timeout);
-    if (s.ok()) return s;
+        generation, [](absl::Status why) { return why; }, absl::Now() + wait);
+    if (s.ok() || s.code() == absl::StatusCode::kCancelled) return absl::OkStatus();  // stopping: not a loss
     if (s.code() == absl::StatusCode::kDeadlineExceeded) {
-      return absl::UnavailableError(absl::StrCat("C_GetTokenInfo did not answer within ",
-                                                 absl::FormatDuration(options_.probe_timeout)));
+      return absl::UnavailableError(absl::StrCat("C_GetTokenInfo did not answer within ", absl::FormatDuration(wait)));
     }
     if (s.code() != absl::StatusCode::kUnavailable || s.message() != "C_GetTokenInfo fails") return s;
     if (i < 2 && !Sleep(absl::Milliseconds(50))) return absl::OkStatus();
@@ -305,7 +316,7 @@ void TokenSupervisor::Retire(std::shared_ptr<KeyBackend> old) {
       // C_Finalize under them, on a runner thread: it may hang as well.
       std::shared_ptr<Module> m = p11->pool().shared_module();
       runner_.Run<bool>([m]() { m->Retire(); return true; }, kLifecycleTag,
-                        [](absl::Status) { return false; }, absl::Now() + options_.probe_timeout);
+                        [](absl::Status) { return false; }, absl::Now() + absl::Seconds(1));
     }
     stats = p11->module().CallStats();
     discarded = p11->pool().discarded_sessions();
@@ -364,8 +375,9 @@ void TokenSupervisor::Run() {
         generation = generation_;
       }
       absl::Status lost;
-      if (const absl::Duration oldest = runner_.OldestRunning(generation); oldest > options_.call_timeout) {
-        lost = absl::UnavailableError(absl::StrCat("a token call has not returned for ", absl::FormatDuration(oldest),
+      if (const absl::Duration overdue = runner_.Overdue(generation); overdue > absl::ZeroDuration()) {
+        lost = absl::UnavailableError(absl::StrCat("a token call has not returned for ",
+                                                   absl::FormatDuration(absl::Trunc(overdue, absl::Milliseconds(1))),
                                                    " (token_call_timeout_s ",
                                                    absl::ToDoubleSeconds(options_.call_timeout), ")"));
       } else {

@@ -8,8 +8,9 @@
 //  - Up: calls go to the current backend. A background thread checks Healthy() every
 //    `check_interval` (and at once after a call failed Unavailable); three failed checks
 //    in a row (50 ms apart, so one injected or transient error is not a loss) mark the
-//    token lost, and so does one check that does not answer within `probe_timeout`, or any
-//    call that has been inside the module for longer than `call_timeout`.
+//    token lost, and so does one check that does not answer within `call_timeout`, or any
+//    call that has been inside the module for longer than its limit (`call_timeout` for
+//    rewrap operations, `admin_call_timeout` for key management and key reads).
 //  - Lost: every call fails Unavailable at once, without touching the token. The thread
 //    drops the old backend (after at most `drain_wait` for its calls to return; a module
 //    with calls still inside is finalised under them), then calls the factory (C_Initialize,
@@ -52,11 +53,15 @@ class TokenSupervisor final : public KeyBackend {
     absl::Duration check_interval = absl::Milliseconds(200);
     absl::Duration initial_backoff = absl::Milliseconds(100);
     absl::Duration max_backoff = absl::Seconds(2);
-    // A health check (C_GetTokenInfo) that has not answered after this is a lost token.
-    absl::Duration probe_timeout = absl::Seconds(1);
-    // A token call inside the module for longer than this is a lost token (config
-    // token_call_timeout_s). Far above any real operation (RSA on a TPM: < 1 s).
+    // A rewrap operation or health check (C_GetTokenInfo) inside the module for longer than
+    // this is a lost token (config token_call_timeout_s). Far above any real operation (RSA
+    // on a TPM: < 1 s); a health check waits as long, since modules that serialise calls
+    // (p11-kit's RPC server, a TPM resource manager) answer it only after the calls ahead.
     absl::Duration call_timeout = absl::Seconds(10);
+    // The same for key management and key reads (generation, import, loading and probing
+    // keys: seconds to minutes on a TPM or an HSM). While such a call runs, a health check
+    // may wait as long.
+    absl::Duration admin_call_timeout = absl::Seconds(300);
     // How long a lost backend's in-flight calls may take to return before its module is
     // finalised under them (they have been answered already; this only lets a module that
     // answers quickly be finalised cleanly).
@@ -123,7 +128,7 @@ class TokenSupervisor final : public KeyBackend {
   // abandoned call). Everything `op` captures must be owned by it: an abandoned call goes on
   // running after its caller has returned.
   template <typename T>
-  T OnToken(std::function<T(KeyBackend&)> op, std::function<T(absl::Status)> fail);
+  T OnToken(std::function<T(KeyBackend&)> op, std::function<T(absl::Status)> fail, absl::Duration limit);
   template <typename T>
   absl::StatusOr<T> KeyCall(std::function<absl::StatusOr<T>(KeyBackend&)> op);
 

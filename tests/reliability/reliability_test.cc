@@ -354,7 +354,8 @@ TEST(FaultTest, RefusedPinIsNeverRetried) {
 // SERVING again within 5 s of the hang ending, with right outputs.
 TEST(HangTest, CallsThatNeverReturnAreAnsweredAtTheLoss) {
   Rig rig;
-  START_RIG(rig, {});
+  // A health check that has not answered after token_call_timeout_s (10 s by default) is a loss.
+  START_RIG(rig, {"--token-call-timeout", "2"});
   ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
   std::map<std::string, int> out;
   ASSERT_NO_FATAL_FAILURE(rig.SendBatch("before", 8, &out));
