@@ -16,3 +16,12 @@ san_configure_and_build() {
     "${SAN_CMAKE_ARGS[@]}" ${CMAKE_ARGS:-} >/dev/null
   cmake --build "$SAN_BUILD_DIR" -j "${JOBS:-2}"
 }
+
+# scripts/test-sanitizers.sh --tsan: ThreadSanitizer instead (its folder, ./build-tsan
+# unless SAN_BUILD_DIR is set, is chosen by that script before sourcing this file). No
+# fuzzers. absl::Mutex is made visible to TSan by tests/sanitizers/tsan_absl_mutex.cc;
+# tsan.supp lists, with reasons, what is ignored inside uninstrumented third-party libraries.
+san_use_tsan() {
+  SAN_CMAKE_ARGS=(-DHSMREWRAP_SANITIZE=thread -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+  export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$_supp/tsan.supp${TSAN_OPTIONS:+:$TSAN_OPTIONS}"
+}
