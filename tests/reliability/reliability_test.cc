@@ -159,18 +159,26 @@ class Rig {
     }
     return req;
   }
-  grpc::Status Call(const v1::RewrapRequest& req, v1::RewrapResponse* resp,
-                    std::chrono::milliseconds deadline = 60s) {
+  static grpc::Status CallOn(v1::Rewrap::Stub& stub, const v1::RewrapRequest& req, v1::RewrapResponse* resp,
+                             std::chrono::milliseconds deadline) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + deadline);
-    return h_->rewrap().Rewrap(&ctx, req, resp);
+    return stub.Rewrap(&ctx, req, resp);
+  }
+  grpc::Status Call(const v1::RewrapRequest& req, v1::RewrapResponse* resp,
+                    std::chrono::milliseconds deadline = 60s) {
+    return CallOn(h_->rewrap(), req, resp, deadline);
   }
   // Starts Call(req, resp) on another thread and waits (up to 5 s) until rewrapd reports
   // items in flight, i.e. the batch is in the engine. Returns the call; `*in_engine` says
-  // whether the batch got there.
+  // whether the batch got there. The call has a stub of its own, made here: the harness's
+  // stubs and channel are destroyed by Stop(), which a test may call (on its own thread)
+  // while this call is still running.
   std::future<grpc::Status> CallInBackground(const v1::RewrapRequest& req, v1::RewrapResponse* resp,
                                              bool* in_engine) {
-    auto call = std::async(std::launch::async, [this, &req, resp] { return Call(req, resp); });
+    auto call = std::async(std::launch::async, [stub = v1::Rewrap::NewStub(h_->channel()), &req, resp] {
+      return CallOn(*stub, req, resp, 60s);
+    });
     for (int i = 0; i < 100 && Metric("hsmrewrap_inflight_items") == 0; ++i) std::this_thread::sleep_for(50ms);
     *in_engine = Metric("hsmrewrap_inflight_items") > 0;
     return call;
