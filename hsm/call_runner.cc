@@ -78,6 +78,7 @@ absl::Status CallRunner::Submit(std::shared_ptr<Call> call, absl::Time deadline)
   st.inflight.push_back(std::move(call));
   if (st.queue.size() > st.idle) {
     ++st.threads;
+    ++st.idle;  // see ThreadMain()
     std::thread(&CallRunner::ThreadMain, state_).detach();
   }
   auto finished = [c]() { return c->done || c->abandoned; };
@@ -92,13 +93,16 @@ absl::Status CallRunner::Submit(std::shared_ptr<Call> call, absl::Time deadline)
 void CallRunner::ThreadMain(std::shared_ptr<State> state) {
   State& st = *state;
   st.mu.Lock();
+  // Counted idle whenever it is not running a call, from the moment Submit() starts it: a
+  // thread that has not run yet takes a queued call too, and leaving it out made Submit()
+  // start more threads than there were calls in flight.
   while (true) {
-    ++st.idle;
     auto work = [&st]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st.mu) { return !st.queue.empty() || st.stop; };
     const bool woken = st.mu.AwaitWithTimeout(absl::Condition(&work), st.options.idle_exit);
     --st.idle;
     if (st.queue.empty()) {
       if (st.stop || !woken) break;
+      ++st.idle;
       continue;
     }
     std::shared_ptr<Call> call = std::move(st.queue.front());
@@ -118,6 +122,7 @@ void CallRunner::ThreadMain(std::shared_ptr<State> state) {
       }
     }
     if (st.stop) break;
+    ++st.idle;
   }
   --st.threads;
   st.mu.Unlock();

@@ -120,7 +120,9 @@ TEST(CallRunnerTest, ConcurrentCallersGetTheirOwnResults) {
     }));
   }
   for (auto& c : callers) EXPECT_TRUE(c.get());
-  EXPECT_LE(r.threads(), 8u + 1u);
+  // At most one thread per caller: a thread started for a queued call counts as idle before
+  // it runs, so a call queued meanwhile does not start another (it did, about 1 run in 10).
+  EXPECT_LE(r.threads(), 8u);
 }
 
 }  // namespace
