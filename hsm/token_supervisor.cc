@@ -260,7 +260,11 @@ absl::Status TokenSupervisor::CheckHealthy(const std::shared_ptr<KeyBackend>& b,
   // its longer limit: a module that serialises calls answers after it) is a lost token at
   // once (trying again would only leave another thread inside the module).
   for (int i = 0; i < 3; ++i) {
-    const absl::Duration wait = std::max(options_.call_timeout, runner_.LongestLimit(generation));
+    // 1 s normally; while key management runs (a module that serialises calls answers the
+    // check only after it), as long as that call's limit.
+    const absl::Duration longest = runner_.LongestLimit(generation);
+    const absl::Duration wait = longest > options_.call_timeout ? longest : std::min(options_.probe_timeout,
+                                                                                   options_.call_timeout);
     absl::Status s = runner_.Run<absl::Status>(
         [b]() { return b->Healthy() ? absl::OkStatus() : absl::UnavailableError("C_GetTokenInfo fails"); },
         generation, [](absl::Status why) { return why; }, absl::Now() + wait);

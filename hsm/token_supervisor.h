@@ -58,6 +58,9 @@ class TokenSupervisor final : public KeyBackend {
     // on a TPM: < 1 s); a health check waits as long, since modules that serialise calls
     // (p11-kit's RPC server, a TPM resource manager) answer it only after the calls ahead.
     absl::Duration call_timeout = absl::Seconds(10);
+    // A health check that has not answered after this is a lost token (unless key management
+    // is running: then the check may take as long as that call's limit).
+    absl::Duration probe_timeout = absl::Seconds(1);
     // The same for key management and key reads (generation, import, loading and probing
     // keys: seconds to minutes on a TPM or an HSM). While such a call runs, a health check
     // may wait as long.
