@@ -20,9 +20,12 @@ namespace {
 
 const EVP_CIPHER* ContentCipher(CmsContentCipher c) {
   switch (c) {
-    case CmsContentCipher::kAes256Cbc: return EVP_aes_256_cbc();
-    case CmsContentCipher::kAes128Cbc: return EVP_aes_128_cbc();
-    case CmsContentCipher::kDes3Cbc: return EVP_des_ede3_cbc();
+    case CmsContentCipher::kAes256Cbc:
+      return EVP_aes_256_cbc();
+    case CmsContentCipher::kAes128Cbc:
+      return EVP_aes_128_cbc();
+    case CmsContentCipher::kDes3Cbc:
+      return EVP_des_ede3_cbc();
   }
   return nullptr;
 }
@@ -41,9 +44,14 @@ absl::StatusOr<Bytes> Envelope(X509* recipient, const PublicKey& key,
   bool oaep = false;
   if (rsa) {
     switch (options.key_transport) {
-      case CmsKeyTransport::kRsaOaepSha256: oaep = true; break;
-      case CmsKeyTransport::kRsaPkcs1: oaep = false; break;
-      default: return absl::InvalidArgumentError("unknown CMS key transport");
+      case CmsKeyTransport::kRsaOaepSha256:
+        oaep = true;
+        break;
+      case CmsKeyTransport::kRsaPkcs1:
+        oaep = false;
+        break;
+      default:
+        return absl::InvalidArgumentError("unknown CMS key transport");
     }
   }
   // CMS_BINARY: the content is bytes, never MIME-canonicalised. CMS_PARTIAL: recipients are
@@ -59,8 +67,7 @@ absl::StatusOr<Bytes> Envelope(X509* recipient, const PublicKey& key,
   if (ri == nullptr) return OsslInvalidArgument("cannot add the CMS recipient");
   if (oaep) {
     EVP_PKEY_CTX* pctx = CMS_RecipientInfo_get0_pkey_ctx(ri);
-    if (pctx == nullptr ||
-        EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
+    if (pctx == nullptr || EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
         EVP_PKEY_CTX_set_rsa_oaep_md(pctx, EVP_sha256()) <= 0 ||
         EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) <= 0) {
       return OsslInternal("cannot set RSA-OAEP-SHA256 key transport");
@@ -127,8 +134,7 @@ absl::StatusOr<Bytes> CmsEnvelopeToPublicKey(const PublicKey& key,
   // SKI = SHA-1 of the subjectPublicKey BIT STRING contents (RFC 5280 4.2.1.2, method 1).
   const unsigned char* pk = nullptr;
   int pk_len = 0;
-  if (X509_PUBKEY_get0_param(nullptr, &pk, &pk_len, nullptr, X509_get_X509_PUBKEY(x.get())) !=
-      1) {
+  if (X509_PUBKEY_get0_param(nullptr, &pk, &pk_len, nullptr, X509_get_X509_PUBKEY(x.get())) != 1) {
     return OsslInternal("cannot read the public key bits");
   }
   unsigned char ski[EVP_MAX_MD_SIZE];

@@ -1,8 +1,8 @@
 #include "crypto/encoding.h"
 
-#include <algorithm>
-
 #include <openssl/evp.h>
+
+#include <algorithm>
 
 #include "absl/status/status.h"
 #include "crypto/openssl_util.h"

@@ -1,7 +1,8 @@
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
-#include <cstdint>
+
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 

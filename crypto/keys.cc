@@ -1,13 +1,6 @@
 #include "crypto/keys.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-#include <mutex>
-
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/param_build.h>
@@ -15,6 +8,12 @@
 #include <openssl/pkcs12.h>
 #include <openssl/provider.h>
 #include <openssl/x509v3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <mutex>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -46,8 +45,8 @@ constexpr uint32_t kCngRsaFullPrivateMagic = 0x33415352;  // "RSA3"
 constexpr size_t kCngHeaderLen = 24;
 constexpr int kMinRsaBits = 1024;
 constexpr int kMaxRsaBits = 16384;
-constexpr size_t kMaxKeyInput = 64 * 1024;          // SPKI, certificates, private keys
-constexpr size_t kMaxPfxInput = 16 * 1024 * 1024;   // PKCS#12 files
+constexpr size_t kMaxKeyInput = 64 * 1024;         // SPKI, certificates, private keys
+constexpr size_t kMaxPfxInput = 16 * 1024 * 1024;  // PKCS#12 files
 constexpr size_t kMaxSecretFile = 1024 * 1024;
 
 uint32_t ReadLe32(const uint8_t* p) {
@@ -114,9 +113,8 @@ SecretBnPtr GetSecretBnParam(const EVP_PKEY* pkey, const char* name) {
 absl::Status CheckRsaNumbers(const BIGNUM* n, const BIGNUM* e) {
   const int bits = BN_num_bits(n);
   if (bits < kMinRsaBits || bits > kMaxRsaBits) {
-    return absl::InvalidArgumentError(absl::StrCat("RSA modulus of ", bits,
-                                                   " bits is outside ", kMinRsaBits, "..",
-                                                   kMaxRsaBits));
+    return absl::InvalidArgumentError(
+        absl::StrCat("RSA modulus of ", bits, " bits is outside ", kMinRsaBits, "..", kMaxRsaBits));
   }
   if (!BN_is_odd(n)) return absl::InvalidArgumentError("RSA modulus is even");
   if (!BN_is_odd(e) || BN_is_one(e) || BN_num_bits(e) > 64 || BN_cmp(e, n) >= 0) {
@@ -255,7 +253,6 @@ absl::StatusOr<PublicKey> PublicKey::Adopt(EVP_PKEY* owned) {
   return PublicKey(std::shared_ptr<EVP_PKEY>(holder.release(), EvpPkeyDeleter()));
 }
 
-
 absl::StatusOr<PublicKey> PublicKey::FromSpki(absl::Span<const uint8_t> der_or_pem) {
   if (!der_or_pem.empty() && der_or_pem[0] == 0x30) {
     // Fast path: DER. One d2i_PUBKEY, no copies.
@@ -308,8 +305,8 @@ absl::StatusOr<PublicKey> PublicKey::FromCngPublicBlob(absl::Span<const uint8_t>
   }
   absl::Span<const uint8_t> e = blob.subspan(kCngHeaderLen, h->cb_public_exp);
   absl::Span<const uint8_t> n = blob.subspan(kCngHeaderLen + h->cb_public_exp, h->cb_modulus);
-  if (n[0] == 0 || static_cast<uint32_t>(8 * h->cb_modulus - (__builtin_clz(n[0]) - 24)) !=
-                       h->bit_length) {
+  if (n[0] == 0 ||
+      static_cast<uint32_t>(8 * h->cb_modulus - (__builtin_clz(n[0]) - 24)) != h->bit_length) {
     return absl::InvalidArgumentError("CNG RSAPUBLICBLOB: BitLength does not match modulus");
   }
   return FromRsaComponents(n, e);
@@ -408,9 +405,7 @@ Bytes PublicKey::CngPublicBlob() const {
   return out;
 }
 
-std::string PublicKey::Sha256Hex() const {
-  return internal::DigestHex(EVP_sha256(), SpkiDer());
-}
+std::string PublicKey::Sha256Hex() const { return internal::DigestHex(EVP_sha256(), SpkiDer()); }
 
 bool PublicKey::Equals(const PublicKey& other) const {
   return EVP_PKEY_eq(pkey_.get(), other.pkey_.get()) == 1;
@@ -446,8 +441,7 @@ absl::StatusOr<Certificate> Certificate::Parse(absl::Span<const uint8_t> der_or_
   if (EVP_PKEY_up_ref(pkey) != 1) return OsslInternal("EVP_PKEY_up_ref failed");
   auto key = PublicKey::Adopt(pkey);
   if (!key.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("certificate key: ", key.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat("certificate key: ", key.status().message()));
   }
   return Certificate(std::shared_ptr<X509>(x.release(), X509Deleter()), std::move(*key));
 }
@@ -491,8 +485,7 @@ absl::StatusOr<RsaPrivateKeyParts> ParseRsaPrivateKey(absl::Span<const uint8_t> 
 
 absl::StatusOr<RsaPrivateKeyParts> ParseRsaPrivateKeyFromPfx(absl::Span<const uint8_t> pfx,
                                                              const SecretString& password) {
-  constexpr absl::string_view kWrongPassword =
-      "wrong PFX password or not a PKCS#12 file";
+  constexpr absl::string_view kWrongPassword = "wrong PFX password or not a PKCS#12 file";
   if (pfx.empty() || pfx.size() > kMaxPfxInput) {
     return absl::InvalidArgumentError("not a PKCS#12 file (empty or larger than 16 MiB)");
   }
@@ -506,13 +499,12 @@ absl::StatusOr<RsaPrivateKeyParts> ParseRsaPrivateKeyFromPfx(absl::Span<const ui
   // most common failure. An empty password may mean "no password" (NULL) or "" in
   // different producers; PKCS12_parse tries both when given "".
   if (PKCS12_mac_present(p12.get()) == 1) {
-    bool mac_ok = PKCS12_verify_mac(p12.get(), password.c_str(),
-                                    static_cast<int>(password.size())) == 1;
+    bool mac_ok =
+        PKCS12_verify_mac(p12.get(), password.c_str(), static_cast<int>(password.size())) == 1;
     if (!mac_ok && password.empty()) mac_ok = PKCS12_verify_mac(p12.get(), nullptr, 0) == 1;
     if (!mac_ok) {
       ERR_clear_error();
-      return absl::InvalidArgumentError(
-          absl::StrCat(kWrongPassword, " (MAC verification failed)"));
+      return absl::InvalidArgumentError(absl::StrCat(kWrongPassword, " (MAC verification failed)"));
     }
   }
   EVP_PKEY* raw = nullptr;
@@ -527,14 +519,13 @@ absl::StatusOr<RsaPrivateKeyParts> ParseRsaPrivateKeyFromPfx(absl::Span<const ui
   EvpPkeyPtr pkey(raw);
   if (!parsed) {
     ERR_clear_error();
-    return absl::InvalidArgumentError(absl::StrCat(
-        kWrongPassword, ", or its contents use an unsupported or corrupt encryption"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(kWrongPassword, ", or its contents use an unsupported or corrupt encryption"));
   }
   if (!pkey) return absl::InvalidArgumentError("the PFX contains no private key");
   auto parts = PartsFromPkey(pkey.get());
   if (!parts.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("PFX private key: ", parts.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat("PFX private key: ", parts.status().message()));
   }
   return parts;
 }
@@ -562,8 +553,8 @@ absl::StatusOr<RsaPrivateKeyParts> ParseCngFullPrivateBlob(absl::Span<const uint
   const size_t p_len = h->cb_prime1, q_len = h->cb_prime2;
   const size_t want = kCngHeaderLen + e_len + 2 * n_len + 3 * p_len + 2 * q_len;
   if (blob.size() != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "CNG RSAFULLPRIVATEBLOB: length ", blob.size(), " does not match header (", want, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("CNG RSAFULLPRIVATEBLOB: length ", blob.size(),
+                                                   " does not match header (", want, ")"));
   }
   size_t off = kCngHeaderLen;
   auto take = [&](size_t len) {

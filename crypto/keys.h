@@ -3,13 +3,13 @@
 // BCRYPT_RSAPUBLIC_BLOB / BCRYPT_RSAFULLPRIVATE_BLOB, PKCS#8, PKCS#12.
 #pragma once
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <openssl/evp.h>
-#include <openssl/x509.h>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -19,8 +19,12 @@ namespace hsmrewrap::crypto {
 
 using Bytes = std::vector<uint8_t>;
 
-struct EvpPkeyDeleter { void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); } };
-struct X509Deleter { void operator()(X509* p) const { X509_free(p); } };
+struct EvpPkeyDeleter {
+  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
+};
+struct X509Deleter {
+  void operator()(X509* p) const { X509_free(p); }
+};
 
 // An immutable, thread-safe-to-share public key (RSA or EC).
 class PublicKey final {
@@ -51,7 +55,7 @@ class PublicKey final {
 
   Bytes SpkiDer() const;
   std::string SpkiPem() const;
-  Bytes CngPublicBlob() const;  // RSA only
+  Bytes CngPublicBlob() const;    // RSA only
   std::string Sha256Hex() const;  // lowercase hex SHA-256 of SpkiDer()
   // Same algorithm and same public key.
   bool Equals(const PublicKey& other) const;
@@ -71,12 +75,13 @@ class Certificate final {
  public:
   static absl::StatusOr<Certificate> Parse(absl::Span<const uint8_t> der_or_pem);
   const PublicKey& public_key() const { return public_key_; }
-  std::string Sha1Hex() const;    // thumbprint: lowercase hex SHA-1 of the DER
+  std::string Sha1Hex() const;  // thumbprint: lowercase hex SHA-1 of the DER
   std::string Sha256Hex() const;
   X509* get() const { return x509_.get(); }
 
  private:
-  Certificate(std::shared_ptr<X509> x, PublicKey k) : x509_(std::move(x)), public_key_(std::move(k)) {}
+  Certificate(std::shared_ptr<X509> x, PublicKey k)
+      : x509_(std::move(x)), public_key_(std::move(k)) {}
   std::shared_ptr<X509> x509_;
   PublicKey public_key_;
 };

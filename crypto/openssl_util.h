@@ -3,10 +3,6 @@
 // Not part of the public contract; other folders should not include it.
 #pragma once
 
-#include <cstdint>
-#include <memory>
-#include <string>
-
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/cms.h>
@@ -14,6 +10,10 @@
 #include <openssl/param_build.h>
 #include <openssl/pkcs12.h>
 #include <openssl/x509.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"

@@ -1,7 +1,5 @@
 #include "crypto/pfx.h"
 
-#include <mutex>
-
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pkcs12.h>
@@ -9,6 +7,8 @@
 #include <openssl/provider.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+
+#include <mutex>
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
@@ -96,16 +96,26 @@ std::string FormatUtc(absl::Time t) {
 
 std::string PfxProblemName(PfxProblem p) {
   switch (p) {
-    case PfxProblem::kNone: return "none";
-    case PfxProblem::kNotPkcs12: return "not-pkcs12";
-    case PfxProblem::kWrongPassword: return "wrong-password";
-    case PfxProblem::kNoPrivateKey: return "no-private-key";
-    case PfxProblem::kNoCertificate: return "no-certificate";
-    case PfxProblem::kKeyMismatch: return "key-mismatch";
-    case PfxProblem::kExpired: return "expired";
-    case PfxProblem::kNotYetValid: return "not-yet-valid";
-    case PfxProblem::kKeyUsage: return "key-usage";
-    case PfxProblem::kUnsupported: return "unsupported";
+    case PfxProblem::kNone:
+      return "none";
+    case PfxProblem::kNotPkcs12:
+      return "not-pkcs12";
+    case PfxProblem::kWrongPassword:
+      return "wrong-password";
+    case PfxProblem::kNoPrivateKey:
+      return "no-private-key";
+    case PfxProblem::kNoCertificate:
+      return "no-certificate";
+    case PfxProblem::kKeyMismatch:
+      return "key-mismatch";
+    case PfxProblem::kExpired:
+      return "expired";
+    case PfxProblem::kNotYetValid:
+      return "not-yet-valid";
+    case PfxProblem::kKeyUsage:
+      return "key-usage";
+    case PfxProblem::kUnsupported:
+      return "unsupported";
   }
   return "unknown";
 }
@@ -115,10 +125,10 @@ PfxProblem PfxProblemOf(const absl::Status& status) {
   auto payload = status.GetPayload(kProblemPayloadUrl);
   if (!payload) return PfxProblem::kNone;
   const std::string name(*payload);
-  for (PfxProblem p : {PfxProblem::kNotPkcs12, PfxProblem::kWrongPassword,
-                       PfxProblem::kNoPrivateKey, PfxProblem::kNoCertificate,
-                       PfxProblem::kKeyMismatch, PfxProblem::kExpired, PfxProblem::kNotYetValid,
-                       PfxProblem::kKeyUsage, PfxProblem::kUnsupported}) {
+  for (PfxProblem p :
+       {PfxProblem::kNotPkcs12, PfxProblem::kWrongPassword, PfxProblem::kNoPrivateKey,
+        PfxProblem::kNoCertificate, PfxProblem::kKeyMismatch, PfxProblem::kExpired,
+        PfxProblem::kNotYetValid, PfxProblem::kKeyUsage, PfxProblem::kUnsupported}) {
     if (PfxProblemName(p) == name) return p;
   }
   return PfxProblem::kNone;
@@ -201,11 +211,21 @@ absl::StatusOr<PfxContents> OpenPfx(absl::Span<const uint8_t> pfx, const SecretS
   out.not_after = Asn1ToTime(X509_get0_notAfter(cert.get()));
   out.key_bits = EVP_PKEY_get_bits(key.get());
   switch (EVP_PKEY_get_base_id(key.get())) {
-    case EVP_PKEY_RSA: out.key_type = "RSA"; break;
-    case EVP_PKEY_RSA_PSS: out.key_type = "RSA-PSS"; break;
-    case EVP_PKEY_EC: out.key_type = "EC"; break;
-    case EVP_PKEY_ED25519: out.key_type = "Ed25519"; break;
-    default: out.key_type = "other"; break;
+    case EVP_PKEY_RSA:
+      out.key_type = "RSA";
+      break;
+    case EVP_PKEY_RSA_PSS:
+      out.key_type = "RSA-PSS";
+      break;
+    case EVP_PKEY_EC:
+      out.key_type = "EC";
+      break;
+    case EVP_PKEY_ED25519:
+      out.key_type = "Ed25519";
+      break;
+    default:
+      out.key_type = "other";
+      break;
   }
   out.subject = SubjectLine(cert.get());
   ERR_clear_error();

@@ -29,15 +29,15 @@ namespace hsmrewrap::crypto {
 // Why a PFX was refused. Stable names (PfxProblemName) are used in summaries.
 enum class PfxProblem {
   kNone,
-  kNotPkcs12,       // not-pkcs12: not DER PKCS#12, truncated, malformed, too large
-  kWrongPassword,   // wrong-password: MAC check failed (or contents do not decrypt)
-  kNoPrivateKey,    // no-private-key
-  kNoCertificate,   // no-certificate
-  kKeyMismatch,     // key-mismatch: no certificate in the file matches the private key
-  kExpired,         // expired: NotAfter is in the past
-  kNotYetValid,     // not-yet-valid: NotBefore is in the future
-  kKeyUsage,        // key-usage: KeyUsage does not allow the intended purpose
-  kUnsupported,     // unsupported: e.g. an encryption algorithm OpenSSL cannot run
+  kNotPkcs12,      // not-pkcs12: not DER PKCS#12, truncated, malformed, too large
+  kWrongPassword,  // wrong-password: MAC check failed (or contents do not decrypt)
+  kNoPrivateKey,   // no-private-key
+  kNoCertificate,  // no-certificate
+  kKeyMismatch,    // key-mismatch: no certificate in the file matches the private key
+  kExpired,        // expired: NotAfter is in the past
+  kNotYetValid,    // not-yet-valid: NotBefore is in the future
+  kKeyUsage,       // key-usage: KeyUsage does not allow the intended purpose
+  kUnsupported,    // unsupported: e.g. an encryption algorithm OpenSSL cannot run
 };
 std::string PfxProblemName(PfxProblem p);
 // The PfxProblem attached to a status returned by this file (kNone for OK or other
@@ -49,15 +49,15 @@ enum class PfxPurpose { kUnassigned, kSmimeEncryption, kSmimeSigning };
 
 // What is inside a PFX that opened.
 struct PfxContents {
-  std::shared_ptr<EVP_PKEY> private_key;  // never null in a returned value
-  std::shared_ptr<X509> certificate;      // the end-entity certificate matching the key
+  std::shared_ptr<EVP_PKEY> private_key;     // never null in a returned value
+  std::shared_ptr<X509> certificate;         // the end-entity certificate matching the key
   std::vector<std::shared_ptr<X509>> chain;  // other certificates in the file
-  std::string thumbprint;                 // lowercase hex SHA-1 of the certificate DER
+  std::string thumbprint;                    // lowercase hex SHA-1 of the certificate DER
   absl::Time not_before;
   absl::Time not_after;
   std::string key_type;  // "RSA", "EC", ...
   int key_bits = 0;
-  std::string subject;   // one-line RFC 2253 form, for messages
+  std::string subject;  // one-line RFC 2253 form, for messages
 };
 
 // Opens `pfx` with `password` (UTF-8 text; OpenSSL converts it to the BMPString form

@@ -5,11 +5,11 @@
 
 #include "crypto/rsa.h"
 
-#include <algorithm>
-
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
+
+#include <algorithm>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -23,31 +23,44 @@ using internal::OsslInternal;
 
 size_t HashLen(HashAlg h) {
   switch (h) {
-    case HashAlg::kSha1: return 20;
-    case HashAlg::kSha256: return 32;
-    case HashAlg::kSha384: return 48;
-    case HashAlg::kSha512: return 64;
+    case HashAlg::kSha1:
+      return 20;
+    case HashAlg::kSha256:
+      return 32;
+    case HashAlg::kSha384:
+      return 48;
+    case HashAlg::kSha512:
+      return 64;
   }
   return 0;
 }
 
 const EVP_MD* HashMd(HashAlg h) {
   switch (h) {
-    case HashAlg::kSha1: return EVP_sha1();
-    case HashAlg::kSha256: return EVP_sha256();
-    case HashAlg::kSha384: return EVP_sha384();
-    case HashAlg::kSha512: return EVP_sha512();
+    case HashAlg::kSha1:
+      return EVP_sha1();
+    case HashAlg::kSha256:
+      return EVP_sha256();
+    case HashAlg::kSha384:
+      return EVP_sha384();
+    case HashAlg::kSha512:
+      return EVP_sha512();
   }
   return nullptr;
 }
 
 HashAlg OaepHash(RsaPadding p) {
   switch (p) {
-    case RsaPadding::kOaepSha1: return HashAlg::kSha1;
-    case RsaPadding::kOaepSha256: return HashAlg::kSha256;
-    case RsaPadding::kOaepSha384: return HashAlg::kSha384;
-    case RsaPadding::kOaepSha512: return HashAlg::kSha512;
-    case RsaPadding::kPkcs1: break;
+    case RsaPadding::kOaepSha1:
+      return HashAlg::kSha1;
+    case RsaPadding::kOaepSha256:
+      return HashAlg::kSha256;
+    case RsaPadding::kOaepSha384:
+      return HashAlg::kSha384;
+    case RsaPadding::kOaepSha512:
+      return HashAlg::kSha512;
+    case RsaPadding::kPkcs1:
+      break;
   }
   return HashAlg::kSha256;  // not meaningful for kPkcs1 (documented)
 }
@@ -103,8 +116,7 @@ absl::StatusOr<Bytes> RsaEncrypt(const PublicKey& key, RsaPadding padding,
   }
   Bytes out(k);
   size_t out_len = out.size();
-  if (EVP_PKEY_encrypt(ctx.get(), out.data(), &out_len, plaintext.data(), plaintext.size()) !=
-      1) {
+  if (EVP_PKEY_encrypt(ctx.get(), out.data(), &out_len, plaintext.data(), plaintext.size()) != 1) {
     ERR_clear_error();  // may mention the plaintext length only, but keep the text fixed
     return absl::InternalError("RSA encryption failed");
   }

@@ -26,9 +26,9 @@ absl::StatusOr<Bytes> RsaEncrypt(const PublicKey& key, RsaPadding padding,
                                  absl::Span<const uint8_t> plaintext);
 
 // Test helper: decrypts with an OpenSSL private key (PEM/DER). Not used by the service.
-absl::StatusOr<SecretBytes> RsaDecryptWithPrivateKey(absl::Span<const uint8_t> private_key_pem_or_der,
-                                                     RsaPadding padding,
-                                                     absl::Span<const uint8_t> ciphertext);
+absl::StatusOr<SecretBytes> RsaDecryptWithPrivateKey(
+    absl::Span<const uint8_t> private_key_pem_or_der, RsaPadding padding,
+    absl::Span<const uint8_t> ciphertext);
 
 // Removes EME-OAEP padding from a raw RSA output `em` (I2OSP'd to modulus_len bytes or
 // shorter; leading zeros may be missing) in constant time with respect to the padding's

@@ -1,8 +1,8 @@
 #include "crypto/secret.h"
 
-#include <atomic>
-
 #include <openssl/crypto.h>
+
+#include <atomic>
 
 namespace hsmrewrap::crypto {
 namespace {
@@ -14,7 +14,8 @@ std::atomic<internal::CleanseObserver> cleanse_observer{nullptr};
 void Cleanse(void* p, size_t n) {
   if (p == nullptr || n == 0) return;
   OPENSSL_cleanse(p, n);
-  if (internal::CleanseObserver observer = cleanse_observer.load(std::memory_order_acquire)) observer(p, n);
+  if (internal::CleanseObserver observer = cleanse_observer.load(std::memory_order_acquire))
+    observer(p, n);
 }
 
 namespace internal {

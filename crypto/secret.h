@@ -41,9 +41,13 @@ struct ZeroizingAllocator {
     std::allocator<T>().deallocate(p, n);
   }
   template <typename U>
-  bool operator==(const ZeroizingAllocator<U>&) const noexcept { return true; }
+  bool operator==(const ZeroizingAllocator<U>&) const noexcept {
+    return true;
+  }
   template <typename U>
-  bool operator!=(const ZeroizingAllocator<U>&) const noexcept { return false; }
+  bool operator!=(const ZeroizingAllocator<U>&) const noexcept {
+    return false;
+  }
 };
 
 using SecretBytes = std::vector<uint8_t, ZeroizingAllocator<uint8_t>>;
@@ -66,9 +70,10 @@ class SecretString final {
   SecretString() noexcept = default;
   explicit SecretString(std::string_view s) { assign(s.data(), s.size()); }
   SecretString(const char* s, size_t n) { assign(s, n); }
-  template <typename InputIt, typename = std::enable_if_t<std::is_convertible_v<
-                                  typename std::iterator_traits<InputIt>::iterator_category,
-                                  std::input_iterator_tag>>>
+  template <
+      typename InputIt,
+      typename = std::enable_if_t<std::is_convertible_v<
+          typename std::iterator_traits<InputIt>::iterator_category, std::input_iterator_tag>>>
   SecretString(InputIt first, InputIt last) {
     assign(first, last);
   }
@@ -154,7 +159,9 @@ class SecretString final {
 
   // Compares in time that depends on the lengths only (CRYPTO_memcmp).
   friend bool operator==(const SecretString& a, const SecretString& b) noexcept;
-  friend bool operator!=(const SecretString& a, const SecretString& b) noexcept { return !(a == b); }
+  friend bool operator!=(const SecretString& a, const SecretString& b) noexcept {
+    return !(a == b);
+  }
 
  private:
   // Empty, or the bytes followed by one '\0'.

@@ -16,10 +16,14 @@ const char* PathName(Path p) {
 
 const char* OutcomeName(Outcome o) {
   switch (o) {
-    case Outcome::kOk: return "ok";
-    case Outcome::kDecryptFailed: return "decrypt_failed";
-    case Outcome::kRetryable: return "retryable";
-    case Outcome::kRefused: return "refused";
+    case Outcome::kOk:
+      return "ok";
+    case Outcome::kDecryptFailed:
+      return "decrypt_failed";
+    case Outcome::kRetryable:
+      return "retryable";
+    case Outcome::kRefused:
+      return "refused";
   }
   return "unknown";
 }

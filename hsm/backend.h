@@ -29,9 +29,9 @@ const char* PathName(Path p);
 // What the token does for one key, learned by trial at start-up (never from mechanism
 // lists alone).
 struct KeyCapabilities {
-  std::set<RsaPadding> decrypt;      // C_Decrypt with this padding works (TOKEN_DECRYPT)
-  std::set<RsaPadding> unwrap;       // C_UnwrapKey with this padding works (IN_TOKEN source)
-  bool raw_rsa = false;              // CKM_RSA_X_509 decrypt works (HOST_UNPADDING possible)
+  std::set<RsaPadding> decrypt;  // C_Decrypt with this padding works (TOKEN_DECRYPT)
+  std::set<RsaPadding> unwrap;   // C_UnwrapKey with this padding works (IN_TOKEN source)
+  bool raw_rsa = false;          // CKM_RSA_X_509 decrypt works (HOST_UNPADDING possible)
   // PKCS#1 v1.5 (probed only when PKCS1 is): the token does implicit rejection, i.e. a
   // ciphertext with invalid padding "decrypts" (C_Decrypt/C_UnwrapKey CKR_OK) to a
   // deterministic pseudo-random message instead of failing (NSS softoken 3.87; the
@@ -41,12 +41,12 @@ struct KeyCapabilities {
 };
 
 struct KeyInfo {
-  std::string name;                  // CKA_LABEL of the private key
+  std::string name;  // CKA_LABEL of the private key
   int bits = 0;
-  int64_t created_unix = 0;          // seconds; 0 if unknown
+  int64_t created_unix = 0;  // seconds; 0 if unknown
   bool enabled = true;
   bool allow_pkcs1 = false;
-  crypto::Bytes spki_der;            // the public key
+  crypto::Bytes spki_der;  // the public key
   KeyCapabilities caps;
 };
 
@@ -93,8 +93,12 @@ template <typename T>
 class OpResult final {
  public:
   OpResult(T value) : outcome_(Outcome::kOk), value_(std::move(value)) {}  // NOLINT: like StatusOr
-  static OpResult DecryptFailed() { return OpResult(Outcome::kDecryptFailed, absl::InvalidArgumentError(kDecryptFailedText)); }
-  static OpResult Retryable(absl::Status why) { return OpResult(Outcome::kRetryable, std::move(why)); }
+  static OpResult DecryptFailed() {
+    return OpResult(Outcome::kDecryptFailed, absl::InvalidArgumentError(kDecryptFailedText));
+  }
+  static OpResult Retryable(absl::Status why) {
+    return OpResult(Outcome::kRetryable, std::move(why));
+  }
   static OpResult Refused(absl::Status why) { return OpResult(Outcome::kRefused, std::move(why)); }
   // A failed non-data call (see OutcomeOfStatus). `s` must not be OK.
   static OpResult FromStatus(absl::Status s) {
@@ -135,7 +139,8 @@ class KeyBackend {
 
   virtual absl::StatusOr<std::vector<KeyInfo>> ListKeys() = 0;
   virtual absl::StatusOr<KeyInfo> GetKey(const std::string& name) = 0;
-  virtual absl::StatusOr<KeyInfo> CreateKey(const std::string& name, int bits, bool allow_pkcs1) = 0;
+  virtual absl::StatusOr<KeyInfo> CreateKey(const std::string& name, int bits,
+                                            bool allow_pkcs1) = 0;
   virtual absl::StatusOr<KeyInfo> ImportKey(const std::string& name,
                                             const crypto::RsaPrivateKeyParts& parts,
                                             bool allow_pkcs1) = 0;
@@ -145,7 +150,8 @@ class KeyBackend {
   // constant-time unpadding on the host). `ciphertext` has the modulus length (checked by
   // the caller).
   virtual OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name, RsaPadding padding,
-                                                absl::Span<const uint8_t> ciphertext, Path path) = 0;
+                                                absl::Span<const uint8_t> ciphertext,
+                                                Path path) = 0;
 
   // IN_TOKEN: C_UnwrapKey(key, in_padding) into a sensitive session secret, then
   // C_WrapKey(device RSA public key imported as a session object, out_padding). Both
@@ -153,7 +159,8 @@ class KeyBackend {
   // key with out_padding is kRefused/InvalidArgument(kSecretTooLongText), as on the host path.
   virtual OpResult<Bytes> RewrapInToken(const std::string& key_name, RsaPadding in_padding,
                                         absl::Span<const uint8_t> ciphertext,
-                                        const crypto::PublicKey& device_key, RsaPadding out_padding) = 0;
+                                        const crypto::PublicKey& device_key,
+                                        RsaPadding out_padding) = 0;
 
   // Paddings the token can C_WrapKey with to an imported RSA public key (learned at start).
   virtual std::set<RsaPadding> WrapPaddings() = 0;

@@ -26,7 +26,8 @@ struct CallRunner::State {
   std::map<uint64_t, absl::Status> retired ABSL_GUARDED_BY(mu);
 
   void Forget(Call* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    auto it = std::find_if(inflight.begin(), inflight.end(), [c](const auto& p) { return p.get() == c; });
+    auto it =
+        std::find_if(inflight.begin(), inflight.end(), [c](const auto& p) { return p.get() == c; });
     if (it != inflight.end()) {
       std::swap(*it, inflight.back());
       inflight.pop_back();
@@ -40,8 +41,9 @@ struct CallRunner::State {
     if (c->started) {
       ++stuck;  // its thread stays inside the module until the module returns
     } else {
-      queue.erase(std::remove_if(queue.begin(), queue.end(), [c](const auto& p) { return p.get() == c; }),
-                  queue.end());
+      queue.erase(
+          std::remove_if(queue.begin(), queue.end(), [c](const auto& p) { return p.get() == c; }),
+          queue.end());
       Forget(c);
     }
   }
@@ -67,8 +69,10 @@ absl::Status CallRunner::Submit(std::shared_ptr<Call> call, absl::Time deadline)
   if (st.stop) return absl::UnavailableError("the token call runner is stopping");
   if (auto it = st.retired.find(c->tag); it != st.retired.end()) return it->second;
   if (st.stuck >= st.options.max_stuck) {
-    return absl::UnavailableError(absl::StrCat(st.stuck, " token calls are stuck inside the PKCS#11 module; no more are "
-                                               "started until some return"));
+    return absl::UnavailableError(
+        absl::StrCat(st.stuck,
+                     " token calls are stuck inside the PKCS#11 module; no more are "
+                     "started until some return"));
   }
   if (st.inflight.size() - st.stuck >= st.options.max_threads) {
     return absl::ResourceExhaustedError(
@@ -97,7 +101,8 @@ void CallRunner::ThreadMain(std::shared_ptr<State> state) {
   // thread that has not run yet takes a queued call too, and leaving it out made Submit()
   // start more threads than there were calls in flight.
   while (true) {
-    auto work = [&st]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st.mu) { return !st.queue.empty() || st.stop; };
+    auto work = [&st]()
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(st.mu) { return !st.queue.empty() || st.stop; };
     const bool woken = st.mu.AwaitWithTimeout(absl::Condition(&work), st.options.idle_exit);
     --st.idle;
     if (st.queue.empty()) {
@@ -117,8 +122,9 @@ void CallRunner::ThreadMain(std::shared_ptr<State> state) {
     if (call->abandoned) {
       --st.stuck;
       if (!st.stop) {
-        spdlog::warn("a token call abandoned as stuck returned after {:.1f} s; its thread is free again",
-                     absl::ToDoubleSeconds(absl::Now() - call->start));
+        spdlog::warn(
+            "a token call abandoned as stuck returned after {:.1f} s; its thread is free again",
+            absl::ToDoubleSeconds(absl::Now() - call->start));
       }
     }
     if (st.stop) break;

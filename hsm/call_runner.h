@@ -61,7 +61,8 @@ class CallRunner final {
   // how long the call may run before Overdue() reports it (the caller keeps waiting).
   template <typename T>
   T Run(std::function<T()> fn, uint64_t tag, std::function<T(absl::Status)> on_abandon,
-        absl::Time deadline = absl::InfiniteFuture(), absl::Duration limit = absl::InfiniteDuration()) {
+        absl::Time deadline = absl::InfiniteFuture(),
+        absl::Duration limit = absl::InfiniteDuration()) {
     auto call = std::make_shared<TypedCall<T>>(std::move(fn));
     call->tag = tag;
     call->limit = limit;

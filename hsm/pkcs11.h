@@ -9,10 +9,10 @@
 #include <p11-kit/pkcs11.h>
 
 #include <array>
-#include <chrono>
-#include <functional>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -88,7 +88,8 @@ class Module final {
     CK_RV rv = fn(args...);
     // Loaded after the call: an observer cleared meanwhile (shutdown) is not called.
     if (auto observer = std::atomic_load_explicit(&observer_, std::memory_order_acquire)) {
-      (*observer)(name, rv == CKR_OK, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      (*observer)(name, rv == CKR_OK,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
     if (rv == CKR_OK) return absl::OkStatus();
     c.errors.fetch_add(1, std::memory_order_relaxed);

@@ -8,9 +8,9 @@
 
 #include <algorithm>
 #include <cstring>
-#include <optional>
 #include <deque>
 #include <functional>
+#include <optional>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -101,8 +101,7 @@ class Template final {
   std::deque<std::vector<uint8_t>> store_;
 };
 
-absl::StatusOr<Bytes> GetAttr(SessionPool::Lease& l, CK_OBJECT_HANDLE obj,
-                              CK_ATTRIBUTE_TYPE type) {
+absl::StatusOr<Bytes> GetAttr(SessionPool::Lease& l, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_TYPE type) {
   const Module& m = l.module();
   CK_ATTRIBUTE a{type, nullptr, 0};
   if (auto s = m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, l.handle(), obj, &a,
@@ -134,8 +133,8 @@ absl::StatusOr<bool> GetBool(SessionPool::Lease& l, CK_OBJECT_HANDLE obj, CK_ATT
 // Marks the lease broken on failure: an unfinished search leaves operation state behind.
 absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> FindObjects(SessionPool::Lease& l, Template& t) {
   const Module& m = l.module();
-  if (auto s = m.Call("C_FindObjectsInit", m.fl()->C_FindObjectsInit, l.handle(), t.data(),
-                      t.size());
+  if (auto s =
+          m.Call("C_FindObjectsInit", m.fl()->C_FindObjectsInit, l.handle(), t.data(), t.size());
       !s.ok()) {
     l.MarkBroken();
     return s;
@@ -144,8 +143,8 @@ absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> FindObjects(SessionPool::Lease& l,
   CK_OBJECT_HANDLE batch[64];
   for (;;) {
     CK_ULONG n = 0;
-    if (auto s = m.Call("C_FindObjects", m.fl()->C_FindObjects, l.handle(), batch,
-                        CK_ULONG(64), &n);
+    if (auto s =
+            m.Call("C_FindObjects", m.fl()->C_FindObjects, l.handle(), batch, CK_ULONG(64), &n);
         !s.ok()) {
       l.MarkBroken();
       return s;
@@ -352,9 +351,8 @@ absl::StatusOr<Bytes> NonConformantPkcs1Ciphertext(const crypto::PublicKey& pub,
 // *saw_ciphertext (if given) tells whether the failing call was C_Decrypt, which saw the
 // ciphertext, or C_DecryptInit, which did not.
 absl::StatusOr<crypto::SecretBytes> DecryptOnce(SessionPool::Lease& l, CK_MECHANISM* mech,
-                                                CK_OBJECT_HANDLE key,
-                                                absl::Span<const uint8_t> ct, size_t out_len,
-                                                bool* saw_ciphertext = nullptr) {
+                                                CK_OBJECT_HANDLE key, absl::Span<const uint8_t> ct,
+                                                size_t out_len, bool* saw_ciphertext = nullptr) {
   const Module& m = l.module();
   if (saw_ciphertext) *saw_ciphertext = false;
   if (auto s = m.Call("C_DecryptInit", m.fl()->C_DecryptInit, l.handle(), mech, key); !s.ok()) {
@@ -388,8 +386,7 @@ absl::StatusOr<CK_OBJECT_HANDLE> UnwrapOnce(SessionPool::Lease& l, CK_MECHANISM*
       .Bool(CKA_EXTRACTABLE, true);
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
   if (auto s = m.Call("C_UnwrapKey", m.fl()->C_UnwrapKey, l.handle(), mech, key,
-                      const_cast<uint8_t*>(ct.data()), CK_ULONG(ct.size()), t.data(), t.size(),
-                      &h);
+                      const_cast<uint8_t*>(ct.data()), CK_ULONG(ct.size()), t.data(), t.size(), &h);
       !s.ok()) {
     l.MarkBroken();
     return s;
@@ -411,8 +408,7 @@ absl::StatusOr<CK_OBJECT_HANDLE> CreateSessionPublicKey(SessionPool::Lease& l,
       .Data(CKA_MODULUS, StripLeadingZeros(n))
       .Data(CKA_PUBLIC_EXPONENT, StripLeadingZeros(e));
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-  if (auto s = m.Call("C_CreateObject", m.fl()->C_CreateObject, l.handle(), t.data(), t.size(),
-                      &h);
+  if (auto s = m.Call("C_CreateObject", m.fl()->C_CreateObject, l.handle(), t.data(), t.size(), &h);
       !s.ok()) {
     l.MarkBroken();
     return s;
@@ -455,9 +451,8 @@ absl::StatusOr<std::unique_ptr<Pkcs11Backend>> Pkcs11Backend::Create(Options opt
     spdlog::warn("token '{}': wrap probe failed: {}", b->token_.label, std::string(s.message()));
   }
   if (auto s = b->LoadAllKeys(); !s.ok()) return s;
-  spdlog::info("token '{}' (serial {}, {}): wrap paddings {}, host unpadding {}",
-               b->token_.label, b->token_.serial, b->module().description(),
-               PaddingSetName(b->wrap_paddings_),
+  spdlog::info("token '{}' (serial {}, {}): wrap paddings {}, host unpadding {}", b->token_.label,
+               b->token_.serial, b->module().description(), PaddingSetName(b->wrap_paddings_),
                b->options_.allow_host_unpadding ? "ALLOWED" : "off");
   if (b->options_.allow_host_unpadding) {
     spdlog::warn("HOST_UNPADDING is enabled: raw RSA in the token, OAEP decoding on the host");
@@ -581,8 +576,8 @@ absl::StatusOr<KeyCapabilities> Pkcs11Backend::Probe(CK_OBJECT_HANDLE priv,
   // Implicit rejection (Marvin countermeasure, NSS softoken): does an invalid PKCS#1 v1.5
   // block come back as CKR_OK instead of an error? Not an error to us: it is reported in
   // KeyInfo, and tests then accept a pseudo-random secret for a bad PKCS#1 ciphertext.
-  if (allow_pkcs1 && (caps.decrypt.count(RsaPadding::kPkcs1) ||
-                      caps.unwrap.count(RsaPadding::kPkcs1))) {
+  if (allow_pkcs1 &&
+      (caps.decrypt.count(RsaPadding::kPkcs1) || caps.unwrap.count(RsaPadding::kPkcs1))) {
     auto bad = NonConformantPkcs1Ciphertext(pub, k);
     if (!bad.ok()) return bad.status();
     CK_MECHANISM mech{CKM_RSA_PKCS, nullptr, 0};
@@ -626,9 +621,8 @@ absl::StatusOr<KeyCapabilities> Pkcs11Backend::Probe(CK_OBJECT_HANDLE priv,
   return caps;
 }
 
-absl::StatusOr<Pkcs11Backend::Metadata> Pkcs11Backend::ReadMetadata(SessionPool::Lease& l,
-                                                                    const std::string& name,
-                                                                    std::vector<CK_OBJECT_HANDLE>* objects) {
+absl::StatusOr<Pkcs11Backend::Metadata> Pkcs11Backend::ReadMetadata(
+    SessionPool::Lease& l, const std::string& name, std::vector<CK_OBJECT_HANDLE>* objects) {
   Template t;
   t.Ulong(CKA_CLASS, CKO_DATA).Str(CKA_APPLICATION, kApplication).Str(CKA_LABEL, name);
   auto found = FindObjects(l, t);
@@ -690,10 +684,11 @@ absl::Status Pkcs11Backend::WriteMetadata(const std::string& name, const Metadat
   const std::string text = j.dump();
   if (existing.size() == 1) {
     CK_ATTRIBUTE a{CKA_VALUE, const_cast<char*>(text.data()), CK_ULONG(text.size())};
-    auto s = m.Call("C_SetAttributeValue", m.fl()->C_SetAttributeValue, lease->handle(), existing.front(), &a,
-                    CK_ULONG(1));
+    auto s = m.Call("C_SetAttributeValue", m.fl()->C_SetAttributeValue, lease->handle(),
+                    existing.front(), &a, CK_ULONG(1));
     if (s.ok()) return s;
-    spdlog::debug("metadata update in place failed ({}); replacing the object", std::string(s.message()));
+    spdlog::debug("metadata update in place failed ({}); replacing the object",
+                  std::string(s.message()));
   }
   // Replace: create the new version first, then destroy the old ones. A failed create
   // leaves the old state in the token (the caller gets the error, nothing is lost); a failed
@@ -707,12 +702,16 @@ absl::Status Pkcs11Backend::WriteMetadata(const std::string& name, const Metadat
       .Str(CKA_LABEL, name)
       .Str(CKA_VALUE, text);
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-  absl::Status s = m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), t.data(), t.size(), &h);
+  absl::Status s =
+      m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), t.data(), t.size(), &h);
   if (s.ok()) {
     for (CK_OBJECT_HANDLE o : existing) {
-      if (auto d = m.Call("C_DestroyObject", m.fl()->C_DestroyObject, lease->handle(), o); !d.ok()) {
-        spdlog::warn("key '{}': the previous metadata object stays beside the new one ({}); the newer one is used",
-                     name, std::string(d.message()));
+      if (auto d = m.Call("C_DestroyObject", m.fl()->C_DestroyObject, lease->handle(), o);
+          !d.ok()) {
+        spdlog::warn(
+            "key '{}': the previous metadata object stays beside the new one ({}); the newer one "
+            "is used",
+            name, std::string(d.message()));
       }
     }
     return s;
@@ -720,8 +719,8 @@ absl::Status Pkcs11Backend::WriteMetadata(const std::string& name, const Metadat
   const CK_RV rv = CkrOf(s);
   if (!existing.empty() || (rv != CKR_ATTRIBUTE_VALUE_INVALID && rv != CKR_ATTRIBUTE_TYPE_INVALID &&
                             rv != CKR_TEMPLATE_INCONSISTENT)) {
-    return absl::Status(s.code(), absl::StrCat("key '", name, "': metadata not written (", s.message(),
-                                               "); the key keeps its previous state"));
+    return absl::Status(s.code(), absl::StrCat("key '", name, "': metadata not written (",
+                                               s.message(), "); the key keeps its previous state"));
   }
   if (metadata_in_token_.exchange(false)) {
     spdlog::error(
@@ -743,13 +742,15 @@ namespace {
 // nothing). A token that does not know an attribute (CKR_ATTRIBUTE_TYPE_INVALID, or the
 // value unavailable) is not held against the key, except for CKA_SENSITIVE and
 // CKA_EXTRACTABLE, which every token has.
-absl::StatusOr<std::vector<std::string>> WrongKeyAttributes(SessionPool::Lease& l, CK_OBJECT_HANDLE priv,
+absl::StatusOr<std::vector<std::string>> WrongKeyAttributes(SessionPool::Lease& l,
+                                                            CK_OBJECT_HANDLE priv,
                                                             bool allow_pkcs1) {
   std::vector<std::string> wrong;
   auto optional_bool = [&](CK_ATTRIBUTE_TYPE t) -> absl::StatusOr<std::optional<bool>> {
     auto b = GetBool(l, priv, t);
     if (b.ok()) return std::optional<bool>(*b);
-    if (b.status().code() == absl::StatusCode::kNotFound || CkrOf(b.status()) == CKR_ATTRIBUTE_TYPE_INVALID ||
+    if (b.status().code() == absl::StatusCode::kNotFound ||
+        CkrOf(b.status()) == CKR_ATTRIBUTE_TYPE_INVALID ||
         CkrOf(b.status()) == CKR_ATTRIBUTE_SENSITIVE) {
       return std::optional<bool>();
     }
@@ -774,7 +775,9 @@ absl::StatusOr<std::vector<std::string>> WrongKeyAttributes(SessionPool::Lease& 
       if (r.required) wrong.push_back(absl::StrCat(r.name, " is unreadable"));
       continue;
     }
-    if (**v != r.want) wrong.push_back(absl::StrCat(r.name, " is ", **v ? "TRUE" : "FALSE", ", must be ", r.want ? "TRUE" : "FALSE"));
+    if (**v != r.want)
+      wrong.push_back(absl::StrCat(r.name, " is ", **v ? "TRUE" : "FALSE", ", must be ",
+                                   r.want ? "TRUE" : "FALSE"));
   }
   // Generated in the token (CKA_LOCAL): it must never have been anything but sensitive and
   // non-extractable.
@@ -786,7 +789,8 @@ absl::StatusOr<std::vector<std::string>> WrongKeyAttributes(SessionPool::Lease& 
       auto v = optional_bool(r.type);
       if (!v.ok()) return v.status();
       if (v->has_value() && **v != r.want) {
-        wrong.push_back(absl::StrCat(r.name, " is FALSE, must be TRUE for a key generated in the token"));
+        wrong.push_back(
+            absl::StrCat(r.name, " is FALSE, must be TRUE for a key generated in the token"));
       }
     }
   }
@@ -796,14 +800,20 @@ absl::StatusOr<std::vector<std::string>> WrongKeyAttributes(SessionPool::Lease& 
   if (mechs.ok()) {
     std::vector<CK_MECHANISM_TYPE> list(mechs->size() / sizeof(CK_MECHANISM_TYPE));
     // (memcpy from an empty attribute's null data pointer is undefined even for 0 bytes)
-    if (!list.empty()) std::memcpy(list.data(), mechs->data(), list.size() * sizeof(CK_MECHANISM_TYPE));
-    if (list.empty()) wrong.push_back("CKA_ALLOWED_MECHANISMS is empty (any mechanism), must list the rewrap ones");
+    if (!list.empty())
+      std::memcpy(list.data(), mechs->data(), list.size() * sizeof(CK_MECHANISM_TYPE));
+    if (list.empty())
+      wrong.push_back("CKA_ALLOWED_MECHANISMS is empty (any mechanism), must list the rewrap ones");
     for (CK_MECHANISM_TYPE m : list) {
-      const bool ok = m == CKM_RSA_PKCS_OAEP || m == CKM_RSA_X_509 || (m == CKM_RSA_PKCS && allow_pkcs1);
-      if (!ok) wrong.push_back(absl::StrFormat("CKA_ALLOWED_MECHANISMS allows mechanism 0x%x%s", m,
-                                               m == CKM_RSA_PKCS ? " (CKM_RSA_PKCS on a key without allow_pkcs1)" : ""));
+      const bool ok =
+          m == CKM_RSA_PKCS_OAEP || m == CKM_RSA_X_509 || (m == CKM_RSA_PKCS && allow_pkcs1);
+      if (!ok)
+        wrong.push_back(absl::StrFormat(
+            "CKA_ALLOWED_MECHANISMS allows mechanism 0x%x%s", m,
+            m == CKM_RSA_PKCS ? " (CKM_RSA_PKCS on a key without allow_pkcs1)" : ""));
     }
-  } else if (mechs.status().code() != absl::StatusCode::kNotFound && CkrOf(mechs.status()) != CKR_ATTRIBUTE_TYPE_INVALID) {
+  } else if (mechs.status().code() != absl::StatusCode::kNotFound &&
+             CkrOf(mechs.status()) != CKR_ATTRIBUTE_TYPE_INVALID) {
     // p11-kit's RPC (client module -> p11-kit server, 0.24.1) cannot carry this attribute's
     // mechanism array and answers CKR_DEVICE_ERROR while the token is fine: if the session
     // still answers, the value is unavailable through this module, not a lost token.
@@ -861,7 +871,8 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::LoadKey(const std::string& name) {
   auto wrong = WrongKeyAttributes(*lease, priv, md->allow_pkcs1);
   if (!wrong.ok()) return wrong.status();
   if (!wrong->empty()) {
-    const std::string why = absl::StrCat("key '", name, "' has unsafe attributes: ", absl::StrJoin(*wrong, "; "));
+    const std::string why =
+        absl::StrCat("key '", name, "' has unsafe attributes: ", absl::StrJoin(*wrong, "; "));
     if (options_.refuse_weak_keys) {
       spdlog::error("{}; refusing to serve it", why);
       return absl::FailedPreconditionError(absl::StrCat(why, "; refusing to serve it"));
@@ -930,8 +941,8 @@ absl::Status Pkcs11Backend::LoadAllKeys() {
   // Forget keys that vanished from the token.
   absl::MutexLock l(&mu_);
   for (auto it = keys_.begin(); it != keys_.end();) {
-    it = std::binary_search(names.begin(), names.end(), it->first) ? std::next(it)
-                                                                   : keys_.erase(it);
+    it =
+        std::binary_search(names.begin(), names.end(), it->first) ? std::next(it) : keys_.erase(it);
   }
   return absl::OkStatus();
 }
@@ -1162,10 +1173,13 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::CreateKey(const std::string& name, int bi
     lease = Lease();
     return lease.status();
   };
-  absl::Status s = CreateWithOptionalAttrs(token_.label, priv, [&] {
-    return m.Call("C_GenerateKeyPair", m.fl()->C_GenerateKeyPair, lease->handle(), &mech,
-                  pub.data(), pub.size(), priv.data(), priv.size(), &hpub, &hpriv);
-  }, renew);
+  absl::Status s = CreateWithOptionalAttrs(
+      token_.label, priv,
+      [&] {
+        return m.Call("C_GenerateKeyPair", m.fl()->C_GenerateKeyPair, lease->handle(), &mech,
+                      pub.data(), pub.size(), priv.data(), priv.size(), &hpub, &hpriv);
+      },
+      renew);
   if (!s.ok()) {
     if (!lease.ok()) return s;
     lease->MarkBroken();
@@ -1188,8 +1202,8 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
   if (e.empty() || parts.d.empty()) {
     return absl::InvalidArgumentError("RSA private key needs n, e and d");
   }
-  const bool crt = !parts.p.empty() && !parts.q.empty() && !parts.dp.empty() &&
-                   !parts.dq.empty() && !parts.qinv.empty();
+  const bool crt = !parts.p.empty() && !parts.q.empty() && !parts.dp.empty() && !parts.dq.empty() &&
+                   !parts.qinv.empty();
   absl::MutexLock admin(&admin_mu_);
   const Module& m = module();
   auto lease = Lease();
@@ -1215,10 +1229,13 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
     lease = Lease();
     return lease.status();
   };
-  absl::Status s = CreateWithOptionalAttrs(token_.label, priv, [&] {
-    return m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), priv.data(),
-                  priv.size(), &hpriv);
-  }, renew);
+  absl::Status s = CreateWithOptionalAttrs(
+      token_.label, priv,
+      [&] {
+        return m.Call("C_CreateObject", m.fl()->C_CreateObject, lease->handle(), priv.data(),
+                      priv.size(), &hpriv);
+      },
+      renew);
   if (!s.ok()) {
     if (!lease.ok()) return s;
     lease->MarkBroken();
@@ -1226,8 +1243,8 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
     if (!crt && (rv == CKR_TEMPLATE_INCOMPLETE || rv == CKR_ATTRIBUTE_VALUE_INVALID)) {
       // NSS softoken 3.87 derives p and q from n, e, d only for two-prime keys; a
       // three-prime key (no two-prime CRT form) is CKR_TEMPLATE_INCOMPLETE.
-      spdlog::info("token '{}' cannot import key '{}' without CRT parameters: {}",
-                   token_.label, name, std::string(s.message()));
+      spdlog::info("token '{}' cannot import key '{}' without CRT parameters: {}", token_.label,
+                   name, std::string(s.message()));
       return absl::FailedPreconditionError(
           "this token needs the CRT parameters (p, q, dP, dQ, qInv) of a two-prime RSA key; "
           "a multi-prime key cannot be imported into it");
@@ -1282,8 +1299,9 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::SetEnabled(const std::string& name, bool 
   return it->second.info;
 }
 
-OpResult<crypto::SecretBytes> Pkcs11Backend::TokenDecrypt(const std::string& name, CK_MECHANISM* mech,
-                                                         absl::Span<const uint8_t> ciphertext) {
+OpResult<crypto::SecretBytes> Pkcs11Backend::TokenDecrypt(const std::string& name,
+                                                          CK_MECHANISM* mech,
+                                                          absl::Span<const uint8_t> ciphertext) {
   using R = OpResult<crypto::SecretBytes>;
   for (int attempt = 0;; ++attempt) {
     auto entry = Lookup(name);
@@ -1291,7 +1309,8 @@ OpResult<crypto::SecretBytes> Pkcs11Backend::TokenDecrypt(const std::string& nam
     auto lease = Lease();
     if (!lease.ok()) return R::FromStatus(lease.status());
     bool saw_ciphertext = false;
-    auto out = DecryptOnce(*lease, mech, entry->priv, ciphertext, entry->modulus_len, &saw_ciphertext);
+    auto out =
+        DecryptOnce(*lease, mech, entry->priv, ciphertext, entry->modulus_len, &saw_ciphertext);
     if (out.ok()) return *std::move(out);
     lease->Release();  // broken: closed now
     if (IsHandleRv(CkrOf(out.status())) && attempt == 0) {
@@ -1302,17 +1321,21 @@ OpResult<crypto::SecretBytes> Pkcs11Backend::TokenDecrypt(const std::string& nam
   }
 }
 
-OpResult<crypto::SecretBytes> Pkcs11Backend::Decrypt(const std::string& key_name, RsaPadding padding,
-                                                    absl::Span<const uint8_t> ciphertext, Path path) {
+OpResult<crypto::SecretBytes> Pkcs11Backend::Decrypt(const std::string& key_name,
+                                                     RsaPadding padding,
+                                                     absl::Span<const uint8_t> ciphertext,
+                                                     Path path) {
   using R = OpResult<crypto::SecretBytes>;
   auto entry = Lookup(key_name);
   if (!entry.ok()) return R::FromStatus(entry.status());
   const KeyInfo& info = entry->info;
   if (!info.enabled) {
-    return R::Refused(absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' is disabled")));
+    return R::Refused(
+        absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' is disabled")));
   }
   if (padding == RsaPadding::kPkcs1 && !info.allow_pkcs1) {
-    return R::Refused(absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' does not allow PKCS#1 v1.5")));
+    return R::Refused(absl::FailedPreconditionError(
+        absl::StrCat("key '", key_name, "' does not allow PKCS#1 v1.5")));
   }
   // Checked before the token: an empty input poisons a SoftHSM session (TOKENS.md §15),
   // and every wrong length must look like every other decryption failure.
@@ -1321,8 +1344,8 @@ OpResult<crypto::SecretBytes> Pkcs11Backend::Decrypt(const std::string& key_name
   switch (path) {
     case Path::kTokenDecrypt: {
       if (!info.caps.decrypt.count(padding)) {
-        return R::Refused(absl::UnimplementedError(
-            absl::StrCat("token cannot C_Decrypt ", PaddingName(padding), " with key '", key_name, "'")));
+        return R::Refused(absl::UnimplementedError(absl::StrCat(
+            "token cannot C_Decrypt ", PaddingName(padding), " with key '", key_name, "'")));
       }
       CK_RSA_PKCS_OAEP_PARAMS params{};
       CK_MECHANISM mech = MechFor(padding, &params);
@@ -1330,8 +1353,8 @@ OpResult<crypto::SecretBytes> Pkcs11Backend::Decrypt(const std::string& key_name
     }
     case Path::kHostUnpadding: {
       if (!options_.allow_host_unpadding || !info.caps.raw_rsa) {
-        return R::Refused(
-            absl::UnimplementedError(absl::StrCat("HOST_UNPADDING is not available for key '", key_name, "'")));
+        return R::Refused(absl::UnimplementedError(
+            absl::StrCat("HOST_UNPADDING is not available for key '", key_name, "'")));
       }
       CK_MECHANISM mech{CKM_RSA_X_509, nullptr, 0};
       auto em = TokenDecrypt(key_name, &mech, ciphertext);
@@ -1339,7 +1362,8 @@ OpResult<crypto::SecretBytes> Pkcs11Backend::Decrypt(const std::string& key_name
       absl::StatusOr<crypto::SecretBytes> pt =
           padding == RsaPadding::kPkcs1
               ? crypto::Pkcs1Unpad(*em, entry->modulus_len)
-              : crypto::OaepUnpad(*em, entry->modulus_len, crypto::OaepHash(padding), crypto::OaepHash(padding));
+              : crypto::OaepUnpad(*em, entry->modulus_len, crypto::OaepHash(padding),
+                                  crypto::OaepHash(padding));
       if (!pt.ok()) return R::DecryptFailed();
       return *std::move(pt);
     }
@@ -1351,23 +1375,27 @@ OpResult<crypto::SecretBytes> Pkcs11Backend::Decrypt(const std::string& key_name
 
 OpResult<Bytes> Pkcs11Backend::RewrapInToken(const std::string& key_name, RsaPadding in_padding,
                                              absl::Span<const uint8_t> ciphertext,
-                                             const crypto::PublicKey& device_key, RsaPadding out_padding) {
+                                             const crypto::PublicKey& device_key,
+                                             RsaPadding out_padding) {
   using R = OpResult<Bytes>;
   auto entry = Lookup(key_name);
   if (!entry.ok()) return R::FromStatus(entry.status());
   const KeyInfo& info = entry->info;
   if (!info.enabled) {
-    return R::Refused(absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' is disabled")));
+    return R::Refused(
+        absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' is disabled")));
   }
   if (in_padding == RsaPadding::kPkcs1 && !info.allow_pkcs1) {
-    return R::Refused(absl::FailedPreconditionError(absl::StrCat("key '", key_name, "' does not allow PKCS#1 v1.5")));
+    return R::Refused(absl::FailedPreconditionError(
+        absl::StrCat("key '", key_name, "' does not allow PKCS#1 v1.5")));
   }
   if (!info.caps.unwrap.count(in_padding)) {
-    return R::Refused(absl::UnimplementedError(
-        absl::StrCat("token cannot C_UnwrapKey ", PaddingName(in_padding), " with key '", key_name, "'")));
+    return R::Refused(absl::UnimplementedError(absl::StrCat(
+        "token cannot C_UnwrapKey ", PaddingName(in_padding), " with key '", key_name, "'")));
   }
   if (!wrap_paddings_.count(out_padding)) {
-    return R::Refused(absl::UnimplementedError(absl::StrCat("token cannot C_WrapKey with ", PaddingName(out_padding))));
+    return R::Refused(absl::UnimplementedError(
+        absl::StrCat("token cannot C_WrapKey with ", PaddingName(out_padding))));
   }
   if (!device_key.is_rsa()) {
     return R::Refused(absl::InvalidArgumentError("IN_TOKEN rewrap needs an RSA device key"));

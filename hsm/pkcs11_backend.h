@@ -30,11 +30,11 @@ namespace hsmrewrap::hsm {
 class Pkcs11Backend final : public KeyBackend {
  public:
   struct Options {
-    std::string module_path;   // absolute path of the PKCS#11 module
-    std::string init_args;     // C_Initialize pReserved (NSS softoken), may be empty
-    TokenSelector token;       // label / serial / RFC 7512 URI
+    std::string module_path;  // absolute path of the PKCS#11 module
+    std::string init_args;    // C_Initialize pReserved (NSS softoken), may be empty
+    TokenSelector token;      // label / serial / RFC 7512 URI
     crypto::SecretString user_pin;
-    size_t pool_size = 4;      // working sessions (an anchor session is kept in addition)
+    size_t pool_size = 4;  // working sessions (an anchor session is kept in addition)
     // Permit CKM_RSA_X_509 on keys created/imported here and probe it (HOST_UNPADDING).
     bool allow_host_unpadding = false;
     // Refuse (true) or only warn about (false) keys whose attributes say extractable or
@@ -57,7 +57,8 @@ class Pkcs11Backend final : public KeyBackend {
   OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name, RsaPadding padding,
                                         absl::Span<const uint8_t> ciphertext, Path path) override;
   OpResult<Bytes> RewrapInToken(const std::string& key_name, RsaPadding in_padding,
-                                absl::Span<const uint8_t> ciphertext, const crypto::PublicKey& device_key,
+                                absl::Span<const uint8_t> ciphertext,
+                                const crypto::PublicKey& device_key,
                                 RsaPadding out_padding) override;
   std::set<RsaPadding> WrapPaddings() override { return wrap_paddings_; }
   std::string TokenLabel() override { return token_.label; }

@@ -26,7 +26,8 @@ absl::StatusOr<std::unique_ptr<P11KitUri, UriDeleter>> ParseUri(const std::strin
   std::unique_ptr<P11KitUri, UriDeleter> uri(p11_kit_uri_new());
   const int rc = p11_kit_uri_parse(text.c_str(), P11_KIT_URI_FOR_ANY, uri.get());
   if (rc != P11_KIT_URI_OK) {
-    return absl::InvalidArgumentError(absl::StrCat("bad PKCS#11 URI '", text, "': ", p11_kit_uri_message(rc)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad PKCS#11 URI '", text, "': ", p11_kit_uri_message(rc)));
   }
   return uri;
 }
@@ -36,7 +37,8 @@ absl::StatusOr<std::unique_ptr<P11KitUri, UriDeleter>> ParseUri(const std::strin
 absl::StatusOr<std::string> ModuleFileByName(const std::string& name) {
   CK_FUNCTION_LIST** modules = p11_kit_modules_load(nullptr, P11_KIT_MODULE_UNMANAGED);
   if (modules == nullptr) {
-    return absl::NotFoundError(absl::StrCat("module-name=", name, ": p11-kit found no configured modules"));
+    return absl::NotFoundError(
+        absl::StrCat("module-name=", name, ": p11-kit found no configured modules"));
   }
   std::string file;
   for (CK_FUNCTION_LIST** m = modules; *m != nullptr; ++m) {
@@ -50,8 +52,8 @@ absl::StatusOr<std::string> ModuleFileByName(const std::string& name) {
   }
   p11_kit_modules_release(modules);
   if (file.empty()) {
-    return absl::NotFoundError(absl::StrCat("module-name=", name,
-                                            ": no such p11-kit module (see `p11-kit list-modules`)"));
+    return absl::NotFoundError(absl::StrCat(
+        "module-name=", name, ": no such p11-kit module (see `p11-kit list-modules`)"));
   }
   return file;
 }
@@ -64,8 +66,7 @@ absl::StatusOr<std::vector<CK_SLOT_ID>> SlotList(const Module& m, bool token_pre
   }
   std::vector<CK_SLOT_ID> slots(n);
   if (n == 0) return slots;
-  if (auto s = m.Call("C_GetSlotList", m.fl()->C_GetSlotList, present, slots.data(), &n);
-      !s.ok()) {
+  if (auto s = m.Call("C_GetSlotList", m.fl()->C_GetSlotList, present, slots.data(), &n); !s.ok()) {
     return s;
   }
   slots.resize(n);
@@ -94,8 +95,8 @@ absl::StatusOr<UriExtras> ParseUriExtras(const std::string& text) {
     auto file = ModuleFileByName(name);
     if (!file.ok()) return file.status();
     if (!out.module_path.empty() && out.module_path != *file) {
-      return absl::InvalidArgumentError(absl::StrCat("URI '", text, "': module-name=", name, " is ", *file,
-                                                     ", not module-path=", out.module_path));
+      return absl::InvalidArgumentError(absl::StrCat("URI '", text, "': module-name=", name, " is ",
+                                                     *file, ", not module-path=", out.module_path));
     }
     out.module_path = *file;
   }
@@ -125,18 +126,20 @@ absl::StatusOr<std::string> KeyNameFromNameOrUri(const std::string& name_or_uri)
   auto extras = ParseUriExtras(name_or_uri);
   if (!extras.ok()) return extras.status();
   if (extras->object.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("key URI '", name_or_uri, "' does not name the key (object=...)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("key URI '", name_or_uri, "' does not name the key (object=...)"));
   }
   if (extras->has_token_attributes || !extras->module_path.empty() || extras->has_pin_value ||
       !extras->pin_source.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "key URI '", name_or_uri,
-        "': only object= and type= belong in a key URI; the token and module are chosen by token_uri/module"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("key URI '", name_or_uri,
+                     "': only object= and type= belong in a key URI; the token and module are "
+                     "chosen by token_uri/module"));
   }
   if (extras->object_class.has_value() && *extras->object_class != CKO_PRIVATE_KEY &&
       *extras->object_class != CKO_PUBLIC_KEY) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("key URI '", name_or_uri, "': type must be private (or public), the RSA key pair"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key URI '", name_or_uri, "': type must be private (or public), the RSA key pair"));
   }
   return extras->object;
 }
@@ -193,11 +196,11 @@ absl::StatusOr<TokenSlot> FindToken(const Module& m, const TokenSelector& sel) {
     if (uri && p11_kit_uri_match_token_info(uri.get(), &ti) != 1) continue;
     matches.push_back(std::move(t));
   }
-  std::string what = absl::StrCat("label='", sel.label, "' serial='", sel.serial, "' uri='",
-                                  sel.uri, "'");
+  std::string what =
+      absl::StrCat("label='", sel.label, "' serial='", sel.serial, "' uri='", sel.uri, "'");
   if (matches.empty()) {
-    return absl::NotFoundError(absl::StrCat("no initialised token matches ", what, " in ",
-                                            m.path()));
+    return absl::NotFoundError(
+        absl::StrCat("no initialised token matches ", what, " in ", m.path()));
   }
   if (matches.size() > 1) {
     return absl::FailedPreconditionError(
@@ -231,11 +234,10 @@ absl::StatusOr<TokenSlot> InitSoftToken(const Module& m, const std::string& labe
         !s.ok()) {
       return s;
     }
-    absl::Status st = m.Call("C_Login", m.fl()->C_Login, h, CK_USER_TYPE(CKU_SO),
-                             PinPtr(so_pin), CK_ULONG(so_pin.size()));
+    absl::Status st = m.Call("C_Login", m.fl()->C_Login, h, CK_USER_TYPE(CKU_SO), PinPtr(so_pin),
+                             CK_ULONG(so_pin.size()));
     if (st.ok()) {
-      st = m.Call("C_InitPIN", m.fl()->C_InitPIN, h, PinPtr(user_pin),
-                  CK_ULONG(user_pin.size()));
+      st = m.Call("C_InitPIN", m.fl()->C_InitPIN, h, PinPtr(user_pin), CK_ULONG(user_pin.size()));
       (void)m.Call("C_Logout", m.fl()->C_Logout, h);
     }
     (void)m.Call("C_CloseSession", m.fl()->C_CloseSession, h);
@@ -265,8 +267,7 @@ absl::Status InitNssUserPin(const Module& m, CK_SLOT_ID slot,
     return s;
   }
   static CK_UTF8CHAR empty[1] = {0};
-  absl::Status st =
-      m.Call("C_Login", m.fl()->C_Login, h, CK_USER_TYPE(CKU_SO), empty, CK_ULONG(0));
+  absl::Status st = m.Call("C_Login", m.fl()->C_Login, h, CK_USER_TYPE(CKU_SO), empty, CK_ULONG(0));
   if (st.ok()) {
     st = m.Call("C_InitPIN", m.fl()->C_InitPIN, h, PinPtr(user_pin), CK_ULONG(user_pin.size()));
     (void)m.Call("C_Logout", m.fl()->C_Logout, h);

@@ -37,9 +37,9 @@ struct UriExtras {
   std::string module_path;  // module-path, or the file of the p11-kit module named by module-name
   std::string pin_source;   // pin-source with a "file:" prefix removed
   bool has_pin_value = false;
-  std::string object;       // object= (CKA_LABEL)
+  std::string object;                           // object= (CKA_LABEL)
   std::optional<CK_OBJECT_CLASS> object_class;  // type= (CKA_CLASS)
-  bool has_token_attributes = false;  // token=, serial=, manufacturer= or model= present
+  bool has_token_attributes = false;            // token=, serial=, manufacturer= or model= present
 };
 // Parses `uri` ("pkcs11:..."). A module-name is resolved through p11-kit's module
 // configuration (/usr/share/p11-kit/modules/*.module); an unknown name is NotFound.

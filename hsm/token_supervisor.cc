@@ -10,14 +10,18 @@ namespace hsmrewrap::hsm {
 
 const char* TokenSupervisor::StateName(State s) {
   switch (s) {
-    case State::kUp: return "up";
-    case State::kLost: return "lost";
-    case State::kPinRefused: return "pin_refused";
+    case State::kUp:
+      return "up";
+    case State::kLost:
+      return "lost";
+    case State::kPinRefused:
+      return "pin_refused";
   }
   return "unknown";
 }
 
-absl::StatusOr<std::unique_ptr<TokenSupervisor>> TokenSupervisor::Create(Factory factory, Options options) {
+absl::StatusOr<std::unique_ptr<TokenSupervisor>> TokenSupervisor::Create(Factory factory,
+                                                                         Options options) {
   auto first = factory();
   if (!first.ok()) return first.status();
   std::unique_ptr<TokenSupervisor> s(new TokenSupervisor(std::move(factory), options));
@@ -73,7 +77,8 @@ absl::StatusOr<std::pair<std::shared_ptr<KeyBackend>, uint64_t>> TokenSupervisor
     case State::kLost:
       return absl::UnavailableError("the token is unavailable; reconnecting");
     case State::kPinRefused:
-      return absl::UnavailableError("the token refused the user PIN; fix the PIN and restart rewrapd");
+      return absl::UnavailableError(
+          "the token refused the user PIN; fix the PIN and restart rewrapd");
   }
   return absl::InternalError("bad token state");
 }
@@ -85,9 +90,11 @@ void TokenSupervisor::Observe(const absl::Status& s) {
   } else if (s.code() == absl::StatusCode::kPermissionDenied) {
     absl::MutexLock l(&mu_);
     if (state_ != State::kPinRefused) {
-      spdlog::error("the token refused the user PIN ({}); rewrapd stops using the token and will not retry the "
-                    "PIN: health is NOT_SERVING until the PIN is fixed and rewrapd restarted",
-                    std::string(s.message()));
+      spdlog::error(
+          "the token refused the user PIN ({}); rewrapd stops using the token and will not retry "
+          "the "
+          "PIN: health is NOT_SERVING until the PIN is fixed and rewrapd restarted",
+          std::string(s.message()));
       state_ = State::kPinRefused;
     }
   }
@@ -99,14 +106,15 @@ T TokenSupervisor::OnToken(std::function<T(KeyBackend&)> op, std::function<T(abs
   auto use = Use();
   if (!use.ok()) return fail(use.status());
   std::shared_ptr<KeyBackend> b = std::move(use->first);
-  return runner_.Run<T>([b = std::move(b), op = std::move(op)]() { return op(*b); }, use->second, std::move(fail),
-                        absl::InfiniteFuture(), limit);
+  return runner_.Run<T>([b = std::move(b), op = std::move(op)]() { return op(*b); }, use->second,
+                        std::move(fail), absl::InfiniteFuture(), limit);
 }
 
 template <typename T>
 absl::StatusOr<T> TokenSupervisor::KeyCall(std::function<absl::StatusOr<T>(KeyBackend&)> op) {
   auto r = OnToken<absl::StatusOr<T>>(
-      std::move(op), [](absl::Status s) -> absl::StatusOr<T> { return s; }, options_.admin_call_timeout);
+      std::move(op), [](absl::Status s) -> absl::StatusOr<T> { return s; },
+      options_.admin_call_timeout);
   if (!r.ok()) Observe(r.status());
   return r;
 }
@@ -117,7 +125,8 @@ template <typename T>
 OpResult<T> Rechecked(KeyBackend& b, OpResult<T> r) {
   if (r.outcome() == Outcome::kDecryptFailed && !b.Healthy()) {
     spdlog::warn("a decryption failed and the token no longer answers: reported as unavailable");
-    return OpResult<T>::Retryable(absl::UnavailableError("the token stopped answering during the operation"));
+    return OpResult<T>::Retryable(
+        absl::UnavailableError("the token stopped answering during the operation"));
   }
   return r;
 }
@@ -131,11 +140,14 @@ absl::StatusOr<KeyInfo> TokenSupervisor::GetKey(const std::string& name) {
   return KeyCall<KeyInfo>([name](KeyBackend& b) { return b.GetKey(name); });
 }
 
-absl::StatusOr<KeyInfo> TokenSupervisor::CreateKey(const std::string& name, int bits, bool allow_pkcs1) {
-  return KeyCall<KeyInfo>([name, bits, allow_pkcs1](KeyBackend& b) { return b.CreateKey(name, bits, allow_pkcs1); });
+absl::StatusOr<KeyInfo> TokenSupervisor::CreateKey(const std::string& name, int bits,
+                                                   bool allow_pkcs1) {
+  return KeyCall<KeyInfo>(
+      [name, bits, allow_pkcs1](KeyBackend& b) { return b.CreateKey(name, bits, allow_pkcs1); });
 }
 
-absl::StatusOr<KeyInfo> TokenSupervisor::ImportKey(const std::string& name, const crypto::RsaPrivateKeyParts& parts,
+absl::StatusOr<KeyInfo> TokenSupervisor::ImportKey(const std::string& name,
+                                                   const crypto::RsaPrivateKeyParts& parts,
                                                    bool allow_pkcs1) {
   // The parts are copied into the call (zeroizing buffers): it may outlive this caller.
   return KeyCall<KeyInfo>(
@@ -146,8 +158,10 @@ absl::StatusOr<KeyInfo> TokenSupervisor::SetEnabled(const std::string& name, boo
   return KeyCall<KeyInfo>([name, enabled](KeyBackend& b) { return b.SetEnabled(name, enabled); });
 }
 
-OpResult<crypto::SecretBytes> TokenSupervisor::Decrypt(const std::string& key_name, RsaPadding padding,
-                                                      absl::Span<const uint8_t> ciphertext, Path path) {
+OpResult<crypto::SecretBytes> TokenSupervisor::Decrypt(const std::string& key_name,
+                                                       RsaPadding padding,
+                                                       absl::Span<const uint8_t> ciphertext,
+                                                       Path path) {
   using R = OpResult<crypto::SecretBytes>;
   auto r = OnToken<R>(
       [key_name, padding, ct = Bytes(ciphertext.begin(), ciphertext.end()), path](KeyBackend& b) {
@@ -160,7 +174,8 @@ OpResult<crypto::SecretBytes> TokenSupervisor::Decrypt(const std::string& key_na
 
 OpResult<Bytes> TokenSupervisor::RewrapInToken(const std::string& key_name, RsaPadding in_padding,
                                                absl::Span<const uint8_t> ciphertext,
-                                               const crypto::PublicKey& device_key, RsaPadding out_padding) {
+                                               const crypto::PublicKey& device_key,
+                                               RsaPadding out_padding) {
   using R = OpResult<Bytes>;
   auto r = OnToken<R>(
       [key_name, in_padding, ct = Bytes(ciphertext.begin(), ciphertext.end()), device_key,
@@ -253,7 +268,8 @@ bool TokenSupervisor::Sleep(absl::Duration d, bool wake_on_suspect) {
   return !stop_;
 }
 
-absl::Status TokenSupervisor::CheckHealthy(const std::shared_ptr<KeyBackend>& b, uint64_t generation) {
+absl::Status TokenSupervisor::CheckHealthy(const std::shared_ptr<KeyBackend>& b,
+                                           uint64_t generation) {
   // Three tries 50 ms apart: one failed C_GetTokenInfo (an injected or transient error) is
   // not a lost token; three are, and they still fit in the 1 s the health status has. A
   // check that does not answer within call_timeout (or, while key management runs, within
@@ -263,16 +279,22 @@ absl::Status TokenSupervisor::CheckHealthy(const std::shared_ptr<KeyBackend>& b,
     // 1 s normally; while key management runs (a module that serialises calls answers the
     // check only after it), as long as that call's limit.
     const absl::Duration longest = runner_.LongestLimit(generation);
-    const absl::Duration wait = longest > options_.call_timeout ? longest : std::min(options_.probe_timeout,
-                                                                                   options_.call_timeout);
+    const absl::Duration wait = longest > options_.call_timeout
+                                    ? longest
+                                    : std::min(options_.probe_timeout, options_.call_timeout);
     absl::Status s = runner_.Run<absl::Status>(
-        [b]() { return b->Healthy() ? absl::OkStatus() : absl::UnavailableError("C_GetTokenInfo fails"); },
+        [b]() {
+          return b->Healthy() ? absl::OkStatus() : absl::UnavailableError("C_GetTokenInfo fails");
+        },
         generation, [](absl::Status why) { return why; }, absl::Now() + wait);
-    if (s.ok() || s.code() == absl::StatusCode::kCancelled) return absl::OkStatus();  // stopping: not a loss
+    if (s.ok() || s.code() == absl::StatusCode::kCancelled)
+      return absl::OkStatus();  // stopping: not a loss
     if (s.code() == absl::StatusCode::kDeadlineExceeded) {
-      return absl::UnavailableError(absl::StrCat("C_GetTokenInfo did not answer within ", absl::FormatDuration(wait)));
+      return absl::UnavailableError(
+          absl::StrCat("C_GetTokenInfo did not answer within ", absl::FormatDuration(wait)));
     }
-    if (s.code() != absl::StatusCode::kUnavailable || s.message() != "C_GetTokenInfo fails") return s;
+    if (s.code() != absl::StatusCode::kUnavailable || s.message() != "C_GetTokenInfo fails")
+      return s;
     if (i < 2 && !Sleep(absl::Milliseconds(50))) return absl::OkStatus();
   }
   return absl::UnavailableError("C_GetTokenInfo fails");
@@ -290,11 +312,12 @@ void TokenSupervisor::MarkLost(const std::string& why) {
   }
   // Every call still inside the lost token is answered now; its thread is left behind.
   const size_t abandoned =
-      runner_.Abandon(generation, absl::UnavailableError(absl::StrCat("the token was lost during the call (", why,
-                                                                       "); retry")));
-  spdlog::error("token lost ({}): health NOT_SERVING, items fail UNAVAILABLE ({} calls in flight answered); "
-                "re-initialising with backoff",
-                why, abandoned);
+      runner_.Abandon(generation, absl::UnavailableError(absl::StrCat(
+                                      "the token was lost during the call (", why, "); retry")));
+  spdlog::error(
+      "token lost ({}): health NOT_SERVING, items fail UNAVAILABLE ({} calls in flight answered); "
+      "re-initialising with backoff",
+      why, abandoned);
   Retire(std::move(old));
 }
 
@@ -319,8 +342,12 @@ void TokenSupervisor::Retire(std::shared_ptr<KeyBackend> old) {
                    old.use_count() - 1, absl::FormatDuration(options_.drain_wait));
       // C_Finalize under them, on a runner thread: it may hang as well.
       std::shared_ptr<Module> m = p11->pool().shared_module();
-      runner_.Run<bool>([m]() { m->Retire(); return true; }, kLifecycleTag,
-                        [](absl::Status) { return false; }, absl::Now() + absl::Seconds(1));
+      runner_.Run<bool>(
+          [m]() {
+            m->Retire();
+            return true;
+          },
+          kLifecycleTag, [](absl::Status) { return false; }, absl::Now() + absl::Seconds(1));
     }
     stats = p11->module().CallStats();
     discarded = p11->pool().discarded_sessions();
@@ -379,11 +406,12 @@ void TokenSupervisor::Run() {
         generation = generation_;
       }
       absl::Status lost;
-      if (const absl::Duration overdue = runner_.Overdue(generation); overdue > absl::ZeroDuration()) {
-        lost = absl::UnavailableError(absl::StrCat("a token call has not returned for ",
-                                                   absl::FormatDuration(absl::Trunc(overdue, absl::Milliseconds(1))),
-                                                   " (token_call_timeout_s ",
-                                                   absl::ToDoubleSeconds(options_.call_timeout), ")"));
+      if (const absl::Duration overdue = runner_.Overdue(generation);
+          overdue > absl::ZeroDuration()) {
+        lost = absl::UnavailableError(absl::StrCat(
+            "a token call has not returned for ",
+            absl::FormatDuration(absl::Trunc(overdue, absl::Milliseconds(1))),
+            " (token_call_timeout_s ", absl::ToDoubleSeconds(options_.call_timeout), ")"));
       } else {
         lost = CheckHealthy(b, generation);
       }
@@ -419,7 +447,8 @@ void TokenSupervisor::Run() {
         absl::MutexLock l(&mu_);
         last_outage_s_ = outage;
       }
-      spdlog::info("token is back after {:.2f} s ({} attempts): re-initialised, serving", outage, attempts);
+      spdlog::info("token is back after {:.2f} s ({} attempts): re-initialised, serving", outage,
+                   attempts);
       lost_at = absl::Time();
       backoff = options_.initial_backoff;
       continue;

@@ -75,20 +75,22 @@ class TokenSupervisor final : public KeyBackend {
 
   // Calls `factory` once; its error is returned (start-up does not retry).
   static absl::StatusOr<std::unique_ptr<TokenSupervisor>> Create(Factory factory, Options options);
-  ~TokenSupervisor() override;  // stops the thread
+  ~TokenSupervisor() override;                       // stops the thread
   TokenSupervisor(const TokenSupervisor&) = delete;  // owns a thread
   TokenSupervisor& operator=(const TokenSupervisor&) = delete;
 
   absl::StatusOr<std::vector<KeyInfo>> ListKeys() override;
   absl::StatusOr<KeyInfo> GetKey(const std::string& name) override;
   absl::StatusOr<KeyInfo> CreateKey(const std::string& name, int bits, bool allow_pkcs1) override;
-  absl::StatusOr<KeyInfo> ImportKey(const std::string& name, const crypto::RsaPrivateKeyParts& parts,
+  absl::StatusOr<KeyInfo> ImportKey(const std::string& name,
+                                    const crypto::RsaPrivateKeyParts& parts,
                                     bool allow_pkcs1) override;
   absl::StatusOr<KeyInfo> SetEnabled(const std::string& name, bool enabled) override;
   OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name, RsaPadding padding,
                                         absl::Span<const uint8_t> ciphertext, Path path) override;
   OpResult<Bytes> RewrapInToken(const std::string& key_name, RsaPadding in_padding,
-                                absl::Span<const uint8_t> ciphertext, const crypto::PublicKey& device_key,
+                                absl::Span<const uint8_t> ciphertext,
+                                const crypto::PublicKey& device_key,
                                 RsaPadding out_padding) override;
   std::set<RsaPadding> WrapPaddings() override;
   std::string TokenLabel() override;
@@ -119,7 +121,8 @@ class TokenSupervisor final : public KeyBackend {
   std::shared_ptr<KeyBackend> current() const;
 
  private:
-  TokenSupervisor(Factory factory, Options options) : factory_(std::move(factory)), options_(options) {}
+  TokenSupervisor(Factory factory, Options options)
+      : factory_(std::move(factory)), options_(options) {}
 
   // The backend to use for a call and its generation (the CallRunner tag of its calls), or
   // Unavailable while the token is lost.
@@ -131,7 +134,8 @@ class TokenSupervisor final : public KeyBackend {
   // abandoned call). Everything `op` captures must be owned by it: an abandoned call goes on
   // running after its caller has returned.
   template <typename T>
-  T OnToken(std::function<T(KeyBackend&)> op, std::function<T(absl::Status)> fail, absl::Duration limit);
+  T OnToken(std::function<T(KeyBackend&)> op, std::function<T(absl::Status)> fail,
+            absl::Duration limit);
   template <typename T>
   absl::StatusOr<T> KeyCall(std::function<absl::StatusOr<T>(KeyBackend&)> op);
 

@@ -1,6 +1,8 @@
 #include "service/bootstrap.h"
 
 #include <fcntl.h>
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,15 +12,12 @@
 #include <filesystem>
 #include <fstream>
 
-#include <openssl/rand.h>
-#include <spdlog/spdlog.h>
-
 #include "absl/strings/str_cat.h"
 #include "crypto/encoding.h"
 #include "crypto/keys.h"
 #include "hsm/pkcs11_backend.h"
-#include "hsm/token_supervisor.h"
 #include "hsm/token.h"
+#include "hsm/token_supervisor.h"
 
 namespace hsmrewrap::service {
 namespace fs = std::filesystem;
@@ -27,9 +26,12 @@ namespace {
 absl::Status MakePrivateDir(const fs::path& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return absl::FailedPreconditionError(absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
+  if (ec)
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
   if (::chmod(dir.c_str(), 0700) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("cannot chmod 0700 ", dir.string(), ": ", std::strerror(errno)));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot chmod 0700 ", dir.string(), ": ", std::strerror(errno)));
   }
   return absl::OkStatus();
 }
@@ -40,7 +42,8 @@ absl::Status MakePrivateDir(const fs::path& dir) {
 absl::Status WritePrivateFile(const fs::path& path, absl::Span<const char> content) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) {
-    return absl::FailedPreconditionError(absl::StrCat("cannot create ", path.string(), ": ", std::strerror(errno)));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create ", path.string(), ": ", std::strerror(errno)));
   }
   size_t done = 0;
   while (done < content.size()) {
@@ -49,11 +52,13 @@ absl::Status WritePrivateFile(const fs::path& path, absl::Span<const char> conte
     if (n <= 0) {
       const int err = errno;
       ::close(fd);
-      return absl::FailedPreconditionError(absl::StrCat("cannot write ", path.string(), ": ", std::strerror(err)));
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot write ", path.string(), ": ", std::strerror(err)));
     }
     done += static_cast<size_t>(n);
   }
-  if (::close(fd) != 0) return absl::FailedPreconditionError(absl::StrCat("cannot write ", path.string()));
+  if (::close(fd) != 0)
+    return absl::FailedPreconditionError(absl::StrCat("cannot write ", path.string()));
   return absl::OkStatus();
 }
 
@@ -78,7 +83,8 @@ absl::StatusOr<crypto::SecretString> ReadPinFile(const std::string& path) {
     return absl::NotFoundError(absl::StrCat("PIN file ", path, ": ", std::strerror(errno)));
   }
   if (st.st_mode & 0077) {
-    spdlog::warn("PIN file {} is readable by group or others (mode {:o}); chmod 600 it", path, st.st_mode & 0777);
+    spdlog::warn("PIN file {} is readable by group or others (mode {:o}); chmod 600 it", path,
+                 st.st_mode & 0777);
   }
   return crypto::ReadSecretFile(path);
 }
@@ -92,9 +98,9 @@ absl::StatusOr<crypto::SecretString> PrepareEmbedded(const Config& c, bool* crea
   const fs::path conf = dir / "softhsm2.conf";
   if (!fs::exists(conf)) {
     std::string text = absl::StrCat("# Written by rewrapd for its embedded SoftHSM2 token.\n",
-                                     "directories.tokendir = ", (dir / "tokens").string(), "\n",
-                                     "objectstore.backend = file\n", "log.level = ERROR\n",
-                                     "slots.removable = false\n");
+                                    "directories.tokendir = ", (dir / "tokens").string(), "\n",
+                                    "objectstore.backend = file\n", "log.level = ERROR\n",
+                                    "slots.removable = false\n");
     if (auto st = WritePrivateFile(conf, text); !st.ok()) return st;
   }
   // SoftHSM2 reads its configuration from this variable when the module initialises.
@@ -118,8 +124,14 @@ absl::StatusOr<crypto::SecretString> PrepareEmbedded(const Config& c, bool* crea
   std::error_code ec;
   fs::remove(user_pin_path, ec);
   fs::remove(dir / "so.pin", ec);
-  if (auto st = WritePrivateFile(dir / "so.pin", absl::MakeConstSpan(so_pin->data(), so_pin->size())); !st.ok()) return st;
-  if (auto st = WritePrivateFile(user_pin_path, absl::MakeConstSpan(user_pin->data(), user_pin->size())); !st.ok()) return st;
+  if (auto st =
+          WritePrivateFile(dir / "so.pin", absl::MakeConstSpan(so_pin->data(), so_pin->size()));
+      !st.ok())
+    return st;
+  if (auto st =
+          WritePrivateFile(user_pin_path, absl::MakeConstSpan(user_pin->data(), user_pin->size()));
+      !st.ok())
+    return st;
   auto slot = hsm::InitSoftToken(**module, kEmbeddedTokenLabel, *so_pin, *user_pin);
   if (!slot.ok()) return slot.status();
   *created_token = true;
@@ -142,7 +154,8 @@ absl::StatusOr<crypto::SecretString> ReadPin(const Config& c) {
     if (fs::exists(path)) return crypto::ReadSecretFile(path);
   }
   return absl::FailedPreconditionError(
-      "no PIN: set pin_file (--pin-file FILE), the HSMREWRAP_PIN environment variable, or a systemd credential named 'pin'");
+      "no PIN: set pin_file (--pin-file FILE), the HSMREWRAP_PIN environment variable, or a "
+      "systemd credential named 'pin'");
 }
 
 absl::StatusOr<Started> OpenToken(const Config& c) {

@@ -1,5 +1,7 @@
 #include "service/config.h"
 
+#include <yaml-cpp/yaml.h>
+
 #include <cstdlib>
 #include <map>
 #include <string_view>
@@ -7,11 +9,9 @@
 #include <utility>
 #include <variant>
 
-#include <yaml-cpp/yaml.h>
-
 #include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "hsm/token.h"
 
@@ -40,7 +40,8 @@ absl::Status ParseU32(const std::string& key, const std::string& v, uint32_t& ou
 
 // Where a key's value goes. The alternative is the key's type; the Limits members are the
 // keys that may also sit under limits:.
-using Field = std::variant<std::string Config::*, bool Config::*, uint32_t Config::*, uint32_t Limits::*>;
+using Field =
+    std::variant<std::string Config::*, bool Config::*, uint32_t Config::*, uint32_t Limits::*>;
 
 struct KeyDef {
   const char* name;
@@ -108,7 +109,8 @@ bool IsSection(std::string_view name) {
 }
 
 // `key` is the name for messages (limits.max_batch_items when nested).
-absl::Status SetValue(const KeyDef& d, const std::string& key, const std::string& value, Config& c) {
+absl::Status SetValue(const KeyDef& d, const std::string& key, const std::string& value,
+                      Config& c) {
   if (const auto* f = std::get_if<std::string Config::*>(&d.field)) {
     c.*(*f) = value;
     return absl::OkStatus();
@@ -117,15 +119,19 @@ absl::Status SetValue(const KeyDef& d, const std::string& key, const std::string
     if (*f == &Config::allow_host_unpadding) c.allow_host_unpadding_set = true;
     return ParseBool(key, value, c.*(*f));
   }
-  if (const auto* f = std::get_if<uint32_t Config::*>(&d.field)) return ParseU32(key, value, c.*(*f));
+  if (const auto* f = std::get_if<uint32_t Config::*>(&d.field))
+    return ParseU32(key, value, c.*(*f));
   return ParseU32(key, value, c.limits.*std::get<uint32_t Limits::*>(d.field));
 }
 
 const char* Expected(ConfigValueType t) {
   switch (t) {
-    case ConfigValueType::kString: return "a string";
-    case ConfigValueType::kBool: return "true or false";
-    case ConfigValueType::kUint32: return "a non-negative integer";
+    case ConfigValueType::kString:
+      return "a string";
+    case ConfigValueType::kBool:
+      return "true or false";
+    case ConfigValueType::kUint32:
+      return "a non-negative integer";
   }
   return "a scalar";
 }
@@ -133,11 +139,16 @@ const char* Expected(ConfigValueType t) {
 // What a node is, for messages ("got a list").
 std::string KindOf(const YAML::Node& n) {
   switch (n.Type()) {
-    case YAML::NodeType::Null: return "an empty value (null)";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Map: return "a mapping";
-    case YAML::NodeType::Scalar: return absl::StrCat("'", n.Scalar(), "'");
-    case YAML::NodeType::Undefined: break;
+    case YAML::NodeType::Null:
+      return "an empty value (null)";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Map:
+      return "a mapping";
+    case YAML::NodeType::Scalar:
+      return absl::StrCat("'", n.Scalar(), "'");
+    case YAML::NodeType::Undefined:
+      break;
   }
   return "nothing";
 }
@@ -162,13 +173,16 @@ class YamlReader {
       const YAML::Node& k = kv.first;
       const YAML::Node& v = kv.second;
       const std::string in = section.empty() ? "" : absl::StrCat(section, ": ");
-      if (!k.IsScalar()) return Bad(path_, k, absl::StrCat(in, "a key must be a name, got ", KindOf(k)));
+      if (!k.IsScalar())
+        return Bad(path_, k, absl::StrCat(in, "a key must be a name, got ", KindOf(k)));
       const std::string name = k.Scalar();
       const std::string shown = section.empty() ? name : absl::StrCat(section, ".", name);
       if (section.empty() && IsSection(name)) {
         if (auto st = FirstTime(name, shown, k); !st.ok()) return st;
         if (!v.IsMap()) {
-          return Bad(path_, k, absl::StrCat(name, ": expected a mapping (", SectionKeys(name), "), got ", KindOf(v)));
+          return Bad(path_, k,
+                     absl::StrCat(name, ": expected a mapping (", SectionKeys(name), "), got ",
+                                  KindOf(v)));
         }
         if (auto st = ApplyMapping(v, name); !st.ok()) return st;
         continue;
@@ -176,15 +190,23 @@ class YamlReader {
       const KeyDef* d = FindKey(name);
       // A limit may also be given at the top level (max_batch_items: ..), as in the environment.
       if (d == nullptr || (!section.empty() && section != SectionOf(*d))) {
-        if (section.empty()) return Bad(path_, k, absl::StrCat("unknown configuration key '", name, "'"));
-        return Bad(path_, k, absl::StrCat("unknown key '", shown, "' (", section, ": takes ", SectionKeys(section), ")"));
+        if (section.empty())
+          return Bad(path_, k, absl::StrCat("unknown configuration key '", name, "'"));
+        return Bad(path_, k,
+                   absl::StrCat("unknown key '", shown, "' (", section, ": takes ",
+                                SectionKeys(section), ")"));
       }
       if (auto st = FirstTime(name, shown, k); !st.ok()) return st;
       if (!v.IsScalar()) {
-        const char* hint = v.IsNull() && TypeOf(*d) == ConfigValueType::kString ? "; write \"\" for an empty string" : "";
-        return Bad(path_, k, absl::StrCat(shown, ": expected ", Expected(TypeOf(*d)), ", got ", KindOf(v), hint));
+        const char* hint = v.IsNull() && TypeOf(*d) == ConfigValueType::kString
+                               ? "; write \"\" for an empty string"
+                               : "";
+        return Bad(
+            path_, k,
+            absl::StrCat(shown, ": expected ", Expected(TypeOf(*d)), ", got ", KindOf(v), hint));
       }
-      if (auto st = SetValue(*d, shown, v.Scalar(), config_); !st.ok()) return Bad(path_, k, st.message());
+      if (auto st = SetValue(*d, shown, v.Scalar(), config_); !st.ok())
+        return Bad(path_, k, st.message());
     }
     return absl::OkStatus();
   }
@@ -196,9 +218,11 @@ class YamlReader {
     auto [it, inserted] = seen_.emplace(name, std::make_pair(shown, LineOf(k)));
     if (inserted) return absl::OkStatus();
     const auto& [first_shown, first_line] = it->second;
-    return Bad(path_, k, absl::StrCat("'", shown, "' is given twice (also ",
-                                      first_shown == shown ? "" : absl::StrCat("as '", first_shown, "' "),
-                                      first_line > 0 ? absl::StrCat("on line ", first_line) : "earlier", ")"));
+    return Bad(
+        path_, k,
+        absl::StrCat("'", shown, "' is given twice (also ",
+                     first_shown == shown ? "" : absl::StrCat("as '", first_shown, "' "),
+                     first_line > 0 ? absl::StrCat("on line ", first_line) : "earlier", ")"));
   }
 
   static std::string SectionKeys(const std::string& section) {
@@ -218,7 +242,8 @@ class YamlReader {
 
 bool IsLoopbackListen(const std::string& listen) {
   std::string host = listen.substr(0, listen.rfind(':'));
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
   return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
 }
 
@@ -231,7 +256,8 @@ absl::Status CheckTransport(const Config& c) {
   }
   if (!c.tls() && !c.insecure && !IsLoopbackListen(c.listen)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "listen ", c.listen, " is not a loopback address and TLS is off: set tls_cert, tls_key and "
+        "listen ", c.listen,
+        " is not a loopback address and TLS is off: set tls_cert, tls_key and "
         "client_ca (mTLS), or set insecure: true to serve plaintext gRPC on the network anyway"));
   }
   return absl::OkStatus();
@@ -239,7 +265,8 @@ absl::Status CheckTransport(const Config& c) {
 
 std::string DefaultStateDir() {
   if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x) return absl::StrCat(x, "/hsm-rewrap");
-  if (const char* h = std::getenv("HOME"); h && *h) return absl::StrCat(h, "/.local/state/hsm-rewrap");
+  if (const char* h = std::getenv("HOME"); h && *h)
+    return absl::StrCat(h, "/.local/state/hsm-rewrap");
   return ".hsm-rewrap";
 }
 
@@ -260,15 +287,18 @@ absl::Status ApplyYamlFile(const std::string& path, Config& config) {
     return absl::InvalidArgumentError(absl::StrCat("config ", path, ": ", e.what()));
   }
   if (docs.size() > 1) {
-    return absl::InvalidArgumentError(absl::StrCat("config ", path, " holds ", docs.size(),
-                                                   " YAML documents ('---'); a configuration is one mapping"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("config ", path, " holds ", docs.size(),
+                     " YAML documents ('---'); a configuration is one mapping"));
   }
   // An empty file, or one with only comments (an example file with every line commented
   // out), sets nothing: the defaults apply, as for `{}`.
   if (docs.empty() || docs[0].IsNull()) return absl::OkStatus();
   const YAML::Node& root = docs[0];
   if (!root.IsMap()) {
-    return Bad(path, root, absl::StrCat("the top level must be a mapping of 'key: value' lines, got ", KindOf(root)));
+    return Bad(
+        path, root,
+        absl::StrCat("the top level must be a mapping of 'key: value' lines, got ", KindOf(root)));
   }
   try {
     return YamlReader(path, config).ApplyMapping(root, "");
@@ -300,13 +330,16 @@ absl::Status Finalize(Config& c) {
   if (c.pool_size > 256) return absl::InvalidArgumentError("pool_size: at most 256");
   if (c.workers == 0) c.workers = std::max(c.pool_size, cores);
   if (c.workers > 1024) return absl::InvalidArgumentError("workers: at most 1024");
-  if (c.limits.max_batch_items == 0) return absl::InvalidArgumentError("max_batch_items must be at least 1");
+  if (c.limits.max_batch_items == 0)
+    return absl::InvalidArgumentError("max_batch_items must be at least 1");
   if (c.limits.max_inflight_items < c.limits.max_batch_items) {
     return absl::InvalidArgumentError("max_inflight_items must be at least max_batch_items");
   }
-  if (c.limits.max_message_bytes < 4096) return absl::InvalidArgumentError("max_message_bytes must be at least 4096");
+  if (c.limits.max_message_bytes < 4096)
+    return absl::InvalidArgumentError("max_message_bytes must be at least 4096");
   if (c.listen.find(':') == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat("listen: expected HOST:PORT, got '", c.listen, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("listen: expected HOST:PORT, got '", c.listen, "'"));
   }
   if (auto st = CheckTransport(c); !st.ok()) return st;
   // The module (module-path / module-name) and the PIN file (pin-source) may come from the
@@ -314,10 +347,12 @@ absl::Status Finalize(Config& c) {
   // (pin-value) is refused: URIs end up in argv, logs and config dumps.
   if (!c.token_uri.empty()) {
     auto extras = hsm::ParseUriExtras(c.token_uri);
-    if (!extras.ok()) return absl::InvalidArgumentError(absl::StrCat("token_uri: ", extras.status().message()));
+    if (!extras.ok())
+      return absl::InvalidArgumentError(absl::StrCat("token_uri: ", extras.status().message()));
     if (extras->has_pin_value) {
       return absl::InvalidArgumentError(
-          "token_uri: pin-value is not accepted (a PIN must not sit in a URI); use pin-source=file:PATH or pin_file");
+          "token_uri: pin-value is not accepted (a PIN must not sit in a URI); use "
+          "pin-source=file:PATH or pin_file");
     }
     // A setting the URI also gives: taken from the URI when unset, else it must agree.
     auto adopt = [](std::string& setting, const char* setting_name, const std::string& from_uri,
@@ -326,13 +361,15 @@ absl::Status Finalize(Config& c) {
       if (setting.empty()) {
         setting = from_uri;
       } else if (setting != from_uri) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(setting_name, " '", setting, "' and token_uri's ", uri_name, " (", from_uri, ") differ"));
+        return absl::InvalidArgumentError(absl::StrCat(setting_name, " '", setting,
+                                                       "' and token_uri's ", uri_name, " (",
+                                                       from_uri, ") differ"));
       }
       return absl::OkStatus();
     };
     if (auto st = adopt(c.module, "module", extras->module_path, "module"); !st.ok()) return st;
-    if (auto st = adopt(c.pin_file, "pin_file", extras->pin_source, "pin-source"); !st.ok()) return st;
+    if (auto st = adopt(c.pin_file, "pin_file", extras->pin_source, "pin-source"); !st.ok())
+      return st;
   }
   if (auto key = hsm::KeyNameFromNameOrUri(c.default_key); key.ok()) {
     c.default_key = *key;
@@ -347,10 +384,12 @@ absl::Status Finalize(Config& c) {
       return absl::InvalidArgumentError("token, token_uri and init_args need module to be set");
     }
   } else if (c.token.empty() && c.token_uri.empty()) {
-    return absl::InvalidArgumentError("with module set, name the token with token (label) or token_uri");
+    return absl::InvalidArgumentError(
+        "with module set, name the token with token (label) or token_uri");
   }
   if (!c.log_format.empty() && c.log_format != "json" && c.log_format != "text") {
-    return absl::InvalidArgumentError(absl::StrCat("log_format: json or text, not '", c.log_format, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("log_format: json or text, not '", c.log_format, "'"));
   }
   if (c.reconnect_backoff_max_ms < 100 || c.reconnect_backoff_max_ms > 600000) {
     return absl::InvalidArgumentError("reconnect_backoff_max_ms: 100 to 600000");
@@ -361,7 +400,8 @@ absl::Status Finalize(Config& c) {
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
   bool level_ok = false;
   for (const char* l : kLevels) level_ok |= (c.log_level == l);
-  if (!level_ok) return absl::InvalidArgumentError(absl::StrCat("log_level: unknown level '", c.log_level, "'"));
+  if (!level_ok)
+    return absl::InvalidArgumentError(absl::StrCat("log_level: unknown level '", c.log_level, "'"));
   return absl::OkStatus();
 }
 
@@ -370,30 +410,42 @@ std::string Describe(const Config& c) {
   absl::StrAppend(&s, "listen:               ", c.listen, "\n");
   absl::StrAppend(&s, "state dir:            ", c.state_dir, "\n");
   if (c.embedded()) {
-    absl::StrAppend(&s, "token:                embedded SoftHSM2 token 'hsm-rewrap' in ", c.state_dir,
-                    "/tokens (created on first run, key '", c.default_key, "')\n");
+    absl::StrAppend(&s, "token:                embedded SoftHSM2 token 'hsm-rewrap' in ",
+                    c.state_dir, "/tokens (created on first run, key '", c.default_key, "')\n");
   } else {
     absl::StrAppend(&s, "module:               ", c.module, "\n");
     if (!c.init_args.empty()) absl::StrAppend(&s, "init args:            ", c.init_args, "\n");
-    absl::StrAppend(&s, "token:                ", c.token_uri.empty() ? "label " + c.token : c.token_uri, "\n");
+    absl::StrAppend(
+        &s, "token:                ", c.token_uri.empty() ? "label " + c.token : c.token_uri, "\n");
     absl::StrAppend(&s, "PIN from:             ",
-                    c.pin_file.empty() ? "$HSMREWRAP_PIN or systemd credential 'pin'" : c.pin_file, "\n");
+                    c.pin_file.empty() ? "$HSMREWRAP_PIN or systemd credential 'pin'" : c.pin_file,
+                    "\n");
   }
-  absl::StrAppend(&s, "host unpadding:       ", c.allow_host_unpadding ? "ALLOWED" : "denied", "\n");
-  absl::StrAppend(&s, "session pool:         ", c.pool_size, " sessions, ", c.workers, " workers\n");
+  absl::StrAppend(&s, "host unpadding:       ", c.allow_host_unpadding ? "ALLOWED" : "denied",
+                  "\n");
+  absl::StrAppend(&s, "session pool:         ", c.pool_size, " sessions, ", c.workers,
+                  " workers\n");
   absl::StrAppend(&s, "metrics:              ",
-                  c.metrics_listen.empty() ? "off" : "http://" + c.metrics_listen + "/metrics", "\n");
-  absl::StrAppend(&s, "self-test:            ",
-                  c.selftest_interval_s ? absl::StrCat("every ", c.selftest_interval_s, " s") : "on demand", "\n");
+                  c.metrics_listen.empty() ? "off" : "http://" + c.metrics_listen + "/metrics",
+                  "\n");
+  absl::StrAppend(
+      &s, "self-test:            ",
+      c.selftest_interval_s ? absl::StrCat("every ", c.selftest_interval_s, " s") : "on demand",
+      "\n");
   absl::StrAppend(&s, "transport:            ",
-                  !c.tls() ? (c.insecure && !IsLoopbackListen(c.listen) ? "PLAINTEXT (insecure)" : "plaintext (loopback)")
-                  : c.client_ca.empty() ? "TLS (no client certificates)" : "mTLS (client certificates required)", "\n");
-  absl::StrAppend(&s, "policy:               ", c.policy.empty() ? "none (every caller may do everything)" : c.policy, "\n");
+                  !c.tls() ? (c.insecure && !IsLoopbackListen(c.listen) ? "PLAINTEXT (insecure)"
+                                                                        : "plaintext (loopback)")
+                  : c.client_ca.empty() ? "TLS (no client certificates)"
+                                        : "mTLS (client certificates required)",
+                  "\n");
+  absl::StrAppend(&s, "policy:               ",
+                  c.policy.empty() ? "none (every caller may do everything)" : c.policy, "\n");
   absl::StrAppend(&s, "audit log:            ", c.audit_log.empty() ? "off" : c.audit_log, "\n");
-  absl::StrAppend(&s, "token loss:           re-initialise with backoff up to ", c.reconnect_backoff_max_ms,
-                  " ms; a call inside the token over ", c.token_call_timeout_s,
-                  " s counts as a loss (its items UNAVAILABLE)\n");
-  absl::StrAppend(&s, "shutdown:             in-flight batches get ", c.shutdown_grace_s, " s after SIGTERM\n");
+  absl::StrAppend(&s, "token loss:           re-initialise with backoff up to ",
+                  c.reconnect_backoff_max_ms, " ms; a call inside the token over ",
+                  c.token_call_timeout_s, " s counts as a loss (its items UNAVAILABLE)\n");
+  absl::StrAppend(&s, "shutdown:             in-flight batches get ", c.shutdown_grace_s,
+                  " s after SIGTERM\n");
   absl::StrAppend(&s, "limits:               ", c.limits.max_batch_items, " items/batch, ",
                   c.limits.max_message_bytes, " bytes/message, ", c.limits.max_inflight_items,
                   " items in flight\n");

@@ -12,42 +12,43 @@
 namespace hsmrewrap::service {
 
 struct Limits {
-  uint32_t max_batch_items = 1000;          // items in one RewrapRequest
-  uint32_t max_message_bytes = 16u << 20;   // gRPC receive limit
-  uint32_t max_inflight_items = 10000;      // items queued or running in the engine
+  uint32_t max_batch_items = 1000;         // items in one RewrapRequest
+  uint32_t max_message_bytes = 16u << 20;  // gRPC receive limit
+  uint32_t max_inflight_items = 10000;     // items queued or running in the engine
 };
 
 struct Config {
-  std::string config_file;        // --config
-  std::string state_dir;          // --state-dir (embedded default keeps its token here)
+  std::string config_file;  // --config
+  std::string state_dir;    // --state-dir (embedded default keeps its token here)
   std::string listen = "127.0.0.1:50051";
-  std::string module;             // --module; empty = embedded SoftHSM2 default
-  std::string init_args;          // --init-args (vendor C_Initialize pReserved string)
-  std::string token;              // --token LABEL
-  std::string token_uri;          // RFC 7512 URI selecting the token (pkcs11:token=...)
-  std::string pin_file;           // --pin-file; else $HSMREWRAP_PIN or systemd credential "pin"
+  std::string module;     // --module; empty = embedded SoftHSM2 default
+  std::string init_args;  // --init-args (vendor C_Initialize pReserved string)
+  std::string token;      // --token LABEL
+  std::string token_uri;  // RFC 7512 URI selecting the token (pkcs11:token=...)
+  std::string pin_file;   // --pin-file; else $HSMREWRAP_PIN or systemd credential "pin"
   bool allow_host_unpadding = false;
   bool allow_host_unpadding_set = false;  // true when the user said so either way
-  uint32_t pool_size = 0;         // PKCS#11 sessions; 0 = 2 x cores (at least 2)
-  uint32_t workers = 0;           // engine threads; 0 = max(pool_size, cores)
+  uint32_t pool_size = 0;                 // PKCS#11 sessions; 0 = 2 x cores (at least 2)
+  uint32_t workers = 0;                   // engine threads; 0 = max(pool_size, cores)
   Limits limits;
   std::string log_level = "info";
-  std::string log_format;         // "json" (one JSON object a line) or "text"; empty = json
-                                  // unless stderr is a terminal
-  std::string metrics_listen;     // HOST:PORT for Prometheus GET /metrics; empty = off
-  uint32_t selftest_interval_s = 300;  // known-answer self-test period; 0 = on demand only
+  std::string log_format;               // "json" (one JSON object a line) or "text"; empty = json
+                                        // unless stderr is a terminal
+  std::string metrics_listen;           // HOST:PORT for Prometheus GET /metrics; empty = off
+  uint32_t selftest_interval_s = 300;   // known-answer self-test period; 0 = on demand only
   std::string default_key = "default";  // key the embedded default creates
   // Security (docs/operator-guide.md "Security").
-  std::string tls_cert;           // server certificate chain (PEM); with tls_key turns TLS on
-  std::string tls_key;            // server private key (PEM)
-  std::string client_ca;          // CA bundle (PEM) client certificates must chain to (mTLS)
-  bool insecure = false;          // allow plaintext gRPC on a non-loopback address
-  std::string policy;             // policy file (YAML): identities -> RPCs, keys, recipients, limits
-  std::string audit_log;          // audit file: one JSON line per item; empty = off
+  std::string tls_cert;   // server certificate chain (PEM); with tls_key turns TLS on
+  std::string tls_key;    // server private key (PEM)
+  std::string client_ca;  // CA bundle (PEM) client certificates must chain to (mTLS)
+  bool insecure = false;  // allow plaintext gRPC on a non-loopback address
+  std::string policy;     // policy file (YAML): identities -> RPCs, keys, recipients, limits
+  std::string audit_log;  // audit file: one JSON line per item; empty = off
   // Reliability (docs/operator-guide.md "Reliability").
-  uint32_t shutdown_grace_s = 10;           // SIGTERM: how long in-flight batches may finish
-  uint32_t reconnect_backoff_max_ms = 2000; // token lost: longest wait between re-initialisations
-  uint32_t token_call_timeout_s = 10;       // a token call inside the module longer than this: token lost
+  uint32_t shutdown_grace_s = 10;            // SIGTERM: how long in-flight batches may finish
+  uint32_t reconnect_backoff_max_ms = 2000;  // token lost: longest wait between re-initialisations
+  uint32_t token_call_timeout_s =
+      10;  // a token call inside the module longer than this: token lost
 
   bool embedded() const { return module.empty(); }
   bool tls() const { return !tls_cert.empty(); }

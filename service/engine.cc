@@ -1,10 +1,10 @@
 #include "service/engine.h"
 
-#include <algorithm>
-#include <unordered_set>
-
 #include <openssl/evp.h>
 #include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 #include "crypto/apple_payload.h"
@@ -32,7 +32,9 @@ void FailGate(v1::RewrapResult& r, const absl::Status& s) {
   Fail(r, code, std::string(s.message()));
 }
 
-void FailDecrypt(v1::RewrapResult& r) { Fail(r, ItemError::DECRYPT_FAILED, hsm::kDecryptFailedText); }
+void FailDecrypt(v1::RewrapResult& r) {
+  Fail(r, ItemError::DECRYPT_FAILED, hsm::kDecryptFailedText);
+}
 
 // A failed call that did not see the ciphertext (key lookups) or a refused/retryable token
 // operation: the status code picks the item code. Never DECRYPT_FAILED: only the token's
@@ -99,22 +101,30 @@ bool IsBareFormat(v1::OutputFormat f) {
 
 crypto::CmsContentCipher ContentCipherFromProto(v1::ContentCipher c) {
   switch (c) {
-    case v1::AES_128_CBC: return crypto::CmsContentCipher::kAes128Cbc;
-    case v1::DES_EDE3_CBC: return crypto::CmsContentCipher::kDes3Cbc;
+    case v1::AES_128_CBC:
+      return crypto::CmsContentCipher::kAes128Cbc;
+    case v1::DES_EDE3_CBC:
+      return crypto::CmsContentCipher::kDes3Cbc;
     case v1::AES_256_CBC:
-    default: return crypto::CmsContentCipher::kAes256Cbc;
+    default:
+      return crypto::CmsContentCipher::kAes256Cbc;
   }
 }
 
 // The padding of a bare RSA output format.
 RsaPadding BarePadding(v1::OutputFormat f) {
   switch (f) {
-    case v1::RSA_OAEP_SHA1: return RsaPadding::kOaepSha1;
-    case v1::RSA_OAEP_SHA384: return RsaPadding::kOaepSha384;
-    case v1::RSA_OAEP_SHA512: return RsaPadding::kOaepSha512;
-    case v1::RSA_PKCS1: return RsaPadding::kPkcs1;
+    case v1::RSA_OAEP_SHA1:
+      return RsaPadding::kOaepSha1;
+    case v1::RSA_OAEP_SHA384:
+      return RsaPadding::kOaepSha384;
+    case v1::RSA_OAEP_SHA512:
+      return RsaPadding::kOaepSha512;
+    case v1::RSA_PKCS1:
+      return RsaPadding::kPkcs1;
     case v1::RSA_OAEP_SHA256:
-    default: return RsaPadding::kOaepSha256;
+    default:
+      return RsaPadding::kOaepSha256;
   }
 }
 
@@ -126,31 +136,50 @@ constexpr RsaPadding kAllPaddings[] = {RsaPadding::kOaepSha256, RsaPadding::kOae
 
 bool PaddingFromProto(v1::Padding p, RsaPadding* out) {
   switch (p) {
-    case v1::OAEP_SHA256: *out = RsaPadding::kOaepSha256; return true;
-    case v1::OAEP_SHA384: *out = RsaPadding::kOaepSha384; return true;
-    case v1::OAEP_SHA512: *out = RsaPadding::kOaepSha512; return true;
-    case v1::OAEP_SHA1: *out = RsaPadding::kOaepSha1; return true;
-    case v1::PKCS1: *out = RsaPadding::kPkcs1; return true;
-    default: return false;
+    case v1::OAEP_SHA256:
+      *out = RsaPadding::kOaepSha256;
+      return true;
+    case v1::OAEP_SHA384:
+      *out = RsaPadding::kOaepSha384;
+      return true;
+    case v1::OAEP_SHA512:
+      *out = RsaPadding::kOaepSha512;
+      return true;
+    case v1::OAEP_SHA1:
+      *out = RsaPadding::kOaepSha1;
+      return true;
+    case v1::PKCS1:
+      *out = RsaPadding::kPkcs1;
+      return true;
+    default:
+      return false;
   }
 }
 
 v1::Padding PaddingToProto(RsaPadding p) {
   switch (p) {
-    case RsaPadding::kOaepSha256: return v1::OAEP_SHA256;
-    case RsaPadding::kOaepSha384: return v1::OAEP_SHA384;
-    case RsaPadding::kOaepSha512: return v1::OAEP_SHA512;
-    case RsaPadding::kOaepSha1: return v1::OAEP_SHA1;
-    case RsaPadding::kPkcs1: return v1::PKCS1;
+    case RsaPadding::kOaepSha256:
+      return v1::OAEP_SHA256;
+    case RsaPadding::kOaepSha384:
+      return v1::OAEP_SHA384;
+    case RsaPadding::kOaepSha512:
+      return v1::OAEP_SHA512;
+    case RsaPadding::kOaepSha1:
+      return v1::OAEP_SHA1;
+    case RsaPadding::kPkcs1:
+      return v1::PKCS1;
   }
   return v1::PADDING_UNSPECIFIED;
 }
 
 v1::Path PathToProto(hsm::Path p) {
   switch (p) {
-    case hsm::Path::kInToken: return v1::IN_TOKEN;
-    case hsm::Path::kTokenDecrypt: return v1::TOKEN_DECRYPT;
-    case hsm::Path::kHostUnpadding: return v1::HOST_UNPADDING;
+    case hsm::Path::kInToken:
+      return v1::IN_TOKEN;
+    case hsm::Path::kTokenDecrypt:
+      return v1::TOKEN_DECRYPT;
+    case hsm::Path::kHostUnpadding:
+      return v1::HOST_UNPADDING;
   }
   return v1::PATH_UNSPECIFIED;
 }
@@ -186,8 +215,8 @@ absl::StatusOr<std::shared_ptr<const KeyEntry>> KeyDirectory::Get(const std::str
 absl::StatusOr<std::shared_ptr<const KeyEntry>> KeyDirectory::Put(hsm::KeyInfo info) {
   auto pub = crypto::PublicKey::FromSpki(info.spki_der);
   if (!pub.ok()) {
-    return absl::InternalError(absl::StrCat("key '", info.name, "': public key does not parse: ",
-                                            pub.status().message()));
+    return absl::InternalError(
+        absl::StrCat("key '", info.name, "': public key does not parse: ", pub.status().message()));
   }
   auto entry = std::make_shared<KeyEntry>(
       KeyEntry{std::move(info), *std::move(pub), 0, std::chrono::steady_clock::now()});
@@ -213,7 +242,8 @@ absl::StatusOr<std::shared_ptr<const RecipientCache::Parsed>> RecipientCache::Ge
   std::string key(1 + 32, is_certificate ? 'c' : 'k');
   unsigned int len = 0;
   if (sha256 == nullptr ||
-      EVP_Digest(bytes.data(), bytes.size(), reinterpret_cast<unsigned char*>(&key[1]), &len, sha256, nullptr) != 1) {
+      EVP_Digest(bytes.data(), bytes.size(), reinterpret_cast<unsigned char*>(&key[1]), &len,
+                 sha256, nullptr) != 1) {
     key.clear();  // no digest: parse without caching
   }
   if (!key.empty()) {
@@ -257,7 +287,9 @@ size_t RecipientCache::size() {
 // RewrapEngine
 
 RewrapEngine::RewrapEngine(std::shared_ptr<hsm::KeyBackend> backend, Options options)
-    : backend_(backend), options_(options), keys_(backend),
+    : backend_(backend),
+      options_(options),
+      keys_(backend),
       pool_(std::make_unique<WorkerPool>(options.workers)) {}
 
 RewrapEngine::~RewrapEngine() { pool_.reset(); }
@@ -271,14 +303,16 @@ std::vector<std::pair<RsaPadding, std::vector<hsm::Path>>> RewrapEngine::PathsFo
     std::vector<hsm::Path> paths;
     if (can_wrap && info.caps.unwrap.count(p)) paths.push_back(hsm::Path::kInToken);
     if (info.caps.decrypt.count(p)) paths.push_back(hsm::Path::kTokenDecrypt);
-    if (options_.allow_host_unpadding && info.caps.raw_rsa) paths.push_back(hsm::Path::kHostUnpadding);
+    if (options_.allow_host_unpadding && info.caps.raw_rsa)
+      paths.push_back(hsm::Path::kHostUnpadding);
     out.emplace_back(p, std::move(paths));
   }
   return out;
 }
 
 absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> request, Done done,
-                                  std::shared_ptr<ItemGate> gate, std::chrono::system_clock::time_point deadline) {
+                                  std::shared_ptr<ItemGate> gate,
+                                  std::chrono::system_clock::time_point deadline) {
   const size_t n = static_cast<size_t>(request->items_size());
   if (n == 0) return absl::InvalidArgumentError("the batch is empty: send at least one item");
   if (n > options_.limits.max_batch_items) {
@@ -289,9 +323,9 @@ absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> reque
   size_t before = inflight_.fetch_add(n);
   if (before + n > options_.limits.max_inflight_items) {
     inflight_.fetch_sub(n);
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the service has ", before, " items in flight and takes at most ",
-        options_.limits.max_inflight_items, " (max_inflight_items): retry later"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the service has ", before, " items in flight and takes at most ",
+                     options_.limits.max_inflight_items, " (max_inflight_items): retry later"));
   }
 
   // Ids that occur more than once: every occurrence fails, since the caller could not
@@ -320,7 +354,8 @@ absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> reque
   auto finish_one = [this, batch]() {
     inflight_.fetch_sub(1);
     if (batch->remaining.fetch_sub(1) == 1) {
-      if (batch->gate) batch->gate->BatchDone(*batch->request, &batch->response, batch->recipient_sha256);
+      if (batch->gate)
+        batch->gate->BatchDone(*batch->request, &batch->response, batch->recipient_sha256);
       batch->done(std::move(batch->response));
     }
   };
@@ -331,7 +366,8 @@ absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> reque
     if (dups.count(item.id())) {
       slot->set_id(item.id());
       Fail(*slot, ItemError::INVALID_ITEM,
-           absl::StrCat("id '", item.id(), "' occurs more than once in the batch; ids must be unique"));
+           absl::StrCat("id '", item.id(),
+                        "' occurs more than once in the batch; ids must be unique"));
       if (batch->gate) batch->gate->ItemDone(*slot);
       finish_one();
       continue;
@@ -343,7 +379,8 @@ absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> reque
         Fail(*slot, ItemError::UNAVAILABLE, "rewrapd is shutting down; retry elsewhere");
       } else if (std::chrono::system_clock::now() > deadline) {
         slot->set_id(item.id());
-        Fail(*slot, ItemError::DEADLINE_EXCEEDED, "the call's deadline passed before this item was started");
+        Fail(*slot, ItemError::DEADLINE_EXCEEDED,
+             "the call's deadline passed before this item was started");
       } else {
         *slot = ProcessItem(item, gate, fp);
       }
@@ -380,7 +417,8 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
     return r;
   }
   if (!PaddingFromProto(item.padding(), &in_padding)) {
-    Fail(r, ItemError::INVALID_ITEM, "padding is not set: name the padding the secret was sealed with");
+    Fail(r, ItemError::INVALID_ITEM,
+         "padding is not set: name the padding the secret was sealed with");
     return r;
   }
   if (!v1::OutputFormat_IsValid(item.format())) {
@@ -392,14 +430,16 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
     return r;
   }
   if (!v1::ContentCipher_IsValid(item.content_cipher())) {
-    Fail(r, ItemError::INVALID_ITEM, absl::StrCat("content_cipher: unknown value ", item.content_cipher()));
+    Fail(r, ItemError::INVALID_ITEM,
+         absl::StrCat("content_cipher: unknown value ", item.content_cipher()));
     return r;
   }
   const bool apple = item.format() == v1::APPLE_ENCRYPTED_PAYLOAD;
   if (apple) {
     if (item.recipient().kind_case() != v1::Recipient::kCertificate) {
       Fail(r, ItemError::INVALID_ITEM,
-           "format APPLE_ENCRYPTED_PAYLOAD needs a certificate recipient (the device identity certificate)");
+           "format APPLE_ENCRYPTED_PAYLOAD needs a certificate recipient (the device identity "
+           "certificate)");
       return r;
     }
     if (item.pfx().empty()) {
@@ -478,7 +518,8 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
     case v1::Recipient::kServiceKey: {
       if (item.format() == v1::CMS_ENVELOPED_PKCS1) {
         Fail(r, ItemError::INVALID_ITEM,
-             "format CMS_ENVELOPED_PKCS1 does not apply to a service_key recipient; use a bare RSA_* format");
+             "format CMS_ENVELOPED_PKCS1 does not apply to a service_key recipient; use a bare "
+             "RSA_* format");
         return r;
       }
       if (!bare) out_padding = RsaPadding::kOaepSha512;  // Intune's default padding
@@ -503,13 +544,15 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
       break;
     }
     default:
-      Fail(r, ItemError::INVALID_ITEM, "recipient is not set: give a certificate, public_key or service_key");
+      Fail(r, ItemError::INVALID_ITEM,
+           "recipient is not set: give a certificate, public_key or service_key");
       return r;
   }
   if (device_key->is_rsa()) {
     if (device_key->bits() < 2048) {
       Fail(r, ItemError::INVALID_ITEM,
-           absl::StrCat("recipient RSA key has ", device_key->bits(), " bits; at least 2048 are required"));
+           absl::StrCat("recipient RSA key has ", device_key->bits(),
+                        " bits; at least 2048 are required"));
       return r;
     }
   } else if (bare) {
@@ -591,7 +634,8 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
   // 4. Re-encrypt on the host; `plain` is wiped when it goes out of scope.
   absl::StatusOr<crypto::Bytes> out;
   if (bare) {
-    const size_t max = crypto::MaxPlaintextLen(out_padding, static_cast<size_t>((device_key->bits() + 7) / 8));
+    const size_t max =
+        crypto::MaxPlaintextLen(out_padding, static_cast<size_t>((device_key->bits() + 7) / 8));
     if (plain->size() > max) {
       Fail(r, ItemError::INVALID_ITEM, hsm::kSecretTooLongText);
       return r;
@@ -601,11 +645,13 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
     crypto::CmsOptions opts;
     // Apple payloads use PKCS#1 v1.5 key transport (rsaEncryption), as MDM servers' PKCS#7
     // envelopes for iOS/macOS do; CMS_ENVELOPED uses OAEP-SHA256.
-    opts.key_transport = (item.format() == v1::CMS_ENVELOPED_PKCS1 || apple) ? crypto::CmsKeyTransport::kRsaPkcs1
-                                                                              : crypto::CmsKeyTransport::kRsaOaepSha256;
+    opts.key_transport = (item.format() == v1::CMS_ENVELOPED_PKCS1 || apple)
+                             ? crypto::CmsKeyTransport::kRsaPkcs1
+                             : crypto::CmsKeyTransport::kRsaOaepSha256;
     opts.cipher = ContentCipherFromProto(item.content_cipher());
     if (apple) {
-      auto payload = crypto::AppleEncryptedPkcs12Payload(*cert, bytes_of(item.pfx()), crypto::Reveal(*plain), opts);
+      auto payload = crypto::AppleEncryptedPkcs12Payload(*cert, bytes_of(item.pfx()),
+                                                         crypto::Reveal(*plain), opts);
       if (!payload.ok() && payload.status().code() == absl::StatusCode::kInvalidArgument) {
         // Only what BuildPkcs12PayloadPlist refuses (a control character in the password);
         // the message names no byte of it.
@@ -619,7 +665,8 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
     }
   }
   if (!out.ok()) {
-    spdlog::warn("item {}: encrypting to the recipient failed: {}", item.id(), out.status().ToString());
+    spdlog::warn("item {}: encrypting to the recipient failed: {}", item.id(),
+                 out.status().ToString());
     Fail(r, ItemError::INTERNAL, "encrypting to the recipient failed");
     return r;
   }

@@ -67,14 +67,16 @@ class RecipientCache final {
   };
   explicit RecipientCache(size_t capacity) : capacity_(capacity) {}
   // `is_certificate` selects X.509 vs SubjectPublicKeyInfo (DER or PEM) parsing.
-  absl::StatusOr<std::shared_ptr<const Parsed>> Get(bool is_certificate, absl::Span<const uint8_t> bytes);
+  absl::StatusOr<std::shared_ptr<const Parsed>> Get(bool is_certificate,
+                                                    absl::Span<const uint8_t> bytes);
   size_t size();
 
  private:
   const size_t capacity_;
   std::mutex mu_;
   std::list<std::string> lru_;  // guarded by mu_; most recent first; holds the map keys
-  std::unordered_map<std::string, std::pair<std::shared_ptr<const Parsed>, std::list<std::string>::iterator>>
+  std::unordered_map<std::string,
+                     std::pair<std::shared_ptr<const Parsed>, std::list<std::string>::iterator>>
       entries_;  // guarded by mu_
 };
 
@@ -90,7 +92,8 @@ class ItemGate {
   // May the caller use this service key (the item's key_name)?
   virtual absl::Status CheckKey(const std::string& key_name) = 0;
   // May the caller rewrap to this recipient? `parsed` is null for a service_key recipient.
-  virtual absl::Status CheckRecipient(const v1::Recipient& recipient, const RecipientCache::Parsed* parsed) = 0;
+  virtual absl::Status CheckRecipient(const v1::Recipient& recipient,
+                                      const RecipientCache::Parsed* parsed) = 0;
   // After each item (counts decryption failures).
   virtual void ItemDone(const v1::RewrapResult& result) = 0;
   // Once per batch, before the response goes out; `recipient_sha256` has one entry per
@@ -126,7 +129,8 @@ class RewrapEngine final {
   // waits for them any more.
   absl::Status Submit(std::shared_ptr<const v1::RewrapRequest> request, Done done,
                       std::shared_ptr<ItemGate> gate = nullptr,
-                      std::chrono::system_clock::time_point deadline = std::chrono::system_clock::time_point::max());
+                      std::chrono::system_clock::time_point deadline =
+                          std::chrono::system_clock::time_point::max());
 
   // Shutdown: items not started yet fail UNAVAILABLE ("shutting down", safe to retry
   // elsewhere) without the token; items running finish. Irreversible.
@@ -142,7 +146,8 @@ class RewrapEngine final {
   size_t inflight() const { return inflight_.load(); }
 
   // The paths this engine would offer a key for each padding, best first.
-  std::vector<std::pair<crypto::RsaPadding, std::vector<hsm::Path>>> PathsFor(const hsm::KeyInfo& info);
+  std::vector<std::pair<crypto::RsaPadding, std::vector<hsm::Path>>> PathsFor(
+      const hsm::KeyInfo& info);
 
  private:
   std::shared_ptr<hsm::KeyBackend> backend_;

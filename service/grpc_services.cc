@@ -1,10 +1,10 @@
 #include "service/grpc_services.h"
 
+#include <spdlog/spdlog.h>
+
 #include <deque>
 #include <mutex>
 #include <regex>
-
-#include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
 #include "crypto/keys.h"
@@ -35,15 +35,16 @@ crypto::SecretString TakeSecretString(const std::string& field) {
 
 // What ImportKey takes out of its request (TakeSecret*), for the off-thread part.
 struct ImportSecrets {
-  crypto::SecretBytes key;       // pkcs8 or cng_rsa_full_private_blob
-  crypto::SecretString password; // pfx.password
+  crypto::SecretBytes key;        // pkcs8 or cng_rsa_full_private_blob
+  crypto::SecretString password;  // pfx.password
 };
 
 absl::Status CheckKeyName(const std::string& name) {
   static const std::regex kName("[A-Za-z0-9][A-Za-z0-9._-]{0,63}");
   if (!std::regex_match(name, kName)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "key name '", name, "' is not valid: 1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"));
+        "key name '", name,
+        "' is not valid: 1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"));
   }
   return absl::OkStatus();
 }
@@ -54,14 +55,14 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 
 // Per batch: its size, latency and one count per item by key, outcome and path. The key
 // label is kept only for keys that exist, so callers cannot grow the label set at will.
-void RecordBatch(Metrics* metrics, const char* rpc, const v1::RewrapRequest& req, const v1::RewrapResponse& resp,
-                 double seconds) {
+void RecordBatch(Metrics* metrics, const char* rpc, const v1::RewrapRequest& req,
+                 const v1::RewrapResponse& resp, double seconds) {
   metrics->Observe("hsmrewrap_batch_items", {{"rpc", rpc}}, req.items_size());
   metrics->Observe("hsmrewrap_rpc_latency_seconds", {{"rpc", rpc}}, seconds);
   for (int i = 0; i < resp.results_size() && i < req.items_size(); ++i) {
     const auto& r = resp.results(i);
     const bool known_key = !r.has_error() || (r.error().code() != v1::ItemError::KEY_NOT_FOUND &&
-                                               r.error().code() != v1::ItemError::INVALID_ITEM);
+                                              r.error().code() != v1::ItemError::INVALID_ITEM);
     metrics->Add("hsmrewrap_items_total",
                  {{"key", known_key ? req.items(i).key_name() : ""},
                   {"outcome", r.has_error() ? v1::ItemError::Code_Name(r.error().code()) : "OK"},
@@ -104,14 +105,17 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
     request_.Clear();
     l.unlock();
     const auto start = std::chrono::steady_clock::now();
-    absl::Status st = engine_->Submit(req, [this, slot, req, start](v1::RewrapResponse resp) {
-      RecordBatch(metrics_, "RewrapStream", *req, resp, SecondsSince(start));
-      std::lock_guard<std::mutex> g(mu_);
-      slot->response = std::move(resp);
-      slot->ready = true;
-      MaybeWriteLocked();
-      MaybeFinishLocked();
-    }, gate_, deadline_);
+    absl::Status st = engine_->Submit(
+        req,
+        [this, slot, req, start](v1::RewrapResponse resp) {
+          RecordBatch(metrics_, "RewrapStream", *req, resp, SecondsSince(start));
+          std::lock_guard<std::mutex> g(mu_);
+          slot->response = std::move(resp);
+          slot->ready = true;
+          MaybeWriteLocked();
+          MaybeFinishLocked();
+        },
+        gate_, deadline_);
     l.lock();
     if (!st.ok()) {
       if (st.code() == absl::StatusCode::kResourceExhausted) {
@@ -181,9 +185,9 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
 
   RewrapEngine* engine_;
   Metrics* metrics_;
-  std::shared_ptr<ItemGate> gate_;  // may be null
+  std::shared_ptr<ItemGate> gate_;                        // may be null
   const std::chrono::system_clock::time_point deadline_;  // the stream's (max if none)
-  std::mutex mu_;  // guards everything below
+  std::mutex mu_;                                         // guards everything below
   v1::RewrapRequest request_;
   std::deque<std::shared_ptr<Slot>> pending_;  // batches in request order
   bool reading_ = false, writing_ = false, read_closed_ = false, finished_ = false, broken_ = false;
@@ -208,8 +212,8 @@ void DeclareServiceMetrics(Metrics& m) {
   m.DeclareCounter("hsmrewrap_items_total", "Rewrap items by service key, outcome and path");
   m.DeclareHistogram("hsmrewrap_batch_items", "Items per Rewrap batch",
                      {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000});
-  m.DeclareHistogram("hsmrewrap_rpc_latency_seconds", "Latency per RPC (per batch for Rewrap/RewrapStream)",
-                     LatencyBuckets());
+  m.DeclareHistogram("hsmrewrap_rpc_latency_seconds",
+                     "Latency per RPC (per batch for Rewrap/RewrapStream)", LatencyBuckets());
 }
 
 RewrapServiceImpl::RewrapServiceImpl(RewrapEngine* engine, Metrics* metrics, Security* security)
@@ -231,11 +235,14 @@ grpc::ServerUnaryReactor* RewrapServiceImpl::Rewrap(grpc::CallbackServerContext*
   // The request outlives the batch: gRPC keeps it until Finish.
   std::shared_ptr<const v1::RewrapRequest> alias(std::shared_ptr<void>(), req);
   const auto start = std::chrono::steady_clock::now();
-  absl::Status st = engine_->Submit(alias, [this, reactor, req, resp, start](v1::RewrapResponse r) {
-    RecordBatch(metrics_, "Rewrap", *req, r, SecondsSince(start));
-    *resp = std::move(r);
-    reactor->Finish(grpc::Status::OK);
-  }, std::move(gate), ctx->deadline());
+  absl::Status st = engine_->Submit(
+      alias,
+      [this, reactor, req, resp, start](v1::RewrapResponse r) {
+        RecordBatch(metrics_, "Rewrap", *req, r, SecondsSince(start));
+        *resp = std::move(r);
+        reactor->Finish(grpc::Status::OK);
+      },
+      std::move(gate), ctx->deadline());
   if (!st.ok()) reactor->Finish(ToGrpc(st));
   return reactor;
 }
@@ -255,7 +262,10 @@ grpc::ServerBidiReactor<v1::RewrapRequest, v1::RewrapResponse>* RewrapServiceImp
 
 KeysServiceImpl::KeysServiceImpl(RewrapEngine* engine, std::string token_label, Metrics* metrics,
                                  SelfTester* selftest, Security* security)
-    : engine_(engine), token_label_(std::move(token_label)), metrics_(metrics), selftest_(selftest),
+    : engine_(engine),
+      token_label_(std::move(token_label)),
+      metrics_(metrics),
+      selftest_(selftest),
       security_(security) {}
 
 void KeysServiceImpl::ToProto(const hsm::KeyInfo& info, v1::KeyInfo* out) {
@@ -275,9 +285,9 @@ void KeysServiceImpl::ToProto(const hsm::KeyInfo& info, v1::KeyInfo* out) {
   out->set_token_label(token_label_);
 }
 
-grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(grpc::CallbackServerContext* ctx, const char* rpc,
-                                                     RpcClass rpc_class, const std::string& key,
-                                                     std::function<grpc::Status(const Security::Call&)> fn) {
+grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(
+    grpc::CallbackServerContext* ctx, const char* rpc, RpcClass rpc_class, const std::string& key,
+    std::function<grpc::Status(const Security::Call&)> fn) {
   auto* reactor = ctx->DefaultReactor();
   Security::Call call;
   call.rpc = rpc;
@@ -297,32 +307,42 @@ grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(grpc::CallbackServerContext
   admin_.Post([this, reactor, rpc, start, key, call = std::move(call), fn = std::move(fn)] {
     grpc::Status st = fn(call);
     metrics_->Observe("hsmrewrap_rpc_latency_seconds", {{"rpc", rpc}}, SecondsSince(start));
-    if (security_) security_->AuditKeyCall(call, key, st.ok() ? "OK" : absl::StatusCodeToString(static_cast<absl::StatusCode>(st.error_code())));
+    if (security_)
+      security_->AuditKeyCall(
+          call, key,
+          st.ok() ? "OK"
+                  : absl::StatusCodeToString(static_cast<absl::StatusCode>(st.error_code())));
     reactor->Finish(st);
   });
   return reactor;
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::CreateKey(grpc::CallbackServerContext* ctx,
-                                                     const v1::CreateKeyRequest* req, v1::KeyInfo* out) {
-  return OffThread(ctx, "CreateKey", RpcClass::kKeysAdmin, req->name(), [this, req, out](const Security::Call&) -> grpc::Status {
-    if (auto st = CheckKeyName(req->name()); !st.ok()) return ToGrpc(st);
-    const uint32_t bits = req->bits() == 0 ? 2048 : req->bits();
-    if (bits != 2048 && bits != 3072 && bits != 4096) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("bits must be 2048, 3072 or 4096, not ", bits));
-    }
-    auto info = engine_->backend().CreateKey(req->name(), static_cast<int>(bits), req->allow_pkcs1());
-    if (!info.ok()) return ToGrpc(info.status());
-    spdlog::info("created key '{}' ({} bits, allow_pkcs1={})", req->name(), bits, req->allow_pkcs1());
-    ToProto(*info, out);
-    auto put = engine_->keys().Put(*std::move(info));
-    return put.ok() ? grpc::Status::OK : ToGrpc(put.status());
-  });
+                                                     const v1::CreateKeyRequest* req,
+                                                     v1::KeyInfo* out) {
+  return OffThread(
+      ctx, "CreateKey", RpcClass::kKeysAdmin, req->name(),
+      [this, req, out](const Security::Call&) -> grpc::Status {
+        if (auto st = CheckKeyName(req->name()); !st.ok()) return ToGrpc(st);
+        const uint32_t bits = req->bits() == 0 ? 2048 : req->bits();
+        if (bits != 2048 && bits != 3072 && bits != 4096) {
+          return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                              absl::StrCat("bits must be 2048, 3072 or 4096, not ", bits));
+        }
+        auto info =
+            engine_->backend().CreateKey(req->name(), static_cast<int>(bits), req->allow_pkcs1());
+        if (!info.ok()) return ToGrpc(info.status());
+        spdlog::info("created key '{}' ({} bits, allow_pkcs1={})", req->name(), bits,
+                     req->allow_pkcs1());
+        ToProto(*info, out);
+        auto put = engine_->keys().Put(*std::move(info));
+        return put.ok() ? grpc::Status::OK : ToGrpc(put.status());
+      });
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext* ctx,
-                                                     const v1::ImportKeyRequest* req, v1::KeyInfo* out) {
+                                                     const v1::ImportKeyRequest* req,
+                                                     v1::KeyInfo* out) {
   // The private key and the PFX password leave the request before anything else happens
   // (also when the call is refused): protobuf keeps them in plain std::strings, short ones
   // inside the message object, which are freed unwiped.
@@ -340,80 +360,90 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext
     default:
       break;
   }
-  return OffThread(ctx, "ImportKey", RpcClass::kKeysAdmin, req->name(), [this, req, out, secrets](const Security::Call&) -> grpc::Status {
-    if (auto st = CheckKeyName(req->name()); !st.ok()) return ToGrpc(st);
-    absl::StatusOr<crypto::RsaPrivateKeyParts> parts;
-    switch (req->source_case()) {
-      case v1::ImportKeyRequest::kPkcs8:
-        parts = crypto::ParseRsaPrivateKey(crypto::Reveal(secrets->key));
-        break;
-      case v1::ImportKeyRequest::kPfx:
-        parts = crypto::ParseRsaPrivateKeyFromPfx(BytesOf(req->pfx().pfx()), secrets->password);
-        break;
-      case v1::ImportKeyRequest::kCngRsaFullPrivateBlob:
-        parts = crypto::ParseCngFullPrivateBlob(crypto::Reveal(secrets->key));
-        break;
-      default:
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            "no key given: set pkcs8, pfx or cng_rsa_full_private_blob");
-    }
-    if (!parts.ok()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("the key does not parse: ", parts.status().message()));
-    }
-    if (parts->bits < 1024) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("the key has ", parts->bits, " bits; at least 1024 are required"));
-    }
-    auto info = engine_->backend().ImportKey(req->name(), *parts, req->allow_pkcs1());
-    if (!info.ok()) return ToGrpc(info.status());
-    spdlog::info("imported key '{}' ({} bits, allow_pkcs1={})", req->name(), parts->bits, req->allow_pkcs1());
-    ToProto(*info, out);
-    auto put = engine_->keys().Put(*std::move(info));
-    return put.ok() ? grpc::Status::OK : ToGrpc(put.status());
-  });
+  return OffThread(
+      ctx, "ImportKey", RpcClass::kKeysAdmin, req->name(),
+      [this, req, out, secrets](const Security::Call&) -> grpc::Status {
+        if (auto st = CheckKeyName(req->name()); !st.ok()) return ToGrpc(st);
+        absl::StatusOr<crypto::RsaPrivateKeyParts> parts;
+        switch (req->source_case()) {
+          case v1::ImportKeyRequest::kPkcs8:
+            parts = crypto::ParseRsaPrivateKey(crypto::Reveal(secrets->key));
+            break;
+          case v1::ImportKeyRequest::kPfx:
+            parts = crypto::ParseRsaPrivateKeyFromPfx(BytesOf(req->pfx().pfx()), secrets->password);
+            break;
+          case v1::ImportKeyRequest::kCngRsaFullPrivateBlob:
+            parts = crypto::ParseCngFullPrivateBlob(crypto::Reveal(secrets->key));
+            break;
+          default:
+            return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                "no key given: set pkcs8, pfx or cng_rsa_full_private_blob");
+        }
+        if (!parts.ok()) {
+          return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                              absl::StrCat("the key does not parse: ", parts.status().message()));
+        }
+        if (parts->bits < 1024) {
+          return grpc::Status(
+              grpc::StatusCode::INVALID_ARGUMENT,
+              absl::StrCat("the key has ", parts->bits, " bits; at least 1024 are required"));
+        }
+        auto info = engine_->backend().ImportKey(req->name(), *parts, req->allow_pkcs1());
+        if (!info.ok()) return ToGrpc(info.status());
+        spdlog::info("imported key '{}' ({} bits, allow_pkcs1={})", req->name(), parts->bits,
+                     req->allow_pkcs1());
+        ToProto(*info, out);
+        auto put = engine_->keys().Put(*std::move(info));
+        return put.ok() ? grpc::Status::OK : ToGrpc(put.status());
+      });
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::ListKeys(grpc::CallbackServerContext* ctx,
-                                                    const v1::ListKeysRequest*, v1::ListKeysResponse* out) {
-  return OffThread(ctx, "ListKeys", RpcClass::kKeysRead, "", [this, out](const Security::Call& call) -> grpc::Status {
-    auto keys = engine_->backend().ListKeys();
-    if (!keys.ok()) return ToGrpc(keys.status());
-    for (const auto& k : *keys) {
-      if (call.AllowsKey(k.name)) ToProto(k, out->add_keys());  // only the caller's keys
-    }
-    return grpc::Status::OK;
-  });
+                                                    const v1::ListKeysRequest*,
+                                                    v1::ListKeysResponse* out) {
+  return OffThread(ctx, "ListKeys", RpcClass::kKeysRead, "",
+                   [this, out](const Security::Call& call) -> grpc::Status {
+                     auto keys = engine_->backend().ListKeys();
+                     if (!keys.ok()) return ToGrpc(keys.status());
+                     for (const auto& k : *keys) {
+                       if (call.AllowsKey(k.name))
+                         ToProto(k, out->add_keys());  // only the caller's keys
+                     }
+                     return grpc::Status::OK;
+                   });
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::GetPublicKey(grpc::CallbackServerContext* ctx,
                                                         const v1::GetPublicKeyRequest* req,
                                                         v1::GetPublicKeyResponse* out) {
-  return OffThread(ctx, "GetPublicKey", RpcClass::kKeysRead, req->name(), [this, req, out](const Security::Call&) -> grpc::Status {
-    auto entry = engine_->keys().Get(req->name());
-    if (!entry.ok()) return ToGrpc(entry.status());
-    const crypto::PublicKey& pub = (*entry)->public_key;
-    switch (req->format()) {
-      case v1::PEM_SPKI: out->set_public_key(pub.SpkiPem()); break;
-      case v1::DER_SPKI: {
-        auto der = pub.SpkiDer();
-        out->set_public_key(der.data(), der.size());
-        break;
-      }
-      case v1::CNG_RSAPUBLICBLOB: {
-        auto blob = pub.CngPublicBlob();
-        out->set_public_key(blob.data(), blob.size());
-        break;
-      }
-      default:
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            absl::StrCat("format: unknown value ", req->format()));
-    }
-    out->set_format(req->format());
-    out->set_spki_sha256(pub.Sha256Hex());
-    out->set_bits(static_cast<uint32_t>(pub.bits()));
-    return grpc::Status::OK;
-  });
+  return OffThread(ctx, "GetPublicKey", RpcClass::kKeysRead, req->name(),
+                   [this, req, out](const Security::Call&) -> grpc::Status {
+                     auto entry = engine_->keys().Get(req->name());
+                     if (!entry.ok()) return ToGrpc(entry.status());
+                     const crypto::PublicKey& pub = (*entry)->public_key;
+                     switch (req->format()) {
+                       case v1::PEM_SPKI:
+                         out->set_public_key(pub.SpkiPem());
+                         break;
+                       case v1::DER_SPKI: {
+                         auto der = pub.SpkiDer();
+                         out->set_public_key(der.data(), der.size());
+                         break;
+                       }
+                       case v1::CNG_RSAPUBLICBLOB: {
+                         auto blob = pub.CngPublicBlob();
+                         out->set_public_key(blob.data(), blob.size());
+                         break;
+                       }
+                       default:
+                         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                             absl::StrCat("format: unknown value ", req->format()));
+                     }
+                     out->set_format(req->format());
+                     out->set_spki_sha256(pub.Sha256Hex());
+                     out->set_bits(static_cast<uint32_t>(pub.bits()));
+                     return grpc::Status::OK;
+                   });
 }
 
 grpc::Status KeysServiceImpl::SetEnabled(const std::string& name, bool enabled, v1::KeyInfo* out) {
@@ -426,36 +456,42 @@ grpc::Status KeysServiceImpl::SetEnabled(const std::string& name, bool enabled, 
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::DisableKey(grpc::CallbackServerContext* ctx,
-                                                      const v1::DisableKeyRequest* req, v1::KeyInfo* out) {
-  return OffThread(ctx, "DisableKey", RpcClass::kKeysAdmin, req->name(),
-                   [this, req, out](const Security::Call&) { return SetEnabled(req->name(), false, out); });
+                                                      const v1::DisableKeyRequest* req,
+                                                      v1::KeyInfo* out) {
+  return OffThread(
+      ctx, "DisableKey", RpcClass::kKeysAdmin, req->name(),
+      [this, req, out](const Security::Call&) { return SetEnabled(req->name(), false, out); });
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::EnableKey(grpc::CallbackServerContext* ctx,
-                                                     const v1::EnableKeyRequest* req, v1::KeyInfo* out) {
-  return OffThread(ctx, "EnableKey", RpcClass::kKeysAdmin, req->name(),
-                   [this, req, out](const Security::Call&) { return SetEnabled(req->name(), true, out); });
+                                                     const v1::EnableKeyRequest* req,
+                                                     v1::KeyInfo* out) {
+  return OffThread(
+      ctx, "EnableKey", RpcClass::kKeysAdmin, req->name(),
+      [this, req, out](const Security::Call&) { return SetEnabled(req->name(), true, out); });
 }
 
-grpc::ServerUnaryReactor* KeysServiceImpl::SelfTest(grpc::CallbackServerContext* ctx, const v1::SelfTestRequest* req,
+grpc::ServerUnaryReactor* KeysServiceImpl::SelfTest(grpc::CallbackServerContext* ctx,
+                                                    const v1::SelfTestRequest* req,
                                                     v1::SelfTestResponse* out) {
-  return OffThread(ctx, "SelfTest", RpcClass::kKeysRead, req->name(), [this, req, out](const Security::Call& call) -> grpc::Status {
-    if (!req->name().empty()) {
-      auto entry = engine_->keys().Get(req->name());
-      if (!entry.ok()) return ToGrpc(entry.status());
-    }
-    for (const auto& r : selftest_->RunNow(req->name())) {
-      if (!call.AllowsKey(r.key)) continue;
-      auto* o = out->add_results();
-      o->set_name(r.key);
-      o->set_ok(r.ok);
-      o->set_message(r.message);
-      o->set_path(r.path);
-      o->mutable_time()->set_seconds(r.time_unix);
-      o->set_seconds(r.seconds);
-    }
-    return grpc::Status::OK;
-  });
+  return OffThread(ctx, "SelfTest", RpcClass::kKeysRead, req->name(),
+                   [this, req, out](const Security::Call& call) -> grpc::Status {
+                     if (!req->name().empty()) {
+                       auto entry = engine_->keys().Get(req->name());
+                       if (!entry.ok()) return ToGrpc(entry.status());
+                     }
+                     for (const auto& r : selftest_->RunNow(req->name())) {
+                       if (!call.AllowsKey(r.key)) continue;
+                       auto* o = out->add_results();
+                       o->set_name(r.key);
+                       o->set_ok(r.ok);
+                       o->set_message(r.message);
+                       o->set_path(r.path);
+                       o->mutable_time()->set_seconds(r.time_unix);
+                       o->set_seconds(r.seconds);
+                     }
+                     return grpc::Status::OK;
+                   });
 }
 
 }  // namespace hsmrewrap::service

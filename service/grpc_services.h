@@ -30,15 +30,23 @@ class RewrapServiceImpl final : public v1::Rewrap::CallbackService {
 
 class KeysServiceImpl final : public v1::Keys::CallbackService {
  public:
-  KeysServiceImpl(RewrapEngine* engine, std::string token_label, Metrics* metrics, SelfTester* selftest,
-                  Security* security = nullptr);
-  grpc::ServerUnaryReactor* CreateKey(grpc::CallbackServerContext*, const v1::CreateKeyRequest*, v1::KeyInfo*) override;
-  grpc::ServerUnaryReactor* ImportKey(grpc::CallbackServerContext*, const v1::ImportKeyRequest*, v1::KeyInfo*) override;
-  grpc::ServerUnaryReactor* ListKeys(grpc::CallbackServerContext*, const v1::ListKeysRequest*, v1::ListKeysResponse*) override;
-  grpc::ServerUnaryReactor* GetPublicKey(grpc::CallbackServerContext*, const v1::GetPublicKeyRequest*, v1::GetPublicKeyResponse*) override;
-  grpc::ServerUnaryReactor* DisableKey(grpc::CallbackServerContext*, const v1::DisableKeyRequest*, v1::KeyInfo*) override;
-  grpc::ServerUnaryReactor* EnableKey(grpc::CallbackServerContext*, const v1::EnableKeyRequest*, v1::KeyInfo*) override;
-  grpc::ServerUnaryReactor* SelfTest(grpc::CallbackServerContext*, const v1::SelfTestRequest*, v1::SelfTestResponse*) override;
+  KeysServiceImpl(RewrapEngine* engine, std::string token_label, Metrics* metrics,
+                  SelfTester* selftest, Security* security = nullptr);
+  grpc::ServerUnaryReactor* CreateKey(grpc::CallbackServerContext*, const v1::CreateKeyRequest*,
+                                      v1::KeyInfo*) override;
+  grpc::ServerUnaryReactor* ImportKey(grpc::CallbackServerContext*, const v1::ImportKeyRequest*,
+                                      v1::KeyInfo*) override;
+  grpc::ServerUnaryReactor* ListKeys(grpc::CallbackServerContext*, const v1::ListKeysRequest*,
+                                     v1::ListKeysResponse*) override;
+  grpc::ServerUnaryReactor* GetPublicKey(grpc::CallbackServerContext*,
+                                         const v1::GetPublicKeyRequest*,
+                                         v1::GetPublicKeyResponse*) override;
+  grpc::ServerUnaryReactor* DisableKey(grpc::CallbackServerContext*, const v1::DisableKeyRequest*,
+                                       v1::KeyInfo*) override;
+  grpc::ServerUnaryReactor* EnableKey(grpc::CallbackServerContext*, const v1::EnableKeyRequest*,
+                                      v1::KeyInfo*) override;
+  grpc::ServerUnaryReactor* SelfTest(grpc::CallbackServerContext*, const v1::SelfTestRequest*,
+                                     v1::SelfTestResponse*) override;
 
   // Fills the API form of a key (shared with the start-up banner).
   void ToProto(const hsm::KeyInfo& info, v1::KeyInfo* out);
@@ -47,8 +55,8 @@ class KeysServiceImpl final : public v1::Keys::CallbackService {
   // Runs `fn` on the admin thread (key generation can take seconds) and finishes the call.
   // Authorizes the call (`rpc_class`; `key` when the RPC names one), then runs `fn` with the
   // caller's rights and audits the outcome.
-  grpc::ServerUnaryReactor* OffThread(grpc::CallbackServerContext* ctx, const char* rpc, RpcClass rpc_class,
-                                      const std::string& key,
+  grpc::ServerUnaryReactor* OffThread(grpc::CallbackServerContext* ctx, const char* rpc,
+                                      RpcClass rpc_class, const std::string& key,
                                       std::function<grpc::Status(const Security::Call&)> fn);
   grpc::Status SetEnabled(const std::string& name, bool enabled, v1::KeyInfo* out);
 

@@ -1,31 +1,31 @@
 // rewrapd: the hsm-rewrap daemon.
-#include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <unistd.h>
-
-#include <atomic>
-#include <cerrno>
-#include <csignal>
-#include <cstring>
-#include <cstdio>
-#include <filesystem>
-#include <iostream>
-#include <optional>
-#include <condition_variable>
-#include <mutex>
-#include <thread>
-
-#include <CLI/CLI.hpp>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <mutex>
+#include <optional>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "hsm/token_supervisor.h"
 #include "service/bootstrap.h"
 #include "service/config.h"
 #include "service/engine.h"
@@ -35,7 +35,6 @@
 #include "service/policy.h"
 #include "service/selftest.h"
 #include "service/tls.h"
-#include "hsm/token_supervisor.h"
 #include "service/token_metrics.h"
 
 #ifndef HSMREWRAP_VERSION
@@ -48,7 +47,8 @@ namespace {
 // spdlog flag %* : the message, escaped for a JSON string.
 class JsonEscapedMessage final : public spdlog::custom_flag_formatter {
  public:
-  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+  void format(const spdlog::details::log_msg& msg, const std::tm&,
+              spdlog::memory_buf_t& dest) override {
     static const char kHex[] = "0123456789abcdef";
     for (char ch : msg.payload) {
       const auto u = static_cast<unsigned char>(ch);
@@ -63,7 +63,9 @@ class JsonEscapedMessage final : public spdlog::custom_flag_formatter {
       }
     }
   }
-  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<JsonEscapedMessage>(); }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<JsonEscapedMessage>();
+  }
 };
 
 void SetUpLogging(const Config& c) {
@@ -86,20 +88,25 @@ std::atomic<bool> g_reload{false};
 std::atomic<bool> token_healthy{false};
 
 // Gauges read at scrape time: build, token, engine queue, PKCS#11 calls and sessions.
-void DeclareProcessMetrics(Metrics& m, const Config& c, RewrapEngine& engine, const Started& started) {
+void DeclareProcessMetrics(Metrics& m, const Config& c, RewrapEngine& engine,
+                           const Started& started) {
   const std::string label = started.token_label;
   const std::string host_unpadding = c.allow_host_unpadding ? "allowed" : "denied";
-  m.DeclareGauge("hsmrewrap_build_info", "Build and configuration of this rewrapd", [label, host_unpadding] {
-    return std::vector<std::pair<Metrics::Labels, double>>{
-        {{{"version", HSMREWRAP_VERSION}, {"token", label}, {"host_unpadding", host_unpadding}}, 1.0}};
-  });
+  m.DeclareGauge(
+      "hsmrewrap_build_info", "Build and configuration of this rewrapd", [label, host_unpadding] {
+        return std::vector<std::pair<Metrics::Labels, double>>{
+            {{{"version", HSMREWRAP_VERSION}, {"token", label}, {"host_unpadding", host_unpadding}},
+             1.0}};
+      });
   m.DeclareGauge("hsmrewrap_token_up", "1 while the token answers", [] {
     return std::vector<std::pair<Metrics::Labels, double>>{{{}, token_healthy.load() ? 1.0 : 0.0}};
   });
   m.DeclareGauge("hsmrewrap_inflight_items", "Items queued or running in the engine", [&engine] {
-    return std::vector<std::pair<Metrics::Labels, double>>{{{}, static_cast<double>(engine.inflight())}};
+    return std::vector<std::pair<Metrics::Labels, double>>{
+        {{}, static_cast<double>(engine.inflight())}};
   });
-  if (auto* sup = dynamic_cast<hsm::TokenSupervisor*>(started.backend.get())) DeclareTokenMetrics(m, sup);
+  if (auto* sup = dynamic_cast<hsm::TokenSupervisor*>(started.backend.get()))
+    DeclareTokenMetrics(m, sup);
 }
 void OnSignal(int sig) { g_signal.store(sig); }
 void OnHangup(int) { g_reload.store(true); }
@@ -107,8 +114,11 @@ void OnHangup(int) { g_reload.store(true); }
 // No core dumps and no ptrace by other users: secrets pass through this process. Memory is
 // locked (no PINs or plaintexts in swap) where RLIMIT_MEMLOCK or CAP_IPC_LOCK allow it.
 void HardenProcess() {
-  if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) spdlog::warn("prctl(PR_SET_DUMPABLE, 0) failed: {}", std::strerror(errno));
-  struct rlimit no_core {0, 0};
+  if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+    spdlog::warn("prctl(PR_SET_DUMPABLE, 0) failed: {}", std::strerror(errno));
+  struct rlimit no_core {
+    0, 0
+  };
   ::setrlimit(RLIMIT_CORE, &no_core);
   // Only without a finite RLIMIT_MEMLOCK (root, or LimitMEMLOCK=infinity): with MCL_FUTURE a
   // finite limit would make later allocations fail once reached. MCL_ONFAULT locks pages as
@@ -116,12 +126,15 @@ void HardenProcess() {
   struct rlimit ml {};
   const bool unlimited = ::getrlimit(RLIMIT_MEMLOCK, &ml) == 0 && ml.rlim_cur == RLIM_INFINITY;
   if (!unlimited && ::geteuid() != 0) {
-    spdlog::warn("memory not locked: RLIMIT_MEMLOCK is finite; secrets could reach swap. Set LimitMEMLOCK=infinity "
-                 "(the systemd unit does) or run without swap");
+    spdlog::warn(
+        "memory not locked: RLIMIT_MEMLOCK is finite; secrets could reach swap. Set "
+        "LimitMEMLOCK=infinity "
+        "(the systemd unit does) or run without swap");
   } else if (::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0) {
     spdlog::info("memory locked (mlockall, on fault): secrets are not swapped out");
   } else {
-    spdlog::warn("memory not locked (mlockall: {}); secrets could reach swap", std::strerror(errno));
+    spdlog::warn("memory not locked (mlockall: {}); secrets could reach swap",
+                 std::strerror(errno));
   }
 }
 
@@ -130,7 +143,8 @@ std::string RewrapctlPath() {
   std::error_code ec;
   auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
   if (ec) return "rewrapctl";
-  for (const auto& p : {self.parent_path() / "rewrapctl", self.parent_path().parent_path() / "clients" / "rewrapctl"}) {
+  for (const auto& p : {self.parent_path() / "rewrapctl",
+                        self.parent_path().parent_path() / "clients" / "rewrapctl"}) {
     if (std::filesystem::exists(p, ec)) {
       auto rel = std::filesystem::relative(p, std::filesystem::current_path(), ec);
       std::string s = (ec || rel.empty()) ? p.string() : rel.string();
@@ -141,53 +155,76 @@ std::string RewrapctlPath() {
 }
 
 int Run(int argc, char** argv) {
-  CLI::App app{"rewrapd: rewraps sealed secrets with RSA keys kept in a PKCS#11 token.\n"
-               "With no arguments it creates (first run) and uses an embedded SoftHSM2 token\n"
-               "under the state folder, with a 2048-bit key named 'default', and serves on\n"
-               "127.0.0.1:50051. Every option is also a key of the YAML --config file and an\n"
-               "HSMREWRAP_<KEY> environment variable; flags win over both.",
-               "rewrapd"};
+  CLI::App app{
+      "rewrapd: rewraps sealed secrets with RSA keys kept in a PKCS#11 token.\n"
+      "With no arguments it creates (first run) and uses an embedded SoftHSM2 token\n"
+      "under the state folder, with a 2048-bit key named 'default', and serves on\n"
+      "127.0.0.1:50051. Every option is also a key of the YAML --config file and an\n"
+      "HSMREWRAP_<KEY> environment variable; flags win over both.",
+      "rewrapd"};
   std::optional<std::string> config_file, state_dir, listen, module, init_args, token, token_uri,
       pin_file, log_level, metrics_listen, tls_cert, tls_key, client_ca, policy, audit_log;
-  std::optional<uint32_t> pool_size, workers, max_batch, max_inflight, max_message, selftest_interval, shutdown_grace,
-      reconnect_backoff_max, token_call_timeout;
-  bool allow_host_unpadding = false, deny_host_unpadding = false, check_config = false, version = false,
-       insecure = false;
+  std::optional<uint32_t> pool_size, workers, max_batch, max_inflight, max_message,
+      selftest_interval, shutdown_grace, reconnect_backoff_max, token_call_timeout;
+  bool allow_host_unpadding = false, deny_host_unpadding = false, check_config = false,
+       version = false, insecure = false;
   app.add_option("--config", config_file, "YAML configuration file")->check(CLI::ExistingFile);
-  app.add_option("--state-dir", state_dir, "state folder (default $XDG_STATE_HOME/hsm-rewrap or ~/.local/state/hsm-rewrap)");
-  app.add_option("--listen", listen, "HOST:PORT to serve gRPC on (default 127.0.0.1:50051; port 0 picks one)");
+  app.add_option("--state-dir", state_dir,
+                 "state folder (default $XDG_STATE_HOME/hsm-rewrap or ~/.local/state/hsm-rewrap)");
+  app.add_option("--listen", listen,
+                 "HOST:PORT to serve gRPC on (default 127.0.0.1:50051; port 0 picks one)");
   app.add_option("--module", module, "PKCS#11 module path (default: the embedded SoftHSM2 token)");
-  app.add_option("--init-args", init_args, "vendor C_Initialize argument string (NSS softoken needs one)");
+  app.add_option("--init-args", init_args,
+                 "vendor C_Initialize argument string (NSS softoken needs one)");
   app.add_option("--token", token, "token label");
-  app.add_option("--token-uri", token_uri, "RFC 7512 PKCS#11 URI of the token (pkcs11:token=...;serial=...)");
-  app.add_option("--pin-file", pin_file, "file holding the user PIN (else $HSMREWRAP_PIN or the systemd credential 'pin')");
+  app.add_option("--token-uri", token_uri,
+                 "RFC 7512 PKCS#11 URI of the token (pkcs11:token=...;serial=...)");
+  app.add_option("--pin-file", pin_file,
+                 "file holding the user PIN (else $HSMREWRAP_PIN or the systemd credential 'pin')");
   app.add_flag("--allow-host-unpadding", allow_host_unpadding,
-               "allow raw RSA in the token + OAEP/PKCS#1 unpadding on the host for paddings the token cannot do");
-  app.add_flag("--deny-host-unpadding", deny_host_unpadding, "never unpad on the host (the embedded default allows it)");
+               "allow raw RSA in the token + OAEP/PKCS#1 unpadding on the host for paddings the "
+               "token cannot do");
+  app.add_flag("--deny-host-unpadding", deny_host_unpadding,
+               "never unpad on the host (the embedded default allows it)");
   app.add_option("--pool-size", pool_size, "PKCS#11 sessions (default: 2 x cores, at least 2)");
-  app.add_option("--workers", workers, "engine threads that run items (default: max(pool size, cores)); more than the pool size only helps when host work is large next to the token's time");
+  app.add_option("--workers", workers,
+                 "engine threads that run items (default: max(pool size, cores)); more than the "
+                 "pool size only helps when host work is large next to the token's time");
   app.add_option("--max-batch-items", max_batch, "items per batch (default 1000)");
   app.add_option("--max-inflight-items", max_inflight, "items queued or running (default 10000)");
   app.add_option("--max-message-bytes", max_message, "largest request message (default 16 MiB)");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error (default info)");
   std::optional<std::string> log_format;
-  app.add_option("--log-format", log_format, "json or text (default: json unless stderr is a terminal)");
-  app.add_option("--metrics-listen", metrics_listen, "HOST:PORT for Prometheus metrics at GET /metrics (default off)");
-  app.add_option("--selftest-interval", selftest_interval, "seconds between known-answer self-tests (default 300; 0 = on demand)");
-  app.add_option("--tls-cert", tls_cert, "server certificate chain (PEM); with --tls-key serves TLS");
+  app.add_option("--log-format", log_format,
+                 "json or text (default: json unless stderr is a terminal)");
+  app.add_option("--metrics-listen", metrics_listen,
+                 "HOST:PORT for Prometheus metrics at GET /metrics (default off)");
+  app.add_option("--selftest-interval", selftest_interval,
+                 "seconds between known-answer self-tests (default 300; 0 = on demand)");
+  app.add_option("--tls-cert", tls_cert,
+                 "server certificate chain (PEM); with --tls-key serves TLS");
   app.add_option("--tls-key", tls_key, "server private key (PEM)");
-  app.add_option("--client-ca", client_ca, "CA bundle (PEM): require client certificates that chain to it (mTLS)");
-  app.add_flag("--insecure", insecure, "allow plaintext gRPC on a non-loopback address (logs a warning)");
-  app.add_option("--policy", policy, "policy file (YAML): identities -> RPCs, keys, recipients, rate limits; SIGHUP reloads it");
-  app.add_option("--audit-log", audit_log, "append one JSON line per item here; rewraps stop if it cannot be written");
+  app.add_option("--client-ca", client_ca,
+                 "CA bundle (PEM): require client certificates that chain to it (mTLS)");
+  app.add_flag("--insecure", insecure,
+               "allow plaintext gRPC on a non-loopback address (logs a warning)");
+  app.add_option(
+      "--policy", policy,
+      "policy file (YAML): identities -> RPCs, keys, recipients, rate limits; SIGHUP reloads it");
+  app.add_option("--audit-log", audit_log,
+                 "append one JSON line per item here; rewraps stop if it cannot be written");
   app.add_option("--shutdown-grace", shutdown_grace,
-                 "seconds in-flight batches get to finish after SIGTERM/SIGINT before rewrapd stops (default 10)");
+                 "seconds in-flight batches get to finish after SIGTERM/SIGINT before rewrapd "
+                 "stops (default 10)");
   app.add_option("--reconnect-backoff-max", reconnect_backoff_max,
-                 "token lost: longest wait in ms between re-initialisation attempts (default 2000; 100-600000)");
-  app.add_option("--token-call-timeout", token_call_timeout,
-                 "seconds a PKCS#11 call may stay inside the module before the token counts as lost and the "
-                 "call's items are answered UNAVAILABLE (default 10; 1-3600)");
-  app.add_flag("--check-config", check_config, "validate the configuration, print what rewrapd would do, exit");
+                 "token lost: longest wait in ms between re-initialisation attempts (default 2000; "
+                 "100-600000)");
+  app.add_option(
+      "--token-call-timeout", token_call_timeout,
+      "seconds a PKCS#11 call may stay inside the module before the token counts as lost and the "
+      "call's items are answered UNAVAILABLE (default 10; 1-3600)");
+  app.add_flag("--check-config", check_config,
+               "validate the configuration, print what rewrapd would do, exit");
   app.add_flag("--version", version, "print the version and exit");
   try {
     app.parse(argc, argv);
@@ -237,7 +274,8 @@ int Run(int argc, char** argv) {
   if (max_inflight) c.limits.max_inflight_items = *max_inflight;
   if (max_message) c.limits.max_message_bytes = *max_message;
   if (allow_host_unpadding && deny_host_unpadding) {
-    std::cerr << "rewrapd: --allow-host-unpadding and --deny-host-unpadding contradict each other\n";
+    std::cerr
+        << "rewrapd: --allow-host-unpadding and --deny-host-unpadding contradict each other\n";
     return 2;
   }
   if (allow_host_unpadding || deny_host_unpadding) {
@@ -275,17 +313,21 @@ int Run(int argc, char** argv) {
   SetUpLogging(c);
   HardenProcess();
   if (!c.tls() && !IsLoopbackListen(c.listen)) {
-    spdlog::warn("INSECURE: serving plaintext gRPC on {} (insecure is set): anyone who can reach this address "
-                 "can call rewrapd and read its traffic. Use tls_cert, tls_key and client_ca in production.",
-                 c.listen);
+    spdlog::warn(
+        "INSECURE: serving plaintext gRPC on {} (insecure is set): anyone who can reach this "
+        "address "
+        "can call rewrapd and read its traffic. Use tls_cert, tls_key and client_ca in production.",
+        c.listen);
   }
   if (c.tls() && c.client_ca.empty()) {
     spdlog::warn("TLS without client certificates (client_ca unset): callers are anonymous");
   }
   if (!(*security)->has_policy()) {
     if (c.tls() && !c.client_ca.empty()) {
-      spdlog::warn("no policy file: every client whose certificate chains to {} may call every RPC on every "
-                   "key and rewrap to any recipient", c.client_ca);
+      spdlog::warn(
+          "no policy file: every client whose certificate chains to {} may call every RPC on every "
+          "key and rewrap to any recipient",
+          c.client_ca);
     } else {
       spdlog::info("no policy file: every caller may do everything (development mode)");
     }
@@ -302,11 +344,14 @@ int Run(int argc, char** argv) {
     return 1;
   }
   if (c.allow_host_unpadding) {
-    spdlog::warn("HOST UNPADDING IS ALLOWED: for paddings this token cannot decrypt natively, the token does raw RSA "
-                 "and the padding is removed on this host, so plaintext passes through host memory. "
-                 "{}", c.embedded() ? "This is the embedded SoftHSM2 development default; use a real HSM and "
-                                      "leave allow_host_unpadding off in production."
-                                    : "It was enabled by configuration.");
+    spdlog::warn(
+        "HOST UNPADDING IS ALLOWED: for paddings this token cannot decrypt natively, the token "
+        "does raw RSA "
+        "and the padding is removed on this host, so plaintext passes through host memory. "
+        "{}",
+        c.embedded() ? "This is the embedded SoftHSM2 development default; use a real HSM and "
+                       "leave allow_host_unpadding off in production."
+                     : "It was enabled by configuration.");
   }
 
   RewrapEngine::Options eo;
@@ -327,12 +372,12 @@ int Run(int argc, char** argv) {
     }
   } observer_guard;
   if (auto* sup = dynamic_cast<hsm::TokenSupervisor*>(started->backend.get())) {
-    metrics.DeclareHistogram("hsmrewrap_pkcs11_call_seconds", "Latency of PKCS#11 calls by function and result",
-                             LatencyBuckets());
+    metrics.DeclareHistogram("hsmrewrap_pkcs11_call_seconds",
+                             "Latency of PKCS#11 calls by function and result", LatencyBuckets());
     observer_guard.supervisor = sup;
     sup->SetCallObserver([&metrics](const char* function, bool ok, double seconds) {
-      metrics.Observe("hsmrewrap_pkcs11_call_seconds", {{"function", function}, {"result", ok ? "ok" : "error"}},
-                      seconds);
+      metrics.Observe("hsmrewrap_pkcs11_call_seconds",
+                      {{"function", function}, {"result", ok ? "ok" : "error"}}, seconds);
     });
   }
   SelfTester selftest(&engine, &metrics, std::chrono::seconds(c.selftest_interval_s));
@@ -378,13 +423,18 @@ int Run(int argc, char** argv) {
           absl::StrAppend(&paths, i ? "|" : "", v1::Path_Name(static_cast<v1::Path>(p.paths(i))));
         }
       }
-      spdlog::info("key '{}': {} bits, {}, paths: {}{}", k.name, k.bits, k.enabled ? "enabled" : "disabled", paths, info.pkcs1_implicit_rejection() ? " (PKCS1 implicit rejection: bad padding gives a pseudo-random secret)" : "");
+      spdlog::info("key '{}': {} bits, {}, paths: {}{}", k.name, k.bits,
+                   k.enabled ? "enabled" : "disabled", paths,
+                   info.pkcs1_implicit_rejection()
+                       ? " (PKCS1 implicit rejection: bad padding gives a pseudo-random secret)"
+                       : "");
     }
   }
 
   std::unique_ptr<MetricsServer> metrics_server;
   if (!c.metrics_listen.empty()) {
-    auto ms = MetricsServer::Start(c.metrics_listen, &metrics, [&serving_now] { return serving_now.load(); });
+    auto ms = MetricsServer::Start(c.metrics_listen, &metrics,
+                                   [&serving_now] { return serving_now.load(); });
     if (!ms.ok()) {
       spdlog::error("{}", std::string(ms.status().message()));
       return 1;
@@ -398,9 +448,11 @@ int Run(int argc, char** argv) {
   std::signal(SIGHUP, OnHangup);
   // Type=notify: systemd learns that the token is open and the port bound (a no-op
   // outside systemd).
-  sd_notifyf(0, "READY=1\nSTATUS=serving on %s, token %s", addr.c_str(), started->token_label.c_str());
+  sd_notifyf(0, "READY=1\nSTATUS=serving on %s, token %s", addr.c_str(),
+             started->token_label.c_str());
   std::cout << "rewrapd serving on " << addr << std::endl;
-  std::cout << "token: " << started->token_label << (c.embedded() ? " (embedded SoftHSM2 in " + c.state_dir + ")" : "")
+  std::cout << "token: " << started->token_label
+            << (c.embedded() ? " (embedded SoftHSM2 in " + c.state_dir + ")" : "")
             << "\ntry:   " << RewrapctlPath() << " --target " << addr << " keys list" << std::endl;
 
   // Health follows the token; signals end the loop.
@@ -411,7 +463,8 @@ int Run(int argc, char** argv) {
       if (auto st = (*security)->Reload(); st.ok()) {
         spdlog::info("SIGHUP: policy {} reloaded", c.policy.empty() ? "(none)" : c.policy);
       } else {
-        spdlog::error("SIGHUP: policy not reloaded, the previous one stays in force: {}", std::string(st.message()));
+        spdlog::error("SIGHUP: policy not reloaded, the previous one stays in force: {}",
+                      std::string(st.message()));
       }
     }
     const bool token_ok = started->backend->Healthy();
@@ -421,8 +474,10 @@ int Run(int argc, char** argv) {
     if (now != serving_now.load()) {
       set_health(now);
       const char* why = !(*security)->serving() ? "audit log unwritable" : "token unavailable";
-      if (now) spdlog::info("token is back: serving");
-      else spdlog::error("{}: health NOT_SERVING", why);
+      if (now)
+        spdlog::info("token is back: serving");
+      else
+        spdlog::error("{}: health NOT_SERVING", why);
       sd_notifyf(0, "STATUS=%s%s", now ? "serving" : why, now ? "" : ": NOT_SERVING");
     }
   }
@@ -443,7 +498,8 @@ int Run(int argc, char** argv) {
   std::thread grace_timer([&] {
     std::unique_lock<std::mutex> l(grace_mu);
     if (!grace_cv.wait_for(l, std::chrono::seconds(c.shutdown_grace_s), [&] { return drained; })) {
-      spdlog::warn("shutdown grace of {} s is over: items not yet started fail UNAVAILABLE", c.shutdown_grace_s);
+      spdlog::warn("shutdown grace of {} s is over: items not yet started fail UNAVAILABLE",
+                   c.shutdown_grace_s);
       engine.StopAccepting();
     }
   });
@@ -455,9 +511,10 @@ int Run(int argc, char** argv) {
   }
   grace_cv.notify_all();
   grace_timer.join();
-  spdlog::info("stopped after {:.2f} s of draining ({} items still in the engine)",
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - drain_start).count(),
-               engine.inflight());
+  spdlog::info(
+      "stopped after {:.2f} s of draining ({} items still in the engine)",
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - drain_start).count(),
+      engine.inflight());
   return 0;
 }
 

@@ -21,7 +21,8 @@ std::string LabelText(const Metrics::Labels& labels, const std::string& extra_ke
     absl::StrAppend(&s, first ? "" : ",", k, "=\"", Escape(v), "\"");
     first = false;
   }
-  if (!extra_key.empty()) absl::StrAppend(&s, first ? "" : ",", extra_key, "=\"", extra_value, "\"");
+  if (!extra_key.empty())
+    absl::StrAppend(&s, first ? "" : ",", extra_key, "=\"", extra_value, "\"");
   return s + "}";
 }
 
@@ -34,7 +35,8 @@ std::string Num(double v) {
 }  // namespace
 
 std::vector<double> LatencyBuckets() {
-  return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+          0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 }
 
 void Metrics::DeclareCounter(const std::string& name, const std::string& help) {
@@ -46,7 +48,8 @@ void Metrics::DeclareCounter(const std::string& name, const std::string& help) {
   }
 }
 
-void Metrics::DeclareHistogram(const std::string& name, const std::string& help, std::vector<double> buckets) {
+void Metrics::DeclareHistogram(const std::string& name, const std::string& help,
+                               std::vector<double> buckets) {
   std::lock_guard<std::mutex> l(mu_);
   auto& f = families_[name];
   if (f.type.empty()) {
@@ -57,7 +60,8 @@ void Metrics::DeclareHistogram(const std::string& name, const std::string& help,
 }
 
 void Metrics::DeclareGauge(const std::string& name, const std::string& help,
-                           std::function<std::vector<std::pair<Labels, double>>()> read, const std::string& type) {
+                           std::function<std::vector<std::pair<Labels, double>>()> read,
+                           const std::string& type) {
   std::lock_guard<std::mutex> l(mu_);
   auto& f = families_[name];
   f.type = type;
@@ -108,18 +112,22 @@ std::string Metrics::Render() const {
   for (const auto& [name, f] : families_) {
     absl::StrAppend(&out, "# HELP ", name, " ", f.help, "\n# TYPE ", name, " ", f.type, "\n");
     if (f.read) {
-      for (const auto& [labels, v] : gauges[name]) absl::StrAppend(&out, name, LabelText(labels), " ", Num(v), "\n");
+      for (const auto& [labels, v] : gauges[name])
+        absl::StrAppend(&out, name, LabelText(labels), " ", Num(v), "\n");
     } else if (f.type == "counter") {
-      for (const auto& [labels, v] : f.values) absl::StrAppend(&out, name, LabelText(labels), " ", Num(v), "\n");
+      for (const auto& [labels, v] : f.values)
+        absl::StrAppend(&out, name, LabelText(labels), " ", Num(v), "\n");
     } else {
       for (const auto& [labels, h] : f.histograms) {
         uint64_t cumulative = 0;
         for (size_t i = 0; i < f.buckets.size(); ++i) {
           cumulative += h.counts[i];
-          absl::StrAppend(&out, name, "_bucket", LabelText(labels, "le", Num(f.buckets[i])), " ", cumulative, "\n");
+          absl::StrAppend(&out, name, "_bucket", LabelText(labels, "le", Num(f.buckets[i])), " ",
+                          cumulative, "\n");
         }
         cumulative += h.counts.back();
-        absl::StrAppend(&out, name, "_bucket", LabelText(labels, "le", "+Inf"), " ", cumulative, "\n");
+        absl::StrAppend(&out, name, "_bucket", LabelText(labels, "le", "+Inf"), " ", cumulative,
+                        "\n");
         absl::StrAppend(&out, name, "_sum", LabelText(labels), " ", Num(h.sum), "\n");
         absl::StrAppend(&out, name, "_count", LabelText(labels), " ", h.count, "\n");
       }

@@ -22,7 +22,8 @@ class Metrics final {
 
   // Declares a family once; later calls with the same name are ignored.
   void DeclareCounter(const std::string& name, const std::string& help);
-  void DeclareHistogram(const std::string& name, const std::string& help, std::vector<double> buckets);
+  void DeclareHistogram(const std::string& name, const std::string& help,
+                        std::vector<double> buckets);
   // A gauge (or, with type "counter", a counter kept elsewhere) whose samples are produced
   // at scrape time.
   void DeclareGauge(const std::string& name, const std::string& help,
@@ -46,8 +47,8 @@ class Metrics final {
   struct Family {
     std::string type, help;
     std::vector<double> buckets;
-    std::map<Labels, double> values;         // counters
-    std::map<Labels, Histogram> histograms;  // histograms
+    std::map<Labels, double> values;                               // counters
+    std::map<Labels, Histogram> histograms;                        // histograms
     std::function<std::vector<std::pair<Labels, double>>()> read;  // gauges
   };
   mutable std::mutex mu_;

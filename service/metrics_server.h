@@ -22,7 +22,8 @@ class MetricsServer final {
  public:
   // Binds HOST:PORT (port 0 picks one) and starts serving. `serving` answers /healthz
   // (called on the HTTP thread; must be thread-safe).
-  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& listen, Metrics* metrics,
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& listen,
+                                                              Metrics* metrics,
                                                               std::function<bool()> serving);
   ~MetricsServer();
   MetricsServer(const MetricsServer&) = delete;  // owns a thread and a socket

@@ -51,7 +51,8 @@ absl::StatusOr<double> Number(const YAML::Node& n, const std::string& where) {
 }
 
 // One store per CA file; PARTIAL_CHAIN lets an intermediate CA in the file be the anchor.
-absl::StatusOr<std::shared_ptr<X509_STORE>> LoadCaFile(const std::string& file, const std::string& where) {
+absl::StatusOr<std::shared_ptr<X509_STORE>> LoadCaFile(const std::string& file,
+                                                       const std::string& where) {
   std::shared_ptr<X509_STORE> store(X509_STORE_new(), X509_STORE_free);
   if (!store) return absl::InternalError("X509_STORE_new failed");
   FILE* f = std::fopen(file.c_str(), "r");
@@ -97,7 +98,8 @@ absl::Status ParseRecipients(const YAML::Node& n, const std::string& where, Poli
       for (auto f : *fps) {
         f.erase(std::remove(f.begin(), f.end(), ':'), f.end());
         f = absl::AsciiStrToLower(f);
-        if (!IsHex64(f)) return Bad(at, absl::StrCat("'", f, "' is not a SHA-256 in hex (64 digits)"));
+        if (!IsHex64(f))
+          return Bad(at, absl::StrCat("'", f, "' is not a SHA-256 in hex (64 digits)"));
         r.fingerprints.insert(f);
       }
     } else if (k == "raw_public_keys") {
@@ -109,7 +111,8 @@ absl::Status ParseRecipients(const YAML::Node& n, const std::string& where, Poli
       if (!keys.ok()) return keys.status();
       r.service_keys.insert(keys->begin(), keys->end());
     } else {
-      return Bad(at, "unknown key (expected ca_files, fingerprints, raw_public_keys, service_keys)");
+      return Bad(at,
+                 "unknown key (expected ca_files, fingerprints, raw_public_keys, service_keys)");
     }
   }
   return absl::OkStatus();
@@ -154,10 +157,15 @@ absl::Status ParseClient(const YAML::Node& n, const std::string& where, Policy::
       auto rpcs = StringList(kv.second, at);
       if (!rpcs.ok()) return rpcs.status();
       for (const auto& r : *rpcs) {
-        if (r == "rewrap") c.rpcs.insert(RpcClass::kRewrap);
-        else if (r == "keys.read") c.rpcs.insert(RpcClass::kKeysRead);
-        else if (r == "keys.admin") c.rpcs.insert(RpcClass::kKeysAdmin);
-        else return Bad(at, absl::StrCat("unknown RPC class '", r, "' (expected rewrap, keys.read, keys.admin)"));
+        if (r == "rewrap")
+          c.rpcs.insert(RpcClass::kRewrap);
+        else if (r == "keys.read")
+          c.rpcs.insert(RpcClass::kKeysRead);
+        else if (r == "keys.admin")
+          c.rpcs.insert(RpcClass::kKeysAdmin);
+        else
+          return Bad(at, absl::StrCat("unknown RPC class '", r,
+                                      "' (expected rewrap, keys.read, keys.admin)"));
       }
     } else if (k == "keys") {
       auto keys = StringList(kv.second, at);
@@ -168,11 +176,13 @@ absl::Status ParseClient(const YAML::Node& n, const std::string& where, Policy::
     } else if (k == "limits") {
       if (auto st = ParseLimits(kv.second, at, c.limits); !st.ok()) return st;
     } else {
-      return Bad(at, "unknown key (expected name, identities, anonymous, rpcs, keys, recipients, limits)");
+      return Bad(
+          at, "unknown key (expected name, identities, anonymous, rpcs, keys, recipients, limits)");
     }
   }
   if (c.name.empty()) return Bad(where, "every client needs a name");
-  if (c.identities.empty() && !c.anonymous) return Bad(where, "give identities (or anonymous: true)");
+  if (c.identities.empty() && !c.anonymous)
+    return Bad(where, "give identities (or anonymous: true)");
   return absl::OkStatus();
 }
 
@@ -194,9 +204,12 @@ bool Chains(X509_STORE* store, X509* cert, std::string* why) {
 
 const char* RpcClassName(RpcClass c) {
   switch (c) {
-    case RpcClass::kRewrap: return "rewrap";
-    case RpcClass::kKeysRead: return "keys.read";
-    case RpcClass::kKeysAdmin: return "keys.admin";
+    case RpcClass::kRewrap:
+      return "rewrap";
+    case RpcClass::kKeysRead:
+      return "keys.read";
+    case RpcClass::kKeysAdmin:
+      return "keys.admin";
   }
   return "?";
 }
@@ -205,7 +218,8 @@ absl::Status Policy::Client::CheckCertificate(const crypto::Certificate& cert) c
   if (recipients.fingerprints.count(cert.Sha256Hex())) {
     if (X509_cmp_current_time(X509_get0_notBefore(cert.get())) >= 0 ||
         X509_cmp_current_time(X509_get0_notAfter(cert.get())) <= 0) {
-      return absl::PermissionDeniedError("recipient certificate is listed but outside its validity period");
+      return absl::PermissionDeniedError(
+          "recipient certificate is listed but outside its validity period");
     }
     return absl::OkStatus();
   }
@@ -213,20 +227,25 @@ absl::Status Policy::Client::CheckCertificate(const crypto::Certificate& cert) c
   for (const auto& store : recipients.ca_stores) {
     if (Chains(store.get(), cert.get(), &why)) return absl::OkStatus();
   }
-  return absl::PermissionDeniedError(
-      absl::StrCat("recipient certificate is not allowed for '", name, "': it does not verify against the "
-                   "policy's device CAs (", why, ") and its SHA-256 is not listed"));
+  return absl::PermissionDeniedError(absl::StrCat("recipient certificate is not allowed for '",
+                                                  name,
+                                                  "': it does not verify against the "
+                                                  "policy's device CAs (",
+                                                  why, ") and its SHA-256 is not listed"));
 }
 
 absl::Status Policy::Client::CheckPublicKey(const crypto::PublicKey& key) const {
-  if (recipients.raw_public_keys || recipients.fingerprints.count(key.Sha256Hex())) return absl::OkStatus();
-  return absl::PermissionDeniedError(absl::StrCat(
-      "raw public key recipients are not allowed for '", name, "' (raw_public_keys is off and the key's "
-      "SHA-256 is not listed); send the device certificate"));
+  if (recipients.raw_public_keys || recipients.fingerprints.count(key.Sha256Hex()))
+    return absl::OkStatus();
+  return absl::PermissionDeniedError(
+      absl::StrCat("raw public key recipients are not allowed for '", name,
+                   "' (raw_public_keys is off and the key's "
+                   "SHA-256 is not listed); send the device certificate"));
 }
 
 absl::Status Policy::Client::CheckServiceKey(const std::string& key) const {
-  if (recipients.service_keys.count("*") || recipients.service_keys.count(key)) return absl::OkStatus();
+  if (recipients.service_keys.count("*") || recipients.service_keys.count(key))
+    return absl::OkStatus();
   return absl::PermissionDeniedError(
       absl::StrCat("service key '", key, "' is not an allowed recipient for '", name, "'"));
 }
@@ -240,11 +259,14 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
   }
   auto policy = std::make_shared<Policy>();
   try {
-    if (!root.IsMap()) return Bad(absl::StrCat("policy ", path), "top level must be a mapping with 'clients'");
+    if (!root.IsMap())
+      return Bad(absl::StrCat("policy ", path), "top level must be a mapping with 'clients'");
     for (const auto& kv : root) {
       const std::string k = kv.first.as<std::string>();
-      if (k != "clients") return Bad(absl::StrCat("policy ", path, ": ", k), "unknown key (expected clients)");
-      if (!kv.second.IsSequence()) return Bad(absl::StrCat("policy ", path, ": clients"), "expected a list");
+      if (k != "clients")
+        return Bad(absl::StrCat("policy ", path, ": ", k), "unknown key (expected clients)");
+      if (!kv.second.IsSequence())
+        return Bad(absl::StrCat("policy ", path, ": clients"), "expected a list");
       size_t i = 0;
       for (const auto& c : kv.second) {
         Policy::Client client;
@@ -263,11 +285,13 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
     anonymous += c.anonymous;
     for (const auto& id : c.identities) {
       if (!seen.insert(id).second) {
-        return absl::InvalidArgumentError(absl::StrCat("policy ", path, ": identity '", id, "' is in two clients"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("policy ", path, ": identity '", id, "' is in two clients"));
       }
     }
   }
-  if (anonymous > 1) return absl::InvalidArgumentError(absl::StrCat("policy ", path, ": two clients are anonymous"));
+  if (anonymous > 1)
+    return absl::InvalidArgumentError(absl::StrCat("policy ", path, ": two clients are anonymous"));
   return std::shared_ptr<const Policy>(std::move(policy));
 }
 
@@ -296,26 +320,34 @@ class CallGate final : public ItemGate {
 
   absl::Status Admit() override {
     if (!sec_->serving()) {
-      return absl::UnavailableError("the audit log cannot be written: rewrapd is not serving rewraps");
+      return absl::UnavailableError(
+          "the audit log cannot be written: rewrapd is not serving rewraps");
     }
     if (call_.client) return sec_->limiter().Admit(call_.who, call_.client->limits);
     return absl::OkStatus();
   }
   absl::Status CheckKey(const std::string& key) override {
     if (call_.AllowsKey(key)) return absl::OkStatus();
-    return absl::PermissionDeniedError(absl::StrCat("'", call_.who, "' may not use key '", key, "'"));
+    return absl::PermissionDeniedError(
+        absl::StrCat("'", call_.who, "' may not use key '", key, "'"));
   }
-  absl::Status CheckRecipient(const v1::Recipient& r, const RecipientCache::Parsed* parsed) override {
+  absl::Status CheckRecipient(const v1::Recipient& r,
+                              const RecipientCache::Parsed* parsed) override {
     if (call_.client == nullptr) return absl::OkStatus();
     switch (r.kind_case()) {
-      case v1::Recipient::kServiceKey: return call_.client->CheckServiceKey(r.service_key());
-      case v1::Recipient::kCertificate: return call_.client->CheckCertificate(*parsed->cert);
-      case v1::Recipient::kPublicKey: return call_.client->CheckPublicKey(*parsed->key);
-      default: return absl::PermissionDeniedError("no recipient");
+      case v1::Recipient::kServiceKey:
+        return call_.client->CheckServiceKey(r.service_key());
+      case v1::Recipient::kCertificate:
+        return call_.client->CheckCertificate(*parsed->cert);
+      case v1::Recipient::kPublicKey:
+        return call_.client->CheckPublicKey(*parsed->key);
+      default:
+        return absl::PermissionDeniedError("no recipient");
     }
   }
   void ItemDone(const v1::RewrapResult& result) override {
-    if (call_.client && result.has_error() && result.error().code() == v1::ItemError::DECRYPT_FAILED) {
+    if (call_.client && result.has_error() &&
+        result.error().code() == v1::ItemError::DECRYPT_FAILED) {
       sec_->limiter().RecordDecryptFailure(call_.who, call_.client->limits);
     }
   }
@@ -336,7 +368,8 @@ class CallGate final : public ItemGate {
           {"rpc", call_.rpc},
           {"id", item.id()},
           {"key", item.key_name()},
-          {"recipient_sha256", static_cast<size_t>(i) < fps.size() ? fps[static_cast<size_t>(i)] : ""},
+          {"recipient_sha256",
+           static_cast<size_t>(i) < fps.size() ? fps[static_cast<size_t>(i)] : ""},
           {"outcome", res.has_error() ? v1::ItemError::Code_Name(res.error().code()) : "OK"},
           {"path", v1::Path_Name(res.path())}};
       lines += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -348,7 +381,8 @@ class CallGate final : public ItemGate {
         r.clear_ciphertext();
         r.set_path(v1::PATH_UNSPECIFIED);
         r.mutable_error()->set_code(v1::ItemError::UNAVAILABLE);
-        r.mutable_error()->set_message("the audit log cannot be written: rewrapd is not serving rewraps");
+        r.mutable_error()->set_message(
+            "the audit log cannot be written: rewrapd is not serving rewraps");
       }
     }
   }
@@ -361,7 +395,7 @@ class CallGate final : public ItemGate {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Security>> Security::Create(const std::string& policy_path,
-                                                            std::unique_ptr<AuditLog> audit) {
+                                                           std::unique_ptr<AuditLog> audit) {
   std::unique_ptr<Security> s(new Security(policy_path, std::move(audit)));
   if (!policy_path.empty()) {
     auto p = Policy::Load(policy_path);
@@ -387,8 +421,8 @@ std::shared_ptr<const Policy> Security::current() const {
 
 bool Security::has_policy() const { return current() != nullptr; }
 
-absl::StatusOr<Security::Call> Security::Authorize(const grpc::ServerContextBase& ctx, RpcClass rpc_class,
-                                                   const char* rpc) {
+absl::StatusOr<Security::Call> Security::Authorize(const grpc::ServerContextBase& ctx,
+                                                   RpcClass rpc_class, const char* rpc) {
   Call call;
   call.identity = IdentityOf(ctx);
   call.rpc = rpc;
@@ -398,12 +432,13 @@ absl::StatusOr<Security::Call> Security::Authorize(const grpc::ServerContextBase
     call.client = call.policy->Find(call.identity);
     absl::Status denied;
     if (call.client == nullptr) {
-      denied = absl::PermissionDeniedError(absl::StrCat("identity '", call.who, "' is not in the policy"));
+      denied = absl::PermissionDeniedError(
+          absl::StrCat("identity '", call.who, "' is not in the policy"));
     } else {
       call.who = call.client->name;
       if (!call.client->rpcs.count(rpc_class)) {
-        denied = absl::PermissionDeniedError(
-            absl::StrCat("'", call.who, "' may not call ", rpc, " (needs ", RpcClassName(rpc_class), ")"));
+        denied = absl::PermissionDeniedError(absl::StrCat(
+            "'", call.who, "' may not call ", rpc, " (needs ", RpcClassName(rpc_class), ")"));
       }
     }
     if (!denied.ok()) {
@@ -414,12 +449,17 @@ absl::StatusOr<Security::Call> Security::Authorize(const grpc::ServerContextBase
   return call;
 }
 
-std::shared_ptr<ItemGate> Security::GateFor(Call call) { return std::make_shared<CallGate>(this, std::move(call)); }
+std::shared_ptr<ItemGate> Security::GateFor(Call call) {
+  return std::make_shared<CallGate>(this, std::move(call));
+}
 
 void Security::AuditKeyCall(const Call& call, const std::string& key, const std::string& outcome) {
   if (audit_ == nullptr) return;
-  nlohmann::json j = {{"time", AuditTimeNow()}, {"identity", call.who}, {"rpc", call.rpc},
-                      {"key", key},             {"outcome", outcome}};
+  nlohmann::json j = {{"time", AuditTimeNow()},
+                      {"identity", call.who},
+                      {"rpc", call.rpc},
+                      {"key", key},
+                      {"outcome", outcome}};
   audit_->Append(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 

@@ -8,14 +8,14 @@
 // vouches for (logged as a warning at start-up).
 #pragma once
 
+#include <grpcpp/server_context.h>
+#include <openssl/x509_vfy.h>
+
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 #include <vector>
-
-#include <grpcpp/server_context.h>
-#include <openssl/x509_vfy.h>
 
 #include "absl/status/statusor.h"
 #include "crypto/keys.h"
@@ -46,11 +46,11 @@ class Policy {
     std::set<std::string> service_keys;  // service_key recipients (rotation); "*" = any
   };
   struct Client {
-    std::string name;                   // label for logs, audit and rate limits
-    std::set<std::string> identities;   // certificate CNs / URI SANs
-    bool anonymous = false;             // matches callers without a client certificate
+    std::string name;                  // label for logs, audit and rate limits
+    std::set<std::string> identities;  // certificate CNs / URI SANs
+    bool anonymous = false;            // matches callers without a client certificate
     std::set<RpcClass> rpcs;
-    std::set<std::string> keys;         // service key names; "*" = any
+    std::set<std::string> keys;  // service key names; "*" = any
     Recipients recipients;
     RateLimits limits;
 
@@ -91,9 +91,12 @@ class Security {
     std::shared_ptr<const Policy> policy;    // null: no policy file
     const Policy::Client* client = nullptr;  // null when policy is null
     std::string rpc;
-    bool AllowsKey(const std::string& key) const { return client == nullptr || client->AllowsKey(key); }
+    bool AllowsKey(const std::string& key) const {
+      return client == nullptr || client->AllowsKey(key);
+    }
   };
-  absl::StatusOr<Call> Authorize(const grpc::ServerContextBase& ctx, RpcClass rpc_class, const char* rpc);
+  absl::StatusOr<Call> Authorize(const grpc::ServerContextBase& ctx, RpcClass rpc_class,
+                                 const char* rpc);
   std::shared_ptr<ItemGate> GateFor(Call call);
 
   // One audit record for a key RPC (outcome = gRPC status code name).
@@ -107,7 +110,8 @@ class Security {
   AuditLog* audit() { return audit_.get(); }
 
  private:
-  Security(std::string path, std::unique_ptr<AuditLog> audit) : path_(std::move(path)), audit_(std::move(audit)) {}
+  Security(std::string path, std::unique_ptr<AuditLog> audit)
+      : path_(std::move(path)), audit_(std::move(audit)) {}
   std::shared_ptr<const Policy> current() const;
 
   const std::string path_;

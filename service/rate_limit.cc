@@ -1,32 +1,38 @@
 #include "service/rate_limit.h"
 
-#include <algorithm>
-
 #include <spdlog/spdlog.h>
+
+#include <algorithm>
 
 #include "absl/strings/str_cat.h"
 
 namespace hsmrewrap::service {
 
-void RateLimiter::WarnLocked(State& s, const std::string& identity, const std::string& why, Clock::time_point now) {
+void RateLimiter::WarnLocked(State& s, const std::string& identity, const std::string& why,
+                             Clock::time_point now) {
   if (s.warned && now - s.last_warning < std::chrono::seconds(10)) return;
   s.warned = true;
   s.last_warning = now;
-  spdlog::warn("rate limit: identity '{}': {}; its items get RESOURCE_EXHAUSTED (this warning repeats at most every 10 s)",
-               identity, why);
+  spdlog::warn(
+      "rate limit: identity '{}': {}; its items get RESOURCE_EXHAUSTED (this warning repeats at "
+      "most every 10 s)",
+      identity, why);
 }
 
-absl::Status RateLimiter::Admit(const std::string& identity, const RateLimits& limits, Clock::time_point now) {
+absl::Status RateLimiter::Admit(const std::string& identity, const RateLimits& limits,
+                                Clock::time_point now) {
   if (!limits.any()) return absl::OkStatus();
   std::lock_guard<std::mutex> l(mu_);
   State& s = state_[identity];
   if (limits.decrypt_failures_per_hour > 0) {
-    while (!s.failures.empty() && now - s.failures.front() >= std::chrono::hours(1)) s.failures.pop_front();
+    while (!s.failures.empty() && now - s.failures.front() >= std::chrono::hours(1))
+      s.failures.pop_front();
     if (s.failures.size() >= limits.decrypt_failures_per_hour) {
-      std::string why = absl::StrCat("decryption-failure budget of ", limits.decrypt_failures_per_hour,
-                                     " per hour is used up");
+      std::string why = absl::StrCat("decryption-failure budget of ",
+                                     limits.decrypt_failures_per_hour, " per hour is used up");
       WarnLocked(s, identity, why, now);
-      return absl::ResourceExhaustedError(absl::StrCat(why, " (decrypt_failures_per_hour): retry later"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat(why, " (decrypt_failures_per_hour): retry later"));
     }
   }
   if (limits.items_per_second > 0) {
@@ -39,7 +45,8 @@ absl::Status RateLimiter::Admit(const std::string& identity, const RateLimits& l
     }
     s.refilled = now;
     if (s.tokens < 1.0) {
-      std::string why = absl::StrCat("more than ", limits.items_per_second, " items/s (burst ", burst, ")");
+      std::string why =
+          absl::StrCat("more than ", limits.items_per_second, " items/s (burst ", burst, ")");
       WarnLocked(s, identity, why, now);
       return absl::ResourceExhaustedError(absl::StrCat(why, " (items_per_second): retry later"));
     }
@@ -48,7 +55,8 @@ absl::Status RateLimiter::Admit(const std::string& identity, const RateLimits& l
   return absl::OkStatus();
 }
 
-void RateLimiter::RecordDecryptFailure(const std::string& identity, const RateLimits& limits, Clock::time_point now) {
+void RateLimiter::RecordDecryptFailure(const std::string& identity, const RateLimits& limits,
+                                       Clock::time_point now) {
   if (limits.decrypt_failures_per_hour == 0) return;
   std::lock_guard<std::mutex> l(mu_);
   State& s = state_[identity];

@@ -16,8 +16,8 @@
 namespace hsmrewrap::service {
 
 struct RateLimits {
-  double items_per_second = 0;          // 0 = unlimited
-  double burst = 0;                     // bucket size; 0 = max(1, items_per_second)
+  double items_per_second = 0;             // 0 = unlimited
+  double burst = 0;                        // bucket size; 0 = max(1, items_per_second)
   uint32_t decrypt_failures_per_hour = 0;  // 0 = unlimited
   bool any() const { return items_per_second > 0 || decrypt_failures_per_hour > 0; }
 };
@@ -28,7 +28,8 @@ class RateLimiter {
   // Takes one item from `identity`'s bucket, unless the bucket is empty or the identity has
   // used its decryption-failure budget: then RESOURCE_EXHAUSTED saying which. The refusal
   // is logged as a warning at most once per identity per 10 s.
-  absl::Status Admit(const std::string& identity, const RateLimits& limits, Clock::time_point now = Clock::now());
+  absl::Status Admit(const std::string& identity, const RateLimits& limits,
+                     Clock::time_point now = Clock::now());
   // Counts one decryption failure of `identity`.
   void RecordDecryptFailure(const std::string& identity, const RateLimits& limits,
                             Clock::time_point now = Clock::now());
@@ -41,7 +42,8 @@ class RateLimiter {
     Clock::time_point last_warning;
     bool warned = false;
   };
-  void WarnLocked(State& s, const std::string& identity, const std::string& why, Clock::time_point now);
+  void WarnLocked(State& s, const std::string& identity, const std::string& why,
+                  Clock::time_point now);
 
   std::mutex mu_;
   std::unordered_map<std::string, State> state_ ABSL_GUARDED_BY(mu_);

@@ -38,16 +38,20 @@ absl::Span<const uint8_t> Span(const std::string& s) {
 SelfTester::SelfTester(RewrapEngine* engine, Metrics* metrics, std::chrono::seconds interval)
     : engine_(engine), metrics_(metrics), interval_(interval) {
   MakeDeviceKey(&device_private_pem_, &device_spki_der_);
-  metrics_->DeclareGauge("hsmrewrap_selftest_ok", "1 if the key's last known-answer self-test passed", [this] {
-    std::vector<std::pair<Metrics::Labels, double>> out;
-    for (const auto& r : Last()) out.push_back({{{"key", r.key}}, r.ok ? 1.0 : 0.0});
-    return out;
-  });
-  metrics_->DeclareGauge("hsmrewrap_selftest_last_run_timestamp_seconds", "Unix time of the key's last self-test", [this] {
-    std::vector<std::pair<Metrics::Labels, double>> out;
-    for (const auto& r : Last()) out.push_back({{{"key", r.key}}, static_cast<double>(r.time_unix)});
-    return out;
-  });
+  metrics_->DeclareGauge("hsmrewrap_selftest_ok",
+                         "1 if the key's last known-answer self-test passed", [this] {
+                           std::vector<std::pair<Metrics::Labels, double>> out;
+                           for (const auto& r : Last())
+                             out.push_back({{{"key", r.key}}, r.ok ? 1.0 : 0.0});
+                           return out;
+                         });
+  metrics_->DeclareGauge("hsmrewrap_selftest_last_run_timestamp_seconds",
+                         "Unix time of the key's last self-test", [this] {
+                           std::vector<std::pair<Metrics::Labels, double>> out;
+                           for (const auto& r : Last())
+                             out.push_back({{{"key", r.key}}, static_cast<double>(r.time_unix)});
+                           return out;
+                         });
   if (interval_.count() > 0) thread_ = std::thread([this] { Loop(); });
 }
 
@@ -108,7 +112,8 @@ SelfTestResult SelfTester::TestKey(const std::string& name) {
   r.key = name;
   const auto start = std::chrono::steady_clock::now();
   r.time_unix = std::chrono::duration_cast<std::chrono::seconds>(
-                    std::chrono::system_clock::now().time_since_epoch()).count();
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
   auto finish = [&](bool ok, std::string message) {
     r.ok = ok;
     r.message = std::move(message);
@@ -121,8 +126,10 @@ SelfTestResult SelfTester::TestKey(const std::string& name) {
   // A random known answer, sealed as Intune's tooling seals (OAEP-SHA256).
   crypto::SecretBytes secret(32);
   RAND_bytes(secret.data(), static_cast<int>(secret.size()));
-  auto sealed = crypto::RsaEncrypt((*entry)->public_key, crypto::RsaPadding::kOaepSha256, crypto::Reveal(secret));
-  if (!sealed.ok()) return finish(false, absl::StrCat("sealing failed: ", sealed.status().message()));
+  auto sealed = crypto::RsaEncrypt((*entry)->public_key, crypto::RsaPadding::kOaepSha256,
+                                   crypto::Reveal(secret));
+  if (!sealed.ok())
+    return finish(false, absl::StrCat("sealing failed: ", sealed.status().message()));
   v1::RewrapItem item;
   item.set_id("selftest");
   item.set_key_name(name);
@@ -133,11 +140,13 @@ SelfTestResult SelfTester::TestKey(const std::string& name) {
   v1::RewrapResult res = engine_->ProcessItem(item);
   r.path = res.path();
   if (res.has_error()) {
-    return finish(false, absl::StrCat(v1::ItemError::Code_Name(res.error().code()), ": ", res.error().message()));
+    return finish(false, absl::StrCat(v1::ItemError::Code_Name(res.error().code()), ": ",
+                                      res.error().message()));
   }
-  auto opened = crypto::RsaDecryptWithPrivateKey(Span(device_private_pem_), crypto::RsaPadding::kOaepSha256,
-                                                 Span(res.ciphertext()));
-  if (!opened.ok() || *opened != secret) return finish(false, "the rewrapped value does not match the known answer");
+  auto opened = crypto::RsaDecryptWithPrivateKey(
+      Span(device_private_pem_), crypto::RsaPadding::kOaepSha256, Span(res.ciphertext()));
+  if (!opened.ok() || *opened != secret)
+    return finish(false, "the rewrapped value does not match the known answer");
   return finish(true, "");
 }
 

@@ -1,10 +1,10 @@
 #include "service/tls.h"
 
-#include <fstream>
-#include <sstream>
-
 #include <grpc/grpc_security_constants.h>
 #include <grpcpp/security/auth_context.h>
+
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 
@@ -30,8 +30,10 @@ Identity IdentityOf(const grpc::ServerContextBase& ctx) {
   std::shared_ptr<const grpc::AuthContext> auth = ctx.auth_context();
   if (!auth || !auth->IsPeerAuthenticated()) return id;
   // gRPC marks a TLS peer authenticated only when its certificate was verified.
-  for (const auto& v : auth->FindPropertyValues(GRPC_PEER_URI_PROPERTY_NAME)) id.names.emplace_back(v.data(), v.size());
-  for (const auto& v : auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME)) id.names.emplace_back(v.data(), v.size());
+  for (const auto& v : auth->FindPropertyValues(GRPC_PEER_URI_PROPERTY_NAME))
+    id.names.emplace_back(v.data(), v.size());
+  for (const auto& v : auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME))
+    id.names.emplace_back(v.data(), v.size());
   id.authenticated = !id.names.empty();
   return id;
 }

@@ -3,12 +3,12 @@
 // identity as gRPC's AuthContext reports it.
 #pragma once
 
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_context.h>
+
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/security/server_credentials.h>
-#include <grpcpp/server_context.h>
 
 #include "absl/status/statusor.h"
 #include "service/config.h"
@@ -32,6 +32,7 @@ Identity IdentityOf(const grpc::ServerContextBase& ctx);
 
 // Plaintext, TLS, or mTLS (client_ca set: the client must present a certificate that chains
 // to it; gRPC refuses the handshake otherwise). Reads the files; errors name the file.
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const Config& config);
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const Config& config);
 
 }  // namespace hsmrewrap::service

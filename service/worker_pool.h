@@ -14,7 +14,7 @@ namespace hsmrewrap::service {
 class WorkerPool final {
  public:
   explicit WorkerPool(unsigned threads);
-  ~WorkerPool();  // runs what is queued, then joins
+  ~WorkerPool();                           // runs what is queued, then joins
   WorkerPool(const WorkerPool&) = delete;  // owns threads
   WorkerPool& operator=(const WorkerPool&) = delete;
 

@@ -49,7 +49,8 @@ double Measure(unsigned threads, double seconds, F call) {
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   stop = true;
   for (auto& t : ts) t.join();
-  return static_cast<double>(done.load()) / std::chrono::duration<double>(Clock::now() - t0).count();
+  return static_cast<double>(done.load()) /
+         std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
 }  // namespace
@@ -63,17 +64,24 @@ int main(int argc, char** argv) {
   app.add_option("--seconds", seconds, "seconds per measurement (default 3)");
   app.add_option("--threads", max_threads, "callers: 1, 2, 4 ... up to this (default 4)");
   app.add_option("--work-us", work_us, "microseconds one call spends in the token (default 500)");
-  app.add_flag("--spin", spin, "spend them on the CPU (a software token) instead of sleeping (a remote one)");
+  app.add_flag("--spin", spin,
+               "spend them on the CPU (a software token) instead of sleeping (a remote one)");
   CLI11_PARSE(app, argc, argv);
 
   hsmrewrap::hsm::CallRunner runner;
   auto failed = [](absl::Status s) -> absl::StatusOr<int> { return s; };
   std::printf("work per call: %d us (%s)\n", work_us, spin ? "CPU" : "sleep");
-  std::printf("%-8s %14s %14s %8s %16s\n", "callers", "direct/s", "runner/s", "ratio", "added us/call");
+  std::printf("%-8s %14s %14s %8s %16s\n", "callers", "direct/s", "runner/s", "ratio",
+              "added us/call");
   for (unsigned t = 1; t <= max_threads; t *= 2) {
     const double direct = Measure(t, seconds, [&] { Work(work_us, spin); });
     const double run = Measure(t, seconds, [&] {
-      (void)runner.Run<absl::StatusOr<int>>([&]() -> absl::StatusOr<int> { Work(work_us, spin); return 0; }, 1, failed);
+      (void)runner.Run<absl::StatusOr<int>>(
+          [&]() -> absl::StatusOr<int> {
+            Work(work_us, spin);
+            return 0;
+          },
+          1, failed);
     });
     // Per caller: 1/run - 1/direct seconds per call.
     const double added_us = (static_cast<double>(t) / run - static_cast<double>(t) / direct) * 1e6;

@@ -9,23 +9,22 @@
 // Valid vs invalid is printed for reference only: success is visible in the response; so is
 // "c >= n", which depends on public values only (SoftHSM2/OpenSSL reject it before the
 // private-key operation, so it is much faster).
+#include <grpcpp/grpcpp.h>
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <grpcpp/grpcpp.h>
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/escaping.h"
 #include "hsmrewrap/v1/rewrap.grpc.pb.h"
@@ -69,7 +68,8 @@ double WelchT(const std::vector<double>& a, const std::vector<double>& b) {
   double ma, va, mb, vb;
   stats(a, &ma, &va);
   stats(b, &mb, &vb);
-  return (ma - mb) / std::sqrt(va / static_cast<double>(a.size()) + vb / static_cast<double>(b.size()));
+  return (ma - mb) /
+         std::sqrt(va / static_cast<double>(a.size()) + vb / static_cast<double>(b.size()));
 }
 
 std::string DeviceSpki() {
@@ -92,7 +92,8 @@ int main(int argc, char** argv) {
   app.add_option("--target", target, "rewrapd HOST:PORT (plaintext loopback)");
   app.add_option("--vectors", vectors, "folder with the Wycheproof JSON files");
   app.add_option("--samples", samples, "calls per class (default 2000)");
-  app.add_option("--threshold", threshold, "|t| above which a pair counts as different (default 4.5)");
+  app.add_option("--threshold", threshold,
+                 "|t| above which a pair counts as different (default 4.5)");
   CLI11_PARSE(app, argc, argv);
 
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
@@ -128,10 +129,12 @@ int main(int argc, char** argv) {
       grpc::ClientContext ctx;
       auto st = keys->ImportKey(&ctx, req, &info);
       if (!st.ok()) {
-        fprintf(stderr, "oracle-timing: ImportKey %s: %s\n", key.c_str(), st.error_message().c_str());
+        fprintf(stderr, "oracle-timing: ImportKey %s: %s\n", key.c_str(),
+                st.error_message().c_str());
         return 1;
       }
-      printf("\n== %s  key %s  %s%s\n", suite.file, key.c_str(), v1::Padding_Name(suite.padding).c_str(),
+      printf("\n== %s  key %s  %s%s\n", suite.file, key.c_str(),
+             v1::Padding_Name(suite.padding).c_str(),
              info.pkcs1_implicit_rejection() ? "  (token does PKCS#1 implicit rejection)" : "");
     }
     const size_t modulus_len = 256;
@@ -158,7 +161,8 @@ int main(int argc, char** argv) {
     // Interleaved schedule: every class gets `samples` calls, cycling through its vectors.
     std::vector<std::pair<Class*, size_t>> schedule;
     for (auto& [name, c] : classes) {
-      for (int i = 0; i < samples; ++i) schedule.emplace_back(&c, static_cast<size_t>(i) % c.vectors.size());
+      for (int i = 0; i < samples; ++i)
+        schedule.emplace_back(&c, static_cast<size_t>(i) % c.vectors.size());
     }
     std::shuffle(schedule.begin(), schedule.end(), rng);
     // Warm-up (connection, caches).
@@ -191,11 +195,13 @@ int main(int argc, char** argv) {
       const auto t1 = std::chrono::steady_clock::now();
       c->micros.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
       std::string outcome = !st.ok() ? "rpc " + std::to_string(st.error_code())
-                            : resp.results(0).has_error() ? v1::ItemError::Code_Name(resp.results(0).error().code())
-                                                          : "OK " + v1::Path_Name(resp.results(0).path());
+                            : resp.results(0).has_error()
+                                ? v1::ItemError::Code_Name(resp.results(0).error().code())
+                                : "OK " + v1::Path_Name(resp.results(0).path());
       c->outcomes[outcome]++;
     }
-    printf("%-40s %8s %6s %10s %10s  %s\n", "class", "vectors", "calls", "median_us", "trim_mean", "outcomes");
+    printf("%-40s %8s %6s %10s %10s  %s\n", "class", "vectors", "calls", "median_us", "trim_mean",
+           "outcomes");
     for (auto& [name, c] : classes) {
       auto tr = Trimmed(c.micros, 0.1);
       double mean = 0;
@@ -203,8 +209,8 @@ int main(int argc, char** argv) {
       mean /= static_cast<double>(tr.size());
       std::string outs;
       for (const auto& [o, n] : c.outcomes) outs += o + "=" + std::to_string(n) + " ";
-      printf("%-40s %8zu %6zu %10.1f %10.1f  %s\n", name.c_str(), c.vectors.size(), c.micros.size(), Median(c.micros),
-             mean, outs.c_str());
+      printf("%-40s %8zu %6zu %10.1f %10.1f  %s\n", name.c_str(), c.vectors.size(), c.micros.size(),
+             Median(c.micros), mean, outs.c_str());
     }
     printf("pairs (Welch t on 10%%-trimmed samples; |t| > %.1f = distinguishable):\n", threshold);
     for (auto a = classes.begin(); a != classes.end(); ++a) {
@@ -213,17 +219,19 @@ int main(int argc, char** argv) {
         const bool involves_valid = a->first == "valid" || b->first == "valid";
         // c >= n is decided from public values (the ciphertext and the modulus): its timing
         // teaches nothing about any plaintext.
-        const bool involves_public = a->first.rfind("c >= n", 0) == 0 || b->first.rfind("c >= n", 0) == 0;
+        const bool involves_public =
+            a->first.rfind("c >= n", 0) == 0 || b->first.rfind("c >= n", 0) == 0;
         const bool diff = std::fabs(t) > threshold;
         if (diff && !involves_valid && !involves_public) ++leaks;
         printf("  %-40s vs %-40s t=%7.2f  %s\n", a->first.c_str(), b->first.c_str(), t,
-               !diff ? "no difference"
+               !diff             ? "no difference"
                : involves_public ? "different (c >= n is public: no secret involved)"
-               : involves_valid ? "different (success vs failure: visible in the response anyway)"
-                                : "DIFFERENT: timing oracle between failure classes");
+               : involves_valid  ? "different (success vs failure: visible in the response anyway)"
+                                 : "DIFFERENT: timing oracle between failure classes");
       }
     }
   }
-  printf("\nverdict: %s\n", leaks ? "TIMING DIFFERENCES BETWEEN FAILURE CLASSES" : "no timing difference between failure classes");
+  printf("\nverdict: %s\n", leaks ? "TIMING DIFFERENCES BETWEEN FAILURE CLASSES"
+                                  : "no timing difference between failure classes");
   return leaks ? 3 : 0;
 }

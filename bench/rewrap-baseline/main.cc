@@ -11,15 +11,14 @@
 #include <openssl/x509.h>
 #include <sys/resource.h>
 
+#include <CLI/CLI.hpp>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
-#include <thread>
-
-#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -37,12 +36,18 @@ constexpr int kExitFailed = 1, kExitUsage = 2, kExitSetup = 3;
 
 bool ParsePadding(std::string s, crypto::RsaPadding* out) {
   s = absl::AsciiStrToUpper(absl::StrReplaceAll(s, {{"-", "_"}}));
-  if (s == "OAEP_SHA1") *out = crypto::RsaPadding::kOaepSha1;
-  else if (s == "OAEP_SHA256") *out = crypto::RsaPadding::kOaepSha256;
-  else if (s == "OAEP_SHA384") *out = crypto::RsaPadding::kOaepSha384;
-  else if (s == "OAEP_SHA512") *out = crypto::RsaPadding::kOaepSha512;
-  else if (s == "PKCS1") *out = crypto::RsaPadding::kPkcs1;
-  else return false;
+  if (s == "OAEP_SHA1")
+    *out = crypto::RsaPadding::kOaepSha1;
+  else if (s == "OAEP_SHA256")
+    *out = crypto::RsaPadding::kOaepSha256;
+  else if (s == "OAEP_SHA384")
+    *out = crypto::RsaPadding::kOaepSha384;
+  else if (s == "OAEP_SHA512")
+    *out = crypto::RsaPadding::kOaepSha512;
+  else if (s == "PKCS1")
+    *out = crypto::RsaPadding::kPkcs1;
+  else
+    return false;
   return true;
 }
 
@@ -75,7 +80,8 @@ std::unique_ptr<X509, crypto::X509Deleter> SelfSigned(EVP_PKEY* k, int serial) {
   X509_gmtime_adj(X509_getm_notBefore(c.get()), -3600);
   X509_gmtime_adj(X509_getm_notAfter(c.get()), 86400L * 30);
   X509_NAME* name = X509_get_subject_name(c.get());
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("baseline device"), -1, -1, 0);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("baseline device"), -1, -1, 0);
   X509_set_issuer_name(c.get(), name);
   X509_set_pubkey(c.get(), k);
   X509_sign(c.get(), k, EVP_sha256());
@@ -83,26 +89,39 @@ std::unique_ptr<X509, crypto::X509Deleter> SelfSigned(EVP_PKEY* k, int serial) {
 }
 
 int Main(int argc, char** argv) {
-  CLI::App app{"rewrap-baseline: the no-gRPC ceiling for rewrapd on the same token, key, padding and device encryption",
-               "rewrap-baseline"};
+  CLI::App app{
+      "rewrap-baseline: the no-gRPC ceiling for rewrapd on the same token, key, padding and device "
+      "encryption",
+      "rewrap-baseline"};
   std::string state_dir, module = "/usr/lib/softhsm/libsofthsm2.so", token = "hsm-rewrap", pin_file;
-  std::string key_name = "default", padding_name = "OAEP_SHA256", format_name = "CMS_ENVELOPED", json_file;
+  std::string key_name = "default", padding_name = "OAEP_SHA256", format_name = "CMS_ENVELOPED",
+              json_file;
   int device_bits = 2048, create_bits = 0;
-  unsigned threads = std::max(1u, std::thread::hardware_concurrency()), devices = 16, passwords = 2048;
+  unsigned threads = std::max(1u, std::thread::hardware_concurrency()), devices = 16,
+           passwords = 2048;
   double duration_s = 10;
-  app.add_option("--state-dir", state_dir, "rewrapd's state folder (embedded SoftHSM2 token: softhsm2.conf, user.pin)");
+  app.add_option("--state-dir", state_dir,
+                 "rewrapd's state folder (embedded SoftHSM2 token: softhsm2.conf, user.pin)");
   app.add_option("--module", module, "PKCS#11 module (default the SoftHSM2 module)");
   app.add_option("--token", token, "token label (default hsm-rewrap, the embedded token)");
   app.add_option("--pin-file", pin_file, "user PIN file (default STATE_DIR/user.pin)");
   app.add_option("--key-name", key_name, "service key (default 'default')");
-  app.add_option("--create-bits", create_bits, "create the key with this size if it does not exist");
-  app.add_option("--padding", padding_name, "padding of the sealed passwords (default OAEP_SHA256)");
-  app.add_option("--format", format_name, "CMS_ENVELOPED (default), CMS_ENVELOPED_PKCS1 or RSA_OAEP_SHA1/256/384/512, RSA_PKCS1");
+  app.add_option("--create-bits", create_bits,
+                 "create the key with this size if it does not exist");
+  app.add_option("--padding", padding_name,
+                 "padding of the sealed passwords (default OAEP_SHA256)");
+  app.add_option(
+      "--format", format_name,
+      "CMS_ENVELOPED (default), CMS_ENVELOPED_PKCS1 or RSA_OAEP_SHA1/256/384/512, RSA_PKCS1");
   app.add_option("--device-bits", device_bits, "RSA device key size (default 2048)");
-  app.add_option("--devices", devices, "distinct device certificates (default 16)")->check(CLI::Range(1, 100000));
-  app.add_option("--passwords", passwords, "distinct sealed passwords (default 2048)")->check(CLI::Range(1, 10000000));
-  app.add_option("--threads", threads, "worker threads = PKCS#11 sessions (default: cores)")->check(CLI::Range(1, 1024));
-  app.add_option("--duration", duration_s, "seconds to run (default 10)")->check(CLI::PositiveNumber);
+  app.add_option("--devices", devices, "distinct device certificates (default 16)")
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--passwords", passwords, "distinct sealed passwords (default 2048)")
+      ->check(CLI::Range(1, 10000000));
+  app.add_option("--threads", threads, "worker threads = PKCS#11 sessions (default: cores)")
+      ->check(CLI::Range(1, 1024));
+  app.add_option("--duration", duration_s, "seconds to run (default 10)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--json", json_file, "write the result as JSON");
   try {
     app.parse(argc, argv);
@@ -151,7 +170,8 @@ int Main(int argc, char** argv) {
   if (!pub.ok()) return kExitSetup;
 
   // The same choice of path as the engine.
-  const bool in_token = !format.cms && info->caps.unwrap.count(padding) && (*backend)->WrapPaddings().count(format.bare);
+  const bool in_token = !format.cms && info->caps.unwrap.count(padding) &&
+                        (*backend)->WrapPaddings().count(format.bare);
   hsm::Path path = hsm::Path::kTokenDecrypt;
   if (!in_token && !info->caps.decrypt.count(padding)) {
     if (!info->caps.raw_rsa) {
@@ -173,7 +193,8 @@ int Main(int argc, char** argv) {
   }
   std::vector<crypto::Certificate> certs;
   for (unsigned i = 0; i < devices; ++i) {
-    std::unique_ptr<EVP_PKEY, crypto::EvpPkeyDeleter> k(EVP_RSA_gen(static_cast<unsigned>(device_bits)));
+    std::unique_ptr<EVP_PKEY, crypto::EvpPkeyDeleter> k(
+        EVP_RSA_gen(static_cast<unsigned>(device_bits)));
     auto x = SelfSigned(k.get(), static_cast<int>(i));
     unsigned char* der = nullptr;
     const int len = i2d_X509(x.get(), &der);
@@ -191,7 +212,8 @@ int Main(int argc, char** argv) {
       const crypto::Certificate& cert = certs[i % certs.size()];
       absl::StatusOr<crypto::Bytes> out;
       if (in_token) {
-        auto wrapped = (*backend)->RewrapInToken(key_name, padding, ct, cert.public_key(), format.bare);
+        auto wrapped =
+            (*backend)->RewrapInToken(key_name, padding, ct, cert.public_key(), format.bare);
         if (wrapped.ok()) {
           out = *std::move(wrapped);
         } else {
@@ -210,7 +232,8 @@ int Main(int argc, char** argv) {
         }
       }
       if (!out.ok()) {
-        if (failed.fetch_add(1) == 0) std::cerr << "rewrap-baseline: " << out.status().ToString() << "\n";
+        if (failed.fetch_add(1) == 0)
+          std::cerr << "rewrap-baseline: " << out.status().ToString() << "\n";
       }
       done.fetch_add(1, std::memory_order_relaxed);
     }
@@ -231,17 +254,20 @@ int Main(int argc, char** argv) {
   const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
   const double rate = static_cast<double>(done.load()) / elapsed;
   // CPU per item is steadier than items/s on a machine shared with other work.
-  const double cpu_us = done.load() > 0 ? (cpu_now() - cpu0) * 1e6 / static_cast<double>(done.load()) : 0;
-  std::printf("baseline: key %s (%d bits), %s, %s to %d-bit device certificates, path %s, %u threads: "
-              "%llu items in %.2f s = %.1f items/s (%.0f CPU us/item), %llu failed\n",
-              key_name.c_str(), info->bits, padding_name.c_str(), format_name.c_str(), device_bits, path_name,
-              threads, static_cast<unsigned long long>(done.load()), elapsed, rate, cpu_us,
-              static_cast<unsigned long long>(failed.load()));
+  const double cpu_us =
+      done.load() > 0 ? (cpu_now() - cpu0) * 1e6 / static_cast<double>(done.load()) : 0;
+  std::printf(
+      "baseline: key %s (%d bits), %s, %s to %d-bit device certificates, path %s, %u threads: "
+      "%llu items in %.2f s = %.1f items/s (%.0f CPU us/item), %llu failed\n",
+      key_name.c_str(), info->bits, padding_name.c_str(), format_name.c_str(), device_bits,
+      path_name, threads, static_cast<unsigned long long>(done.load()), elapsed, rate, cpu_us,
+      static_cast<unsigned long long>(failed.load()));
   if (!json_file.empty()) {
-    nlohmann::json j{{"key_name", key_name}, {"key_bits", info->bits}, {"padding", padding_name},
-                     {"format", format_name}, {"device_bits", device_bits}, {"path", path_name},
-                     {"threads", threads}, {"items", done.load()}, {"failed", failed.load()},
-                     {"elapsed_s", elapsed}, {"items_per_s", rate}, {"cpu_us_per_item", cpu_us}};
+    nlohmann::json j{
+        {"key_name", key_name},  {"key_bits", info->bits},     {"padding", padding_name},
+        {"format", format_name}, {"device_bits", device_bits}, {"path", path_name},
+        {"threads", threads},    {"items", done.load()},       {"failed", failed.load()},
+        {"elapsed_s", elapsed},  {"items_per_s", rate},        {"cpu_us_per_item", cpu_us}};
     std::ofstream(json_file) << j.dump(2) << "\n";
   }
   return failed.load() > 0 ? kExitFailed : 0;

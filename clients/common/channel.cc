@@ -21,7 +21,8 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 }  // namespace
 
 void AddChannelFlags(CLI::App& app, ChannelOptions& o) {
-  app.add_option("--target", o.target, "rewrapd address HOST:PORT[,HOST:PORT...] (default 127.0.0.1:50051)");
+  app.add_option("--target", o.target,
+                 "rewrapd address HOST:PORT[,HOST:PORT...] (default 127.0.0.1:50051)");
   app.add_option("--tls-cert", o.tls_cert, "client certificate (PEM) for mTLS");
   app.add_option("--tls-key", o.tls_key, "client private key (PEM) for mTLS");
   app.add_option("--ca", o.ca, "CA certificate (PEM) that signed rewrapd's certificate");

@@ -1,12 +1,12 @@
 // What every client shares: the channel to one or several rewrapd replicas.
 #pragma once
 
+#include <grpcpp/grpcpp.h>
+
+#include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
 
@@ -16,7 +16,7 @@ struct ChannelOptions {
   std::string target = "127.0.0.1:50051";  // HOST:PORT[,HOST:PORT...]
   std::string tls_cert;                    // client certificate (mTLS)
   std::string tls_key;
-  std::string ca;                          // CA that signed rewrapd's certificate
+  std::string ca;  // CA that signed rewrapd's certificate
 };
 
 // Adds --target, --tls-cert, --tls-key, --ca to `app`.

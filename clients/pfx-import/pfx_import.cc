@@ -1,9 +1,14 @@
 #include "clients/pfx-import/pfx_import.h"
 
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -12,12 +17,6 @@
 #include <map>
 #include <optional>
 #include <sstream>
-
-#include <CLI/CLI.hpp>
-#include <openssl/err.h>
-#include <openssl/evp.h>
-#include <openssl/rsa.h>
-#include <openssl/x509.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -64,8 +63,8 @@ absl::StatusOr<SecretBytes> PasswordBytes(const SecretString& text, PasswordEnco
     } else if ((c & 0xF8) == 0xF0) {
       cp = c & 0x07, len = 4;
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the password is not valid UTF-8 (byte ", i + 1, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the password is not valid UTF-8 (byte ", i + 1, ")"));
     }
     if (i + len > text.size()) {
       return absl::InvalidArgumentError("the password is not valid UTF-8 (truncated character)");
@@ -115,11 +114,21 @@ SecretString PasswordTextFromBytes(absl::Span<const uint8_t> bytes, PasswordEnco
 std::string PaddingName(RsaPadding padding, EnumCase c) {
   std::string n;
   switch (padding) {
-    case RsaPadding::kOaepSha256: n = "OaepSha256"; break;
-    case RsaPadding::kOaepSha384: n = "OaepSha384"; break;
-    case RsaPadding::kOaepSha512: n = "OaepSha512"; break;
-    case RsaPadding::kOaepSha1: n = "OaepSha1"; break;
-    case RsaPadding::kPkcs1: n = "Pkcs1"; break;
+    case RsaPadding::kOaepSha256:
+      n = "OaepSha256";
+      break;
+    case RsaPadding::kOaepSha384:
+      n = "OaepSha384";
+      break;
+    case RsaPadding::kOaepSha512:
+      n = "OaepSha512";
+      break;
+    case RsaPadding::kOaepSha1:
+      n = "OaepSha1";
+      break;
+    case RsaPadding::kPkcs1:
+      n = "Pkcs1";
+      break;
   }
   if (c == EnumCase::kCamel) n[0] = absl::ascii_tolower(n[0]);
   return n;
@@ -128,9 +137,15 @@ std::string PaddingName(RsaPadding padding, EnumCase c) {
 std::string PurposeName(PfxPurpose purpose, EnumCase c) {
   std::string n;
   switch (purpose) {
-    case PfxPurpose::kUnassigned: n = "Unassigned"; break;
-    case PfxPurpose::kSmimeEncryption: n = "SmimeEncryption"; break;
-    case PfxPurpose::kSmimeSigning: n = "SmimeSigning"; break;
+    case PfxPurpose::kUnassigned:
+      n = "Unassigned";
+      break;
+    case PfxPurpose::kSmimeEncryption:
+      n = "SmimeEncryption";
+      break;
+    case PfxPurpose::kSmimeSigning:
+      n = "SmimeSigning";
+      break;
   }
   if (c == EnumCase::kCamel) n[0] = absl::ascii_tolower(n[0]);
   return n;
@@ -141,8 +156,8 @@ absl::StatusOr<RsaPadding> ParsePadding(const std::string& name) {
   if (n == "oaepsha256") return RsaPadding::kOaepSha256;
   if (n == "oaepsha384") return RsaPadding::kOaepSha384;
   if (n == "oaepsha512") return RsaPadding::kOaepSha512;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown padding '", name, "' (oaepSha256, oaepSha384 or oaepSha512)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown padding '", name, "' (oaepSha256, oaepSha384 or oaepSha512)"));
 }
 
 absl::StatusOr<PfxPurpose> ParsePurpose(const std::string& name) {
@@ -215,8 +230,8 @@ struct Flags {
 
 // One PFX to import.
 struct Row {
-  int number = 0;           // 1-based data row (CSV) or 1
-  std::string where;        // "row 12 (path)" for messages
+  int number = 0;     // 1-based data row (CSV) or 1
+  std::string where;  // "row 12 (path)" for messages
   std::string pfx_path;
   std::optional<SecretString> password;  // from the manifest; else the run's password
   std::string password_file;             // from the manifest
@@ -417,7 +432,8 @@ class CsvRows final : public RowSource {
   CsvRows() = default;
   int columns() const {
     int n = 0;
-    for (int c : {c_path_, c_upn_, c_password_, c_password_file_, c_purpose_}) n = std::max(n, c + 1);
+    for (int c : {c_path_, c_upn_, c_password_, c_password_file_, c_purpose_})
+      n = std::max(n, c + 1);
     return n;
   }
   std::ifstream in_;
@@ -449,8 +465,8 @@ class Progress final {
       const int64_t left = static_cast<int64_t>(static_cast<double>(total_ - done) / rate);
       eta = absl::StrFormat("%d:%02d", left / 60, left % 60);
     }
-    line_ = absl::StrFormat("\r[%s] %d/%d %.1f/s ETA %s  ok %d skip %d fail %d", bar, done,
-                            total_, rate, eta, ok, skipped, failed);
+    line_ = absl::StrFormat("\r[%s] %d/%d %.1f/s ETA %s  ok %d skip %d fail %d", bar, done, total_,
+                            rate, eta, ok, skipped, failed);
     std::cerr << line_ << "\x1b[K" << std::flush;
   }
   // Prints a message above the bar.
@@ -472,11 +488,16 @@ class Progress final {
 
 v1::Padding ProtoPadding(RsaPadding p) {
   switch (p) {
-    case RsaPadding::kOaepSha256: return v1::OAEP_SHA256;
-    case RsaPadding::kOaepSha384: return v1::OAEP_SHA384;
-    case RsaPadding::kOaepSha512: return v1::OAEP_SHA512;
-    case RsaPadding::kOaepSha1: return v1::OAEP_SHA1;
-    case RsaPadding::kPkcs1: return v1::PKCS1;
+    case RsaPadding::kOaepSha256:
+      return v1::OAEP_SHA256;
+    case RsaPadding::kOaepSha384:
+      return v1::OAEP_SHA384;
+    case RsaPadding::kOaepSha512:
+      return v1::OAEP_SHA512;
+    case RsaPadding::kOaepSha1:
+      return v1::OAEP_SHA1;
+    case RsaPadding::kPkcs1:
+      return v1::PKCS1;
   }
   return v1::PADDING_UNSPECIFIED;
 }
@@ -502,7 +523,8 @@ class Importer final {
     if (!padding.ok()) return Usage(padding.status().message());
     padding_ = *padding;
     enum_case_ = f_.enum_case == "pascal" ? EnumCase::kPascal : EnumCase::kCamel;
-    encoding_ = f_.password_encoding == "utf8" ? PasswordEncoding::kUtf8 : PasswordEncoding::kIntune;
+    encoding_ =
+        f_.password_encoding == "utf8" ? PasswordEncoding::kUtf8 : PasswordEncoding::kIntune;
     if (f_.service_given || f_.verify || f_.public_key_file.empty()) {
       auto ch = clients::MakeChannel(f_.channel);
       if (!ch.ok()) return Usage(ch.status().message());
@@ -535,15 +557,16 @@ class Importer final {
       }
       auto key = crypto::PublicKey::FromSpki(absl::MakeConstSpan(
           reinterpret_cast<const uint8_t*>(resp.public_key().data()), resp.public_key().size()));
-      if (!key.ok()) return Startup(absl::StrCat("the service's public key: ", key.status().message()));
+      if (!key.ok())
+        return Startup(absl::StrCat("the service's public key: ", key.status().message()));
       service_key_.emplace(std::move(*key));
     }
     if (!service_key_->is_rsa()) return Startup("the service key is not an RSA key");
     modulus_len_ = static_cast<size_t>((service_key_->bits() + 7) / 8);
     max_password_ = crypto::MaxPlaintextLen(padding_, modulus_len_);
     if (max_password_ == 0) {
-      return Startup(absl::StrCat(PaddingName(padding_, EnumCase::kCamel), " cannot be used with a ",
-                                  service_key_->bits(), "-bit key"));
+      return Startup(absl::StrCat(PaddingName(padding_, EnumCase::kCamel),
+                                  " cannot be used with a ", service_key_->bits(), "-bit key"));
     }
     if (f_.verify && !InitVerify()) return kExitStartup;
     // Outputs.
@@ -627,16 +650,19 @@ class Importer final {
       switch (o.kind) {
         case Outcome::kImported:
           ++imported_;
-          if (f_.verbose) progress.Message(absl::StrCat("pfx-import: ", row.where, ": ", o.message));
+          if (f_.verbose)
+            progress.Message(absl::StrCat("pfx-import: ", row.where, ": ", o.message));
           break;
         case Outcome::kSkipped:
           ++skipped_;
-          if (f_.verbose) progress.Message(absl::StrCat("pfx-import: ", row.where, ": skipped, ", o.message));
+          if (f_.verbose)
+            progress.Message(absl::StrCat("pfx-import: ", row.where, ": skipped, ", o.message));
           break;
         case Outcome::kFailed:
           ++failed_[o.reason];
           ++failed_total_;
-          progress.Message(absl::StrCat("pfx-import: ", row.where, ": ", o.reason, ": ", o.message));
+          progress.Message(
+              absl::StrCat("pfx-import: ", row.where, ": ", o.reason, ": ", o.message));
           break;
       }
       progress.Update(done, imported_, skipped_, failed_total_);
@@ -649,7 +675,8 @@ class Importer final {
     std::string summary = absl::StrFormat(
         "pfx-import: %d imported%s, %d skipped, %d failed (%.1f s)", imported_,
         f_.dry_run ? " (dry run: not uploaded)" : "", skipped_, failed_total_, secs);
-    for (const auto& [reason, n] : failed_) absl::StrAppend(&summary, "\n  failed ", reason, ": ", n);
+    for (const auto& [reason, n] : failed_)
+      absl::StrAppend(&summary, "\n  failed ", reason, ": ", n);
     if (verified_ > 0) absl::StrAppend(&summary, "\n  verified through the service: ", verified_);
     std::cerr << summary << "\n";
     return failed_total_ > 0 ? kExitRowsFailed : 0;
@@ -712,8 +739,9 @@ class Importer final {
     SetDeadline(&ctx);
     grpc::Status s = rewrap_stub_->Rewrap(&ctx, req, &resp);
     if (!s.ok()) {
-      return absl::UnavailableError(absl::StrCat("the service refused the rewrap: ", s.error_message(),
-                                                 " (gRPC code ", static_cast<int>(s.error_code()), ")"));
+      return absl::UnavailableError(
+          absl::StrCat("the service refused the rewrap: ", s.error_message(), " (gRPC code ",
+                       static_cast<int>(s.error_code()), ")"));
     }
     if (resp.results_size() != 1) return absl::InternalError("the service returned no result");
     const auto& r = resp.results(0);
@@ -738,7 +766,8 @@ class Importer final {
                                               reopened.status().message()));
     }
     if (reopened->thumbprint != thumbprint) {
-      return absl::DataLossError("the PFX opened with the recovered password has another certificate");
+      return absl::DataLossError(
+          "the PFX opened with the recovered password has another certificate");
     }
     ++verified_;
     return absl::OkStatus();
@@ -764,7 +793,8 @@ class Importer final {
     // The PFX.
     auto data = ReadWholeFile(row.pfx_path, kMaxPfxFile);
     if (!data.ok()) return Fail("unreadable", std::string(data.status().message()));
-    const auto pfx = absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(data->data()), data->size());
+    const auto pfx =
+        absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(data->data()), data->size());
     auto contents = crypto::OpenPfx(pfx, password);
     if (!contents.ok()) {
       return Fail(crypto::PfxProblemName(crypto::PfxProblemOf(contents.status())),
@@ -772,23 +802,25 @@ class Importer final {
     }
     absl::Status check = crypto::CheckPfxForImport(*contents, *purpose, absl::Now());
     if (!check.ok()) {
-      return Fail(crypto::PfxProblemName(crypto::PfxProblemOf(check)), std::string(check.message()));
+      return Fail(crypto::PfxProblemName(crypto::PfxProblemOf(check)),
+                  std::string(check.message()));
     }
     if (state_ && state_->Done(row.upn, contents->thumbprint, target_)) {
       Outcome o;
       o.kind = Outcome::kSkipped;
-      o.message = absl::StrCat(contents->thumbprint, " for ", row.upn, " already done (state file)");
+      o.message =
+          absl::StrCat(contents->thumbprint, " for ", row.upn, " already done (state file)");
       return o;
     }
     // Seal the password.
     auto bytes = PasswordBytes(password, encoding_);
     if (!bytes.ok()) return Fail("password-encoding", std::string(bytes.status().message()));
     if (bytes->size() > max_password_) {
-      return Fail("password-too-long",
-                  absl::StrCat("the password is ", bytes->size(), " bytes; ",
-                               PaddingName(padding_, EnumCase::kCamel), " with the ",
-                               service_key_->bits(), "-bit service key allows at most ",
-                               max_password_, " bytes"));
+      return Fail(
+          "password-too-long",
+          absl::StrCat("the password is ", bytes->size(), " bytes; ",
+                       PaddingName(padding_, EnumCase::kCamel), " with the ", service_key_->bits(),
+                       "-bit service key allows at most ", max_password_, " bytes"));
     }
     auto sealed = crypto::RsaEncrypt(*service_key_, padding_, crypto::Reveal(*bytes));
     if (!sealed.ok()) return Fail("encrypt", std::string(sealed.status().message()));
@@ -814,8 +846,8 @@ class Importer final {
       if (!*out_) return Fail("output", "cannot write the record");
     }
     if (!f_.out_dir.empty()) {
-      const std::string file = absl::StrCat(f_.out_dir, "/", SafeFileName(row.upn), "-",
-                                            contents->thumbprint, ".json");
+      const std::string file =
+          absl::StrCat(f_.out_dir, "/", SafeFileName(row.upn), "-", contents->thumbprint, ".json");
       std::ofstream o(file, std::ios::binary | std::ios::trunc);
       o << record.dump(2) << "\n";
       if (!o) return Fail("output", absl::StrCat("cannot write ", file));
@@ -862,7 +894,8 @@ class Importer final {
   std::map<std::string, int64_t> failed_;
 };
 
-constexpr char kDescription[] = R"(pfx-import: import users' PFX (PKCS#12) files into Intune as userPFXCertificate
+constexpr char kDescription[] =
+    R"(pfx-import: import users' PFX (PKCS#12) files into Intune as userPFXCertificate
 records whose password is sealed to an hsm-rewrap service key.
 
 For each PFX: opens it with its password and checks it (not a PKCS#12, wrong password, no
@@ -895,9 +928,10 @@ int RunPfxImport(int argc, char** argv) {
   CLI::App app{kDescription, "pfx-import"};
   app.get_formatter()->column_width(34);
   clients::AddChannelFlags(app, f.channel);
-  auto* service = app.add_option("--service", f.channel.target,
-                                 "rewrapd address HOST:PORT (same as --target)");
-  app.add_option("--key-name", f.key_name, "service key name; also the record's keyName (default: default)");
+  auto* service =
+      app.add_option("--service", f.channel.target, "rewrapd address HOST:PORT (same as --target)");
+  app.add_option("--key-name", f.key_name,
+                 "service key name; also the record's keyName (default: default)");
   app.add_option("--public-key-file", f.public_key_file,
                  "service public key: PEM SPKI or CNG RSAPUBLICBLOB (Export-IntunePublicKey); "
                  "without it the key is fetched from --service");
@@ -911,16 +945,22 @@ int RunPfxImport(int argc, char** argv) {
   auto* csv = app.add_option("--csv", f.csv, "CSV manifest for bulk import (see above)");
   pfx->excludes(csv);
   app.add_option("--out", f.out, "write records as JSON Lines to FILE (appended; '-' = stdout)");
-  app.add_option("--out-dir", f.out_dir, "write each record to DIR/<upn>-<thumbprint>.json (indented)");
+  app.add_option("--out-dir", f.out_dir,
+                 "write each record to DIR/<upn>-<thumbprint>.json (indented)");
   app.add_flag("--verify", f.verify,
                "rewrap each sealed password through the service to a throw-away device key, "
                "decrypt it and open the PFX with it, before anything is written or uploaded");
-  app.add_option("--graph-url", f.graph_url, "Graph base URL, e.g. https://graph.microsoft.com/beta");
-  app.add_option("--token-file", f.token_file, "file holding the Graph bearer token (else $GRAPH_TOKEN)");
-  app.add_option("--state-file", f.state_file,
-                 "JSON Lines file of successes; a re-run skips rows already done for the same target");
-  app.add_flag("--dry-run", f.dry_run, "check, seal and write records, but upload nothing and keep no state");
-  app.add_option("--enum-case", f.enum_case, "camel (Graph docs, default) or pascal (PowerShell module)")
+  app.add_option("--graph-url", f.graph_url,
+                 "Graph base URL, e.g. https://graph.microsoft.com/beta");
+  app.add_option("--token-file", f.token_file,
+                 "file holding the Graph bearer token (else $GRAPH_TOKEN)");
+  app.add_option(
+      "--state-file", f.state_file,
+      "JSON Lines file of successes; a re-run skips rows already done for the same target");
+  app.add_flag("--dry-run", f.dry_run,
+               "check, seal and write records, but upload nothing and keep no state");
+  app.add_option("--enum-case", f.enum_case,
+                 "camel (Graph docs, default) or pascal (PowerShell module)")
       ->check(CLI::IsMember({"camel", "pascal"}));
   app.add_option("--password-encoding", f.password_encoding,
                  "intune (low byte of each UTF-16 unit, default) or utf8")

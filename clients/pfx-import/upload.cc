@@ -5,9 +5,8 @@
 #include <cctype>
 #include <ctime>
 #include <mutex>
-#include <thread>
-
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -148,10 +147,10 @@ UploadResult GraphUploader::Post(const std::string& json_body) {
       continue;  // really send the request again (a fresh POST)
     }
     result.reason = absl::StrCat("upload-http-", result.http_status);
-    result.message = absl::StrCat("Graph answered HTTP ", result.http_status,
-                                  throttled ? absl::StrCat(" after ", result.attempts, " attempts")
-                                            : std::string(),
-                                  resp.body.empty() ? "" : ": ", GraphError(resp.body));
+    result.message = absl::StrCat(
+        "Graph answered HTTP ", result.http_status,
+        throttled ? absl::StrCat(" after ", result.attempts, " attempts") : std::string(),
+        resp.body.empty() ? "" : ": ", GraphError(resp.body));
     return result;
   }
 }

@@ -26,9 +26,9 @@ struct UploadResult {
 class GraphUploader final {
  public:
   struct Options {
-    std::string graph_url;            // e.g. https://graph.microsoft.com/beta
-    crypto::SecretString token;       // bearer token
-    int max_attempts = 6;             // per record, counting 429/503 re-sends
+    std::string graph_url;       // e.g. https://graph.microsoft.com/beta
+    crypto::SecretString token;  // bearer token
+    int max_attempts = 6;        // per record, counting 429/503 re-sends
     absl::Duration default_retry_after = absl::Seconds(60);
     absl::Duration max_retry_after = absl::Seconds(300);
     absl::Duration timeout = absl::Seconds(30);

@@ -34,7 +34,8 @@ using ojson = nlohmann::ordered_json;
 std::string Fold(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c != '-' && c != '_' && c != ' ') out.push_back(absl::ascii_tolower(static_cast<unsigned char>(c)));
+    if (c != '-' && c != '_' && c != ' ')
+      out.push_back(absl::ascii_tolower(static_cast<unsigned char>(c)));
   }
   return out;
 }
@@ -57,7 +58,8 @@ absl::StatusOr<std::string> Base64Field(const json& obj, const char* field, bool
     if (required) return absl::InvalidArgumentError(absl::StrCat(field, " is missing"));
     return std::string();
   }
-  if (!it->is_string()) return absl::InvalidArgumentError(absl::StrCat(field, " must be a base64 string"));
+  if (!it->is_string())
+    return absl::InvalidArgumentError(absl::StrCat(field, " must be a base64 string"));
   auto b = crypto::Base64Decode(it->get_ref<const std::string&>());
   if (!b.ok()) return absl::InvalidArgumentError(absl::StrCat(field, " is not valid base64"));
   if (required && b->empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is empty"));
@@ -66,7 +68,8 @@ absl::StatusOr<std::string> Base64Field(const json& obj, const char* field, bool
 
 absl::StatusOr<std::string> StringField(const json& obj, const char* field) {
   auto it = obj.find(field);
-  if (it == obj.end() || it->is_null()) return absl::InvalidArgumentError(absl::StrCat(field, " is missing"));
+  if (it == obj.end() || it->is_null())
+    return absl::InvalidArgumentError(absl::StrCat(field, " is missing"));
   if (!it->is_string()) return absl::InvalidArgumentError(absl::StrCat(field, " must be a string"));
   return it->get<std::string>();
 }
@@ -78,18 +81,30 @@ bool Retryable(grpc::StatusCode c) {
 
 std::string GrpcCodeName(grpc::StatusCode c) {
   switch (c) {
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    default: return absl::StrCat("GRPC_", static_cast<int>(c));
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN:
+      return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    default:
+      return absl::StrCat("GRPC_", static_cast<int>(c));
   }
 }
 
@@ -98,11 +113,11 @@ std::string GrpcCodeName(grpc::StatusCode c) {
 
 // One input line on its way through.
 struct Work {
-  uint64_t seq = 0;          // 0-based number among non-empty lines; the wire id
-  uint64_t lineno = 0;       // 1-based input line number (for messages)
-  ojson id;                  // the caller's id (null when absent)
+  uint64_t seq = 0;     // 0-based number among non-empty lines; the wire id
+  uint64_t lineno = 0;  // 1-based input line number (for messages)
+  ojson id;             // the caller's id (null when absent)
   v1::RewrapItem item;
-  ojson record;              // --reseal: the input record
+  ojson record;  // --reseal: the input record
   int attempts = 0;
   Clock::time_point not_before{};
   std::string last_code, last_message;
@@ -110,13 +125,15 @@ struct Work {
 using WorkPtr = std::unique_ptr<Work>;
 
 struct RetryLater {
-  bool operator()(const WorkPtr& a, const WorkPtr& b) const { return a->not_before > b->not_before; }
+  bool operator()(const WorkPtr& a, const WorkPtr& b) const {
+    return a->not_before > b->not_before;
+  }
 };
 
 class Job {
  public:
-  Job(const Options& o, const std::vector<std::shared_ptr<grpc::Channel>>& channels, std::istream& in,
-      std::ostream& out, std::ostream* errors)
+  Job(const Options& o, const std::vector<std::shared_ptr<grpc::Channel>>& channels,
+      std::istream& in, std::ostream& out, std::ostream* errors)
       : o_(o), in_(in), out_(out), errors_(errors), rng_(std::random_device{}()) {
     for (const auto& ch : channels) stubs_.push_back(v1::Rewrap::NewStub(ch));
     down_until_.assign(stubs_.size(), Clock::time_point{});
@@ -184,7 +201,8 @@ class Job {
     if (o_.reseal) {
       ojson rec = ojson::parse(line, nullptr, /*allow_exceptions=*/false);
       if (rec.is_discarded() || !rec.is_object()) {
-        return absl::InvalidArgumentError("the line is not a JSON object (one userPFXCertificate record per line)");
+        return absl::InvalidArgumentError(
+            "the line is not a JSON object (one userPFXCertificate record per line)");
       }
       if (rec.contains("id") && !rec["id"].is_null()) {
         w.id = rec["id"];
@@ -198,7 +216,8 @@ class Job {
       return absl::OkStatus();
     }
     json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("the line is not a JSON object");
+    if (j.is_discarded() || !j.is_object())
+      return absl::InvalidArgumentError("the line is not a JSON object");
     if (j.contains("id")) w.id = ojson::parse(j["id"].dump());
     if (w.id.is_null()) return absl::InvalidArgumentError("id is missing");
     auto item = ParseRequest(j, o_);
@@ -214,15 +233,15 @@ class Job {
       ojson rec = std::move(w->record);
       rec["keyName"] = o_.reseal_to;
       rec["paddingScheme"] = PaddingSchemeName(o_.reseal_padding);
-      rec["encryptedPfxPassword"] =
-          crypto::Base64Encode(absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(r.ciphertext().data()),
-                                                   r.ciphertext().size()));
+      rec["encryptedPfxPassword"] = crypto::Base64Encode(absl::MakeConstSpan(
+          reinterpret_cast<const uint8_t*>(r.ciphertext().data()), r.ciphertext().size()));
       line = rec.dump();
     } else {
       ojson j = {{"id", w->id},
                  {"output", crypto::Base64Encode(absl::MakeConstSpan(
-                               reinterpret_cast<const uint8_t*>(r.ciphertext().data()), r.ciphertext().size()))},
-                {"path", v1::Path_Name(r.path())}};
+                                reinterpret_cast<const uint8_t*>(r.ciphertext().data()),
+                                r.ciphertext().size()))},
+                 {"path", v1::Path_Name(r.path())}};
       line = j.dump();
     }
     Emit(w->seq, std::move(line), /*failed=*/false, "");
@@ -232,9 +251,9 @@ class Job {
     const uint64_t lineno = w->lineno;
     ojson j = {{"id", w->id},
                {"error", {{"code", code}, {"message", message}}},
-              {"path", "PATH_UNSPECIFIED"},
-              {"line", lineno},
-              {"attempts", w->attempts}};
+               {"path", "PATH_UNSPECIFIED"},
+               {"line", lineno},
+               {"attempts", w->attempts}};
     Emit(w->seq, j.dump(), /*failed=*/true, code);
   }
 
@@ -270,14 +289,18 @@ class Job {
 
   // Puts `w` back for another try, or completes it with the error when it has had all its
   // attempts. `stream_level` counts it as resent (its stream broke) rather than retried.
-  void RetryOrFail(WorkPtr w, const std::string& code, const std::string& message, bool stream_level) {
+  void RetryOrFail(WorkPtr w, const std::string& code, const std::string& message,
+                   bool stream_level) {
     if (w->attempts >= o_.max_attempts) {
       Complete(std::move(w), code,
                absl::StrCat(message, " (gave up after ", o_.max_attempts, " attempts)"));
       return;
     }
     std::lock_guard<std::mutex> l(mu_);
-    if (stream_level) ++summary_.resent; else ++summary_.item_retries;
+    if (stream_level)
+      ++summary_.resent;
+    else
+      ++summary_.item_retries;
     w->last_code = code;
     w->last_message = message;
     w->not_before = Clock::now() + Backoff(w->attempts);
@@ -339,7 +362,7 @@ class Job {
       grpc::ClientContext ctx;
       auto stream = stubs_[target]->RewrapStream(&ctx);
       std::atomic<bool> closing{false};  // we sent WritesDone: the end is ours
-      std::mutex smu;  // guards inflight, broken
+      std::mutex smu;                    // guards inflight, broken
       std::condition_variable scv;
       std::deque<Batch> inflight;
       std::atomic<bool> broken{false}, deadline_hit{false};
@@ -373,8 +396,8 @@ class Job {
           broken = true;
         }
         scv.notify_all();
-        cv_.notify_all();                  // a writer waiting in TakeBatch
-        if (!closing) ctx.TryCancel();     // a writer blocked in Write
+        cv_.notify_all();               // a writer waiting in TakeBatch
+        if (!closing) ctx.TryCancel();  // a writer blocked in Write
       });
 
       bool over = false, rotate = false;
@@ -447,8 +470,9 @@ class Job {
         }
       }
       grpc::StatusCode code = deadline_hit ? grpc::StatusCode::DEADLINE_EXCEEDED : st.error_code();
-      std::string msg = deadline_hit ? absl::StrCat("no answer within --deadline ", o_.deadline_s, " s")
-                                     : absl::StrCat("stream failed: ", st.error_message());
+      std::string msg = deadline_hit
+                            ? absl::StrCat("no answer within --deadline ", o_.deadline_s, " s")
+                            : absl::StrCat("stream failed: ", st.error_message());
       if (code == grpc::StatusCode::OK || code == grpc::StatusCode::CANCELLED) {
         code = grpc::StatusCode::UNAVAILABLE;  // our TryCancel after a broken Write
       }
@@ -457,7 +481,9 @@ class Job {
       {
         std::lock_guard<std::mutex> l(mu_);
         if (++summary_.stream_failures <= kMaxStreamFailureLogs) {
-          std::fprintf(stderr, "rewrap-connector: stream %zu (replica %zu): %s: %s; %zu in-flight items go back to the queue\n",
+          std::fprintf(stderr,
+                       "rewrap-connector: stream %zu (replica %zu): %s: %s; %zu in-flight items go "
+                       "back to the queue\n",
                        index, target, GrpcCodeName(code).c_str(), msg.c_str(), n_lost);
         }
       }
@@ -502,8 +528,8 @@ class Job {
 
   bool CheckDeadline(const std::deque<Batch>& inflight) {
     if (inflight.empty() || o_.deadline_s <= 0) return false;
-    return Clock::now() - inflight.front().sent >
-           std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.deadline_s));
+    return Clock::now() - inflight.front().sent > std::chrono::duration_cast<Clock::duration>(
+                                                      std::chrono::duration<double>(o_.deadline_s));
   }
 
   void HandleResponse(Batch b, const v1::RewrapResponse& resp) {
@@ -536,11 +562,14 @@ class Job {
     while (!all_done_) {
       cv_.wait_for(l, std::chrono::seconds(1));
       const double s = std::chrono::duration<double>(Clock::now() - start_).count();
-      std::fprintf(stderr, "\rrewrap-connector: %llu read, %llu done, %llu failed, %llu retries, %.0f items/s   ",
-                   static_cast<unsigned long long>(summary_.total), static_cast<unsigned long long>(summary_.done),
-                   static_cast<unsigned long long>(summary_.failed),
-                   static_cast<unsigned long long>(summary_.item_retries + summary_.resent),
-                   s > 0 ? static_cast<double>(summary_.done + summary_.failed) / s : 0.0);
+      std::fprintf(
+          stderr,
+          "\rrewrap-connector: %llu read, %llu done, %llu failed, %llu retries, %.0f items/s   ",
+          static_cast<unsigned long long>(summary_.total),
+          static_cast<unsigned long long>(summary_.done),
+          static_cast<unsigned long long>(summary_.failed),
+          static_cast<unsigned long long>(summary_.item_retries + summary_.resent),
+          s > 0 ? static_cast<double>(summary_.done + summary_.failed) / s : 0.0);
     }
     std::fprintf(stderr, "\n");
   }
@@ -580,12 +609,19 @@ class Job {
 absl::StatusOr<v1::Padding> ParsePaddingScheme(const json& value) {
   if (value.is_number_integer()) {
     switch (value.get<int>()) {
-      case 0: case 5: return v1::OAEP_SHA512;
-      case 1: return v1::PKCS1;
-      case 2: return v1::OAEP_SHA1;
-      case 3: return v1::OAEP_SHA256;
-      case 4: return v1::OAEP_SHA384;
-      default: break;
+      case 0:
+      case 5:
+        return v1::OAEP_SHA512;
+      case 1:
+        return v1::PKCS1;
+      case 2:
+        return v1::OAEP_SHA1;
+      case 3:
+        return v1::OAEP_SHA256;
+      case 4:
+        return v1::OAEP_SHA384;
+      default:
+        break;
     }
     return absl::InvalidArgumentError(absl::StrCat("paddingScheme ", value.dump(), " is not 0..5"));
   }
@@ -596,30 +632,41 @@ absl::StatusOr<v1::Padding> ParsePaddingScheme(const json& value) {
   if (f == "oaepsha512" || f == "none") return v1::OAEP_SHA512;
   if (f == "oaepsha1") return v1::OAEP_SHA1;
   if (f == "pkcs1") return v1::PKCS1;
-  return absl::InvalidArgumentError(absl::StrCat("paddingScheme '", value.get<std::string>(),
-                                                 "' is not one of oaepSha256, oaepSha384, oaepSha512, "
-                                                 "oaepSha1, pkcs1, none"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("paddingScheme '", value.get<std::string>(),
+                   "' is not one of oaepSha256, oaepSha384, oaepSha512, "
+                   "oaepSha1, pkcs1, none"));
 }
 
 std::string PaddingSchemeName(v1::Padding p) {
   switch (p) {
-    case v1::OAEP_SHA256: return "oaepSha256";
-    case v1::OAEP_SHA384: return "oaepSha384";
-    case v1::OAEP_SHA1: return "oaepSha1";
-    case v1::PKCS1: return "pkcs1";
+    case v1::OAEP_SHA256:
+      return "oaepSha256";
+    case v1::OAEP_SHA384:
+      return "oaepSha384";
+    case v1::OAEP_SHA1:
+      return "oaepSha1";
+    case v1::PKCS1:
+      return "pkcs1";
     case v1::OAEP_SHA512:
-    default: return "oaepSha512";
+    default:
+      return "oaepSha512";
   }
 }
 
 v1::OutputFormat BareFormatFor(v1::Padding p) {
   switch (p) {
-    case v1::OAEP_SHA256: return v1::RSA_OAEP_SHA256;
-    case v1::OAEP_SHA384: return v1::RSA_OAEP_SHA384;
-    case v1::OAEP_SHA1: return v1::RSA_OAEP_SHA1;
-    case v1::PKCS1: return v1::RSA_PKCS1;
+    case v1::OAEP_SHA256:
+      return v1::RSA_OAEP_SHA256;
+    case v1::OAEP_SHA384:
+      return v1::RSA_OAEP_SHA384;
+    case v1::OAEP_SHA1:
+      return v1::RSA_OAEP_SHA1;
+    case v1::PKCS1:
+      return v1::RSA_PKCS1;
     case v1::OAEP_SHA512:
-    default: return v1::RSA_OAEP_SHA512;
+    default:
+      return v1::RSA_OAEP_SHA512;
   }
 }
 
@@ -633,9 +680,10 @@ absl::StatusOr<v1::OutputFormat> ParseFormat(const std::string& name) {
   if (f == "rsaoaepsha512") return v1::RSA_OAEP_SHA512;
   if (f == "rsapkcs1") return v1::RSA_PKCS1;
   if (f == "apple" || f == "appleencryptedpayload") return v1::APPLE_ENCRYPTED_PAYLOAD;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "format '", name,
-      "' is not one of cms, cmsPkcs1, rsaOaepSha256, rsaOaepSha1, rsaOaepSha384, rsaOaepSha512, rsaPkcs1, apple"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("format '", name,
+                   "' is not one of cms, cmsPkcs1, rsaOaepSha256, rsaOaepSha1, rsaOaepSha384, "
+                   "rsaOaepSha512, rsaPkcs1, apple"));
 }
 
 absl::StatusOr<v1::ContentCipher> ParseContentCipher(const std::string& name) {
@@ -683,7 +731,8 @@ absl::StatusOr<v1::RewrapItem> ParseRequest(const json& j, const Options& option
   item.set_format(*f);
   item.set_content_cipher(options.default_cipher);
   if (j.contains("contentCipher") && !j["contentCipher"].is_null()) {
-    if (!j["contentCipher"].is_string()) return absl::InvalidArgumentError("contentCipher must be a string");
+    if (!j["contentCipher"].is_string())
+      return absl::InvalidArgumentError("contentCipher must be a string");
     auto c = ParseContentCipher(j["contentCipher"].get<std::string>());
     if (!c.ok()) return c.status();
     item.set_content_cipher(*c);
@@ -697,7 +746,8 @@ absl::StatusOr<v1::RewrapItem> ParseRequest(const json& j, const Options& option
       break;
     }
   }
-  if (*f != v1::APPLE_ENCRYPTED_PAYLOAD) item.clear_pfx();  // a record's blob is not for other formats
+  if (*f != v1::APPLE_ENCRYPTED_PAYLOAD)
+    item.clear_pfx();  // a record's blob is not for other formats
   if (*f == v1::APPLE_ENCRYPTED_PAYLOAD && item.pfx().empty()) {
     return absl::InvalidArgumentError("format apple needs the PFX in pfx (base64)");
   }
@@ -725,23 +775,28 @@ absl::StatusOr<v1::RewrapItem> ParseResealRecord(const ojson& rec, const Options
   return item;
 }
 
-absl::StatusOr<Summary> Run(const Options& options, const std::vector<std::shared_ptr<grpc::Channel>>& channels,
+absl::StatusOr<Summary> Run(const Options& options,
+                            const std::vector<std::shared_ptr<grpc::Channel>>& channels,
                             std::istream& in, std::ostream& out, std::ostream* errors) {
   if (channels.empty()) return absl::InvalidArgumentError("no service address");
   if (options.batch == 0 || options.streams == 0 || options.inflight == 0) {
-    return absl::InvalidArgumentError("--batch, --streams and the in-flight count must be at least 1");
+    return absl::InvalidArgumentError(
+        "--batch, --streams and the in-flight count must be at least 1");
   }
-  if (options.max_attempts < 1) return absl::InvalidArgumentError("--max-attempts must be at least 1");
+  if (options.max_attempts < 1)
+    return absl::InvalidArgumentError("--max-attempts must be at least 1");
   Job job(options, channels, in, out, errors);
   return job.Run();
 }
 
 std::string FormatSummary(const Summary& s) {
   std::string out = absl::StrFormat(
-      "rewrap-connector: %d requests: %d done, %d failed; retries %d (%d items after an item error, "
+      "rewrap-connector: %d requests: %d done, %d failed; retries %d (%d items after an item "
+      "error, "
       "%d items resent after %d stream failures); %.1f s, %.0f items/s\n",
-      s.total, s.done, s.failed, s.item_retries + s.resent, s.item_retries, s.resent, s.stream_failures,
-      s.seconds, s.seconds > 0 ? static_cast<double>(s.done + s.failed) / s.seconds : 0.0);
+      s.total, s.done, s.failed, s.item_retries + s.resent, s.item_retries, s.resent,
+      s.stream_failures, s.seconds,
+      s.seconds > 0 ? static_cast<double>(s.done + s.failed) / s.seconds : 0.0);
   if (!s.failed_by_code.empty()) {
     out += "rewrap-connector: failed by code:";
     for (const auto& [code, n] : s.failed_by_code) absl::StrAppend(&out, " ", code, "=", n);

@@ -8,17 +8,17 @@
 // another replica) takes them. Every input line gets exactly one output line.
 #pragma once
 
+#include <grpcpp/grpcpp.h>
+
 #include <chrono>
 #include <cstdint>
 #include <iosfwd>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
-#include <nlohmann/json.hpp>
 
 #include "absl/status/statusor.h"
 #include "hsmrewrap/v1/rewrap.pb.h"
@@ -28,15 +28,15 @@ namespace hsmrewrap::connector {
 namespace v1 = ::hsmrewrap::v1;
 
 struct Options {
-  size_t batch = 100;          // items per RewrapRequest (the service takes at most 1000)
-  size_t streams = 4;          // concurrent RewrapStreams
-  size_t inflight = 4;         // batches in flight per stream (the service reads up to 8)
-  size_t window = 0;           // input lines held at once; 0 = batch * streams * inflight * 2
-  double deadline_s = 30;      // a batch not answered within this is DEADLINE_EXCEEDED
-  int max_attempts = 8;        // per item, first try included
+  size_t batch = 100;      // items per RewrapRequest (the service takes at most 1000)
+  size_t streams = 4;      // concurrent RewrapStreams
+  size_t inflight = 4;     // batches in flight per stream (the service reads up to 8)
+  size_t window = 0;       // input lines held at once; 0 = batch * streams * inflight * 2
+  double deadline_s = 30;  // a batch not answered within this is DEADLINE_EXCEEDED
+  int max_attempts = 8;    // per item, first try included
   std::chrono::milliseconds backoff_base{100};
   std::chrono::milliseconds backoff_max{5000};
-  bool progress = false;       // print a progress line on stderr (a TTY) every second
+  bool progress = false;  // print a progress line on stderr (a TTY) every second
   v1::ContentCipher default_cipher = v1::AES_256_CBC;
   // Rotation (--reseal --to KEY): input lines are userPFXCertificate records; output the
   // same records sealed to `reseal_to` with `reseal_padding`.
@@ -69,9 +69,9 @@ absl::StatusOr<v1::RewrapItem> ParseResealRecord(const nlohmann::ordered_json& r
 
 struct Summary {
   uint64_t total = 0, done = 0, failed = 0;
-  uint64_t item_retries = 0;    // items sent again after a retryable item error
-  uint64_t stream_failures = 0; // streams that broke (their in-flight items were sent again)
-  uint64_t resent = 0;          // items sent again because their stream broke
+  uint64_t item_retries = 0;     // items sent again after a retryable item error
+  uint64_t stream_failures = 0;  // streams that broke (their in-flight items were sent again)
+  uint64_t resent = 0;           // items sent again because their stream broke
   std::map<std::string, uint64_t> failed_by_code;
   double seconds = 0;
 };
@@ -81,7 +81,8 @@ struct Summary {
 // stream and the like), never because items failed.
 // `channels`: one per replica (streams are spread over them and move to the next one
 // when they fail).
-absl::StatusOr<Summary> Run(const Options& options, const std::vector<std::shared_ptr<grpc::Channel>>& channels,
+absl::StatusOr<Summary> Run(const Options& options,
+                            const std::vector<std::shared_ptr<grpc::Channel>>& channels,
                             std::istream& in, std::ostream& out, std::ostream* errors);
 
 std::string FormatSummary(const Summary& s);

@@ -5,10 +5,9 @@
 // error line); 2 usage or I/O error (nothing or not everything was processed).
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <fstream>
 #include <iostream>
-
-#include <CLI/CLI.hpp>
 
 #include "clients/common/channel.h"
 #include "clients/rewrap-connector/connector.h"
@@ -18,7 +17,8 @@ namespace {
 
 constexpr int kExitFailedItems = 1, kExitUsage = 2;
 
-constexpr char kDescription[] = R"(rewrap-connector: rewraps sealed PFX passwords to devices through rewrapd.
+constexpr char kDescription[] =
+    R"(rewrap-connector: rewraps sealed PFX passwords to devices through rewrapd.
 
 Input (--in, JSON Lines, one request per line):
   {"id": "r1", "keyName": "default", "paddingScheme": "oaepSha512",
@@ -60,28 +60,37 @@ int Main(int argc, char** argv) {
   clients::ChannelOptions copts;
   clients::AddChannelFlags(app, copts);
   Options o;
-  std::string in_path = "-", out_path = "-", errors_path, cipher = "aes256", to_padding = "oaepSha512";
+  std::string in_path = "-", out_path = "-", errors_path, cipher = "aes256",
+              to_padding = "oaepSha512";
   app.add_option("--in", in_path, "request file, JSON Lines ('-' = stdin, the default)");
   app.add_option("--out", out_path, "result file, JSON Lines ('-' = stdout, the default)");
   app.add_option("--errors", errors_path, "write failed results here instead of --out");
   app.add_option("--batch", o.batch, "items per RewrapStream request (1..1000, default 100)")
       ->check(CLI::Range(1, 1000));
-  app.add_option("--streams", o.streams, "concurrent RewrapStreams (default 4)")->check(CLI::Range(1, 256));
-  app.add_option("--inflight", o.inflight, "batches in flight per stream (1..8, default 4)")->check(CLI::Range(1, 8));
+  app.add_option("--streams", o.streams, "concurrent RewrapStreams (default 4)")
+      ->check(CLI::Range(1, 256));
+  app.add_option("--inflight", o.inflight, "batches in flight per stream (1..8, default 4)")
+      ->check(CLI::Range(1, 8));
   app.add_option("--window", o.window,
                  "most input lines held in memory at once (default batch*streams*inflight*2)");
-  app.add_option("--deadline", o.deadline_s,
-                 "seconds a batch may wait for its answer before it is retried elsewhere (default 30)")
+  app.add_option(
+         "--deadline", o.deadline_s,
+         "seconds a batch may wait for its answer before it is retried elsewhere (default 30)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--max-attempts", o.max_attempts, "tries per item before it is reported failed (default 8)")
+  app.add_option("--max-attempts", o.max_attempts,
+                 "tries per item before it is reported failed (default 8)")
       ->check(CLI::Range(1, 100));
-  app.add_option("--content-cipher", cipher, "default contentCipher for CMS formats: aes256, aes128, 3des");
-  auto* reseal = app.add_flag("--reseal", o.reseal, "rotation: re-seal userPFXCertificate records to --to KEY");
+  app.add_option("--content-cipher", cipher,
+                 "default contentCipher for CMS formats: aes256, aes128, 3des");
+  auto* reseal = app.add_flag("--reseal", o.reseal,
+                              "rotation: re-seal userPFXCertificate records to --to KEY");
   app.add_option("--to", o.reseal_to, "--reseal: the new service key")->needs(reseal);
-  app.add_option("--to-padding", to_padding, "--reseal: padding of the new seal (default oaepSha512)")
+  app.add_option("--to-padding", to_padding,
+                 "--reseal: padding of the new seal (default oaepSha512)")
       ->needs(reseal);
   bool progress = isatty(STDERR_FILENO) == 1, no_progress = false;
-  app.add_flag("--no-progress", no_progress, "no progress line (it is shown when stderr is a terminal)");
+  app.add_flag("--no-progress", no_progress,
+               "no progress line (it is shown when stderr is a terminal)");
 
   try {
     app.parse(argc, argv);

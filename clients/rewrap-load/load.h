@@ -14,6 +14,7 @@
 // password; a mismatch counts as an error.
 #pragma once
 
+#include <grpcpp/grpcpp.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -21,8 +22,6 @@
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
 #include "crypto/keys.h"
@@ -42,16 +41,16 @@ struct Options {
   DeviceKind device_kind = DeviceKind::kRsa;
   RecipientKind recipient = RecipientKind::kCertificate;
   int device_bits = 2048;
-  unsigned devices = 16;        // distinct device keys/certificates
-  unsigned passwords = 2048;    // distinct sealed passwords (rounded up to a multiple of batch)
+  unsigned devices = 16;      // distinct device keys/certificates
+  unsigned passwords = 2048;  // distinct sealed passwords (rounded up to a multiple of batch)
   unsigned batch = 64;
   unsigned streams = 4;
-  unsigned depth = 2;           // closed loop: batches outstanding per stream
-  double rate = 0;              // items/s; > 0 = open loop
+  unsigned depth = 2;              // closed loop: batches outstanding per stream
+  double rate = 0;                 // items/s; > 0 = open loop
   size_t max_outstanding = 20000;  // open loop: items in flight before sends are skipped
-  double duration_s = 10;       // used when items == 0
-  uint64_t items = 0;           // stop after this many items (rounded up to whole batches)
-  double warmup_s = 0;          // measured but not counted
+  double duration_s = 10;          // used when items == 0
+  uint64_t items = 0;              // stop after this many items (rounded up to whole batches)
+  double warmup_s = 0;             // measured but not counted
   bool verify_all = false;
   unsigned verify_every = 100;  // sample: every Nth item (1%)
   pid_t server_pid = 0;         // rewrapd's pid, for server CPU and RSS
@@ -63,7 +62,7 @@ struct Options {
 struct Device {
   std::shared_ptr<EVP_PKEY> key;  // private
   std::shared_ptr<X509> cert;
-  std::string recipient_der;      // certificate or SPKI, per Options::recipient
+  std::string recipient_der;  // certificate or SPKI, per Options::recipient
 };
 
 // Everything prepared before timing.
@@ -100,7 +99,7 @@ struct Report {
   std::string target;
   double prepare_s = 0;
   double elapsed_s = 0;
-  uint64_t items = 0;         // items with a result (ok or error)
+  uint64_t items = 0;  // items with a result (ok or error)
   uint64_t ok_items = 0;
   uint64_t batches = 0;
   double items_per_s = 0, batches_per_s = 0;
@@ -109,21 +108,21 @@ struct Report {
   uint64_t error_items = 0;
   uint64_t mismatches = 0;
   uint64_t verified = 0;
-  std::map<std::string, uint64_t> paths;   // result path -> items
+  std::map<std::string, uint64_t> paths;  // result path -> items
   // Open loop.
   uint64_t scheduled_items = 0, skipped_items = 0;
   double max_send_lag_ms = 0;
   bool behind = false;
   // CPU.
   double client_cpu_s = 0;
-  double server_cpu_s = -1;     // -1 = unknown
+  double server_cpu_s = -1;  // -1 = unknown
   uint64_t server_rss_kib_last = 0, server_rss_kib_max = 0, server_vmhwm_kib = 0;
   uint64_t server_rss_kib_first = 0;
-  std::vector<ProcSample> proc_series;       // once a second
-  std::vector<uint64_t> items_per_second;    // completed items per wall-clock second
+  std::vector<ProcSample> proc_series;     // once a second
+  std::vector<uint64_t> items_per_second;  // completed items per wall-clock second
   // Latency histogram for the chart: bucket upper bounds (ms) and item counts.
   std::vector<std::pair<double, uint64_t>> latency_histogram;
-  std::vector<std::string> stream_errors;    // first few non-OK stream statuses
+  std::vector<std::string> stream_errors;  // first few non-OK stream statuses
 };
 
 // Runs the load. The channel may balance over several targets.

@@ -50,7 +50,8 @@ struct Tally {
     for (const auto& [k, v] : t.paths) paths[k] += v;
     items += t.items, ok_items += t.ok_items, batches += t.batches, error_items += t.error_items;
     mismatches += t.mismatches, verified += t.verified;
-    for (const auto& n : t.notes) if (notes.size() < 10) notes.push_back(n);
+    for (const auto& n : t.notes)
+      if (notes.size() < 10) notes.push_back(n);
   }
 };
 
@@ -89,7 +90,7 @@ class StreamReactor final : public grpc::ClientBidiReactor<v1::RewrapRequest, v1
   v1::RewrapResponse resp_;
   std::deque<std::pair<const v1::RewrapRequest*, Clock::time_point>> to_write_;  // guarded by mu_
   std::deque<std::pair<const v1::RewrapRequest*, Clock::time_point>> sent_;      // guarded by mu_
-  bool writing_ = false, writes_done_ = false, no_more_ = false;                // guarded by mu_
+  bool writing_ = false, writes_done_ = false, no_more_ = false;                 // guarded by mu_
   Tally tally_;                                                                  // guarded by mu_
 };
 
@@ -111,10 +112,11 @@ class Runner {
   bool open_loop() const { return o_.rate > 0; }
 
   // Called by a stream with a response (outside its lock).
-  void Count(const v1::RewrapRequest& req, const v1::RewrapResponse& resp, Clock::time_point intended,
-             Tally& tally_out, std::mutex& tally_mu);
+  void Count(const v1::RewrapRequest& req, const v1::RewrapResponse& resp,
+             Clock::time_point intended, Tally& tally_out, std::mutex& tally_mu);
   void CountStreamFailure(const v1::RewrapRequest& req, const grpc::Status& s, Tally& t) {
-    t.errors[absl::StrCat("STREAM_", StatusName(s.error_code()))] += static_cast<uint64_t>(req.items_size());
+    t.errors[absl::StrCat("STREAM_", StatusName(s.error_code()))] +=
+        static_cast<uint64_t>(req.items_size());
     t.error_items += static_cast<uint64_t>(req.items_size());
     t.items += static_cast<uint64_t>(req.items_size());
     outstanding_items_.fetch_sub(static_cast<uint64_t>(req.items_size()));
@@ -127,10 +129,23 @@ class Runner {
   void Sent(size_t items) { outstanding_items_.fetch_add(items); }
 
   static std::string StatusName(grpc::StatusCode c) {
-    static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
-                                   "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                                   "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
-                                   "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+    static const char* kNames[] = {"OK",
+                                   "CANCELLED",
+                                   "UNKNOWN",
+                                   "INVALID_ARGUMENT",
+                                   "DEADLINE_EXCEEDED",
+                                   "NOT_FOUND",
+                                   "ALREADY_EXISTS",
+                                   "PERMISSION_DENIED",
+                                   "RESOURCE_EXHAUSTED",
+                                   "FAILED_PRECONDITION",
+                                   "ABORTED",
+                                   "OUT_OF_RANGE",
+                                   "UNIMPLEMENTED",
+                                   "INTERNAL",
+                                   "UNAVAILABLE",
+                                   "DATA_LOSS",
+                                   "UNAUTHENTICATED"};
     const int i = static_cast<int>(c);
     return i >= 0 && i < 17 ? kNames[i] : std::to_string(i);
   }
@@ -158,8 +173,9 @@ class Runner {
 
 StreamReactor::StreamReactor(Runner* runner, v1::Rewrap::Stub* stub, Clock::time_point deadline)
     : runner_(runner), stub_(stub) {
-  ctx_.set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::duration_cast<std::chrono::system_clock::duration>(deadline - Clock::now()));
+  ctx_.set_deadline(
+      std::chrono::system_clock::now() +
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(deadline - Clock::now()));
 }
 
 void StreamReactor::Start() {
@@ -242,8 +258,8 @@ void StreamReactor::OnDone(const grpc::Status& s) {
     std::lock_guard<std::mutex> l(mu_);
     if (!s.ok()) {
       if (tally_.notes.size() < 10) {
-        tally_.notes.push_back(absl::StrCat("stream ended: ", Runner::StatusName(s.error_code()), ": ",
-                                            s.error_message()));
+        tally_.notes.push_back(absl::StrCat("stream ended: ", Runner::StatusName(s.error_code()),
+                                            ": ", s.error_message()));
       }
       for (const auto& b : sent_) runner_->CountStreamFailure(*b.first, s, tally_);
       for (const auto& b : to_write_) runner_->CountStreamFailure(*b.first, s, tally_);
@@ -256,8 +272,8 @@ void StreamReactor::OnDone(const grpc::Status& s) {
 
 // ---------------------------------------------------------------------------------------
 
-void Runner::Count(const v1::RewrapRequest& req, const v1::RewrapResponse& resp, Clock::time_point intended,
-                   Tally& t, std::mutex& mu) {
+void Runner::Count(const v1::RewrapRequest& req, const v1::RewrapResponse& resp,
+                   Clock::time_point intended, Tally& t, std::mutex& mu) {
   const auto now = Clock::now();
   const auto lat_us = std::chrono::duration_cast<std::chrono::microseconds>(now - intended).count();
   const uint64_t n = static_cast<uint64_t>(req.items_size());
@@ -281,7 +297,9 @@ void Runner::Count(const v1::RewrapRequest& req, const v1::RewrapResponse& resp,
       if (r.has_error()) {
         errs[v1::ItemError::Code_Name(r.error().code())]++;
         err_items++;
-        if (note.empty()) note = absl::StrCat("item error: ", v1::ItemError::Code_Name(r.error().code()), ": ", r.error().message());
+        if (note.empty())
+          note = absl::StrCat("item error: ", v1::ItemError::Code_Name(r.error().code()), ": ",
+                              r.error().message());
         continue;
       }
       paths[v1::Path_Name(r.path())]++;
@@ -293,7 +311,8 @@ void Runner::Count(const v1::RewrapRequest& req, const v1::RewrapResponse& resp,
           mismatches++, err_items++;
           continue;
         }
-        const std::string why = VerifyOutput(o_, w_.devices[idx % w_.devices.size()], w_.passwords[idx], r.ciphertext());
+        const std::string why = VerifyOutput(o_, w_.devices[idx % w_.devices.size()],
+                                             w_.passwords[idx], r.ciphertext());
         verified++;
         if (!why.empty()) {
           errs["MISMATCH"]++;
@@ -312,10 +331,12 @@ void Runner::Count(const v1::RewrapRequest& req, const v1::RewrapResponse& resp,
   per_second_[std::min(sec, kMaxSeconds - 1)].fetch_add(n);
   const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now - start_).count();
   int64_t prev = last_done_ns_.load();
-  while (prev < ns && !last_done_ns_.compare_exchange_weak(prev, ns)) {}
+  while (prev < ns && !last_done_ns_.compare_exchange_weak(prev, ns)) {
+  }
 
   std::lock_guard<std::mutex> l(mu);
-  t.latencies.emplace_back(static_cast<uint32_t>(std::min<int64_t>(lat_us, UINT32_MAX)), static_cast<uint32_t>(n));
+  t.latencies.emplace_back(static_cast<uint32_t>(std::min<int64_t>(lat_us, UINT32_MAX)),
+                           static_cast<uint32_t>(n));
   t.items += n;
   t.batches++;
   t.ok_items += ok_items;
@@ -334,10 +355,12 @@ void Runner::Progress(double t, bool final_line) {
   const double inst = dt > 0 ? static_cast<double>(done - last_progress_items_) / dt : 0;
   last_progress_t_ = t;
   last_progress_items_ = done;
-  std::fprintf(stderr, "\r%6.1f s  %10llu items  %8.0f items/s now  %8.0f avg  in flight %6llu  errors %llu   %s",
-               t, static_cast<unsigned long long>(done), inst, t > 0 ? static_cast<double>(done) / t : 0.0,
-               static_cast<unsigned long long>(outstanding_items_.load()),
-               static_cast<unsigned long long>(error_items_.load()), final_line ? "\n" : "");
+  std::fprintf(
+      stderr,
+      "\r%6.1f s  %10llu items  %8.0f items/s now  %8.0f avg  in flight %6llu  errors %llu   %s", t,
+      static_cast<unsigned long long>(done), inst, t > 0 ? static_cast<double>(done) / t : 0.0,
+      static_cast<unsigned long long>(outstanding_items_.load()),
+      static_cast<unsigned long long>(error_items_.load()), final_line ? "\n" : "");
   std::fflush(stderr);
 }
 
@@ -371,20 +394,23 @@ LatencySummary Summarize(std::vector<std::pair<uint32_t, uint32_t>> lat, bool pe
   return s;
 }
 
-std::vector<std::pair<double, uint64_t>> Histogram(const std::vector<std::pair<uint32_t, uint32_t>>& lat) {
+std::vector<std::pair<double, uint64_t>> Histogram(
+    const std::vector<std::pair<uint32_t, uint32_t>>& lat) {
   // Log-spaced buckets, 10 per decade, 0.01 ms .. 100 s; empty leading/trailing buckets trimmed.
   std::vector<std::pair<double, uint64_t>> h;
   for (int i = 0; i <= 70; ++i) h.emplace_back(0.01 * std::pow(10.0, i / 10.0), 0);
   for (const auto& [us, n] : lat) {
     const double ms = us / 1000.0;
-    auto it = std::lower_bound(h.begin(), h.end(), ms, [](const auto& b, double v) { return b.first < v; });
+    auto it = std::lower_bound(h.begin(), h.end(), ms,
+                               [](const auto& b, double v) { return b.first < v; });
     if (it == h.end()) --it;
     it->second += n;
   }
   size_t first = 0, last = h.size();
   while (first < last && h[first].second == 0) ++first;
   while (last > first && h[last - 1].second == 0) --last;
-  return std::vector<std::pair<double, uint64_t>>(h.begin() + static_cast<long>(first), h.begin() + static_cast<long>(last));
+  return std::vector<std::pair<double, uint64_t>>(h.begin() + static_cast<long>(first),
+                                                  h.begin() + static_cast<long>(last));
 }
 
 Report Runner::Run(std::shared_ptr<grpc::Channel> channel) {
@@ -407,7 +433,8 @@ Report Runner::Run(std::shared_ptr<grpc::Channel> channel) {
                                      by_items ? 24 * 3600 : o_.duration_s + o_.timeout_s));
 
   std::vector<std::unique_ptr<StreamReactor>> streams;
-  for (unsigned i = 0; i < o_.streams; ++i) streams.push_back(std::make_unique<StreamReactor>(this, stub.get(), deadline));
+  for (unsigned i = 0; i < o_.streams; ++i)
+    streams.push_back(std::make_unique<StreamReactor>(this, stub.get(), deadline));
   for (auto& s : streams) s->Start();
 
   std::thread pacer;
@@ -416,7 +443,8 @@ Report Runner::Run(std::shared_ptr<grpc::Channel> channel) {
     pacer = std::thread([&] {
       const double interval = static_cast<double>(o_.batch) / o_.rate;
       for (uint64_t k = 0;; ++k) {
-        const auto due = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(k * interval));
+        const auto due = start_ + std::chrono::duration_cast<Clock::duration>(
+                                      std::chrono::duration<double>(k * interval));
         std::this_thread::sleep_until(due);
         if (stop_.load()) break;
         if (by_items && k * o_.batch >= o_.items) {
@@ -442,7 +470,8 @@ Report Runner::Run(std::shared_ptr<grpc::Channel> channel) {
         s->Enqueue(req, Clock::now());
       }
     }
-    if (stop_.load()) for (auto& s : streams) s->NoMore();
+    if (stop_.load())
+      for (auto& s : streams) s->NoMore();
   }
 
   // Main thread: stop condition, progress line and /proc samples.
@@ -450,12 +479,15 @@ Report Runner::Run(std::shared_ptr<grpc::Channel> channel) {
   for (;;) {
     {
       std::unique_lock<std::mutex> l(done_mu_);
-      if (done_cv_.wait_for(l, std::chrono::milliseconds(100), [&] { return streams_done_ == streams.size(); })) break;
+      if (done_cv_.wait_for(l, std::chrono::milliseconds(100),
+                            [&] { return streams_done_ == streams.size(); }))
+        break;
     }
     const auto now = Clock::now();
     const double t = Seconds(now - start_);
     if (!by_items && t >= o_.duration_s && !stop_.exchange(true)) {
-      if (!open_loop()) for (auto& s : streams) s->NoMore();
+      if (!open_loop())
+        for (auto& s : streams) s->NoMore();
     }
     if (now >= next_sample) {
       next_sample += std::chrono::seconds(1);
@@ -463,7 +495,8 @@ Report Runner::Run(std::shared_ptr<grpc::Channel> channel) {
         ProcSample ps;
         ps.t_s = t;
         uint64_t hwm = 0;
-        if (ReadProcCpu(o_.server_pid, &ps.server_cpu_s) && ReadProcMem(o_.server_pid, &ps.rss_kib, &hwm)) {
+        if (ReadProcCpu(o_.server_pid, &ps.server_cpu_s) &&
+            ReadProcMem(o_.server_pid, &ps.rss_kib, &hwm)) {
           ps.server_cpu_s -= server_cpu0;
           rep.proc_series.push_back(ps);
           rep.server_rss_kib_max = std::max(rep.server_rss_kib_max, ps.rss_kib);

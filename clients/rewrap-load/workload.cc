@@ -30,12 +30,23 @@ std::string OsslError(const std::string& what) {
 
 bool ToCryptoPadding(v1::Padding p, crypto::RsaPadding* out) {
   switch (p) {
-    case v1::OAEP_SHA1: *out = crypto::RsaPadding::kOaepSha1; return true;
-    case v1::OAEP_SHA256: *out = crypto::RsaPadding::kOaepSha256; return true;
-    case v1::OAEP_SHA384: *out = crypto::RsaPadding::kOaepSha384; return true;
-    case v1::OAEP_SHA512: *out = crypto::RsaPadding::kOaepSha512; return true;
-    case v1::PKCS1: *out = crypto::RsaPadding::kPkcs1; return true;
-    default: return false;
+    case v1::OAEP_SHA1:
+      *out = crypto::RsaPadding::kOaepSha1;
+      return true;
+    case v1::OAEP_SHA256:
+      *out = crypto::RsaPadding::kOaepSha256;
+      return true;
+    case v1::OAEP_SHA384:
+      *out = crypto::RsaPadding::kOaepSha384;
+      return true;
+    case v1::OAEP_SHA512:
+      *out = crypto::RsaPadding::kOaepSha512;
+      return true;
+    case v1::PKCS1:
+      *out = crypto::RsaPadding::kPkcs1;
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -44,11 +55,16 @@ bool IsCms(v1::OutputFormat f) { return f == v1::CMS_ENVELOPED || f == v1::CMS_E
 // The padding of a bare RSA output format.
 crypto::RsaPadding BarePadding(v1::OutputFormat f) {
   switch (f) {
-    case v1::RSA_OAEP_SHA1: return crypto::RsaPadding::kOaepSha1;
-    case v1::RSA_OAEP_SHA384: return crypto::RsaPadding::kOaepSha384;
-    case v1::RSA_OAEP_SHA512: return crypto::RsaPadding::kOaepSha512;
-    case v1::RSA_PKCS1: return crypto::RsaPadding::kPkcs1;
-    default: return crypto::RsaPadding::kOaepSha256;
+    case v1::RSA_OAEP_SHA1:
+      return crypto::RsaPadding::kOaepSha1;
+    case v1::RSA_OAEP_SHA384:
+      return crypto::RsaPadding::kOaepSha384;
+    case v1::RSA_OAEP_SHA512:
+      return crypto::RsaPadding::kOaepSha512;
+    case v1::RSA_PKCS1:
+      return crypto::RsaPadding::kPkcs1;
+    default:
+      return crypto::RsaPadding::kOaepSha256;
   }
 }
 
@@ -58,16 +74,23 @@ std::string RandomPassword(size_t len) {
   std::string raw(len, '\0');
   RAND_bytes(reinterpret_cast<unsigned char*>(raw.data()), static_cast<int>(len));
   std::string out;
-  for (char c : raw) out.push_back(kAlphabet[static_cast<unsigned char>(c) % (sizeof(kAlphabet) - 1)]);
+  for (char c : raw)
+    out.push_back(kAlphabet[static_cast<unsigned char>(c) % (sizeof(kAlphabet) - 1)]);
   return out;
 }
 
 absl::StatusOr<Device> MakeDevice(const Options& o, unsigned index) {
   EVP_PKEY* raw = nullptr;
   switch (o.device_kind) {
-    case DeviceKind::kRsa: raw = EVP_RSA_gen(static_cast<unsigned>(o.device_bits)); break;
-    case DeviceKind::kEcP256: raw = EVP_EC_gen("P-256"); break;
-    case DeviceKind::kEcP384: raw = EVP_EC_gen("P-384"); break;
+    case DeviceKind::kRsa:
+      raw = EVP_RSA_gen(static_cast<unsigned>(o.device_bits));
+      break;
+    case DeviceKind::kEcP256:
+      raw = EVP_EC_gen("P-256");
+      break;
+    case DeviceKind::kEcP384:
+      raw = EVP_EC_gen("P-384");
+      break;
   }
   if (raw == nullptr) return absl::InternalError(OsslError("device key generation"));
   Device d;
@@ -80,8 +103,10 @@ absl::StatusOr<Device> MakeDevice(const Options& o, unsigned index) {
   X509_gmtime_adj(X509_getm_notAfter(c), 86400L * 30);
   X509_NAME* name = X509_get_subject_name(c);
   const std::string cn = absl::StrCat("rewrap-load device ", index);
-  X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("rewrap-load"), -1, -1, 0);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("rewrap-load"), -1, -1, 0);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
   X509_set_issuer_name(c, name);
   X509_set_pubkey(c, raw);
   if (X509_sign(c, raw, EVP_sha256()) <= 0) return absl::InternalError(OsslError("X509_sign"));
@@ -101,15 +126,17 @@ absl::StatusOr<Workload> Prepare(const Options& o, v1::Keys::Stub& keys) {
     return absl::InvalidArgumentError("--batch, --streams and --devices must be at least 1");
   }
   if (!IsCms(o.format) && o.format != v1::RSA_OAEP_SHA1 && o.format != v1::RSA_OAEP_SHA256 &&
-      o.format != v1::RSA_OAEP_SHA384 && o.format != v1::RSA_OAEP_SHA512 && o.format != v1::RSA_PKCS1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("format ", v1::OutputFormat_Name(o.format), " is not supported by rewrap-load"));
+      o.format != v1::RSA_OAEP_SHA384 && o.format != v1::RSA_OAEP_SHA512 &&
+      o.format != v1::RSA_PKCS1) {
+    return absl::InvalidArgumentError(absl::StrCat("format ", v1::OutputFormat_Name(o.format),
+                                                   " is not supported by rewrap-load"));
   }
   if (!IsCms(o.format) && o.device_kind != DeviceKind::kRsa) {
     return absl::InvalidArgumentError("bare RSA formats need --device-kind rsa");
   }
   crypto::RsaPadding padding;
-  if (!ToCryptoPadding(o.padding, &padding)) return absl::InvalidArgumentError("--padding is not set");
+  if (!ToCryptoPadding(o.padding, &padding))
+    return absl::InvalidArgumentError("--padding is not set");
 
   Workload w;
   // 1. The service key.
@@ -121,8 +148,9 @@ absl::StatusOr<Workload> Prepare(const Options& o, v1::Keys::Stub& keys) {
   v1::GetPublicKeyResponse resp;
   grpc::Status s = keys.GetPublicKey(&ctx, req, &resp);
   if (!s.ok()) {
-    return absl::UnavailableError(absl::StrCat("GetPublicKey(", o.key_name, "): ", s.error_message(),
-                                               " (gRPC code ", s.error_code(), ")"));
+    return absl::UnavailableError(absl::StrCat("GetPublicKey(", o.key_name,
+                                               "): ", s.error_message(), " (gRPC code ",
+                                               s.error_code(), ")"));
   }
   w.service_spki.assign(resp.public_key().begin(), resp.public_key().end());
   auto pub = crypto::PublicKey::FromSpki(w.service_spki);
@@ -135,8 +163,8 @@ absl::StatusOr<Workload> Prepare(const Options& o, v1::Keys::Stub& keys) {
   sealed.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     std::string pw = RandomPassword(24);
-    auto ct = crypto::RsaEncrypt(*pub, padding,
-                                 absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(pw.data()), pw.size()));
+    auto ct = crypto::RsaEncrypt(
+        *pub, padding, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(pw.data()), pw.size()));
     if (!ct.ok()) return ct.status();
     sealed.emplace_back(ct->begin(), ct->end());
     w.passwords.push_back(std::move(pw));
@@ -208,8 +236,9 @@ std::string VerifyOutput(const Options& o, const Device& device, const std::stri
     }
     size_t len = static_cast<size_t>(EVP_PKEY_get_size(device.key.get()));
     plain.resize(len);
-    const int rc = EVP_PKEY_decrypt(ctx, reinterpret_cast<unsigned char*>(plain.data()), &len,
-                                    reinterpret_cast<const unsigned char*>(output.data()), output.size());
+    const int rc =
+        EVP_PKEY_decrypt(ctx, reinterpret_cast<unsigned char*>(plain.data()), &len,
+                         reinterpret_cast<const unsigned char*>(output.data()), output.size());
     EVP_PKEY_CTX_free(ctx);
     if (rc <= 0) return OsslError("RSA decrypt with the device key failed");
     plain.resize(len);

@@ -2,12 +2,11 @@
 //
 // Exit codes: 0 success; 1 the service refused (the gRPC status is printed);
 // 2 usage error; 3 the service could not be reached; 4 health is not SERVING.
+#include <CLI/CLI.hpp>
 #include <fstream>
 #include <iostream>
-#include <sstream>
-
-#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
@@ -25,9 +24,10 @@ using nlohmann::json;
 constexpr int kExitRefused = 1, kExitUsage = 2, kExitUnreachable = 3, kExitNotServing = 4;
 
 int Report(const grpc::Status& s) {
-  std::cerr << "rewrapctl: " << (s.error_message().empty() ? "error" : s.error_message()) << " (gRPC code "
-            << s.error_code() << ")\n";
-  return (s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
+  std::cerr << "rewrapctl: " << (s.error_message().empty() ? "error" : s.error_message())
+            << " (gRPC code " << s.error_code() << ")\n";
+  return (s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+          s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
              ? kExitUnreachable
              : kExitRefused;
 }
@@ -50,14 +50,18 @@ json KeyJson(const v1::KeyInfo& k) {
     for (int path : p.paths()) list.push_back(v1::Path_Name(static_cast<v1::Path>(path)));
     paths[v1::Padding_Name(p.padding())] = list;
   }
-  return json{{"name", k.name()},
-              {"bits", k.bits()},
-              {"enabled", k.enabled()},
-              {"allow_pkcs1", k.allow_pkcs1()},
-              {"created", k.has_created() ? absl::FormatTime(absl::RFC3339_sec, absl::FromUnixSeconds(k.created().seconds()), absl::UTCTimeZone()) : ""},
-              {"spki_sha256", k.spki_sha256()},
-              {"token", k.token_label()},
-              {"paths", paths}};
+  return json{
+      {"name", k.name()},
+      {"bits", k.bits()},
+      {"enabled", k.enabled()},
+      {"allow_pkcs1", k.allow_pkcs1()},
+      {"created", k.has_created() ? absl::FormatTime(absl::RFC3339_sec,
+                                                     absl::FromUnixSeconds(k.created().seconds()),
+                                                     absl::UTCTimeZone())
+                                  : ""},
+      {"spki_sha256", k.spki_sha256()},
+      {"token", k.token_label()},
+      {"paths", paths}};
 }
 
 void PrintKeys(const std::vector<v1::KeyInfo>& keys, const std::string& output) {
@@ -67,23 +71,29 @@ void PrintKeys(const std::vector<v1::KeyInfo>& keys, const std::string& output) 
     std::cout << arr.dump(2) << "\n";
     return;
   }
-  std::printf("%-24s %5s %-8s %-6s %-20s %s\n", "NAME", "BITS", "STATE", "PKCS1", "CREATED", "SPKI SHA-256");
+  std::printf("%-24s %5s %-8s %-6s %-20s %s\n", "NAME", "BITS", "STATE", "PKCS1", "CREATED",
+              "SPKI SHA-256");
   for (const auto& k : keys) {
     json j = KeyJson(k);
-    std::printf("%-24s %5u %-8s %-6s %-20s %s\n", k.name().c_str(), k.bits(), k.enabled() ? "enabled" : "disabled",
-                k.allow_pkcs1() ? "yes" : "no", j["created"].get<std::string>().c_str(), k.spki_sha256().c_str());
+    std::printf("%-24s %5u %-8s %-6s %-20s %s\n", k.name().c_str(), k.bits(),
+                k.enabled() ? "enabled" : "disabled", k.allow_pkcs1() ? "yes" : "no",
+                j["created"].get<std::string>().c_str(), k.spki_sha256().c_str());
     for (const auto& p : k.paths()) {
       std::string list;
-      for (int path : p.paths()) absl::StrAppend(&list, list.empty() ? "" : " > ", v1::Path_Name(static_cast<v1::Path>(path)));
-      std::printf("    %-12s %s\n", v1::Padding_Name(p.padding()).c_str(), list.empty() ? "(not available)" : list.c_str());
+      for (int path : p.paths())
+        absl::StrAppend(&list, list.empty() ? "" : " > ",
+                        v1::Path_Name(static_cast<v1::Path>(path)));
+      std::printf("    %-12s %s\n", v1::Padding_Name(p.padding()).c_str(),
+                  list.empty() ? "(not available)" : list.c_str());
     }
   }
 }
 
 int Run(int argc, char** argv) {
-  CLI::App app{"rewrapctl: manage rewrapd's service keys and check its health.\n"
-               "Exit codes: 0 ok, 1 refused by the service, 2 usage, 3 unreachable, 4 not serving.",
-               "rewrapctl"};
+  CLI::App app{
+      "rewrapctl: manage rewrapd's service keys and check its health.\n"
+      "Exit codes: 0 ok, 1 refused by the service, 2 usage, 3 unreachable, 4 not serving.",
+      "rewrapctl"};
   app.require_subcommand(1);
   ChannelOptions copts;
   AddChannelFlags(app, copts);
@@ -94,20 +104,23 @@ int Run(int argc, char** argv) {
 
   auto* keys = app.add_subcommand("keys", "manage service keys");
   keys->require_subcommand(1);
-  auto* list = keys->add_subcommand("list", "list the keys, their state and the paths the token gives them");
+  auto* list =
+      keys->add_subcommand("list", "list the keys, their state and the paths the token gives them");
   std::string name;
   uint32_t bits = 2048;
   bool allow_pkcs1 = false;
   auto* create = keys->add_subcommand("create", "generate a key in the token");
   create->add_option("name", name, "key name")->required();
-  create->add_option("--bits", bits, "2048, 3072 or 4096")->check(CLI::IsMember({2048, 3072, 4096}));
+  create->add_option("--bits", bits, "2048, 3072 or 4096")
+      ->check(CLI::IsMember({2048, 3072, 4096}));
   create->add_flag("--allow-pkcs1", allow_pkcs1, "also accept PKCS#1 v1.5 sealed secrets (legacy)");
   auto* import = keys->add_subcommand("import", "import an existing private key into the token");
   import->add_option("name", name, "key name")->required();
   std::string pkcs8_file, pfx_file, pfx_password_file, cng_file;
   auto* src = import->add_option_group("source", "exactly one key source");
   src->add_option("--pkcs8", pkcs8_file, "PKCS#8 (or PKCS#1) private key, PEM or DER");
-  src->add_option("--pfx", pfx_file, "PKCS#12 file (password from --password-file or $PFX_PASSWORD)");
+  src->add_option("--pfx", pfx_file,
+                  "PKCS#12 file (password from --password-file or $PFX_PASSWORD)");
   src->add_option("--cng-blob", cng_file, "RSAFULLPRIVATEBLOB written by Export-IntunePrivateKey");
   src->require_option(1);
   import->add_option("--password-file", pfx_password_file, "file holding the PFX password");
@@ -115,14 +128,16 @@ int Run(int argc, char** argv) {
   auto* exp = keys->add_subcommand("export-public", "write the public key");
   exp->add_option("name", name, "key name")->required();
   std::string format = "pem", out_file = "-";
-  exp->add_option("--format", format, "pem (SPKI), der (SPKI) or cng (RSAPUBLICBLOB, as Export-IntunePublicKey)")
+  exp->add_option("--format", format,
+                  "pem (SPKI), der (SPKI) or cng (RSAPUBLICBLOB, as Export-IntunePublicKey)")
       ->check(CLI::IsMember({"pem", "der", "cng"}));
   exp->add_option("--out", out_file, "file to write ('-' = stdout, the default)");
   auto* enable = keys->add_subcommand("enable", "allow rewraps with a key again");
   enable->add_option("name", name, "key name")->required();
   auto* disable = keys->add_subcommand("disable", "refuse rewraps with a key (KEY_DISABLED)");
   disable->add_option("name", name, "key name")->required();
-  auto* selftest = app.add_subcommand("selftest", "run the known-answer self-test now (exit 0 when every key passes)");
+  auto* selftest = app.add_subcommand(
+      "selftest", "run the known-answer self-test now (exit 0 when every key passes)");
   std::string selftest_key;
   selftest->add_option("name", selftest_key, "key to test (default: every enabled key)");
   auto* health = app.add_subcommand("health", "check rewrapd's gRPC health (exit 0 when SERVING)");
@@ -141,7 +156,8 @@ int Run(int argc, char** argv) {
   }
   auto ctx = [&] {
     auto c = std::make_unique<grpc::ClientContext>();
-    c->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+    c->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
     return c;
   };
   auto keys_stub = v1::Keys::NewStub(*channel);
@@ -154,8 +170,10 @@ int Run(int argc, char** argv) {
     auto s = stub->Check(ctx().get(), req, &resp);
     if (!s.ok()) return Report(s);
     const std::string st = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status());
-    if (output == "json") std::cout << json{{"status", st}}.dump() << "\n";
-    else std::cout << st << "\n";
+    if (output == "json")
+      std::cout << json{{"status", st}}.dump() << "\n";
+    else
+      std::cout << st << "\n";
     return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : kExitNotServing;
   }
   if (*selftest) {
@@ -168,8 +186,11 @@ int Run(int argc, char** argv) {
     json arr = json::array();
     for (const auto& r : resp.results()) {
       all_ok = all_ok && r.ok();
-      arr.push_back({{"name", r.name()}, {"ok", r.ok()}, {"message", r.message()},
-                     {"path", v1::Path_Name(r.path())}, {"seconds", r.seconds()}});
+      arr.push_back({{"name", r.name()},
+                     {"ok", r.ok()},
+                     {"message", r.message()},
+                     {"path", v1::Path_Name(r.path())},
+                     {"seconds", r.seconds()}});
       if (output != "json") {
         std::printf("%-24s %-4s %-15s %7.1f ms %s\n", r.name().c_str(), r.ok() ? "ok" : "FAIL",
                     v1::Path_Name(r.path()).c_str(), r.seconds() * 1000, r.message().c_str());
@@ -215,7 +236,8 @@ int Run(int argc, char** argv) {
         }
       }
       s = keys_stub->ImportKey(ctx().get(), req, &info);
-      if (req.has_pfx()) crypto::Cleanse(req.mutable_pfx()->mutable_password()->data(), req.pfx().password().size());
+      if (req.has_pfx())
+        crypto::Cleanse(req.mutable_pfx()->mutable_password()->data(), req.pfx().password().size());
     } else if (*enable) {
       v1::EnableKeyRequest req;
       req.set_name(name);
@@ -232,7 +254,9 @@ int Run(int argc, char** argv) {
   if (*exp) {
     v1::GetPublicKeyRequest req;
     req.set_name(name);
-    req.set_format(format == "pem" ? v1::PEM_SPKI : format == "der" ? v1::DER_SPKI : v1::CNG_RSAPUBLICBLOB);
+    req.set_format(format == "pem"   ? v1::PEM_SPKI
+                   : format == "der" ? v1::DER_SPKI
+                                     : v1::CNG_RSAPUBLICBLOB);
     v1::GetPublicKeyResponse resp;
     auto s = keys_stub->GetPublicKey(ctx().get(), req, &resp);
     if (!s.ok()) return Report(s);
@@ -245,7 +269,8 @@ int Run(int argc, char** argv) {
         std::cerr << "rewrapctl: cannot write " << out_file << "\n";
         return kExitUsage;
       }
-      std::cerr << "wrote " << out_file << " (" << resp.bits() << "-bit key, SPKI SHA-256 " << resp.spki_sha256() << ")\n";
+      std::cerr << "wrote " << out_file << " (" << resp.bits() << "-bit key, SPKI SHA-256 "
+                << resp.spki_sha256() << ")\n";
     }
     return 0;
   }

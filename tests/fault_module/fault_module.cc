@@ -58,28 +58,33 @@
 
 namespace {
 
-#define HSMREWRAP_FAULT_FUNCTIONS(X)                                                           \
-  X(C_Initialize) X(C_Finalize) X(C_GetInfo) X(C_GetSlotList) X(C_GetSlotInfo)                 \
-  X(C_GetTokenInfo) X(C_GetMechanismList) X(C_GetMechanismInfo) X(C_InitToken) X(C_InitPIN)    \
-  X(C_SetPIN) X(C_OpenSession) X(C_CloseSession) X(C_CloseAllSessions) X(C_GetSessionInfo)     \
-  X(C_GetOperationState) X(C_SetOperationState) X(C_Login) X(C_Logout) X(C_CreateObject)       \
-  X(C_CopyObject) X(C_DestroyObject) X(C_GetObjectSize) X(C_GetAttributeValue)                 \
-  X(C_SetAttributeValue) X(C_FindObjectsInit) X(C_FindObjects) X(C_FindObjectsFinal)           \
-  X(C_EncryptInit) X(C_Encrypt) X(C_EncryptUpdate) X(C_EncryptFinal) X(C_DecryptInit)          \
-  X(C_Decrypt) X(C_DecryptUpdate) X(C_DecryptFinal) X(C_DigestInit) X(C_Digest)                \
-  X(C_DigestUpdate) X(C_DigestKey) X(C_DigestFinal) X(C_SignInit) X(C_Sign) X(C_SignUpdate)    \
-  X(C_SignFinal) X(C_SignRecoverInit) X(C_SignRecover) X(C_VerifyInit) X(C_Verify)             \
-  X(C_VerifyUpdate) X(C_VerifyFinal) X(C_VerifyRecoverInit) X(C_VerifyRecover)                 \
-  X(C_DigestEncryptUpdate) X(C_DecryptDigestUpdate) X(C_SignEncryptUpdate)                     \
-  X(C_DecryptVerifyUpdate) X(C_GenerateKey) X(C_GenerateKeyPair) X(C_WrapKey) X(C_UnwrapKey)   \
-  X(C_DeriveKey) X(C_SeedRandom) X(C_GenerateRandom) X(C_GetFunctionStatus)                    \
-  X(C_CancelFunction) X(C_WaitForSlotEvent)
+#define HSMREWRAP_FAULT_FUNCTIONS(X)                                                              \
+  X(C_Initialize)                                                                                 \
+  X(C_Finalize) X(C_GetInfo) X(C_GetSlotList) X(C_GetSlotInfo) X(C_GetTokenInfo) X(               \
+      C_GetMechanismList) X(C_GetMechanismInfo) X(C_InitToken) X(C_InitPIN) X(C_SetPIN)           \
+      X(C_OpenSession) X(C_CloseSession) X(C_CloseAllSessions) X(C_GetSessionInfo) X(             \
+          C_GetOperationState) X(C_SetOperationState) X(C_Login) X(C_Logout) X(C_CreateObject)    \
+          X(C_CopyObject) X(C_DestroyObject) X(C_GetObjectSize) X(C_GetAttributeValue) X(         \
+              C_SetAttributeValue) X(C_FindObjectsInit) X(C_FindObjects) X(C_FindObjectsFinal)    \
+              X(C_EncryptInit) X(C_Encrypt) X(C_EncryptUpdate) X(C_EncryptFinal) X(C_DecryptInit) \
+                  X(C_Decrypt) X(C_DecryptUpdate) X(C_DecryptFinal) X(C_DigestInit) X(C_Digest)   \
+                      X(C_DigestUpdate) X(C_DigestKey) X(C_DigestFinal) X(C_SignInit) X(C_Sign)   \
+                          X(C_SignUpdate) X(C_SignFinal) X(C_SignRecoverInit) X(C_SignRecover)    \
+                              X(C_VerifyInit) X(C_Verify) X(C_VerifyUpdate) X(C_VerifyFinal)      \
+                                  X(C_VerifyRecoverInit) X(C_VerifyRecover)                       \
+                                      X(C_DigestEncryptUpdate) X(C_DecryptDigestUpdate)           \
+                                          X(C_SignEncryptUpdate) X(C_DecryptVerifyUpdate)         \
+                                              X(C_GenerateKey) X(C_GenerateKeyPair) X(C_WrapKey)  \
+                                                  X(C_UnwrapKey) X(C_DeriveKey) X(C_SeedRandom)   \
+                                                      X(C_GenerateRandom) X(C_GetFunctionStatus)  \
+                                                          X(C_CancelFunction)                     \
+                                                              X(C_WaitForSlotEvent)
 
 enum Fn : size_t {
 #define X(n) k_##n,
   HSMREWRAP_FAULT_FUNCTIONS(X)
 #undef X
-  kNumFunctions
+      kNumFunctions
 };
 
 constexpr const char* kNames[] = {
@@ -114,9 +119,9 @@ constexpr NamedRv kCodes[] = {
 struct Rule {
   std::vector<bool> funcs = std::vector<bool>(kNumFunctions, false);
   CK_RV rv = CKR_OK;
-  double rate = -1;            // < 0: not a condition
-  uint64_t every = 0;          // 0: not a condition
-  uint64_t first = 0, last = 0;  // calls=first-last (1-based); first 0: not a condition
+  double rate = -1;                   // < 0: not a condition
+  uint64_t every = 0;                 // 0: not a condition
+  uint64_t first = 0, last = 0;       // calls=first-last (1-based); first 0: not a condition
   double win_from = -1, win_to = -1;  // window; win_from < 0: not a condition
   bool forward = false;
   mutable std::atomic<uint64_t> count{0};
@@ -130,15 +135,16 @@ struct Rules {
   std::chrono::steady_clock::time_point loaded = std::chrono::steady_clock::now();
 };
 
-CK_FUNCTION_LIST g_list;              // ours: every entry a forwarding wrapper
+CK_FUNCTION_LIST g_list;                // ours: every entry a forwarding wrapper
 CK_FUNCTION_LIST_PTR g_real = nullptr;  // the real module's list
 std::once_flag g_once;
 CK_RV g_init_rv = CKR_GENERAL_ERROR;
 // Never destroyed: a call hanging inside this module may still read them while the
 // process runs its exit-time destructors.
 std::string& g_config_path = *new std::string;
-std::mutex g_rules_mu;               // guards g_rules (the pointer) and g_stamp
-std::shared_ptr<const Rules>& g_rules = *new std::shared_ptr<const Rules>(std::make_shared<Rules>());
+std::mutex g_rules_mu;  // guards g_rules (the pointer) and g_stamp
+std::shared_ptr<const Rules>& g_rules =
+    *new std::shared_ptr<const Rules>(std::make_shared<Rules>());
 std::atomic<uint64_t> g_finalized{0};  // C_Finalize calls forwarded so far
 struct Stamp {
   bool exists = false;
@@ -253,7 +259,8 @@ std::shared_ptr<Rules> Parse(const std::string& text, std::string* module, std::
       for (size_t i = 3; i < w.size(); ++i) {
         const std::string& c = w[i];
         size_t eq = c.find('=');
-        const std::string key = c.substr(0, eq), val = eq == std::string::npos ? "" : c.substr(eq + 1);
+        const std::string key = c.substr(0, eq),
+                          val = eq == std::string::npos ? "" : c.substr(eq + 1);
         char* end = nullptr;
         double a = 0, b = 0;
         if (key == "rate") {
@@ -283,7 +290,9 @@ std::shared_ptr<Rules> Parse(const std::string& text, std::string* module, std::
       }
       rules->fail.push_back(std::move(r));
     } else {
-      *err = where + "expected `module PATH`, `delay FUNCS US`, `hang FUNCS [forever]` or `fail FUNCS CKR_NAME [...]`";
+      *err = where +
+             "expected `module PATH`, `delay FUNCS US`, `hang FUNCS [forever]` or `fail FUNCS "
+             "CKR_NAME [...]`";
       return nullptr;
     }
   }
@@ -367,7 +376,8 @@ CK_RV Decide(size_t fn, bool* forward) {
   }
   SleepUs(rules->delay_us[fn]);
   *forward = true;
-  const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - rules->loaded).count();
+  const double t =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - rules->loaded).count();
   for (const auto& r : rules->fail) {
     if (!r->funcs[fn]) continue;
     const uint64_t n = r->count.fetch_add(1) + 1;
@@ -410,7 +420,8 @@ void Init() {
       std::string from_file;
       auto parsed = Parse(text, &from_file, &err);
       if (!parsed) {
-        std::fprintf(stderr, "hsmrewrap fault module: %s: %s (ignored)\n", g_config_path.c_str(), err.c_str());
+        std::fprintf(stderr, "hsmrewrap fault module: %s: %s (ignored)\n", g_config_path.c_str(),
+                     err.c_str());
       } else {
         g_rules = std::move(parsed);
         if (!from_file.empty()) module = from_file;
@@ -426,7 +437,8 @@ void Init() {
   }
   auto get = reinterpret_cast<CK_C_GetFunctionList>(dlsym(lib, "C_GetFunctionList"));
   if (get == nullptr || get(&g_real) != CKR_OK || g_real == nullptr) {
-    std::fprintf(stderr, "hsmrewrap fault module: %s has no usable C_GetFunctionList\n", module.c_str());
+    std::fprintf(stderr, "hsmrewrap fault module: %s has no usable C_GetFunctionList\n",
+                 module.c_str());
     return;
   }
   g_list.version = g_real->version;
@@ -439,7 +451,8 @@ void Init() {
 
 }  // namespace
 
-extern "C" __attribute__((visibility("default"))) CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
+extern "C" __attribute__((visibility("default"))) CK_RV C_GetFunctionList(
+    CK_FUNCTION_LIST_PTR_PTR list) {
   if (list == nullptr) return CKR_ARGUMENTS_BAD;
   std::call_once(g_once, Init);
   if (g_init_rv != CKR_OK) return g_init_rv;

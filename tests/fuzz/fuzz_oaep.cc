@@ -12,7 +12,8 @@ namespace {
 
 using hsmrewrap::crypto::HashAlg;
 
-constexpr HashAlg kHashes[] = {HashAlg::kSha1, HashAlg::kSha256, HashAlg::kSha384, HashAlg::kSha512};
+constexpr HashAlg kHashes[] = {HashAlg::kSha1, HashAlg::kSha256, HashAlg::kSha384,
+                               HashAlg::kSha512};
 
 void Check(bool condition) {
   if (!condition) std::abort();

@@ -16,12 +16,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // The first byte picks the password so the fuzzer can reach the decrypting paths of
   // every seed; the seeds are the files as they are, so the password byte is also tried
   // as part of the PFX (both interpretations run).
-  static const char* const kPasswords[] = {"foo", "", "Hello, \xe4\xb8\x96\xe7\x95\x8c", "TestCert"};
+  static const char* const kPasswords[] = {"foo", "", "Hello, \xe4\xb8\x96\xe7\x95\x8c",
+                                           "TestCert"};
   for (const char* pw : kPasswords) {
     const crypto::SecretString password(pw);
     auto contents = crypto::OpenPfx(in, password);
     if (contents.ok()) {
-      for (auto purpose : {crypto::PfxPurpose::kUnassigned, crypto::PfxPurpose::kSmimeEncryption, crypto::PfxPurpose::kSmimeSigning}) {
+      for (auto purpose : {crypto::PfxPurpose::kUnassigned, crypto::PfxPurpose::kSmimeEncryption,
+                           crypto::PfxPurpose::kSmimeSigning}) {
         (void)crypto::CheckPfxForImport(*contents, purpose, absl::Now());
       }
     } else {

@@ -92,6 +92,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   done.WaitForNotification();
   Check(response.results_size() == request->items_size());
-  for (int i = 0; i < request->items_size(); ++i) CheckResult(request->items(i), response.results(i));
+  for (int i = 0; i < request->items_size(); ++i)
+    CheckResult(request->items(i), response.results(i));
   return 0;
 }

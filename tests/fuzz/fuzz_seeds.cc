@@ -13,11 +13,10 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "crypto/encoding.h"
 #include "crypto/keys.h"
@@ -62,7 +61,8 @@ Bytes RawDecrypt(const Bytes& pkcs8, const Bytes& ct) {
   if (key == nullptr) return out;
   EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new(key, nullptr);
   size_t len = 0;
-  if (ctx && EVP_PKEY_decrypt_init(ctx) > 0 && EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_NO_PADDING) > 0 &&
+  if (ctx && EVP_PKEY_decrypt_init(ctx) > 0 &&
+      EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_NO_PADDING) > 0 &&
       EVP_PKEY_decrypt(ctx, nullptr, &len, ct.data(), ct.size()) > 0) {
     out.resize(len);
     if (EVP_PKEY_decrypt(ctx, out.data(), &len, ct.data(), ct.size()) > 0) {
@@ -77,7 +77,8 @@ Bytes RawDecrypt(const Bytes& pkcs8, const Bytes& ct) {
 }
 
 int HashIndex(const std::string& sha) {
-  static const std::map<std::string, int> m = {{"SHA-1", 0}, {"SHA-256", 1}, {"SHA-384", 2}, {"SHA-512", 3}};
+  static const std::map<std::string, int> m = {
+      {"SHA-1", 0}, {"SHA-256", 1}, {"SHA-384", 2}, {"SHA-512", 3}};
   auto it = m.find(sha);
   return it == m.end() ? -1 : it->second;
 }
@@ -135,11 +136,16 @@ struct Pfx {
 std::vector<Pfx> FromPfxFiles(const fs::path& vectors) {
   std::vector<Pfx> out;
   const std::pair<const char*, const char*> files[] = {
-      {"pkcs12/openssl.p12", "foo"},          {"pkcs12/windows.p12", "foo"},
-      {"pkcs12/pbes2_sha256.p12", "foo"},     {"pkcs12/no_encryption.p12", "foo"},
-      {"pkcs12/empty_password.p12", ""},      {"pkcs12/unicode_password.p12", "Hello, \xe4\xb8\x96\xe7\x95\x8c"},
-      {"pkcs12/empty_password_ber_nested.p12", ""}, {"pkcs12/bad1.p12", ""},
-      {"pkcs12/bad2.p12", ""},                {"pkcs12/bad3.p12", ""},
+      {"pkcs12/openssl.p12", "foo"},
+      {"pkcs12/windows.p12", "foo"},
+      {"pkcs12/pbes2_sha256.p12", "foo"},
+      {"pkcs12/no_encryption.p12", "foo"},
+      {"pkcs12/empty_password.p12", ""},
+      {"pkcs12/unicode_password.p12", "Hello, \xe4\xb8\x96\xe7\x95\x8c"},
+      {"pkcs12/empty_password_ber_nested.p12", ""},
+      {"pkcs12/bad1.p12", ""},
+      {"pkcs12/bad2.p12", ""},
+      {"pkcs12/bad3.p12", ""},
       {"intune/testcert.pfx", "TestCert"}};
   for (const auto& [file, password] : files) {
     const fs::path p = vectors / file;
@@ -166,7 +172,8 @@ void CmsSeeds() {
   const std::string plaintext = "seed password";
   uint8_t opts = 0;
   for (const Bytes& r : g_recipients) {
-    Write("fuzz_cms", std::string{static_cast<char>(opts++), static_cast<char>(plaintext.size())} + plaintext + Str(r));
+    Write("fuzz_cms", std::string{static_cast<char>(opts++), static_cast<char>(plaintext.size())} +
+                          plaintext + Str(r));
   }
 }
 

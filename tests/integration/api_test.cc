@@ -1,17 +1,17 @@
 // API tests of the real rewrapd over gRPC: Keys, Rewrap (every output format and
 // recipient form, bad input, limits, rotation, uniform decryption failures), RewrapStream,
 // health and reflection. Runs once per token (--token=softhsm|nss).
+#include <grpcpp/generic/generic_stub.h>
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cstdio>
 #include <map>
 #include <thread>
-
-#include <grpcpp/generic/generic_stub.h>
-#include <gtest/gtest.h>
-#include <openssl/evp.h>
-#include <openssl/rsa.h>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/integration/it_env.h"
@@ -22,9 +22,9 @@ namespace {
 
 const v1::Padding kOaepPaddings[] = {v1::OAEP_SHA256, v1::OAEP_SHA384, v1::OAEP_SHA512,
                                      v1::OAEP_SHA1};
-const v1::OutputFormat kFormats[] = {v1::CMS_ENVELOPED, v1::CMS_ENVELOPED_PKCS1,
-                                     v1::RSA_OAEP_SHA1,  v1::RSA_OAEP_SHA256,
-                                     v1::RSA_OAEP_SHA384, v1::RSA_OAEP_SHA512, v1::RSA_PKCS1};
+const v1::OutputFormat kFormats[] = {
+    v1::CMS_ENVELOPED,   v1::CMS_ENVELOPED_PKCS1, v1::RSA_OAEP_SHA1, v1::RSA_OAEP_SHA256,
+    v1::RSA_OAEP_SHA384, v1::RSA_OAEP_SHA512,     v1::RSA_PKCS1};
 const Rcp kRecipients[] = {Rcp::kCertDer, Rcp::kCertPem, Rcp::kSpkiDer, Rcp::kSpkiPem};
 
 std::string Lower(std::string s) {
@@ -104,8 +104,8 @@ TEST_F(ApiTest, ReflectionListsServices) {
   SetDeadline(&ctx, std::chrono::seconds(20));
   void* tag;
   bool ok = false;
-  auto call = stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                               &cq);
+  auto call =
+      stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
   call->StartCall(reinterpret_cast<void*>(1));
   ASSERT_TRUE(cq.Next(&tag, &ok));
   ASSERT_TRUE(ok) << "cannot start the reflection call";
@@ -154,7 +154,8 @@ TEST_F(ApiTest, EmbeddedDefaultHasKeyNamedDefault) {
 
 TEST_F(ApiTest, CreateKeyAndListKeysFields) {
   const auto now = std::chrono::system_clock::now();
-  const int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+  const int64_t now_s =
+      std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
   for (bool allow : {false, true}) {
     const std::string name = UniqueName(allow ? "list-pkcs1" : "list-plain");
     grpc::ClientContext ctx;
@@ -449,8 +450,8 @@ TEST_F(ApiTest, ImportKeyEverySource) {
       SetDeadline(&ctx);
       v1::KeyInfo info;
       grpc::Status s = h_->keys().ImportKey(&ctx, c.req, &info);
-      EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << c.label << ": "
-                                                                        << StatusText(s);
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+          << c.label << ": " << StatusText(s);
       EXPECT_EQ(s.error_message(),
                 "this token needs the CRT parameters (p, q, dP, dQ, qInv) of a two-prime RSA "
                 "key; a multi-prime key cannot be imported into it");
@@ -635,8 +636,8 @@ TEST_F(ApiTest, NssBareRsaOutputsAreInToken) {
   v1::RewrapResponse resp;
   ASSERT_NO_FATAL_FAILURE(CallRewrap(h_, req, &resp));
   for (int i = 0; i < resp.results_size(); ++i) {
-    EXPECT_FALSE(resp.results(i).has_error()) << req.items(i).id() << ": "
-                                              << resp.results(i).error().message();
+    EXPECT_FALSE(resp.results(i).has_error())
+        << req.items(i).id() << ": " << resp.results(i).error().message();
     EXPECT_EQ(resp.results(i).path(), v1::IN_TOKEN)
         << req.items(i).id() << ": got " << PathName(resp.results(i).path());
   }
@@ -653,13 +654,14 @@ TEST_F(ApiTest, SecretTooLongForTheRecipientIsInvalidOnEveryPath) {
     v1::OutputFormat format;
     size_t max;  // longest secret to a 2048-bit device key
   };
-  const Out outs[] = {{v1::RSA_OAEP_SHA1, 256 - 42}, {v1::RSA_OAEP_SHA256, 256 - 66}, {v1::RSA_PKCS1, 256 - 11}};
+  const Out outs[] = {
+      {v1::RSA_OAEP_SHA1, 256 - 42}, {v1::RSA_OAEP_SHA256, 256 - 66}, {v1::RSA_PKCS1, 256 - 11}};
   v1::RewrapRequest req;
   std::vector<std::string> fits;
   for (const Out& o : outs) {
     fits.push_back(RandomAscii(o.max));
-    AddItem(&req, std::string("fits-") + FormatName(o.format), k.name, v1::OAEP_SHA1, Seal(k, v1::OAEP_SHA1, fits.back()),
-            d, Rcp::kSpkiDer, o.format);
+    AddItem(&req, std::string("fits-") + FormatName(o.format), k.name, v1::OAEP_SHA1,
+            Seal(k, v1::OAEP_SHA1, fits.back()), d, Rcp::kSpkiDer, o.format);
     AddItem(&req, std::string("long-") + FormatName(o.format), k.name, v1::OAEP_SHA1,
             Seal(k, v1::OAEP_SHA1, RandomAscii(o.max + 1)), d, Rcp::kSpkiDer, o.format);
   }
@@ -669,13 +671,16 @@ TEST_F(ApiTest, SecretTooLongForTheRecipientIsInvalidOnEveryPath) {
   for (size_t i = 0; i < std::size(outs); ++i) {
     const auto& ok = resp.results(static_cast<int>(2 * i));
     const auto& bad = resp.results(static_cast<int>(2 * i + 1));
-    ExpectRewrapped(ok, req.items(static_cast<int>(2 * i)).id(), d, Rcp::kSpkiDer, outs[i].format, fits[i], k,
-                    v1::OAEP_SHA1);
+    ExpectRewrapped(ok, req.items(static_cast<int>(2 * i)).id(), d, Rcp::kSpkiDer, outs[i].format,
+                    fits[i], k, v1::OAEP_SHA1);
     paths.insert(ok.path());
-    printf("[api] %s: a secret of the maximum length went %s\n", FormatName(outs[i].format), PathName(ok.path()));
+    printf("[api] %s: a secret of the maximum length went %s\n", FormatName(outs[i].format),
+           PathName(ok.path()));
     ASSERT_TRUE(bad.has_error()) << bad.id();
-    EXPECT_EQ(bad.error().code(), v1::ItemError::INVALID_ITEM) << bad.id() << ": " << CodeName(bad.error().code());
-    EXPECT_EQ(bad.error().message(), "the unsealed secret is too long for the recipient key with this output format")
+    EXPECT_EQ(bad.error().code(), v1::ItemError::INVALID_ITEM)
+        << bad.id() << ": " << CodeName(bad.error().code());
+    EXPECT_EQ(bad.error().message(),
+              "the unsealed secret is too long for the recipient key with this output format")
         << bad.id();
   }
   if (nss()) {
@@ -736,8 +741,8 @@ TEST_F(ApiTest, BadItemsFailAloneInOneBatch) {
     return it;
   };
   const std::vector<std::string> kLen = {"length", "modulus", "size", "bytes", "empty"};
-  const std::vector<std::string> kRecip = {"recipient", "certificate", "public key", "public_key",
-                                           "parse", "spki"};
+  const std::vector<std::string> kRecip = {"recipient",  "certificate", "public key",
+                                           "public_key", "parse",       "spki"};
 
   good("good-1", v1::OAEP_SHA256, v1::CMS_ENVELOPED, Rcp::kCertDer);
   fill(bad(v1::ItemError::INVALID_ITEM, kLen), "ct-short")->mutable_ciphertext()->pop_back();
@@ -745,21 +750,27 @@ TEST_F(ApiTest, BadItemsFailAloneInOneBatch) {
   fill(bad(v1::ItemError::INVALID_ITEM, kLen), "ct-empty")->clear_ciphertext();
   good("good-2", v1::OAEP_SHA1, v1::RSA_OAEP_SHA256, Rcp::kSpkiPem);
   fill(bad(v1::ItemError::INVALID_ITEM, kRecip), "cert-garbage")
-      ->mutable_recipient()->set_certificate("this is not a certificate");
+      ->mutable_recipient()
+      ->set_certificate("this is not a certificate");
   fill(bad(v1::ItemError::INVALID_ITEM, kRecip), "cert-truncated")
-      ->mutable_recipient()->set_certificate(d.cert_der.substr(0, d.cert_der.size() / 2));
+      ->mutable_recipient()
+      ->set_certificate(d.cert_der.substr(0, d.cert_der.size() / 2));
   fill(bad(v1::ItemError::INVALID_ITEM, kRecip), "spki-garbage")
-      ->mutable_recipient()->set_public_key(RandomBytes(100));
+      ->mutable_recipient()
+      ->set_public_key(RandomBytes(100));
   fill(bad(v1::ItemError::INVALID_ITEM, kRecip), "spki-bad-pem")
-      ->mutable_recipient()->set_public_key(
-          "-----BEGIN PUBLIC KEY-----\nAAAAAAAA\n-----END PUBLIC KEY-----\n");
+      ->mutable_recipient()
+      ->set_public_key("-----BEGIN PUBLIC KEY-----\nAAAAAAAA\n-----END PUBLIC KEY-----\n");
   fill(bad(v1::ItemError::INVALID_ITEM, kRecip), "spki-is-cert")
-      ->mutable_recipient()->set_public_key(d.cert_der);
+      ->mutable_recipient()
+      ->set_public_key(d.cert_der);
   fill(bad(v1::ItemError::INVALID_ITEM, {"recipient"}), "no-recipient")->clear_recipient();
   fill(bad(v1::ItemError::INVALID_ITEM, {"2048", "small", "short", "weak"}), "device-1024-cert")
-      ->mutable_recipient()->set_certificate(small.cert_der);
+      ->mutable_recipient()
+      ->set_certificate(small.cert_der);
   fill(bad(v1::ItemError::INVALID_ITEM, {"2048", "small", "short", "weak"}), "device-1024-spki")
-      ->mutable_recipient()->set_public_key(small.spki_pem);
+      ->mutable_recipient()
+      ->set_public_key(small.spki_pem);
   good("good-3", v1::OAEP_SHA512, v1::RSA_PKCS1, Rcp::kCertPem);
   fill(bad(v1::ItemError::INVALID_ITEM, {"padding"}), "padding-99")
       ->set_padding(static_cast<v1::Padding>(99));
@@ -807,31 +818,32 @@ TEST_F(ApiTest, BadItemsFailAloneInOneBatch) {
     SCOPED_TRACE("item #" + std::to_string(i) + " id '" + item.id() + "'");
     EXPECT_EQ(r.id(), item.id()) << "results out of order";
     if (e.kind == Expect::kGood) {
-      const bool first_dup_rejected = item.id() == "dup" && r.has_error() &&
-                                      r.error().code() == v1::ItemError::INVALID_ITEM;
+      const bool first_dup_rejected =
+          item.id() == "dup" && r.has_error() && r.error().code() == v1::ItemError::INVALID_ITEM;
       if (!first_dup_rejected) {
         ExpectRewrapped(r, item.id(), d, e.rcp, item.format(), e.secret, k, item.padding());
       }
       continue;
     }
     ASSERT_TRUE(r.has_error()) << "should have failed, succeeded with path " << PathName(r.path());
-    const bool code_ok = r.error().code() == e.code ||
-                         std::find(e.also_ok.begin(), e.also_ok.end(), r.error().code()) !=
-                             e.also_ok.end();
+    const bool code_ok =
+        r.error().code() == e.code ||
+        std::find(e.also_ok.begin(), e.also_ok.end(), r.error().code()) != e.also_ok.end();
     EXPECT_TRUE(code_ok) << "got " << CodeName(r.error().code()) << " \"" << r.error().message()
                          << "\", want " << CodeName(e.code);
     EXPECT_FALSE(r.error().message().empty());
     EXPECT_TRUE(r.ciphertext().empty());
     if (!e.words.empty()) {
       EXPECT_TRUE(ContainsAny(r.error().message(), e.words))
-          << "message \"" << r.error().message() << "\" does not say what is wrong (expected one of "
-          << Join(e.words) << ")";
+          << "message \"" << r.error().message()
+          << "\" does not say what is wrong (expected one of " << Join(e.words) << ")";
     }
     if (e.code == v1::ItemError::DECRYPT_FAILED) {
       decrypt_failed_message = r.error().message();
     } else {
       // Rejected before any token call.
-      EXPECT_EQ(r.path(), v1::PATH_UNSPECIFIED) << "a path was reported for an item rejected up front";
+      EXPECT_EQ(r.path(), v1::PATH_UNSPECIFIED)
+          << "a path was reported for an item rejected up front";
     }
     printf("[bad-input] %-26s -> %s \"%s\"\n", item.id().empty() ? "(empty id)" : item.id().c_str(),
            CodeName(r.error().code()), r.error().message().c_str());
@@ -1001,8 +1013,8 @@ TEST_F(ApiTest, DecryptFailedIsUniform) {
   }
   // PKCS#1 v1.5 on the key that allows it.
   for (size_t at : {0u, 1u, 2u, 128u, 255u}) {
-    add("pkcs1 tampered @" + std::to_string(at), p1, v1::PKCS1, tamper(Seal(p1, v1::PKCS1, secret), at),
-        v1::RSA_OAEP_SHA256, true);
+    add("pkcs1 tampered @" + std::to_string(at), p1, v1::PKCS1,
+        tamper(Seal(p1, v1::PKCS1, secret), at), v1::RSA_OAEP_SHA256, true);
   }
   add("pkcs1 wrong key", p1, v1::PKCS1, Seal(other, v1::PKCS1, secret), v1::CMS_ENVELOPED, true);
   add("OAEP-SHA256 read as PKCS1", p1, v1::PKCS1, Seal(p1, v1::OAEP_SHA256, secret),
@@ -1069,13 +1081,15 @@ TEST_F(ApiTest, DecryptFailedIsUniform) {
         ADD_FAILURE() << item.id() << ": a bad ciphertext was rewrapped instead of DECRYPT_FAILED "
                       << "(path " << PathName(r.path()) << "; the device got "
                       << (pt ? std::to_string(pt->size()) + " bytes" +
-                                   (*pt == secret ? " = the secret" : " != the secret: implicit rejection?")
+                                   (*pt == secret ? " = the secret"
+                                                  : " != the secret: implicit rejection?")
                              : "nothing decryptable: " + why)
                       << ")";
         continue;
       }
       EXPECT_EQ(r.error().code(), v1::ItemError::DECRYPT_FAILED)
-          << item.id() << ": " << CodeName(r.error().code()) << " \"" << r.error().message() << "\"";
+          << item.id() << ": " << CodeName(r.error().code()) << " \"" << r.error().message()
+          << "\"";
       EXPECT_TRUE(r.ciphertext().empty());
       messages[r.error().message()].push_back(item.id());
       // The same bytes on the wire, whatever the cause: the serialized result minus its id.
@@ -1088,8 +1102,9 @@ TEST_F(ApiTest, DecryptFailedIsUniform) {
         << id << ": implicit rejection is not deterministic (round 1: "
         << (first == "F" ? "DECRYPT_FAILED" : "rewrapped") << ", round 2: "
         << (it == outcome[1].end() ? "missing"
-                                   : it->second == "F" ? "DECRYPT_FAILED"
-                                                       : it->second == first ? "same" : "a different secret")
+            : it->second == "F"    ? "DECRYPT_FAILED"
+            : it->second == first  ? "same"
+                                   : "a different secret")
         << ")";
   }
   EXPECT_EQ(outcome[0].size(), outcome[1].size());
@@ -1192,12 +1207,13 @@ TEST_F(ApiTest, ConcurrentCallsAllCorrect) {
         for (int i = 0; i < kItems; ++i) {
           const auto& r = resp.results(i);
           std::string why;
-          auto pt = r.has_error() ? std::nullopt
-                                  : DecryptOutput(d, v1::RSA_OAEP_SHA256, false, r.ciphertext(), &why);
+          auto pt = r.has_error()
+                        ? std::nullopt
+                        : DecryptOutput(d, v1::RSA_OAEP_SHA256, false, r.ciphertext(), &why);
           if (r.id() != req.items(i).id() || !pt || *pt != secrets[static_cast<size_t>(i)]) {
             ++bad;
-            errors[static_cast<size_t>(t)] += req.items(i).id() + " wrong: " +
-                                              r.error().message() + why + "\n";
+            errors[static_cast<size_t>(t)] +=
+                req.items(i).id() + " wrong: " + r.error().message() + why + "\n";
           }
         }
       }

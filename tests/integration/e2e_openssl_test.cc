@@ -61,18 +61,18 @@ class E2eOpenSsl : public RewrapdTest {
     leakcheck::RecordSecret(password);  // sealed by openssl, not RsaEncrypt: record it here
     ASSERT_TRUE(WriteFile(F("password.txt"), password));
     CommandResult r;
-    ASSERT_NO_FATAL_FAILURE(Run({"openssl", "pkeyutl", "-encrypt", "-pubin", "-inkey", F("svc.pem"),
-                                 "-in", F("password.txt"), "-out", F("sealed.bin"), "-pkeyopt",
-                                 "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:" + md, "-pkeyopt",
-                                 "rsa_mgf1_md:" + md},
-                                &r));
+    ASSERT_NO_FATAL_FAILURE(
+        Run({"openssl", "pkeyutl", "-encrypt", "-pubin", "-inkey", F("svc.pem"), "-in",
+             F("password.txt"), "-out", F("sealed.bin"), "-pkeyopt", "rsa_padding_mode:oaep",
+             "-pkeyopt", "rsa_oaep_md:" + md, "-pkeyopt", "rsa_mgf1_md:" + md},
+            &r));
     const std::string sealed = ReadFileOrEmpty(F("sealed.bin"));
     ASSERT_EQ(sealed.size(), 256u);
     // 3. The device: key and self-signed certificate from openssl req.
-    ASSERT_NO_FATAL_FAILURE(Run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-                                 "-keyout", F("dev.key"), "-out", F("dev.crt"), "-subj",
-                                 "/CN=e2e device", "-days", "2"},
-                                &r));
+    ASSERT_NO_FATAL_FAILURE(
+        Run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", F("dev.key"),
+             "-out", F("dev.crt"), "-subj", "/CN=e2e device", "-days", "2"},
+            &r));
     // 4. Rewrap to the certificate (PEM, as read from the file).
     v1::RewrapRequest req;
     v1::RewrapItem* item = req.add_items();
@@ -91,15 +91,15 @@ class E2eOpenSsl : public RewrapdTest {
            md.c_str(), FormatName(format), PathName(res.path()), res.ciphertext().size());
     ASSERT_TRUE(WriteFile(F("out.der"), res.ciphertext()));
     // 5. The device opens it with openssl cms.
-    const std::vector<std::string> decrypt = {"openssl", "cms", "-decrypt", "-inform", "DER", "-in",
-                                              F("out.der"), "-recip", F("dev.crt"), "-inkey",
-                                              F("dev.key")};
+    const std::vector<std::string> decrypt = {"openssl",    "cms",    "-decrypt",   "-inform",
+                                              "DER",        "-in",    F("out.der"), "-recip",
+                                              F("dev.crt"), "-inkey", F("dev.key")};
     ASSERT_NO_FATAL_FAILURE(Run(decrypt, &r));
     EXPECT_EQ(r.out, password) << r.Describe(decrypt);
     // And the key transport is what the format promises.
     CommandResult printed;
-    ASSERT_NO_FATAL_FAILURE(
-        Run({"openssl", "cms", "-cmsout", "-print", "-inform", "DER", "-in", F("out.der")}, &printed));
+    ASSERT_NO_FATAL_FAILURE(Run(
+        {"openssl", "cms", "-cmsout", "-print", "-inform", "DER", "-in", F("out.der")}, &printed));
     if (format == v1::CMS_ENVELOPED) {
       EXPECT_NE(printed.out.find("rsaesOaep"), std::string::npos) << printed.out;
       EXPECT_NE(printed.out.find("aes-256-cbc"), std::string::npos) << printed.out;

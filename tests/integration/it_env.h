@@ -2,9 +2,9 @@
 // use, stopped after the last test), and a fixture that skips when the token is missing.
 #pragma once
 
-#include <string>
-
 #include <gtest/gtest.h>
+
+#include <string>
 
 #include "tests/integration/rewrapd_harness.h"
 

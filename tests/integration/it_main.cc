@@ -1,10 +1,10 @@
 // main() of the integration test binaries: `--token=softhsm|nss` (or HSMREWRAP_IT_TOKEN)
 // picks the token; rewrapd is stopped (SIGTERM, waitpid) after the last test, and an
 // unclean stop fails the run.
+#include <gtest/gtest.h>
+
 #include <cstdio>
 #include <memory>
-
-#include <gtest/gtest.h>
 
 #include "tests/integration/it_env.h"
 #include "tests/leakcheck/record.h"

@@ -17,11 +17,23 @@ std::set<int> ServiceKey::PathsFor(v1::Padding p) const {
 }
 
 std::string StatusText(const grpc::Status& s) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
-                                 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+  static const char* kNames[] = {"OK",
+                                 "CANCELLED",
+                                 "UNKNOWN",
+                                 "INVALID_ARGUMENT",
+                                 "DEADLINE_EXCEEDED",
+                                 "NOT_FOUND",
+                                 "ALREADY_EXISTS",
+                                 "PERMISSION_DENIED",
+                                 "RESOURCE_EXHAUSTED",
+                                 "FAILED_PRECONDITION",
+                                 "ABORTED",
+                                 "OUT_OF_RANGE",
+                                 "UNIMPLEMENTED",
+                                 "INTERNAL",
+                                 "UNAVAILABLE",
+                                 "DATA_LOSS",
+                                 "UNAUTHENTICATED"};
   int c = static_cast<int>(s.error_code());
   std::string name = c >= 0 && c <= 16 ? kNames[c] : std::to_string(c);
   return name + ": " + s.error_message();
@@ -29,10 +41,14 @@ std::string StatusText(const grpc::Status& s) {
 
 const char* PathName(int path) {
   switch (path) {
-    case v1::PATH_UNSPECIFIED: return "PATH_UNSPECIFIED";
-    case v1::IN_TOKEN: return "IN_TOKEN";
-    case v1::TOKEN_DECRYPT: return "TOKEN_DECRYPT";
-    case v1::HOST_UNPADDING: return "HOST_UNPADDING";
+    case v1::PATH_UNSPECIFIED:
+      return "PATH_UNSPECIFIED";
+    case v1::IN_TOKEN:
+      return "IN_TOKEN";
+    case v1::TOKEN_DECRYPT:
+      return "TOKEN_DECRYPT";
+    case v1::HOST_UNPADDING:
+      return "HOST_UNPADDING";
   }
   return "PATH_?";
 }
@@ -128,10 +144,14 @@ std::string Seal(const ServiceKey& key, v1::Padding padding, const std::string& 
 
 const char* RcpName(Rcp r) {
   switch (r) {
-    case Rcp::kCertDer: return "certificate DER";
-    case Rcp::kCertPem: return "certificate PEM";
-    case Rcp::kSpkiDer: return "public_key DER";
-    case Rcp::kSpkiPem: return "public_key PEM";
+    case Rcp::kCertDer:
+      return "certificate DER";
+    case Rcp::kCertPem:
+      return "certificate PEM";
+    case Rcp::kSpkiDer:
+      return "public_key DER";
+    case Rcp::kSpkiPem:
+      return "public_key PEM";
   }
   return "?";
 }
@@ -140,10 +160,18 @@ bool IsCert(Rcp r) { return r == Rcp::kCertDer || r == Rcp::kCertPem; }
 
 void SetRecipient(v1::RewrapItem* item, const Device& d, Rcp r) {
   switch (r) {
-    case Rcp::kCertDer: item->mutable_recipient()->set_certificate(d.cert_der); break;
-    case Rcp::kCertPem: item->mutable_recipient()->set_certificate(d.cert_pem); break;
-    case Rcp::kSpkiDer: item->mutable_recipient()->set_public_key(d.spki_der); break;
-    case Rcp::kSpkiPem: item->mutable_recipient()->set_public_key(d.spki_pem); break;
+    case Rcp::kCertDer:
+      item->mutable_recipient()->set_certificate(d.cert_der);
+      break;
+    case Rcp::kCertPem:
+      item->mutable_recipient()->set_certificate(d.cert_pem);
+      break;
+    case Rcp::kSpkiDer:
+      item->mutable_recipient()->set_public_key(d.spki_der);
+      break;
+    case Rcp::kSpkiPem:
+      item->mutable_recipient()->set_public_key(d.spki_pem);
+      break;
   }
 }
 
@@ -175,8 +203,8 @@ void ExpectRewrapped(const v1::RewrapResult& r, const std::string& id, const Dev
                            FormatName(format) + ", " + RcpName(rcp) + ")";
   EXPECT_EQ(r.id(), id) << what << ": result out of order";
   if (r.has_error()) {
-    ADD_FAILURE() << what << " failed: " << CodeName(r.error().code()) << " \"" << r.error().message()
-                  << "\"";
+    ADD_FAILURE() << what << " failed: " << CodeName(r.error().code()) << " \""
+                  << r.error().message() << "\"";
     return;
   }
   std::string why;
@@ -184,8 +212,8 @@ void ExpectRewrapped(const v1::RewrapResult& r, const std::string& id, const Dev
   if (!pt) {
     ADD_FAILURE() << what << ": the output does not decrypt: " << why;
   } else {
-    EXPECT_TRUE(*pt == secret) << what << ": decrypts to the wrong plaintext ("
-                               << pt->size() << " bytes, want " << secret.size() << ")";
+    EXPECT_TRUE(*pt == secret) << what << ": decrypts to the wrong plaintext (" << pt->size()
+                               << " bytes, want " << secret.size() << ")";
   }
   if (IsCms(format)) {
     CmsResult c = CmsDecrypt(d.key.get(), nullptr, r.ciphertext());
@@ -212,8 +240,9 @@ void ExpectItemError(const v1::RewrapResult& r, const std::string& id, v1::ItemE
   EXPECT_EQ(r.id(), id) << "result out of order";
   EXPECT_TRUE(r.has_error()) << "item '" << id << "' should fail with " << CodeName(code)
                              << " but succeeded (path " << PathName(r.path()) << ")";
-  EXPECT_EQ(r.error().code(), code) << "item '" << id << "': got " << CodeName(r.error().code())
-                                    << " \"" << r.error().message() << "\", want " << CodeName(code);
+  EXPECT_EQ(r.error().code(), code)
+      << "item '" << id << "': got " << CodeName(r.error().code()) << " \"" << r.error().message()
+      << "\", want " << CodeName(code);
   EXPECT_FALSE(r.error().message().empty()) << "item '" << id << "': empty error message";
   EXPECT_TRUE(r.ciphertext().empty()) << "item '" << id << "': failed item carries a ciphertext";
 }

@@ -3,12 +3,12 @@
 // gtest ASSERTs; call them under ASSERT_NO_FATAL_FAILURE.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <map>
 #include <set>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "tests/integration/rewrapd_harness.h"
 #include "tests/integration/test_crypto.h"
@@ -23,7 +23,7 @@ struct ServiceKey {
   std::string name;
   Pkey pub;
   size_t modulus_len = 0;
-  v1::KeyInfo info;  // from ListKeys
+  v1::KeyInfo info;                             // from ListKeys
   std::set<int> PathsFor(v1::Padding p) const;  // the advertised paths for padding p
 };
 

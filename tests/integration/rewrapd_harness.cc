@@ -129,7 +129,8 @@ std::string TokenUnavailableReason(TokenKind kind) {
     }
   } else {
     if (access("/usr/lib/softhsm/libsofthsm2.so", R_OK) != 0) {
-      return "SoftHSM2 not installed: /usr/lib/softhsm/libsofthsm2.so is missing (install softhsm2)";
+      return "SoftHSM2 not installed: /usr/lib/softhsm/libsofthsm2.so is missing (install "
+             "softhsm2)";
     }
   }
   return "";
@@ -306,17 +307,17 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
       *error = "certutil failed to create the NSS database:\n" + cr.Describe(certutil);
       return nullptr;
     }
-    const std::string init_args = "configdir='sql:" + db +
-                                  "' certPrefix='' keyPrefix='' secmod='secmod.db' flags=";
-    h->argv_.insert(h->argv_.end(),
-                    {"--module", kNssModule, "--init-args", init_args, "--token", kNssTokenLabel,
-                     "--pin-file", pin_file});
+    const std::string init_args =
+        "configdir='sql:" + db + "' certPrefix='' keyPrefix='' secmod='secmod.db' flags=";
+    h->argv_.insert(h->argv_.end(), {"--module", kNssModule, "--init-args", init_args, "--token",
+                                     kNssTokenLabel, "--pin-file", pin_file});
   }
   h->argv_.insert(h->argv_.end(), {"--listen", "127.0.0.1:0", "--state-dir", state});
   h->argv_.insert(h->argv_.end(), options.extra_args.begin(), options.extra_args.end());
   // The most verbose logging and an audit log, unless the test chose its own: the leak
   // check searches both for every secret the tests used.
-  if (!HasFlag(options.extra_args, "--log-level")) h->argv_.insert(h->argv_.end(), {"--log-level", "trace"});
+  if (!HasFlag(options.extra_args, "--log-level"))
+    h->argv_.insert(h->argv_.end(), {"--log-level", "trace"});
   if (HasFlag(options.extra_args, "--audit-log")) {
     h->own_audit_log_ = FlagValue(options.extra_args, "--audit-log");
   } else {
@@ -374,9 +375,10 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
     pid_t w = waitpid(pid, &status, WNOHANG);
     if (w == pid) {
       h->pid_ = -1;
-      std::string how = WIFEXITED(status) ? "exited with status " + std::to_string(WEXITSTATUS(status))
-                        : WIFSIGNALED(status) ? "was killed by signal " + std::to_string(WTERMSIG(status))
-                                              : "stopped";
+      std::string how =
+          WIFEXITED(status)     ? "exited with status " + std::to_string(WEXITSTATUS(status))
+          : WIFSIGNALED(status) ? "was killed by signal " + std::to_string(WTERMSIG(status))
+                                : "stopped";
       *error = "rewrapd " + how + " before it printed \"" + kReadyPrefix + "HOST:PORT\".\n" +
                h->CommandLine() + "\nstdout:\n" + Tail(out) + "\nstderr:\n" + h->StderrText();
       return nullptr;
@@ -409,8 +411,10 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
   h->channel_ = grpc::CreateCustomChannel(
-      h->address_, options.credentials ? options.credentials : grpc::InsecureChannelCredentials(), args);
-  if (options.wait_connected && !h->channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(15))) {
+      h->address_, options.credentials ? options.credentials : grpc::InsecureChannelCredentials(),
+      args);
+  if (options.wait_connected &&
+      !h->channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(15))) {
     *error = "cannot connect to rewrapd at " + h->address_ + "\nstderr:\n" + h->StderrText();
     h->Stop();
     return nullptr;
@@ -464,8 +468,8 @@ std::string RewrapdHarness::Stop() {
   pid_ = -1;
   // An audit log the test placed itself (in its own temp dir) joins the collection.
   struct stat st;
-  if (!own_audit_log_.empty() && log_dir_ != dir_->path() && stat(own_audit_log_.c_str(), &st) == 0 &&
-      S_ISREG(st.st_mode)) {
+  if (!own_audit_log_.empty() && log_dir_ != dir_->path() &&
+      stat(own_audit_log_.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
     WriteFile(log_dir_ + "/own-audit.jsonl", ReadFileOrEmpty(own_audit_log_));
   }
   if (!problem.empty()) problem += "\nstderr:\n" + StderrText();

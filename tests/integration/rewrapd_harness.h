@@ -7,14 +7,13 @@
 // binary runs as two ctest entries.
 #pragma once
 
+#include <grpcpp/grpcpp.h>
 #include <sys/types.h>
 
 #include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "hsmrewrap/v1/rewrap.grpc.pb.h"
 
@@ -53,9 +52,9 @@ std::string ReadFileOrEmpty(const std::string& path);
 bool WriteFile(const std::string& path, const std::string& data, int mode = 0600);
 
 struct CommandResult {
-  int exit_code = -1;   // exit status, or -1 if it did not exit normally / could not start
-  std::string out;      // stdout
-  std::string err;      // stderr (and start-up errors of ours)
+  int exit_code = -1;  // exit status, or -1 if it did not exit normally / could not start
+  std::string out;     // stdout
+  std::string err;     // stderr (and start-up errors of ours)
   std::string Describe(const std::vector<std::string>& argv) const;
 };
 // Runs argv[0] (looked up in PATH) with the given stdin; kills it after timeout.
@@ -85,7 +84,8 @@ class RewrapdHarness {
     std::vector<std::string> module_args;
     std::vector<std::pair<std::string, std::string>> env;
   };
-  static std::unique_ptr<RewrapdHarness> Start(TokenKind kind, std::string* error, const Options& options);
+  static std::unique_ptr<RewrapdHarness> Start(TokenKind kind, std::string* error,
+                                               const Options& options);
   ~RewrapdHarness();  // Stop() if still running
 
   // SIGTERM and waitpid (SIGKILL after 30 s). Returns "" on a clean stop (exit 0 or killed by

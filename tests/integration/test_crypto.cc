@@ -1,8 +1,5 @@
 #include "tests/integration/test_crypto.h"
 
-#include <cstdio>
-#include <cstdlib>
-
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/cms.h>
@@ -15,6 +12,9 @@
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
+#include <cstdio>
+#include <cstdlib>
+
 #include "tests/leakcheck/record.h"
 
 namespace hsmrewrap::it {
@@ -22,11 +22,17 @@ namespace {
 
 namespace v1 = hsmrewrap::v1;
 
-struct BioFree { void operator()(BIO* b) const { BIO_free(b); } };
+struct BioFree {
+  void operator()(BIO* b) const { BIO_free(b); }
+};
 using BioPtr = std::unique_ptr<BIO, BioFree>;
-struct CtxFree { void operator()(EVP_PKEY_CTX* c) const { EVP_PKEY_CTX_free(c); } };
+struct CtxFree {
+  void operator()(EVP_PKEY_CTX* c) const { EVP_PKEY_CTX_free(c); }
+};
 using CtxPtr = std::unique_ptr<EVP_PKEY_CTX, CtxFree>;
-struct BnFree { void operator()(BIGNUM* b) const { BN_clear_free(b); } };
+struct BnFree {
+  void operator()(BIGNUM* b) const { BN_clear_free(b); }
+};
 using BnPtr = std::unique_ptr<BIGNUM, BnFree>;
 
 [[noreturn]] void Die(const std::string& what) {
@@ -66,11 +72,16 @@ std::string BnBytes(const BIGNUM* bn, size_t pad_to = 0) {
 
 const EVP_MD* MdOf(Pad p) {
   switch (p) {
-    case Pad::kOaepSha1: return EVP_sha1();
-    case Pad::kOaepSha256: return EVP_sha256();
-    case Pad::kOaepSha384: return EVP_sha384();
-    case Pad::kOaepSha512: return EVP_sha512();
-    case Pad::kPkcs1: return nullptr;
+    case Pad::kOaepSha1:
+      return EVP_sha1();
+    case Pad::kOaepSha256:
+      return EVP_sha256();
+    case Pad::kOaepSha384:
+      return EVP_sha384();
+    case Pad::kOaepSha512:
+      return EVP_sha512();
+    case Pad::kPkcs1:
+      return nullptr;
   }
   return nullptr;
 }
@@ -196,8 +207,8 @@ Pkey ParsePublicKey(const std::string& der_or_pem) {
   } else {
     const unsigned char* p = reinterpret_cast<const unsigned char*>(der_or_pem.data());
     k = d2i_PUBKEY(nullptr, &p, static_cast<long>(der_or_pem.size()));
-    if (k != nullptr && p != reinterpret_cast<const unsigned char*>(der_or_pem.data()) +
-                                 der_or_pem.size()) {
+    if (k != nullptr &&
+        p != reinterpret_cast<const unsigned char*>(der_or_pem.data()) + der_or_pem.size()) {
       EVP_PKEY_free(k);  // trailing bytes
       k = nullptr;
     }
@@ -288,34 +299,51 @@ std::string CngFullPrivateBlob(EVP_PKEY* k) {
 
 const char* PadName(Pad p) {
   switch (p) {
-    case Pad::kOaepSha1: return "OAEP-SHA1";
-    case Pad::kOaepSha256: return "OAEP-SHA256";
-    case Pad::kOaepSha384: return "OAEP-SHA384";
-    case Pad::kOaepSha512: return "OAEP-SHA512";
-    case Pad::kPkcs1: return "PKCS1";
+    case Pad::kOaepSha1:
+      return "OAEP-SHA1";
+    case Pad::kOaepSha256:
+      return "OAEP-SHA256";
+    case Pad::kOaepSha384:
+      return "OAEP-SHA384";
+    case Pad::kOaepSha512:
+      return "OAEP-SHA512";
+    case Pad::kPkcs1:
+      return "PKCS1";
   }
   return "?";
 }
 
 Pad PadOf(v1::Padding p) {
   switch (p) {
-    case v1::OAEP_SHA1: return Pad::kOaepSha1;
-    case v1::OAEP_SHA256: return Pad::kOaepSha256;
-    case v1::OAEP_SHA384: return Pad::kOaepSha384;
-    case v1::OAEP_SHA512: return Pad::kOaepSha512;
-    case v1::PKCS1: return Pad::kPkcs1;
-    default: Die("PadOf(Padding): no such padding");
+    case v1::OAEP_SHA1:
+      return Pad::kOaepSha1;
+    case v1::OAEP_SHA256:
+      return Pad::kOaepSha256;
+    case v1::OAEP_SHA384:
+      return Pad::kOaepSha384;
+    case v1::OAEP_SHA512:
+      return Pad::kOaepSha512;
+    case v1::PKCS1:
+      return Pad::kPkcs1;
+    default:
+      Die("PadOf(Padding): no such padding");
   }
 }
 
 Pad PadOf(v1::OutputFormat f) {
   switch (f) {
-    case v1::RSA_OAEP_SHA1: return Pad::kOaepSha1;
-    case v1::RSA_OAEP_SHA256: return Pad::kOaepSha256;
-    case v1::RSA_OAEP_SHA384: return Pad::kOaepSha384;
-    case v1::RSA_OAEP_SHA512: return Pad::kOaepSha512;
-    case v1::RSA_PKCS1: return Pad::kPkcs1;
-    default: Die("PadOf(OutputFormat): not a bare RSA format");
+    case v1::RSA_OAEP_SHA1:
+      return Pad::kOaepSha1;
+    case v1::RSA_OAEP_SHA256:
+      return Pad::kOaepSha256;
+    case v1::RSA_OAEP_SHA384:
+      return Pad::kOaepSha384;
+    case v1::RSA_OAEP_SHA512:
+      return Pad::kOaepSha512;
+    case v1::RSA_PKCS1:
+      return Pad::kPkcs1;
+    default:
+      Die("PadOf(OutputFormat): not a bare RSA format");
   }
 }
 
@@ -324,11 +352,21 @@ bool IsCms(v1::OutputFormat f) { return f == v1::CMS_ENVELOPED || f == v1::CMS_E
 size_t MaxPlaintext(Pad p, size_t modulus_len) {
   size_t overhead = 0;
   switch (p) {
-    case Pad::kOaepSha1: overhead = 2 * 20 + 2; break;
-    case Pad::kOaepSha256: overhead = 2 * 32 + 2; break;
-    case Pad::kOaepSha384: overhead = 2 * 48 + 2; break;
-    case Pad::kOaepSha512: overhead = 2 * 64 + 2; break;
-    case Pad::kPkcs1: overhead = 11; break;
+    case Pad::kOaepSha1:
+      overhead = 2 * 20 + 2;
+      break;
+    case Pad::kOaepSha256:
+      overhead = 2 * 32 + 2;
+      break;
+    case Pad::kOaepSha384:
+      overhead = 2 * 48 + 2;
+      break;
+    case Pad::kOaepSha512:
+      overhead = 2 * 64 + 2;
+      break;
+    case Pad::kPkcs1:
+      overhead = 11;
+      break;
   }
   return modulus_len > overhead ? modulus_len - overhead : 0;
 }
@@ -338,8 +376,8 @@ std::optional<std::string> RsaEncrypt(EVP_PKEY* pub, Pad p, const std::string& p
   CtxPtr ctx(EVP_PKEY_CTX_new(pub, nullptr));
   size_t len = 0;
   if (!ctx || EVP_PKEY_encrypt_init(ctx.get()) != 1 || !SetPadding(ctx.get(), p) ||
-      EVP_PKEY_encrypt(ctx.get(), nullptr, &len,
-                       reinterpret_cast<const unsigned char*>(pt.data()), pt.size()) != 1) {
+      EVP_PKEY_encrypt(ctx.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(pt.data()),
+                       pt.size()) != 1) {
     ERR_clear_error();
     return std::nullopt;
   }
@@ -357,8 +395,8 @@ std::optional<std::string> RsaDecrypt(EVP_PKEY* priv, Pad p, const std::string& 
   CtxPtr ctx(EVP_PKEY_CTX_new(priv, nullptr));
   size_t len = 0;
   if (!ctx || EVP_PKEY_decrypt_init(ctx.get()) != 1 || !SetPadding(ctx.get(), p) ||
-      EVP_PKEY_decrypt(ctx.get(), nullptr, &len,
-                       reinterpret_cast<const unsigned char*>(ct.data()), ct.size()) != 1) {
+      EVP_PKEY_decrypt(ctx.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(ct.data()),
+                       ct.size()) != 1) {
     ERR_clear_error();
     return std::nullopt;
   }
@@ -434,8 +472,8 @@ std::optional<std::string> DecryptOutput(const Device& device, v1::OutputFormat 
                                          bool recipient_is_certificate, const std::string& ct,
                                          std::string* why) {
   if (IsCms(format)) {
-    CmsResult r = CmsDecrypt(device.key.get(), recipient_is_certificate ? device.cert.get() : nullptr,
-                             ct);
+    CmsResult r =
+        CmsDecrypt(device.key.get(), recipient_is_certificate ? device.cert.get() : nullptr, ct);
     if (!r.ok) {
       *why = r.error;
       return std::nullopt;

@@ -4,19 +4,23 @@
 // the service against plain OpenSSL rather than against our own code.
 #pragma once
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include <memory>
 #include <optional>
 #include <string>
-
-#include <openssl/evp.h>
-#include <openssl/x509.h>
 
 #include "hsmrewrap/v1/rewrap.pb.h"
 
 namespace hsmrewrap::it {
 
-struct PkeyFree { void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); } };
-struct X509Free { void operator()(X509* p) const { X509_free(p); } };
+struct PkeyFree {
+  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
+};
+struct X509Free {
+  void operator()(X509* p) const { X509_free(p); }
+};
 using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
 using X509Ptr = std::unique_ptr<X509, X509Free>;
 
@@ -36,9 +40,9 @@ std::string PrivateKeyPkcs8Pem(EVP_PKEY* k);
 std::string PrivateKeyPkcs1Der(EVP_PKEY* k);  // RSAPrivateKey
 std::string SpkiDer(EVP_PKEY* k);
 std::string SpkiPem(EVP_PKEY* k);
-std::string RsaPublicKeyDer(EVP_PKEY* k);  // PKCS#1 RSAPublicKey (the SPKI BIT STRING)
+std::string RsaPublicKeyDer(EVP_PKEY* k);            // PKCS#1 RSAPublicKey (the SPKI BIT STRING)
 Pkey ParsePublicKey(const std::string& der_or_pem);  // SPKI; null on failure
-std::string RsaModulus(EVP_PKEY* k);   // big-endian, no leading zeros
+std::string RsaModulus(EVP_PKEY* k);                 // big-endian, no leading zeros
 std::string RsaExponent(EVP_PKEY* k);
 
 X509Ptr SelfSignedCert(EVP_PKEY* k, const std::string& cn);
@@ -65,9 +69,9 @@ struct CmsResult {
   std::string plaintext;
   std::string error;
   int recipients = 0;
-  int key_transport_nid = 0;        // NID_rsaesOaep or NID_rsaEncryption
-  bool rid_issuer_serial = false;   // recipient named by issuer+serial
-  std::string rid_key_id;           // or by subjectKeyIdentifier
+  int key_transport_nid = 0;       // NID_rsaesOaep or NID_rsaEncryption
+  bool rid_issuer_serial = false;  // recipient named by issuer+serial
+  std::string rid_key_id;          // or by subjectKeyIdentifier
 };
 // Parses DER ContentInfo(EnvelopedData) and decrypts with `priv` (and `cert`, if given,
 // to match issuer+serial recipients).

@@ -14,17 +14,17 @@
 // DECRYPT_FAILED message of the run must be byte-identical. Groups and tests the API
 // cannot express are skipped and counted. Prints a table per file and writes it to
 // <build>/tests/integration/wycheproof_<token>.txt.
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <sstream>
-
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "tests/integration/it_env.h"
 #include "tests/integration/it_util.h"
@@ -226,9 +226,11 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
           continue;
         }
         const std::string msg = HexDecode(t.at("msg").get<std::string>());
-        if (t.value("result", "") != "invalid") leakcheck::RecordSecret(msg);  // rewrapped: never logged
-        const v1::OutputFormat format =
-            msg.size() <= MaxPlaintext(Pad::kOaepSha256, 256) ? v1::RSA_OAEP_SHA256 : v1::CMS_ENVELOPED;
+        if (t.value("result", "") != "invalid")
+          leakcheck::RecordSecret(msg);  // rewrapped: never logged
+        const v1::OutputFormat format = msg.size() <= MaxPlaintext(Pad::kOaepSha256, 256)
+                                            ? v1::RSA_OAEP_SHA256
+                                            : v1::CMS_ENVELOPED;
         AddItem(&req, "tc" + std::to_string(t.at("tcId").get<int>()), key.name, padding,
                 HexDecode(t.at("ct").get<std::string>()), device, Rcp::kSpkiDer, format);
         items.push_back(&t);
@@ -264,8 +266,8 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
         const v1::RewrapItem& item = req.items(static_cast<int>(i));
         const v1::RewrapResult& r = resp.results(static_cast<int>(i));
         const std::string result = t.at("result").get<std::string>();
-        const std::string where = "tcId " + std::to_string(t.at("tcId").get<int>()) + " (" + result +
-                                  ", " + t.value("comment", "") + ")";
+        const std::string where = "tcId " + std::to_string(t.at("tcId").get<int>()) + " (" +
+                                  result + ", " + t.value("comment", "") + ")";
         if (r.id() != item.id()) fail(where + ": result id '" + r.id() + "' out of order");
         bool decrypted_ok = false;
         std::string accepted_detail;
@@ -286,8 +288,8 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
             } else if (*pt == msg) {
               implicit_rejection_problem = "the device got msg";
             } else if (r2.has_error()) {
-              implicit_rejection_problem = "not deterministic: rewrapped, then " +
-                                           std::string(CodeName(r2.error().code()));
+              implicit_rejection_problem =
+                  "not deterministic: rewrapped, then " + std::string(CodeName(r2.error().code()));
             } else if (!pt2 || *pt2 != *pt) {
               implicit_rejection_problem =
                   "not deterministic: the second rewrap gave " +
@@ -297,9 +299,10 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
                                  : "output does not decrypt: " + why;
           } else if (result == "invalid") {
             // Counted (and failed) below as "invalid accepted"; say what the device got.
-            accepted_detail = pt ? "the device got " + std::to_string(pt->size()) + " bytes" +
-                                       (*pt == msg ? " (= msg)" : " (!= msg, e.g. implicit rejection)")
-                                 : "output does not decrypt: " + why;
+            accepted_detail =
+                pt ? "the device got " + std::to_string(pt->size()) + " bytes" +
+                         (*pt == msg ? " (= msg)" : " (!= msg, e.g. implicit rejection)")
+                   : "output does not decrypt: " + why;
           } else if (!pt) {
             fail(where + ": output does not decrypt: " + why);
           } else if (*pt != msg) {
@@ -350,7 +353,8 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
             ++st.invalid_len;
           } else if (code == v1::ItemError::INVALID_ITEM && implicit_rejection &&
                      r.error().message() ==
-                         "the unsealed secret is too long for the recipient key with this output format") {
+                         "the unsealed secret is too long for the recipient key with this output "
+                         "format") {
             // Implicit rejection gave a pseudo-random secret too long for the output format:
             // the answer any secret of that length gets, on every path (issue 14.3).
             ++st.invalid_implicit_rejection;
@@ -392,9 +396,9 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
          "pkcs1_implicit_rejection);\ninv.acc: invalid vectors the service rewrapped otherwise "
          "(failures); acceptable: decrypted + rejected;\nfail: failed checks; skipped: tests by "
          "reason; paths: of the successful items\n\n";
-  out << PadRight("file", 56) << PadRight("tests", 6) << PadRight("valid", 10) << PadRight("invalid", 14)
-      << PadRight("inv.IR", 8) << PadRight("inv.acc", 9) << PadRight("accept", 8)
-      << PadRight("fail", 5) << "skipped | paths\n";
+  out << PadRight("file", 56) << PadRight("tests", 6) << PadRight("valid", 10)
+      << PadRight("invalid", 14) << PadRight("inv.IR", 8) << PadRight("inv.acc", 9)
+      << PadRight("accept", 8) << PadRight("fail", 5) << "skipped | paths\n";
   FileStats total;
   total.file = "TOTAL";
   auto line = [&](const FileStats& s) {
@@ -404,16 +408,18 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
     }
     if (skipped.empty()) skipped = "-";
     std::string paths;
-    for (const auto& [p, n] : s.paths) paths += (paths.empty() ? "" : ", ") + p + ": " + std::to_string(n);
+    for (const auto& [p, n] : s.paths)
+      paths += (paths.empty() ? "" : ", ") + p + ": " + std::to_string(n);
     if (paths.empty()) paths = "-";
     out << PadRight(s.file, 56) << PadRight(std::to_string(s.tests), 6)
         << PadRight(std::to_string(s.valid_ok) + "/" + std::to_string(s.valid), 10)
-        << PadRight(std::to_string(s.invalid_decrypt_failed) + "+" + std::to_string(s.invalid_len) + "/" +
-                   std::to_string(s.invalid),
-               14)
+        << PadRight(std::to_string(s.invalid_decrypt_failed) + "+" + std::to_string(s.invalid_len) +
+                        "/" + std::to_string(s.invalid),
+                    14)
         << PadRight(std::to_string(s.invalid_implicit_rejection), 8)
         << PadRight(std::to_string(s.invalid_accepted), 9)
-        << PadRight(std::to_string(s.acceptable_ok) + "+" + std::to_string(s.acceptable_rejected), 8)
+        << PadRight(std::to_string(s.acceptable_ok) + "+" + std::to_string(s.acceptable_rejected),
+                    8)
         << PadRight(std::to_string(s.failures), 5) << skipped << " | " << paths << "\n";
   };
   for (const auto& s : all) {

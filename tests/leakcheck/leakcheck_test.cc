@@ -3,6 +3,7 @@
 // scan.h, record.h). LeakScan.* prove the search finds what it must (planted secrets in a
 // fake collection) and refuses a collection that cannot catch anything; Collection.* is
 // the real check, run when --collection=DIR is given.
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -10,8 +11,6 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
-
-#include <gtest/gtest.h>
 
 #include "tests/leakcheck/scan.h"
 
@@ -46,7 +45,8 @@ class FakeCollection : public ::testing::Test {
       hex += "\n";
     }
     Write(root_ + "/" + test + "/secrets-1.hex", hex);
-    for (const auto& [name, text] : logs) Write(root_ + "/" + test + "/logs/1-0-rewrapd/" + name, text);
+    for (const auto& [name, text] : logs)
+      Write(root_ + "/" + test + "/logs/1-0-rewrapd/" + name, text);
   }
   static void Write(const std::string& path, const std::string& data) {
     std::ofstream(path, std::ios::binary) << data;
@@ -55,7 +55,8 @@ class FakeCollection : public ::testing::Test {
 };
 
 const std::string kSecret = "Pl@nted-secret\xff\x01-42";  // 18 bytes, not all printable
-const std::string kClean = R"({"level":"debug","msg":"item 3: key default: decrypt failed in the token"})";
+const std::string kClean =
+    R"({"level":"debug","msg":"item 3: key default: decrypt failed in the token"})";
 const std::string kInfoOnly = R"({"level":"info","msg":"rewrapd serving"})";
 
 std::string EncodingOf(const std::string& name) {
@@ -127,7 +128,8 @@ TEST_F(FakeCollection, BrokenCollectionFails) {
   EXPECT_FALSE(r.ok());
   EXPECT_EQ(r.problems.size(), 2u) << r.Report();
   EXPECT_NE(r.Report().find("nologs ran but left no"), std::string::npos) << r.Report();
-  EXPECT_NE(r.Report().find("nosecrets ran but recorded no secret"), std::string::npos) << r.Report();
+  EXPECT_NE(r.Report().find("nosecrets ran but recorded no secret"), std::string::npos)
+      << r.Report();
   // Logs without a single debug line: rewrapd ran at info level.
   AddTest("quiet", {kSecret}, {{"rewrapd.stderr", kInfoOnly}});
   r = ScanCollection(root_);
@@ -141,13 +143,16 @@ TEST_F(FakeCollection, BrokenCollectionFails) {
 }
 
 TEST(Collection, NoSecretsInLogs) {
-  if (g_collection.empty()) GTEST_SKIP() << "no --collection=DIR (the ctest entry no_secrets_in_logs gives it)";
+  if (g_collection.empty())
+    GTEST_SKIP() << "no --collection=DIR (the ctest entry no_secrets_in_logs gives it)";
   ScanResult r = ScanCollection(g_collection);
   const std::string report = r.Report();
   printf("%s", report.c_str());
   fflush(stdout);
-  EXPECT_TRUE(r.ok()) << "secrets in rewrapd's logs or audit files, or a broken collection; see above. The "
-                         "files are kept in " << g_collection;
+  EXPECT_TRUE(r.ok())
+      << "secrets in rewrapd's logs or audit files, or a broken collection; see above. The "
+         "files are kept in "
+      << g_collection;
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
-// The producer side of the leak check (tests/integration/README.md, "Leak check"): tests that start rewrapd keep its logs and audit files in a collection
-// directory, and every test that seals a plaintext (or makes a PIN or a PFX password)
-// records it there, so that the ctest entry no_secrets_in_logs can search every log for
-// every secret after the whole run.
+// The producer side of the leak check (tests/integration/README.md, "Leak check"): tests that start
+// rewrapd keep its logs and audit files in a collection directory, and every test that seals a
+// plaintext (or makes a PIN or a PFX password) records it there, so that the ctest entry
+// no_secrets_in_logs can search every log for every secret after the whole run.
 //
 // Collection is on when ctest runs the test through tests/leakcheck/collect.sh, which sets
 // HSMREWRAP_LEAKCHECK_DIR (the collection root) and HSMREWRAP_LEAKCHECK_TEST (the ctest

@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <set>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <unordered_map>
 
@@ -57,7 +57,8 @@ std::string Base64(const std::string& s, bool url) {
   std::string out;
   size_t i = 0;
   for (; i + 2 < s.size(); i += 3) {
-    uint32_t v = (uint32_t(uint8_t(s[i])) << 16) | (uint32_t(uint8_t(s[i + 1])) << 8) | uint8_t(s[i + 2]);
+    uint32_t v =
+        (uint32_t(uint8_t(s[i])) << 16) | (uint32_t(uint8_t(s[i + 1])) << 8) | uint8_t(s[i + 2]);
     out += {a[v >> 18], a[(v >> 12) & 63], a[(v >> 6) & 63], a[v & 63]};
   }
   if (i + 1 == s.size()) {
@@ -107,7 +108,8 @@ ScanResult ScanCollection(const std::string& root) {
   ScanResult r;
   std::error_code ec;
   if (!fs::is_directory(root, ec)) {
-    r.problems.push_back("collection directory " + root + " does not exist: no test collected anything");
+    r.problems.push_back("collection directory " + root +
+                         " does not exist: no test collected anything");
     return r;
   }
   // 1. Tests, their secrets and their log files.
@@ -160,7 +162,8 @@ ScanResult ScanCollection(const std::string& root) {
   std::sort(logs.begin(), logs.end());
   for (const auto& [path, test] : logs) {
     std::string text;
-    if (ReadAll(path, &text) && text.find("\"level\":\"debug\"") != std::string::npos) r.tests[test].verbose = true;
+    if (ReadAll(path, &text) && text.find("\"level\":\"debug\"") != std::string::npos)
+      r.tests[test].verbose = true;
   }
 
   // 2. The collection must be able to catch something.
@@ -170,11 +173,13 @@ ScanResult ScanCollection(const std::string& root) {
     ++ran;
     if (t.skipped) continue;
     if (t.logs == 0) {
-      r.problems.push_back("test " + t.name + " ran but left no non-empty rewrapd log or audit file: its "
+      r.problems.push_back("test " + t.name +
+                           " ran but left no non-empty rewrapd log or audit file: its "
                            "collection is broken");
     }
     if (t.logs > 0 && !t.verbose) {
-      r.problems.push_back("test " + t.name + ": no log has a \"level\":\"debug\" line: rewrapd did not run at "
+      r.problems.push_back("test " + t.name +
+                           ": no log has a \"level\":\"debug\" line: rewrapd did not run at "
                            "debug or trace level");
     }
     if (t.secrets == 0) {
@@ -196,7 +201,8 @@ ScanResult ScanCollection(const std::string& root) {
   }
   std::unordered_multimap<uint64_t, size_t> by_prefix;
   by_prefix.reserve(needles.size() * 2);
-  for (size_t n = 0; n < needles.size(); ++n) by_prefix.emplace(Prefix8(needles[n].bytes.data()), n);
+  for (size_t n = 0; n < needles.size(); ++n)
+    by_prefix.emplace(Prefix8(needles[n].bytes.data()), n);
 
   for (const auto& [path, test] : logs) {
     std::string text;
@@ -212,7 +218,8 @@ ScanResult ScanCollection(const std::string& root) {
       auto range = by_prefix.equal_range(Prefix8(text.data() + pos));
       for (auto it = range.first; it != range.second; ++it) {
         const Needle& n = needles[it->second];
-        if (text.compare(pos, n.bytes.size(), n.bytes) == 0 && seen.emplace(n.secret, n.encoding).second) {
+        if (text.compare(pos, n.bytes.size(), n.bytes) == 0 &&
+            seen.emplace(n.secret, n.encoding).second) {
           r.hits.push_back({path.string(), n.secret, n.encoding, pos});
         }
       }
@@ -225,8 +232,8 @@ std::string ScanResult::Report() const {
   std::ostringstream o;
   for (const auto& h : hits) {
     const SecretInfo& s = secrets[h.secret];
-    o << "LEAK: " << h.file << " @" << h.offset << " contains secret #" << h.secret << " (" << s.length
-      << " bytes, recorded by " << s.test << ") as " << h.encoding << "\n";
+    o << "LEAK: " << h.file << " @" << h.offset << " contains secret #" << h.secret << " ("
+      << s.length << " bytes, recorded by " << s.test << ") as " << h.encoding << "\n";
   }
   for (const auto& p : problems) o << "PROBLEM: " << p << "\n";
   size_t ran = 0, skipped = 0;
@@ -237,9 +244,10 @@ std::string ScanResult::Report() const {
     o << "  " << t.name << ": " << t.logs << " log files, " << t.secrets << " secrets"
       << (t.skipped ? " (skipped)" : "") << "\n";
   }
-  o << "checked " << log_files << " log/audit files (" << log_bytes << " bytes) of " << ran << " tests ("
-    << skipped << " skipped) for " << searched_secrets << " secrets (raw, hex, HEX, base64, base64url); "
-    << short_secrets << " secrets shorter than " << kMinSecretLen << " bytes not searched (they would match by "
+  o << "checked " << log_files << " log/audit files (" << log_bytes << " bytes) of " << ran
+    << " tests (" << skipped << " skipped) for " << searched_secrets
+    << " secrets (raw, hex, HEX, base64, base64url); " << short_secrets << " secrets shorter than "
+    << kMinSecretLen << " bytes not searched (they would match by "
     << "chance); " << hits.size() << " hits\n";
   return o.str();
 }

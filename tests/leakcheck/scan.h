@@ -21,12 +21,12 @@ struct Hit {
 };
 
 struct TestSummary {
-  std::string name;        // the ctest entry (directory name)
-  bool ran = false;        // collect.sh marked it
-  bool skipped = false;    // it said it ran nothing
-  size_t logs = 0;         // non-empty log files
-  size_t secrets = 0;      // secrets of >= kMinSecretLen bytes it recorded
-  bool verbose = false;    // some log has a debug-level line (rewrapd ran at debug or trace)
+  std::string name;      // the ctest entry (directory name)
+  bool ran = false;      // collect.sh marked it
+  bool skipped = false;  // it said it ran nothing
+  size_t logs = 0;       // non-empty log files
+  size_t secrets = 0;    // secrets of >= kMinSecretLen bytes it recorded
+  bool verbose = false;  // some log has a debug-level line (rewrapd ran at debug or trace)
 };
 
 struct SecretInfo {

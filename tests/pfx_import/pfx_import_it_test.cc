@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+
 #include <nlohmann/json.hpp>
 
 #include "crypto/encoding.h"
@@ -92,15 +93,15 @@ TEST_F(PfxImportService, VerifyPassesAndRecordDecryptsThroughTheService) {
   std::string pfx_path = testcert;
   std::string password = "TestCert";
   leakcheck::RecordSecret(password);  // the vector's PFX password, sealed by pfx-import
-  if (ReadFile(testcert).empty()) {  // no shared vectors: a generated PFX does the same job
+  if (ReadFile(testcert).empty()) {   // no shared vectors: a generated PFX does the same job
     KeyCert kc = MakeKeyCert("it", -3600, 86400, "critical,digitalSignature,keyEncipherment");
     pfx_path = tmp_.File("it.pfx");
     WriteFile(pfx_path, MakePfx(kc.key, kc.cert, {}, password));
   }
   WriteFile(tmp_.File("pw"), password + "\n");
-  Result r = Import({"--service", rewrapd_->address(), "--pfx", pfx_path, "--password-file", tmp_.File("pw"),
-                     "--upn", "alice@contoso.example", "--purpose", "smimeEncryption", "--verify", "--out",
-                     tmp_.File("out.jsonl")});
+  Result r = Import({"--service", rewrapd_->address(), "--pfx", pfx_path, "--password-file",
+                     tmp_.File("pw"), "--upn", "alice@contoso.example", "--purpose",
+                     "smimeEncryption", "--verify", "--out", tmp_.File("out.jsonl")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.err, HasSubstr("verified through the service: 1"));
   auto j = nlohmann::json::parse(ReadFile(tmp_.File("out.jsonl")));
@@ -123,8 +124,8 @@ TEST_F(PfxImportService, BulkCsvWithVerifyAndOaepSha256) {
             "a@x,a.pfx,pa\xC3\xA9-Secret-A\n"
             "b@x,b.pfx,pb-Secret-B\n"
             "c@x,bad.pfx,pc\n");
-  Result r = Import({"--service", rewrapd_->address(), "--csv", tmp_.File("m.csv"), "--padding", "oaepSha256",
-                     "--verify", "--out", tmp_.File("out.jsonl")});
+  Result r = Import({"--service", rewrapd_->address(), "--csv", tmp_.File("m.csv"), "--padding",
+                     "oaepSha256", "--verify", "--out", tmp_.File("out.jsonl")});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_THAT(r.err, HasSubstr("2 imported, 0 skipped, 1 failed"));
   EXPECT_THAT(r.err, HasSubstr("verified through the service: 2"));
@@ -132,7 +133,8 @@ TEST_F(PfxImportService, BulkCsvWithVerifyAndOaepSha256) {
   std::string line;
   std::vector<std::string> got;
   while (std::getline(lines, line)) {
-    got.push_back(UnsealThroughService(rewrapd_->address(), nlohmann::json::parse(line), v1::OAEP_SHA256));
+    got.push_back(
+        UnsealThroughService(rewrapd_->address(), nlohmann::json::parse(line), v1::OAEP_SHA256));
   }
   EXPECT_THAT(got, ::testing::ElementsAre("pa\xE9-Secret-A", "pb-Secret-B"));
 }
@@ -140,13 +142,14 @@ TEST_F(PfxImportService, BulkCsvWithVerifyAndOaepSha256) {
 TEST_F(PfxImportService, UnknownKeyAndUnreachableServiceFailAtStartup) {
   KeyCert kc = MakeKeyCert("x", -3600, 86400, "");
   WriteFile(tmp_.File("x.pfx"), MakePfx(kc.key, kc.cert, {}, "p"));
-  Result r = Import({"--service", rewrapd_->address(), "--key-name", "no-such-key", "--pfx", tmp_.File("x.pfx"),
-                     "--upn", "x@x"},
+  Result r = Import({"--service", rewrapd_->address(), "--key-name", "no-such-key", "--pfx",
+                     tmp_.File("x.pfx"), "--upn", "x@x"},
                     {{"PFX_PASSWORD", "p"}});
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_THAT(r.err, HasSubstr("no-such-key"));
-  r = Import({"--service", "127.0.0.1:1", "--timeout", "2", "--pfx", tmp_.File("x.pfx"), "--upn", "x@x"},
-             {{"PFX_PASSWORD", "p"}});
+  r = Import(
+      {"--service", "127.0.0.1:1", "--timeout", "2", "--pfx", tmp_.File("x.pfx"), "--upn", "x@x"},
+      {{"PFX_PASSWORD", "p"}});
   EXPECT_EQ(r.exit_code, 3);
 }
 

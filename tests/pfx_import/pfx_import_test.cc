@@ -1,21 +1,21 @@
 // pfx-import without rewrapd (label unit): crypto/pfx on the shared vectors and on files
 // made by other producers, password bytes, record format, CSV bulk runs, Graph upload with
 // 429 re-send and the state file.
+#include "clients/pfx-import/pfx_import.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
 #include <sys/stat.h>
 
 #include <atomic>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-#include <httplib.h>
-#include <nlohmann/json.hpp>
-
 #include "clients/pfx-import/csv.h"
-#include "clients/pfx-import/pfx_import.h"
 #include "crypto/encoding.h"
 #include "crypto/keys.h"
 #include "crypto/pfx.h"
@@ -40,9 +40,9 @@ bool SharedPresent() {
   return stat((SharedDir() + "/vectors/pkcs12/README.md").c_str(), &st) == 0;
 }
 
-#define REQUIRE_SHARED()                                                              \
-  if (!SharedPresent()) GTEST_SKIP() << "shared vectors not found at " << SharedDir() \
-                                     << " (set HSMREWRAP_SHARED_DIR)"
+#define REQUIRE_SHARED() \
+  if (!SharedPresent())  \
+  GTEST_SKIP() << "shared vectors not found at " << SharedDir() << " (set HSMREWRAP_SHARED_DIR)"
 
 // ---------------------------------------------------------------------------------------
 // The shared vectors, with the outcomes their READMEs document.
@@ -63,7 +63,8 @@ TEST(PfxVectors, EveryFileGivesItsDocumentedOutcome) {
       {"pkcs12/pbes2_sha256.p12", "foo", PfxProblem::kNone, "RSA", 2048},
       {"pkcs12/no_encryption.p12", "foo", PfxProblem::kNone, "EC", 256},
       {"pkcs12/empty_password.p12", "", PfxProblem::kNone, "EC", 256},
-      {"pkcs12/unicode_password.p12", "Hello, \xE4\xB8\x96\xE7\x95\x8C", PfxProblem::kNone, "EC", 256},
+      {"pkcs12/unicode_password.p12", "Hello, \xE4\xB8\x96\xE7\x95\x8C", PfxProblem::kNone, "EC",
+       256},
       {"pkcs12/empty_password_ber_nested.p12", "", PfxProblem::kNotPkcs12, "", 0},
       {"pkcs12/bad1.p12", "", PfxProblem::kNotPkcs12, "", 0},
       {"pkcs12/bad2.p12", "", PfxProblem::kNotPkcs12, "", 0},
@@ -113,8 +114,10 @@ TEST(PfxVectors, IntuneTestCertFacts) {
   auto c = crypto::OpenPfx(Span(data), SecretString("TestCert"));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->thumbprint, "f5e1acb8c9c55a17605930515661548fb4cfc64c");
-  EXPECT_EQ(absl::FormatTime("%Y-%m-%dT%H:%M:%S", c->not_before, absl::UTCTimeZone()), "2017-08-22T21:50:35");
-  EXPECT_EQ(absl::FormatTime("%Y-%m-%dT%H:%M:%S", c->not_after, absl::UTCTimeZone()), "2417-08-22T22:00:35");
+  EXPECT_EQ(absl::FormatTime("%Y-%m-%dT%H:%M:%S", c->not_before, absl::UTCTimeZone()),
+            "2017-08-22T21:50:35");
+  EXPECT_EQ(absl::FormatTime("%Y-%m-%dT%H:%M:%S", c->not_after, absl::UTCTimeZone()),
+            "2417-08-22T22:00:35");
   EXPECT_TRUE(crypto::CheckPfxForImport(*c, PfxPurpose::kSmimeEncryption, absl::Now()).ok());
 }
 
@@ -174,12 +177,14 @@ TEST(PfxChecks, EachProblemHasItsOwnError) {
 
   auto e = open(MakePfx(expired.key, expired.cert, {}, "pw"));
   ASSERT_TRUE(e.ok());
-  EXPECT_EQ(crypto::PfxProblemOf(crypto::CheckPfxForImport(*e, PfxPurpose::kUnassigned, absl::Now())),
-            PfxProblem::kExpired);
+  EXPECT_EQ(
+      crypto::PfxProblemOf(crypto::CheckPfxForImport(*e, PfxPurpose::kUnassigned, absl::Now())),
+      PfxProblem::kExpired);
   auto f = open(MakePfx(future.key, future.cert, {}, "pw"));
   ASSERT_TRUE(f.ok());
-  EXPECT_EQ(crypto::PfxProblemOf(crypto::CheckPfxForImport(*f, PfxPurpose::kUnassigned, absl::Now())),
-            PfxProblem::kNotYetValid);
+  EXPECT_EQ(
+      crypto::PfxProblemOf(crypto::CheckPfxForImport(*f, PfxPurpose::kUnassigned, absl::Now())),
+      PfxProblem::kNotYetValid);
   auto s = open(MakePfx(sign_only.key, sign_only.cert, {}, "pw"));
   ASSERT_TRUE(s.ok());
   absl::Status ku = crypto::CheckPfxForImport(*s, PfxPurpose::kSmimeEncryption, absl::Now());
@@ -229,7 +234,8 @@ TEST(Names, EnumCases) {
   using pfx_import::EnumCase;
   EXPECT_EQ(pfx_import::PaddingName(RsaPadding::kOaepSha512, EnumCase::kCamel), "oaepSha512");
   EXPECT_EQ(pfx_import::PaddingName(RsaPadding::kOaepSha256, EnumCase::kPascal), "OaepSha256");
-  EXPECT_EQ(pfx_import::PurposeName(PfxPurpose::kSmimeEncryption, EnumCase::kCamel), "smimeEncryption");
+  EXPECT_EQ(pfx_import::PurposeName(PfxPurpose::kSmimeEncryption, EnumCase::kCamel),
+            "smimeEncryption");
   EXPECT_EQ(pfx_import::PurposeName(PfxPurpose::kSmimeSigning, EnumCase::kPascal), "SmimeSigning");
   EXPECT_EQ(pfx_import::PurposeName(PfxPurpose::kUnassigned, EnumCase::kPascal), "Unassigned");
   EXPECT_TRUE(pfx_import::ParsePurpose("SmimeEncryption").ok());
@@ -239,14 +245,17 @@ TEST(Names, EnumCases) {
 
 TEST(Dates, NewtonsoftDateTimeOffset) {
   const absl::Time t = absl::FromUnixMicros(1714558272123456);  // 2024-05-01T10:11:12.123456Z
-  EXPECT_EQ(pfx_import::FormatDateTimeOffset(t, absl::UTCTimeZone(), false), "2024-05-01T10:11:12+00:00");
+  EXPECT_EQ(pfx_import::FormatDateTimeOffset(t, absl::UTCTimeZone(), false),
+            "2024-05-01T10:11:12+00:00");
   EXPECT_EQ(pfx_import::FormatDateTimeOffset(t, absl::FixedTimeZone(7200), true),
             "2024-05-01T12:11:12.123456+02:00");
   EXPECT_EQ(pfx_import::FormatDateTimeOffset(t, absl::FixedTimeZone(-5 * 3600), false),
             "2024-05-01T05:11:12-05:00");
-  EXPECT_EQ(pfx_import::FormatDateTimeOffset(absl::FromUnixMillis(1714558272500), absl::UTCTimeZone(), true),
+  EXPECT_EQ(pfx_import::FormatDateTimeOffset(absl::FromUnixMillis(1714558272500),
+                                             absl::UTCTimeZone(), true),
             "2024-05-01T10:11:12.5+00:00");
-  EXPECT_EQ(pfx_import::FormatDateTimeOffset(absl::FromUnixSeconds(1714558272), absl::UTCTimeZone(), true),
+  EXPECT_EQ(pfx_import::FormatDateTimeOffset(absl::FromUnixSeconds(1714558272), absl::UTCTimeZone(),
+                                             true),
             "2024-05-01T10:11:12+00:00");
 }
 
@@ -282,7 +291,8 @@ class PfxImportCli : public ::testing::Test {
     return pfx_test::Run(args, env);
   }
   // The password sealed in a record, decrypted with the test's service key.
-  std::string Unseal(const nlohmann::json& record, crypto::RsaPadding padding = crypto::RsaPadding::kOaepSha512) {
+  std::string Unseal(const nlohmann::json& record,
+                     crypto::RsaPadding padding = crypto::RsaPadding::kOaepSha512) {
     auto ct = crypto::Base64Decode(record["encryptedPfxPassword"].get<std::string>());
     if (!ct.ok()) return "<bad base64>";
     const std::string pem = KeyPem(svc_key_);
@@ -295,7 +305,8 @@ class PfxImportCli : public ::testing::Test {
 };
 
 TEST_F(PfxImportCli, RecordHasExactlyTheFieldsTypesAndEncodingsOf42) {
-  KeyCert kc = MakeKeyCert("alice", -3600, 86400 * 365, "critical,digitalSignature,keyEncipherment");
+  KeyCert kc =
+      MakeKeyCert("alice", -3600, 86400 * 365, "critical,digitalSignature,keyEncipherment");
   const std::string pfx = MakePfx(kc.key, kc.cert, {}, "caf\xC3\xA9 pw");
   WriteFile(dir_.File("a.pfx"), pfx);
   WriteFile(dir_.File("pw"), "caf\xC3\xA9 pw\n");
@@ -312,11 +323,11 @@ TEST_F(PfxImportCli, RecordHasExactlyTheFieldsTypesAndEncodingsOf42) {
     keys.push_back(it.key());
     EXPECT_TRUE(it.value().is_string()) << it.key();
   }
-  EXPECT_THAT(keys, ::testing::ElementsAre("thumbprint", "intendedPurpose", "userPrincipalName",
-                                           "startDateTime", "expirationDateTime", "providerName",
-                                           "keyName", "paddingScheme", "encryptedPfxBlob",
-                                           "encryptedPfxPassword", "createdDateTime",
-                                           "lastModifiedDateTime"));
+  EXPECT_THAT(
+      keys, ::testing::ElementsAre("thumbprint", "intendedPurpose", "userPrincipalName",
+                                   "startDateTime", "expirationDateTime", "providerName", "keyName",
+                                   "paddingScheme", "encryptedPfxBlob", "encryptedPfxPassword",
+                                   "createdDateTime", "lastModifiedDateTime"));
   auto c = crypto::OpenPfx(Span(pfx), SecretString("caf\xC3\xA9 pw"));
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(j["thumbprint"], c->thumbprint);
@@ -325,9 +336,12 @@ TEST_F(PfxImportCli, RecordHasExactlyTheFieldsTypesAndEncodingsOf42) {
   const std::regex secs(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d)");
   const std::regex frac(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,7})?[+-]\d\d:\d\d)");
   EXPECT_TRUE(std::regex_match(j["startDateTime"].get<std::string>(), secs)) << j["startDateTime"];
-  EXPECT_EQ(j["startDateTime"], pfx_import::FormatDateTimeOffset(c->not_before, absl::UTCTimeZone(), false));
-  EXPECT_EQ(j["expirationDateTime"], pfx_import::FormatDateTimeOffset(c->not_after, absl::UTCTimeZone(), false));
-  EXPECT_TRUE(std::regex_match(j["createdDateTime"].get<std::string>(), frac)) << j["createdDateTime"];
+  EXPECT_EQ(j["startDateTime"],
+            pfx_import::FormatDateTimeOffset(c->not_before, absl::UTCTimeZone(), false));
+  EXPECT_EQ(j["expirationDateTime"],
+            pfx_import::FormatDateTimeOffset(c->not_after, absl::UTCTimeZone(), false));
+  EXPECT_TRUE(std::regex_match(j["createdDateTime"].get<std::string>(), frac))
+      << j["createdDateTime"];
   EXPECT_EQ(j["createdDateTime"], j["lastModifiedDateTime"]);
   EXPECT_EQ(j["providerName"], "hsm-rewrap");
   EXPECT_EQ(j["keyName"], "pfxkey");
@@ -364,25 +378,27 @@ TEST_F(PfxImportCli, PasswordTooLongAndAboveLatin1AreRefusedClearly) {
   KeyCert kc = MakeKeyCert("c", -3600, 86400, "");
   const std::string long_pw(127, 'x');
   WriteFile(dir_.File("c.pfx"), MakePfx(kc.key, kc.cert, {}, long_pw));
-  Result r = Import({"--pfx", dir_.File("c.pfx"), "--upn", "c@x", "--public-key-file", dir_.File("svc.pub")},
-                    {{"PFX_PASSWORD", long_pw}});
+  Result r = Import(
+      {"--pfx", dir_.File("c.pfx"), "--upn", "c@x", "--public-key-file", dir_.File("svc.pub")},
+      {{"PFX_PASSWORD", long_pw}});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("password-too-long"));
   EXPECT_THAT(r.err, HasSubstr("at most 126 bytes"));
   // oaepSha256 allows 190.
-  r = Import({"--pfx", dir_.File("c.pfx"), "--upn", "c@x", "--public-key-file", dir_.File("svc.pub"),
-              "--padding", "oaepSha256"},
+  r = Import({"--pfx", dir_.File("c.pfx"), "--upn", "c@x", "--public-key-file",
+              dir_.File("svc.pub"), "--padding", "oaepSha256"},
              {{"PFX_PASSWORD", long_pw}});
   EXPECT_EQ(r.exit_code, 0) << r.err;
 
   const std::string euro = "pr\xE2\x82\xAC";
   WriteFile(dir_.File("d.pfx"), MakePfx(kc.key, kc.cert, {}, euro));
-  r = Import({"--pfx", dir_.File("d.pfx"), "--upn", "d@x", "--public-key-file", dir_.File("svc.pub")},
-             {{"PFX_PASSWORD", euro}});
+  r = Import(
+      {"--pfx", dir_.File("d.pfx"), "--upn", "d@x", "--public-key-file", dir_.File("svc.pub")},
+      {{"PFX_PASSWORD", euro}});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("above U+00FF"));
-  r = Import({"--pfx", dir_.File("d.pfx"), "--upn", "d@x", "--public-key-file", dir_.File("svc.pub"),
-              "--password-encoding", "utf8"},
+  r = Import({"--pfx", dir_.File("d.pfx"), "--upn", "d@x", "--public-key-file",
+              dir_.File("svc.pub"), "--password-encoding", "utf8"},
              {{"PFX_PASSWORD", euro}});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(Unseal(nlohmann::json::parse(r.out)), euro);
@@ -390,22 +406,26 @@ TEST_F(PfxImportCli, PasswordTooLongAndAboveLatin1AreRefusedClearly) {
 
 TEST_F(PfxImportCli, UsageErrors) {
   EXPECT_EQ(Import({"--upn", "x"}).exit_code, 2);
-  EXPECT_EQ(Import({"--pfx", "a", "--csv", "b", "--upn", "x", "--public-key-file", "k"}).exit_code, 2);
+  EXPECT_EQ(Import({"--pfx", "a", "--csv", "b", "--upn", "x", "--public-key-file", "k"}).exit_code,
+            2);
   EXPECT_EQ(Import({"--pfx", "a", "--public-key-file", "k"}).exit_code, 2);
   EXPECT_EQ(Import({"--pfx", "a", "--upn", "x"}).exit_code, 2) << "no key source";
-  EXPECT_EQ(Import({"--pfx", "a", "--upn", "x", "--public-key-file", "k", "--verify"}).exit_code, 2);
+  EXPECT_EQ(Import({"--pfx", "a", "--upn", "x", "--public-key-file", "k", "--verify"}).exit_code,
+            2);
   Result h = Import({"--help"});
   EXPECT_EQ(h.exit_code, 0);
-  for (const char* flag : {"--service", "--key-name", "--public-key-file", "--pfx", "--password-file",
-                           "--upn", "--purpose", "--padding", "--csv", "--out", "--verify",
-                           "--graph-url", "--token-file", "--state-file", "--dry-run", "PFX_PASSWORD"}) {
+  for (const char* flag :
+       {"--service", "--key-name", "--public-key-file", "--pfx", "--password-file", "--upn",
+        "--purpose", "--padding", "--csv", "--out", "--verify", "--graph-url", "--token-file",
+        "--state-file", "--dry-run", "PFX_PASSWORD"}) {
     EXPECT_THAT(h.out, HasSubstr(flag));
   }
   // No password source and no terminal.
   KeyCert kc = MakeKeyCert("e", -3600, 86400, "");
   WriteFile(dir_.File("e.pfx"), MakePfx(kc.key, kc.cert, {}, "x"));
-  Result r = pfx_test::Run({"env", "-u", "PFX_PASSWORD", "setsid", PfxImportPath(), "--pfx", dir_.File("e.pfx"),
-                  "--upn", "e@x", "--public-key-file", dir_.File("svc.pub")});
+  Result r = pfx_test::Run({"env", "-u", "PFX_PASSWORD", "setsid", PfxImportPath(), "--pfx",
+                            dir_.File("e.pfx"), "--upn", "e@x", "--public-key-file",
+                            dir_.File("svc.pub")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("no PFX password"));
 }
@@ -435,8 +455,8 @@ TEST_F(PfxImportCli, CsvBulkRunCountsFailuresByReason) {
             "p/missing.pfx,x,,u8@x,\n"
             "p/good1.pfx,one,,,\n"
             "p/good1.pfx,one,,u10@x,vpnx\n");
-  Result r = Import({"--csv", dir_.File("m.csv"), "--public-key-file", dir_.File("svc.pub"), "--out",
-                     dir_.File("out.jsonl"), "--out-dir", dir_.File("records")},
+  Result r = Import({"--csv", dir_.File("m.csv"), "--public-key-file", dir_.File("svc.pub"),
+                     "--out", dir_.File("out.jsonl"), "--out-dir", dir_.File("records")},
                     {{"PFX_PASSWORD", "runpw"}});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_THAT(r.err, HasSubstr("3 imported, 0 skipped, 7 failed"));
@@ -458,12 +478,15 @@ TEST_F(PfxImportCli, CsvBulkRunCountsFailuresByReason) {
   std::string log;
   Shell("ls " + ShellQuote(dir_.File("records")) + " | wc -l", &log);
   EXPECT_EQ(std::atoi(log.c_str()), 3);
-  auto indented = ReadFile(dir_.File("records/u3@x-" + nlohmann::json::parse(last)["thumbprint"].get<std::string>() + ".json"));
+  auto indented = ReadFile(dir_.File(
+      "records/u3@x-" + nlohmann::json::parse(last)["thumbprint"].get<std::string>() + ".json"));
   EXPECT_THAT(indented, HasSubstr("{\n  \"thumbprint\""));
 
   // Unknown column: usage error.
   WriteFile(dir_.File("bad.csv"), "pfxPath,upn\nx,y\n");
-  EXPECT_EQ(Import({"--csv", dir_.File("bad.csv"), "--public-key-file", dir_.File("svc.pub")}).exit_code, 2);
+  EXPECT_EQ(
+      Import({"--csv", dir_.File("bad.csv"), "--public-key-file", dir_.File("svc.pub")}).exit_code,
+      2);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -496,17 +519,25 @@ class Producers : public PfxImportCli {
 
 TEST_F(Producers, OpenSsl3Default) {
   std::string log;
-  ASSERT_EQ(Shell("openssl pkcs12 -export -inkey " + dir_.File("leaf.key") + " -in " + dir_.File("leaf.crt") +
-                      " -passout pass:Open3pw -out " + dir_.File("o.p12"), &log), 0) << log;
+  ASSERT_EQ(Shell("openssl pkcs12 -export -inkey " + dir_.File("leaf.key") + " -in " +
+                      dir_.File("leaf.crt") + " -passout pass:Open3pw -out " + dir_.File("o.p12"),
+                  &log),
+            0)
+      << log;
   ExpectImports(dir_.File("o.p12"), "Open3pw");
 }
 
 TEST_F(Producers, OpenSslLegacyRc2) {
   std::string log;
   ASSERT_EQ(Shell("openssl pkcs12 -export -legacy -inkey " + dir_.File("leaf.key") + " -in " +
-                      dir_.File("leaf.crt") + " -passout pass:Legacy1 -out " + dir_.File("l.p12"), &log), 0)
+                      dir_.File("leaf.crt") + " -passout pass:Legacy1 -out " + dir_.File("l.p12"),
+                  &log),
+            0)
       << log;
-  ASSERT_EQ(Shell("openssl pkcs12 -info -noout -legacy -in " + dir_.File("l.p12") + " -passin pass:Legacy1 2>&1 | grep -q 'RC2'", &log), 0)
+  ASSERT_EQ(Shell("openssl pkcs12 -info -noout -legacy -in " + dir_.File("l.p12") +
+                      " -passin pass:Legacy1 2>&1 | grep -q 'RC2'",
+                  &log),
+            0)
       << "expected an RC2 bag";
   ExpectImports(dir_.File("l.p12"), "Legacy1");
 }
@@ -514,25 +545,32 @@ TEST_F(Producers, OpenSslLegacyRc2) {
 TEST_F(Producers, JavaKeytool) {
   if (!HaveTool("keytool")) GTEST_SKIP() << "keytool not installed (default-jre-headless)";
   std::string log;
-  ASSERT_EQ(Shell("keytool -genkeypair -storetype PKCS12 -keystore " + dir_.File("k.p12") +
-                      " -storepass Keytool1 -keypass Keytool1 -alias user -keyalg RSA -keysize 2048"
-                      " -dname CN=keytool -validity 30 -ext KeyUsage=digitalSignature,keyEncipherment",
-                  &log), 0) << log;
+  ASSERT_EQ(
+      Shell("keytool -genkeypair -storetype PKCS12 -keystore " + dir_.File("k.p12") +
+                " -storepass Keytool1 -keypass Keytool1 -alias user -keyalg RSA -keysize 2048"
+                " -dname CN=keytool -validity 30 -ext KeyUsage=digitalSignature,keyEncipherment",
+            &log),
+      0)
+      << log;
   ExpectImports(dir_.File("k.p12"), "Keytool1");
 }
 
 TEST_F(Producers, NssPk12util) {
-  if (!HaveTool("pk12util") || !HaveTool("certutil")) GTEST_SKIP() << "NSS tools not installed (libnss3-tools)";
+  if (!HaveTool("pk12util") || !HaveTool("certutil"))
+    GTEST_SKIP() << "NSS tools not installed (libnss3-tools)";
   std::string log;
   const std::string db = "sql:" + dir_.File("nssdb");
   mkdir(dir_.File("nssdb").c_str(), 0700);
   WriteFile(dir_.File("empty"), "");
-  ASSERT_EQ(Shell("openssl pkcs12 -export -inkey " + dir_.File("leaf.key") + " -in " + dir_.File("leaf.crt") +
-                      " -name user -passout pass:seed -out " + dir_.File("seed.p12") +
-                      " && certutil -N -d " + db + " -f " + dir_.File("empty") +
-                      " && pk12util -i " + dir_.File("seed.p12") + " -d " + db + " -W seed -K ''" +
-                      " && pk12util -o " + dir_.File("n.p12") + " -n user -d " + db + " -W Nss3pw -K ''",
-                  &log), 0) << log;
+  ASSERT_EQ(
+      Shell("openssl pkcs12 -export -inkey " + dir_.File("leaf.key") + " -in " +
+                dir_.File("leaf.crt") + " -name user -passout pass:seed -out " +
+                dir_.File("seed.p12") + " && certutil -N -d " + db + " -f " + dir_.File("empty") +
+                " && pk12util -i " + dir_.File("seed.p12") + " -d " + db + " -W seed -K ''" +
+                " && pk12util -o " + dir_.File("n.p12") + " -n user -d " + db + " -W Nss3pw -K ''",
+            &log),
+      0)
+      << log;
   ExpectImports(dir_.File("n.p12"), "Nss3pw");
 }
 
@@ -540,8 +578,12 @@ TEST_F(Producers, GnuTlsCerttool) {
   if (!HaveTool("certtool")) GTEST_SKIP() << "certtool not installed (gnutls-bin)";
   std::string log;
   ASSERT_EQ(Shell("certtool --load-privkey " + dir_.File("leaf.key") + " --load-certificate " +
-                      dir_.File("leaf.crt") + " --to-p12 --outder --p12-name user --password Gnutls1 --outfile " +
-                      dir_.File("g.p12"), &log), 0) << log;
+                      dir_.File("leaf.crt") +
+                      " --to-p12 --outder --p12-name user --password Gnutls1 --outfile " +
+                      dir_.File("g.p12"),
+                  &log),
+            0)
+      << log;
   ExpectImports(dir_.File("g.p12"), "Gnutls1");
 }
 
@@ -551,7 +593,8 @@ TEST_F(Producers, GnuTlsCerttool) {
 class FakeGraph {
  public:
   FakeGraph() {
-    server_.Post("/beta/deviceManagement/userPfxCertificates", [this](const httplib::Request& req, httplib::Response& res) {
+    server_.Post("/beta/deviceManagement/userPfxCertificates", [this](const httplib::Request& req,
+                                                                      httplib::Response& res) {
       std::lock_guard<std::mutex> lock(mu_);
       bodies_.push_back(req.body);
       auth_.push_back(req.get_header_value("Authorization"));
@@ -559,12 +602,14 @@ class FakeGraph {
         throttled_ = true;
         res.status = 429;
         res.set_header("Retry-After", "1");
-        res.set_content(R"({"error":{"code":"TooManyRequests","message":"slow down"}})", "application/json");
+        res.set_content(R"({"error":{"code":"TooManyRequests","message":"slow down"}})",
+                        "application/json");
         return;
       }
       if (req.body.find("\"userPrincipalName\":\"reject@x\"") != std::string::npos) {
         res.status = 400;
-        res.set_content(R"({"error":{"code":"BadRequest","message":"thumbprint already exists"}})", "application/json");
+        res.set_content(R"({"error":{"code":"BadRequest","message":"thumbprint already exists"}})",
+                        "application/json");
         return;
       }
       res.status = 201;
@@ -605,9 +650,19 @@ TEST_F(PfxImportCli, UploadResendsAfter429AndStateFileSkipsOnRerun) {
   KeyCert kc = MakeKeyCert("up", -3600, 86400, "");
   WriteFile(dir_.File("u.pfx"), MakePfx(kc.key, kc.cert, {}, "pw"));
   WriteFile(dir_.File("token"), "tok123\n");
-  const std::vector<std::string> args = {"--pfx", dir_.File("u.pfx"), "--upn", "up@x", "--public-key-file",
-                                         dir_.File("svc.pub"), "--graph-url", graph.url(), "--token-file",
-                                         dir_.File("token"), "--state-file", dir_.File("state.jsonl"), "-v"};
+  const std::vector<std::string> args = {"--pfx",
+                                         dir_.File("u.pfx"),
+                                         "--upn",
+                                         "up@x",
+                                         "--public-key-file",
+                                         dir_.File("svc.pub"),
+                                         "--graph-url",
+                                         graph.url(),
+                                         "--token-file",
+                                         dir_.File("token"),
+                                         "--state-file",
+                                         dir_.File("state.jsonl"),
+                                         "-v"};
   const absl::Time start = absl::Now();
   Result r = Import(args, {{"PFX_PASSWORD", "pw"}});
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -641,8 +696,9 @@ TEST_F(PfxImportCli, UploadResendsAfter429AndStateFileSkipsOnRerun) {
   EXPECT_THAT(r.err, HasSubstr("upload-http-400"));
   EXPECT_THAT(r.err, HasSubstr("thumbprint already exists"));
   // Token from the environment.
-  std::vector<std::string> env_token = {"--pfx", dir_.File("u.pfx"), "--upn", "env@x", "--public-key-file",
-                                        dir_.File("svc.pub"), "--graph-url", graph.url()};
+  std::vector<std::string> env_token = {"--pfx",       dir_.File("u.pfx"),  "--upn",
+                                        "env@x",       "--public-key-file", dir_.File("svc.pub"),
+                                        "--graph-url", graph.url()};
   r = Import(env_token, {{"PFX_PASSWORD", "pw"}, {"GRAPH_TOKEN", "envtok"}});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(graph.auth().back(), "Bearer envtok");

@@ -1,6 +1,11 @@
 #include "tests/pfx_import/test_util.h"
 
 #include <fcntl.h>
+#include <openssl/bio.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs12.h>
+#include <openssl/rsa.h>
+#include <openssl/x509v3.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,12 +17,6 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
-
-#include <openssl/bio.h>
-#include <openssl/pem.h>
-#include <openssl/pkcs12.h>
-#include <openssl/rsa.h>
-#include <openssl/x509v3.h>
 
 #include "tests/leakcheck/record.h"
 
@@ -238,7 +237,8 @@ bool Rewrapd::Start(const std::string& state_dir, std::string* error) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  *error = "rewrapd did not report 'serving on'; stdout: " + buf + "; stderr: " + ReadFile(err_file_);
+  *error =
+      "rewrapd did not report 'serving on'; stdout: " + buf + "; stderr: " + ReadFile(err_file_);
   return false;
 }
 

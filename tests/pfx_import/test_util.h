@@ -2,14 +2,13 @@
 // certificates and PKCS#12 files with OpenSSL, and running rewrapd.
 #pragma once
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 #include <sys/types.h>
 
 #include <map>
 #include <string>
 #include <vector>
-
-#include <openssl/evp.h>
-#include <openssl/x509.h>
 
 namespace hsmrewrap::pfx_test {
 
@@ -39,7 +38,8 @@ struct Result {
   std::string out, err;
 };
 // Runs `argv` with extra environment variables (others inherited), stdin from /dev/null.
-Result Run(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env = {});
+Result Run(const std::vector<std::string>& argv,
+           const std::map<std::string, std::string>& env = {});
 // Runs a shell command line; returns its exit code; output goes to *log.
 int Shell(const std::string& command, std::string* log);
 
@@ -61,8 +61,8 @@ KeyCert MakeKeyCert(const std::string& cn, long not_before_offset, long not_afte
 // PKCS#12 bytes (AES-256/PBKDF2 defaults). `cert` may be null; extra certificates in `ca`.
 std::string MakePfx(EVP_PKEY* key, X509* cert, const std::vector<X509*>& ca,
                     const std::string& password);
-std::string KeyPem(EVP_PKEY* key);         // PKCS#8 PEM
-std::string PublicKeyPem(EVP_PKEY* key);   // SPKI PEM
+std::string KeyPem(EVP_PKEY* key);        // PKCS#8 PEM
+std::string PublicKeyPem(EVP_PKEY* key);  // SPKI PEM
 std::string CertPem(X509* cert);
 
 // rewrapd started for a test: --state-dir TMP --listen 127.0.0.1:0.

@@ -4,6 +4,7 @@
 //  - `remote` test: SoftHSM2 served by `p11-kit server` over a Unix socket, rewrapd on
 //    p11-kit's client module; the server's process group is SIGKILLed and started again.
 // Every test gets its own token (softhsm2-util in a temp dir) and its own rewrapd.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,13 +14,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <map>
 #include <fstream>
 #include <future>
+#include <map>
 #include <sstream>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/integration/it_util.h"
@@ -37,7 +36,9 @@ constexpr char kP11KitClient[] = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-clien
 constexpr char kLabel[] = "reliability";
 constexpr char kPin[] = "rel-user-1234";
 
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 // A SoftHSM2 token of its own in `dir`; SOFTHSM2_CONF is set for this process (and so for
 // every child it starts).
@@ -45,11 +46,12 @@ bool MakeSoftToken(const TempDir& dir, std::string* why) {
   const std::string tokens = dir.File("tokens");
   std::filesystem::create_directories(tokens);
   const std::string conf = dir.File("softhsm2.conf");
-  WriteFile(conf, "directories.tokendir = " + tokens + "\nobjectstore.backend = file\nlog.level = ERROR\n");
+  WriteFile(conf, "directories.tokendir = " + tokens +
+                      "\nobjectstore.backend = file\nlog.level = ERROR\n");
   setenv("SOFTHSM2_CONF", conf.c_str(), 1);
   WriteFile(dir.File("user.pin"), kPin, 0600);
-  std::vector<std::string> cmd = {"softhsm2-util", "--init-token", "--free", "--label", kLabel,
-                                  "--pin", kPin, "--so-pin", "rel-so-5678"};
+  std::vector<std::string> cmd = {"softhsm2-util", "--init-token", "--free",   "--label",    kLabel,
+                                  "--pin",         kPin,           "--so-pin", "rel-so-5678"};
   CommandResult r = RunCommand(cmd);
   if (r.exit_code != 0) *why = r.Describe(cmd);
   return r.exit_code == 0;
@@ -69,10 +71,12 @@ class Rig {
     fault_conf_ = dir_.File("faults.conf");
     WriteFaults("");
     RewrapdHarness::Options x;
-    x.module_args = {"--module", module.empty() ? HSMREWRAP_FAULT_MODULE_PATH : module, "--token", kLabel,
+    x.module_args = {"--module",   module.empty() ? HSMREWRAP_FAULT_MODULE_PATH : module,
+                     "--token",    kLabel,
                      "--pin-file", dir_.File("user.pin")};
-    x.extra_args = {"--metrics-listen", "127.0.0.1:0", "--reconnect-backoff-max", "500",
-              "--selftest-interval", "0"};
+    x.extra_args = {"--metrics-listen",        "127.0.0.1:0",
+                    "--reconnect-backoff-max", "500",
+                    "--selftest-interval",     "0"};
     x.extra_args.insert(x.extra_args.end(), extra_args.begin(), extra_args.end());
     x.env = std::move(env);
     x.env.push_back({"HSMREWRAP_FAULT_CONFIG", fault_conf_});
@@ -154,13 +158,14 @@ class Rig {
     secrets->clear();
     for (int i = 0; i < n; ++i) {
       secrets->push_back(RandomAscii(24));
-      AddItem(&req, prefix + "-" + std::to_string(i), key_.name, v1::OAEP_SHA1, Seal(key_, v1::OAEP_SHA1, secrets->back()),
-              device_, Rcp::kSpkiDer, v1::RSA_OAEP_SHA256);
+      AddItem(&req, prefix + "-" + std::to_string(i), key_.name, v1::OAEP_SHA1,
+              Seal(key_, v1::OAEP_SHA1, secrets->back()), device_, Rcp::kSpkiDer,
+              v1::RSA_OAEP_SHA256);
     }
     return req;
   }
-  static grpc::Status CallOn(v1::Rewrap::Stub& stub, const v1::RewrapRequest& req, v1::RewrapResponse* resp,
-                             std::chrono::milliseconds deadline) {
+  static grpc::Status CallOn(v1::Rewrap::Stub& stub, const v1::RewrapRequest& req,
+                             v1::RewrapResponse* resp, std::chrono::milliseconds deadline) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + deadline);
     return stub.Rewrap(&ctx, req, resp);
@@ -176,16 +181,16 @@ class Rig {
   // while this call is still running.
   std::future<grpc::Status> CallInBackground(const v1::RewrapRequest& req, v1::RewrapResponse* resp,
                                              bool* in_engine) {
-    auto call = std::async(std::launch::async, [stub = v1::Rewrap::NewStub(h_->channel()), &req, resp] {
-      return CallOn(*stub, req, resp, 60s);
-    });
-    for (int i = 0; i < 100 && Metric("hsmrewrap_inflight_items") == 0; ++i) std::this_thread::sleep_for(50ms);
+    auto call = std::async(std::launch::async, [stub = v1::Rewrap::NewStub(h_->channel()), &req,
+                                                resp] { return CallOn(*stub, req, resp, 60s); });
+    for (int i = 0; i < 100 && Metric("hsmrewrap_inflight_items") == 0; ++i)
+      std::this_thread::sleep_for(50ms);
     *in_engine = Metric("hsmrewrap_inflight_items") > 0;
     return call;
   }
   // Checks that every result is either the right output or one of `allowed` errors; counts.
-  void Check(const v1::RewrapRequest& req, const v1::RewrapResponse& resp, const std::vector<std::string>& secrets,
-             std::map<std::string, int>* outcomes) {
+  void Check(const v1::RewrapRequest& req, const v1::RewrapResponse& resp,
+             const std::vector<std::string>& secrets, std::map<std::string, int>* outcomes) {
     ASSERT_EQ(resp.results_size(), req.items_size());
     for (int i = 0; i < req.items_size(); ++i) {
       const auto& r = resp.results(i);
@@ -230,9 +235,9 @@ std::string Outcomes(const std::map<std::string, int>& m) {
   return s;
 }
 
-#define START_RIG(rig, ...)                           \
-  do {                                                \
-    std::string why_;                                 \
+#define START_RIG(rig, ...)                               \
+  do {                                                    \
+    std::string why_;                                     \
     ASSERT_TRUE((rig).Start(__VA_ARGS__, &why_)) << why_; \
   } while (0)
 
@@ -334,7 +339,8 @@ TEST(FaultTest, BrokenSessionsNeverAffectLaterItems) {
   EXPECT_EQ(out["OK"] + out["UNAVAILABLE"], 40) << Outcomes(out);
   EXPECT_GE(out["OK"], 35) << Outcomes(out);
   EXPECT_EQ(out.count("DECRYPT_FAILED"), 0u) << Outcomes(out);
-  EXPECT_GE(rig.Metric("hsmrewrap_sessions{state=\"discarded_total\"}") - discarded0, out["UNAVAILABLE"]);
+  EXPECT_GE(rig.Metric("hsmrewrap_sessions{state=\"discarded_total\"}") - discarded0,
+            out["UNAVAILABLE"]);
   EXPECT_TRUE(rig.Serving());
 }
 
@@ -350,7 +356,9 @@ TEST(FaultTest, RefusedPinIsNeverRetried) {
   EXPECT_EQ(rig.Metric("hsmrewrap_token_state{state=\"pin_refused\"}"), 1);
   const std::string log = rig.Log();
   size_t n = 0;
-  for (size_t p = log.find("will not be retried"); p != std::string::npos; p = log.find("will not be retried", p + 1)) ++n;
+  for (size_t p = log.find("will not be retried"); p != std::string::npos;
+       p = log.find("will not be retried", p + 1))
+    ++n;
   EXPECT_EQ(n, 1u) << log;
   EXPECT_NE(log.find("NOT_SERVING until the PIN is fixed"), std::string::npos) << log;
 }
@@ -381,7 +389,9 @@ TEST(HangTest, CallsThatNeverReturnAreAnsweredAtTheLoss) {
   const auto not_serving = Clock::now();
   printf("[reliability] every call hangs: NOT_SERVING after %.3f s\n", down);
   ASSERT_GE(down, 0) << "health never went NOT_SERVING\n" << rig.Log();
-  ASSERT_EQ(call.wait_for(5s), std::future_status::ready) << "the batch in flight was never answered\n" << rig.Log();
+  ASSERT_EQ(call.wait_for(5s), std::future_status::ready)
+      << "the batch in flight was never answered\n"
+      << rig.Log();
   const double answered = Since(not_serving);
   printf("[reliability] batch stuck in the module answered %.3f s after NOT_SERVING\n", answered);
   EXPECT_LT(answered, 2.0);
@@ -405,7 +415,8 @@ TEST(HangTest, CallsThatNeverReturnAreAnsweredAtTheLoss) {
     v1::ListKeysRequest lreq;
     v1::ListKeysResponse lresp;
     const grpc::Status ls = rig.h()->keys().ListKeys(&ctx, lreq, &lresp);
-    EXPECT_NE(ls.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << "ListKeys hung with the token";
+    EXPECT_NE(ls.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+        << "ListKeys hung with the token";
   }
 
   rig.WriteFaults("");
@@ -441,7 +452,10 @@ TEST(HangTest, ACallPastTheCallTimeoutIsATokenLoss) {
   ASSERT_TRUE(in_engine);
   ASSERT_EQ(call.wait_for(10s), std::future_status::ready) << "never answered\n" << rig.Log();
   const double took = Since(t0);
-  printf("[reliability] operations hang, health answers: batch answered after %.3f s (call timeout 2 s)\n", took);
+  printf(
+      "[reliability] operations hang, health answers: batch answered after %.3f s (call timeout 2 "
+      "s)\n",
+      took);
   EXPECT_GE(took, 1.9);
   EXPECT_LT(took, 4.0);
   ASSERT_TRUE(call.get().ok());
@@ -538,7 +552,8 @@ TEST(OverloadTest, WaitingForASessionIsNeverDecryptFailed) {
   printf("[reliability] 16 items, 1 session, 0.8 s per operation: %s\n", Outcomes(out).c_str());
   EXPECT_EQ(out.count("DECRYPT_FAILED"), 0u) << Outcomes(out);
   EXPECT_EQ(out["OK"] + out["RESOURCE_EXHAUSTED"], 16) << Outcomes(out);
-  EXPECT_GE(out["RESOURCE_EXHAUSTED"], 1) << "no item waited past session_wait: the test proves nothing";
+  EXPECT_GE(out["RESOURCE_EXHAUSTED"], 1)
+      << "no item waited past session_wait: the test proves nothing";
   EXPECT_GE(out["OK"], 5) << Outcomes(out);
 }
 
@@ -573,8 +588,11 @@ TEST(OverloadTest, ExpiredItemsAreDroppedWithoutTheToken) {
   rig.WriteFaults("delay C_Decrypt,C_UnwrapKey 200000\n");
   std::this_thread::sleep_for(50ms);
   auto ops = [&] {
-    return std::max(0.0, rig.Metric("hsmrewrap_pkcs11_calls_total{function=\"C_UnwrapKey\",result=\"ok\"}")) +
-           std::max(0.0, rig.Metric("hsmrewrap_pkcs11_calls_total{function=\"C_Decrypt\",result=\"ok\"}"));
+    return std::max(
+               0.0,
+               rig.Metric("hsmrewrap_pkcs11_calls_total{function=\"C_UnwrapKey\",result=\"ok\"}")) +
+           std::max(0.0, rig.Metric(
+                             "hsmrewrap_pkcs11_calls_total{function=\"C_Decrypt\",result=\"ok\"}"));
   };
   const double ops0 = ops();
   std::vector<std::string> secrets;
@@ -583,11 +601,16 @@ TEST(OverloadTest, ExpiredItemsAreDroppedWithoutTheToken) {
   grpc::Status st = rig.Call(req, &resp, 500ms);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << StatusText(st);
   // Wait until the engine is empty again, then count token operations.
-  for (int i = 0; i < 100 && rig.Metric("hsmrewrap_inflight_items") != 0; ++i) std::this_thread::sleep_for(100ms);
+  for (int i = 0; i < 100 && rig.Metric("hsmrewrap_inflight_items") != 0; ++i)
+    std::this_thread::sleep_for(100ms);
   const double used = ops() - ops0;
-  printf("[reliability] 30 items, 0.5 s deadline, 0.2 s per token operation: %.0f token operations\n", used);
+  printf(
+      "[reliability] 30 items, 0.5 s deadline, 0.2 s per token operation: %.0f token operations\n",
+      used);
   EXPECT_LE(used, 12) << "expired items still went to the token";
-  EXPECT_GE(rig.Metric("hsmrewrap_items_total{key=\"rel\",outcome=\"DEADLINE_EXCEEDED\",path=\"PATH_UNSPECIFIED\"}"), 15)
+  EXPECT_GE(rig.Metric("hsmrewrap_items_total{key=\"rel\",outcome=\"DEADLINE_EXCEEDED\",path="
+                       "\"PATH_UNSPECIFIED\"}"),
+            15)
       << rig.MetricsText();
 }
 
@@ -686,7 +709,8 @@ class RemoteServer {
 };
 
 TEST(RemoteTest, ServerKilledAndRestarted) {
-  if (access(kP11KitClient, R_OK) != 0) GTEST_SKIP() << kP11KitClient << " missing (package p11-kit-modules)";
+  if (access(kP11KitClient, R_OK) != 0)
+    GTEST_SKIP() << kP11KitClient << " missing (package p11-kit-modules)";
   Rig rig;
   std::string why;
   ASSERT_TRUE(rig.Prepare(&why)) << why;
@@ -733,8 +757,10 @@ TEST(RemoteTest, ServerKilledAndRestarted) {
     std::this_thread::sleep_for(1500ms);
     ASSERT_TRUE(server.Start());
     const double up = rig.WaitHealth(true, 10);
-    printf("[reliability] remote token restarted (round %d, %.1f s after the kill): SERVING after %.3f s\n", round,
-           Since(killed), up);
+    printf(
+        "[reliability] remote token restarted (round %d, %.1f s after the kill): SERVING after "
+        "%.3f s\n",
+        round, Since(killed), up);
     ASSERT_GE(up, 0) << rig.Log();
     EXPECT_LT(up, 5.0);
   }

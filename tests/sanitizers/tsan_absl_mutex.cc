@@ -162,12 +162,18 @@ Mutex::~Mutex() {
 
 void Mutex::Lock() {
   static const auto real = RealAs<MuFn>("5Mutex4LockEv");
-  Locking(this, 0, [&] { real(this); return Unit{}; });
+  Locking(this, 0, [&] {
+    real(this);
+    return Unit{};
+  });
 }
 
 void Mutex::ReaderLock() {
   static const auto real = RealAs<MuFn>("5Mutex10ReaderLockEv");
-  Locking(this, __tsan_mutex_read_lock, [&] { real(this); return Unit{}; });
+  Locking(this, __tsan_mutex_read_lock, [&] {
+    real(this);
+    return Unit{};
+  });
 }
 
 bool Mutex::TryLock() {
@@ -213,12 +219,18 @@ void Mutex::ReaderUnlock() {
 
 void Mutex::LockWhen(const Condition& cond) {
   static const auto real = RealAs<MuCondFn>("5Mutex8LockWhenERKNS0_9ConditionE");
-  Locking(this, 0, [&] { real(this, cond); return Unit{}; });
+  Locking(this, 0, [&] {
+    real(this, cond);
+    return Unit{};
+  });
 }
 
 void Mutex::ReaderLockWhen(const Condition& cond) {
   static const auto real = RealAs<MuCondFn>("5Mutex14ReaderLockWhenERKNS0_9ConditionE");
-  Locking(this, __tsan_mutex_read_lock, [&] { real(this, cond); return Unit{}; });
+  Locking(this, __tsan_mutex_read_lock, [&] {
+    real(this, cond);
+    return Unit{};
+  });
 }
 
 bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout) {
@@ -247,7 +259,10 @@ bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond, Time deadline) {
 
 void Mutex::Await(const Condition& cond) {
   static const auto real = RealAs<MuCondFn>("5Mutex5AwaitERKNS0_9ConditionE");
-  Waiting(this, [&] { real(this, cond); return Unit{}; });
+  Waiting(this, [&] {
+    real(this, cond);
+    return Unit{};
+  });
 }
 
 bool Mutex::AwaitWithTimeout(const Condition& cond, Duration timeout) {
@@ -264,18 +279,19 @@ bool Mutex::AwaitWithDeadline(const Condition& cond, Time deadline) {
 
 void CondVar::Wait(Mutex* mu) {
   static const auto real = RealAs<CvFn>("7CondVar4WaitEPNS0_5MutexE");
-  Waiting(mu, [&] { real(this, mu); return Unit{}; });
+  Waiting(mu, [&] {
+    real(this, mu);
+    return Unit{};
+  });
 }
 
 bool CondVar::WaitWithTimeout(Mutex* mu, Duration timeout) {
-  static const auto real =
-      RealAs<CvDurFn>("7CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE");
+  static const auto real = RealAs<CvDurFn>("7CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE");
   return Waiting(mu, [&] { return real(this, mu, timeout); });
 }
 
 bool CondVar::WaitWithDeadline(Mutex* mu, Time deadline) {
-  static const auto real =
-      RealAs<CvTimeFn>("7CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE");
+  static const auto real = RealAs<CvTimeFn>("7CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE");
   return Waiting(mu, [&] { return real(this, mu, deadline); });
 }
 

@@ -29,7 +29,8 @@ it::Pkey NewKey(KeyKind kind) {
 
 std::string KeyPem(EVP_PKEY* k) {
   BIO* b = BIO_new(BIO_s_mem());
-  if (PEM_write_bio_PrivateKey(b, k, nullptr, nullptr, 0, nullptr, nullptr) != 1) Die("PEM_write_bio_PrivateKey");
+  if (PEM_write_bio_PrivateKey(b, k, nullptr, nullptr, 0, nullptr, nullptr) != 1)
+    Die("PEM_write_bio_PrivateKey");
   char* data = nullptr;
   long n = BIO_get_mem_data(b, &data);
   std::string s(data, static_cast<size_t>(n));
@@ -58,8 +59,11 @@ it::X509Ptr NewCert(EVP_PKEY* key, const std::string& cn, long nb, long na) {
   X509_gmtime_adj(X509_getm_notBefore(c.get()), nb);
   X509_gmtime_adj(X509_getm_notAfter(c.get()), na);
   X509_NAME* name = X509_get_subject_name(c.get());
-  X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("hsm-rewrap security tests"), -1, -1, 0);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("hsm-rewrap security tests"),
+                             -1, -1, 0);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
   X509_set_pubkey(c.get(), key);
   return c;
 }
@@ -85,15 +89,16 @@ Issued MakeCa(const std::string& cn) {
   return ca;
 }
 
-Issued Issue(const Issued& ca, const std::string& cn, const std::vector<std::string>& sans, KeyKind kind,
-             const std::string& eku, long nb, long na) {
+Issued Issue(const Issued& ca, const std::string& cn, const std::vector<std::string>& sans,
+             KeyKind kind, const std::string& eku, long nb, long na) {
   Issued out;
   out.key = NewKey(kind);
   out.cert = NewCert(out.key.get(), cn, nb, na);
   X509_set_issuer_name(out.cert.get(), X509_get_subject_name(ca.cert.get()));
   AddExt(out.cert.get(), ca.cert.get(), NID_basic_constraints, "critical,CA:FALSE");
   AddExt(out.cert.get(), ca.cert.get(), NID_authority_key_identifier, "keyid");
-  if (!sans.empty()) AddExt(out.cert.get(), ca.cert.get(), NID_subject_alt_name, absl::StrJoin(sans, ","));
+  if (!sans.empty())
+    AddExt(out.cert.get(), ca.cert.get(), NID_subject_alt_name, absl::StrJoin(sans, ","));
   if (!eku.empty()) AddExt(out.cert.get(), ca.cert.get(), NID_ext_key_usage, eku);
   if (X509_sign(out.cert.get(), ca.key.get(), EVP_sha256()) <= 0) Die("X509_sign");
   Finish(out);

@@ -19,9 +19,10 @@ struct Issued {
 enum class KeyKind { kEc, kRsa2048 };
 
 Issued MakeCa(const std::string& cn);
-// `sans`: OpenSSL subjectAltName syntax items ("URI:spiffe://x/y", "IP:127.0.0.1", "DNS:localhost").
-// Validity: now + not_before_s .. now + not_after_s (seconds, may be negative).
-Issued Issue(const Issued& ca, const std::string& cn, const std::vector<std::string>& sans, KeyKind kind,
-             const std::string& eku, long not_before_s = -3600, long not_after_s = 86400);
+// `sans`: OpenSSL subjectAltName syntax items ("URI:spiffe://x/y", "IP:127.0.0.1",
+// "DNS:localhost"). Validity: now + not_before_s .. now + not_after_s (seconds, may be negative).
+Issued Issue(const Issued& ca, const std::string& cn, const std::vector<std::string>& sans,
+             KeyKind kind, const std::string& eku, long not_before_s = -3600,
+             long not_after_s = 86400);
 
 }  // namespace hsmrewrap::sec

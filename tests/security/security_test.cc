@@ -2,18 +2,17 @@
 // recipients), rate limits, SIGHUP reload, the audit trail and its fail-closed behaviour.
 // One rewrapd (SoftHSM2 embedded default, mTLS, policy, audit log) serves the matrix; the
 // fail-closed and transport checks start their own.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
-
-#include <grpcpp/grpcpp.h>
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "hsmrewrap/v1/rewrap.grpc.pb.h"
@@ -41,7 +40,7 @@ std::string Base64(const std::string& b) {
 // Everything the tests share: the PKI, the policy and the one rewrapd.
 struct World {
   it::TempDir dir{"hsmrewrap-sec"};
-  Issued ca = MakeCa("hsm-rewrap test CA");          // signs the server and the clients
+  Issued ca = MakeCa("hsm-rewrap test CA");  // signs the server and the clients
   Issued other_ca = MakeCa("some other CA");
   Issued device_ca = MakeCa("device CA");
   Issued server, connector, rawkeys, reader, admin, limited, failing, stranger, impostor;
@@ -60,8 +59,12 @@ struct World {
            "    rpcs: [rewrap]\n"
            "    keys: [default]\n"
            "    recipients:\n"
-           "      ca_files: [" + Path("device-ca.pem") + "]\n"
-           "      fingerprints: [\"" + pinned + "\"]\n"
+           "      ca_files: [" +
+           Path("device-ca.pem") +
+           "]\n"
+           "      fingerprints: [\"" +
+           pinned +
+           "\"]\n"
            "  - name: rawkeys\n"
            "    identities: [rawkeys]\n"
            "    rpcs: [rewrap]\n"
@@ -69,7 +72,9 @@ struct World {
            "    recipients: {raw_public_keys: true, service_keys: [rot]}\n"
            "  - name: reader\n"
            "    identities: [reader]\n"
-           "    rpcs: [keys.read" + std::string(reader_may_rewrap ? ", rewrap" : "") + "]\n"
+           "    rpcs: [keys.read" +
+           std::string(reader_may_rewrap ? ", rewrap" : "") +
+           "]\n"
            "    keys: [default]\n"
            "    recipients: {raw_public_keys: true}\n"
            "  - name: admin\n"
@@ -103,7 +108,8 @@ struct World {
   bool Init() {
     const std::string tls = "TLS Web Client Authentication";
     server = Issue(ca, "rewrapd", {"IP:127.0.0.1", "DNS:localhost"}, KeyKind::kEc, "serverAuth");
-    connector = Issue(ca, "connector-host", {"URI:spiffe://hsm-rewrap.test/connector"}, KeyKind::kEc, "clientAuth");
+    connector = Issue(ca, "connector-host", {"URI:spiffe://hsm-rewrap.test/connector"},
+                      KeyKind::kEc, "clientAuth");
     rawkeys = Issue(ca, "rawkeys", {}, KeyKind::kEc, "clientAuth");
     reader = Issue(ca, "reader", {}, KeyKind::kEc, "clientAuth");
     admin = Issue(ca, "admin", {}, KeyKind::kEc, "clientAuth");
@@ -112,10 +118,13 @@ struct World {
     stranger = Issue(ca, "stranger", {}, KeyKind::kEc, "clientAuth");
     impostor = Issue(other_ca, "admin", {}, KeyKind::kEc, "clientAuth");  // right CN, wrong CA
     dev_good = Issue(device_ca, "device-good", {}, KeyKind::kRsa2048, "");
-    dev_expired = Issue(device_ca, "device-expired", {}, KeyKind::kRsa2048, "", -86400L * 10, -86400L);
+    dev_expired =
+        Issue(device_ca, "device-expired", {}, KeyKind::kRsa2048, "", -86400L * 10, -86400L);
     dev_wrong_ca = Issue(other_ca, "device-wrong-ca", {}, KeyKind::kRsa2048, "");
-    dev_pinned = Issue(other_ca, "device-pinned", {}, KeyKind::kRsa2048, "");  // not from the device CA
-    bool ok = it::WriteFile(Path("ca.pem"), ca.cert_pem) && it::WriteFile(Path("server.pem"), server.cert_pem) &&
+    dev_pinned =
+        Issue(other_ca, "device-pinned", {}, KeyKind::kRsa2048, "");  // not from the device CA
+    bool ok = it::WriteFile(Path("ca.pem"), ca.cert_pem) &&
+              it::WriteFile(Path("server.pem"), server.cert_pem) &&
               it::WriteFile(Path("server.key"), server.key_pem) &&
               it::WriteFile(Path("device-ca.pem"), device_ca.cert_pem) &&
               it::WriteFile(Path("policy.yaml"), PolicyText(false));
@@ -128,9 +137,9 @@ struct World {
     o.pem_cert_chain = admin.cert_pem;
     o.pem_private_key = admin.key_pem;
     RewrapdHarness::Options opts;
-    opts.extra_args = {"--tls-cert", Path("server.pem"), "--tls-key", Path("server.key"), "--client-ca",
-                       Path("ca.pem"), "--policy", Path("policy.yaml"), "--audit-log", Path("audit.jsonl"),
-                       "--log-level", "debug"};
+    opts.extra_args = {"--tls-cert",  Path("server.pem"),  "--tls-key",   Path("server.key"),
+                       "--client-ca", Path("ca.pem"),      "--policy",    Path("policy.yaml"),
+                       "--audit-log", Path("audit.jsonl"), "--log-level", "debug"};
     opts.credentials = grpc::SslCredentials(o);
     h = RewrapdHarness::Start(it::TokenKind::kSoftHsm, &error, opts);
     if (!h) return false;
@@ -237,11 +246,14 @@ TEST_F(SecurityTest, Matrix) {
     const char* name;
     const Issued* cert;
   };
-  const Who whos[] = {{"connector", &w_->connector}, {"rawkeys", &w_->rawkeys}, {"reader", &w_->reader},
-                      {"admin", &w_->admin},         {"stranger", &w_->stranger}};
+  const Who whos[] = {{"connector", &w_->connector},
+                      {"rawkeys", &w_->rawkeys},
+                      {"reader", &w_->reader},
+                      {"admin", &w_->admin},
+                      {"stranger", &w_->stranger}};
   enum Rcp { kCaChained, kWrongCa, kExpired, kPinned, kRawKey, kServiceKeyRot, kServiceKeyOther };
-  const char* rcp_names[] = {"ca-chained", "wrong-ca", "expired", "pinned", "raw-key", "service-key rot",
-                             "service-key other"};
+  const char* rcp_names[] = {"ca-chained", "wrong-ca",        "expired",          "pinned",
+                             "raw-key",    "service-key rot", "service-key other"};
   const std::string keys[] = {"default", "other"};
   // The policy, written out: may `who` rewrap with `key` to `rcp`?
   auto allowed = [](const std::string& who, const std::string& key, Rcp rcp) {
@@ -251,8 +263,8 @@ TEST_F(SecurityTest, Matrix) {
   };
   const std::set<std::string> may_rewrap = {"connector", "rawkeys"};
   const std::set<std::string> may_read = {"reader", "admin"};
-  const std::map<std::string, std::set<std::string>> readable = {{"reader", {"default"}},
-                                                                 {"admin", {"default", "other", "rot"}}};
+  const std::map<std::string, std::set<std::string>> readable = {
+      {"reader", {"default"}}, {"admin", {"default", "other", "rot"}}};
   const std::string secret = "matrix-" + it::RandomAscii(12);
   int checked = 0;
   for (const Who& who : whos) {
@@ -265,13 +277,30 @@ TEST_F(SecurityTest, Matrix) {
         v1::RewrapItem item = Item(std::string(key) + "/" + rcp_names[r], key, secret);
         auto* rc = item.mutable_recipient();
         switch (static_cast<Rcp>(r)) {
-          case kCaChained: rc->set_certificate(w_->dev_good.cert_der); item.set_format(v1::CMS_ENVELOPED); break;
-          case kWrongCa: rc->set_certificate(w_->dev_wrong_ca.cert_der); item.set_format(v1::CMS_ENVELOPED); break;
-          case kExpired: rc->set_certificate(w_->dev_expired.cert_der); item.set_format(v1::CMS_ENVELOPED); break;
-          case kPinned: rc->set_certificate(w_->dev_pinned.cert_pem); item.set_format(v1::CMS_ENVELOPED); break;
-          case kRawKey: break;
-          case kServiceKeyRot: rc->set_service_key("rot"); break;
-          case kServiceKeyOther: rc->set_service_key("other"); break;
+          case kCaChained:
+            rc->set_certificate(w_->dev_good.cert_der);
+            item.set_format(v1::CMS_ENVELOPED);
+            break;
+          case kWrongCa:
+            rc->set_certificate(w_->dev_wrong_ca.cert_der);
+            item.set_format(v1::CMS_ENVELOPED);
+            break;
+          case kExpired:
+            rc->set_certificate(w_->dev_expired.cert_der);
+            item.set_format(v1::CMS_ENVELOPED);
+            break;
+          case kPinned:
+            rc->set_certificate(w_->dev_pinned.cert_pem);
+            item.set_format(v1::CMS_ENVELOPED);
+            break;
+          case kRawKey:
+            break;
+          case kServiceKeyRot:
+            rc->set_service_key("rot");
+            break;
+          case kServiceKeyOther:
+            rc->set_service_key("other");
+            break;
         }
         *req.add_items() = item;
         expect.emplace_back(key, static_cast<Rcp>(r));
@@ -291,7 +320,8 @@ TEST_F(SecurityTest, Matrix) {
         if (ok) {
           EXPECT_FALSE(r.has_error()) << r.id() << ": " << r.error().message();
         } else {
-          EXPECT_EQ(r.error().code(), v1::ItemError::PERMISSION_DENIED) << r.id() << ": " << r.error().message();
+          EXPECT_EQ(r.error().code(), v1::ItemError::PERMISSION_DENIED)
+              << r.id() << ": " << r.error().message();
           EXPECT_TRUE(r.ciphertext().empty());
         }
         ++checked;
@@ -323,7 +353,8 @@ TEST_F(SecurityTest, Matrix) {
       v1::GetPublicKeyResponse gresp;
       st = keys_stub->GetPublicKey(&ctx, gr, &gresp);
       const bool ok = may_read.count(who.name) && readable.at(who.name).count(key);
-      EXPECT_EQ(st.error_code(), ok ? grpc::StatusCode::OK : grpc::StatusCode::PERMISSION_DENIED) << key;
+      EXPECT_EQ(st.error_code(), ok ? grpc::StatusCode::OK : grpc::StatusCode::PERMISSION_DENIED)
+          << key;
       ++checked;
     }
     {
@@ -333,8 +364,9 @@ TEST_F(SecurityTest, Matrix) {
       dr.set_name("no-such-key");
       v1::KeyInfo info;
       st = keys_stub->DisableKey(&ctx, dr, &info);
-      EXPECT_EQ(st.error_code(), std::string(who.name) == "admin" ? grpc::StatusCode::NOT_FOUND
-                                                                   : grpc::StatusCode::PERMISSION_DENIED)
+      EXPECT_EQ(st.error_code(), std::string(who.name) == "admin"
+                                     ? grpc::StatusCode::NOT_FOUND
+                                     : grpc::StatusCode::PERMISSION_DENIED)
           << st.error_message();
       ++checked;
     }
@@ -366,7 +398,8 @@ TEST_F(SecurityTest, PlaintextClientIsRefused) {
   grpc::ClientContext ctx;
   it::SetDeadline(&ctx, std::chrono::seconds(10));
   v1::ListKeysResponse lr;
-  EXPECT_EQ(stub->ListKeys(&ctx, v1::ListKeysRequest(), &lr).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(stub->ListKeys(&ctx, v1::ListKeysRequest(), &lr).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
 }
 
 TEST_F(SecurityTest, ItemsPerSecondLimitIsPerIdentity) {
@@ -377,8 +410,10 @@ TEST_F(SecurityTest, ItemsPerSecondLimitIsPerIdentity) {
   ASSERT_TRUE(Rewrap(&w_->limited, req, &resp).ok());
   int ok = 0, exhausted = 0;
   for (const auto& r : resp.results()) {
-    if (!r.has_error()) ++ok;
-    else if (r.error().code() == v1::ItemError::RESOURCE_EXHAUSTED) ++exhausted;
+    if (!r.has_error())
+      ++ok;
+    else if (r.error().code() == v1::ItemError::RESOURCE_EXHAUSTED)
+      ++exhausted;
   }
   EXPECT_EQ(ok, 5) << "burst 5";
   EXPECT_EQ(exhausted, 5);
@@ -386,7 +421,8 @@ TEST_F(SecurityTest, ItemsPerSecondLimitIsPerIdentity) {
   v1::RewrapResponse other;
   ASSERT_TRUE(Rewrap(&w_->rawkeys, req, &other).ok());
   for (const auto& r : other.results()) EXPECT_FALSE(r.has_error()) << r.error().message();
-  EXPECT_NE(w_->h->StderrText().find("rate limit: identity 'limited'"), std::string::npos) << "no warning logged";
+  EXPECT_NE(w_->h->StderrText().find("rate limit: identity 'limited'"), std::string::npos)
+      << "no warning logged";
 }
 
 TEST_F(SecurityTest, DecryptFailureBudgetIsPerIdentity) {
@@ -404,7 +440,8 @@ TEST_F(SecurityTest, DecryptFailureBudgetIsPerIdentity) {
   v1::RewrapRequest good;
   *good.add_items() = Item("good", "default", "fine");
   ASSERT_TRUE(Rewrap(&w_->failing, good, &resp).ok());
-  EXPECT_EQ(resp.results(0).error().code(), v1::ItemError::RESOURCE_EXHAUSTED) << resp.results(0).error().message();
+  EXPECT_EQ(resp.results(0).error().code(), v1::ItemError::RESOURCE_EXHAUSTED)
+      << resp.results(0).error().message();
   ASSERT_TRUE(Rewrap(&w_->rawkeys, good, &resp).ok());
   EXPECT_FALSE(resp.results(0).has_error()) << "another identity must not be limited";
 }
@@ -425,9 +462,11 @@ TEST_F(SecurityTest, AuditRecordsEveryItemWithoutSecrets) {
   while (std::getline(in, line)) {
     auto j = nlohmann::json::parse(line, nullptr, false);
     ASSERT_FALSE(j.is_discarded()) << "not JSON: " << line;
-    for (const char* f : {"time", "identity", "rpc", "outcome"}) EXPECT_TRUE(j.contains(f)) << f << " in " << line;
+    for (const char* f : {"time", "identity", "rpc", "outcome"})
+      EXPECT_TRUE(j.contains(f)) << f << " in " << line;
     if (j.value("id", "").rfind("audit-", 0) == 0) by_id[j["id"]] = j;
-    if (j["identity"] == "reader" && j["rpc"] == "Rewrap" && j["outcome"] == "PERMISSION_DENIED") reader_denied = true;
+    if (j["identity"] == "reader" && j["rpc"] == "Rewrap" && j["outcome"] == "PERMISSION_DENIED")
+      reader_denied = true;
   }
   EXPECT_TRUE(reader_denied) << "the refused call is not in the audit log";
   ASSERT_EQ(by_id.size(), 2u) << audit;
@@ -435,7 +474,8 @@ TEST_F(SecurityTest, AuditRecordsEveryItemWithoutSecrets) {
   EXPECT_EQ(by_id["audit-ok"]["key"], "default");
   EXPECT_EQ(by_id["audit-ok"]["outcome"], "OK");
   EXPECT_EQ(by_id["audit-ok"]["path"], "HOST_UNPADDING");
-  EXPECT_EQ(by_id["audit-ok"]["recipient_sha256"], it::HexEncode(it::Sha256(it::SpkiDer(w_->dev_good.key.get()))));
+  EXPECT_EQ(by_id["audit-ok"]["recipient_sha256"],
+            it::HexEncode(it::Sha256(it::SpkiDer(w_->dev_good.key.get()))));
   EXPECT_EQ(by_id["audit-denied"]["outcome"], "OK") << "rawkeys may use every key";
   for (const std::string& needle : {secret, it::HexEncode(secret), Base64(secret)}) {
     EXPECT_EQ(audit.find(needle), std::string::npos) << "plaintext in the audit log";
@@ -450,14 +490,27 @@ TEST_F(SecurityTest, AuditRecordsEveryItemWithoutSecrets) {
 TEST_F(SecurityTest, RewrapctlWithClientCertificate) {
   ASSERT_TRUE(it::WriteFile(w_->Path("admin.pem"), w_->admin.cert_pem) &&
               it::WriteFile(w_->Path("admin.key"), w_->admin.key_pem));
-  std::vector<std::string> args = {HSMREWRAP_REWRAPCTL_PATH, "--target", w_->h->address(), "--ca", w_->Path("ca.pem"),
-                                   "--tls-cert", w_->Path("admin.pem"), "--tls-key", w_->Path("admin.key"),
-                                   "keys", "list"};
+  std::vector<std::string> args = {HSMREWRAP_REWRAPCTL_PATH,
+                                   "--target",
+                                   w_->h->address(),
+                                   "--ca",
+                                   w_->Path("ca.pem"),
+                                   "--tls-cert",
+                                   w_->Path("admin.pem"),
+                                   "--tls-key",
+                                   w_->Path("admin.key"),
+                                   "keys",
+                                   "list"};
   auto r = it::RunCommand(args, "", std::chrono::seconds(30));
   EXPECT_EQ(r.exit_code, 0) << r.Describe(args);
   EXPECT_NE(r.out.find("rot"), std::string::npos) << r.out;
-  std::vector<std::string> no_cert = {HSMREWRAP_REWRAPCTL_PATH, "--target", w_->h->address(), "--ca",
-                                      w_->Path("ca.pem"), "keys", "list"};
+  std::vector<std::string> no_cert = {HSMREWRAP_REWRAPCTL_PATH,
+                                      "--target",
+                                      w_->h->address(),
+                                      "--ca",
+                                      w_->Path("ca.pem"),
+                                      "keys",
+                                      "list"};
   r = it::RunCommand(no_cert, "", std::chrono::seconds(30));
   EXPECT_NE(r.exit_code, 0) << r.Describe(no_cert);
 }
@@ -496,7 +549,8 @@ TEST_F(SecurityTest, SighupReloadsPolicyWithoutDroppingTraffic) {
   kill(w_->h->pid(), SIGHUP);
   EXPECT_TRUE(wait_for(true)) << "the reloaded policy did not apply";
   // A broken file: the old policy stays, and the log says why.
-  ASSERT_TRUE(it::WriteFile(w_->Path("policy.yaml"), "clients:\n  - name: x\n    rpcs: [teleport]\n"));
+  ASSERT_TRUE(
+      it::WriteFile(w_->Path("policy.yaml"), "clients:\n  - name: x\n    rpcs: [teleport]\n"));
   kill(w_->h->pid(), SIGHUP);
   bool logged = false;
   for (int i = 0; i < 100 && !logged; ++i) {
@@ -504,7 +558,8 @@ TEST_F(SecurityTest, SighupReloadsPolicyWithoutDroppingTraffic) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   EXPECT_TRUE(logged) << w_->h->StderrText();
-  EXPECT_NE(w_->h->StderrText().find("teleport"), std::string::npos) << "the log does not say what is wrong";
+  EXPECT_NE(w_->h->StderrText().find("teleport"), std::string::npos)
+      << "the log does not say what is wrong";
   EXPECT_TRUE(reader_can_rewrap()) << "a bad policy file replaced the good one";
   ASSERT_TRUE(it::WriteFile(w_->Path("policy.yaml"), w_->PolicyText(false)));
   kill(w_->h->pid(), SIGHUP);
@@ -556,11 +611,13 @@ TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
     it::SetDeadline(&ctx);
     grpc::health::v1::HealthCheckRequest hreq;
     hreq.set_service("hsmrewrap.v1.Rewrap");
-    not_serving = health->Check(&ctx, hreq, &hr).ok() && hr.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING;
+    not_serving = health->Check(&ctx, hreq, &hr).ok() &&
+                  hr.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING;
     if (!not_serving) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_TRUE(not_serving);
-  EXPECT_NE(h->StderrText().find("AUDIT LOG /dev/full CANNOT BE WRITTEN"), std::string::npos) << h->StderrText();
+  EXPECT_NE(h->StderrText().find("AUDIT LOG /dev/full CANNOT BE WRITTEN"), std::string::npos)
+      << h->StderrText();
   EXPECT_EQ(h->Stop(), "");
 }
 
@@ -568,16 +625,29 @@ TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
 // no CKA_ALLOWED_MECHANISMS) is refused, and the refusal names the attributes.
 TEST(SecurityStandalone, KeyWithUnsafeAttributesIsRefused) {
   if (!it::TokenUnavailableReason(it::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
-  if (access("/usr/bin/pkcs11-tool", X_OK) != 0) GTEST_SKIP() << "pkcs11-tool not installed (opensc)";
+  if (access("/usr/bin/pkcs11-tool", X_OK) != 0)
+    GTEST_SKIP() << "pkcs11-tool not installed (opensc)";
   std::string error;
   auto h = RewrapdHarness::Start(it::TokenKind::kSoftHsm, &error);
   ASSERT_NE(h, nullptr) << error;
   const std::string state = h->dir() + "/state";
   setenv("SOFTHSM2_CONF", (state + "/softhsm2.conf").c_str(), 1);
-  std::vector<std::string> gen = {"pkcs11-tool", "--module", "/usr/lib/softhsm/libsofthsm2.so", "--token-label",
-                                  "hsm-rewrap", "--login", "--pin", it::ReadFileOrEmpty(state + "/user.pin"),
-                                  "--keypairgen", "--key-type", "rsa:2048", "--label", "planted",
-                                  "--usage-decrypt", "--usage-sign", "--extractable"};
+  std::vector<std::string> gen = {"pkcs11-tool",
+                                  "--module",
+                                  "/usr/lib/softhsm/libsofthsm2.so",
+                                  "--token-label",
+                                  "hsm-rewrap",
+                                  "--login",
+                                  "--pin",
+                                  it::ReadFileOrEmpty(state + "/user.pin"),
+                                  "--keypairgen",
+                                  "--key-type",
+                                  "rsa:2048",
+                                  "--label",
+                                  "planted",
+                                  "--usage-decrypt",
+                                  "--usage-sign",
+                                  "--extractable"};
   auto r = it::RunCommand(gen);
   ASSERT_EQ(r.exit_code, 0) << r.Describe({"pkcs11-tool", "--keypairgen", "..."});
   grpc::ClientContext ctx;
@@ -587,9 +657,10 @@ TEST(SecurityStandalone, KeyWithUnsafeAttributesIsRefused) {
   v1::GetPublicKeyResponse gresp;
   auto st = h->keys().GetPublicKey(&ctx, gr, &gresp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
-  for (const char* phrase : {"CKA_SIGN is TRUE", "CKA_EXTRACTABLE is TRUE", "CKA_NEVER_EXTRACTABLE is FALSE",
-                             "CKA_ALLOWED_MECHANISMS is empty"}) {
-    EXPECT_NE(st.error_message().find(phrase), std::string::npos) << phrase << " not in: " << st.error_message();
+  for (const char* phrase : {"CKA_SIGN is TRUE", "CKA_EXTRACTABLE is TRUE",
+                             "CKA_NEVER_EXTRACTABLE is FALSE", "CKA_ALLOWED_MECHANISMS is empty"}) {
+    EXPECT_NE(st.error_message().find(phrase), std::string::npos)
+        << phrase << " not in: " << st.error_message();
   }
   // A rewrap with it fails with that reason, not as a decryption failure.
   v1::RewrapRequest req;
@@ -603,14 +674,16 @@ TEST(SecurityStandalone, KeyWithUnsafeAttributesIsRefused) {
   it::SetDeadline(&rctx);
   v1::RewrapResponse resp;
   ASSERT_TRUE(h->rewrap().Rewrap(&rctx, req, &resp).ok());
-  EXPECT_EQ(resp.results(0).error().code(), v1::ItemError::UNSUPPORTED) << resp.results(0).error().message();
+  EXPECT_EQ(resp.results(0).error().code(), v1::ItemError::UNSUPPORTED)
+      << resp.results(0).error().message();
   EXPECT_NE(resp.results(0).error().message().find("CKA_SIGN is TRUE"), std::string::npos);
   grpc::ClientContext lctx;
   it::SetDeadline(&lctx);
   v1::ListKeysResponse lr;
   ASSERT_TRUE(h->keys().ListKeys(&lctx, v1::ListKeysRequest(), &lr).ok());
   for (const auto& k : lr.keys()) EXPECT_NE(k.name(), "planted") << "an unsafe key is listed";
-  EXPECT_NE(h->StderrText().find("key 'planted' has unsafe attributes"), std::string::npos) << h->StderrText();
+  EXPECT_NE(h->StderrText().find("key 'planted' has unsafe attributes"), std::string::npos)
+      << h->StderrText();
   EXPECT_EQ(h->Stop(), "");
 }
 

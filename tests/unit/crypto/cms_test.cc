@@ -52,15 +52,17 @@ bool Contains(const Bytes& haystack, const Bytes& needle) {
 
 int CipherNid(CmsContentCipher c) {
   switch (c) {
-    case CmsContentCipher::kAes256Cbc: return NID_aes_256_cbc;
-    case CmsContentCipher::kAes128Cbc: return NID_aes_128_cbc;
-    case CmsContentCipher::kDes3Cbc: return NID_des_ede3_cbc;
+    case CmsContentCipher::kAes256Cbc:
+      return NID_aes_256_cbc;
+    case CmsContentCipher::kAes128Cbc:
+      return NID_aes_128_cbc;
+    case CmsContentCipher::kDes3Cbc:
+      return NID_des_ede3_cbc;
   }
   return NID_undef;
 }
 
-const CmsContentCipher kCiphers[] = {CmsContentCipher::kAes256Cbc,
-                                     CmsContentCipher::kAes128Cbc,
+const CmsContentCipher kCiphers[] = {CmsContentCipher::kAes256Cbc, CmsContentCipher::kAes128Cbc,
                                      CmsContentCipher::kDes3Cbc};
 
 // Checks the key-transport recipient's keyEncryptionAlgorithm.
@@ -96,8 +98,8 @@ void ExpectKeyTransportAlgorithm(CMS_RecipientInfo* ri, CmsKeyTransport kt) {
   RSA_OAEP_PARAMS_free(params);
 }
 
-class CmsRsaTest
-    : public ::testing::TestWithParam<std::tuple<CmsKeyTransport, CmsContentCipher>> {};
+class CmsRsaTest : public ::testing::TestWithParam<std::tuple<CmsKeyTransport, CmsContentCipher>> {
+};
 
 TEST_P(CmsRsaTest, EnvelopeToCertificateDecryptsWithOpenSsl) {
   const auto [kt, cipher] = GetParam();
@@ -172,11 +174,10 @@ TEST_P(CmsRsaTest, EnvelopeToPublicKeyUsesSubjectKeyIdentifier) {
   ExpectKeyTransportAlgorithm(ri, kt);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllTransportsAndCiphers, CmsRsaTest,
-    ::testing::Combine(::testing::Values(CmsKeyTransport::kRsaOaepSha256,
-                                         CmsKeyTransport::kRsaPkcs1),
-                       ::testing::ValuesIn(kCiphers)));
+INSTANTIATE_TEST_SUITE_P(AllTransportsAndCiphers, CmsRsaTest,
+                         ::testing::Combine(::testing::Values(CmsKeyTransport::kRsaOaepSha256,
+                                                              CmsKeyTransport::kRsaPkcs1),
+                                            ::testing::ValuesIn(kCiphers)));
 
 class CmsEcTest : public ::testing::TestWithParam<const char*> {};
 
@@ -227,8 +228,7 @@ TEST_P(CmsEcTest, KeyAgreementToPublicKeyDecrypts) {
       sk_CMS_RecipientEncryptedKey_value(CMS_RecipientInfo_kari_get0_reks(ri), 0);
   ASN1_OCTET_STRING* keyid = nullptr;
   X509_NAME* issuer = nullptr;
-  ASSERT_EQ(CMS_RecipientEncryptedKey_get0_id(rek, &keyid, nullptr, nullptr, &issuer, nullptr),
-            1);
+  ASSERT_EQ(CMS_RecipientEncryptedKey_get0_id(rek, &keyid, nullptr, nullptr, &issuer, nullptr), 1);
   EXPECT_NE(keyid, nullptr);
   EXPECT_EQ(issuer, nullptr);
 }
@@ -254,8 +254,8 @@ TEST(CmsIntuneTest, EnvelopeToIntuneTestCert) {
   ASSERT_TRUE(cert.ok()) << cert.status();
   const Bytes password = ToBytes("1234");
   for (CmsKeyTransport kt : {CmsKeyTransport::kRsaPkcs1, CmsKeyTransport::kRsaOaepSha256}) {
-    auto der = CmsEnvelopeToCertificate(
-        *cert, password, CmsOptions{kt, CmsContentCipher::kDes3Cbc});
+    auto der =
+        CmsEnvelopeToCertificate(*cert, password, CmsOptions{kt, CmsContentCipher::kDes3Cbc});
     ASSERT_TRUE(der.ok()) << der.status();
     auto plain = CmsDecrypt(*der, pkey, x);
     ASSERT_TRUE(plain.has_value());

@@ -41,8 +41,13 @@ TEST(HexTest, RejectsBadInput) {
 
 TEST(Base64Test, Rfc4648Vectors) {
   const std::pair<const char*, const char*> kVectors[] = {
-      {"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},         {"foo", "Zm9v"},
-      {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"},
+      {"", ""},
+      {"f", "Zg=="},
+      {"fo", "Zm8="},
+      {"foo", "Zm9v"},
+      {"foob", "Zm9vYg=="},
+      {"fooba", "Zm9vYmE="},
+      {"foobar", "Zm9vYmFy"},
   };
   for (const auto& [plain, encoded] : kVectors) {
     EXPECT_EQ(Base64Encode(ToBytes(plain)), encoded);
@@ -74,10 +79,9 @@ TEST(Base64Test, ToleratesWhitespace) {
 }
 
 TEST(Base64Test, RejectsBadInput) {
-  for (const char* bad : {"Zg", "Zg=", "Zg===", "Z", "Zm9", "Zm9v=", "Zg==Zg==", "Zm-v",
-                          "Zm_v", "Zm9v!", "====", "Zh==", "Zm9=", "Zm8=Zg=="}) {
-    EXPECT_THAT(Base64Decode(bad).status(), StatusIs(absl::StatusCode::kInvalidArgument))
-        << bad;
+  for (const char* bad : {"Zg", "Zg=", "Zg===", "Z", "Zm9", "Zm9v=", "Zg==Zg==", "Zm-v", "Zm_v",
+                          "Zm9v!", "====", "Zh==", "Zm9=", "Zm8=Zg=="}) {
+    EXPECT_THAT(Base64Decode(bad).status(), StatusIs(absl::StatusCode::kInvalidArgument)) << bad;
   }
 }
 

@@ -23,6 +23,7 @@ using testing::BnParamPadded;
 using testing::CertDer;
 using testing::CertPem;
 using testing::EcKey;
+using ::testing::HasSubstr;
 using testing::Pkcs1Der;
 using testing::Pkcs1Pem;
 using testing::Pkcs8Der;
@@ -33,10 +34,9 @@ using testing::Secret;
 using testing::SelfSignedCert;
 using testing::SharedDir;
 using testing::SpkiDer;
+using ::testing::StartsWith;
 using testing::StatusIs;
 using testing::ToBytes;
-using ::testing::HasSubstr;
-using ::testing::StartsWith;
 
 Bytes Plain(const SecretBytes& s) { return Bytes(s.begin(), s.end()); }
 
@@ -55,7 +55,7 @@ TEST(PublicKeyTest, CngPublicBlobExactLayoutAndRoundTrip) {
   EXPECT_FALSE(pub->is_ec());
   EXPECT_EQ(pub->bits(), 2048);
   const Bytes blob = pub->CngPublicBlob();
-  ASSERT_EQ(blob.size(), 283u);  // 24 + 3 + 256 (INTEROP.md section 3.1)
+  ASSERT_EQ(blob.size(), 283u);                      // 24 + 3 + 256 (INTEROP.md section 3.1)
   Bytes expected_header = {0x52, 0x53, 0x41, 0x31};  // "RSA1"
   AppendLe32(&expected_header, 2048);
   AppendLe32(&expected_header, 3);
@@ -196,10 +196,10 @@ TEST(PublicKeyTest, RejectsWrongPemKindsAndTrailingData) {
   der.push_back(0);
   EXPECT_THAT(PublicKey::FromSpki(der).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, "trailing"));
-  EXPECT_THAT(PublicKey::FromSpki(
-                  ToBytes("-----BEGIN PUBLIC KEY-----\nMII*\n-----END PUBLIC KEY-----\n"))
-                  .status(),
-              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      PublicKey::FromSpki(ToBytes("-----BEGIN PUBLIC KEY-----\nMII*\n-----END PUBLIC KEY-----\n"))
+          .status(),
+      StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(PublicKeyTest, EveryTruncationOfDerIsRejected) {
@@ -327,8 +327,8 @@ void ExpectPartsMatch(const RsaPrivateKeyParts& parts, EVP_PKEY* key) {
 
 TEST(PrivateKeyTest, ParsesPkcs8AndPkcs1InDerAndPem) {
   auto key = RsaKey(2048);
-  for (const Bytes& form : {Pkcs8Der(key.get()), ToBytes(Pkcs8Pem(key.get())),
-                            Pkcs1Der(key.get()), ToBytes(Pkcs1Pem(key.get()))}) {
+  for (const Bytes& form : {Pkcs8Der(key.get()), ToBytes(Pkcs8Pem(key.get())), Pkcs1Der(key.get()),
+                            ToBytes(Pkcs1Pem(key.get()))}) {
     auto parts = ParseRsaPrivateKey(form);
     ASSERT_TRUE(parts.ok()) << parts.status();
     ExpectPartsMatch(*parts, key.get());
@@ -511,8 +511,10 @@ class SecretFileTest : public ::testing::Test {
 
 TEST_F(SecretFileTest, StripsOneTrailingNewline) {
   const std::pair<std::string, std::string> kCases[] = {
-      {"1234\n", "1234"},   {"1234\r\n", "1234"}, {"1234", "1234"},   {"1234\n\n", "1234\n"},
-      {"", ""},             {"\n", ""},           {"a b\r", "a b\r"}, {std::string(10000, 'x'), std::string(10000, 'x')},
+      {"1234\n", "1234"}, {"1234\r\n", "1234"},
+      {"1234", "1234"},   {"1234\n\n", "1234\n"},
+      {"", ""},           {"\n", ""},
+      {"a b\r", "a b\r"}, {std::string(10000, 'x'), std::string(10000, 'x')},
   };
   for (const auto& [content, want] : kCases) {
     auto s = ReadSecretFile(Write(content));

@@ -128,7 +128,8 @@ class OaepUnpadTest : public ::testing::TestWithParam<HashAlg> {
 };
 
 TEST_P(OaepUnpadTest, RecoversMessage) {
-  for (size_t len : {size_t{0}, size_t{1}, size_t{21}, MaxPlaintextLen(RsaPadding::kOaepSha1, 256)}) {
+  for (size_t len :
+       {size_t{0}, size_t{1}, size_t{21}, MaxPlaintextLen(RsaPadding::kOaepSha1, 256)}) {
     const HashAlg h = GetParam();
     if (len > 256 - 2 * HashLen(h) - 2) continue;
     const Bytes msg = Message(len, 3);
@@ -243,8 +244,7 @@ TEST(Pkcs1UnpadTest, CorruptionGivesTheSameError) {
     EXPECT_EQ(Pkcs1Unpad(bad, 256).status(), kDecryptionFailed) << i;
   }
   for (size_t len = 0; len < em.size(); ++len) {
-    EXPECT_EQ(Pkcs1Unpad(absl::MakeConstSpan(em).subspan(0, len), 256).status(),
-              kDecryptionFailed)
+    EXPECT_EQ(Pkcs1Unpad(absl::MakeConstSpan(em).subspan(0, len), 256).status(), kDecryptionFailed)
         << len;
   }
   EXPECT_EQ(Pkcs1Unpad(em, 255).status(), kDecryptionFailed);

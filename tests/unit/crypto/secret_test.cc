@@ -91,8 +91,9 @@ TEST(SecretStringTest, ShortSecretIsNotInsideTheObject) {
     copy_assigned = from_view;
     SecretString moved_from(text);
     const SecretString moved(std::move(moved_from));
-    const std::vector<const SecretString*> all = {&from_view, &from_pointer, &from_iterators, &pushed, &assigned,
-                                                  &appended, &copied, &copy_assigned, &moved};
+    const std::vector<const SecretString*> all = {&from_view, &from_pointer,  &from_iterators,
+                                                  &pushed,    &assigned,      &appended,
+                                                  &copied,    &copy_assigned, &moved};
     for (const SecretString* s : all) {
       EXPECT_EQ(View(*s), text);
       EXPECT_FALSE(Inside(s->data(), *s));

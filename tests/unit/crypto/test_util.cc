@@ -1,12 +1,5 @@
 #include "tests/unit/crypto/test_util.h"
 
-#include <sys/stat.h>
-
-#include <fstream>
-#include <iterator>
-#include <map>
-#include <mutex>
-
 #include <openssl/bn.h>
 #include <openssl/cms.h>
 #include <openssl/core_names.h>
@@ -14,6 +7,12 @@
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 #include <openssl/x509v3.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <mutex>
 
 #include "gtest/gtest.h"
 
@@ -84,7 +83,9 @@ X509Ptr SelfSignedCert(EVP_PKEY* key, const std::string& cn, long serial) {  // 
   return x;
 }
 
-Bytes CertDer(X509* x) { return I2d([x](unsigned char** p) { return i2d_X509(x, p); }); }
+Bytes CertDer(X509* x) {
+  return I2d([x](unsigned char** p) { return i2d_X509(x, p); });
+}
 
 std::string CertPem(X509* x) {
   BioPtr bio(BIO_new(BIO_s_mem()));

@@ -2,11 +2,11 @@
 // by the code under test), the shared vectors folder and status matchers.
 #pragma once
 
-#include <optional>
-#include <string>
-
 #include <openssl/evp.h>
 #include <openssl/x509.h>
+
+#include <optional>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -29,9 +29,9 @@ X509Ptr SelfSignedCert(EVP_PKEY* key, const std::string& cn, long serial);  // N
 
 Bytes CertDer(X509* x);
 std::string CertPem(X509* x);
-Bytes Pkcs8Der(EVP_PKEY* key);      // PrivateKeyInfo
+Bytes Pkcs8Der(EVP_PKEY* key);        // PrivateKeyInfo
 std::string Pkcs8Pem(EVP_PKEY* key);  // "BEGIN PRIVATE KEY"
-Bytes Pkcs1Der(EVP_PKEY* key);      // RSAPrivateKey
+Bytes Pkcs1Der(EVP_PKEY* key);        // RSAPrivateKey
 std::string Pkcs1Pem(EVP_PKEY* key);  // "BEGIN RSA PRIVATE KEY"
 Bytes SpkiDer(EVP_PKEY* key);
 
@@ -66,4 +66,3 @@ MATCHER_P2(StatusIs, code, substr,
 }
 
 }  // namespace hsmrewrap::crypto::testing
-

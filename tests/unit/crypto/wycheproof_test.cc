@@ -2,12 +2,11 @@
 // wycheproof, used unchanged) run through the HOST_UNPADDING path: OpenSSL does the raw RSA
 // private operation (as the token would with CKM_RSA_X_509) and OaepUnpad / Pkcs1Unpad
 // decode it. Every invalid vector must fail with the one uniform status.
+#include <dirent.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
-
-#include <dirent.h>
 
 #include <algorithm>
 #include <fstream>
@@ -152,13 +151,15 @@ TEST_F(WycheproofTest, OaepUnpad) {
   int valid = 0, invalid = 0;
   for (const std::string& name : files) {
     if (name.find("oaep") == std::string::npos) continue;
-    Counts c = RunFile(dir_ + name, [](const nlohmann::json& g, const Bytes& em, size_t k)
-                                        -> std::optional<absl::StatusOr<SecretBytes>> {
-      auto h = HashByName(g.at("sha").get<std::string>());
-      auto mgf = HashByName(g.at("mgfSha").get<std::string>());
-      if (!h || !mgf) return std::nullopt;  // SHA-224, SHA-512/t: not offered by our API
-      return OaepUnpad(em, k, *h, *mgf);
-    });
+    Counts c = RunFile(dir_ + name,
+                       [](const nlohmann::json& g, const Bytes& em,
+                          size_t k) -> std::optional<absl::StatusOr<SecretBytes>> {
+                         auto h = HashByName(g.at("sha").get<std::string>());
+                         auto mgf = HashByName(g.at("mgfSha").get<std::string>());
+                         if (!h || !mgf)
+                           return std::nullopt;  // SHA-224, SHA-512/t: not offered by our API
+                         return OaepUnpad(em, k, *h, *mgf);
+                       });
     valid += c.valid;
     invalid += c.invalid;
   }
@@ -170,10 +171,10 @@ TEST_F(WycheproofTest, OaepUnpad) {
 TEST_F(WycheproofTest, Pkcs1Unpad) {
   int valid = 0, invalid = 0;
   for (const std::string& name : VectorFiles(dir_, "rsa_pkcs1_")) {
-    Counts c = RunFile(dir_ + name, [](const nlohmann::json&, const Bytes& em, size_t k)
-                                        -> std::optional<absl::StatusOr<SecretBytes>> {
-      return Pkcs1Unpad(em, k);
-    });
+    Counts c = RunFile(
+        dir_ + name,
+        [](const nlohmann::json&, const Bytes& em,
+           size_t k) -> std::optional<absl::StatusOr<SecretBytes>> { return Pkcs1Unpad(em, k); });
     valid += c.valid;
     invalid += c.invalid;
   }

@@ -1,11 +1,11 @@
 // CallRunner (hsm/call_runner.h): a caller never waits on a call that never returns.
 #include "hsm/call_runner.h"
 
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <future>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "absl/synchronization/notification.h"
 
@@ -19,10 +19,12 @@ absl::StatusOr<int> Failed(absl::Status s) { return s; }
 TEST(CallRunnerTest, RunsTheCallAndReturnsItsResult) {
   CallRunner r;
   std::thread::id ran_on;
-  auto out = r.Run<absl::StatusOr<int>>([&ran_on]() -> absl::StatusOr<int> {
-    ran_on = std::this_thread::get_id();
-    return 42;
-  }, 1, Failed);
+  auto out = r.Run<absl::StatusOr<int>>(
+      [&ran_on]() -> absl::StatusOr<int> {
+        ran_on = std::this_thread::get_id();
+        return 42;
+      },
+      1, Failed);
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(*out, 42);
   EXPECT_NE(ran_on, std::this_thread::get_id()) << "the call must not run on the caller's thread";
@@ -35,11 +37,13 @@ TEST(CallRunnerTest, AbandonAnswersABlockedCallerAtOnce) {
   CallRunner r;
   absl::Notification started, release;
   auto caller = std::async(std::launch::async, [&] {
-    return r.Run<absl::StatusOr<int>>([&]() -> absl::StatusOr<int> {
-      started.Notify();
-      release.WaitForNotification();
-      return 1;
-    }, 7, Failed);
+    return r.Run<absl::StatusOr<int>>(
+        [&]() -> absl::StatusOr<int> {
+          started.Notify();
+          release.WaitForNotification();
+          return 1;
+        },
+        7, Failed);
   });
   started.WaitForNotification();
   EXPECT_EQ(caller.wait_for(50ms), std::future_status::timeout);
@@ -50,15 +54,27 @@ TEST(CallRunnerTest, AbandonAnswersABlockedCallerAtOnce) {
   EXPECT_EQ(out.status(), absl::UnavailableError("lost"));
   EXPECT_EQ(r.stuck(), 1u);
   EXPECT_EQ(r.abandoned_total(), 1u);
-  EXPECT_EQ(r.OldestRunning(7), absl::ZeroDuration()) << "an abandoned call is not running any more";
+  EXPECT_EQ(r.OldestRunning(7), absl::ZeroDuration())
+      << "an abandoned call is not running any more";
 
   // Other tags still run (a new thread: the stuck one is busy).
   std::atomic<bool> ran{false};
-  EXPECT_TRUE(r.Run<absl::StatusOr<int>>([&]() -> absl::StatusOr<int> { ran = true; return 2; }, 8, Failed).ok());
+  EXPECT_TRUE(r.Run<absl::StatusOr<int>>(
+                   [&]() -> absl::StatusOr<int> {
+                     ran = true;
+                     return 2;
+                   },
+                   8, Failed)
+                  .ok());
   EXPECT_TRUE(ran);
   // The abandoned tag runs nothing more.
   ran = false;
-  auto late = r.Run<absl::StatusOr<int>>([&]() -> absl::StatusOr<int> { ran = true; return 3; }, 7, Failed);
+  auto late = r.Run<absl::StatusOr<int>>(
+      [&]() -> absl::StatusOr<int> {
+        ran = true;
+        return 3;
+      },
+      7, Failed);
   EXPECT_EQ(late.status(), absl::UnavailableError("lost"));
   EXPECT_FALSE(ran);
 
@@ -71,10 +87,12 @@ TEST(CallRunnerTest, ADeadlineAbandonsTheCall) {
   CallRunner r;
   absl::Notification release;
   const absl::Time t0 = absl::Now();
-  auto out = r.Run<absl::StatusOr<int>>([&]() -> absl::StatusOr<int> {
-    release.WaitForNotification();
-    return 1;
-  }, 1, Failed, absl::Now() + absl::Milliseconds(100));
+  auto out = r.Run<absl::StatusOr<int>>(
+      [&]() -> absl::StatusOr<int> {
+        release.WaitForNotification();
+        return 1;
+      },
+      1, Failed, absl::Now() + absl::Milliseconds(100));
   EXPECT_EQ(out.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_LT(absl::Now() - t0, absl::Seconds(2));
   EXPECT_EQ(r.stuck(), 1u);
@@ -90,20 +108,28 @@ TEST(CallRunnerTest, BoundsStuckThreads) {
   CallRunner r(o);
   absl::Notification release;
   for (int i = 0; i < 2; ++i) {
-    auto out = r.Run<absl::StatusOr<int>>([&]() -> absl::StatusOr<int> {
-      release.WaitForNotification();
-      return 1;
-    }, 1, Failed, absl::Now() + absl::Milliseconds(20));
+    auto out = r.Run<absl::StatusOr<int>>(
+        [&]() -> absl::StatusOr<int> {
+          release.WaitForNotification();
+          return 1;
+        },
+        1, Failed, absl::Now() + absl::Milliseconds(20));
     EXPECT_EQ(out.status().code(), absl::StatusCode::kDeadlineExceeded);
   }
   EXPECT_EQ(r.stuck(), 2u);
   std::atomic<bool> ran{false};
-  auto refused = r.Run<absl::StatusOr<int>>([&]() -> absl::StatusOr<int> { ran = true; return 1; }, 2, Failed);
+  auto refused = r.Run<absl::StatusOr<int>>(
+      [&]() -> absl::StatusOr<int> {
+        ran = true;
+        return 1;
+      },
+      2, Failed);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_FALSE(ran);
   release.Notify();
   for (int i = 0; i < 200 && r.stuck() != 0; ++i) std::this_thread::sleep_for(5ms);
-  EXPECT_TRUE(r.Run<absl::StatusOr<int>>([]() -> absl::StatusOr<int> { return 1; }, 2, Failed).ok());
+  EXPECT_TRUE(
+      r.Run<absl::StatusOr<int>>([]() -> absl::StatusOr<int> { return 1; }, 2, Failed).ok());
 }
 
 // Many concurrent callers: every one gets its own result, threads are reused.
@@ -113,7 +139,8 @@ TEST(CallRunnerTest, ConcurrentCallersGetTheirOwnResults) {
   for (int t = 0; t < 8; ++t) {
     callers.push_back(std::async(std::launch::async, [&r, t] {
       for (int i = 0; i < 200; ++i) {
-        auto out = r.Run<absl::StatusOr<int>>([t, i]() -> absl::StatusOr<int> { return t * 1000 + i; }, 1, Failed);
+        auto out = r.Run<absl::StatusOr<int>>(
+            [t, i]() -> absl::StatusOr<int> { return t * 1000 + i; }, 1, Failed);
         if (!out.ok() || *out != t * 1000 + i) return false;
       }
       return true;

@@ -34,8 +34,9 @@ void WriteFile(const std::string& path, const std::string& text) {
 std::string SetUpSoftHsmConfig(const std::string& dir) {
   std::filesystem::create_directories(dir + "/tokens");
   const std::string conf = dir + "/softhsm2.conf";
-  WriteFile(conf, "directories.tokendir = " + dir + "/tokens\nobjectstore.backend = file\n"
-                  "log.level = ERROR\n");
+  WriteFile(conf, "directories.tokendir = " + dir +
+                      "/tokens\nobjectstore.backend = file\n"
+                      "log.level = ERROR\n");
   setenv("SOFTHSM2_CONF", conf.c_str(), 1);
   return conf;
 }
@@ -98,7 +99,9 @@ crypto::PublicKey HostPublicKey(EVP_PKEY* key) {
   return *pk;
 }
 
-crypto::SecretBytes ToSecret(const std::string& s) { return crypto::SecretBytes(s.begin(), s.end()); }
+crypto::SecretBytes ToSecret(const std::string& s) {
+  return crypto::SecretBytes(s.begin(), s.end());
+}
 
 crypto::SecretString Pin(const char* s) { return crypto::SecretString(s); }
 

@@ -11,9 +11,9 @@
 #include "crypto/keys.h"
 #include "crypto/rsa.h"
 #include "crypto/secret.h"
-#include "hsm/backend.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "hsm/backend.h"
 
 namespace hsmrewrap::hsm {
 // A rewrap operation's typed decryption failure.

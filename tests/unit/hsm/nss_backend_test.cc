@@ -22,8 +22,8 @@ class NssBackendTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (access(testing::kNssSoftokenPath, R_OK) != 0) GTEST_SKIP() << "NSS softoken not installed";
-    init_args_ = "configdir='sql:" + dir_.path() +
-                 "' certPrefix='' keyPrefix='' secmod='secmod.db' flags=";
+    init_args_ =
+        "configdir='sql:" + dir_.path() + "' certPrefix='' keyPrefix='' secmod='secmod.db' flags=";
     auto m = Module::Load(testing::kNssSoftokenPath, init_args_);
     ASSERT_THAT(m, IsOk());
     module_ = *m;
@@ -86,8 +86,8 @@ TEST_F(NssBackendTest, NativeOaepSha2AndInTokenRewrap) {
   }
   EXPECT_FALSE(k->caps.raw_rsa);
   EXPECT_THAT(backend_->WrapPaddings(), Contains(RsaPadding::kOaepSha256));
-  std::cout << "NSS caps: decrypt " << k->caps.decrypt.size() << " unwrap "
-            << k->caps.unwrap.size() << " wrap " << backend_->WrapPaddings().size() << "\n";
+  std::cout << "NSS caps: decrypt " << k->caps.decrypt.size() << " unwrap " << k->caps.unwrap.size()
+            << " wrap " << backend_->WrapPaddings().size() << "\n";
 
   const crypto::Bytes pt = testing::RandomBytes(32);
   auto dec = backend_->Decrypt("svc", RsaPadding::kOaepSha256,
@@ -96,10 +96,9 @@ TEST_F(NssBackendTest, NativeOaepSha2AndInTokenRewrap) {
   EXPECT_EQ(crypto::Bytes(dec->begin(), dec->end()), pt);
 
   auto device = testing::GenerateHostRsa(2048);
-  auto out = backend_->RewrapInToken("svc", RsaPadding::kOaepSha256,
-                                     Seal(*k, RsaPadding::kOaepSha256, pt),
-                                     testing::HostPublicKey(device.get()),
-                                     RsaPadding::kOaepSha256);
+  auto out =
+      backend_->RewrapInToken("svc", RsaPadding::kOaepSha256, Seal(*k, RsaPadding::kOaepSha256, pt),
+                              testing::HostPublicKey(device.get()), RsaPadding::kOaepSha256);
   ASSERT_THAT(out, IsOk());
   auto back = crypto::RsaDecryptWithPrivateKey(testing::HostKeyDer(device.get()),
                                                RsaPadding::kOaepSha256, *out);
@@ -108,8 +107,8 @@ TEST_F(NssBackendTest, NativeOaepSha2AndInTokenRewrap) {
 
   crypto::Bytes bad = Seal(*k, RsaPadding::kOaepSha256, pt);
   bad[10] ^= 0x80;
-  EXPECT_TRUE(IsDecryptFailed(
-      backend_->Decrypt("svc", RsaPadding::kOaepSha256, bad, Path::kTokenDecrypt)));
+  EXPECT_TRUE(
+      IsDecryptFailed(backend_->Decrypt("svc", RsaPadding::kOaepSha256, bad, Path::kTokenDecrypt)));
   EXPECT_TRUE(IsDecryptFailed(backend_->RewrapInToken("svc", RsaPadding::kOaepSha256, bad,
                                                       testing::HostPublicKey(device.get()),
                                                       RsaPadding::kOaepSha256)));

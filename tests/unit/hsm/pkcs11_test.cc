@@ -1,8 +1,9 @@
 // CK_RV mapping and small helpers; no token needed.
+#include "hsm/pkcs11.h"
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/backend.h"
-#include "hsm/pkcs11.h"
 
 namespace hsmrewrap::hsm {
 namespace {
@@ -46,18 +47,22 @@ TEST(Pkcs11Test, OutcomesAreTyped) {
   EXPECT_EQ(failed.outcome(), Outcome::kDecryptFailed);
   EXPECT_EQ(failed.status(), absl::InvalidArgumentError(kDecryptFailedText));
   // A status that merely looks like a decryption failure is not one.
-  EXPECT_EQ(OpResult<crypto::Bytes>::FromStatus(absl::InvalidArgumentError(kDecryptFailedText)).outcome(),
-            Outcome::kRefused);
+  EXPECT_EQ(
+      OpResult<crypto::Bytes>::FromStatus(absl::InvalidArgumentError(kDecryptFailedText)).outcome(),
+      Outcome::kRefused);
   for (auto code : {absl::StatusCode::kUnavailable, absl::StatusCode::kResourceExhausted,
-                    absl::StatusCode::kDeadlineExceeded, absl::StatusCode::kAborted, absl::StatusCode::kCancelled}) {
+                    absl::StatusCode::kDeadlineExceeded, absl::StatusCode::kAborted,
+                    absl::StatusCode::kCancelled}) {
     EXPECT_EQ(OutcomeOfStatus(absl::Status(code, "x")), Outcome::kRetryable) << code;
   }
-  for (auto code : {absl::StatusCode::kInternal, absl::StatusCode::kNotFound, absl::StatusCode::kFailedPrecondition,
-                    absl::StatusCode::kUnimplemented, absl::StatusCode::kInvalidArgument}) {
+  for (auto code : {absl::StatusCode::kInternal, absl::StatusCode::kNotFound,
+                    absl::StatusCode::kFailedPrecondition, absl::StatusCode::kUnimplemented,
+                    absl::StatusCode::kInvalidArgument}) {
     EXPECT_EQ(OutcomeOfStatus(absl::Status(code, "x")), Outcome::kRefused) << code;
   }
   // C_DecryptInit (or any call) failing CKR_GENERAL_ERROR is retryable, not a bad ciphertext.
-  EXPECT_EQ(OpResult<crypto::Bytes>::FromStatus(CkrToStatus("C_DecryptInit", CKR_GENERAL_ERROR)).outcome(),
+  EXPECT_EQ(OpResult<crypto::Bytes>::FromStatus(CkrToStatus("C_DecryptInit", CKR_GENERAL_ERROR))
+                .outcome(),
             Outcome::kRetryable);
   const auto from = OpResult<int>::From(failed);
   EXPECT_EQ(from.outcome(), Outcome::kDecryptFailed);
@@ -68,8 +73,7 @@ TEST(Pkcs11Test, OutcomesAreTyped) {
 }
 
 TEST(Pkcs11Test, LoadRefusesRelativeOrMissingModules) {
-  EXPECT_EQ(Module::Load("libsofthsm2.so", "").status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Module::Load("libsofthsm2.so", "").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Module::Load("/nonexistent/libx.so", "").status().code(), absl::StatusCode::kNotFound);
 }
 

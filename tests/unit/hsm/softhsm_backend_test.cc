@@ -14,10 +14,10 @@ namespace {
 
 using ::testing::Contains;
 using ::testing::ElementsAre;
-using ::testing::Not;
-using ::testing::UnorderedElementsAre;
 using testing::IsOk;
+using ::testing::Not;
 using testing::StatusIs;
+using ::testing::UnorderedElementsAre;
 
 constexpr char kUserPin[] = "1234";
 constexpr char kSoPin[] = "5678";
@@ -121,9 +121,9 @@ TEST_F(SoftHsmBackendTest, DecryptRoundTrips) {
   ExpectDecrypts("svc", RsaPadding::kOaepSha384, Path::kHostUnpadding);
   ExpectDecrypts("svc", RsaPadding::kOaepSha512, Path::kHostUnpadding);
   ExpectDecrypts("svc", RsaPadding::kPkcs1, Path::kHostUnpadding);
-  EXPECT_THAT(backend_->Decrypt("nope", RsaPadding::kOaepSha1, crypto::Bytes(256, 1),
-                                Path::kTokenDecrypt),
-              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(
+      backend_->Decrypt("nope", RsaPadding::kOaepSha1, crypto::Bytes(256, 1), Path::kTokenDecrypt),
+      StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(SoftHsmBackendTest, TamperedCiphertextFailsUniformly) {
@@ -165,8 +165,7 @@ TEST_F(SoftHsmBackendTest, EmptyAndShortCiphertextDoNotPoisonSessions) {
   for (size_t len : {size_t{0}, size_t{1}, ct.size() - 1}) {
     crypto::Bytes shorter(ct.begin(), ct.begin() + len);
     for (Path p : {Path::kTokenDecrypt, Path::kHostUnpadding}) {
-      EXPECT_TRUE(
-          IsDecryptFailed(backend_->Decrypt("svc", RsaPadding::kOaepSha1, shorter, p)));
+      EXPECT_TRUE(IsDecryptFailed(backend_->Decrypt("svc", RsaPadding::kOaepSha1, shorter, p)));
     }
   }
   crypto::Bytes longer = ct;
@@ -188,8 +187,8 @@ TEST_F(SoftHsmBackendTest, KeyAttributesAreProtected) {
   auto get_bool = [&](CK_ATTRIBUTE_TYPE t) {
     CK_BBOOL v = CK_FALSE;
     CK_ATTRIBUTE a{t, &v, sizeof(v)};
-    EXPECT_THAT(m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, lease->handle(), *h,
-                       &a, CK_ULONG(1)),
+    EXPECT_THAT(m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, lease->handle(), *h, &a,
+                       CK_ULONG(1)),
                 IsOk());
     return v == CK_TRUE;
   };
@@ -212,16 +211,16 @@ TEST_F(SoftHsmBackendTest, KeyAttributesAreProtected) {
 
   CK_MECHANISM_TYPE mechs[8];
   CK_ATTRIBUTE am{CKA_ALLOWED_MECHANISMS, mechs, sizeof(mechs)};
-  ASSERT_THAT(m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, lease->handle(), *h,
-                     &am, CK_ULONG(1)),
+  ASSERT_THAT(m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, lease->handle(), *h, &am,
+                     CK_ULONG(1)),
               IsOk());
   EXPECT_EQ(am.ulValueLen, sizeof(CK_MECHANISM_TYPE));
   EXPECT_EQ(mechs[0], CKM_RSA_PKCS_OAEP);
 
   CK_BBOOL yes = CK_TRUE;
   CK_ATTRIBUTE ext{CKA_EXTRACTABLE, &yes, sizeof(yes)};
-  EXPECT_FALSE(m.Call("C_SetAttributeValue", m.fl()->C_SetAttributeValue, lease->handle(), *h,
-                      &ext, CK_ULONG(1))
+  EXPECT_FALSE(m.Call("C_SetAttributeValue", m.fl()->C_SetAttributeValue, lease->handle(), *h, &ext,
+                      CK_ULONG(1))
                    .ok());
 }
 
@@ -255,7 +254,8 @@ TEST_F(SoftHsmBackendTest, ImportWithoutCrtPartsAndOddSize) {
               IsOk());
   ExpectDecrypts("three-prime", RsaPadding::kOaepSha1, Path::kTokenDecrypt);
 
-  crypto::RsaPrivateKeyParts tiny = testing::HostKeyParts(testing::GenerateHostRsa(768).get(), true);
+  crypto::RsaPrivateKeyParts tiny =
+      testing::HostKeyParts(testing::GenerateHostRsa(768).get(), true);
   EXPECT_THAT(backend_->ImportKey("tiny", tiny, false),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
@@ -314,14 +314,12 @@ TEST_F(SoftHsmBackendTest, TwoReplicasAgreeOnMetadata) {
 TEST_F(SoftHsmBackendTest, DuplicateNameRefused) {
   Open();
   ASSERT_THAT(backend_->CreateKey("svc", 2048, false), IsOk());
-  EXPECT_THAT(backend_->CreateKey("svc", 2048, false),
-              StatusIs(absl::StatusCode::kAlreadyExists));
+  EXPECT_THAT(backend_->CreateKey("svc", 2048, false), StatusIs(absl::StatusCode::kAlreadyExists));
   auto host = testing::GenerateHostRsa(2048);
   EXPECT_THAT(backend_->ImportKey("svc", testing::HostKeyParts(host.get(), true), false),
               StatusIs(absl::StatusCode::kAlreadyExists));
   EXPECT_THAT(backend_->CreateKey("", 2048, false), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(backend_->CreateKey("x", 1024, false),
-              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(backend_->CreateKey("x", 1024, false), StatusIs(absl::StatusCode::kInvalidArgument));
   auto list = backend_->ListKeys();
   ASSERT_THAT(list, IsOk());
   EXPECT_EQ(list->size(), 1u);
@@ -405,9 +403,9 @@ TEST_F(SoftHsmBackendTest, ConcurrentDecryptsFromEightThreads) {
           continue;
         }
         bool host = (i % 2) == 0;
-        auto r = host ? backend_->Decrypt("svc", RsaPadding::kOaepSha256, ct256,
-                                          Path::kHostUnpadding)
-                      : backend_->Decrypt("svc", RsaPadding::kOaepSha1, ct1, Path::kTokenDecrypt);
+        auto r =
+            host ? backend_->Decrypt("svc", RsaPadding::kOaepSha256, ct256, Path::kHostUnpadding)
+                 : backend_->Decrypt("svc", RsaPadding::kOaepSha1, ct1, Path::kTokenDecrypt);
         (r.ok() && crypto::Bytes(r->begin(), r->end()) == pt ? ok : wrong)++;
       }
     });
@@ -425,21 +423,21 @@ std::vector<std::string> ObjectKinds(Pkcs11Backend& b) {
   EXPECT_THAT(lease, IsOk());
   if (!lease.ok()) return kinds;
   const Module& m = b.module();
-  EXPECT_THAT(m.Call("C_FindObjectsInit", m.fl()->C_FindObjectsInit, lease->handle(), nullptr,
-                     CK_ULONG(0)),
-              IsOk());
+  EXPECT_THAT(
+      m.Call("C_FindObjectsInit", m.fl()->C_FindObjectsInit, lease->handle(), nullptr, CK_ULONG(0)),
+      IsOk());
   CK_OBJECT_HANDLE objs[64];
   CK_ULONG n = 0;
-  EXPECT_THAT(m.Call("C_FindObjects", m.fl()->C_FindObjects, lease->handle(), objs, CK_ULONG(64),
-                     &n),
-              IsOk());
+  EXPECT_THAT(
+      m.Call("C_FindObjects", m.fl()->C_FindObjects, lease->handle(), objs, CK_ULONG(64), &n),
+      IsOk());
   EXPECT_THAT(m.Call("C_FindObjectsFinal", m.fl()->C_FindObjectsFinal, lease->handle()), IsOk());
   for (CK_ULONG i = 0; i < n; ++i) {
     CK_OBJECT_CLASS cls = 0;
     CK_BBOOL token = CK_FALSE;
     CK_ATTRIBUTE a[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &token, sizeof(token)}};
-    EXPECT_THAT(m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, lease->handle(),
-                       objs[i], a, CK_ULONG(2)),
+    EXPECT_THAT(m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, lease->handle(), objs[i],
+                       a, CK_ULONG(2)),
                 IsOk());
     const char* name = cls == CKO_PRIVATE_KEY  ? "private"
                        : cls == CKO_PUBLIC_KEY ? "public"
@@ -459,9 +457,9 @@ TEST_F(SoftHsmBackendTest, RewrapInTokenWithOaepSha1) {
   EXPECT_THAT(ObjectKinds(*backend_), kKeyObjects);
   auto device = testing::GenerateHostRsa(2048);
   const crypto::Bytes pt = testing::RandomBytes(20);
-  auto out = backend_->RewrapInToken("svc", RsaPadding::kOaepSha1,
-                                     Seal(*k, RsaPadding::kOaepSha1, pt),
-                                     testing::HostPublicKey(device.get()), RsaPadding::kOaepSha1);
+  auto out =
+      backend_->RewrapInToken("svc", RsaPadding::kOaepSha1, Seal(*k, RsaPadding::kOaepSha1, pt),
+                              testing::HostPublicKey(device.get()), RsaPadding::kOaepSha1);
   ASSERT_THAT(out, IsOk());
   EXPECT_THAT(ObjectKinds(*backend_), kKeyObjects);
   auto back = crypto::RsaDecryptWithPrivateKey(testing::HostKeyDer(device.get()),
@@ -469,10 +467,10 @@ TEST_F(SoftHsmBackendTest, RewrapInTokenWithOaepSha1) {
   ASSERT_THAT(back, IsOk());
   EXPECT_EQ(crypto::Bytes(back->begin(), back->end()), pt);
   // SoftHSM cannot unwrap OAEP-SHA256 nor wrap with it.
-  EXPECT_THAT(backend_->RewrapInToken("svc", RsaPadding::kOaepSha256,
-                                      Seal(*k, RsaPadding::kOaepSha256, pt),
-                                      testing::HostPublicKey(device.get()), RsaPadding::kOaepSha1),
-              StatusIs(absl::StatusCode::kUnimplemented));
+  EXPECT_THAT(
+      backend_->RewrapInToken("svc", RsaPadding::kOaepSha256, Seal(*k, RsaPadding::kOaepSha256, pt),
+                              testing::HostPublicKey(device.get()), RsaPadding::kOaepSha1),
+      StatusIs(absl::StatusCode::kUnimplemented));
   // A tampered input fails like any other decryption failure.
   crypto::Bytes bad = Seal(*k, RsaPadding::kOaepSha1, pt);
   bad[3] ^= 2;

@@ -1,5 +1,8 @@
 #include "service/config.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -7,9 +10,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -103,13 +103,15 @@ TEST(ConfigTest, ClearErrors) {
   EXPECT_THAT(std::string(Finalize(g).message()), HasSubstr("HOST:PORT"));
 }
 
-
 // The text ApplyYamlFile uses for what a key of this type expects.
 std::string ExpectedText(ConfigValueType t) {
   switch (t) {
-    case ConfigValueType::kString: return "a string";
-    case ConfigValueType::kBool: return "true or false";
-    case ConfigValueType::kUint32: return "a non-negative integer";
+    case ConfigValueType::kString:
+      return "a string";
+    case ConfigValueType::kBool:
+      return "true or false";
+    case ConfigValueType::kUint32:
+      return "a non-negative integer";
   }
   return "?";
 }
@@ -117,14 +119,17 @@ std::string ExpectedText(ConfigValueType t) {
 // Values of the wrong type for a key of type `t`: YAML that is not a scalar (lists,
 // mappings, an empty value), and for booleans and numbers scalars that do not parse.
 std::vector<std::string> WrongValues(ConfigValueType t) {
-  std::vector<std::string> v = {"[1, 2]", "[]", "{a: 1}", "{}", "", "~", "null", "\n  - a\n  - b", "\n  x: 1"};
+  std::vector<std::string> v = {"[1, 2]", "[]",   "{a: 1}",         "{}",      "",
+                                "~",      "null", "\n  - a\n  - b", "\n  x: 1"};
   switch (t) {
-    case ConfigValueType::kString: break;
+    case ConfigValueType::kString:
+      break;
     case ConfigValueType::kBool:
       for (const char* s : {"maybe", "2", "''", "'true false'", "1.0"}) v.push_back(s);
       break;
     case ConfigValueType::kUint32:
-      for (const char* s : {"-1", "1.5", "many", "4294967296", "0x10", "''", "true", "1e3"}) v.push_back(s);
+      for (const char* s : {"-1", "1.5", "many", "4294967296", "0x10", "''", "true", "1e3"})
+        v.push_back(s);
       break;
   }
   return v;
@@ -142,7 +147,8 @@ absl::Status Load(const std::string& yaml, Config& c) {
 void ExpectInvalid(const std::string& yaml, const std::string& needle) {
   Config c;
   const absl::Status st = Load(yaml, c);
-  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << "YAML:\n" << yaml << "\nstatus: " << st;
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << "YAML:\n"
+                                                           << yaml << "\nstatus: " << st;
   EXPECT_THAT(std::string(st.message()), HasSubstr(needle)) << "YAML:\n" << yaml;
 }
 
@@ -166,7 +172,8 @@ TEST(ConfigTest, EveryKeyRefusesEveryWrongType) {
       const std::string shown = nested ? absl::StrCat(key.section, ".", key.name) : key.name;
       for (const std::string& value : WrongValues(key.type)) {
         SCOPED_TRACE(absl::StrCat(shown, " = [", value, "]"));
-        ExpectInvalid(KeyLine(key, nested, value), absl::StrCat(shown, ": expected ", ExpectedText(key.type)));
+        ExpectInvalid(KeyLine(key, nested, value),
+                      absl::StrCat(shown, ": expected ", ExpectedText(key.type)));
         ++cases;
       }
     }
@@ -192,7 +199,8 @@ TEST(ConfigTest, EveryKeyAcceptsItsType) {
     EXPECT_TRUE(ApplyEnvironment(c).ok()) << var;
     if (key.type != ConfigValueType::kString) {
       setenv(var.c_str(), "not-a-value", 1);
-      EXPECT_THAT(std::string(ApplyEnvironment(c).message()), HasSubstr(absl::StrCat(var, ": ", key.name)));
+      EXPECT_THAT(std::string(ApplyEnvironment(c).message()),
+                  HasSubstr(absl::StrCat(var, ": ", key.name)));
     }
     unsetenv(var.c_str());
   }
@@ -207,12 +215,16 @@ TEST(ConfigTest, SectionMustBeAMappingOfItsKeys) {
   for (const std::string& section : sections) {
     for (const char* value : {" [1, 2]", " 5", " x", "", " ~", "\n  - max_batch_items: 1"}) {
       SCOPED_TRACE(value);
-      ExpectInvalid(absl::StrCat(section, ":", value, "\n"), absl::StrCat(section, ": expected a mapping"));
+      ExpectInvalid(absl::StrCat(section, ":", value, "\n"),
+                    absl::StrCat(section, ": expected a mapping"));
     }
-    ExpectInvalid(absl::StrCat(section, ":\n  nope: 1\n"), absl::StrCat("unknown key '", section, ".nope'"));
+    ExpectInvalid(absl::StrCat(section, ":\n  nope: 1\n"),
+                  absl::StrCat("unknown key '", section, ".nope'"));
     // A top-level key does not belong in a section.
-    ExpectInvalid(absl::StrCat(section, ":\n  listen: 127.0.0.1:1\n"), absl::StrCat("unknown key '", section, ".listen'"));
-    ExpectInvalid(absl::StrCat(section, ":\n  ? [a, b]\n  : 1\n"), "a key must be a name, got a list");
+    ExpectInvalid(absl::StrCat(section, ":\n  listen: 127.0.0.1:1\n"),
+                  absl::StrCat("unknown key '", section, ".listen'"));
+    ExpectInvalid(absl::StrCat(section, ":\n  ? [a, b]\n  : 1\n"),
+                  "a key must be a name, got a list");
     Config empty;
     EXPECT_TRUE(Load(absl::StrCat(section, ": {}\n"), empty).ok());
   }
@@ -225,7 +237,8 @@ TEST(ConfigTest, FileShapeErrors) {
     EXPECT_TRUE(Load(nothing, c).ok()) << "'" << nothing << "'";
     EXPECT_EQ(c.listen, Config{}.listen);
   }
-  ExpectInvalid("- listen: 127.0.0.1:1\n", "the top level must be a mapping of 'key: value' lines, got a list");
+  ExpectInvalid("- listen: 127.0.0.1:1\n",
+                "the top level must be a mapping of 'key: value' lines, got a list");
   ExpectInvalid("listen\n", "the top level must be a mapping of 'key: value' lines, got 'listen'");
   ExpectInvalid("pool_size: 1\n---\npool_size: 2\n", "holds 2 YAML documents");
   ExpectInvalid("pool_size: [1\n", "config ");  // not YAML at all: yaml-cpp's reason
@@ -234,7 +247,8 @@ TEST(ConfigTest, FileShapeErrors) {
   ExpectInvalid("~: 1\n", "a key must be a name, got an empty value");
   ExpectInvalid("'': 1\n", "unknown configuration key ''");
   Config missing;
-  EXPECT_EQ(ApplyYamlFile("/nonexistent/rewrapd.yaml", missing).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ApplyYamlFile("/nonexistent/rewrapd.yaml", missing).code(),
+            absl::StatusCode::kInvalidArgument);
   Config explicit_empty;
   EXPECT_TRUE(Load("{}\n", explicit_empty).ok()) << "{} deliberately sets nothing";
 }
@@ -242,15 +256,19 @@ TEST(ConfigTest, FileShapeErrors) {
 // yaml-cpp keeps both entries of a repeated key (the later would win unseen): refused,
 // with both lines. A limit is one setting whether written at the top level or in limits:.
 TEST(ConfigTest, KeyGivenTwice) {
-  ExpectInvalid("pool_size: 1\nlisten: 127.0.0.1:1\npool_size: 2\n", "line 3: 'pool_size' is given twice (also on line 1)");
-  ExpectInvalid("limits:\n  max_batch_items: 1\n  max_batch_items: 2\n", "'limits.max_batch_items' is given twice (also on line 2)");
+  ExpectInvalid("pool_size: 1\nlisten: 127.0.0.1:1\npool_size: 2\n",
+                "line 3: 'pool_size' is given twice (also on line 1)");
+  ExpectInvalid("limits:\n  max_batch_items: 1\n  max_batch_items: 2\n",
+                "'limits.max_batch_items' is given twice (also on line 2)");
   ExpectInvalid("max_batch_items: 1\nlimits:\n  max_batch_items: 2\n",
                 "'limits.max_batch_items' is given twice (also as 'max_batch_items' on line 1)");
   ExpectInvalid("limits: {}\nlimits: {}\n", "'limits' is given twice");
 }
 
 TEST(ConfigTest, NullStringHintsAtQuotes) {
-  ExpectInvalid("metrics_listen:\n", "line 1: metrics_listen: expected a string, got an empty value (null); write \"\" for an empty string");
+  ExpectInvalid("metrics_listen:\n",
+                "line 1: metrics_listen: expected a string, got an empty value (null); write \"\" "
+                "for an empty string");
   Config c;
   c.metrics_listen = "127.0.0.1:1";
   ASSERT_TRUE(Load("metrics_listen: \"\"\n", c).ok());
@@ -260,7 +278,9 @@ TEST(ConfigTest, NullStringHintsAtQuotes) {
 // RFC 7512: the module and the PIN file may come from the token URI (p11-kit parses it).
 TEST(ConfigTest, TokenUriChoosesModuleAndPinSource) {
   Config c;
-  c.token_uri = "pkcs11:token=hsm-rewrap?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/pin";
+  c.token_uri =
+      "pkcs11:token=hsm-rewrap?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/"
+      "pin";
   ASSERT_TRUE(Finalize(c).ok());
   EXPECT_EQ(c.module, "/usr/lib/softhsm/libsofthsm2.so");
   EXPECT_EQ(c.pin_file, "/run/pin");

@@ -1,11 +1,11 @@
 #include "service/engine.h"
 
-#include <future>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <openssl/cms.h>
 #include <openssl/pem.h>
+
+#include <future>
 
 #include "crypto/rsa.h"
 #include "tests/unit/service/fake_backend.h"
@@ -59,8 +59,8 @@ class EngineTest : public ::testing::Test {
     return Str(*ct);
   }
 
-  v1::RewrapItem Item(const std::string& id, const std::string& key, v1::Padding p, const std::string& ct,
-                      v1::OutputFormat f = v1::RSA_OAEP_SHA256) {
+  v1::RewrapItem Item(const std::string& id, const std::string& key, v1::Padding p,
+                      const std::string& ct, v1::OutputFormat f = v1::RSA_OAEP_SHA256) {
     v1::RewrapItem item;
     item.set_id(id);
     item.set_key_name(key);
@@ -81,7 +81,8 @@ class EngineTest : public ::testing::Test {
     BIO* kb = BIO_new_mem_buf(device_pem_.data(), static_cast<int>(device_pem_.size()));
     EVP_PKEY* pkey = PEM_read_bio_PrivateKey(kb, nullptr, nullptr, nullptr);
     const unsigned char* p = reinterpret_cast<const unsigned char*>(r.ciphertext().data());
-    CMS_ContentInfo* cms = d2i_CMS_ContentInfo(nullptr, &p, static_cast<long>(r.ciphertext().size()));
+    CMS_ContentInfo* cms =
+        d2i_CMS_ContentInfo(nullptr, &p, static_cast<long>(r.ciphertext().size()));
     BIO* out = BIO_new(BIO_s_mem());
     std::string result;
     if (cms && CMS_decrypt(cms, pkey, nullptr, nullptr, out, 0) == 1) {
@@ -112,23 +113,28 @@ class EngineTest : public ::testing::Test {
 TEST_F(EngineTest, PicksTheBestPathPerPaddingAndToken) {
   const std::string secret = "Pa55word!";
   // SoftHSM-like key: SHA-1 natively, SHA-256 by host unpadding.
-  auto r1 = engine_->ProcessItem(Item("a", "svc", v1::OAEP_SHA1, Seal("svc", RsaPadding::kOaepSha1, secret)));
+  auto r1 = engine_->ProcessItem(
+      Item("a", "svc", v1::OAEP_SHA1, Seal("svc", RsaPadding::kOaepSha1, secret)));
   EXPECT_EQ(r1.path(), v1::TOKEN_DECRYPT);
   EXPECT_EQ(OpenBare(r1, RsaPadding::kOaepSha256), secret);
-  auto r2 = engine_->ProcessItem(Item("b", "svc", v1::OAEP_SHA256, Seal("svc", RsaPadding::kOaepSha256, secret)));
+  auto r2 = engine_->ProcessItem(
+      Item("b", "svc", v1::OAEP_SHA256, Seal("svc", RsaPadding::kOaepSha256, secret)));
   EXPECT_EQ(r2.path(), v1::HOST_UNPADDING);
   EXPECT_EQ(OpenBare(r2, RsaPadding::kOaepSha256), secret);
   // NSS-like key with wrapping: bare output stays in the token; CMS needs the host.
   backend_->SetWrapPaddings({RsaPadding::kOaepSha256});
-  auto r3 = engine_->ProcessItem(Item("c", "native", v1::OAEP_SHA512, Seal("native", RsaPadding::kOaepSha512, secret)));
+  auto r3 = engine_->ProcessItem(
+      Item("c", "native", v1::OAEP_SHA512, Seal("native", RsaPadding::kOaepSha512, secret)));
   EXPECT_EQ(r3.path(), v1::IN_TOKEN);
   EXPECT_EQ(OpenBare(r3, RsaPadding::kOaepSha256), secret);
-  auto r4 = engine_->ProcessItem(Item("d", "native", v1::OAEP_SHA512, Seal("native", RsaPadding::kOaepSha512, secret),
+  auto r4 = engine_->ProcessItem(Item("d", "native", v1::OAEP_SHA512,
+                                      Seal("native", RsaPadding::kOaepSha512, secret),
                                       v1::CMS_ENVELOPED));
   EXPECT_EQ(r4.path(), v1::TOKEN_DECRYPT);
   EXPECT_EQ(OpenCms(r4), secret);
   // An output padding the token cannot wrap with falls back to TOKEN_DECRYPT.
-  auto r5 = engine_->ProcessItem(Item("e", "native", v1::OAEP_SHA512, Seal("native", RsaPadding::kOaepSha512, secret),
+  auto r5 = engine_->ProcessItem(Item("e", "native", v1::OAEP_SHA512,
+                                      Seal("native", RsaPadding::kOaepSha512, secret),
                                       v1::RSA_OAEP_SHA1));
   EXPECT_EQ(r5.path(), v1::TOKEN_DECRYPT);
   EXPECT_EQ(OpenBare(r5, RsaPadding::kOaepSha1), secret);
@@ -136,7 +142,8 @@ TEST_F(EngineTest, PicksTheBestPathPerPaddingAndToken) {
 
 TEST_F(EngineTest, HostUnpaddingOnlyWhenAllowed) {
   MakeEngine(false);
-  auto r = engine_->ProcessItem(Item("a", "svc", v1::OAEP_SHA256, Seal("svc", RsaPadding::kOaepSha256, "x")));
+  auto r = engine_->ProcessItem(
+      Item("a", "svc", v1::OAEP_SHA256, Seal("svc", RsaPadding::kOaepSha256, "x")));
   EXPECT_EQ(r.error().code(), ItemError::UNSUPPORTED);
   EXPECT_THAT(r.error().message(), HasSubstr("host unpadding is not allowed"));
   EXPECT_EQ(backend_->decrypt_calls(), 0);
@@ -158,10 +165,12 @@ TEST_F(EngineTest, EveryDecryptFailureLooksTheSame) {
     EXPECT_EQ(r->error().code(), ItemError::DECRYPT_FAILED) << r->id();
     EXPECT_EQ(r->error().message(), kDecryptFailedMessage) << r->id();
     EXPECT_TRUE(r->ciphertext().empty());
-    EXPECT_EQ(r->ByteSizeLong() - r->id().size(), r1.ByteSizeLong() - r1.id().size()) << "response size differs";
+    EXPECT_EQ(r->ByteSizeLong() - r->id().size(), r1.ByteSizeLong() - r1.id().size())
+        << "response size differs";
   }
   // Token loss is not a decryption failure: it is retryable.
-  backend_->FailWith(hsm::Outcome::kRetryable, absl::UnavailableError("C_Decrypt: CKR_DEVICE_REMOVED"));
+  backend_->FailWith(hsm::Outcome::kRetryable,
+                     absl::UnavailableError("C_Decrypt: CKR_DEVICE_REMOVED"));
   auto r5 = engine_->ProcessItem(Item("e", "svc", v1::OAEP_SHA1, ct));
   EXPECT_EQ(r5.error().code(), ItemError::UNAVAILABLE);
 }
@@ -176,16 +185,21 @@ TEST_F(EngineTest, OnlyATypedDecryptFailureIsDecryptFailed) {
     ItemError::Code want;
   };
   const Case cases[] = {
-      {hsm::Outcome::kRetryable, absl::ResourceExhaustedError("no PKCS#11 session free"), ItemError::RESOURCE_EXHAUSTED},
+      {hsm::Outcome::kRetryable, absl::ResourceExhaustedError("no PKCS#11 session free"),
+       ItemError::RESOURCE_EXHAUSTED},
       {hsm::Outcome::kRetryable, absl::DeadlineExceededError("the token did not answer in time"),
        ItemError::DEADLINE_EXCEEDED},
-      {hsm::Outcome::kRetryable, absl::UnavailableError("the token was lost during the call"), ItemError::UNAVAILABLE},
+      {hsm::Outcome::kRetryable, absl::UnavailableError("the token was lost during the call"),
+       ItemError::UNAVAILABLE},
       // A retryable outcome stays retryable even with a status code that is not.
       {hsm::Outcome::kRetryable, absl::InternalError("odd"), ItemError::UNAVAILABLE},
-      {hsm::Outcome::kRefused, absl::InvalidArgumentError(hsm::kSecretTooLongText), ItemError::INVALID_ITEM},
-      {hsm::Outcome::kRefused, absl::UnimplementedError("token cannot C_Decrypt"), ItemError::UNSUPPORTED},
+      {hsm::Outcome::kRefused, absl::InvalidArgumentError(hsm::kSecretTooLongText),
+       ItemError::INVALID_ITEM},
+      {hsm::Outcome::kRefused, absl::UnimplementedError("token cannot C_Decrypt"),
+       ItemError::UNSUPPORTED},
       {hsm::Outcome::kRefused, absl::NotFoundError("no key"), ItemError::KEY_NOT_FOUND},
-      {hsm::Outcome::kRefused, absl::InternalError("C_WrapKey failed: CKR_FUNCTION_FAILED"), ItemError::INTERNAL},
+      {hsm::Outcome::kRefused, absl::InternalError("C_WrapKey failed: CKR_FUNCTION_FAILED"),
+       ItemError::INTERNAL},
   };
   for (const Case& c : cases) {
     backend_->FailWith(c.outcome, c.status);
@@ -199,9 +213,9 @@ TEST_F(EngineTest, BadItemsFailAloneWithTheirOwnErrorBeforeTheToken) {
   const std::string good = Seal("svc", RsaPadding::kOaepSha1, "good-secret");
   v1::RewrapRequest req;
   *req.add_items() = Item("ok1", "svc", v1::OAEP_SHA1, good);
-  *req.add_items() = Item("", "svc", v1::OAEP_SHA1, good);                       // empty id
-  *req.add_items() = Item("short", "svc", v1::OAEP_SHA1, good.substr(1));        // wrong length
-  *req.add_items() = Item("nokey", "nope", v1::OAEP_SHA1, good);                 // unknown key
+  *req.add_items() = Item("", "svc", v1::OAEP_SHA1, good);                 // empty id
+  *req.add_items() = Item("short", "svc", v1::OAEP_SHA1, good.substr(1));  // wrong length
+  *req.add_items() = Item("nokey", "nope", v1::OAEP_SHA1, good);           // unknown key
   auto bad_enum = Item("enum", "svc", v1::OAEP_SHA1, good);
   bad_enum.set_padding(static_cast<v1::Padding>(42));
   *req.add_items() = bad_enum;
@@ -212,11 +226,12 @@ TEST_F(EngineTest, BadItemsFailAloneWithTheirOwnErrorBeforeTheToken) {
   bad_rcp.mutable_recipient()->set_certificate("not a certificate");
   *req.add_items() = bad_rcp;
   auto small = Item("small", "svc", v1::OAEP_SHA1, good);
-  small.mutable_recipient()->set_public_key(Str(testing::SpkiOfPrivatePem(testing::MakeRsaPrivateKeyPem(1024))));
+  small.mutable_recipient()->set_public_key(
+      Str(testing::SpkiOfPrivatePem(testing::MakeRsaPrivateKeyPem(1024))));
   *req.add_items() = small;
   *req.add_items() = Item("dup", "svc", v1::OAEP_SHA1, good);
   *req.add_items() = Item("dup", "svc", v1::OAEP_SHA1, good);
-  *req.add_items() = Item("pkcs1", "svc", v1::PKCS1, good);                      // key without allow_pkcs1
+  *req.add_items() = Item("pkcs1", "svc", v1::PKCS1, good);  // key without allow_pkcs1
   auto norcp = Item("norcp", "svc", v1::OAEP_SHA1, good);
   norcp.clear_recipient();
   *req.add_items() = norcp;
@@ -224,9 +239,11 @@ TEST_F(EngineTest, BadItemsFailAloneWithTheirOwnErrorBeforeTheToken) {
 
   auto resp = RunBatch(req);
   ASSERT_EQ(resp.results_size(), req.items_size());
-  for (int i = 0; i < req.items_size(); ++i) EXPECT_EQ(resp.results(i).id(), req.items(i).id()) << i;
+  for (int i = 0; i < req.items_size(); ++i)
+    EXPECT_EQ(resp.results(i).id(), req.items(i).id()) << i;
   auto expect = [&](int i, ItemError::Code code, const std::string& text) {
-    EXPECT_EQ(resp.results(i).error().code(), code) << resp.results(i).id() << ": " << resp.results(i).error().message();
+    EXPECT_EQ(resp.results(i).error().code(), code)
+        << resp.results(i).id() << ": " << resp.results(i).error().message();
     EXPECT_THAT(resp.results(i).error().message(), HasSubstr(text)) << resp.results(i).id();
     EXPECT_TRUE(resp.results(i).ciphertext().empty());
   };
@@ -248,7 +265,8 @@ TEST_F(EngineTest, BadItemsFailAloneWithTheirOwnErrorBeforeTheToken) {
 }
 
 TEST_F(EngineTest, Pkcs1OnlyOnKeysThatAllowIt) {
-  auto r = engine_->ProcessItem(Item("a", "legacy", v1::PKCS1, Seal("legacy", RsaPadding::kPkcs1, "legacy-pw")));
+  auto r = engine_->ProcessItem(
+      Item("a", "legacy", v1::PKCS1, Seal("legacy", RsaPadding::kPkcs1, "legacy-pw")));
   EXPECT_EQ(r.path(), v1::TOKEN_DECRYPT);
   EXPECT_EQ(OpenBare(r, RsaPadding::kOaepSha256), "legacy-pw");
 }
@@ -271,7 +289,8 @@ TEST_F(EngineTest, DisabledKeyIsRefused) {
   auto info = backend_->SetEnabled("svc", false);
   ASSERT_TRUE(info.ok());
   ASSERT_TRUE(engine_->keys().Put(*info).ok());
-  auto r = engine_->ProcessItem(Item("a", "svc", v1::OAEP_SHA1, Seal("svc", RsaPadding::kOaepSha1, "x")));
+  auto r = engine_->ProcessItem(
+      Item("a", "svc", v1::OAEP_SHA1, Seal("svc", RsaPadding::kOaepSha1, "x")));
   EXPECT_EQ(r.error().code(), ItemError::KEY_DISABLED);
   EXPECT_EQ(backend_->decrypt_calls(), 0);
 }
@@ -282,12 +301,14 @@ TEST_F(EngineTest, BatchLimits) {
   limits.max_inflight_items = 3;
   MakeEngine(true, limits);
   v1::RewrapRequest empty;
-  auto st = engine_->Submit(std::make_shared<v1::RewrapRequest>(empty), [](v1::RewrapResponse) { FAIL(); });
+  auto st = engine_->Submit(std::make_shared<v1::RewrapRequest>(empty),
+                            [](v1::RewrapResponse) { FAIL(); });
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(st.message()), HasSubstr("empty"));
   v1::RewrapRequest big;
   for (int i = 0; i < 4; ++i) *big.add_items() = Item(std::to_string(i), "svc", v1::OAEP_SHA1, "x");
-  st = engine_->Submit(std::make_shared<v1::RewrapRequest>(big), [](v1::RewrapResponse) { FAIL(); });
+  st =
+      engine_->Submit(std::make_shared<v1::RewrapRequest>(big), [](v1::RewrapResponse) { FAIL(); });
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(st.message()), HasSubstr("limit is 3"));
   EXPECT_EQ(engine_->inflight(), 0u);
@@ -298,7 +319,8 @@ TEST_F(EngineTest, ManyItemsComeBackInOrder) {
   std::vector<std::string> secrets;
   for (int i = 0; i < 200; ++i) {
     secrets.push_back("secret-" + std::to_string(i));
-    *req.add_items() = Item("id" + std::to_string(i), "svc", v1::OAEP_SHA1, Seal("svc", RsaPadding::kOaepSha1, secrets.back()));
+    *req.add_items() = Item("id" + std::to_string(i), "svc", v1::OAEP_SHA1,
+                            Seal("svc", RsaPadding::kOaepSha1, secrets.back()));
   }
   auto resp = RunBatch(req);
   ASSERT_EQ(resp.results_size(), 200);

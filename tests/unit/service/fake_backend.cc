@@ -28,7 +28,8 @@ crypto::Bytes SpkiOfPrivatePem(const std::string& pem) {
   return out;
 }
 
-void FakeBackend::AddKey(const std::string& name, int bits, hsm::KeyCapabilities caps, bool allow_pkcs1) {
+void FakeBackend::AddKey(const std::string& name, int bits, hsm::KeyCapabilities caps,
+                         bool allow_pkcs1) {
   AddKeyPem(name, MakeRsaPrivateKeyPem(bits), bits, std::move(caps), allow_pkcs1);
 }
 
@@ -59,7 +60,8 @@ absl::StatusOr<hsm::KeyInfo> FakeBackend::GetKey(const std::string& name) {
   return it->second.info;
 }
 
-absl::StatusOr<hsm::KeyInfo> FakeBackend::CreateKey(const std::string& name, int bits, bool allow_pkcs1) {
+absl::StatusOr<hsm::KeyInfo> FakeBackend::CreateKey(const std::string& name, int bits,
+                                                    bool allow_pkcs1) {
   AddKey(name, bits, {}, allow_pkcs1);
   return GetKey(name);
 }
@@ -72,8 +74,10 @@ absl::StatusOr<hsm::KeyInfo> FakeBackend::SetEnabled(const std::string& name, bo
   return it->second.info;
 }
 
-hsm::OpResult<crypto::SecretBytes> FakeBackend::Decrypt(const std::string& key_name, crypto::RsaPadding padding,
-                                                        absl::Span<const uint8_t> ciphertext, hsm::Path path) {
+hsm::OpResult<crypto::SecretBytes> FakeBackend::Decrypt(const std::string& key_name,
+                                                        crypto::RsaPadding padding,
+                                                        absl::Span<const uint8_t> ciphertext,
+                                                        hsm::Path path) {
   using R = hsm::OpResult<crypto::SecretBytes>;
   decrypt_calls_++;
   std::string pem;
@@ -81,27 +85,34 @@ hsm::OpResult<crypto::SecretBytes> FakeBackend::Decrypt(const std::string& key_n
     std::lock_guard<std::mutex> l(mu_);
     paths_.push_back(path);
     switch (fail_outcome_) {
-      case hsm::Outcome::kOk: break;
-      case hsm::Outcome::kDecryptFailed: return R::DecryptFailed();
-      case hsm::Outcome::kRetryable: return R::Retryable(fail_);
-      case hsm::Outcome::kRefused: return R::Refused(fail_);
+      case hsm::Outcome::kOk:
+        break;
+      case hsm::Outcome::kDecryptFailed:
+        return R::DecryptFailed();
+      case hsm::Outcome::kRetryable:
+        return R::Retryable(fail_);
+      case hsm::Outcome::kRefused:
+        return R::Refused(fail_);
     }
     pem = keys_.at(key_name).private_pem;
   }
   auto out = crypto::RsaDecryptWithPrivateKey(
-      absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(pem.data()), pem.size()), padding, ciphertext);
+      absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(pem.data()), pem.size()), padding,
+      ciphertext);
   if (!out.ok()) return R::DecryptFailed();
   return *std::move(out);
 }
 
-hsm::OpResult<crypto::Bytes> FakeBackend::RewrapInToken(const std::string& key_name, crypto::RsaPadding in_padding,
+hsm::OpResult<crypto::Bytes> FakeBackend::RewrapInToken(const std::string& key_name,
+                                                        crypto::RsaPadding in_padding,
                                                         absl::Span<const uint8_t> ciphertext,
                                                         const crypto::PublicKey& device_key,
                                                         crypto::RsaPadding out_padding) {
   using R = hsm::OpResult<crypto::Bytes>;
   auto plain = Decrypt(key_name, in_padding, ciphertext, hsm::Path::kInToken);
   if (!plain.ok()) return R::From(plain);
-  const size_t max = crypto::MaxPlaintextLen(out_padding, static_cast<size_t>((device_key.bits() + 7) / 8));
+  const size_t max =
+      crypto::MaxPlaintextLen(out_padding, static_cast<size_t>((device_key.bits() + 7) / 8));
   if (plain->size() > max) return R::Refused(absl::InvalidArgumentError(hsm::kSecretTooLongText));
   auto out = crypto::RsaEncrypt(device_key, out_padding, crypto::Reveal(*plain));
   if (!out.ok()) return R::Refused(out.status());

@@ -2,11 +2,12 @@
 // real (so outputs can be checked), while capabilities and failures are set by the test.
 #pragma once
 
-#include <map>
-#include <mutex>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
+
+#include <map>
+#include <mutex>
 
 #include "crypto/rsa.h"
 #include "hsm/backend.h"
@@ -25,10 +26,11 @@ class FakeBackend final : public hsm::KeyBackend {
     std::string private_pem;
   };
   // Adds a key with the given capabilities.
-  void AddKey(const std::string& name, int bits, hsm::KeyCapabilities caps, bool allow_pkcs1 = false);
+  void AddKey(const std::string& name, int bits, hsm::KeyCapabilities caps,
+              bool allow_pkcs1 = false);
   // Same with a given PEM private key of `bits` (e.g. a test vector's key).
-  void AddKeyPem(const std::string& name, std::string private_pem, int bits, hsm::KeyCapabilities caps,
-                 bool allow_pkcs1 = false);
+  void AddKeyPem(const std::string& name, std::string private_pem, int bits,
+                 hsm::KeyCapabilities caps, bool allow_pkcs1 = false);
   void SetWrapPaddings(std::set<crypto::RsaPadding> p) { wrap_ = std::move(p); }
   // Every Decrypt/RewrapInToken fails with this outcome (and status, for kRetryable and
   // kRefused) while set; kOk clears it.
@@ -39,18 +41,26 @@ class FakeBackend final : public hsm::KeyBackend {
   }
   const Key& key(const std::string& name) { return keys_.at(name); }
   int decrypt_calls() const { return decrypt_calls_; }
-  std::vector<hsm::Path> paths_used() { std::lock_guard<std::mutex> l(mu_); return paths_; }
+  std::vector<hsm::Path> paths_used() {
+    std::lock_guard<std::mutex> l(mu_);
+    return paths_;
+  }
 
   absl::StatusOr<std::vector<hsm::KeyInfo>> ListKeys() override;
   absl::StatusOr<hsm::KeyInfo> GetKey(const std::string& name) override;
-  absl::StatusOr<hsm::KeyInfo> CreateKey(const std::string& name, int bits, bool allow_pkcs1) override;
-  absl::StatusOr<hsm::KeyInfo> ImportKey(const std::string&, const crypto::RsaPrivateKeyParts&, bool) override {
+  absl::StatusOr<hsm::KeyInfo> CreateKey(const std::string& name, int bits,
+                                         bool allow_pkcs1) override;
+  absl::StatusOr<hsm::KeyInfo> ImportKey(const std::string&, const crypto::RsaPrivateKeyParts&,
+                                         bool) override {
     return absl::UnimplementedError("fake");
   }
   absl::StatusOr<hsm::KeyInfo> SetEnabled(const std::string& name, bool enabled) override;
-  hsm::OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name, crypto::RsaPadding padding,
-                                             absl::Span<const uint8_t> ciphertext, hsm::Path path) override;
-  hsm::OpResult<crypto::Bytes> RewrapInToken(const std::string& key_name, crypto::RsaPadding in_padding,
+  hsm::OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name,
+                                             crypto::RsaPadding padding,
+                                             absl::Span<const uint8_t> ciphertext,
+                                             hsm::Path path) override;
+  hsm::OpResult<crypto::Bytes> RewrapInToken(const std::string& key_name,
+                                             crypto::RsaPadding in_padding,
                                              absl::Span<const uint8_t> ciphertext,
                                              const crypto::PublicKey& device_key,
                                              crypto::RsaPadding out_padding) override;
