@@ -1,4 +1,4 @@
-// The Apple "encrypted payload" for a PKCS#12 identity (INTEROP.md §7.2): the plist array
+// The Apple "encrypted payload" for a PKCS#12 identity: the plist array
 // holding one com.apple.security.pkcs12 payload dictionary, CMS-encrypted to the device
 // identity certificate. The result is what a configuration profile carries in
 // EncryptedPayloadContent (with IsEncrypted = true); the device decrypts it with its MDM
@@ -30,8 +30,7 @@ struct ApplePayloadOptions {
 //     Password = the password
 //   </dict></array>
 // `password` is the unsealed secret, used as bytes: valid UTF-8 is kept as is; anything
-// else is read as Latin-1 (what Intune's importer's narrowing of UTF-16 gives, INTEROP.md
-// §2.1) and converted to UTF-8. Control characters that XML 1.0 forbids are refused.
+// else is read as Latin-1 (what Intune's importer's narrowing of UTF-16 gives) and converted to UTF-8. Control characters that XML 1.0 forbids are refused.
 // The plist holds the password, so it is returned as SecretBytes; libplist's own copies
 // are wiped before they are freed.
 absl::StatusOr<SecretBytes> BuildPkcs12PayloadPlist(absl::Span<const uint8_t> pfx,

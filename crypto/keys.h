@@ -1,5 +1,5 @@
 // Parsing and encoding of RSA/EC public keys, certificates and RSA private keys in the
-// forms the ecosystem uses (INTEROP.md §3): SPKI DER/PEM, X.509 DER/PEM, CNG
+// forms the ecosystem uses: SPKI DER/PEM, X.509 DER/PEM, CNG
 // BCRYPT_RSAPUBLIC_BLOB / BCRYPT_RSAFULLPRIVATE_BLOB, PKCS#8, PKCS#12.
 #pragma once
 

@@ -1,5 +1,5 @@
 // PKCS#12 (PFX) inspection for import clients: opens a file with its password and checks
-// that it can be imported as a user certificate (INTEROP.md §4). No gRPC, no PKCS#11.
+// that it can be imported as a user certificate. No gRPC, no PKCS#11.
 //
 // Every failure is an absl::Status whose message is meant for an administrator and which
 // carries a PfxProblem (PfxProblemOf) so callers can count failures by reason.
@@ -44,7 +44,7 @@ std::string PfxProblemName(PfxProblem p);
 // statuses).
 PfxProblem PfxProblemOf(const absl::Status& status);
 
-// Intune's userPfxIntendedPurpose (INTEROP.md §4.1).
+// Intune's userPfxIntendedPurpose: the Graph record's field.
 enum class PfxPurpose { kUnassigned, kSmimeEncryption, kSmimeSigning };
 
 // What is inside a PFX that opened.

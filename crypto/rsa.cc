@@ -7,9 +7,12 @@
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/rsa.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -196,6 +199,82 @@ absl::StatusOr<SecretBytes> Pkcs1Unpad(absl::Span<const uint8_t> em, size_t modu
   ERR_clear_error();
   if (n < 0) return absl::InvalidArgumentError(kDecryptionFailed);
   out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+Bytes RandomBytes(size_t n) {
+  Bytes b(n);
+  if (n > 0 && RAND_bytes(b.data(), static_cast<int>(n)) != 1) {
+    std::fprintf(stderr, "RAND_bytes failed: aborting\n");
+    std::abort();
+  }
+  return b;
+}
+
+Bytes StripLeadingZeros(absl::Span<const uint8_t> v) {
+  size_t i = 0;
+  while (i + 1 < v.size() && v[i] == 0) ++i;
+  return Bytes(v.begin() + i, v.end());
+}
+
+int BitLength(absl::Span<const uint8_t> be) {
+  size_t i = 0;
+  while (i < be.size() && be[i] == 0) ++i;
+  if (i == be.size()) return 0;
+  int bits = static_cast<int>((be.size() - i - 1) * 8);
+  for (uint8_t top = be[i]; top != 0; top >>= 1) ++bits;
+  return bits;
+}
+
+absl::StatusOr<HostRsaKey> HostRsaKey::Generate(int bits) {
+  std::shared_ptr<EVP_PKEY> pkey(EVP_RSA_gen(static_cast<unsigned int>(bits)), EVP_PKEY_free);
+  if (!pkey) return OsslInternal("EVP_RSA_gen failed");
+  auto pub = PublicKey::FromEvpPkey(pkey.get());
+  if (!pub.ok()) return pub.status();
+  return HostRsaKey(std::move(pkey), *std::move(pub));
+}
+
+absl::StatusOr<SecretBytes> HostRsaKey::Decrypt(RsaPadding padding,
+                                                absl::Span<const uint8_t> ciphertext) const {
+  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey_.get(), nullptr));
+  if (!ctx || EVP_PKEY_decrypt_init(ctx.get()) != 1 || !SetPadding(ctx.get(), padding)) {
+    return OsslInternal("RSA decryption setup failed");
+  }
+  SecretBytes out(static_cast<size_t>(EVP_PKEY_get_size(pkey_.get())));
+  size_t out_len = out.size();
+  if (EVP_PKEY_decrypt(ctx.get(), out.data(), &out_len, ciphertext.data(), ciphertext.size()) !=
+      1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(kDecryptionFailed);
+  }
+  out.resize(out_len);
+  return out;
+}
+
+absl::StatusOr<Bytes> NonConformantPkcs1Ciphertext(const PublicKey& key) {
+  const Bytes nb = key.modulus();
+  const Bytes eb = key.public_exponent();
+  const size_t k = static_cast<size_t>((key.bits() + 7) / 8);
+  if (k < 11 || nb.empty() || eb.empty()) return absl::InternalError("bad public key");
+  Bytes block = RandomBytes(k);
+  block[0] = 0x00;  // keeps m < n
+  block[1] = 0x02;
+  for (size_t i = 2; i < k; ++i) {
+    while (block[i] == 0) block[i] = RandomBytes(1)[0];
+  }
+  internal::BnPtr n(BN_bin2bn(nb.data(), static_cast<int>(nb.size()), nullptr));
+  internal::BnPtr e(BN_bin2bn(eb.data(), static_cast<int>(eb.size()), nullptr));
+  internal::BnPtr m(BN_bin2bn(block.data(), static_cast<int>(block.size()), nullptr));
+  internal::BnPtr c(BN_new());
+  internal::BnCtxPtr ctx(BN_CTX_new());
+  if (!n || !e || !m || !c || !ctx || BN_cmp(m.get(), n.get()) >= 0 ||
+      BN_mod_exp(c.get(), m.get(), e.get(), n.get(), ctx.get()) != 1) {
+    return OsslInternal("raw RSA encryption of the PKCS#1 probe failed");
+  }
+  Bytes out(k);
+  if (BN_bn2binpad(c.get(), out.data(), static_cast<int>(k)) != static_cast<int>(k)) {
+    return absl::InternalError("raw RSA probe ciphertext does not fit the modulus");
+  }
   return out;
 }
 

@@ -38,4 +38,35 @@ absl::StatusOr<SecretBytes> OaepUnpad(absl::Span<const uint8_t> em, size_t modul
 // Same for EME-PKCS1-v1_5 (constant time; same single failure status).
 absl::StatusOr<SecretBytes> Pkcs1Unpad(absl::Span<const uint8_t> em, size_t modulus_len);
 
+// Cryptographically secure random bytes. Aborts the process if the RNG fails: nothing
+// that needs randomness can go on safely without it.
+Bytes RandomBytes(size_t n);
+
+// Big-endian unsigned integers as PKCS#11 and the CNG blobs carry them.
+Bytes StripLeadingZeros(absl::Span<const uint8_t> v);  // keeps at least one byte
+int BitLength(absl::Span<const uint8_t> big_endian);
+
+// A throwaway RSA key pair in host memory, used to check what a token produces (the
+// capability probe wraps a known secret to its public half and decrypts the result here).
+// Never used for a service key or a secret.
+class HostRsaKey final {
+ public:
+  static absl::StatusOr<HostRsaKey> Generate(int bits);
+  const PublicKey& public_key() const { return public_key_; }
+  absl::StatusOr<SecretBytes> Decrypt(RsaPadding padding,
+                                      absl::Span<const uint8_t> ciphertext) const;
+
+ private:
+  HostRsaKey(std::shared_ptr<EVP_PKEY> pkey, PublicKey pub)
+      : pkey_(std::move(pkey)), public_key_(std::move(pub)) {}
+  std::shared_ptr<EVP_PKEY> pkey_;
+  PublicKey public_key_;
+};
+
+// A modulus-length RSA ciphertext whose plaintext block is NOT PKCS#1 v1.5 conformant:
+// 00 02 followed by non-zero random bytes with no zero separator, raw-RSA encrypted
+// (m^e mod n). A token that answers C_Decrypt(CKM_RSA_PKCS) of it with CKR_OK does
+// implicit rejection (the Marvin countermeasure).
+absl::StatusOr<Bytes> NonConformantPkcs1Ciphertext(const PublicKey& key);
+
 }  // namespace hsmrewrap::crypto

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -50,7 +51,8 @@ struct KeyInfo {
   KeyCapabilities caps;
 };
 
-// Status conventions of the key methods (ListKeys, GetKey, CreateKey, ImportKey, SetEnabled):
+// Status conventions of the key methods (ListKeys, Resolve/GetKey, CreateKey, ImportKey,
+// SetEnabled):
 //  - token, slot or session trouble (device error/removed, session closed, ...):
 //    absl::UnavailableError naming the C_ function and the CKR_ value; no PKCS#11 session
 //    free in time: absl::ResourceExhaustedError;
@@ -133,12 +135,34 @@ class OpResult final {
   std::optional<T> value_;
 };
 
+// A service key resolved for use: everything an item needs from the key, read once. The
+// engine resolves a key name once per item and hands the reference to Decrypt /
+// RewrapInToken, which do no lookup and no checks of their own (the caller applies
+// CheckKeyUse and PathsFor). Immutable; shared.
+struct KeyRef {
+  KeyInfo info;
+  crypto::PublicKey public_key;  // parsed once, from info.spki_der
+  size_t modulus_len = 0;        // a ciphertext to this key has exactly this length
+  uint64_t object = 0;           // the private key's handle in its backend's token (opaque)
+  uint64_t owner = 0;            // the backend instance that resolved it (0: none)
+};
+using KeyRefPtr = std::shared_ptr<const KeyRef>;
+
+// The rules of using a key, the same on every path: a disabled key is refused, PKCS#1
+// v1.5 only on a key that allows it. FailedPrecondition naming the key otherwise.
+absl::Status CheckKeyUse(const KeyInfo& key, RsaPadding padding);
+// The paths a key offers for sealed secrets of `padding`, best first: IN_TOKEN where the
+// token unwraps that padding and `can_wrap_output` (it can wrap to the recipient),
+// TOKEN_DECRYPT where it decrypts it, HOST_UNPADDING where raw RSA works and
+// `host_unpadding` is allowed.
+std::vector<Path> PathsFor(const KeyInfo& key, RsaPadding padding, bool can_wrap_output,
+                           bool host_unpadding);
+
 class KeyBackend {
  public:
   virtual ~KeyBackend() = default;
 
   virtual absl::StatusOr<std::vector<KeyInfo>> ListKeys() = 0;
-  virtual absl::StatusOr<KeyInfo> GetKey(const std::string& name) = 0;
   virtual absl::StatusOr<KeyInfo> CreateKey(const std::string& name, int bits,
                                             bool allow_pkcs1) = 0;
   virtual absl::StatusOr<KeyInfo> ImportKey(const std::string& name,
@@ -146,10 +170,18 @@ class KeyBackend {
                                             bool allow_pkcs1) = 0;
   virtual absl::StatusOr<KeyInfo> SetEnabled(const std::string& name, bool enabled) = 0;
 
+  // The key of this name, from the backend's cache while it is fresh (shared metadata is
+  // re-read after a short interval, so changes by other replicas are seen), else from the
+  // token. NotFound for an unknown key; FailedPrecondition for a key rewrapd refuses to
+  // serve (it says why).
+  virtual absl::StatusOr<KeyRefPtr> Resolve(const std::string& name) = 0;
+  absl::StatusOr<KeyInfo> GetKey(const std::string& name);  // Resolve(name)->info
+
   // TOKEN_DECRYPT (C_Decrypt with `padding`) or HOST_UNPADDING (CKM_RSA_X_509 in the token,
-  // constant-time unpadding on the host). `ciphertext` has the modulus length (checked by
-  // the caller).
-  virtual OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name, RsaPadding padding,
+  // constant-time unpadding on the host) with a resolved key. A ciphertext whose length is
+  // not the modulus length is a decryption failure (checked before the token: an empty
+  // input poisons a SoftHSM2 session).
+  virtual OpResult<crypto::SecretBytes> Decrypt(const KeyRefPtr& key, RsaPadding padding,
                                                 absl::Span<const uint8_t> ciphertext,
                                                 Path path) = 0;
 
@@ -157,10 +189,18 @@ class KeyBackend {
   // C_WrapKey(device RSA public key imported as a session object, out_padding). Both
   // objects are destroyed. Returns the device ciphertext. A secret too long for the device
   // key with out_padding is kRefused/InvalidArgument(kSecretTooLongText), as on the host path.
-  virtual OpResult<Bytes> RewrapInToken(const std::string& key_name, RsaPadding in_padding,
+  virtual OpResult<Bytes> RewrapInToken(const KeyRefPtr& key, RsaPadding in_padding,
                                         absl::Span<const uint8_t> ciphertext,
                                         const crypto::PublicKey& device_key,
                                         RsaPadding out_padding) = 0;
+
+  // The same by key name, for tools and tests: Resolve, then CheckKeyUse and the path's
+  // availability (Unimplemented when the key or token cannot take it), then the operation.
+  OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name, RsaPadding padding,
+                                        absl::Span<const uint8_t> ciphertext, Path path);
+  OpResult<Bytes> RewrapInToken(const std::string& key_name, RsaPadding in_padding,
+                                absl::Span<const uint8_t> ciphertext,
+                                const crypto::PublicKey& device_key, RsaPadding out_padding);
 
   // Paddings the token can C_WrapKey with to an imported RSA public key (learned at start).
   virtual std::set<RsaPadding> WrapPaddings() = 0;

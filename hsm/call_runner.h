@@ -1,5 +1,5 @@
 // Runs token calls on threads of its own, so that no caller ever waits on a call that
-// never returns (issue 14). A PKCS#11 module can block a thread forever: a p11-kit client
+// never returns. A PKCS#11 module can block a thread forever: a p11-kit client
 // waiting for an answer from a dead server, a vendor library stuck on a device. The caller
 // (an engine worker, a gRPC thread, the supervisor) hands the call to a runner thread and
 // waits for either its result or the call being abandoned; abandoning answers the caller at

@@ -455,10 +455,10 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Load(const std::string& path,
   }
   m->fl_ = fl;
 
-  // CKF_OS_LOCKING_OK: without it SoftHSM disables all internal locking (TOKENS.md §4).
+  // CKF_OS_LOCKING_OK: without it SoftHSM2 disables all internal locking.
   CK_C_INITIALIZE_ARGS args{};
   args.flags = CKF_OS_LOCKING_OK;
-  // NSS softoken reads its configuration from pReserved (TOKENS.md NSS §1). The string
+  // NSS softoken reads its configuration (configdir=..., flags) from pReserved. The string
   // lives in m->init_args_ for the module's life.
   args.pReserved = init_args.empty() ? nullptr : const_cast<char*>(m->init_args_.c_str());
   if (auto s = m->Call("C_Initialize", fl->C_Initialize, &args); !s.ok()) {

@@ -3,7 +3,7 @@
 //
 // Thread safety: Module is immutable after Load() except for its atomic counters; every
 // method may be called from many threads (the module itself is initialised with
-// CKF_OS_LOCKING_OK, TOKENS.md §4).
+// CKF_OS_LOCKING_OK: without it SoftHSM2 turns off its own locking).
 #pragma once
 
 #include <p11-kit/pkcs11.h>
@@ -40,7 +40,7 @@ const char* CkrName(CK_RV rv);
 //  - object/key handle invalid -> NotFound
 //  - everything else -> Internal (or FailedPrecondition for state errors)
 // The decrypt paths re-classify CKR_GENERAL_ERROR themselves (SoftHSM reports bad
-// padding that way, TOKENS.md §7).
+// padding as CKR_GENERAL_ERROR from C_Decrypt).
 absl::Status CkrToStatus(absl::string_view function, CK_RV rv);
 // The CK_RV carried by a status from CkrToStatus; CKR_OK for an OK status; CKR_GENERAL_ERROR
 // for a non-OK status that did not come from a C_ call.

@@ -1,13 +1,14 @@
 // KeyBackend over a PKCS#11 token (SoftHSM2, NSS softoken, network HSMs).
 //
-// Keys: an RSA private key (CKA_LABEL = key name, sensitive, never extractable, decrypt
-// and unwrap only) plus a public key object with the same label and CKA_ID. Per-key
-// metadata (created time, enabled, allow_pkcs1) lives in the token as a CKO_DATA object
-// (CKA_APPLICATION "hsm-rewrap", CKA_LABEL = key name, CKA_VALUE = JSON), so replicas
-// that share a token agree. Keys without metadata are served with defaults.
+// Keys: an RSA private key (CKA_LABEL = key name; attributes: hsm/key_policy.h) plus a
+// public key object with the same label and CKA_ID. Per-key metadata (created time,
+// enabled, allow_pkcs1) lives in the token (hsm/metadata_store.h), so replicas that share
+// a token agree. Keys without metadata are served with defaults. What the token can do
+// with each key is learned by trial at load, create and import (hsm/capability_probe.h).
 //
-// What the token can do with each key is learned by trial at load/create/import (the
-// mechanism list is not enough, TOKENS.md §1).
+// The class is in two files by job: hsm/key_store.cc (the key cache and the key
+// lifecycle: load, list, create, import, enable) and hsm/pkcs11_backend.cc (start-up,
+// health and the rewrap operations).
 //
 // Thread safety: all methods are thread-safe (KeyBackend contract).
 #pragma once
@@ -21,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "hsm/backend.h"
+#include "hsm/metadata_store.h"
 #include "hsm/pkcs11.h"
 #include "hsm/session_pool.h"
 #include "hsm/token.h"
@@ -47,16 +49,19 @@ class Pkcs11Backend final : public KeyBackend {
   static absl::StatusOr<std::unique_ptr<Pkcs11Backend>> Create(Options options);
   ~Pkcs11Backend() override;
 
+  using KeyBackend::Decrypt;
+  using KeyBackend::RewrapInToken;
+
   absl::StatusOr<std::vector<KeyInfo>> ListKeys() override;
-  absl::StatusOr<KeyInfo> GetKey(const std::string& name) override;
   absl::StatusOr<KeyInfo> CreateKey(const std::string& name, int bits, bool allow_pkcs1) override;
   absl::StatusOr<KeyInfo> ImportKey(const std::string& name,
                                     const crypto::RsaPrivateKeyParts& parts,
                                     bool allow_pkcs1) override;
   absl::StatusOr<KeyInfo> SetEnabled(const std::string& name, bool enabled) override;
-  OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name, RsaPadding padding,
+  absl::StatusOr<KeyRefPtr> Resolve(const std::string& name) override;
+  OpResult<crypto::SecretBytes> Decrypt(const KeyRefPtr& key, RsaPadding padding,
                                         absl::Span<const uint8_t> ciphertext, Path path) override;
-  OpResult<Bytes> RewrapInToken(const std::string& key_name, RsaPadding in_padding,
+  OpResult<Bytes> RewrapInToken(const KeyRefPtr& key, RsaPadding in_padding,
                                 absl::Span<const uint8_t> ciphertext,
                                 const crypto::PublicKey& device_key,
                                 RsaPadding out_padding) override;
@@ -64,7 +69,11 @@ class Pkcs11Backend final : public KeyBackend {
   std::string TokenLabel() override { return token_.label; }
   bool Healthy() override;
 
-  // For tests and metrics.
+  // The cached key while it is fresh, else null. Never calls the token (the supervisor
+  // uses it on the caller's thread).
+  KeyRefPtr Cached(const std::string& name);
+
+  // For the supervisor, tests and metrics.
   const Module& module() const { return pool_->module(); }
   SessionPool& pool() { return *pool_; }
   const TokenSlot& token() const { return token_; }
@@ -72,56 +81,41 @@ class Pkcs11Backend final : public KeyBackend {
   absl::StatusOr<CK_OBJECT_HANDLE> PrivateKeyHandle(const std::string& name);
 
  private:
-  struct Metadata {
-    int64_t created_unix = 0;
-    bool enabled = true;
-    bool allow_pkcs1 = false;
-    bool present = false;  // a metadata object exists in the token
-    uint64_t seq = 0;      // version: raised by every write; the highest object wins
-  };
   struct Entry {
-    KeyInfo info;
-    CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE;
-    size_t modulus_len = 0;
+    KeyRefPtr ref;
     absl::Time metadata_read;
   };
 
-  Pkcs11Backend(Options options, TokenSlot token, std::unique_ptr<SessionPool> pool)
-      : options_(std::move(options)), token_(std::move(token)), pool_(std::move(pool)) {}
+  Pkcs11Backend(Options options, TokenSlot token, std::unique_ptr<SessionPool> pool);
 
   absl::StatusOr<SessionPool::Lease> Lease();
-  // Loads a key from the token (attributes, metadata, probe) into keys_.
-  absl::StatusOr<KeyInfo> LoadKey(const std::string& name);
+  // Loads a key from the token (attributes, metadata, probe) into the cache. With a known
+  // `priv` handle and metadata (a key just made here) the search and the metadata read are
+  // skipped.
+  absl::StatusOr<KeyRefPtr> LoadKey(const std::string& name,
+                                    CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE,
+                                    const KeyMetadata* md = nullptr);
   absl::Status LoadAllKeys();
-  // The key's current metadata; *objects (if given) gets every metadata object of the key,
-  // the current one first.
-  absl::StatusOr<Metadata> ReadMetadata(SessionPool::Lease& lease, const std::string& name,
-                                        std::vector<CK_OBJECT_HANDLE>* objects);
-  absl::Status WriteMetadata(const std::string& name, const Metadata& md);
-  absl::StatusOr<KeyCapabilities> Probe(CK_OBJECT_HANDLE priv, const crypto::PublicKey& pub,
-                                        bool allow_pkcs1);
-  absl::Status ProbeWrapPaddings();
-  absl::StatusOr<Entry> Lookup(const std::string& name);
-  // Finds the private key by label again after CKR_OBJECT_HANDLE_INVALID.
+  // Finds the private key by label again after CKR_OBJECT_HANDLE_INVALID; updates the cache.
   absl::StatusOr<CK_OBJECT_HANDLE> Reresolve(const std::string& name);
   absl::Status CheckNewName(SessionPool::Lease& lease, const std::string& name);
   // Writes the new key's metadata (destroying the key objects if that fails), then loads
   // and probes it.
-  absl::StatusOr<KeyInfo> FinishNewKey(const std::string& name, bool allow_pkcs1,
-                                       CK_OBJECT_HANDLE hpriv, CK_OBJECT_HANDLE hpub);
-  OpResult<crypto::SecretBytes> TokenDecrypt(const std::string& name, CK_MECHANISM* mech,
+  absl::StatusOr<KeyInfo> FinishNewKey(SessionPool::Lease& lease, const std::string& name,
+                                       bool allow_pkcs1, CK_OBJECT_HANDLE hpriv,
+                                       CK_OBJECT_HANDLE hpub);
+  // A reference valid in this backend: `key` itself, or (resolved by another backend
+  // instance, before a reconnect) this backend's reference to the same name.
+  absl::StatusOr<KeyRefPtr> Own(const KeyRefPtr& key);
+  OpResult<crypto::SecretBytes> TokenDecrypt(const KeyRef& key, CK_MECHANISM* mech,
                                              absl::Span<const uint8_t> ciphertext);
 
+  const uint64_t id_;  // KeyRef::owner of the references this instance makes
   const Options options_;
   const TokenSlot token_;
   const std::unique_ptr<SessionPool> pool_;
   std::set<RsaPadding> wrap_paddings_;  // set once in Create()
-
-  // Tokens that refuse CKO_DATA token objects (NSS softoken 3.87: CKR_ATTRIBUTE_VALUE_INVALID
-  // for CKA_TOKEN=TRUE) keep metadata in this process only; loudly reported.
-  std::atomic<bool> metadata_in_token_{true};
-  absl::Mutex local_md_mu_;
-  std::map<std::string, Metadata> local_md_ ABSL_GUARDED_BY(local_md_mu_);
+  MetadataStore metadata_;
 
   absl::Mutex admin_mu_;  // serialises CreateKey/ImportKey/SetEnabled
   absl::Mutex mu_;

@@ -1,6 +1,7 @@
 // A bounded pool of logged-in PKCS#11 sessions on one token.
 //
-// Rules (ARCHITECTURE.md §4, TOKENS.md §6/§15):
+// Rules (SoftHSM2 and NSS softoken share one login state per token and process, and a
+// failed C_Decrypt can leave the operation active in its session):
 //  - A leased session is exclusive to its holder until the Lease is destroyed.
 //  - Login belongs to the pool: one C_Login(USER) for the token; sessions are closed, never
 //    logged out. A refused PIN is remembered and never tried again.
@@ -21,7 +22,10 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "crypto/keys.h"
 #include "crypto/secret.h"
+#include "hsm/attributes.h"
 #include "hsm/pkcs11.h"
 
 namespace hsmrewrap::hsm {
@@ -45,6 +49,37 @@ class SessionPool final {
     bool broken() const { return broken_; }
     // Returns the session now (or closes it when broken).
     void Release();
+
+    // The session's operations (hsm/session_ops.cc). Each returns the C_ function's status
+    // (hsm/pkcs11.h: Unavailable for a lost token, the CKR_ value in the message). Those
+    // that can leave operation state or session objects behind when they fail mark the
+    // lease broken themselves, so the session is closed instead of reused.
+    absl::StatusOr<crypto::Bytes> GetAttribute(CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_TYPE type);
+    absl::StatusOr<bool> GetBool(CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_TYPE type);
+    absl::Status SetAttribute(CK_OBJECT_HANDLE obj, CK_ATTRIBUTE attribute);
+    // Every object matching `t` (marks broken on failure: an unfinished search).
+    absl::StatusOr<std::vector<CK_OBJECT_HANDLE>> Find(Template& t);
+    absl::StatusOr<CK_OBJECT_HANDLE> Create(Template& t);
+    // Marks broken when the object cannot be destroyed: session objects go with the session.
+    void Destroy(CK_OBJECT_HANDLE h);
+    // Destroys `h`, returning the status (for token objects a caller reports).
+    absl::Status TryDestroy(CK_OBJECT_HANDLE h);
+    absl::Status GenerateKeyPair(CK_MECHANISM* mech, Template& pub, Template& priv,
+                                 CK_OBJECT_HANDLE* hpub, CK_OBJECT_HANDLE* hpriv);
+    // C_DecryptInit + C_Decrypt into an `out_len` buffer (the modulus length: enough for one
+    // call). Marks broken on failure. *saw_ciphertext (if given) tells whether the failing
+    // call was C_Decrypt (it saw the ciphertext) or C_DecryptInit (it did not).
+    absl::StatusOr<crypto::SecretBytes> Decrypt(CK_MECHANISM* mech, CK_OBJECT_HANDLE key,
+                                                absl::Span<const uint8_t> ct, size_t out_len,
+                                                bool* saw_ciphertext = nullptr);
+    // C_UnwrapKey into a new object of template `t`. Marks broken on failure.
+    absl::StatusOr<CK_OBJECT_HANDLE> Unwrap(CK_MECHANISM* mech, CK_OBJECT_HANDLE key,
+                                            absl::Span<const uint8_t> ct, Template& t);
+    // C_WrapKey of `key` under `wrapping_key` into an `out_len` buffer. Marks broken on failure.
+    absl::StatusOr<crypto::Bytes> Wrap(CK_MECHANISM* mech, CK_OBJECT_HANDLE wrapping_key,
+                                       CK_OBJECT_HANDLE key, size_t out_len);
+    // Whether the session still answers (C_GetSessionInfo).
+    bool Answers();
 
    private:
     friend class SessionPool;

@@ -1,7 +1,7 @@
 // Token selection and token set-up helpers.
 //
 // Tokens are selected by label, serial or RFC 7512 URI, never by slot number: SoftHSM2
-// renumbers its slots after C_InitToken and in every new process (TOKENS.md §5).
+// renumbers its slots after C_InitToken and in every new process.
 #pragma once
 
 #include <optional>
@@ -65,7 +65,7 @@ absl::StatusOr<TokenSlot> InitSoftToken(const Module& module, const std::string&
                                         const crypto::SecretString& user_pin);
 
 // NSS softoken: the key slot's user PIN is set by an SO login with the empty PIN and
-// C_InitPIN (TOKENS.md NSS §2). Fails if the PIN was already set.
+// C_InitPIN (the key slot starts with no user PIN). Fails if the PIN was already set.
 absl::Status InitNssUserPin(const Module& module, CK_SLOT_ID slot,
                             const crypto::SecretString& user_pin);
 

@@ -27,7 +27,7 @@ absl::StatusOr<std::unique_ptr<TokenSupervisor>> TokenSupervisor::Create(Factory
   std::unique_ptr<TokenSupervisor> s(new TokenSupervisor(std::move(factory), options));
   {
     absl::MutexLock l(&s->mu_);
-    s->Install(std::shared_ptr<KeyBackend>(std::move(*first)));
+    s->Install(std::shared_ptr<Pkcs11Backend>(std::move(*first)));
   }
   s->thread_ = std::thread([p = s.get()] { p->Run(); });
   return s;
@@ -57,19 +57,17 @@ TokenSupervisor::~TokenSupervisor() {
   if (thread_.joinable()) thread_.join();
 }
 
-void TokenSupervisor::Install(std::shared_ptr<KeyBackend> b) {
+void TokenSupervisor::Install(std::shared_ptr<Pkcs11Backend> b) {
   label_ = b->TokenLabel();
   wrap_paddings_ = b->WrapPaddings();
-  if (auto* p11 = dynamic_cast<Pkcs11Backend*>(b.get())) {
-    pool_size_ = p11->pool().size();
-    if (observer_) p11->pool().shared_module()->SetCallObserver(observer_);
-  }
+  pool_size_ = b->pool().size();
+  if (observer_) b->pool().shared_module()->SetCallObserver(observer_);
   current_ = std::move(b);
   ++generation_;
   state_ = State::kUp;
 }
 
-absl::StatusOr<std::pair<std::shared_ptr<KeyBackend>, uint64_t>> TokenSupervisor::Use() const {
+absl::StatusOr<std::pair<std::shared_ptr<Pkcs11Backend>, uint64_t>> TokenSupervisor::Use() const {
   absl::MutexLock l(&mu_);
   switch (state_) {
     case State::kUp:
@@ -101,17 +99,17 @@ void TokenSupervisor::Observe(const absl::Status& s) {
 }
 
 template <typename T>
-T TokenSupervisor::OnToken(std::function<T(KeyBackend&)> op, std::function<T(absl::Status)> fail,
+T TokenSupervisor::OnToken(std::function<T(Pkcs11Backend&)> op, std::function<T(absl::Status)> fail,
                            absl::Duration limit) {
   auto use = Use();
   if (!use.ok()) return fail(use.status());
-  std::shared_ptr<KeyBackend> b = std::move(use->first);
+  std::shared_ptr<Pkcs11Backend> b = std::move(use->first);
   return runner_.Run<T>([b = std::move(b), op = std::move(op)]() { return op(*b); }, use->second,
                         std::move(fail), absl::InfiniteFuture(), limit);
 }
 
 template <typename T>
-absl::StatusOr<T> TokenSupervisor::KeyCall(std::function<absl::StatusOr<T>(KeyBackend&)> op) {
+absl::StatusOr<T> TokenSupervisor::KeyCall(std::function<absl::StatusOr<T>(Pkcs11Backend&)> op) {
   auto r = OnToken<absl::StatusOr<T>>(
       std::move(op), [](absl::Status s) -> absl::StatusOr<T> { return s; },
       options_.admin_call_timeout);
@@ -122,7 +120,7 @@ absl::StatusOr<T> TokenSupervisor::KeyCall(std::function<absl::StatusOr<T>(KeyBa
 namespace {
 // A decryption failure from a token that no longer answers is not about the ciphertext.
 template <typename T>
-OpResult<T> Rechecked(KeyBackend& b, OpResult<T> r) {
+OpResult<T> Rechecked(Pkcs11Backend& b, OpResult<T> r) {
   if (r.outcome() == Outcome::kDecryptFailed && !b.Healthy()) {
     spdlog::warn("a decryption failed and the token no longer answers: reported as unavailable");
     return OpResult<T>::Retryable(
@@ -133,54 +131,60 @@ OpResult<T> Rechecked(KeyBackend& b, OpResult<T> r) {
 }  // namespace
 
 absl::StatusOr<std::vector<KeyInfo>> TokenSupervisor::ListKeys() {
-  return KeyCall<std::vector<KeyInfo>>([](KeyBackend& b) { return b.ListKeys(); });
+  return KeyCall<std::vector<KeyInfo>>([](Pkcs11Backend& b) { return b.ListKeys(); });
 }
 
-absl::StatusOr<KeyInfo> TokenSupervisor::GetKey(const std::string& name) {
-  return KeyCall<KeyInfo>([name](KeyBackend& b) { return b.GetKey(name); });
+absl::StatusOr<KeyRefPtr> TokenSupervisor::Resolve(const std::string& name) {
+  {
+    absl::MutexLock l(&mu_);
+    if (state_ == State::kUp && current_ != nullptr) {
+      if (KeyRefPtr cached = current_->Cached(name)) return cached;
+    }
+  }
+  return KeyCall<KeyRefPtr>([name](Pkcs11Backend& b) { return b.Resolve(name); });
 }
 
 absl::StatusOr<KeyInfo> TokenSupervisor::CreateKey(const std::string& name, int bits,
                                                    bool allow_pkcs1) {
   return KeyCall<KeyInfo>(
-      [name, bits, allow_pkcs1](KeyBackend& b) { return b.CreateKey(name, bits, allow_pkcs1); });
+      [name, bits, allow_pkcs1](Pkcs11Backend& b) { return b.CreateKey(name, bits, allow_pkcs1); });
 }
 
 absl::StatusOr<KeyInfo> TokenSupervisor::ImportKey(const std::string& name,
                                                    const crypto::RsaPrivateKeyParts& parts,
                                                    bool allow_pkcs1) {
   // The parts are copied into the call (zeroizing buffers): it may outlive this caller.
-  return KeyCall<KeyInfo>(
-      [name, parts, allow_pkcs1](KeyBackend& b) { return b.ImportKey(name, parts, allow_pkcs1); });
+  return KeyCall<KeyInfo>([name, parts, allow_pkcs1](Pkcs11Backend& b) {
+    return b.ImportKey(name, parts, allow_pkcs1);
+  });
 }
 
 absl::StatusOr<KeyInfo> TokenSupervisor::SetEnabled(const std::string& name, bool enabled) {
-  return KeyCall<KeyInfo>([name, enabled](KeyBackend& b) { return b.SetEnabled(name, enabled); });
+  return KeyCall<KeyInfo>(
+      [name, enabled](Pkcs11Backend& b) { return b.SetEnabled(name, enabled); });
 }
 
-OpResult<crypto::SecretBytes> TokenSupervisor::Decrypt(const std::string& key_name,
-                                                       RsaPadding padding,
+OpResult<crypto::SecretBytes> TokenSupervisor::Decrypt(const KeyRefPtr& key, RsaPadding padding,
                                                        absl::Span<const uint8_t> ciphertext,
                                                        Path path) {
   using R = OpResult<crypto::SecretBytes>;
-  auto r = OnToken<R>(
-      [key_name, padding, ct = Bytes(ciphertext.begin(), ciphertext.end()), path](KeyBackend& b) {
-        return Rechecked(b, b.Decrypt(key_name, padding, ct, path));
-      },
-      [](absl::Status s) { return R::Retryable(std::move(s)); }, options_.call_timeout);
+  auto r =
+      OnToken<R>([key, padding, ct = Bytes(ciphertext.begin(), ciphertext.end()), path](
+                     Pkcs11Backend& b) { return Rechecked(b, b.Decrypt(key, padding, ct, path)); },
+                 [](absl::Status s) { return R::Retryable(std::move(s)); }, options_.call_timeout);
   if (!r.ok()) Observe(r.status());
   return r;
 }
 
-OpResult<Bytes> TokenSupervisor::RewrapInToken(const std::string& key_name, RsaPadding in_padding,
+OpResult<Bytes> TokenSupervisor::RewrapInToken(const KeyRefPtr& key, RsaPadding in_padding,
                                                absl::Span<const uint8_t> ciphertext,
                                                const crypto::PublicKey& device_key,
                                                RsaPadding out_padding) {
   using R = OpResult<Bytes>;
   auto r = OnToken<R>(
-      [key_name, in_padding, ct = Bytes(ciphertext.begin(), ciphertext.end()), device_key,
-       out_padding](KeyBackend& b) {
-        return Rechecked(b, b.RewrapInToken(key_name, in_padding, ct, device_key, out_padding));
+      [key, in_padding, ct = Bytes(ciphertext.begin(), ciphertext.end()), device_key,
+       out_padding](Pkcs11Backend& b) {
+        return Rechecked(b, b.RewrapInToken(key, in_padding, ct, device_key, out_padding));
       },
       [](absl::Status s) { return R::Retryable(std::move(s)); }, options_.call_timeout);
   if (!r.ok()) Observe(r.status());
@@ -217,7 +221,7 @@ double TokenSupervisor::last_outage_seconds() const {
   return last_outage_s_;
 }
 
-std::shared_ptr<KeyBackend> TokenSupervisor::current() const {
+std::shared_ptr<Pkcs11Backend> TokenSupervisor::current() const {
   absl::MutexLock l(&mu_);
   return current_;
 }
@@ -225,8 +229,8 @@ std::shared_ptr<KeyBackend> TokenSupervisor::current() const {
 std::vector<CallStat> TokenSupervisor::CallStats() const {
   absl::MutexLock l(&mu_);
   std::map<std::string, CallStat> sum = retired_calls_;
-  if (auto* p11 = dynamic_cast<Pkcs11Backend*>(current_.get())) {
-    for (const auto& st : p11->module().CallStats()) {
+  if (current_ != nullptr) {
+    for (const auto& st : current_->module().CallStats()) {
       auto& s = sum[st.function];
       s.function = st.function;
       s.calls += st.calls;
@@ -243,10 +247,10 @@ TokenSupervisor::PoolStats TokenSupervisor::pool_stats() const {
   PoolStats ps;
   ps.size = pool_size_;
   ps.discarded = retired_discarded_;
-  if (auto* p11 = dynamic_cast<Pkcs11Backend*>(current_.get())) {
-    ps.open = p11->pool().open_sessions();
-    ps.idle = p11->pool().idle_sessions();
-    ps.discarded += p11->pool().discarded_sessions();
+  if (current_ != nullptr) {
+    ps.open = current_->pool().open_sessions();
+    ps.idle = current_->pool().idle_sessions();
+    ps.discarded += current_->pool().discarded_sessions();
   }
   return ps;
 }
@@ -254,9 +258,7 @@ TokenSupervisor::PoolStats TokenSupervisor::pool_stats() const {
 void TokenSupervisor::SetCallObserver(Module::CallObserver observer) {
   absl::MutexLock l(&mu_);
   observer_ = std::move(observer);
-  if (auto* p11 = dynamic_cast<Pkcs11Backend*>(current_.get())) {
-    p11->pool().shared_module()->SetCallObserver(observer_);
-  }
+  if (current_ != nullptr) current_->pool().shared_module()->SetCallObserver(observer_);
 }
 
 bool TokenSupervisor::Sleep(absl::Duration d, bool wake_on_suspect) {
@@ -268,7 +270,7 @@ bool TokenSupervisor::Sleep(absl::Duration d, bool wake_on_suspect) {
   return !stop_;
 }
 
-absl::Status TokenSupervisor::CheckHealthy(const std::shared_ptr<KeyBackend>& b,
+absl::Status TokenSupervisor::CheckHealthy(const std::shared_ptr<Pkcs11Backend>& b,
                                            uint64_t generation) {
   // Three tries 50 ms apart: one failed C_GetTokenInfo (an injected or transient error) is
   // not a lost token; three are, and they still fit in the 1 s the health status has. A
@@ -301,7 +303,7 @@ absl::Status TokenSupervisor::CheckHealthy(const std::shared_ptr<KeyBackend>& b,
 }
 
 void TokenSupervisor::MarkLost(const std::string& why) {
-  std::shared_ptr<KeyBackend> old;
+  std::shared_ptr<Pkcs11Backend> old;
   uint64_t generation = 0;
   {
     absl::MutexLock l(&mu_);
@@ -321,7 +323,7 @@ void TokenSupervisor::MarkLost(const std::string& why) {
   Retire(std::move(old));
 }
 
-void TokenSupervisor::Retire(std::shared_ptr<KeyBackend> old) {
+void TokenSupervisor::Retire(std::shared_ptr<Pkcs11Backend> old) {
   if (old == nullptr) return;
   // Calls still running on the old backend hold references. A lost token usually answers
   // them quickly; then the backend and its module go now, so the next Load() runs
@@ -335,13 +337,13 @@ void TokenSupervisor::Retire(std::shared_ptr<KeyBackend> old) {
   std::weak_ptr<Module> module;
   std::vector<CallStat> stats;
   uint64_t discarded = 0;
-  if (auto* p11 = dynamic_cast<Pkcs11Backend*>(old.get())) {
-    module = p11->pool().shared_module();
+  {
+    module = old->pool().shared_module();
     if (old.use_count() > 1) {
       spdlog::warn("token: {} calls still inside the module after {}: finalising it under them",
                    old.use_count() - 1, absl::FormatDuration(options_.drain_wait));
       // C_Finalize under them, on a runner thread: it may hang as well.
-      std::shared_ptr<Module> m = p11->pool().shared_module();
+      std::shared_ptr<Module> m = old->pool().shared_module();
       runner_.Run<bool>(
           [m]() {
             m->Retire();
@@ -349,8 +351,8 @@ void TokenSupervisor::Retire(std::shared_ptr<KeyBackend> old) {
           },
           kLifecycleTag, [](absl::Status) { return false; }, absl::Now() + absl::Seconds(1));
     }
-    stats = p11->module().CallStats();
-    discarded = p11->pool().discarded_sessions();
+    stats = old->module().CallStats();
+    discarded = old->pool().discarded_sessions();
   }
   old.reset();  // closes the pool's sessions; C_Finalize + dlclose if it was the last user
   absl::MutexLock l(&mu_);
@@ -368,13 +370,13 @@ void TokenSupervisor::Retire(std::shared_ptr<KeyBackend> old) {
 absl::Status TokenSupervisor::Reconnect() {
   // On a runner thread: C_Initialize of a module whose device hangs may never return. The
   // call owns a copy of the factory, so it may outlive this supervisor.
-  using Made = absl::StatusOr<std::unique_ptr<KeyBackend>>;
+  using Made = absl::StatusOr<std::unique_ptr<Pkcs11Backend>>;
   Made b = runner_.Run<Made>([factory = factory_]() { return factory(); }, kLifecycleTag,
                              [](absl::Status why) -> Made { return why; });
   if (!b.ok()) return b.status();
   absl::MutexLock l(&mu_);
   if (stop_) return absl::CancelledError("stopping");
-  Install(std::shared_ptr<KeyBackend>(std::move(*b)));
+  Install(std::shared_ptr<Pkcs11Backend>(std::move(*b)));
   suspect_ = false;
   ++reconnects_;
   return absl::OkStatus();
@@ -386,7 +388,7 @@ void TokenSupervisor::Run() {
   int attempts = 0;
   while (true) {
     State st;
-    std::shared_ptr<KeyBackend> b;
+    std::shared_ptr<Pkcs11Backend> b;
     {
       absl::MutexLock l(&mu_);
       if (stop_) return;
@@ -426,7 +428,7 @@ void TokenSupervisor::Run() {
     }
     if (st == State::kPinRefused) {
       b.reset();
-      std::shared_ptr<KeyBackend> old;
+      std::shared_ptr<Pkcs11Backend> old;
       {
         absl::MutexLock l(&mu_);
         old = std::move(current_);

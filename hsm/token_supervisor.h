@@ -1,4 +1,4 @@
-// Token-loss recovery: a KeyBackend that owns the real backend (normally a Pkcs11Backend)
+// Token-loss recovery: a KeyBackend that owns the PKCS#11 backend (hsm/pkcs11_backend.h)
 // and replaces it when the token is lost.
 //
 //  - Every call runs on a thread of the supervisor's CallRunner (hsm/call_runner.h), never
@@ -41,6 +41,7 @@
 #include "hsm/backend.h"
 #include "hsm/call_runner.h"
 #include "hsm/pkcs11.h"
+#include "hsm/pkcs11_backend.h"
 
 namespace hsmrewrap::hsm {
 
@@ -71,7 +72,7 @@ class TokenSupervisor final : public KeyBackend {
     absl::Duration drain_wait = absl::Milliseconds(200);
   };
   // Makes a new backend: loads/initialises the module, selects the token, logs in.
-  using Factory = std::function<absl::StatusOr<std::unique_ptr<KeyBackend>>()>;
+  using Factory = std::function<absl::StatusOr<std::unique_ptr<Pkcs11Backend>>()>;
 
   // Calls `factory` once; its error is returned (start-up does not retry).
   static absl::StatusOr<std::unique_ptr<TokenSupervisor>> Create(Factory factory, Options options);
@@ -79,16 +80,21 @@ class TokenSupervisor final : public KeyBackend {
   TokenSupervisor(const TokenSupervisor&) = delete;  // owns a thread
   TokenSupervisor& operator=(const TokenSupervisor&) = delete;
 
+  using KeyBackend::Decrypt;
+  using KeyBackend::RewrapInToken;
+
   absl::StatusOr<std::vector<KeyInfo>> ListKeys() override;
-  absl::StatusOr<KeyInfo> GetKey(const std::string& name) override;
   absl::StatusOr<KeyInfo> CreateKey(const std::string& name, int bits, bool allow_pkcs1) override;
   absl::StatusOr<KeyInfo> ImportKey(const std::string& name,
                                     const crypto::RsaPrivateKeyParts& parts,
                                     bool allow_pkcs1) override;
   absl::StatusOr<KeyInfo> SetEnabled(const std::string& name, bool enabled) override;
-  OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name, RsaPadding padding,
+  // A fresh cached key is answered on the caller's thread (no token call); otherwise the
+  // backend resolves it on a runner thread like every other token call.
+  absl::StatusOr<KeyRefPtr> Resolve(const std::string& name) override;
+  OpResult<crypto::SecretBytes> Decrypt(const KeyRefPtr& key, RsaPadding padding,
                                         absl::Span<const uint8_t> ciphertext, Path path) override;
-  OpResult<Bytes> RewrapInToken(const std::string& key_name, RsaPadding in_padding,
+  OpResult<Bytes> RewrapInToken(const KeyRefPtr& key, RsaPadding in_padding,
                                 absl::Span<const uint8_t> ciphertext,
                                 const crypto::PublicKey& device_key,
                                 RsaPadding out_padding) override;
@@ -107,7 +113,7 @@ class TokenSupervisor final : public KeyBackend {
   // Seconds the last completed outage lasted (loss detected -> serving again); 0 if none.
   double last_outage_seconds() const;
   // PKCS#11 call counters summed over every module instance this supervisor has used (so
-  // they never go backwards across a re-initialisation). Empty for non-PKCS#11 backends.
+  // they never go backwards across a re-initialisation).
   std::vector<CallStat> CallStats() const;
   struct PoolStats {
     size_t size = 0, open = 0, idle = 0;
@@ -118,7 +124,7 @@ class TokenSupervisor final : public KeyBackend {
   void SetCallObserver(Module::CallObserver observer);
 
   // The current backend (null while lost). For tests.
-  std::shared_ptr<KeyBackend> current() const;
+  std::shared_ptr<Pkcs11Backend> current() const;
 
  private:
   TokenSupervisor(Factory factory, Options options)
@@ -126,7 +132,7 @@ class TokenSupervisor final : public KeyBackend {
 
   // The backend to use for a call and its generation (the CallRunner tag of its calls), or
   // Unavailable while the token is lost.
-  absl::StatusOr<std::pair<std::shared_ptr<KeyBackend>, uint64_t>> Use() const;
+  absl::StatusOr<std::pair<std::shared_ptr<Pkcs11Backend>, uint64_t>> Use() const;
   // Looks at a call's result: Unavailable wakes the thread for a check at once; a refused
   // PIN makes the state terminal.
   void Observe(const absl::Status& s);
@@ -134,18 +140,18 @@ class TokenSupervisor final : public KeyBackend {
   // abandoned call). Everything `op` captures must be owned by it: an abandoned call goes on
   // running after its caller has returned.
   template <typename T>
-  T OnToken(std::function<T(KeyBackend&)> op, std::function<T(absl::Status)> fail,
+  T OnToken(std::function<T(Pkcs11Backend&)> op, std::function<T(absl::Status)> fail,
             absl::Duration limit);
   template <typename T>
-  absl::StatusOr<T> KeyCall(std::function<absl::StatusOr<T>(KeyBackend&)> op);
+  absl::StatusOr<T> KeyCall(std::function<absl::StatusOr<T>(Pkcs11Backend&)> op);
 
   void Run();
   // OK, or why the token counts as lost (three failed checks, or one that did not answer).
-  absl::Status CheckHealthy(const std::shared_ptr<KeyBackend>& b, uint64_t generation);
+  absl::Status CheckHealthy(const std::shared_ptr<Pkcs11Backend>& b, uint64_t generation);
   void MarkLost(const std::string& why);
   absl::Status Reconnect();
-  void Retire(std::shared_ptr<KeyBackend> old);
-  void Install(std::shared_ptr<KeyBackend> b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Retire(std::shared_ptr<Pkcs11Backend> old);
+  void Install(std::shared_ptr<Pkcs11Backend> b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sleeps up to `d` (less if stopping, or with wake_on_suspect when a call failed
   // Unavailable); returns false when stopping.
   bool Sleep(absl::Duration d, bool wake_on_suspect = false);
@@ -154,7 +160,7 @@ class TokenSupervisor final : public KeyBackend {
   const Options options_;
 
   mutable absl::Mutex mu_;
-  std::shared_ptr<KeyBackend> current_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<Pkcs11Backend> current_ ABSL_GUARDED_BY(mu_);
   State state_ ABSL_GUARDED_BY(mu_) = State::kUp;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool suspect_ ABSL_GUARDED_BY(mu_) = false;

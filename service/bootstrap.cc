@@ -182,15 +182,11 @@ absl::StatusOr<Started> OpenToken(const Config& c) {
   hsm::TokenSupervisor::Options so;
   so.max_backoff = absl::Milliseconds(c.reconnect_backoff_max_ms);
   so.call_timeout = absl::Seconds(c.token_call_timeout_s);
-  auto backend = hsm::TokenSupervisor::Create(
-      [opts]() -> absl::StatusOr<std::unique_ptr<hsm::KeyBackend>> {
-        auto b = hsm::Pkcs11Backend::Create(opts);
-        if (!b.ok()) return b.status();
-        return std::unique_ptr<hsm::KeyBackend>(std::move(*b));
-      },
-      so);
-  if (!backend.ok()) return backend.status();
-  out.backend = std::shared_ptr<hsm::KeyBackend>(std::move(*backend));
+  auto supervisor =
+      hsm::TokenSupervisor::Create([opts]() { return hsm::Pkcs11Backend::Create(opts); }, so);
+  if (!supervisor.ok()) return supervisor.status();
+  out.supervisor = std::shared_ptr<hsm::TokenSupervisor>(std::move(*supervisor));
+  out.backend = out.supervisor;
   out.token_label = out.backend->TokenLabel();
 
   if (c.embedded()) {

@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "crypto/secret.h"
 #include "hsm/backend.h"
+#include "hsm/token_supervisor.h"
 #include "service/config.h"
 
 namespace hsmrewrap::service {
@@ -17,7 +18,8 @@ inline constexpr char kEmbeddedTokenLabel[] = "hsm-rewrap";
 
 // What start-up made; `created_token`/`created_key` say whether this run created them.
 struct Started {
-  std::shared_ptr<hsm::KeyBackend> backend;
+  std::shared_ptr<hsm::TokenSupervisor> supervisor;
+  std::shared_ptr<hsm::KeyBackend> backend;  // the supervisor, as the engine sees it
   std::string token_label;
   bool created_token = false;
   bool created_key = false;

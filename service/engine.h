@@ -6,13 +6,9 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
-#include <list>
 #include <memory>
-#include <mutex>
 #include <optional>
-#include <shared_mutex>
 #include <string>
-#include <unordered_map>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -20,65 +16,13 @@
 #include "hsm/backend.h"
 #include "hsmrewrap/v1/rewrap.pb.h"
 #include "service/config.h"
+#include "service/item_result.h"
+#include "service/recipient_cache.h"
 #include "service/worker_pool.h"
 
 namespace hsmrewrap::service {
 
 namespace v1 = ::hsmrewrap::v1;
-
-// The one message every decryption failure carries, whatever the token said.
-inline constexpr const char* kDecryptFailedMessage = hsm::kDecryptFailedText;
-
-// A service key as the engine serves it: the token's KeyInfo plus its parsed public key.
-struct KeyEntry {
-  hsm::KeyInfo info;
-  crypto::PublicKey public_key;
-  size_t modulus_len = 0;
-  std::chrono::steady_clock::time_point fetched;
-};
-
-// Caches KeyEntry by name. A miss, or an entry older than the refresh interval, asks the
-// backend again, so a key created or disabled through another replica that shares the
-// token is seen here within about that interval.
-class KeyDirectory final {
- public:
-  static constexpr std::chrono::seconds kRefresh{2};
-  explicit KeyDirectory(std::shared_ptr<hsm::KeyBackend> backend) : backend_(std::move(backend)) {}
-  absl::StatusOr<std::shared_ptr<const KeyEntry>> Get(const std::string& name);
-  absl::StatusOr<std::shared_ptr<const KeyEntry>> Put(hsm::KeyInfo info);
-  void Forget(const std::string& name);
-
- private:
-  std::shared_ptr<hsm::KeyBackend> backend_;
-  std::shared_mutex mu_;
-  std::unordered_map<std::string, std::shared_ptr<const KeyEntry>> keys_;  // guarded by mu_
-};
-
-// Parsed recipients (device certificates and public keys) by SHA-256 of their bytes.
-// OpenSSL 3.0's d2i_X509 / d2i_PUBKEY cost 100-300 µs a call and scale badly across
-// threads, and the same devices come back again and again, so each recipient is parsed
-// once. A bounded LRU: at most `capacity` entries (a parsed certificate is a few KiB).
-// Only successful parses are cached. Thread-safe.
-class RecipientCache final {
- public:
-  struct Parsed {
-    std::optional<crypto::Certificate> cert;  // set for certificate recipients
-    std::optional<crypto::PublicKey> key;     // always set: the certificate's key, or the SPKI
-  };
-  explicit RecipientCache(size_t capacity) : capacity_(capacity) {}
-  // `is_certificate` selects X.509 vs SubjectPublicKeyInfo (DER or PEM) parsing.
-  absl::StatusOr<std::shared_ptr<const Parsed>> Get(bool is_certificate,
-                                                    absl::Span<const uint8_t> bytes);
-  size_t size();
-
- private:
-  const size_t capacity_;
-  std::mutex mu_;
-  std::list<std::string> lru_;  // guarded by mu_; most recent first; holds the map keys
-  std::unordered_map<std::string,
-                     std::pair<std::shared_ptr<const Parsed>, std::list<std::string>::iterator>>
-      entries_;  // guarded by mu_
-};
 
 // Per-call checks the security layer (service/policy.h) attaches to a batch: who may use
 // which key and recipient, rate limits, the audit trail. Thread-safe: items of one batch
@@ -141,7 +85,6 @@ class RewrapEngine final {
   v1::RewrapResult ProcessItem(const v1::RewrapItem& item, ItemGate* gate = nullptr,
                                std::string* recipient_sha256 = nullptr);
 
-  KeyDirectory& keys() { return keys_; }
   hsm::KeyBackend& backend() { return *backend_; }
   size_t inflight() const { return inflight_.load(); }
 
@@ -150,18 +93,27 @@ class RewrapEngine final {
       const hsm::KeyInfo& info);
 
  private:
+  // An item's recipient, parsed (from the cache) and checked.
+  struct Recipient {
+    std::optional<crypto::Certificate> cert;                           // certificate recipients
+    std::optional<crypto::PublicKey> key;                              // always set
+    crypto::RsaPadding out_padding = crypto::RsaPadding::kOaepSha256;  // bare formats
+    bool bare = false;  // the output is the RSA-encrypted secret itself
+  };
+  // Fills `out`, or fails `r` (INVALID_ITEM, the gate's refusal, KEY_NOT_FOUND...) and
+  // returns false.
+  bool ResolveRecipient(const v1::RewrapItem& item, ItemGate* gate, std::string* recipient_sha256,
+                        Recipient& out, v1::RewrapResult& r);
+  // The host step of TOKEN_DECRYPT / HOST_UNPADDING: the secret encrypted to the recipient.
+  void EncryptOnHost(const v1::RewrapItem& item, const Recipient& rcpt,
+                     const crypto::SecretBytes& plain, hsm::Path path, v1::RewrapResult& r);
+
   std::shared_ptr<hsm::KeyBackend> backend_;
   Options options_;
-  KeyDirectory keys_;
   RecipientCache recipients_{1024};
   std::atomic<size_t> inflight_{0};
   std::atomic<bool> stopping_{false};
   std::unique_ptr<WorkerPool> pool_;  // last: destroyed (joined) first
 };
-
-// Conversions between the API's enums and crypto's, shared with the Keys adapter.
-bool PaddingFromProto(v1::Padding p, crypto::RsaPadding* out);
-v1::Padding PaddingToProto(crypto::RsaPadding p);
-v1::Path PathToProto(hsm::Path p);
 
 }  // namespace hsmrewrap::service

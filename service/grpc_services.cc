@@ -4,11 +4,11 @@
 
 #include <deque>
 #include <mutex>
-#include <regex>
 
 #include "absl/strings/str_cat.h"
 #include "crypto/keys.h"
 #include "crypto/secret.h"
+#include "hsm/key_policy.h"
 
 namespace hsmrewrap::service {
 namespace {
@@ -38,16 +38,6 @@ struct ImportSecrets {
   crypto::SecretBytes key;        // pkcs8 or cng_rsa_full_private_blob
   crypto::SecretString password;  // pfx.password
 };
-
-absl::Status CheckKeyName(const std::string& name) {
-  static const std::regex kName("[A-Za-z0-9][A-Za-z0-9._-]{0,63}");
-  if (!std::regex_match(name, kName)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "key name '", name,
-        "' is not valid: 1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"));
-  }
-  return absl::OkStatus();
-}
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -323,7 +313,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::CreateKey(grpc::CallbackServerContext
   return OffThread(
       ctx, "CreateKey", RpcClass::kKeysAdmin, req->name(),
       [this, req, out](const Security::Call&) -> grpc::Status {
-        if (auto st = CheckKeyName(req->name()); !st.ok()) return ToGrpc(st);
+        if (auto st = hsm::CheckNewKeyName(req->name()); !st.ok()) return ToGrpc(st);
         const uint32_t bits = req->bits() == 0 ? 2048 : req->bits();
         if (bits != 2048 && bits != 3072 && bits != 4096) {
           return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -335,8 +325,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::CreateKey(grpc::CallbackServerContext
         spdlog::info("created key '{}' ({} bits, allow_pkcs1={})", req->name(), bits,
                      req->allow_pkcs1());
         ToProto(*info, out);
-        auto put = engine_->keys().Put(*std::move(info));
-        return put.ok() ? grpc::Status::OK : ToGrpc(put.status());
+        return grpc::Status::OK;
       });
 }
 
@@ -363,7 +352,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext
   return OffThread(
       ctx, "ImportKey", RpcClass::kKeysAdmin, req->name(),
       [this, req, out, secrets](const Security::Call&) -> grpc::Status {
-        if (auto st = CheckKeyName(req->name()); !st.ok()) return ToGrpc(st);
+        if (auto st = hsm::CheckNewKeyName(req->name()); !st.ok()) return ToGrpc(st);
         absl::StatusOr<crypto::RsaPrivateKeyParts> parts;
         switch (req->source_case()) {
           case v1::ImportKeyRequest::kPkcs8:
@@ -393,8 +382,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext
         spdlog::info("imported key '{}' ({} bits, allow_pkcs1={})", req->name(), parts->bits,
                      req->allow_pkcs1());
         ToProto(*info, out);
-        auto put = engine_->keys().Put(*std::move(info));
-        return put.ok() ? grpc::Status::OK : ToGrpc(put.status());
+        return grpc::Status::OK;
       });
 }
 
@@ -418,7 +406,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::GetPublicKey(grpc::CallbackServerCont
                                                         v1::GetPublicKeyResponse* out) {
   return OffThread(ctx, "GetPublicKey", RpcClass::kKeysRead, req->name(),
                    [this, req, out](const Security::Call&) -> grpc::Status {
-                     auto entry = engine_->keys().Get(req->name());
+                     auto entry = engine_->backend().Resolve(req->name());
                      if (!entry.ok()) return ToGrpc(entry.status());
                      const crypto::PublicKey& pub = (*entry)->public_key;
                      switch (req->format()) {
@@ -451,8 +439,7 @@ grpc::Status KeysServiceImpl::SetEnabled(const std::string& name, bool enabled, 
   if (!info.ok()) return ToGrpc(info.status());
   spdlog::info("key '{}' {}", name, enabled ? "enabled" : "disabled");
   ToProto(*info, out);
-  auto put = engine_->keys().Put(*std::move(info));
-  return put.ok() ? grpc::Status::OK : ToGrpc(put.status());
+  return grpc::Status::OK;
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::DisableKey(grpc::CallbackServerContext* ctx,
@@ -477,7 +464,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::SelfTest(grpc::CallbackServerContext*
   return OffThread(ctx, "SelfTest", RpcClass::kKeysRead, req->name(),
                    [this, req, out](const Security::Call& call) -> grpc::Status {
                      if (!req->name().empty()) {
-                       auto entry = engine_->keys().Get(req->name());
+                       auto entry = engine_->backend().Resolve(req->name());
                        if (!entry.ok()) return ToGrpc(entry.status());
                      }
                      for (const auto& r : selftest_->RunNow(req->name())) {

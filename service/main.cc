@@ -105,8 +105,7 @@ void DeclareProcessMetrics(Metrics& m, const Config& c, RewrapEngine& engine,
     return std::vector<std::pair<Metrics::Labels, double>>{
         {{}, static_cast<double>(engine.inflight())}};
   });
-  if (auto* sup = dynamic_cast<hsm::TokenSupervisor*>(started.backend.get()))
-    DeclareTokenMetrics(m, sup);
+  DeclareTokenMetrics(m, started.supervisor.get());
 }
 void OnSignal(int sig) { g_signal.store(sig); }
 void OnHangup(int) { g_reload.store(true); }
@@ -371,7 +370,7 @@ int Run(int argc, char** argv) {
       if (supervisor) supervisor->SetCallObserver(nullptr);
     }
   } observer_guard;
-  if (auto* sup = dynamic_cast<hsm::TokenSupervisor*>(started->backend.get())) {
+  if (auto* sup = started->supervisor.get()) {
     metrics.DeclareHistogram("hsmrewrap_pkcs11_call_seconds",
                              "Latency of PKCS#11 calls by function and result", LatencyBuckets());
     observer_guard.supervisor = sup;

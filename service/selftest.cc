@@ -121,7 +121,7 @@ SelfTestResult SelfTester::TestKey(const std::string& name) {
     return r;
   };
   if (device_spki_der_.empty()) return finish(false, "could not make the throw-away device key");
-  auto entry = engine_->keys().Get(name);
+  auto entry = engine_->backend().Resolve(name);
   if (!entry.ok()) return finish(false, std::string(entry.status().message()));
   // A random known answer, sealed as Intune's tooling seals (OAEP-SHA256).
   crypto::SecretBytes secret(32);

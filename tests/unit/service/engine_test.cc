@@ -163,7 +163,7 @@ TEST_F(EngineTest, EveryDecryptFailureLooksTheSame) {
   auto r4 = engine_->ProcessItem(Item("d", "svc", v1::OAEP_SHA1, tampered));
   for (const auto* r : {&r1, &r2, &r3, &r4}) {
     EXPECT_EQ(r->error().code(), ItemError::DECRYPT_FAILED) << r->id();
-    EXPECT_EQ(r->error().message(), kDecryptFailedMessage) << r->id();
+    EXPECT_EQ(r->error().message(), hsm::kDecryptFailedText) << r->id();
     EXPECT_TRUE(r->ciphertext().empty());
     EXPECT_EQ(r->ByteSizeLong() - r->id().size(), r1.ByteSizeLong() - r1.id().size())
         << "response size differs";
@@ -288,7 +288,6 @@ TEST_F(EngineTest, RotationToAnotherServiceKey) {
 TEST_F(EngineTest, DisabledKeyIsRefused) {
   auto info = backend_->SetEnabled("svc", false);
   ASSERT_TRUE(info.ok());
-  ASSERT_TRUE(engine_->keys().Put(*info).ok());
   auto r = engine_->ProcessItem(
       Item("a", "svc", v1::OAEP_SHA1, Seal("svc", RsaPadding::kOaepSha1, "x")));
   EXPECT_EQ(r.error().code(), ItemError::KEY_DISABLED);

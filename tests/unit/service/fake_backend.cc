@@ -53,17 +53,24 @@ absl::StatusOr<std::vector<hsm::KeyInfo>> FakeBackend::ListKeys() {
   return out;
 }
 
-absl::StatusOr<hsm::KeyInfo> FakeBackend::GetKey(const std::string& name) {
-  std::lock_guard<std::mutex> l(mu_);
-  auto it = keys_.find(name);
-  if (it == keys_.end()) return absl::NotFoundError("no such key");
-  return it->second.info;
+absl::StatusOr<hsm::KeyRefPtr> FakeBackend::Resolve(const std::string& name) {
+  hsm::KeyInfo info;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = keys_.find(name);
+    if (it == keys_.end()) return absl::NotFoundError("no such key");
+    info = it->second.info;
+  }
+  auto pub = crypto::PublicKey::FromSpki(info.spki_der);
+  if (!pub.ok()) return pub.status();
+  const size_t len = static_cast<size_t>((pub->bits() + 7) / 8);
+  return std::make_shared<const hsm::KeyRef>(hsm::KeyRef{std::move(info), *std::move(pub), len});
 }
 
 absl::StatusOr<hsm::KeyInfo> FakeBackend::CreateKey(const std::string& name, int bits,
                                                     bool allow_pkcs1) {
   AddKey(name, bits, {}, allow_pkcs1);
-  return GetKey(name);
+  return KeyBackend::GetKey(name);
 }
 
 absl::StatusOr<hsm::KeyInfo> FakeBackend::SetEnabled(const std::string& name, bool enabled) {
@@ -74,7 +81,7 @@ absl::StatusOr<hsm::KeyInfo> FakeBackend::SetEnabled(const std::string& name, bo
   return it->second.info;
 }
 
-hsm::OpResult<crypto::SecretBytes> FakeBackend::Decrypt(const std::string& key_name,
+hsm::OpResult<crypto::SecretBytes> FakeBackend::Decrypt(const hsm::KeyRefPtr& key,
                                                         crypto::RsaPadding padding,
                                                         absl::Span<const uint8_t> ciphertext,
                                                         hsm::Path path) {
@@ -94,7 +101,7 @@ hsm::OpResult<crypto::SecretBytes> FakeBackend::Decrypt(const std::string& key_n
       case hsm::Outcome::kRefused:
         return R::Refused(fail_);
     }
-    pem = keys_.at(key_name).private_pem;
+    pem = keys_.at(key->info.name).private_pem;
   }
   auto out = crypto::RsaDecryptWithPrivateKey(
       absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(pem.data()), pem.size()), padding,
@@ -103,13 +110,13 @@ hsm::OpResult<crypto::SecretBytes> FakeBackend::Decrypt(const std::string& key_n
   return *std::move(out);
 }
 
-hsm::OpResult<crypto::Bytes> FakeBackend::RewrapInToken(const std::string& key_name,
+hsm::OpResult<crypto::Bytes> FakeBackend::RewrapInToken(const hsm::KeyRefPtr& key,
                                                         crypto::RsaPadding in_padding,
                                                         absl::Span<const uint8_t> ciphertext,
                                                         const crypto::PublicKey& device_key,
                                                         crypto::RsaPadding out_padding) {
   using R = hsm::OpResult<crypto::Bytes>;
-  auto plain = Decrypt(key_name, in_padding, ciphertext, hsm::Path::kInToken);
+  auto plain = Decrypt(key, in_padding, ciphertext, hsm::Path::kInToken);
   if (!plain.ok()) return R::From(plain);
   const size_t max =
       crypto::MaxPlaintextLen(out_padding, static_cast<size_t>((device_key.bits() + 7) / 8));

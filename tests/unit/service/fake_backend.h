@@ -46,8 +46,11 @@ class FakeBackend final : public hsm::KeyBackend {
     return paths_;
   }
 
+  using hsm::KeyBackend::Decrypt;
+  using hsm::KeyBackend::RewrapInToken;
+
   absl::StatusOr<std::vector<hsm::KeyInfo>> ListKeys() override;
-  absl::StatusOr<hsm::KeyInfo> GetKey(const std::string& name) override;
+  absl::StatusOr<hsm::KeyRefPtr> Resolve(const std::string& name) override;
   absl::StatusOr<hsm::KeyInfo> CreateKey(const std::string& name, int bits,
                                          bool allow_pkcs1) override;
   absl::StatusOr<hsm::KeyInfo> ImportKey(const std::string&, const crypto::RsaPrivateKeyParts&,
@@ -55,11 +58,10 @@ class FakeBackend final : public hsm::KeyBackend {
     return absl::UnimplementedError("fake");
   }
   absl::StatusOr<hsm::KeyInfo> SetEnabled(const std::string& name, bool enabled) override;
-  hsm::OpResult<crypto::SecretBytes> Decrypt(const std::string& key_name,
-                                             crypto::RsaPadding padding,
+  hsm::OpResult<crypto::SecretBytes> Decrypt(const hsm::KeyRefPtr& key, crypto::RsaPadding padding,
                                              absl::Span<const uint8_t> ciphertext,
                                              hsm::Path path) override;
-  hsm::OpResult<crypto::Bytes> RewrapInToken(const std::string& key_name,
+  hsm::OpResult<crypto::Bytes> RewrapInToken(const hsm::KeyRefPtr& key,
                                              crypto::RsaPadding in_padding,
                                              absl::Span<const uint8_t> ciphertext,
                                              const crypto::PublicKey& device_key,

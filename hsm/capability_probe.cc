@@ -1,0 +1,154 @@
+#include "hsm/capability_probe.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "crypto/rsa.h"
+#include "hsm/key_policy.h"
+#include "hsm/mechanisms.h"
+#include "spdlog/spdlog.h"
+
+namespace hsmrewrap::hsm {
+namespace {
+
+bool Lost(const absl::Status& s) { return IsTokenLossRv(CkrOf(s)); }
+
+}  // namespace
+
+absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* out) {
+  auto host = crypto::HostRsaKey::Generate(2048);
+  if (!host.ok()) return host.status();
+  crypto::SecretBytes value;
+  {
+    crypto::Bytes r = crypto::RandomBytes(16);
+    value.assign(r.begin(), r.end());
+  }
+  const size_t k = static_cast<size_t>((host->public_key().bits() + 7) / 8);
+  for (RsaPadding p : kAllPaddings) {
+    auto l = lease();
+    if (!l.ok()) return l.status();
+    auto pub = SessionPublicKey(*l, host->public_key());
+    if (!pub.ok()) return pub.status();
+    Template t;
+    t.Ulong(CKA_CLASS, CKO_SECRET_KEY)
+        .Ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET)
+        .Bool(CKA_TOKEN, false)
+        .Bool(CKA_SENSITIVE, false)
+        .Bool(CKA_EXTRACTABLE, true)
+        .SecretRef(CKA_VALUE, value);
+    auto secret = l->Create(t);
+    if (!secret.ok()) {
+      l->MarkBroken();
+      return secret.status();
+    }
+    RsaMechanism mech(p);
+    auto wrapped = l->Wrap(mech.get(), *pub, *secret, k);
+    l->Destroy(*secret);
+    l->Destroy(*pub);
+    if (!wrapped.ok()) {
+      spdlog::debug("wrap probe {}: {}", PaddingName(p), std::string(wrapped.status().message()));
+      if (Lost(wrapped.status())) return wrapped.status();
+      continue;
+    }
+    auto back = host->Decrypt(p, *wrapped);
+    if (back.ok() && back->size() == value.size() &&
+        std::equal(back->begin(), back->end(), value.begin())) {
+      out->insert(p);
+    } else {
+      spdlog::warn("wrap probe {}: token output did not decrypt to the secret", PaddingName(p));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<KeyCapabilities> ProbeKey(const LeaseSource& lease, CK_OBJECT_HANDLE priv,
+                                         const crypto::PublicKey& pub, bool allow_pkcs1,
+                                         bool host_unpadding) {
+  KeyCapabilities caps;
+  const size_t k = static_cast<size_t>((pub.bits() + 7) / 8);
+  std::vector<RsaPadding> paddings(std::begin(kOaepPaddings), std::end(kOaepPaddings));
+  if (allow_pkcs1) paddings.push_back(RsaPadding::kPkcs1);
+  const crypto::Bytes probe = crypto::RandomBytes(16);
+  auto same = [&probe](const crypto::SecretBytes& got) {
+    return got.size() == probe.size() && std::equal(got.begin(), got.end(), probe.begin());
+  };
+  for (RsaPadding p : paddings) {
+    if (crypto::MaxPlaintextLen(p, k) < probe.size()) continue;  // e.g. OAEP-SHA512 on 1024
+    auto ct = crypto::RsaEncrypt(pub, p, probe);
+    if (!ct.ok()) return ct.status();
+    RsaMechanism mech(p);
+    {
+      auto l = lease();
+      if (!l.ok()) return l.status();
+      auto pt = l->Decrypt(mech.get(), priv, *ct, k);
+      if (pt.ok() && same(*pt)) {
+        caps.decrypt.insert(p);
+      } else if (!pt.ok()) {
+        spdlog::debug("decrypt probe {}: {}", PaddingName(p), std::string(pt.status().message()));
+        if (Lost(pt.status())) return pt.status();
+      }
+    }
+    {
+      auto l = lease();
+      if (!l.ok()) return l.status();
+      Template t = SessionSecretTemplate();
+      auto h = l->Unwrap(mech.get(), priv, *ct, t);
+      if (h.ok()) {
+        caps.unwrap.insert(p);
+        l->Destroy(*h);
+      } else {
+        spdlog::debug("unwrap probe {}: {}", PaddingName(p), std::string(h.status().message()));
+        if (Lost(h.status())) return h.status();
+      }
+    }
+  }
+  // Implicit rejection (the Marvin countermeasure, NSS softoken): does an invalid PKCS#1
+  // v1.5 block come back as CKR_OK instead of an error? Not an error to us: it is reported
+  // in KeyInfo, and a bad PKCS#1 ciphertext then gives a pseudo-random secret.
+  if (allow_pkcs1 &&
+      (caps.decrypt.count(RsaPadding::kPkcs1) || caps.unwrap.count(RsaPadding::kPkcs1))) {
+    auto bad = crypto::NonConformantPkcs1Ciphertext(pub);
+    if (!bad.ok()) return bad.status();
+    RsaMechanism mech(RsaPadding::kPkcs1);
+    auto l = lease();
+    if (!l.ok()) return l.status();
+    if (caps.decrypt.count(RsaPadding::kPkcs1)) {
+      auto pt = l->Decrypt(mech.get(), priv, *bad, k);
+      if (pt.ok()) {
+        caps.pkcs1_implicit_rejection = true;
+      } else {
+        spdlog::debug("PKCS#1 implicit-rejection probe (C_Decrypt): {}",
+                      std::string(pt.status().message()));
+        if (Lost(pt.status())) return pt.status();
+      }
+    } else {
+      Template t = SessionSecretTemplate();
+      auto h = l->Unwrap(mech.get(), priv, *bad, t);
+      if (h.ok()) {
+        caps.pkcs1_implicit_rejection = true;
+        l->Destroy(*h);
+      } else {
+        spdlog::debug("PKCS#1 implicit-rejection probe (C_UnwrapKey): {}",
+                      std::string(h.status().message()));
+        if (Lost(h.status())) return h.status();
+      }
+    }
+  }
+  if (host_unpadding) {
+    auto ct = crypto::RsaEncrypt(pub, RsaPadding::kPkcs1, probe);
+    if (!ct.ok()) return ct.status();
+    RsaMechanism mech = RsaMechanism::Raw();
+    auto l = lease();
+    if (!l.ok()) return l.status();
+    auto em = l->Decrypt(mech.get(), priv, *ct, k);
+    if (em.ok()) {
+      auto pt = crypto::Pkcs1Unpad(*em, k);
+      caps.raw_rsa = pt.ok() && same(*pt);
+    } else {
+      spdlog::debug("raw RSA probe: {}", std::string(em.status().message()));
+    }
+  }
+  return caps;
+}
+
+}  // namespace hsmrewrap::hsm
