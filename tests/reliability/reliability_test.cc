@@ -13,7 +13,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <future>
 #include <map>
@@ -22,8 +21,8 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/integration/it_util.h"
-#include "tests/integration/rewrapd_harness.h"
 #include "tests/integration/test_crypto.h"
+#include "tests/support/tokens.h"
 
 namespace hsmrewrap::it {
 namespace {
@@ -31,7 +30,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-constexpr char kSoftHsm[] = "/usr/lib/softhsm/libsofthsm2.so";
+using test::kSoftHsmPath;
 constexpr char kP11KitClient[] = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
 constexpr char kLabel[] = "reliability";
 constexpr char kPin[] = "rel-user-1234";
@@ -43,12 +42,7 @@ double Since(Clock::time_point t) {
 // A SoftHSM2 token of its own in `dir`; SOFTHSM2_CONF is set for this process (and so for
 // every child it starts).
 bool MakeSoftToken(const TempDir& dir, std::string* why) {
-  const std::string tokens = dir.File("tokens");
-  std::filesystem::create_directories(tokens);
-  const std::string conf = dir.File("softhsm2.conf");
-  WriteFile(conf, "directories.tokendir = " + tokens +
-                      "\nobjectstore.backend = file\nlog.level = ERROR\n");
-  setenv("SOFTHSM2_CONF", conf.c_str(), 1);
+  test::SetUpSoftHsmConfig(dir.path());
   WriteFile(dir.File("user.pin"), kPin, 0600);
   std::vector<std::string> cmd = {"softhsm2-util", "--init-token", "--free",   "--label",    kLabel,
                                   "--pin",         kPin,           "--so-pin", "rel-so-5678"};
@@ -82,7 +76,7 @@ class Rig {
     x.env.push_back({"HSMREWRAP_FAULT_CONFIG", fault_conf_});
     bool has_module = false;
     for (const auto& [k, v] : x.env) has_module |= k == "HSMREWRAP_FAULT_MODULE";
-    if (!has_module) x.env.push_back({"HSMREWRAP_FAULT_MODULE", kSoftHsm});
+    if (!has_module) x.env.push_back({"HSMREWRAP_FAULT_MODULE", kSoftHsmPath});
     h_ = RewrapdHarness::Start(TokenKind::kSoftHsm, why, x);
     if (!h_) return false;
     health_ = grpc::health::v1::Health::NewStub(h_->channel());
@@ -630,7 +624,7 @@ TEST(DrainTest, SigtermDrainsInflightBatches) {
   auto call = rig.CallInBackground(req, &resp, &in_engine);
   ASSERT_TRUE(in_engine) << "the batch never reached rewrapd";
   const auto t0 = Clock::now();
-  ASSERT_EQ(kill(rig.h()->pid(), SIGTERM), 0);
+  ASSERT_TRUE(rig.h()->Signal(SIGTERM));
   grpc::Status st = call.get();
   ASSERT_TRUE(st.ok()) << StatusText(st);
   std::map<std::string, int> out;
@@ -655,7 +649,7 @@ TEST(DrainTest, SigtermStopsAfterTheGracePeriod) {
   auto call = rig.CallInBackground(req, &resp, &in_engine);
   ASSERT_TRUE(in_engine) << "the batch never reached rewrapd";
   const auto t0 = Clock::now();
-  ASSERT_EQ(kill(rig.h()->pid(), SIGTERM), 0);
+  ASSERT_TRUE(rig.h()->Signal(SIGTERM));
   EXPECT_EQ(rig.h()->Stop(), "");
   const double took = Since(t0);
   printf("[reliability] 1 s grace: stopped %.2f s after SIGTERM\n", took);
@@ -686,8 +680,9 @@ class RemoteServer {
     pid_ = fork();
     if (pid_ == 0) {
       setpgid(0, 0);  // its own group: the per-connection p11-kit-remote children die with it
-      execlp("p11-kit", "p11-kit", "server", "-f", "-n", socket_.c_str(), "--provider", kSoftHsm,
-             (std::string("pkcs11:token=") + kLabel).c_str(), static_cast<char*>(nullptr));
+      execlp("p11-kit", "p11-kit", "server", "-f", "-n", socket_.c_str(), "--provider",
+             kSoftHsmPath, (std::string("pkcs11:token=") + kLabel).c_str(),
+             static_cast<char*>(nullptr));
       _exit(127);
     }
     for (int i = 0; i < 100; ++i) {

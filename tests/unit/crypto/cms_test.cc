@@ -12,17 +12,18 @@
 #include <tuple>
 
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 #include "tests/unit/crypto/test_util.h"
 
 namespace hsmrewrap::crypto {
 namespace {
 
+using ::hsmrewrap::test::StatusIs;
 using testing::CertDer;
 using testing::CmsDecrypt;
 using testing::EcKey;
 using testing::RsaKey;
 using testing::SelfSignedCert;
-using testing::StatusIs;
 using testing::ToBytes;
 
 struct CmsFree {

@@ -4,12 +4,13 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 #include "tests/unit/crypto/test_util.h"
 
 namespace hsmrewrap::crypto {
 namespace {
 
-using testing::StatusIs;
+using ::hsmrewrap::test::StatusIs;
 using testing::ToBytes;
 
 TEST(HexTest, EncodesLowercaseAndRoundTripsAllBytes) {

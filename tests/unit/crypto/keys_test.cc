@@ -13,11 +13,13 @@
 
 #include "crypto/encoding.h"
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 #include "tests/unit/crypto/test_util.h"
 
 namespace hsmrewrap::crypto {
 namespace {
 
+using ::hsmrewrap::test::StatusIs;
 using testing::BnParam;
 using testing::BnParamPadded;
 using testing::CertDer;
@@ -35,7 +37,6 @@ using testing::SelfSignedCert;
 using testing::SharedDir;
 using testing::SpkiDer;
 using ::testing::StartsWith;
-using testing::StatusIs;
 using testing::ToBytes;
 
 Bytes Plain(const SecretBytes& s) { return Bytes(s.begin(), s.end()); }

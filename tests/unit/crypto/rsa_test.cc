@@ -7,18 +7,19 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 #include "tests/unit/crypto/test_util.h"
 
 namespace hsmrewrap::crypto {
 namespace {
 
+using ::hsmrewrap::test::StatusIs;
 using testing::OpenSslRsaEncrypt;
 using testing::Pkcs1Der;
 using testing::Pkcs8Der;
 using testing::Pkcs8Pem;
 using testing::RawRsaDecrypt;
 using testing::RsaKey;
-using testing::StatusIs;
 using testing::ToBytes;
 
 const absl::Status kDecryptionFailed = absl::InvalidArgumentError("decryption failed");
