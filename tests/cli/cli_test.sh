@@ -36,7 +36,7 @@ err=$("$REWRAPD" --config "$WORK/bad.yaml" --check-config 2>&1); check "bad conf
 contains "bad config names the key" "unknown configuration key 'listne'" "$err"
 # A value of the wrong type is a configuration error: exit 2 naming the key, never an
 # abort (exit 134) or another signal. A list under limits: used to throw past the loader
-# (issue 14); tests/unit/service/config_test.cc walks every key and type.
+# and abort rewrapd; tests/unit/service/config_test.cc walks every key and type.
 bad_config() {  # bad_config NAME NEEDLE YAML
   printf '%s' "$3" >"$WORK/bad.yaml"
   err=$("$REWRAPD" --config "$WORK/bad.yaml" --check-config 2>&1); local rc=$?

@@ -1,4 +1,4 @@
-// Security of rewrapd (issue 7): mTLS identities, the policy (identities x RPCs x keys x
+// Security of rewrapd: mTLS identities, the policy (identities x RPCs x keys x
 // recipients), rate limits, SIGHUP reload, the audit trail and its fail-closed behaviour.
 // One rewrapd (SoftHSM2 embedded default, mTLS, policy, audit log) serves the matrix; the
 // fail-closed and transport checks start their own.

@@ -236,7 +236,7 @@ TEST_P(CmsEcTest, KeyAgreementToPublicKeyDecrypts) {
 
 INSTANTIATE_TEST_SUITE_P(Curves, CmsEcTest, ::testing::Values("P-256", "P-384"));
 
-// The anchor's configuration (INTEROP.md section 7.1): PKCS#1 v1.5 + 3DES to Intune's test
+// Intune's sample rewrap (.NET EnvelopedCms defaults): PKCS#1 v1.5 + 3DES to Intune's test
 // certificate, decrypted with the PFX's own key.
 TEST(CmsIntuneTest, EnvelopeToIntuneTestCert) {
   auto dir = testing::SharedDir();

@@ -46,7 +46,7 @@ TEST(RsaTest, HashLenAndMd) {
   EXPECT_EQ(OaepHash(RsaPadding::kOaepSha512), HashAlg::kSha512);
 }
 
-// INTEROP.md section 2.3: OAEP limit = k - 2*hLen - 2.
+// The OAEP plaintext limit: k - 2*hLen - 2 bytes.
 TEST(RsaTest, MaxPlaintextLenMatchesInteropTable) {
   struct Row {
     size_t bits, sha256, sha384, sha512;
