@@ -49,8 +49,8 @@ WORK=$(mktemp -d /tmp/hsmrewrap-bench.XXXXXX)
 OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
 STATE=$WORK/state
-PID=""
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$STATE" "$WORK/delay-state"; }
+. "$ROOT/tests/support/rewrapd.sh"
+cleanup() { stop_all_rewrapd; rm -rf "$STATE" "$WORK/delay-state"; }
 trap cleanup EXIT
 
 jget() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {"j": j}))' "$1" "$2"; }
@@ -59,24 +59,14 @@ SUMMARY=$OUT/summary.md
 : >"$SUMMARY"
 say() { echo "$*"; echo "$*" >>"$SUMMARY"; }
 
-start_rewrapd() {  # start_rewrapd LOGNAME [args...]: sets PID and ADDR
+serve() {  # serve LOGNAME [args...]: rewrapd on a free port (start_rewrapd), logs in $WORK/LOGNAME.*
   local log=$1; shift
-  "$REWRAPD" --listen 127.0.0.1:0 "$@" >"$WORK/$log.out" 2>"$WORK/$log.err" &
-  PID=$!
-  ADDR=""
-  for _ in $(seq 1 600); do
-    ADDR=$(sed -n 's/^rewrapd serving on //p' "$WORK/$log.out")
-    [ -n "$ADDR" ] && return 0
-    kill -0 "$PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "bench.sh: rewrapd did not start:" >&2; cat "$WORK/$log.err" >&2; exit 1
+  start_rewrapd --name "$log" --dir "$WORK" -- --listen 127.0.0.1:0 "$@" || { echo "bench.sh: rewrapd did not start" >&2; exit 1; }
 }
-stop_rewrapd() { kill -TERM "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; PID=""; }
 load() {  # load NAME [rewrap-load args...]: JSON in $OUT/NAME.json
   local name=$1; shift
-  "$LOAD" --target "$ADDR" --padding $PADDING --format $FORMAT --device-bits $DEVICE_BITS \
-    --devices $DEVICES --server-pid "$PID" --json "$OUT/$name.json" -q "$@" || echo "bench.sh: rewrap-load $name exited $? (errors: see $OUT/$name.json)" >&2
+  "$LOAD" --target "$REWRAPD_ADDR" --padding $PADDING --format $FORMAT --device-bits $DEVICE_BITS \
+    --devices $DEVICES --server-pid "$REWRAPD_PID" --json "$OUT/$name.json" -q "$@" || echo "bench.sh: rewrap-load $name exited $? (errors: see $OUT/$name.json)" >&2
 }
 baseline() {  # baseline NAME [args...]: JSON in $OUT/NAME.json
   local name=$1; shift
@@ -95,17 +85,17 @@ say "- service key RSA-2048 on SoftHSM2 $(dpkg-query -W -f='${Version}' softhsm2
 say ""
 
 # --- 0. A fresh token: rewrapd's first run creates it and the 2048-bit key `default`.
-start_rewrapd init --state-dir "$STATE"
+serve init --state-dir "$STATE"
 if [ $DO_SCALING -eq 1 ]; then
-  "$CTL" --target "$ADDR" --timeout 120 keys create k3072 --bits 3072 >/dev/null
-  "$CTL" --target "$ADDR" --timeout 120 keys create k4096 --bits 4096 >/dev/null
+  "$CTL" --target "$REWRAPD_ADDR" --timeout 120 keys create k3072 --bits 3072 >/dev/null
+  "$CTL" --target "$REWRAPD_ADDR" --timeout 120 keys create k4096 --bits 4096 >/dev/null
 fi
 stop_rewrapd
 
 # --- 1./2. Baseline (no gRPC, as many threads as cores) and rewrapd under rewrap-load,
 # alternately: every service run is bracketed by baseline runs (rewrapd idles meanwhile)
 # and compared with their mean, so a change in the machine's load hits both sides.
-start_rewrapd serve --state-dir "$STATE"
+serve serve --state-dir "$STATE"
 baseline base_a --duration $DUR
 load b64 --batch 64 --streams 2 --depth 4 --duration $DUR
 baseline base_b --duration $DUR
@@ -171,7 +161,7 @@ if [ $DO_DELAY -eq 1 ]; then
   for pool in $POOLS; do
     streams=$((pool / 4 > 2 ? pool / 4 : 2))
     SOFTHSM2_CONF=$STATE/softhsm2.conf HSMREWRAP_FAULT_CONFIG=$WORK/delay.conf HSMREWRAP_FAULT_MODULE=/usr/lib/softhsm/libsofthsm2.so \
-      start_rewrapd delay$pool --module "$DELAY_MOD" --token hsm-rewrap --pin-file "$STATE/user.pin" \
+      serve delay$pool --module "$DELAY_MOD" --token hsm-rewrap --pin-file "$STATE/user.pin" \
       --allow-host-unpadding --state-dir "$WORK/delay-state" --pool-size "$pool"
     load delay$pool --batch 64 --streams $streams --depth 4 --duration $DELAY_DUR
     stop_rewrapd
@@ -189,7 +179,7 @@ if [ $DO_SCALING -eq 1 ]; then
   say ""
   say "| key | baseline items/s | service items/s | ratio | baseline CPU us/item | service CPU us/item (server + client) |"
   say "|---|---|---|---|---|---|"
-  start_rewrapd scale --state-dir "$STATE"
+  serve scale --state-dir "$STATE"
   for k in default:2048 k3072:3072 k4096:4096; do
     name=${k%%:*} bits=${k##*:}
     baseline base_k$bits --key-name "$name" --duration $SCALE_DUR
@@ -203,7 +193,7 @@ if [ $DO_SCALING -eq 1 ]; then
   say ""
   say "| batch | streams x depth | items/s | batches/s | server CPU us/item | client CPU us/item | item p50 ms | item p99 ms |"
   say "|---|---|---|---|---|---|---|---|"
-  start_rewrapd batches --state-dir "$STATE"
+  serve batches --state-dir "$STATE"
   for b in $BATCHES; do
     if [ "$b" -le 8 ]; then sd="8 8"; else sd="2 4"; fi
     set -- $sd

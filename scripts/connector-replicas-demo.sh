@@ -12,7 +12,7 @@ SAMPLE=${3:-1000}
 REWRAPD=$B/service/rewrapd REWRAPCTL=$B/clients/rewrapctl CONNECTOR=$B/clients/rewrap-connector/rewrap-connector
 W=$(mktemp -d /tmp/connector-demo.XXXXXX)
 . "$ROOT/tests/connector/lib.sh"
-trap 'stop_all; [ -n "${KEEP_TMP:-}" ] || rm -rf "$W"' EXIT
+trap 'stop_all_rewrapd; [ -n "${KEEP_TMP:-}" ] || rm -rf "$W"' EXIT
 
 start_replica r1 "$W/state"; A1=$ADDR    # creates the token and the key `default`
 start_replica r2 "$W/state"; A2=$ADDR

@@ -22,13 +22,11 @@ while [ $# -gt 0 ]; do
 done
 [ -d "$SHARED/vectors/wycheproof" ] || { echo "oracle-timing.sh: no Wycheproof vectors in $SHARED/vectors/wycheproof" >&2; exit 2; }
 STATE=$(mktemp -d)
-PID=""
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$STATE"; }
+. "$ROOT/tests/support/rewrapd.sh"
+cleanup() { stop_all_rewrapd; rm -rf "$STATE"; }
 trap cleanup EXIT
-"$BUILD_DIR/service/rewrapd" --state-dir "$STATE/state" --listen 127.0.0.1:0 --log-level warn >"$STATE/out" 2>"$STATE/err" &
-PID=$!
-for _ in $(seq 1 300); do grep -q "serving on" "$STATE/out" 2>/dev/null && break; sleep 0.1; done
-ADDR=$(sed -n 's/^rewrapd serving on //p' "$STATE/out")
-[ -n "$ADDR" ] || { echo "rewrapd did not start:"; cat "$STATE/err"; exit 1; }
+start_rewrapd --bin "$BUILD_DIR/service/rewrapd" --out "$STATE/out" --err "$STATE/err" --timeout 30 -- \
+  --state-dir "$STATE/state" --listen 127.0.0.1:0 --log-level warn || exit 1
+ADDR=$REWRAPD_ADDR
 echo "rewrapd $ADDR (embedded SoftHSM2), $SAMPLES samples per class, commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)"
 "$BUILD_DIR/bench/oracle-timing/oracle-timing" --target "$ADDR" --vectors "$SHARED/vectors/wycheproof" --samples "$SAMPLES"

@@ -32,9 +32,9 @@ REWRAPD="${REWRAPD:-$BUILD_DIR/service/rewrapd}"
 [ -x "$PFX_IMPORT" ] || { echo "pfx-import not found at $PFX_IMPORT (set BUILD_DIR or PFX_IMPORT)" >&2; exit 2; }
 
 WORK="$(mktemp -d /tmp/pfx-bulk-demo.XXXXXX)"
-REWRAPD_PID=""
+. "$ROOT/tests/support/rewrapd.sh"
 cleanup() {
-  if [ -n "$REWRAPD_PID" ]; then kill -TERM "$REWRAPD_PID" 2>/dev/null || true; wait "$REWRAPD_PID" 2>/dev/null || true; fi
+  stop_all_rewrapd
   if [ "$KEEP" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -42,15 +42,9 @@ trap cleanup EXIT
 if [ -z "$SERVICE" ]; then
   [ -x "$REWRAPD" ] || { echo "rewrapd not found at $REWRAPD (set BUILD_DIR or REWRAPD, or pass --service)" >&2; exit 2; }
   mkdir -p "$WORK/state"
-  "$REWRAPD" --state-dir "$WORK/state" --listen 127.0.0.1:0 >"$WORK/rewrapd.out" 2>"$WORK/rewrapd.err" &
-  REWRAPD_PID=$!
-  for _ in $(seq 600); do
-    if grep -q "serving on" "$WORK/rewrapd.out" 2>/dev/null; then break; fi
-    kill -0 "$REWRAPD_PID" 2>/dev/null || { cat "$WORK/rewrapd.err" >&2; exit 3; }
-    sleep 0.1
-  done
-  SERVICE="$(sed -n 's/.*serving on \([^ ]*\).*/\1/p' "$WORK/rewrapd.out" | head -1)"
-  [ -n "$SERVICE" ] || { echo "rewrapd did not start" >&2; cat "$WORK/rewrapd.err" >&2; exit 3; }
+  start_rewrapd --out "$WORK/rewrapd.out" --err "$WORK/rewrapd.err" -- \
+    --state-dir "$WORK/state" --listen 127.0.0.1:0 || exit 3
+  SERVICE=$REWRAPD_ADDR
   echo "started rewrapd on $SERVICE"
 fi
 

@@ -40,8 +40,9 @@ CLIENTS=16 POOL=4 LINES=600
 
 W=$(mktemp -d /tmp/hsmrewrap-soak.XXXXXX)
 RD_PID="" SRV_PID=""
+. tests/support/rewrapd.sh  # (the working directory is the repository root)
 cleanup() {
-  [ -n "$RD_PID" ] && kill "$RD_PID" 2>/dev/null && wait "$RD_PID" 2>/dev/null
+  stop_all_rewrapd
   [ -n "$SRV_PID" ] && kill -KILL -- "-$SRV_PID" 2>/dev/null
   jobs -p | xargs -r kill 2>/dev/null
   if [ $KEEP -eq 1 ]; then echo "kept $W"; else rm -rf "$W"; fi
@@ -70,18 +71,11 @@ start_server || exit 2
 : >"$W/faults.conf"  # no faults while the key is made (written before the clients start)
 HSMREWRAP_FAULT_CONFIG=$W/faults.conf HSMREWRAP_FAULT_MODULE=$CLIENT_MODULE \
   P11_KIT_SERVER_ADDRESS=unix:path=$SOCK \
-  "$REWRAPD" --module "$FAULT" --token soak --pin-file "$W/pin" --listen 127.0.0.1:0 --state-dir "$W/state" \
+  start_rewrapd --out "$W/rewrapd.out" --err "$W/rewrapd.log" -- \
+  --module "$FAULT" --token soak --pin-file "$W/pin" --listen 127.0.0.1:0 --state-dir "$W/state" \
   --pool-size $POOL --allow-host-unpadding --metrics-listen 127.0.0.1:0 --log-format text \
-  --selftest-interval 0 --reconnect-backoff-max 1000 >"$W/rewrapd.out" 2>"$W/rewrapd.log" &
-RD_PID=$!
-ADDR=""
-for _ in $(seq 600); do
-  ADDR=$(sed -n 's/^rewrapd serving on //p' "$W/rewrapd.out")
-  [ -n "$ADDR" ] && break
-  kill -0 $RD_PID 2>/dev/null || break
-  sleep 0.1
-done
-[ -n "$ADDR" ] || { echo "soak.sh: rewrapd did not start:"; cat "$W/rewrapd.log"; exit 2; }
+  --selftest-interval 0 --reconnect-backoff-max 1000 || { echo "soak.sh: rewrapd did not start"; exit 2; }
+RD_PID=$REWRAPD_PID ADDR=$REWRAPD_ADDR
 METRICS=$(grep -o 'metrics on http://[^/]*' "$W/rewrapd.log" | sed 's#metrics on http://##')
 "$CTL" --target "$ADDR" keys create soak >/dev/null || { echo "soak.sh: keys create failed"; exit 2; }
 "$CTL" --target "$ADDR" keys export-public soak --out "$W/svc.pem" >/dev/null || exit 2

@@ -6,15 +6,12 @@ set -uo pipefail
 REWRAPD=$1
 CTL=$2
 WORK=$(mktemp -d)
-PID=""
 fails=0
 passes=0
-# Leak check: rewrapd at trace level with an audit log; its logs and PINs are collected.
-. "$(dirname "$0")/../leakcheck/leakcheck.sh"
-LEAK_DIR=""
+# rewrapd at trace level with an audit log under the leak check: its logs and PINs are collected.
+. "$(dirname "$0")/../support/rewrapd.sh"
 cleanup() {
-  [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
-  leak_keep "$LEAK_DIR" "$WORK/out" "$WORK/err"
+  stop_all_rewrapd
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -24,24 +21,6 @@ check() {  # check NAME EXPECTED ACTUAL
 }
 contains() {  # contains NAME NEEDLE HAYSTACK
   if [[ "$3" == *"$2"* ]]; then passes=$((passes + 1)); else echo "FAIL: $1: [$2] not in: $3"; fails=$((fails + 1)); fi
-}
-
-start() {  # start rewrapd with the given args; sets PID and ADDR
-  leak_args rewrapd
-  "$REWRAPD" "$@" "${LEAK_ARGS[@]}" >"$WORK/out" 2>"$WORK/err" &
-  PID=$!
-  for _ in $(seq 1 300); do
-    ADDR=$(sed -n 's/^rewrapd serving on //p' "$WORK/out")
-    [ -n "$ADDR" ] && { leak_secret_file "$WORK/state/user.pin" "$WORK/state/so.pin"; return 0; }
-    kill -0 "$PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "rewrapd did not start:"; cat "$WORK/err"; exit 1
-}
-stop() {
-  kill -TERM "$PID"; wait "$PID"; local rc=$?; PID=""
-  leak_keep "$LEAK_DIR" "$WORK/out" "$WORK/err"; LEAK_DIR=""
-  return $rc
 }
 
 # --- flags and exit codes that need no token
@@ -57,7 +36,7 @@ err=$("$REWRAPD" --config "$WORK/bad.yaml" --check-config 2>&1); check "bad conf
 contains "bad config names the key" "unknown configuration key 'listne'" "$err"
 # A value of the wrong type is a configuration error: exit 2 naming the key, never an
 # abort (exit 134) or another signal. A list under limits: used to throw past the loader
-# (issue 14); tests/unit/service/config_test.cc walks every key and type.
+# and abort rewrapd; tests/unit/service/config_test.cc walks every key and type.
 bad_config() {  # bad_config NAME NEEDLE YAML
   printf '%s' "$3" >"$WORK/bad.yaml"
   err=$("$REWRAPD" --config "$WORK/bad.yaml" --check-config 2>&1); local rc=$?
@@ -85,7 +64,9 @@ contains "check-config shows the pool" "session pool:         3 sessions, " "$ou
 contains "check-config denies host unpadding for a real module" "host unpadding:       denied" "$out"
 
 # --- the embedded default: first run creates token, PINs and key
-start --state-dir "$WORK/state" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
+start_rewrapd --out "$WORK/out" --err "$WORK/err" --timeout 30 -- \
+  --state-dir "$WORK/state" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 || exit 1
+ADDR=$REWRAPD_ADDR
 contains "banner gives a client command" "--target $ADDR keys list" "$(cat "$WORK/out")"
 check "user.pin mode" 600 "$(stat -c %a "$WORK/state/user.pin")"
 check "so.pin mode" 600 "$(stat -c %a "$WORK/state/so.pin")"
@@ -137,13 +118,15 @@ check "disabled in list" "False" "$(python3 -c 'import json,sys; print([k for k 
 "$CTL" --target "$ADDR" keys export-public nope >/dev/null 2>&1; check "unknown key exit" 1 $?
 
 # --- a second run reuses the token, its PINs and keys
-stop; check "clean stop exit" 0 $?
+stop_rewrapd; check "clean stop exit" 0 $?
 pin_before=$(sha256sum <"$WORK/state/user.pin")
-start --state-dir "$WORK/state" --listen 127.0.0.1:0
+start_rewrapd --out "$WORK/out" --err "$WORK/err" --timeout 30 -- \
+  --state-dir "$WORK/state" --listen 127.0.0.1:0 || exit 1
+ADDR=$REWRAPD_ADDR
 check "PIN file kept" "$pin_before" "$(sha256sum <"$WORK/state/user.pin")"
 check "keys kept across restarts" "default imported k3072" \
   "$(python3 -c 'import json,sys; print(" ".join(sorted(k["name"] for k in json.loads(sys.argv[1]))))' "$("$CTL" --target "$ADDR" -o json keys list)")"
-stop
+stop_rewrapd
 "$CTL" --target "$ADDR" --timeout 2 health >/dev/null 2>&1; check "health of a stopped service exits 3" 3 $?
 "$CTL" --target "$ADDR" 2>/dev/null; check "rewrapctl without subcommand exits 2" 2 $?
 

@@ -21,7 +21,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 W=$(mktemp -d /tmp/connector-test.XXXXXX)
 # shellcheck source=tests/connector/lib.sh
 . "$HERE/lib.sh"
-cleanup() { stop_all; leak_keep_replicas; [ -n "${KEEP_TMP:-}" ] || rm -rf "$W"; }
+cleanup() { stop_all_rewrapd; [ -n "${KEEP_TMP:-}" ] || rm -rf "$W"; }
 trap cleanup EXIT
 
 FAILS=0

@@ -1,54 +1,17 @@
 # Shared helpers for the connector tests and scripts/connector-replicas-demo.sh.
 # Needs: REWRAPD, REWRAPCTL, CONNECTOR (paths) and W (a work directory) set by the caller.
 
-PIDS=()
-LEAK_LOGS=()  # "DIR FILE" pairs for leak_keep_replicas
-# Leak check (tests/leakcheck/leakcheck.sh): no-ops unless ctest runs us through collect.sh.
-# shellcheck source=tests/leakcheck/leakcheck.sh
-. "$(dirname "${BASH_SOURCE[0]}")/../leakcheck/leakcheck.sh"
+# rewrapd at trace level with an audit log under the leak check (tests/leakcheck/leakcheck.sh):
+# no-ops unless ctest runs us through collect.sh.
+# shellcheck source=tests/support/rewrapd.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../support/rewrapd.sh"
 
 # start_replica NAME STATE_DIR: starts rewrapd on a free loopback port; sets ADDR and
-# records its pid in $W/NAME.pid (log in $W/NAME.log).
+# records its pid in $W/NAME.pid (log in $W/NAME.log). stop_all_rewrapd stops them all.
 start_replica() {
-  local name=$1 state=$2
-  leak_args "$name"
-  "$REWRAPD" --state-dir "$state" --listen 127.0.0.1:0 "${LEAK_ARGS[@]}" >"$W/$name.log" 2>&1 &
-  [ -n "$LEAK_DIR" ] && LEAK_LOGS+=("$LEAK_DIR $W/$name.log")
-  local pid=$!
-  PIDS+=("$pid")
-  echo "$pid" >"$W/$name.pid"
-  local i
-  for i in $(seq 1 600); do
-    if ADDR=$(grep -o 'rewrapd serving on [^ ]*' "$W/$name.log" | awk '{print $4}') && [ -n "$ADDR" ]; then
-      leak_secret_file "$state/user.pin" "$state/so.pin"
-      return 0
-    fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "rewrapd $name exited:"; cat "$W/$name.log"; return 1
-    fi
-    sleep 0.1
-  done
-  echo "rewrapd $name did not start:"; cat "$W/$name.log"; return 1
-}
-
-# leak_keep_replicas: after stop_all, copies every replica's log into the leak-check
-# collection (their audit logs are written there directly).
-leak_keep_replicas() {
-  local pair
-  for pair in "${LEAK_LOGS[@]:-}"; do
-    [ -n "$pair" ] && leak_keep "${pair%% *}" "${pair#* }"
-  done
-  return 0
-}
-
-stop_all() {
-  local p
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] && kill "$p" 2>/dev/null || true
-  done
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] && wait "$p" 2>/dev/null || true
-  done
+  start_rewrapd --name "$1" --out "$W/$1.log" -- --state-dir "$2" --listen 127.0.0.1:0 || return 1
+  ADDR=$REWRAPD_ADDR
+  echo "$REWRAPD_PID" >"$W/$1.pid"
 }
 
 # seal PUBKEY_PEM PADDING(oaepSha256|oaepSha384|oaepSha512|oaepSha1|pkcs1) PLAINTEXT_FILE -> base64 on stdout

@@ -97,7 +97,7 @@ struct NamedRv {
   const char* name;
   CK_RV rv;
 };
-// The codes a test may inject (issue 8) plus a few more that are useful.
+// The codes the reliability tests inject plus a few more that are useful.
 constexpr NamedRv kCodes[] = {
     {"CKR_DEVICE_ERROR", CKR_DEVICE_ERROR},
     {"CKR_DEVICE_REMOVED", CKR_DEVICE_REMOVED},

@@ -200,7 +200,7 @@ TEST_F(ApiTest, CreateKeyAndListKeysFields) {
             << "NSS decrypts OAEP natively; HOST_UNPADDING must not be offered for "
             << PaddingName(p);
       } else if (p != v1::OAEP_SHA1) {
-        // TOKENS.md SoftHSM2 #1: SHA-2 OAEP is refused by the token; the embedded default
+        // SoftHSM2 decrypts OAEP with SHA-1 (and MGF1-SHA1) only; the embedded default
         // allows host unpadding, so that is what it must offer.
         EXPECT_EQ(uniq.count(v1::HOST_UNPADDING), 1u)
             << "SoftHSM2 needs HOST_UNPADDING for " << PaddingName(p);
@@ -214,7 +214,7 @@ TEST_F(ApiTest, CreateKeyAndListKeysFields) {
       EXPECT_FALSE(k.PathsFor(v1::PKCS1).empty()) << "allow_pkcs1 key lists no PKCS1 paths";
     }
     // Learned by trial: NSS softoken 3.87 does PKCS#1 implicit rejection, SoftHSM2 returns an
-    // error (TOKENS.md SoftHSM2 #7). Never reported for a key without PKCS#1.
+    // error (CKR_GENERAL_ERROR). Never reported for a key without PKCS#1.
     EXPECT_EQ(info.pkcs1_implicit_rejection(), allow && nss()) << name;
     EXPECT_EQ(created.pkcs1_implicit_rejection(), info.pkcs1_implicit_rejection()) << name;
   }
@@ -323,7 +323,7 @@ TEST_F(ApiTest, GetPublicKeyFormatsAgree) {
   const std::string cng = got[v1::CNG_RSAPUBLICBLOB].public_key();
   EXPECT_EQ(HexEncode(Sha256(der)), k.info.spki_sha256());
 
-  // DER: SPKI with rsaEncryption and explicit NULL parameters (INTEROP.md §3.2).
+  // DER: SPKI with rsaEncryption and explicit NULL parameters (the only DER Intune accepts).
   const std::string rsa_alg_null = HexDecode("300d06092a864886f70d0101010500");
   EXPECT_NE(der.find(rsa_alg_null), std::string::npos)
       << "SPKI algorithm is not rsaEncryption with NULL parameters";
@@ -334,7 +334,8 @@ TEST_F(ApiTest, GetPublicKeyFormatsAgree) {
   ASSERT_NE(from_pem, nullptr) << "PEM does not parse";
   EXPECT_TRUE(SpkiDer(from_pem.get()) == der) << "PEM and DER differ";
 
-  // CNG BCRYPT_RSAPUBLIC_BLOB (INTEROP.md §3.1).
+  // CNG BCRYPT_RSAPUBLIC_BLOB: six little-endian uint32 ("RSA1", bits, len e, len n, 0, 0),
+  // then e and n big-endian.
   const std::string n = RsaModulus(k.pub.get()), e = RsaExponent(k.pub.get());
   ASSERT_GE(cng.size(), 24u);
   auto le32 = [&](size_t off) {
@@ -643,7 +644,7 @@ TEST_F(ApiTest, NssBareRsaOutputsAreInToken) {
   }
 }
 
-// Issue 14: a secret too long for the recipient is INVALID_ITEM with one message on every
+// A secret too long for the recipient is INVALID_ITEM with one message on every
 // path (IN_TOKEN on NSS for OAEP outputs, TOKEN_DECRYPT elsewhere) and token, never
 // DECRYPT_FAILED; one byte shorter rewraps, and says on which path.
 TEST_F(ApiTest, SecretTooLongForTheRecipientIsInvalidOnEveryPath) {
@@ -1054,7 +1055,7 @@ TEST_F(ApiTest, DecryptFailedIsUniform) {
         if (r.has_error() && r.error().code() == v1::ItemError::INVALID_ITEM &&
             r.error().message().find("too long for the recipient") != std::string::npos) {
           // The pseudo-random secret did not fit the output, as a real one of that length
-          // would not: the same answer as on the host path (issue 14.3).
+          // would not: the same answer as on the host path.
           outcome[round][item.id()] = "L";
           continue;
         }

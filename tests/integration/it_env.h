@@ -6,7 +6,7 @@
 
 #include <string>
 
-#include "tests/integration/rewrapd_harness.h"
+#include "tests/integration/it_util.h"
 
 namespace hsmrewrap::it {
 

@@ -10,12 +10,30 @@
 #include <string>
 #include <vector>
 
-#include "tests/integration/rewrapd_harness.h"
 #include "tests/integration/test_crypto.h"
+#include "tests/support/command.h"
+#include "tests/support/files.h"
+#include "tests/support/rewrapd_harness.h"
+#include "tests/support/temp_dir.h"
 
 namespace hsmrewrap::it {
 
 namespace v1 = hsmrewrap::v1;
+
+// The test-support library's names, as the integration and reliability tests use them.
+using test::CommandResult;
+using test::CurrentToken;
+using test::ParseTokenFlag;
+using test::ReadFileOrEmpty;
+using test::RewrapdHarness;
+using test::RewrapdPath;
+using test::RunCommand;
+using test::SetDeadline;
+using test::TempDir;
+using test::TokenKind;
+using test::TokenName;
+using test::TokenUnavailableReason;
+using test::WriteFile;
 
 // A service key as the tests see it: its name, its public key (from GetPublicKey DER) and
 // its ListKeys entry.

@@ -50,7 +50,7 @@ std::string CertDer(X509* c);
 std::string CertPem(X509* c);
 // PKCS#12 with the key and certificate (OpenSSL 3 defaults: AES-256-CBC, PBKDF2).
 std::string Pkcs12(EVP_PKEY* k, X509* c, const std::string& password);
-// BCRYPT_RSAFULLPRIVATE_BLOB ("RSA3"), INTEROP.md §3.3.
+// CNG BCRYPT_RSAFULLPRIVATE_BLOB (magic "RSA3"): what Intune's key export writes.
 std::string CngFullPrivateBlob(EVP_PKEY* k);
 
 enum class Pad { kOaepSha1, kOaepSha256, kOaepSha384, kOaepSha512, kPkcs1 };

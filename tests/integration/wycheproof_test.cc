@@ -356,7 +356,7 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
                          "the unsealed secret is too long for the recipient key with this output "
                          "format") {
             // Implicit rejection gave a pseudo-random secret too long for the output format:
-            // the answer any secret of that length gets, on every path (issue 14.3).
+            // the answer any secret of that length gets, on every path.
             ++st.invalid_implicit_rejection;
             const v1::RewrapResult& r2 = again.results(static_cast<int>(i));
             if (!r2.has_error() || r2.error().code() != code) {

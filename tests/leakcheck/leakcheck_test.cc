@@ -13,6 +13,7 @@
 #include <string>
 
 #include "tests/leakcheck/scan.h"
+#include "tests/support/temp_dir.h"
 
 namespace hsmrewrap::leakcheck {
 namespace {
@@ -22,15 +23,6 @@ std::string g_collection;
 
 class FakeCollection : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "leakcheck-selftest-XXXXXX").string();
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    root_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(root_, ec);
-  }
   // A test directory as collect.sh, record.cc and a harness would leave it.
   void AddTest(const std::string& test, const std::vector<std::string>& secrets,
                const std::vector<std::pair<std::string, std::string>>& logs) {
@@ -51,7 +43,8 @@ class FakeCollection : public ::testing::Test {
   static void Write(const std::string& path, const std::string& data) {
     std::ofstream(path, std::ios::binary) << data;
   }
-  std::string root_;
+  test::TempDir dir_{"leakcheck-selftest"};
+  const std::string root_ = dir_.path();
 };
 
 const std::string kSecret = "Pl@nted-secret\xff\x01-42";  // 18 bytes, not all printable

@@ -8,31 +8,20 @@ set -uo pipefail
 REWRAPD=$1
 LOAD=$2
 WORK=$(mktemp -d)
-PID=""
 fails=0
 # Leak check: rewrapd at trace level with an audit log; its logs, the PINs and every
 # password rewrap-load seals (--passwords-out) are collected.
-. "$(dirname "$0")/../leakcheck/leakcheck.sh"
-leak_args rewrapd
+. "$(dirname "$0")/../support/rewrapd.sh"
 cleanup() {
-  [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
-  leak_keep "$LEAK_DIR" "$WORK/out" "$WORK/err"
+  stop_all_rewrapd
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
-"$REWRAPD" --state-dir "$WORK/state" --listen 127.0.0.1:0 --pool-size 2 "${LEAK_ARGS[@]}" >"$WORK/out" 2>"$WORK/err" &
-PID=$!
-ADDR=""
-for _ in $(seq 1 600); do
-  ADDR=$(sed -n 's/^rewrapd serving on //p' "$WORK/out")
-  [ -n "$ADDR" ] && break
-  kill -0 "$PID" 2>/dev/null || break
-  sleep 0.1
-done
-[ -n "$ADDR" ] || { echo "rewrapd did not start:"; cat "$WORK/err"; exit 1; }
-leak_secret_file "$WORK/state/user.pin" "$WORK/state/so.pin"
+start_rewrapd --out "$WORK/out" --err "$WORK/err" -- \
+  --state-dir "$WORK/state" --listen 127.0.0.1:0 --pool-size 2 || exit 1
+PID=$REWRAPD_PID ADDR=$REWRAPD_ADDR
 # leak_passwords FILE: records the passwords rewrap-load wrote with --passwords-out (hex lines).
 leak_passwords() {
   leak_on || return 0
@@ -109,6 +98,6 @@ python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if j["it
 rc=$?
 [ $rc -eq 2 ] || fail "bad --padding exit code $rc (want 2)"
 
-kill -TERM "$PID"; wait "$PID"; PID=""
+stop_rewrapd
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; tail -20 "$WORK/err"; exit 1; fi
 echo "all rewrap-load checks passed"

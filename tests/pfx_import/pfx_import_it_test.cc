@@ -13,6 +13,9 @@
 #include "hsmrewrap/v1/rewrap.grpc.pb.h"
 #include "tests/leakcheck/record.h"
 #include "tests/pfx_import/test_util.h"
+#include "tests/support/files.h"
+#include "tests/support/rewrapd_harness.h"
+#include "tests/support/temp_dir.h"
 
 namespace hsmrewrap::pfx_test {
 namespace {
@@ -27,32 +30,25 @@ absl::Span<const uint8_t> Span(const std::string& s) {
 class PfxImportService : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new TempDir();
-    rewrapd_ = new Rewrapd();
     std::string error;
-    if (!rewrapd_->Start(dir_->File(""), &error)) start_error_ = new std::string(error);
+    rewrapd_ = test::RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error).release();
+    if (rewrapd_ == nullptr) start_error_ = new std::string(error);
   }
   static void TearDownTestSuite() {
     delete rewrapd_;
-    delete dir_;
+    rewrapd_ = nullptr;
     delete start_error_;
     start_error_ = nullptr;
   }
   void SetUp() override {
     if (start_error_ != nullptr) FAIL() << *start_error_;
   }
-  Result Import(std::vector<std::string> args, const std::map<std::string, std::string>& env = {}) {
-    args.insert(args.begin(), PfxImportPath());
-    return pfx_test::Run(args, env);
-  }
 
-  static TempDir* dir_;
-  static Rewrapd* rewrapd_;
+  static test::RewrapdHarness* rewrapd_;
   static std::string* start_error_;
-  TempDir tmp_;
+  test::TempDir tmp_;
 };
-TempDir* PfxImportService::dir_ = nullptr;
-Rewrapd* PfxImportService::rewrapd_ = nullptr;
+test::RewrapdHarness* PfxImportService::rewrapd_ = nullptr;
 std::string* PfxImportService::start_error_ = nullptr;
 
 // Decrypts a record's sealed password through the service: rewrap to our own key, then
@@ -93,18 +89,20 @@ TEST_F(PfxImportService, VerifyPassesAndRecordDecryptsThroughTheService) {
   std::string pfx_path = testcert;
   std::string password = "TestCert";
   leakcheck::RecordSecret(password);  // the vector's PFX password, sealed by pfx-import
-  if (ReadFile(testcert).empty()) {   // no shared vectors: a generated PFX does the same job
+  if (test::ReadFileOrEmpty(testcert)
+          .empty()) {  // no shared vectors: a generated PFX does the same job
     KeyCert kc = MakeKeyCert("it", -3600, 86400, "critical,digitalSignature,keyEncipherment");
     pfx_path = tmp_.File("it.pfx");
-    WriteFile(pfx_path, MakePfx(kc.key, kc.cert, {}, password));
+    test::WriteFile(pfx_path, MakePfx(kc.key, kc.cert, {}, password));
   }
-  WriteFile(tmp_.File("pw"), password + "\n");
-  Result r = Import({"--service", rewrapd_->address(), "--pfx", pfx_path, "--password-file",
-                     tmp_.File("pw"), "--upn", "alice@contoso.example", "--purpose",
-                     "smimeEncryption", "--verify", "--out", tmp_.File("out.jsonl")});
+  test::WriteFile(tmp_.File("pw"), password + "\n");
+  test::CommandResult r =
+      RunPfxImport({"--service", rewrapd_->address(), "--pfx", pfx_path, "--password-file",
+                    tmp_.File("pw"), "--upn", "alice@contoso.example", "--purpose",
+                    "smimeEncryption", "--verify", "--out", tmp_.File("out.jsonl")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.err, HasSubstr("verified through the service: 1"));
-  auto j = nlohmann::json::parse(ReadFile(tmp_.File("out.jsonl")));
+  auto j = nlohmann::json::parse(test::ReadFileOrEmpty(tmp_.File("out.jsonl")));
   EXPECT_EQ(j["keyName"], "default");
   EXPECT_EQ(j["providerName"], "hsm-rewrap");
   EXPECT_EQ(j["paddingScheme"], "oaepSha512");
@@ -115,21 +113,22 @@ TEST_F(PfxImportService, BulkCsvWithVerifyAndOaepSha256) {
   KeyCert a = MakeKeyCert("a", -3600, 86400, "");
   KeyCert b = MakeKeyCert("b", -3600, 86400, "");
   // Passwords of 8 bytes or more, so that the leak check searches the logs for them.
-  WriteFile(tmp_.File("a.pfx"), MakePfx(a.key, a.cert, {}, "pa\xC3\xA9-Secret-A"));
-  WriteFile(tmp_.File("b.pfx"), MakePfx(b.key, b.cert, {}, "pb-Secret-B"));
+  test::WriteFile(tmp_.File("a.pfx"), MakePfx(a.key, a.cert, {}, "pa\xC3\xA9-Secret-A"));
+  test::WriteFile(tmp_.File("b.pfx"), MakePfx(b.key, b.cert, {}, "pb-Secret-B"));
   leakcheck::RecordSecret("pa\xE9-Secret-A");  // what pfx-import seals for a (see the end)
-  WriteFile(tmp_.File("bad.pfx"), "garbage");
-  WriteFile(tmp_.File("m.csv"),
-            "userPrincipalName,pfxPath,password\n"
-            "a@x,a.pfx,pa\xC3\xA9-Secret-A\n"
-            "b@x,b.pfx,pb-Secret-B\n"
-            "c@x,bad.pfx,pc\n");
-  Result r = Import({"--service", rewrapd_->address(), "--csv", tmp_.File("m.csv"), "--padding",
-                     "oaepSha256", "--verify", "--out", tmp_.File("out.jsonl")});
+  test::WriteFile(tmp_.File("bad.pfx"), "garbage");
+  test::WriteFile(tmp_.File("m.csv"),
+                  "userPrincipalName,pfxPath,password\n"
+                  "a@x,a.pfx,pa\xC3\xA9-Secret-A\n"
+                  "b@x,b.pfx,pb-Secret-B\n"
+                  "c@x,bad.pfx,pc\n");
+  test::CommandResult r =
+      RunPfxImport({"--service", rewrapd_->address(), "--csv", tmp_.File("m.csv"), "--padding",
+                    "oaepSha256", "--verify", "--out", tmp_.File("out.jsonl")});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_THAT(r.err, HasSubstr("2 imported, 0 skipped, 1 failed"));
   EXPECT_THAT(r.err, HasSubstr("verified through the service: 2"));
-  std::istringstream lines(ReadFile(tmp_.File("out.jsonl")));
+  std::istringstream lines(test::ReadFileOrEmpty(tmp_.File("out.jsonl")));
   std::string line;
   std::vector<std::string> got;
   while (std::getline(lines, line)) {
@@ -141,13 +140,13 @@ TEST_F(PfxImportService, BulkCsvWithVerifyAndOaepSha256) {
 
 TEST_F(PfxImportService, UnknownKeyAndUnreachableServiceFailAtStartup) {
   KeyCert kc = MakeKeyCert("x", -3600, 86400, "");
-  WriteFile(tmp_.File("x.pfx"), MakePfx(kc.key, kc.cert, {}, "p"));
-  Result r = Import({"--service", rewrapd_->address(), "--key-name", "no-such-key", "--pfx",
-                     tmp_.File("x.pfx"), "--upn", "x@x"},
-                    {{"PFX_PASSWORD", "p"}});
+  test::WriteFile(tmp_.File("x.pfx"), MakePfx(kc.key, kc.cert, {}, "p"));
+  test::CommandResult r = RunPfxImport({"--service", rewrapd_->address(), "--key-name",
+                                        "no-such-key", "--pfx", tmp_.File("x.pfx"), "--upn", "x@x"},
+                                       {{"PFX_PASSWORD", "p"}});
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_THAT(r.err, HasSubstr("no-such-key"));
-  r = Import(
+  r = RunPfxImport(
       {"--service", "127.0.0.1:1", "--timeout", "2", "--pfx", tmp_.File("x.pfx"), "--upn", "x@x"},
       {{"PFX_PASSWORD", "p"}});
   EXPECT_EQ(r.exit_code, 3);

@@ -21,6 +21,8 @@
 #include "crypto/pfx.h"
 #include "crypto/rsa.h"
 #include "tests/pfx_import/test_util.h"
+#include "tests/support/files.h"
+#include "tests/support/temp_dir.h"
 
 namespace hsmrewrap::pfx_test {
 namespace {
@@ -73,7 +75,7 @@ TEST(PfxVectors, EveryFileGivesItsDocumentedOutcome) {
   };
   for (const auto& v : vectors) {
     SCOPED_TRACE(v.file);
-    const std::string data = ReadFile(SharedDir() + "/vectors/" + v.file);
+    const std::string data = test::ReadFileOrEmpty(SharedDir() + "/vectors/" + v.file);
     ASSERT_FALSE(data.empty());
     auto c = crypto::OpenPfx(Span(data), SecretString(v.password.begin(), v.password.end()));
     if (v.expected == PfxProblem::kNone) {
@@ -100,7 +102,7 @@ TEST(PfxVectors, EveryFileGivesItsDocumentedOutcome) {
 TEST(PfxVectors, WrongPasswordIsReportedAsSuch) {
   REQUIRE_SHARED();
   for (const char* f : {"pkcs12/openssl.p12", "pkcs12/windows.p12", "intune/testcert.pfx"}) {
-    const std::string data = ReadFile(SharedDir() + "/vectors/" + f);
+    const std::string data = test::ReadFileOrEmpty(SharedDir() + "/vectors/" + f);
     auto c = crypto::OpenPfx(Span(data), SecretString("wrong"));
     ASSERT_FALSE(c.ok()) << f;
     EXPECT_EQ(crypto::PfxProblemOf(c.status()), PfxProblem::kWrongPassword) << c.status();
@@ -110,7 +112,7 @@ TEST(PfxVectors, WrongPasswordIsReportedAsSuch) {
 
 TEST(PfxVectors, IntuneTestCertFacts) {
   REQUIRE_SHARED();
-  const std::string data = ReadFile(SharedDir() + "/vectors/intune/testcert.pfx");
+  const std::string data = test::ReadFileOrEmpty(SharedDir() + "/vectors/intune/testcert.pfx");
   auto c = crypto::OpenPfx(Span(data), SecretString("TestCert"));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->thumbprint, "f5e1acb8c9c55a17605930515661548fb4cfc64c");
@@ -123,7 +125,7 @@ TEST(PfxVectors, IntuneTestCertFacts) {
 
 TEST(PfxVectors, ExpiredVectorsAreRefusedForImportWithTheirDate) {
   REQUIRE_SHARED();
-  const std::string data = ReadFile(SharedDir() + "/vectors/pkcs12/openssl.p12");
+  const std::string data = test::ReadFileOrEmpty(SharedDir() + "/vectors/pkcs12/openssl.p12");
   auto c = crypto::OpenPfx(Span(data), SecretString("foo"));
   ASSERT_TRUE(c.ok()) << c.status();
   absl::Status s = crypto::CheckPfxForImport(*c, PfxPurpose::kUnassigned, absl::Now());
@@ -135,7 +137,7 @@ TEST(PfxVectors, ExpiredVectorsAreRefusedForImportWithTheirDate) {
 // crash.
 TEST(PfxVectors, TruncationsAndBitFlipsNeverCrash) {
   REQUIRE_SHARED();
-  const std::string data = ReadFile(SharedDir() + "/vectors/pkcs12/windows.p12");
+  const std::string data = test::ReadFileOrEmpty(SharedDir() + "/vectors/pkcs12/windows.p12");
   for (size_t n = 0; n < data.size(); n += 7) {
     auto c = crypto::OpenPfx(Span(data.substr(0, n)), SecretString("foo"));
     EXPECT_FALSE(c.ok());
@@ -282,14 +284,10 @@ class PfxImportCli : public ::testing::Test {
  protected:
   void SetUp() override {
     svc_key_ = NewRsaKey(2048);
-    WriteFile(dir_.File("svc.pub"), PublicKeyPem(svc_key_));
-    WriteFile(dir_.File("svc.key"), KeyPem(svc_key_));
+    test::WriteFile(dir_.File("svc.pub"), PublicKeyPem(svc_key_));
+    test::WriteFile(dir_.File("svc.key"), KeyPem(svc_key_));
   }
   void TearDown() override { EVP_PKEY_free(svc_key_); }
-  Result Import(std::vector<std::string> args, const std::map<std::string, std::string>& env = {}) {
-    args.insert(args.begin(), PfxImportPath());
-    return pfx_test::Run(args, env);
-  }
   // The password sealed in a record, decrypted with the test's service key.
   std::string Unseal(const nlohmann::json& record,
                      crypto::RsaPadding padding = crypto::RsaPadding::kOaepSha512) {
@@ -300,7 +298,7 @@ class PfxImportCli : public ::testing::Test {
     if (!pt.ok()) return "<decrypt failed>";
     return std::string(pt->begin(), pt->end());
   }
-  TempDir dir_;
+  test::TempDir dir_;
   EVP_PKEY* svc_key_ = nullptr;
 };
 
@@ -308,14 +306,15 @@ TEST_F(PfxImportCli, RecordHasExactlyTheFieldsTypesAndEncodingsOf42) {
   KeyCert kc =
       MakeKeyCert("alice", -3600, 86400 * 365, "critical,digitalSignature,keyEncipherment");
   const std::string pfx = MakePfx(kc.key, kc.cert, {}, "caf\xC3\xA9 pw");
-  WriteFile(dir_.File("a.pfx"), pfx);
-  WriteFile(dir_.File("pw"), "caf\xC3\xA9 pw\n");
-  Result r = Import({"--pfx", dir_.File("a.pfx"), "--password-file", dir_.File("pw"), "--upn",
-                     "Alice@Contoso.example", "--purpose", "smimeEncryption", "--public-key-file",
-                     dir_.File("svc.pub"), "--key-name", "pfxkey", "--out", dir_.File("out.jsonl")},
-                    {{"TZ", "UTC"}});
+  test::WriteFile(dir_.File("a.pfx"), pfx);
+  test::WriteFile(dir_.File("pw"), "caf\xC3\xA9 pw\n");
+  test::CommandResult r =
+      RunPfxImport({"--pfx", dir_.File("a.pfx"), "--password-file", dir_.File("pw"), "--upn",
+                    "Alice@Contoso.example", "--purpose", "smimeEncryption", "--public-key-file",
+                    dir_.File("svc.pub"), "--key-name", "pfxkey", "--out", dir_.File("out.jsonl")},
+                   {{"TZ", "UTC"}});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string text = ReadFile(dir_.File("out.jsonl"));
+  const std::string text = test::ReadFileOrEmpty(dir_.File("out.jsonl"));
   ASSERT_EQ(std::count(text.begin(), text.end(), '\n'), 1) << "one JSON Lines record";
   auto j = nlohmann::ordered_json::parse(text);
   std::vector<std::string> keys;
@@ -358,15 +357,16 @@ TEST_F(PfxImportCli, RecordHasExactlyTheFieldsTypesAndEncodingsOf42) {
 
 TEST_F(PfxImportCli, PascalCaseCngKeyAndPaddings) {
   KeyCert kc = MakeKeyCert("bob", -3600, 86400, "");
-  WriteFile(dir_.File("b.pfx"), MakePfx(kc.key, kc.cert, {}, "secret"));
+  test::WriteFile(dir_.File("b.pfx"), MakePfx(kc.key, kc.cert, {}, "secret"));
   auto pub = crypto::PublicKey::FromSpki(Span(PublicKeyPem(svc_key_)));
   ASSERT_TRUE(pub.ok());
   const crypto::Bytes blob = pub->CngPublicBlob();
-  WriteFile(dir_.File("svc.blob"), std::string(blob.begin(), blob.end()));
-  Result r = Import({"--pfx", dir_.File("b.pfx"), "--upn", "bob@x", "--purpose", "smimeSigning",
-                     "--public-key-file", dir_.File("svc.blob"), "--padding", "oaepSha256",
-                     "--enum-case", "pascal", "--out", "-"},
-                    {{"PFX_PASSWORD", "secret"}});
+  test::WriteFile(dir_.File("svc.blob"), std::string(blob.begin(), blob.end()));
+  test::CommandResult r =
+      RunPfxImport({"--pfx", dir_.File("b.pfx"), "--upn", "bob@x", "--purpose", "smimeSigning",
+                    "--public-key-file", dir_.File("svc.blob"), "--padding", "oaepSha256",
+                    "--enum-case", "pascal", "--out", "-"},
+                   {{"PFX_PASSWORD", "secret"}});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["intendedPurpose"], "SmimeSigning");
@@ -377,42 +377,44 @@ TEST_F(PfxImportCli, PascalCaseCngKeyAndPaddings) {
 TEST_F(PfxImportCli, PasswordTooLongAndAboveLatin1AreRefusedClearly) {
   KeyCert kc = MakeKeyCert("c", -3600, 86400, "");
   const std::string long_pw(127, 'x');
-  WriteFile(dir_.File("c.pfx"), MakePfx(kc.key, kc.cert, {}, long_pw));
-  Result r = Import(
+  test::WriteFile(dir_.File("c.pfx"), MakePfx(kc.key, kc.cert, {}, long_pw));
+  test::CommandResult r = RunPfxImport(
       {"--pfx", dir_.File("c.pfx"), "--upn", "c@x", "--public-key-file", dir_.File("svc.pub")},
       {{"PFX_PASSWORD", long_pw}});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("password-too-long"));
   EXPECT_THAT(r.err, HasSubstr("at most 126 bytes"));
   // oaepSha256 allows 190.
-  r = Import({"--pfx", dir_.File("c.pfx"), "--upn", "c@x", "--public-key-file",
-              dir_.File("svc.pub"), "--padding", "oaepSha256"},
-             {{"PFX_PASSWORD", long_pw}});
+  r = RunPfxImport({"--pfx", dir_.File("c.pfx"), "--upn", "c@x", "--public-key-file",
+                    dir_.File("svc.pub"), "--padding", "oaepSha256"},
+                   {{"PFX_PASSWORD", long_pw}});
   EXPECT_EQ(r.exit_code, 0) << r.err;
 
   const std::string euro = "pr\xE2\x82\xAC";
-  WriteFile(dir_.File("d.pfx"), MakePfx(kc.key, kc.cert, {}, euro));
-  r = Import(
+  test::WriteFile(dir_.File("d.pfx"), MakePfx(kc.key, kc.cert, {}, euro));
+  r = RunPfxImport(
       {"--pfx", dir_.File("d.pfx"), "--upn", "d@x", "--public-key-file", dir_.File("svc.pub")},
       {{"PFX_PASSWORD", euro}});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("above U+00FF"));
-  r = Import({"--pfx", dir_.File("d.pfx"), "--upn", "d@x", "--public-key-file",
-              dir_.File("svc.pub"), "--password-encoding", "utf8"},
-             {{"PFX_PASSWORD", euro}});
+  r = RunPfxImport({"--pfx", dir_.File("d.pfx"), "--upn", "d@x", "--public-key-file",
+                    dir_.File("svc.pub"), "--password-encoding", "utf8"},
+                   {{"PFX_PASSWORD", euro}});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(Unseal(nlohmann::json::parse(r.out)), euro);
 }
 
 TEST_F(PfxImportCli, UsageErrors) {
-  EXPECT_EQ(Import({"--upn", "x"}).exit_code, 2);
-  EXPECT_EQ(Import({"--pfx", "a", "--csv", "b", "--upn", "x", "--public-key-file", "k"}).exit_code,
-            2);
-  EXPECT_EQ(Import({"--pfx", "a", "--public-key-file", "k"}).exit_code, 2);
-  EXPECT_EQ(Import({"--pfx", "a", "--upn", "x"}).exit_code, 2) << "no key source";
-  EXPECT_EQ(Import({"--pfx", "a", "--upn", "x", "--public-key-file", "k", "--verify"}).exit_code,
-            2);
-  Result h = Import({"--help"});
+  EXPECT_EQ(RunPfxImport({"--upn", "x"}).exit_code, 2);
+  EXPECT_EQ(
+      RunPfxImport({"--pfx", "a", "--csv", "b", "--upn", "x", "--public-key-file", "k"}).exit_code,
+      2);
+  EXPECT_EQ(RunPfxImport({"--pfx", "a", "--public-key-file", "k"}).exit_code, 2);
+  EXPECT_EQ(RunPfxImport({"--pfx", "a", "--upn", "x"}).exit_code, 2) << "no key source";
+  EXPECT_EQ(
+      RunPfxImport({"--pfx", "a", "--upn", "x", "--public-key-file", "k", "--verify"}).exit_code,
+      2);
+  test::CommandResult h = RunPfxImport({"--help"});
   EXPECT_EQ(h.exit_code, 0);
   for (const char* flag :
        {"--service", "--key-name", "--public-key-file", "--pfx", "--password-file", "--upn",
@@ -422,10 +424,10 @@ TEST_F(PfxImportCli, UsageErrors) {
   }
   // No password source and no terminal.
   KeyCert kc = MakeKeyCert("e", -3600, 86400, "");
-  WriteFile(dir_.File("e.pfx"), MakePfx(kc.key, kc.cert, {}, "x"));
-  Result r = pfx_test::Run({"env", "-u", "PFX_PASSWORD", "setsid", PfxImportPath(), "--pfx",
-                            dir_.File("e.pfx"), "--upn", "e@x", "--public-key-file",
-                            dir_.File("svc.pub")});
+  test::WriteFile(dir_.File("e.pfx"), MakePfx(kc.key, kc.cert, {}, "x"));
+  test::CommandResult r = test::RunCommand({"env", "-u", "PFX_PASSWORD", "setsid", PfxImportPath(),
+                                            "--pfx", dir_.File("e.pfx"), "--upn", "e@x",
+                                            "--public-key-file", dir_.File("svc.pub")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("no PFX password"));
 }
@@ -436,28 +438,29 @@ TEST_F(PfxImportCli, CsvBulkRunCountsFailuresByReason) {
   KeyCert expired = MakeKeyCert("expired", -86400 * 2, -86400, "");
   KeyCert sign = MakeKeyCert("sign", -3600, 86400, "critical,digitalSignature");
   mkdir(dir_.File("p").c_str(), 0700);
-  WriteFile(dir_.File("p/good1.pfx"), MakePfx(good.key, good.cert, {}, "one"));
-  WriteFile(dir_.File("p/good2.pfx"), MakePfx(good.key, good.cert, {}, "two"));
-  WriteFile(dir_.File("p/pw2"), "two\n");
-  WriteFile(dir_.File("p/good3.pfx"), MakePfx(good.key, good.cert, {}, "runpw"));
-  WriteFile(dir_.File("p/expired.pfx"), MakePfx(expired.key, expired.cert, {}, "x"));
-  WriteFile(dir_.File("p/sign.pfx"), MakePfx(sign.key, sign.cert, {}, "x"));
-  WriteFile(dir_.File("p/junk.pfx"), "not a pfx");
-  WriteFile(dir_.File("m.csv"),
-            "pfxPath,password,passwordFile,userPrincipalName,intendedPurpose\n"
-            "p/good1.pfx,one,,u1@x,smimeEncryption\n"
-            "p/good2.pfx,,p/pw2,u2@x,\n"
-            "p/good3.pfx,,,\"u3@x\",SmimeSigning\n"
-            "p/good1.pfx,wrong,,u4@x,\n"
-            "p/expired.pfx,x,,u5@x,\n"
-            "p/sign.pfx,x,,u6@x,smimeEncryption\n"
-            "p/junk.pfx,x,,u7@x,\n"
-            "p/missing.pfx,x,,u8@x,\n"
-            "p/good1.pfx,one,,,\n"
-            "p/good1.pfx,one,,u10@x,vpnx\n");
-  Result r = Import({"--csv", dir_.File("m.csv"), "--public-key-file", dir_.File("svc.pub"),
-                     "--out", dir_.File("out.jsonl"), "--out-dir", dir_.File("records")},
-                    {{"PFX_PASSWORD", "runpw"}});
+  test::WriteFile(dir_.File("p/good1.pfx"), MakePfx(good.key, good.cert, {}, "one"));
+  test::WriteFile(dir_.File("p/good2.pfx"), MakePfx(good.key, good.cert, {}, "two"));
+  test::WriteFile(dir_.File("p/pw2"), "two\n");
+  test::WriteFile(dir_.File("p/good3.pfx"), MakePfx(good.key, good.cert, {}, "runpw"));
+  test::WriteFile(dir_.File("p/expired.pfx"), MakePfx(expired.key, expired.cert, {}, "x"));
+  test::WriteFile(dir_.File("p/sign.pfx"), MakePfx(sign.key, sign.cert, {}, "x"));
+  test::WriteFile(dir_.File("p/junk.pfx"), "not a pfx");
+  test::WriteFile(dir_.File("m.csv"),
+                  "pfxPath,password,passwordFile,userPrincipalName,intendedPurpose\n"
+                  "p/good1.pfx,one,,u1@x,smimeEncryption\n"
+                  "p/good2.pfx,,p/pw2,u2@x,\n"
+                  "p/good3.pfx,,,\"u3@x\",SmimeSigning\n"
+                  "p/good1.pfx,wrong,,u4@x,\n"
+                  "p/expired.pfx,x,,u5@x,\n"
+                  "p/sign.pfx,x,,u6@x,smimeEncryption\n"
+                  "p/junk.pfx,x,,u7@x,\n"
+                  "p/missing.pfx,x,,u8@x,\n"
+                  "p/good1.pfx,one,,,\n"
+                  "p/good1.pfx,one,,u10@x,vpnx\n");
+  test::CommandResult r =
+      RunPfxImport({"--csv", dir_.File("m.csv"), "--public-key-file", dir_.File("svc.pub"), "--out",
+                    dir_.File("out.jsonl"), "--out-dir", dir_.File("records")},
+                   {{"PFX_PASSWORD", "runpw"}});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_THAT(r.err, HasSubstr("3 imported, 0 skipped, 7 failed"));
   for (const char* reason : {"wrong-password: 1", "expired: 1", "key-usage: 1", "not-pkcs12: 1",
@@ -465,7 +468,7 @@ TEST_F(PfxImportCli, CsvBulkRunCountsFailuresByReason) {
     EXPECT_THAT(r.err, HasSubstr(reason));
   }
   EXPECT_THAT(r.err, HasSubstr("row 4 (line 5, p/good1.pfx): wrong-password"));
-  const std::string out = ReadFile(dir_.File("out.jsonl"));
+  const std::string out = test::ReadFileOrEmpty(dir_.File("out.jsonl"));
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 3);
   std::istringstream lines(out);
   std::string line, last;
@@ -478,15 +481,15 @@ TEST_F(PfxImportCli, CsvBulkRunCountsFailuresByReason) {
   std::string log;
   Shell("ls " + ShellQuote(dir_.File("records")) + " | wc -l", &log);
   EXPECT_EQ(std::atoi(log.c_str()), 3);
-  auto indented = ReadFile(dir_.File(
+  auto indented = test::ReadFileOrEmpty(dir_.File(
       "records/u3@x-" + nlohmann::json::parse(last)["thumbprint"].get<std::string>() + ".json"));
   EXPECT_THAT(indented, HasSubstr("{\n  \"thumbprint\""));
 
   // Unknown column: usage error.
-  WriteFile(dir_.File("bad.csv"), "pfxPath,upn\nx,y\n");
-  EXPECT_EQ(
-      Import({"--csv", dir_.File("bad.csv"), "--public-key-file", dir_.File("svc.pub")}).exit_code,
-      2);
+  test::WriteFile(dir_.File("bad.csv"), "pfxPath,upn\nx,y\n");
+  EXPECT_EQ(RunPfxImport({"--csv", dir_.File("bad.csv"), "--public-key-file", dir_.File("svc.pub")})
+                .exit_code,
+            2);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -497,18 +500,19 @@ class Producers : public PfxImportCli {
   void SetUp() override {
     PfxImportCli::SetUp();
     kc_ = MakeKeyCert("producer", -3600, 86400 * 30, "critical,digitalSignature,keyEncipherment");
-    WriteFile(dir_.File("leaf.key"), KeyPem(kc_.key));
-    WriteFile(dir_.File("leaf.crt"), CertPem(kc_.cert));
+    test::WriteFile(dir_.File("leaf.key"), KeyPem(kc_.key));
+    test::WriteFile(dir_.File("leaf.crt"), CertPem(kc_.cert));
   }
   void ExpectImports(const std::string& file, const std::string& password) {
-    const std::string data = ReadFile(file);
+    const std::string data = test::ReadFileOrEmpty(file);
     ASSERT_FALSE(data.empty()) << file;
     auto c = crypto::OpenPfx(Span(data), SecretString(password.begin(), password.end()));
     ASSERT_TRUE(c.ok()) << c.status();
     EXPECT_EQ(c->key_type, "RSA");
-    Result r = Import({"--pfx", file, "--upn", "p@x", "--purpose", "smimeEncryption",
-                       "--public-key-file", dir_.File("svc.pub")},
-                      {{"PFX_PASSWORD", password}});
+    test::CommandResult r =
+        RunPfxImport({"--pfx", file, "--upn", "p@x", "--purpose", "smimeEncryption",
+                      "--public-key-file", dir_.File("svc.pub")},
+                     {{"PFX_PASSWORD", password}});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto j = nlohmann::json::parse(r.out);
     EXPECT_EQ(Unseal(j), password);
@@ -543,7 +547,7 @@ TEST_F(Producers, OpenSslLegacyRc2) {
 }
 
 TEST_F(Producers, JavaKeytool) {
-  if (!HaveTool("keytool")) GTEST_SKIP() << "keytool not installed (default-jre-headless)";
+  if (!test::FindInPath("keytool")) GTEST_SKIP() << "keytool not installed (default-jre-headless)";
   std::string log;
   ASSERT_EQ(
       Shell("keytool -genkeypair -storetype PKCS12 -keystore " + dir_.File("k.p12") +
@@ -556,12 +560,12 @@ TEST_F(Producers, JavaKeytool) {
 }
 
 TEST_F(Producers, NssPk12util) {
-  if (!HaveTool("pk12util") || !HaveTool("certutil"))
+  if (!test::FindInPath("pk12util") || !test::FindInPath("certutil"))
     GTEST_SKIP() << "NSS tools not installed (libnss3-tools)";
   std::string log;
   const std::string db = "sql:" + dir_.File("nssdb");
   mkdir(dir_.File("nssdb").c_str(), 0700);
-  WriteFile(dir_.File("empty"), "");
+  test::WriteFile(dir_.File("empty"), "");
   ASSERT_EQ(
       Shell("openssl pkcs12 -export -inkey " + dir_.File("leaf.key") + " -in " +
                 dir_.File("leaf.crt") + " -name user -passout pass:seed -out " +
@@ -575,7 +579,7 @@ TEST_F(Producers, NssPk12util) {
 }
 
 TEST_F(Producers, GnuTlsCerttool) {
-  if (!HaveTool("certtool")) GTEST_SKIP() << "certtool not installed (gnutls-bin)";
+  if (!test::FindInPath("certtool")) GTEST_SKIP() << "certtool not installed (gnutls-bin)";
   std::string log;
   ASSERT_EQ(Shell("certtool --load-privkey " + dir_.File("leaf.key") + " --load-certificate " +
                       dir_.File("leaf.crt") +
@@ -648,8 +652,8 @@ TEST_F(PfxImportCli, UploadResendsAfter429AndStateFileSkipsOnRerun) {
   FakeGraph graph;
   graph.ThrottleOnce();
   KeyCert kc = MakeKeyCert("up", -3600, 86400, "");
-  WriteFile(dir_.File("u.pfx"), MakePfx(kc.key, kc.cert, {}, "pw"));
-  WriteFile(dir_.File("token"), "tok123\n");
+  test::WriteFile(dir_.File("u.pfx"), MakePfx(kc.key, kc.cert, {}, "pw"));
+  test::WriteFile(dir_.File("token"), "tok123\n");
   const std::vector<std::string> args = {"--pfx",
                                          dir_.File("u.pfx"),
                                          "--upn",
@@ -664,7 +668,7 @@ TEST_F(PfxImportCli, UploadResendsAfter429AndStateFileSkipsOnRerun) {
                                          dir_.File("state.jsonl"),
                                          "-v"};
   const absl::Time start = absl::Now();
-  Result r = Import(args, {{"PFX_PASSWORD", "pw"}});
+  test::CommandResult r = RunPfxImport(args, {{"PFX_PASSWORD", "pw"}});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(900)) << "waited Retry-After: 1";
   auto bodies = graph.bodies();
@@ -674,10 +678,11 @@ TEST_F(PfxImportCli, UploadResendsAfter429AndStateFileSkipsOnRerun) {
   auto j = nlohmann::ordered_json::parse(bodies[1]);
   EXPECT_EQ(j.begin().key(), "thumbprint");
   EXPECT_THAT(r.err, HasSubstr("uploaded (HTTP 201, 2 attempts)"));
-  EXPECT_THAT(ReadFile(dir_.File("state.jsonl")), HasSubstr(j["thumbprint"].get<std::string>()));
+  EXPECT_THAT(test::ReadFileOrEmpty(dir_.File("state.jsonl")),
+              HasSubstr(j["thumbprint"].get<std::string>()));
 
   // Re-run: skipped, nothing sent.
-  r = Import(args, {{"PFX_PASSWORD", "pw"}});
+  r = RunPfxImport(args, {{"PFX_PASSWORD", "pw"}});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.err, HasSubstr("0 imported, 1 skipped, 0 failed"));
   EXPECT_EQ(graph.bodies().size(), 2u);
@@ -686,12 +691,12 @@ TEST_F(PfxImportCli, UploadResendsAfter429AndStateFileSkipsOnRerun) {
   std::vector<std::string> dry = args;
   dry[3] = "other@x";
   dry.push_back("--dry-run");
-  r = Import(dry, {{"PFX_PASSWORD", "pw"}});
+  r = RunPfxImport(dry, {{"PFX_PASSWORD", "pw"}});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(graph.bodies().size(), 2u);
   std::vector<std::string> reject = args;
   reject[3] = "reject@x";
-  r = Import(reject, {{"PFX_PASSWORD", "pw"}});
+  r = RunPfxImport(reject, {{"PFX_PASSWORD", "pw"}});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("upload-http-400"));
   EXPECT_THAT(r.err, HasSubstr("thumbprint already exists"));
@@ -699,7 +704,7 @@ TEST_F(PfxImportCli, UploadResendsAfter429AndStateFileSkipsOnRerun) {
   std::vector<std::string> env_token = {"--pfx",       dir_.File("u.pfx"),  "--upn",
                                         "env@x",       "--public-key-file", dir_.File("svc.pub"),
                                         "--graph-url", graph.url()};
-  r = Import(env_token, {{"PFX_PASSWORD", "pw"}, {"GRAPH_TOKEN", "envtok"}});
+  r = RunPfxImport(env_token, {{"PFX_PASSWORD", "pw"}, {"GRAPH_TOKEN", "envtok"}});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(graph.auth().back(), "Bearer envtok");
 }

@@ -1,4 +1,4 @@
-// Reliability of the real rewrapd against real tokens with real faults (issue 8):
+// Reliability of the real rewrapd against real tokens with real faults:
 //  - `fault` tests: SoftHSM2 behind our fault-injecting module (tests/fault_module), whose
 //    configuration file each test rewrites while rewrapd runs;
 //  - `remote` test: SoftHSM2 served by `p11-kit server` over a Unix socket, rewrapd on
@@ -13,7 +13,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <future>
 #include <map>
@@ -22,8 +21,8 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/integration/it_util.h"
-#include "tests/integration/rewrapd_harness.h"
 #include "tests/integration/test_crypto.h"
+#include "tests/support/tokens.h"
 
 namespace hsmrewrap::it {
 namespace {
@@ -31,7 +30,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-constexpr char kSoftHsm[] = "/usr/lib/softhsm/libsofthsm2.so";
+using test::kSoftHsmPath;
 constexpr char kP11KitClient[] = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
 constexpr char kLabel[] = "reliability";
 constexpr char kPin[] = "rel-user-1234";
@@ -43,12 +42,7 @@ double Since(Clock::time_point t) {
 // A SoftHSM2 token of its own in `dir`; SOFTHSM2_CONF is set for this process (and so for
 // every child it starts).
 bool MakeSoftToken(const TempDir& dir, std::string* why) {
-  const std::string tokens = dir.File("tokens");
-  std::filesystem::create_directories(tokens);
-  const std::string conf = dir.File("softhsm2.conf");
-  WriteFile(conf, "directories.tokendir = " + tokens +
-                      "\nobjectstore.backend = file\nlog.level = ERROR\n");
-  setenv("SOFTHSM2_CONF", conf.c_str(), 1);
+  test::SetUpSoftHsmConfig(dir.path());
   WriteFile(dir.File("user.pin"), kPin, 0600);
   std::vector<std::string> cmd = {"softhsm2-util", "--init-token", "--free",   "--label",    kLabel,
                                   "--pin",         kPin,           "--so-pin", "rel-so-5678"};
@@ -82,7 +76,7 @@ class Rig {
     x.env.push_back({"HSMREWRAP_FAULT_CONFIG", fault_conf_});
     bool has_module = false;
     for (const auto& [k, v] : x.env) has_module |= k == "HSMREWRAP_FAULT_MODULE";
-    if (!has_module) x.env.push_back({"HSMREWRAP_FAULT_MODULE", kSoftHsm});
+    if (!has_module) x.env.push_back({"HSMREWRAP_FAULT_MODULE", kSoftHsmPath});
     h_ = RewrapdHarness::Start(TokenKind::kSoftHsm, why, x);
     if (!h_) return false;
     health_ = grpc::health::v1::Health::NewStub(h_->channel());
@@ -363,7 +357,7 @@ TEST(FaultTest, RefusedPinIsNeverRetried) {
   EXPECT_NE(log.find("NOT_SERVING until the PIN is fixed"), std::string::npos) << log;
 }
 
-// Issue 14.1: calls that never return (every call of the module hangs: a p11-kit client
+// Calls that never return (every call of the module hangs: a p11-kit client
 // stuck in a read, a vendor library that never answers). The health check does not answer
 // either, so the token is declared lost; every item whose call is stuck is answered
 // UNAVAILABLE within 2 s of NOT_SERVING, the stuck threads are counted, and the service is
@@ -435,7 +429,7 @@ TEST(HangTest, CallsThatNeverReturnAreAnsweredAtTheLoss) {
   EXPECT_EQ(left, 0) << rig.MetricsText();
 }
 
-// Issue 14.1: only the rewrap operations hang (the health check still answers): a call that
+// Only the rewrap operations hang (the health check still answers): a call that
 // stays inside the module past token_call_timeout_s makes the token lost all the same.
 TEST(HangTest, ACallPastTheCallTimeoutIsATokenLoss) {
   Rig rig;
@@ -472,7 +466,7 @@ TEST(HangTest, ACallPastTheCallTimeoutIsATokenLoss) {
   EXPECT_EQ(out["OK"], 6) << Outcomes(out);
 }
 
-// Issue 14.4: a metadata write that fails never loses the key's state. Replacing the
+// A metadata write that fails never loses the key's state. Replacing the
 // metadata object creates the new one before destroying the old: a failed C_CreateObject
 // leaves the key as it was (seen by a second rewrapd on the same token, as after a restart
 // or on another replica); a failed C_DestroyObject leaves two versions, the newer one wins.
@@ -528,7 +522,7 @@ TEST(FaultTest, KeyStateSurvivesFailedMetadataWrites) {
   EXPECT_EQ(enabled_after_restart(), 1);
 }
 
-// Issue 14.2: overload is never a bad ciphertext. One session, eight workers, a token that
+// Overload is never a bad ciphertext. One session, eight workers, a token that
 // takes 0.8 s per operation, 16 valid items: those that cannot get a session within
 // session_wait (5 s) are RESOURCE_EXHAUSTED (retryable), the rest are right; none is
 // DECRYPT_FAILED (before: 4 of 16).
@@ -630,7 +624,7 @@ TEST(DrainTest, SigtermDrainsInflightBatches) {
   auto call = rig.CallInBackground(req, &resp, &in_engine);
   ASSERT_TRUE(in_engine) << "the batch never reached rewrapd";
   const auto t0 = Clock::now();
-  ASSERT_EQ(kill(rig.h()->pid(), SIGTERM), 0);
+  ASSERT_TRUE(rig.h()->Signal(SIGTERM));
   grpc::Status st = call.get();
   ASSERT_TRUE(st.ok()) << StatusText(st);
   std::map<std::string, int> out;
@@ -655,7 +649,7 @@ TEST(DrainTest, SigtermStopsAfterTheGracePeriod) {
   auto call = rig.CallInBackground(req, &resp, &in_engine);
   ASSERT_TRUE(in_engine) << "the batch never reached rewrapd";
   const auto t0 = Clock::now();
-  ASSERT_EQ(kill(rig.h()->pid(), SIGTERM), 0);
+  ASSERT_TRUE(rig.h()->Signal(SIGTERM));
   EXPECT_EQ(rig.h()->Stop(), "");
   const double took = Since(t0);
   printf("[reliability] 1 s grace: stopped %.2f s after SIGTERM\n", took);
@@ -686,8 +680,9 @@ class RemoteServer {
     pid_ = fork();
     if (pid_ == 0) {
       setpgid(0, 0);  // its own group: the per-connection p11-kit-remote children die with it
-      execlp("p11-kit", "p11-kit", "server", "-f", "-n", socket_.c_str(), "--provider", kSoftHsm,
-             (std::string("pkcs11:token=") + kLabel).c_str(), static_cast<char*>(nullptr));
+      execlp("p11-kit", "p11-kit", "server", "-f", "-n", socket_.c_str(), "--provider",
+             kSoftHsmPath, (std::string("pkcs11:token=") + kLabel).c_str(),
+             static_cast<char*>(nullptr));
       _exit(127);
     }
     for (int i = 0; i < 100; ++i) {

@@ -1,4 +1,4 @@
-// Security of rewrapd (issue 7): mTLS identities, the policy (identities x RPCs x keys x
+// Security of rewrapd: mTLS identities, the policy (identities x RPCs x keys x
 // recipients), rate limits, SIGHUP reload, the audit trail and its fail-closed behaviour.
 // One rewrapd (SoftHSM2 embedded default, mTLS, policy, audit log) serves the matrix; the
 // fail-closed and transport checks start their own.
@@ -16,15 +16,18 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "hsmrewrap/v1/rewrap.grpc.pb.h"
-#include "tests/integration/rewrapd_harness.h"
 #include "tests/integration/test_crypto.h"
 #include "tests/security/pki.h"
+#include "tests/support/command.h"
+#include "tests/support/files.h"
+#include "tests/support/rewrapd_harness.h"
+#include "tests/support/temp_dir.h"
 
 namespace hsmrewrap::sec {
 namespace {
 
 namespace v1 = ::hsmrewrap::v1;
-using it::RewrapdHarness;
+using test::RewrapdHarness;
 
 std::string Base64(const std::string& b) {
   static const char k[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -39,7 +42,7 @@ std::string Base64(const std::string& b) {
 
 // Everything the tests share: the PKI, the policy and the one rewrapd.
 struct World {
-  it::TempDir dir{"hsmrewrap-sec"};
+  test::TempDir dir{"hsmrewrap-sec"};
   Issued ca = MakeCa("hsm-rewrap test CA");  // signs the server and the clients
   Issued other_ca = MakeCa("some other CA");
   Issued device_ca = MakeCa("device CA");
@@ -123,11 +126,11 @@ struct World {
     dev_wrong_ca = Issue(other_ca, "device-wrong-ca", {}, KeyKind::kRsa2048, "");
     dev_pinned =
         Issue(other_ca, "device-pinned", {}, KeyKind::kRsa2048, "");  // not from the device CA
-    bool ok = it::WriteFile(Path("ca.pem"), ca.cert_pem) &&
-              it::WriteFile(Path("server.pem"), server.cert_pem) &&
-              it::WriteFile(Path("server.key"), server.key_pem) &&
-              it::WriteFile(Path("device-ca.pem"), device_ca.cert_pem) &&
-              it::WriteFile(Path("policy.yaml"), PolicyText(false));
+    bool ok = test::WriteFile(Path("ca.pem"), ca.cert_pem) &&
+              test::WriteFile(Path("server.pem"), server.cert_pem) &&
+              test::WriteFile(Path("server.key"), server.key_pem) &&
+              test::WriteFile(Path("device-ca.pem"), device_ca.cert_pem) &&
+              test::WriteFile(Path("policy.yaml"), PolicyText(false));
     if (!ok) {
       error = "cannot write the PKI files";
       return false;
@@ -141,12 +144,12 @@ struct World {
                        "--client-ca", Path("ca.pem"),      "--policy",    Path("policy.yaml"),
                        "--audit-log", Path("audit.jsonl"), "--log-level", "debug"};
     opts.credentials = grpc::SslCredentials(o);
-    h = RewrapdHarness::Start(it::TokenKind::kSoftHsm, &error, opts);
+    h = RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error, opts);
     if (!h) return false;
     // Keys: "default" (embedded), "other" and "rot" created by admin.
     for (const std::string name : {"other", "rot"}) {
       grpc::ClientContext ctx;
-      it::SetDeadline(&ctx);
+      test::SetDeadline(&ctx);
       v1::CreateKeyRequest req;
       req.set_name(name);
       v1::KeyInfo info;
@@ -158,7 +161,7 @@ struct World {
     }
     for (const std::string name : {"default", "other", "rot"}) {
       grpc::ClientContext ctx;
-      it::SetDeadline(&ctx);
+      test::SetDeadline(&ctx);
       v1::GetPublicKeyRequest req;
       req.set_name(name);
       req.set_format(v1::DER_SPKI);
@@ -212,7 +215,7 @@ const auto* const g_stop_world = ::testing::AddGlobalTestEnvironment(new StopWor
 class SecurityTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::string skip = it::TokenUnavailableReason(it::TokenKind::kSoftHsm);
+    const std::string skip = test::TokenUnavailableReason(test::TokenKind::kSoftHsm);
     if (!skip.empty()) GTEST_SKIP() << skip;
     std::string error;
     w_ = GetWorld(&error);
@@ -222,7 +225,7 @@ class SecurityTest : public ::testing::Test {
   grpc::Status Rewrap(const Issued* who, const v1::RewrapRequest& req, v1::RewrapResponse* resp) {
     auto stub = v1::Rewrap::NewStub(w_->Channel(who));
     grpc::ClientContext ctx;
-    it::SetDeadline(&ctx, std::chrono::seconds(60));
+    test::SetDeadline(&ctx, std::chrono::seconds(60));
     return stub->Rewrap(&ctx, req, resp);
   }
 
@@ -332,7 +335,7 @@ TEST_F(SecurityTest, Matrix) {
     auto keys_stub = v1::Keys::NewStub(w_->Channel(who.cert));
     {
       grpc::ClientContext ctx;
-      it::SetDeadline(&ctx);
+      test::SetDeadline(&ctx);
       v1::ListKeysResponse lr;
       st = keys_stub->ListKeys(&ctx, v1::ListKeysRequest(), &lr);
       if (may_read.count(who.name)) {
@@ -347,7 +350,7 @@ TEST_F(SecurityTest, Matrix) {
     }
     for (const auto& key : keys) {
       grpc::ClientContext ctx;
-      it::SetDeadline(&ctx);
+      test::SetDeadline(&ctx);
       v1::GetPublicKeyRequest gr;
       gr.set_name(key);
       v1::GetPublicKeyResponse gresp;
@@ -359,7 +362,7 @@ TEST_F(SecurityTest, Matrix) {
     }
     {
       grpc::ClientContext ctx;
-      it::SetDeadline(&ctx);
+      test::SetDeadline(&ctx);
       v1::DisableKeyRequest dr;
       dr.set_name("no-such-key");
       v1::KeyInfo info;
@@ -377,7 +380,7 @@ TEST_F(SecurityTest, Matrix) {
 TEST_F(SecurityTest, ClientWithoutCertificateIsRefused) {
   auto stub = v1::Keys::NewStub(w_->Channel(nullptr));
   grpc::ClientContext ctx;
-  it::SetDeadline(&ctx, std::chrono::seconds(10));
+  test::SetDeadline(&ctx, std::chrono::seconds(10));
   v1::ListKeysResponse lr;
   auto st = stub->ListKeys(&ctx, v1::ListKeysRequest(), &lr);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
@@ -386,7 +389,7 @@ TEST_F(SecurityTest, ClientWithoutCertificateIsRefused) {
 TEST_F(SecurityTest, ClientCertificateFromAnotherCaIsRefused) {
   auto stub = v1::Keys::NewStub(w_->Channel(&w_->impostor));  // CN=admin, but another CA
   grpc::ClientContext ctx;
-  it::SetDeadline(&ctx, std::chrono::seconds(10));
+  test::SetDeadline(&ctx, std::chrono::seconds(10));
   v1::ListKeysResponse lr;
   auto st = stub->ListKeys(&ctx, v1::ListKeysRequest(), &lr);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
@@ -396,7 +399,7 @@ TEST_F(SecurityTest, PlaintextClientIsRefused) {
   auto ch = grpc::CreateChannel(w_->h->address(), grpc::InsecureChannelCredentials());
   auto stub = v1::Keys::NewStub(ch);
   grpc::ClientContext ctx;
-  it::SetDeadline(&ctx, std::chrono::seconds(10));
+  test::SetDeadline(&ctx, std::chrono::seconds(10));
   v1::ListKeysResponse lr;
   EXPECT_EQ(stub->ListKeys(&ctx, v1::ListKeysRequest(), &lr).error_code(),
             grpc::StatusCode::UNAVAILABLE);
@@ -454,7 +457,7 @@ TEST_F(SecurityTest, AuditRecordsEveryItemWithoutSecrets) {
   v1::RewrapResponse resp;
   ASSERT_TRUE(Rewrap(&w_->reader, req, &resp).error_code() == grpc::StatusCode::PERMISSION_DENIED);
   ASSERT_TRUE(Rewrap(&w_->rawkeys, req, &resp).ok());
-  const std::string audit = it::ReadFileOrEmpty(w_->Path("audit.jsonl"));
+  const std::string audit = test::ReadFileOrEmpty(w_->Path("audit.jsonl"));
   std::map<std::string, nlohmann::json> by_id;
   bool reader_denied = false;
   std::istringstream in(audit);
@@ -488,8 +491,8 @@ TEST_F(SecurityTest, AuditRecordsEveryItemWithoutSecrets) {
 
 // The clients' --tls-cert/--tls-key/--ca work against rewrapd's mTLS.
 TEST_F(SecurityTest, RewrapctlWithClientCertificate) {
-  ASSERT_TRUE(it::WriteFile(w_->Path("admin.pem"), w_->admin.cert_pem) &&
-              it::WriteFile(w_->Path("admin.key"), w_->admin.key_pem));
+  ASSERT_TRUE(test::WriteFile(w_->Path("admin.pem"), w_->admin.cert_pem) &&
+              test::WriteFile(w_->Path("admin.key"), w_->admin.key_pem));
   std::vector<std::string> args = {HSMREWRAP_REWRAPCTL_PATH,
                                    "--target",
                                    w_->h->address(),
@@ -501,7 +504,7 @@ TEST_F(SecurityTest, RewrapctlWithClientCertificate) {
                                    w_->Path("admin.key"),
                                    "keys",
                                    "list"};
-  auto r = it::RunCommand(args, "", std::chrono::seconds(30));
+  auto r = test::RunCommand(args, "", std::chrono::seconds(30));
   EXPECT_EQ(r.exit_code, 0) << r.Describe(args);
   EXPECT_NE(r.out.find("rot"), std::string::npos) << r.out;
   std::vector<std::string> no_cert = {HSMREWRAP_REWRAPCTL_PATH,
@@ -511,7 +514,7 @@ TEST_F(SecurityTest, RewrapctlWithClientCertificate) {
                                       w_->Path("ca.pem"),
                                       "keys",
                                       "list"};
-  r = it::RunCommand(no_cert, "", std::chrono::seconds(30));
+  r = test::RunCommand(no_cert, "", std::chrono::seconds(30));
   EXPECT_NE(r.exit_code, 0) << r.Describe(no_cert);
 }
 
@@ -545,13 +548,13 @@ TEST_F(SecurityTest, SighupReloadsPolicyWithoutDroppingTraffic) {
     return false;
   };
   EXPECT_FALSE(reader_can_rewrap());
-  ASSERT_TRUE(it::WriteFile(w_->Path("policy.yaml"), w_->PolicyText(true)));
-  kill(w_->h->pid(), SIGHUP);
+  ASSERT_TRUE(test::WriteFile(w_->Path("policy.yaml"), w_->PolicyText(true)));
+  w_->h->Signal(SIGHUP);
   EXPECT_TRUE(wait_for(true)) << "the reloaded policy did not apply";
   // A broken file: the old policy stays, and the log says why.
   ASSERT_TRUE(
-      it::WriteFile(w_->Path("policy.yaml"), "clients:\n  - name: x\n    rpcs: [teleport]\n"));
-  kill(w_->h->pid(), SIGHUP);
+      test::WriteFile(w_->Path("policy.yaml"), "clients:\n  - name: x\n    rpcs: [teleport]\n"));
+  w_->h->Signal(SIGHUP);
   bool logged = false;
   for (int i = 0; i < 100 && !logged; ++i) {
     logged = w_->h->StderrText().find("policy not reloaded") != std::string::npos;
@@ -561,8 +564,8 @@ TEST_F(SecurityTest, SighupReloadsPolicyWithoutDroppingTraffic) {
   EXPECT_NE(w_->h->StderrText().find("teleport"), std::string::npos)
       << "the log does not say what is wrong";
   EXPECT_TRUE(reader_can_rewrap()) << "a bad policy file replaced the good one";
-  ASSERT_TRUE(it::WriteFile(w_->Path("policy.yaml"), w_->PolicyText(false)));
-  kill(w_->h->pid(), SIGHUP);
+  ASSERT_TRUE(test::WriteFile(w_->Path("policy.yaml"), w_->PolicyText(false)));
+  w_->h->Signal(SIGHUP);
   EXPECT_TRUE(wait_for(false));
   stop = true;
   traffic.join();
@@ -572,15 +575,15 @@ TEST_F(SecurityTest, SighupReloadsPolicyWithoutDroppingTraffic) {
 
 // A rewrapd whose audit log cannot be written stops serving rewraps and says so.
 TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
-  if (!it::TokenUnavailableReason(it::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
   if (access("/dev/full", W_OK) != 0) GTEST_SKIP() << "no /dev/full";
   std::string error;
   RewrapdHarness::Options opts;
   opts.extra_args = {"--audit-log", "/dev/full"};
-  auto h = RewrapdHarness::Start(it::TokenKind::kSoftHsm, &error, opts);
+  auto h = RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error, opts);
   ASSERT_NE(h, nullptr) << error;
   grpc::ClientContext gctx;
-  it::SetDeadline(&gctx);
+  test::SetDeadline(&gctx);
   v1::GetPublicKeyRequest gr;
   gr.set_name("default");
   v1::GetPublicKeyResponse gresp;
@@ -597,7 +600,7 @@ TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
   item->mutable_recipient()->set_public_key(it::SpkiDer(device.get()));
   for (int round = 0; round < 2; ++round) {
     grpc::ClientContext ctx;
-    it::SetDeadline(&ctx);
+    test::SetDeadline(&ctx);
     v1::RewrapResponse resp;
     ASSERT_TRUE(h->rewrap().Rewrap(&ctx, req, &resp).ok());
     EXPECT_EQ(resp.results(0).error().code(), v1::ItemError::UNAVAILABLE) << "round " << round;
@@ -608,7 +611,7 @@ TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
   bool not_serving = false;
   for (int i = 0; i < 50 && !not_serving; ++i) {
     grpc::ClientContext ctx;
-    it::SetDeadline(&ctx);
+    test::SetDeadline(&ctx);
     grpc::health::v1::HealthCheckRequest hreq;
     hreq.set_service("hsmrewrap.v1.Rewrap");
     not_serving = health->Check(&ctx, hreq, &hr).ok() &&
@@ -624,11 +627,11 @@ TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
 // A key planted in the token with unsafe attributes (pkcs11-tool: sign role, extractable,
 // no CKA_ALLOWED_MECHANISMS) is refused, and the refusal names the attributes.
 TEST(SecurityStandalone, KeyWithUnsafeAttributesIsRefused) {
-  if (!it::TokenUnavailableReason(it::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
   if (access("/usr/bin/pkcs11-tool", X_OK) != 0)
     GTEST_SKIP() << "pkcs11-tool not installed (opensc)";
   std::string error;
-  auto h = RewrapdHarness::Start(it::TokenKind::kSoftHsm, &error);
+  auto h = RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error);
   ASSERT_NE(h, nullptr) << error;
   const std::string state = h->dir() + "/state";
   setenv("SOFTHSM2_CONF", (state + "/softhsm2.conf").c_str(), 1);
@@ -639,7 +642,7 @@ TEST(SecurityStandalone, KeyWithUnsafeAttributesIsRefused) {
                                   "hsm-rewrap",
                                   "--login",
                                   "--pin",
-                                  it::ReadFileOrEmpty(state + "/user.pin"),
+                                  test::ReadFileOrEmpty(state + "/user.pin"),
                                   "--keypairgen",
                                   "--key-type",
                                   "rsa:2048",
@@ -648,10 +651,10 @@ TEST(SecurityStandalone, KeyWithUnsafeAttributesIsRefused) {
                                   "--usage-decrypt",
                                   "--usage-sign",
                                   "--extractable"};
-  auto r = it::RunCommand(gen);
+  auto r = test::RunCommand(gen);
   ASSERT_EQ(r.exit_code, 0) << r.Describe({"pkcs11-tool", "--keypairgen", "..."});
   grpc::ClientContext ctx;
-  it::SetDeadline(&ctx);
+  test::SetDeadline(&ctx);
   v1::GetPublicKeyRequest gr;
   gr.set_name("planted");
   v1::GetPublicKeyResponse gresp;
@@ -671,14 +674,14 @@ TEST(SecurityStandalone, KeyWithUnsafeAttributesIsRefused) {
   item->set_ciphertext(std::string(256, '\x01'));
   item->mutable_recipient()->set_public_key(it::SpkiDer(it::GenerateRsa(2048).get()));
   grpc::ClientContext rctx;
-  it::SetDeadline(&rctx);
+  test::SetDeadline(&rctx);
   v1::RewrapResponse resp;
   ASSERT_TRUE(h->rewrap().Rewrap(&rctx, req, &resp).ok());
   EXPECT_EQ(resp.results(0).error().code(), v1::ItemError::UNSUPPORTED)
       << resp.results(0).error().message();
   EXPECT_NE(resp.results(0).error().message().find("CKA_SIGN is TRUE"), std::string::npos);
   grpc::ClientContext lctx;
-  it::SetDeadline(&lctx);
+  test::SetDeadline(&lctx);
   v1::ListKeysResponse lr;
   ASSERT_TRUE(h->keys().ListKeys(&lctx, v1::ListKeysRequest(), &lr).ok());
   for (const auto& k : lr.keys()) EXPECT_NE(k.name(), "planted") << "an unsafe key is listed";
@@ -690,9 +693,9 @@ TEST(SecurityStandalone, KeyWithUnsafeAttributesIsRefused) {
 // Plaintext gRPC only on loopback unless insecure; TLS settings must be complete.
 TEST(SecurityStandalone, TransportRules) {
   auto check = [](std::vector<std::string> args) {
-    args.insert(args.begin(), it::RewrapdPath());
+    args.insert(args.begin(), test::RewrapdPath());
     args.push_back("--check-config");
-    return it::RunCommand(args);
+    return test::RunCommand(args);
   };
   auto r = check({"--listen", "0.0.0.0:50051"});
   EXPECT_EQ(r.exit_code, 2) << r.Describe({});

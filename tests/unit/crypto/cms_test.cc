@@ -12,17 +12,18 @@
 #include <tuple>
 
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 #include "tests/unit/crypto/test_util.h"
 
 namespace hsmrewrap::crypto {
 namespace {
 
+using ::hsmrewrap::test::StatusIs;
 using testing::CertDer;
 using testing::CmsDecrypt;
 using testing::EcKey;
 using testing::RsaKey;
 using testing::SelfSignedCert;
-using testing::StatusIs;
 using testing::ToBytes;
 
 struct CmsFree {
@@ -235,7 +236,7 @@ TEST_P(CmsEcTest, KeyAgreementToPublicKeyDecrypts) {
 
 INSTANTIATE_TEST_SUITE_P(Curves, CmsEcTest, ::testing::Values("P-256", "P-384"));
 
-// The anchor's configuration (INTEROP.md section 7.1): PKCS#1 v1.5 + 3DES to Intune's test
+// Intune's sample rewrap (.NET EnvelopedCms defaults): PKCS#1 v1.5 + 3DES to Intune's test
 // certificate, decrypted with the PFX's own key.
 TEST(CmsIntuneTest, EnvelopeToIntuneTestCert) {
   auto dir = testing::SharedDir();

@@ -4,12 +4,13 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 #include "tests/unit/crypto/test_util.h"
 
 namespace hsmrewrap::crypto {
 namespace {
 
-using testing::StatusIs;
+using ::hsmrewrap::test::StatusIs;
 using testing::ToBytes;
 
 TEST(HexTest, EncodesLowercaseAndRoundTripsAllBytes) {
@@ -68,7 +69,7 @@ TEST(Base64Test, RoundTripsEveryLengthAndAllBytes) {
     ASSERT_TRUE(dec.ok()) << len;
     EXPECT_EQ(*dec, data);
   }
-  // An RSA-2048 ciphertext is 344 characters (INTEROP.md section 2.3).
+  // An RSA-2048 ciphertext is 344 characters (base64 of 256 bytes, with padding).
   EXPECT_EQ(Base64Encode(std::vector<uint8_t>(256, 0xA5)).size(), 344u);
 }
 

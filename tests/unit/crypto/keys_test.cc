@@ -13,11 +13,13 @@
 
 #include "crypto/encoding.h"
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 #include "tests/unit/crypto/test_util.h"
 
 namespace hsmrewrap::crypto {
 namespace {
 
+using ::hsmrewrap::test::StatusIs;
 using testing::BnParam;
 using testing::BnParamPadded;
 using testing::CertDer;
@@ -35,7 +37,6 @@ using testing::SelfSignedCert;
 using testing::SharedDir;
 using testing::SpkiDer;
 using ::testing::StartsWith;
-using testing::StatusIs;
 using testing::ToBytes;
 
 Bytes Plain(const SecretBytes& s) { return Bytes(s.begin(), s.end()); }
@@ -55,7 +56,7 @@ TEST(PublicKeyTest, CngPublicBlobExactLayoutAndRoundTrip) {
   EXPECT_FALSE(pub->is_ec());
   EXPECT_EQ(pub->bits(), 2048);
   const Bytes blob = pub->CngPublicBlob();
-  ASSERT_EQ(blob.size(), 283u);                      // 24 + 3 + 256 (INTEROP.md section 3.1)
+  ASSERT_EQ(blob.size(), 283u);                      // header 24 + e 3 + n 256
   Bytes expected_header = {0x52, 0x53, 0x41, 0x31};  // "RSA1"
   AppendLe32(&expected_header, 2048);
   AppendLe32(&expected_header, 3);
@@ -289,7 +290,7 @@ TEST(CertificateTest, RejectsGarbageAndTruncations) {
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
-// The certificate in Intune's own test PFX (INTEROP.md section 9).
+// The certificate in Intune's own test PFX (../shared/vectors/intune/testcert.pfx).
 TEST(CertificateTest, IntuneTestCertThumbprint) {
   auto dir = SharedDir();
   if (!dir) GTEST_SKIP() << "shared vectors folder (HSMREWRAP_SHARED_DIR) not present";

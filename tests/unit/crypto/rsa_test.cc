@@ -7,18 +7,19 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 #include "tests/unit/crypto/test_util.h"
 
 namespace hsmrewrap::crypto {
 namespace {
 
+using ::hsmrewrap::test::StatusIs;
 using testing::OpenSslRsaEncrypt;
 using testing::Pkcs1Der;
 using testing::Pkcs8Der;
 using testing::Pkcs8Pem;
 using testing::RawRsaDecrypt;
 using testing::RsaKey;
-using testing::StatusIs;
 using testing::ToBytes;
 
 const absl::Status kDecryptionFailed = absl::InvalidArgumentError("decryption failed");
@@ -45,7 +46,7 @@ TEST(RsaTest, HashLenAndMd) {
   EXPECT_EQ(OaepHash(RsaPadding::kOaepSha512), HashAlg::kSha512);
 }
 
-// INTEROP.md section 2.3: OAEP limit = k - 2*hLen - 2.
+// The OAEP plaintext limit: k - 2*hLen - 2 bytes.
 TEST(RsaTest, MaxPlaintextLenMatchesInteropTable) {
   struct Row {
     size_t bits, sha256, sha384, sha512;

@@ -1,4 +1,4 @@
-// SecretString and SecretBytes keep their bytes where they are wiped (issue 14 item 6).
+// SecretString and SecretBytes keep their bytes where they are wiped.
 // Wipes are observed through internal::SetCleanseObserverForTesting, which sees each wiped
 // range while it is still allocated; no test reads freed memory.
 #include "crypto/secret.h"

@@ -1,5 +1,5 @@
 // Helpers for crypto/ unit tests: OpenSSL key/certificate generation (done by OpenSSL, not
-// by the code under test), the shared vectors folder and status matchers.
+// by the code under test) and the shared vectors folder. Status matchers: tests/support.
 #pragma once
 
 #include <openssl/evp.h>
@@ -54,15 +54,5 @@ std::optional<std::string> SharedDir();
 Bytes ReadFileOrDie(const std::string& path);
 Bytes ToBytes(std::string_view s);
 SecretString Secret(std::string_view s);
-
-MATCHER(IsOk, "is OK") { return arg.ok(); }
-MATCHER_P(StatusIs, code, "has status code " + ::testing::PrintToString(code)) {
-  return arg.code() == code;
-}
-MATCHER_P2(StatusIs, code, substr,
-           "has status code " + ::testing::PrintToString(code) + " and message containing \"" +
-               std::string(substr) + "\"") {
-  return arg.code() == code && std::string(arg.message()).find(substr) != std::string::npos;
-}
 
 }  // namespace hsmrewrap::crypto::testing

@@ -5,41 +5,10 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
-#include <stdlib.h>
 
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
 
 namespace hsmrewrap::hsm::testing {
-
-TempDir::TempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/hsm-test-XXXXXX";
-  char* p = mkdtemp(tmpl.data());
-  if (p == nullptr) std::abort();
-  path_ = p;
-}
-
-TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(path_, ec);
-}
-
-void WriteFile(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::trunc);
-  f << text;
-}
-
-std::string SetUpSoftHsmConfig(const std::string& dir) {
-  std::filesystem::create_directories(dir + "/tokens");
-  const std::string conf = dir + "/softhsm2.conf";
-  WriteFile(conf, "directories.tokendir = " + dir +
-                      "/tokens\nobjectstore.backend = file\n"
-                      "log.level = ERROR\n");
-  setenv("SOFTHSM2_CONF", conf.c_str(), 1);
-  return conf;
-}
 
 HostKey GenerateHostRsa(int bits) { return HostKey(EVP_RSA_gen(static_cast<unsigned>(bits))); }
 

@@ -1,4 +1,5 @@
-// Helpers shared by the hsm token tests: status matchers, temp dirs, OpenSSL keys.
+// Helpers shared by the hsm token tests: OpenSSL keys, PINs, random bytes; the status
+// matchers, TempDir and the token set-up come from tests/support (named here too).
 #pragma once
 
 #include <openssl/evp.h>
@@ -14,6 +15,9 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/backend.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/tokens.h"
 
 namespace hsmrewrap::hsm {
 // A rewrap operation's typed decryption failure.
@@ -25,45 +29,12 @@ bool IsDecryptFailed(const OpResult<T>& r) {
 
 namespace hsmrewrap::hsm::testing {
 
-inline const absl::Status& StatusOf(const absl::Status& s) { return s; }
-template <typename T>
-const absl::Status& StatusOf(const absl::StatusOr<T>& s) {
-  return s.status();
-}
-template <typename T>
-const absl::Status& StatusOf(const OpResult<T>& r) {
-  return r.status();
-}
-
-MATCHER(IsOk, "is OK") {
-  if (!StatusOf(arg).ok()) *result_listener << StatusOf(arg);
-  return StatusOf(arg).ok();
-}
-MATCHER_P(StatusIs, code, "has status code " + ::testing::PrintToString(code)) {
-  *result_listener << StatusOf(arg);
-  return StatusOf(arg).code() == code;
-}
-
-// A directory under $TMPDIR removed on destruction.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-void WriteFile(const std::string& path, const std::string& text);
-
-// A SoftHSM2 token directory and config; sets SOFTHSM2_CONF (before any Module::Load).
-std::string SetUpSoftHsmConfig(const std::string& dir);
-
-inline constexpr char kSoftHsmPath[] = "/usr/lib/softhsm/libsofthsm2.so";
-inline constexpr char kNssSoftokenPath[] = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
+using ::hsmrewrap::test::IsOk;
+using ::hsmrewrap::test::kNssSoftokenPath;
+using ::hsmrewrap::test::kSoftHsmPath;
+using ::hsmrewrap::test::SetUpSoftHsmConfig;
+using ::hsmrewrap::test::StatusIs;
+using ::hsmrewrap::test::TempDir;
 
 struct EvpPkeyFree {
   void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }

@@ -159,7 +159,7 @@ std::string KeyLine(const ConfigKey& key, bool nested, const std::string& value)
   return absl::StrCat(key.section, ":\n  ", key.name, ": ", indented, "\n");
 }
 
-// Issue 14 item 5: a wrong type (here: a list under limits:) threw from yaml-cpp past the
+// A wrong type (here: a list under limits:) used to throw from yaml-cpp past the
 // loader and aborted rewrapd. Every key the loader knows (its own table, so a key added
 // later is covered too), in every place it may be written, with every wrong type, is an
 // InvalidArgument naming the key and the type it wants.

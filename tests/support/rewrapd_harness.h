@@ -1,6 +1,7 @@
-// Test harness for the integration and end-to-end tests: runs the real rewrapd on a free
-// loopback port against a fresh token (SoftHSM2 embedded default, or NSS softoken) in a
-// temporary directory, and gives the tests a channel and stubs.
+// The one rewrapd harness of the tests: runs the real rewrapd on a free loopback port
+// against a fresh token (SoftHSM2 embedded default, NSS softoken, or a token the test made)
+// in a temporary directory, waits until it serves, gives the tests a channel and stubs,
+// signals and stops it, and reads its logs.
 //
 // Which token: `--token=softhsm|nss` on the test binary's command line (see
 // it_main.cc), else the environment variable HSMREWRAP_IT_TOKEN, else softhsm. The same
@@ -16,8 +17,9 @@
 #include <vector>
 
 #include "hsmrewrap/v1/rewrap.grpc.pb.h"
+#include "tests/support/temp_dir.h"
 
-namespace hsmrewrap::it {
+namespace hsmrewrap::test {
 
 enum class TokenKind { kSoftHsm, kNss };
 
@@ -32,34 +34,6 @@ std::string TokenUnavailableReason(TokenKind kind);
 
 // Path of the rewrapd executable (compile definition, overridable by HSMREWRAP_REWRAPD).
 std::string RewrapdPath();
-
-// A fresh directory, removed recursively on destruction (kept if HSMREWRAP_IT_KEEP_TMP
-// is set).
-class TempDir {
- public:
-  explicit TempDir(const std::string& prefix = "hsmrewrap-it");
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-std::string ReadFileOrEmpty(const std::string& path);
-bool WriteFile(const std::string& path, const std::string& data, int mode = 0600);
-
-struct CommandResult {
-  int exit_code = -1;  // exit status, or -1 if it did not exit normally / could not start
-  std::string out;     // stdout
-  std::string err;     // stderr (and start-up errors of ours)
-  std::string Describe(const std::vector<std::string>& argv) const;
-};
-// Runs argv[0] (looked up in PATH) with the given stdin; kills it after timeout.
-CommandResult RunCommand(const std::vector<std::string>& argv, const std::string& stdin_data = "",
-                         std::chrono::seconds timeout = std::chrono::seconds(120));
 
 // Sets a deadline on a client context (default 120 s: SoftHSM key generation and big
 // batches on a busy 2-core machine are slow).
@@ -91,6 +65,9 @@ class RewrapdHarness {
   // SIGTERM and waitpid (SIGKILL after 30 s). Returns "" on a clean stop (exit 0 or killed by
   // the SIGTERM), else a description of what went wrong, with stderr.
   std::string Stop();
+  // Sends `sig` to rewrapd (e.g. SIGHUP to reload, SIGTERM to start a drain); false if it
+  // is not running or kill() failed.
+  bool Signal(int sig) const;
 
   TokenKind kind() const { return kind_; }
   pid_t pid() const { return pid_; }
@@ -120,4 +97,4 @@ class RewrapdHarness {
   std::unique_ptr<hsmrewrap::v1::Keys::Stub> keys_;
 };
 
-}  // namespace hsmrewrap::it
+}  // namespace hsmrewrap::test

@@ -1,7 +1,6 @@
-#include "tests/integration/rewrapd_harness.h"
+#include "tests/support/rewrapd_harness.h"
 
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,22 +11,22 @@
 
 #include <cerrno>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
+#include <map>
 #include <random>
-#include <sstream>
 #include <thread>
 
 #include "tests/leakcheck/record.h"
+#include "tests/support/command.h"
+#include "tests/support/files.h"
+#include "tests/support/tokens.h"
 
 #ifndef HSMREWRAP_REWRAPD_PATH
 #define HSMREWRAP_REWRAPD_PATH "rewrapd"
 #endif
 
-namespace hsmrewrap::it {
+namespace hsmrewrap::test {
 namespace {
 
-constexpr char kNssModule[] = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
 constexpr char kNssTokenLabel[] = "NSS Certificate DB";
 constexpr char kReadyPrefix[] = "rewrapd serving on ";
 
@@ -39,27 +38,6 @@ std::string RandomToken(size_t n) {
   std::string s;
   for (size_t i = 0; i < n; ++i) s.push_back(kAlphabet[rd() % (sizeof(kAlphabet) - 1)]);
   return s;
-}
-
-bool FindInPath(const std::string& name) {
-  const char* path = getenv("PATH");
-  std::stringstream ss(path ? path : "/usr/bin:/bin");
-  std::string dir;
-  while (std::getline(ss, dir, ':')) {
-    if (!dir.empty() && access((dir + "/" + name).c_str(), X_OK) == 0) return true;
-  }
-  return false;
-}
-
-std::vector<char*> CArgv(std::vector<std::string>& argv) {
-  std::vector<char*> out;
-  for (auto& a : argv) out.push_back(a.data());
-  out.push_back(nullptr);
-  return out;
-}
-
-std::string Tail(const std::string& s, size_t n = 8000) {
-  return s.size() <= n ? s : "...(truncated)...\n" + s.substr(s.size() - n);
 }
 
 bool HasFlag(const std::vector<std::string>& args, const std::string& flag) {
@@ -120,145 +98,20 @@ std::string TokenUnavailableReason(TokenKind kind) {
     return "";
   }
   if (kind == TokenKind::kNss) {
-    if (access(kNssModule, R_OK) != 0) {
-      return std::string("NSS softoken not installed: ") + kNssModule +
+    if (access(kNssSoftokenPath, R_OK) != 0) {
+      return std::string("NSS softoken not installed: ") + kNssSoftokenPath +
              " is missing (install libnss3)";
     }
     if (!FindInPath("certutil")) {
       return "certutil not found in PATH (install libnss3-tools); it creates the NSS database";
     }
   } else {
-    if (access("/usr/lib/softhsm/libsofthsm2.so", R_OK) != 0) {
-      return "SoftHSM2 not installed: /usr/lib/softhsm/libsofthsm2.so is missing (install "
-             "softhsm2)";
+    if (access(kSoftHsmPath, R_OK) != 0) {
+      return std::string("SoftHSM2 not installed: ") + kSoftHsmPath +
+             " is missing (install softhsm2)";
     }
   }
   return "";
-}
-
-TempDir::TempDir(const std::string& prefix) {
-  std::string tmpl = std::filesystem::temp_directory_path().string() + "/" + prefix + "-XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  if (mkdtemp(buf.data()) == nullptr) {
-    perror("mkdtemp");
-    abort();
-  }
-  path_ = buf.data();
-}
-
-TempDir::~TempDir() {
-  if (getenv("HSMREWRAP_IT_KEEP_TMP")) {
-    fprintf(stderr, "keeping %s\n", path_.c_str());
-    return;
-  }
-  std::error_code ec;
-  std::filesystem::remove_all(path_, ec);
-}
-
-std::string ReadFileOrEmpty(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return "";
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-bool WriteFile(const std::string& path, const std::string& data, int mode) {
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) return false;
-  fchmod(fd, mode);
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = write(fd, data.data() + off, data.size() - off);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      close(fd);
-      return false;
-    }
-    off += static_cast<size_t>(n);
-  }
-  return close(fd) == 0;
-}
-
-std::string CommandResult::Describe(const std::vector<std::string>& argv) const {
-  std::string cmd;
-  for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
-  return "command: " + cmd + "\nexit code: " + std::to_string(exit_code) + "\nstdout:\n" +
-         Tail(out) + "\nstderr:\n" + Tail(err);
-}
-
-CommandResult RunCommand(const std::vector<std::string>& argv_in, const std::string& stdin_data,
-                         std::chrono::seconds timeout) {
-  CommandResult r;
-  std::vector<std::string> argv = argv_in;
-  std::vector<char*> cargv = CArgv(argv);
-  int in_pipe[2], out_pipe[2], err_pipe[2];
-  if (pipe2(in_pipe, O_CLOEXEC) != 0 || pipe2(out_pipe, O_CLOEXEC) != 0 ||
-      pipe2(err_pipe, O_CLOEXEC) != 0) {
-    r.err = std::string("pipe: ") + strerror(errno);
-    return r;
-  }
-  pid_t pid = fork();
-  if (pid < 0) {
-    r.err = std::string("fork: ") + strerror(errno);
-    return r;
-  }
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    dup2(in_pipe[0], 0);
-    dup2(out_pipe[1], 1);
-    dup2(err_pipe[1], 2);
-    execvp(cargv[0], cargv.data());
-    const char msg[] = "exec failed\n";
-    (void)!write(2, msg, sizeof(msg) - 1);
-    _exit(127);
-  }
-  close(in_pipe[0]);
-  close(out_pipe[1]);
-  close(err_pipe[1]);
-  // Feed stdin (small inputs only: a password or a few KB), then close it.
-  size_t off = 0;
-  signal(SIGPIPE, SIG_IGN);
-  while (off < stdin_data.size()) {
-    ssize_t n = write(in_pipe[1], stdin_data.data() + off, stdin_data.size() - off);
-    if (n <= 0) break;
-    off += static_cast<size_t>(n);
-  }
-  close(in_pipe[1]);
-
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  bool out_open = true, err_open = true;
-  char buf[4096];
-  while (out_open || err_open) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) {
-      kill(pid, SIGKILL);
-      r.err += "\n[harness] timed out after " + std::to_string(timeout.count()) + " s; killed";
-      break;
-    }
-    pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
-    int pr = poll(fds, 2, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
-    if (pr < 0 && errno != EINTR) break;
-    for (int i = 0; i < 2; ++i) {
-      bool& open_flag = i == 0 ? out_open : err_open;
-      if (!open_flag || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-      ssize_t n = read(fds[i].fd, buf, sizeof(buf));
-      if (n <= 0) {
-        open_flag = false;
-      } else {
-        (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
-      }
-    }
-  }
-  close(out_pipe[0]);
-  close(err_pipe[0]);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
 }
 
 void SetDeadline(grpc::ClientContext* ctx, std::chrono::seconds s) {
@@ -309,8 +162,8 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
     }
     const std::string init_args =
         "configdir='sql:" + db + "' certPrefix='' keyPrefix='' secmod='secmod.db' flags=";
-    h->argv_.insert(h->argv_.end(), {"--module", kNssModule, "--init-args", init_args, "--token",
-                                     kNssTokenLabel, "--pin-file", pin_file});
+    h->argv_.insert(h->argv_.end(), {"--module", kNssSoftokenPath, "--init-args", init_args,
+                                     "--token", kNssTokenLabel, "--pin-file", pin_file});
   }
   h->argv_.insert(h->argv_.end(), {"--listen", "127.0.0.1:0", "--state-dir", state});
   h->argv_.insert(h->argv_.end(), options.extra_args.begin(), options.extra_args.end());
@@ -324,14 +177,9 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
     h->argv_.insert(h->argv_.end(), {"--audit-log", h->log_dir_ + "/audit.jsonl"});
   }
   // The child's environment, built before fork (only async-signal-safe calls after it).
-  std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) {
-    std::string kv = *e;
-    bool overridden = false;
-    for (const auto& [k, v] : options.env) overridden |= kv.compare(0, k.size() + 1, k + "=") == 0;
-    if (!overridden) env.push_back(kv);
-  }
-  for (const auto& [k, v] : options.env) env.push_back(k + "=" + v);
+  std::map<std::string, std::string> env_vars;
+  for (const auto& [k, v] : options.env) env_vars[k] = v;
+  std::vector<std::string> env = ChildEnvironment(env_vars);
   std::vector<char*> cenv = CArgv(env);
 
   const std::string out_path = h->log_dir_ + "/rewrapd.stdout";
@@ -476,6 +324,8 @@ std::string RewrapdHarness::Stop() {
   return problem;
 }
 
+bool RewrapdHarness::Signal(int sig) const { return pid_ > 0 && kill(pid_, sig) == 0; }
+
 RewrapdHarness::~RewrapdHarness() { Stop(); }
 
-}  // namespace hsmrewrap::it
+}  // namespace hsmrewrap::test
