@@ -272,6 +272,13 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::FinishNewKey(SessionPool::Lease& lease,
   return (*ref)->info;
 }
 
+absl::Status Pkcs11Backend::RenewLease(absl::StatusOr<SessionPool::Lease>& lease) {
+  lease->MarkBroken();
+  lease->Release();
+  lease = Lease();
+  return lease.status();
+}
+
 absl::StatusOr<KeyInfo> Pkcs11Backend::CreateKey(const std::string& name, int bits,
                                                  bool allow_pkcs1) {
   if (auto s = CheckKeyName(name); !s.ok()) return s;
@@ -290,12 +297,7 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::CreateKey(const std::string& name, int bi
   Template priv = ServicePrivateKeyTemplate(name, id, options_.allow_host_unpadding, allow_pkcs1);
   CK_MECHANISM mech{CKM_RSA_PKCS_KEY_PAIR_GEN, nullptr, 0};
   CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
-  auto renew = [&]() -> absl::Status {
-    lease->MarkBroken();
-    lease->Release();
-    lease = Lease();
-    return lease.status();
-  };
+  auto renew = [&] { return RenewLease(lease); };
   absl::Status s = CreateWithOptionalAttrs(
       token_.label, priv, [&] { return lease->GenerateKeyPair(&mech, pub, priv, &hpub, &hpriv); },
       renew);
@@ -339,12 +341,7 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
         .SecretRef(CKA_COEFFICIENT, parts.qinv);
   }
   CK_OBJECT_HANDLE hpriv = CK_INVALID_HANDLE;
-  auto renew = [&]() -> absl::Status {
-    lease->MarkBroken();
-    lease->Release();
-    lease = Lease();
-    return lease.status();
-  };
+  auto renew = [&] { return RenewLease(lease); };
   absl::Status s = CreateWithOptionalAttrs(
       token_.label, priv,
       [&]() -> absl::Status {

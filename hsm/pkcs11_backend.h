@@ -89,6 +89,9 @@ class Pkcs11Backend final : public KeyBackend {
   Pkcs11Backend(Options options, TokenSlot token, std::unique_ptr<SessionPool> pool);
 
   absl::StatusOr<SessionPool::Lease> Lease();
+  // Discards `lease`'s session (a failed attempt may have left debris in it) and leases
+  // another one into it.
+  absl::Status RenewLease(absl::StatusOr<SessionPool::Lease>& lease);
   // Loads a key from the token (attributes, metadata, probe) into the cache. With a known
   // `priv` handle and metadata (a key just made here) the search and the metadata read are
   // skipped.

@@ -144,6 +144,19 @@ absl::StatusOr<std::string> KeyNameFromNameOrUri(const std::string& name_or_uri)
   return extras->object;
 }
 
+namespace {
+TokenSlot SlotOf(CK_SLOT_ID id, const CK_TOKEN_INFO& ti) {
+  TokenSlot t;
+  t.slot = id;
+  t.label = PaddedString(ti.label, sizeof(ti.label));
+  t.serial = PaddedString(ti.serialNumber, sizeof(ti.serialNumber));
+  t.model = PaddedString(ti.model, sizeof(ti.model));
+  t.manufacturer = PaddedString(ti.manufacturerID, sizeof(ti.manufacturerID));
+  t.flags = ti.flags;
+  return t;
+}
+}  // namespace
+
 absl::StatusOr<std::vector<TokenSlot>> ListTokens(const Module& m, bool include_uninitialized) {
   auto slots = SlotList(m, true);
   if (!slots.ok()) return slots.status();
@@ -155,13 +168,7 @@ absl::StatusOr<std::vector<TokenSlot>> ListTokens(const Module& m, bool include_
       continue;
     }
     if (!include_uninitialized && !(ti.flags & CKF_TOKEN_INITIALIZED)) continue;
-    TokenSlot t;
-    t.slot = id;
-    t.label = PaddedString(ti.label, sizeof(ti.label));
-    t.serial = PaddedString(ti.serialNumber, sizeof(ti.serialNumber));
-    t.model = PaddedString(ti.model, sizeof(ti.model));
-    t.manufacturer = PaddedString(ti.manufacturerID, sizeof(ti.manufacturerID));
-    t.flags = ti.flags;
+    TokenSlot t = SlotOf(id, ti);
     out.push_back(std::move(t));
   }
   return out;
@@ -184,13 +191,7 @@ absl::StatusOr<TokenSlot> FindToken(const Module& m, const TokenSelector& sel) {
     CK_TOKEN_INFO ti{};
     if (!m.Call("C_GetTokenInfo", m.fl()->C_GetTokenInfo, id, &ti).ok()) continue;
     if (!(ti.flags & CKF_TOKEN_INITIALIZED)) continue;
-    TokenSlot t;
-    t.slot = id;
-    t.label = PaddedString(ti.label, sizeof(ti.label));
-    t.serial = PaddedString(ti.serialNumber, sizeof(ti.serialNumber));
-    t.model = PaddedString(ti.model, sizeof(ti.model));
-    t.manufacturer = PaddedString(ti.manufacturerID, sizeof(ti.manufacturerID));
-    t.flags = ti.flags;
+    TokenSlot t = SlotOf(id, ti);
     if (!sel.label.empty() && t.label != sel.label) continue;
     if (!sel.serial.empty() && t.serial != sel.serial) continue;
     if (uri && p11_kit_uri_match_token_info(uri.get(), &ti) != 1) continue;

@@ -175,47 +175,40 @@ absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> reque
 bool RewrapEngine::ResolveRecipient(const v1::RewrapItem& item, ItemGate* gate,
                                     std::string* recipient_sha256, Recipient& out,
                                     v1::RewrapResult& r) {
-  const auto bytes_of = BytesOf;
   out.out_padding = BarePadding(item.format());
   out.bare = IsBareFormat(item.format());
   const auto& rcp = item.recipient();
+  // A certificate or public key recipient: parsed (or found in the cache), fingerprinted for
+  // the audit record, checked by the gate.
+  auto parsed = [&](bool is_certificate, const std::string& bytes, const char* unparsable) -> bool {
+    auto p = recipients_.Get(is_certificate, BytesOf(bytes));
+    if (!p.ok()) {
+      Fail(r, ItemError::INVALID_ITEM, absl::StrCat(unparsable, p.status().message()));
+      return false;
+    }
+    if (recipient_sha256) {
+      *recipient_sha256 = is_certificate ? (*p)->cert->Sha256Hex() : (*p)->key->Sha256Hex();
+    }
+    if (gate) {
+      if (absl::Status st = gate->CheckRecipient(rcp, p->get()); !st.ok()) {
+        FailGate(r, st);
+        return false;
+      }
+    }
+    out.key = (*p)->key;
+    out.cert = (*p)->cert;
+    return true;
+  };
   switch (rcp.kind_case()) {
-    case v1::Recipient::kCertificate: {
-      auto c = recipients_.Get(true, bytes_of(rcp.certificate()));
-      if (!c.ok()) {
-        Fail(r, ItemError::INVALID_ITEM,
-             absl::StrCat("recipient certificate does not parse: ", c.status().message()));
+    case v1::Recipient::kCertificate:
+      if (!parsed(true, rcp.certificate(), "recipient certificate does not parse: ")) return false;
+      break;
+    case v1::Recipient::kPublicKey:
+      if (!parsed(false, rcp.public_key(),
+                  "recipient public_key does not parse as a SubjectPublicKeyInfo: ")) {
         return false;
       }
-      if (recipient_sha256) *recipient_sha256 = (*c)->cert->Sha256Hex();
-      if (gate) {
-        if (absl::Status st = gate->CheckRecipient(rcp, c->get()); !st.ok()) {
-          FailGate(r, st);
-          return false;
-        }
-      }
-      out.key = (*c)->key;
-      out.cert = (*c)->cert;
       break;
-    }
-    case v1::Recipient::kPublicKey: {
-      auto k = recipients_.Get(false, bytes_of(rcp.public_key()));
-      if (!k.ok()) {
-        Fail(r, ItemError::INVALID_ITEM,
-             absl::StrCat("recipient public_key does not parse as a SubjectPublicKeyInfo: ",
-                          k.status().message()));
-        return false;
-      }
-      if (recipient_sha256) *recipient_sha256 = (*k)->key->Sha256Hex();
-      if (gate) {
-        if (absl::Status st = gate->CheckRecipient(rcp, k->get()); !st.ok()) {
-          FailGate(r, st);
-          return false;
-        }
-      }
-      out.key = (*k)->key;
-      break;
-    }
     case v1::Recipient::kServiceKey: {
       if (item.format() == v1::CMS_ENVELOPED_PKCS1) {
         Fail(r, ItemError::INVALID_ITEM,
