@@ -29,10 +29,12 @@
 #include "service/bootstrap.h"
 #include "service/config.h"
 #include "service/engine.h"
-#include "service/grpc_services.h"
+#include "service/key_admin.h"
+#include "service/keys_service.h"
 #include "service/metrics.h"
 #include "service/metrics_server.h"
 #include "service/policy.h"
+#include "service/rewrap_service.h"
 #include "service/selftest.h"
 #include "service/tls.h"
 #include "service/token_metrics.h"
@@ -382,7 +384,8 @@ int Run(int argc, char** argv) {
   }
   SelfTester selftest(&engine, &metrics, std::chrono::seconds(c.selftest_interval_s));
   RewrapServiceImpl rewrap_service(&engine, &metrics, security->get());
-  KeysServiceImpl keys_service(&engine, started->token_label, &metrics, &selftest, security->get());
+  KeyAdmin key_admin(&engine, &selftest);
+  KeysServiceImpl keys_service(&key_admin, started->token_label, &metrics, security->get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -410,11 +413,12 @@ int Run(int argc, char** argv) {
   };
   set_health(true);
 
-  auto keys = started->backend->ListKeys();
+  auto keys = key_admin.ListKeys();
   if (keys.ok()) {
-    for (const auto& k : *keys) {
+    for (const auto& key : *keys) {
+      const hsm::KeyInfo& k = key.info;
       v1::KeyInfo info;
-      keys_service.ToProto(k, &info);
+      KeyToProto(key, started->token_label, &info);
       std::string paths;
       for (const auto& p : info.paths()) {
         absl::StrAppend(&paths, paths.empty() ? "" : ", ", v1::Padding_Name(p.padding()), "=");

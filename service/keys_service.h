@@ -1,0 +1,57 @@
+// The Keys service (gRPC callback API) over KeyAdmin (service/key_admin.h): authorizes the
+// call, takes secrets out of the request, runs the work off the gRPC thread, translates
+// the answer and audits the outcome.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "hsmrewrap/v1/rewrap.grpc.pb.h"
+#include "service/key_admin.h"
+#include "service/metrics.h"
+#include "service/policy.h"
+#include "service/worker_pool.h"
+
+namespace hsmrewrap::service {
+
+class KeysServiceImpl final : public v1::Keys::CallbackService {
+ public:
+  // `security` (may be null: everything allowed, no audit) authorizes each call.
+  KeysServiceImpl(KeyAdmin* admin, std::string token_label, Metrics* metrics,
+                  Security* security = nullptr);
+  grpc::ServerUnaryReactor* CreateKey(grpc::CallbackServerContext*, const v1::CreateKeyRequest*,
+                                      v1::KeyInfo*) override;
+  grpc::ServerUnaryReactor* ImportKey(grpc::CallbackServerContext*, const v1::ImportKeyRequest*,
+                                      v1::KeyInfo*) override;
+  grpc::ServerUnaryReactor* ListKeys(grpc::CallbackServerContext*, const v1::ListKeysRequest*,
+                                     v1::ListKeysResponse*) override;
+  grpc::ServerUnaryReactor* GetPublicKey(grpc::CallbackServerContext*,
+                                         const v1::GetPublicKeyRequest*,
+                                         v1::GetPublicKeyResponse*) override;
+  grpc::ServerUnaryReactor* DisableKey(grpc::CallbackServerContext*, const v1::DisableKeyRequest*,
+                                       v1::KeyInfo*) override;
+  grpc::ServerUnaryReactor* EnableKey(grpc::CallbackServerContext*, const v1::EnableKeyRequest*,
+                                      v1::KeyInfo*) override;
+  grpc::ServerUnaryReactor* SelfTest(grpc::CallbackServerContext*, const v1::SelfTestRequest*,
+                                     v1::SelfTestResponse*) override;
+
+ private:
+  // Authorizes the call (`rpc_class`; `key` when the RPC names one), then runs `fn` on
+  // `pool` with the caller's rights, audits the outcome and finishes the call.
+  grpc::ServerUnaryReactor* OffThread(grpc::CallbackServerContext* ctx, const char* rpc,
+                                      RpcClass rpc_class, const std::string& key, WorkerPool* pool,
+                                      std::function<absl::Status(const Security::Call&)> fn);
+  // SetEnabled's answer into `out`.
+  absl::Status SetEnabled(const std::string& name, bool enabled, v1::KeyInfo* out);
+
+  KeyAdmin* admin_;
+  std::string token_label_;
+  Metrics* metrics_;
+  Security* security_;
+  WorkerPool admin_pool_{1};  // key administration is serialised
+};
+
+// The API form of a key (also the start-up banner's source).
+void KeyToProto(const KeyDescription& key, const std::string& token_label, v1::KeyInfo* out);
+
+}  // namespace hsmrewrap::service
