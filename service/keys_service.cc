@@ -112,7 +112,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(
 grpc::ServerUnaryReactor* KeysServiceImpl::CreateKey(grpc::CallbackServerContext* ctx,
                                                      const v1::CreateKeyRequest* req,
                                                      v1::KeyInfo* out) {
-  return OffThread(ctx, "CreateKey", RpcClass::kKeysAdmin, req->name(), &admin_pool_,
+  return OffThread(ctx, "CreateKey", RpcClass::kKeysAdmin, req->name(), &writes_,
                    [this, req, out](const Security::Call&) -> absl::Status {
                      auto key = admin_->CreateKey(req->name(), req->bits(), req->allow_pkcs1());
                      if (!key.ok()) return key.status();
@@ -128,7 +128,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext
   // (also when the call is refused): protobuf keeps them in plain std::strings, short ones
   // inside the message object, which are freed unwiped.
   std::shared_ptr<ImportedKey> key = TakeImportedKey(*req);
-  return OffThread(ctx, "ImportKey", RpcClass::kKeysAdmin, req->name(), &admin_pool_,
+  return OffThread(ctx, "ImportKey", RpcClass::kKeysAdmin, req->name(), &writes_,
                    [this, req, out, key](const Security::Call&) -> absl::Status {
                      auto info = admin_->ImportKey(req->name(), *key, req->allow_pkcs1());
                      if (!info.ok()) return info.status();
@@ -140,7 +140,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* KeysServiceImpl::ListKeys(grpc::CallbackServerContext* ctx,
                                                     const v1::ListKeysRequest*,
                                                     v1::ListKeysResponse* out) {
-  return OffThread(ctx, "ListKeys", RpcClass::kKeysRead, "", &admin_pool_,
+  return OffThread(ctx, "ListKeys", RpcClass::kKeysRead, "", &reads_,
                    [this, out](const Security::Call& call) -> absl::Status {
                      auto keys = admin_->ListKeys(VisibleTo(call));  // only the caller's keys
                      if (!keys.ok()) return keys.status();
@@ -152,7 +152,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ListKeys(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* KeysServiceImpl::GetPublicKey(grpc::CallbackServerContext* ctx,
                                                         const v1::GetPublicKeyRequest* req,
                                                         v1::GetPublicKeyResponse* out) {
-  return OffThread(ctx, "GetPublicKey", RpcClass::kKeysRead, req->name(), &admin_pool_,
+  return OffThread(ctx, "GetPublicKey", RpcClass::kKeysRead, req->name(), &reads_,
                    [this, req, out](const Security::Call&) -> absl::Status {
                      auto pub = admin_->GetPublicKey(req->name());
                      if (!pub.ok()) return pub.status();
@@ -192,7 +192,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::DisableKey(grpc::CallbackServerContex
                                                       const v1::DisableKeyRequest* req,
                                                       v1::KeyInfo* out) {
   return OffThread(
-      ctx, "DisableKey", RpcClass::kKeysAdmin, req->name(), &admin_pool_,
+      ctx, "DisableKey", RpcClass::kKeysAdmin, req->name(), &writes_,
       [this, req, out](const Security::Call&) { return SetEnabled(req->name(), false, out); });
 }
 
@@ -200,14 +200,14 @@ grpc::ServerUnaryReactor* KeysServiceImpl::EnableKey(grpc::CallbackServerContext
                                                      const v1::EnableKeyRequest* req,
                                                      v1::KeyInfo* out) {
   return OffThread(
-      ctx, "EnableKey", RpcClass::kKeysAdmin, req->name(), &admin_pool_,
+      ctx, "EnableKey", RpcClass::kKeysAdmin, req->name(), &writes_,
       [this, req, out](const Security::Call&) { return SetEnabled(req->name(), true, out); });
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::SelfTest(grpc::CallbackServerContext* ctx,
                                                     const v1::SelfTestRequest* req,
                                                     v1::SelfTestResponse* out) {
-  return OffThread(ctx, "SelfTest", RpcClass::kKeysRead, req->name(), &admin_pool_,
+  return OffThread(ctx, "SelfTest", RpcClass::kKeysRead, req->name(), &reads_,
                    [this, req, out](const Security::Call& call) -> absl::Status {
                      auto results = admin_->SelfTest(req->name(), VisibleTo(call));
                      if (!results.ok()) return results.status();

@@ -37,7 +37,7 @@ class KeysServiceImpl final : public v1::Keys::CallbackService {
 
  private:
   // Authorizes the call (`rpc_class`; `key` when the RPC names one), then runs `fn` on
-  // `pool` with the caller's rights, audits the outcome and finishes the call.
+  // `pool` (writes_ or reads_) with the caller's rights, audits the outcome and finishes the call.
   grpc::ServerUnaryReactor* OffThread(grpc::CallbackServerContext* ctx, const char* rpc,
                                       RpcClass rpc_class, const std::string& key, WorkerPool* pool,
                                       std::function<absl::Status(const Security::Call&)> fn);
@@ -48,7 +48,11 @@ class KeysServiceImpl final : public v1::Keys::CallbackService {
   std::string token_label_;
   Metrics* metrics_;
   Security* security_;
-  WorkerPool admin_pool_{1};  // key administration is serialised
+  // Writes (CreateKey, ImportKey, EnableKey, DisableKey) run one at a time; reads (ListKeys,
+  // GetPublicKey, SelfTest) on threads of their own, so that a key generation, which can take
+  // many seconds, does not hold them up.
+  WorkerPool writes_{1};
+  WorkerPool reads_{2};
 };
 
 // The API form of a key (also the start-up banner's source).
