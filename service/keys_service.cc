@@ -5,7 +5,6 @@
 #include "absl/strings/str_cat.h"
 #include "crypto/secret.h"
 #include "service/grpc_status.h"
-#include "service/rewrap_service.h"
 
 namespace hsmrewrap::service {
 namespace {
@@ -77,33 +76,27 @@ void KeyToProto(const KeyDescription& key, const std::string& token_label, v1::K
   out->set_token_label(token_label);
 }
 
-KeysServiceImpl::KeysServiceImpl(KeyAdmin* admin, std::string token_label, Metrics* metrics,
-                                 Security* security)
-    : admin_(admin), token_label_(std::move(token_label)), metrics_(metrics), security_(security) {}
+KeysServiceImpl::KeysServiceImpl(KeyAdmin* admin, std::string token_label, AuthorizedCalls* calls)
+    : admin_(admin), token_label_(std::move(token_label)), calls_(calls) {}
 
 grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(
-    grpc::CallbackServerContext* ctx, const char* rpc, RpcClass rpc_class, const std::string& key,
-    WorkerPool* pool, std::function<absl::Status(const Security::Call&)> fn) {
+    grpc::CallbackServerContext* ctx, const char* rpc, const std::string& key, WorkerPool* pool,
+    std::function<absl::Status(const Security::Call&)> fn) {
   auto* reactor = ctx->DefaultReactor();
-  Security::Call call;
-  call.rpc = rpc;
-  if (security_) {
-    auto c = security_->Authorize(*ctx, rpc_class, rpc);  // audits its own refusals
-    if (c.ok() && !key.empty() && !c->AllowsKey(key)) {
-      security_->AuditKeyCall(*c, key, "PERMISSION_DENIED");
-      c = absl::PermissionDeniedError(absl::StrCat("'", c->who, "' may not use key '", key, "'"));
-    }
-    if (!c.ok()) {
-      reactor->Finish(ToGrpc(c.status()));
-      return reactor;
-    }
-    call = *std::move(c);
+  Security* security = calls_->security();
+  auto call = calls_->Take(ctx, rpc);  // a refusal is audited already
+  if (call.ok() && security && !key.empty() && !call->AllowsKey(key)) {
+    security->AuditKeyCall(*call, key, "PERMISSION_DENIED");
+    call =
+        absl::PermissionDeniedError(absl::StrCat("'", call->who, "' may not use key '", key, "'"));
   }
-  const auto start = std::chrono::steady_clock::now();
-  pool->Post([this, reactor, rpc, start, key, call = std::move(call), fn = std::move(fn)] {
+  if (!call.ok()) {
+    reactor->Finish(ToGrpc(call.status()));
+    return reactor;
+  }
+  pool->Post([reactor, key, security, call = *std::move(call), fn = std::move(fn)] {
     const absl::Status st = fn(call);
-    metrics_->Observe("hsmrewrap_rpc_latency_seconds", {{"rpc", rpc}}, SecondsSince(start));
-    if (security_) security_->AuditKeyCall(call, key, absl::StatusCodeToString(st.code()));
+    if (security) security->AuditKeyCall(call, key, absl::StatusCodeToString(st.code()));
     reactor->Finish(ToGrpc(st));
   });
   return reactor;
@@ -112,7 +105,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(
 grpc::ServerUnaryReactor* KeysServiceImpl::CreateKey(grpc::CallbackServerContext* ctx,
                                                      const v1::CreateKeyRequest* req,
                                                      v1::KeyInfo* out) {
-  return OffThread(ctx, "CreateKey", RpcClass::kKeysAdmin, req->name(), &writes_,
+  return OffThread(ctx, "CreateKey", req->name(), &writes_,
                    [this, req, out](const Security::Call&) -> absl::Status {
                      auto key = admin_->CreateKey(req->name(), req->bits(), req->allow_pkcs1());
                      if (!key.ok()) return key.status();
@@ -128,7 +121,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext
   // (also when the call is refused): protobuf keeps them in plain std::strings, short ones
   // inside the message object, which are freed unwiped.
   std::shared_ptr<ImportedKey> key = TakeImportedKey(*req);
-  return OffThread(ctx, "ImportKey", RpcClass::kKeysAdmin, req->name(), &writes_,
+  return OffThread(ctx, "ImportKey", req->name(), &writes_,
                    [this, req, out, key](const Security::Call&) -> absl::Status {
                      auto info = admin_->ImportKey(req->name(), *key, req->allow_pkcs1());
                      if (!info.ok()) return info.status();
@@ -140,7 +133,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* KeysServiceImpl::ListKeys(grpc::CallbackServerContext* ctx,
                                                     const v1::ListKeysRequest*,
                                                     v1::ListKeysResponse* out) {
-  return OffThread(ctx, "ListKeys", RpcClass::kKeysRead, "", &reads_,
+  return OffThread(ctx, "ListKeys", "", &reads_,
                    [this, out](const Security::Call& call) -> absl::Status {
                      auto keys = admin_->ListKeys(VisibleTo(call));  // only the caller's keys
                      if (!keys.ok()) return keys.status();
@@ -152,7 +145,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ListKeys(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* KeysServiceImpl::GetPublicKey(grpc::CallbackServerContext* ctx,
                                                         const v1::GetPublicKeyRequest* req,
                                                         v1::GetPublicKeyResponse* out) {
-  return OffThread(ctx, "GetPublicKey", RpcClass::kKeysRead, req->name(), &reads_,
+  return OffThread(ctx, "GetPublicKey", req->name(), &reads_,
                    [this, req, out](const Security::Call&) -> absl::Status {
                      auto pub = admin_->GetPublicKey(req->name());
                      if (!pub.ok()) return pub.status();
@@ -192,7 +185,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::DisableKey(grpc::CallbackServerContex
                                                       const v1::DisableKeyRequest* req,
                                                       v1::KeyInfo* out) {
   return OffThread(
-      ctx, "DisableKey", RpcClass::kKeysAdmin, req->name(), &writes_,
+      ctx, "DisableKey", req->name(), &writes_,
       [this, req, out](const Security::Call&) { return SetEnabled(req->name(), false, out); });
 }
 
@@ -200,14 +193,14 @@ grpc::ServerUnaryReactor* KeysServiceImpl::EnableKey(grpc::CallbackServerContext
                                                      const v1::EnableKeyRequest* req,
                                                      v1::KeyInfo* out) {
   return OffThread(
-      ctx, "EnableKey", RpcClass::kKeysAdmin, req->name(), &writes_,
+      ctx, "EnableKey", req->name(), &writes_,
       [this, req, out](const Security::Call&) { return SetEnabled(req->name(), true, out); });
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::SelfTest(grpc::CallbackServerContext* ctx,
                                                     const v1::SelfTestRequest* req,
                                                     v1::SelfTestResponse* out) {
-  return OffThread(ctx, "SelfTest", RpcClass::kKeysRead, req->name(), &reads_,
+  return OffThread(ctx, "SelfTest", req->name(), &reads_,
                    [this, req, out](const Security::Call& call) -> absl::Status {
                      auto results = admin_->SelfTest(req->name(), VisibleTo(call));
                      if (!results.ok()) return results.status();

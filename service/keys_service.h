@@ -1,24 +1,23 @@
-// The Keys service (gRPC callback API) over KeyAdmin (service/key_admin.h): authorizes the
-// call, takes secrets out of the request, runs the work off the gRPC thread, translates
-// the answer and audits the outcome.
+// The Keys service (gRPC callback API) over KeyAdmin (service/key_admin.h): takes secrets
+// out of the request, checks the key the call names against the caller's rights, runs the
+// work off the gRPC thread, translates the answer and audits the outcome. The RPC itself is
+// authorized, and timed, by the interceptors (service/interceptors.h).
 #pragma once
 
 #include <functional>
 #include <string>
 
 #include "hsmrewrap/v1/rewrap.grpc.pb.h"
+#include "service/interceptors.h"
 #include "service/key_admin.h"
-#include "service/metrics.h"
-#include "service/policy.h"
 #include "service/worker_pool.h"
 
 namespace hsmrewrap::service {
 
 class KeysServiceImpl final : public v1::Keys::CallbackService {
  public:
-  // `security` (may be null: everything allowed, no audit) authorizes each call.
-  KeysServiceImpl(KeyAdmin* admin, std::string token_label, Metrics* metrics,
-                  Security* security = nullptr);
+  // `calls` holds each call's authorization (AuthorizationInterceptorFactory's).
+  KeysServiceImpl(KeyAdmin* admin, std::string token_label, AuthorizedCalls* calls);
   grpc::ServerUnaryReactor* CreateKey(grpc::CallbackServerContext*, const v1::CreateKeyRequest*,
                                       v1::KeyInfo*) override;
   grpc::ServerUnaryReactor* ImportKey(grpc::CallbackServerContext*, const v1::ImportKeyRequest*,
@@ -36,18 +35,18 @@ class KeysServiceImpl final : public v1::Keys::CallbackService {
                                      v1::SelfTestResponse*) override;
 
  private:
-  // Authorizes the call (`rpc_class`; `key` when the RPC names one), then runs `fn` on
-  // `pool` (writes_ or reads_) with the caller's rights, audits the outcome and finishes the call.
+  // Takes the call's authorization and checks `key` (when the RPC names one) against it,
+  // then runs `fn` on `pool` (writes_ or reads_) with the caller's rights, audits the outcome
+  // and finishes the call.
   grpc::ServerUnaryReactor* OffThread(grpc::CallbackServerContext* ctx, const char* rpc,
-                                      RpcClass rpc_class, const std::string& key, WorkerPool* pool,
+                                      const std::string& key, WorkerPool* pool,
                                       std::function<absl::Status(const Security::Call&)> fn);
   // SetEnabled's answer into `out`.
   absl::Status SetEnabled(const std::string& name, bool enabled, v1::KeyInfo* out);
 
   KeyAdmin* admin_;
   std::string token_label_;
-  Metrics* metrics_;
-  Security* security_;
+  AuthorizedCalls* calls_;
   // Writes (CreateKey, ImportKey, EnableKey, DisableKey) run one at a time; reads (ListKeys,
   // GetPublicKey, SelfTest) on threads of their own, so that a key generation, which can take
   // many seconds, does not hold them up.

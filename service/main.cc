@@ -29,6 +29,7 @@
 #include "service/bootstrap.h"
 #include "service/config.h"
 #include "service/engine.h"
+#include "service/interceptors.h"
 #include "service/key_admin.h"
 #include "service/keys_service.h"
 #include "service/metrics.h"
@@ -383,9 +384,10 @@ int Run(int argc, char** argv) {
     });
   }
   SelfTester selftest(&engine, &metrics, std::chrono::seconds(c.selftest_interval_s));
-  RewrapServiceImpl rewrap_service(&engine, &metrics, security->get());
+  AuthorizedCalls authorized_calls(security->get());
+  RewrapServiceImpl rewrap_service(&engine, &metrics, &authorized_calls);
   KeyAdmin key_admin(&engine, &selftest);
-  KeysServiceImpl keys_service(&key_admin, started->token_label, &metrics, security->get());
+  KeysServiceImpl keys_service(&key_admin, started->token_label, &authorized_calls);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -395,6 +397,10 @@ int Run(int argc, char** argv) {
   builder.SetMaxReceiveMessageSize(static_cast<int>(c.limits.max_message_bytes));
   builder.RegisterService(&rewrap_service);
   builder.RegisterService(&keys_service);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<MetricsInterceptorFactory>(&metrics));
+  interceptors.push_back(std::make_unique<AuthorizationInterceptorFactory>(&authorized_calls));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     spdlog::error("cannot listen on {}", c.listen);

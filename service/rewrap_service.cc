@@ -26,9 +26,8 @@ void DeclareServiceMetrics(Metrics& m) {
 // The key label is kept only for keys that exist, so callers cannot grow the label set at
 // will.
 void RecordBatch(Metrics* metrics, const char* rpc, const v1::RewrapRequest& req,
-                 const v1::RewrapResponse& resp, double seconds) {
+                 const v1::RewrapResponse& resp) {
   metrics->Observe("hsmrewrap_batch_items", {{"rpc", rpc}}, req.items_size());
-  metrics->Observe("hsmrewrap_rpc_latency_seconds", {{"rpc", rpc}}, seconds);
   for (int i = 0; i < resp.results_size() && i < req.items_size(); ++i) {
     const auto& r = resp.results(i);
     const bool known_key = !r.has_error() || (r.error().code() != v1::ItemError::KEY_NOT_FOUND &&
@@ -40,29 +39,26 @@ void RecordBatch(Metrics* metrics, const char* rpc, const v1::RewrapRequest& req
   }
 }
 
-RewrapServiceImpl::RewrapServiceImpl(RewrapEngine* engine, Metrics* metrics, Security* security)
-    : engine_(engine), metrics_(metrics), security_(security) {}
+RewrapServiceImpl::RewrapServiceImpl(RewrapEngine* engine, Metrics* metrics, AuthorizedCalls* calls)
+    : engine_(engine), metrics_(metrics), calls_(calls) {}
 
 grpc::ServerUnaryReactor* RewrapServiceImpl::Rewrap(grpc::CallbackServerContext* ctx,
                                                     const v1::RewrapRequest* req,
                                                     v1::RewrapResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
-  std::shared_ptr<ItemGate> gate;
-  if (security_) {
-    auto call = security_->Authorize(*ctx, RpcClass::kRewrap, "Rewrap");
-    if (!call.ok()) {
-      reactor->Finish(ToGrpc(call.status()));
-      return reactor;
-    }
-    gate = security_->GateFor(*std::move(call));
+  auto call = calls_->Take(ctx, "Rewrap");
+  if (!call.ok()) {
+    reactor->Finish(ToGrpc(call.status()));
+    return reactor;
   }
+  std::shared_ptr<ItemGate> gate;
+  if (Security* security = calls_->security()) gate = security->GateFor(*std::move(call));
   // The request outlives the batch: gRPC keeps it until Finish.
   std::shared_ptr<const v1::RewrapRequest> alias(std::shared_ptr<void>(), req);
-  const auto start = std::chrono::steady_clock::now();
   absl::Status st = engine_->Submit(
       alias,
-      [this, reactor, req, resp, start](v1::RewrapResponse r) {
-        RecordBatch(metrics_, "Rewrap", *req, r, SecondsSince(start));
+      [this, reactor, req, resp](v1::RewrapResponse r) {
+        RecordBatch(metrics_, "Rewrap", *req, r);
         *resp = std::move(r);
         reactor->Finish(grpc::Status::OK);
       },
@@ -73,12 +69,10 @@ grpc::ServerUnaryReactor* RewrapServiceImpl::Rewrap(grpc::CallbackServerContext*
 
 grpc::ServerBidiReactor<v1::RewrapRequest, v1::RewrapResponse>* RewrapServiceImpl::RewrapStream(
     grpc::CallbackServerContext* ctx) {
+  auto call = calls_->Take(ctx, "RewrapStream");
+  if (!call.ok()) return new RefusedStream(ToGrpc(call.status()));
   std::shared_ptr<ItemGate> gate;
-  if (security_) {
-    auto call = security_->Authorize(*ctx, RpcClass::kRewrap, "RewrapStream");
-    if (!call.ok()) return new RefusedStream(ToGrpc(call.status()));
-    gate = security_->GateFor(*std::move(call));
-  }
+  if (Security* security = calls_->security()) gate = security->GateFor(*std::move(call));
   return new StreamReactor(engine_, metrics_, std::move(gate), ctx->deadline());
 }
 

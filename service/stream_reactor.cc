@@ -32,7 +32,10 @@ void StreamReactor::OnReadDone(bool ok) {
   absl::Status st = engine_->Submit(
       req,
       [this, slot, req, start](v1::RewrapResponse resp) {
-        RecordBatch(metrics_, "RewrapStream", *req, resp, SecondsSince(start));
+        // A stream's latency is per batch (the metrics interceptor times unary calls only).
+        RecordBatch(metrics_, "RewrapStream", *req, resp);
+        metrics_->Observe("hsmrewrap_rpc_latency_seconds", {{"rpc", "RewrapStream"}},
+                          SecondsSince(start));
         BatchDone(slot, std::move(resp));
       },
       gate_, deadline_);
