@@ -1,4 +1,4 @@
-// Reliability of the real rewrapd against real tokens with real faults (issue 8):
+// Reliability of the real rewrapd against real tokens with real faults:
 //  - `fault` tests: SoftHSM2 behind our fault-injecting module (tests/fault_module), whose
 //    configuration file each test rewrites while rewrapd runs;
 //  - `remote` test: SoftHSM2 served by `p11-kit server` over a Unix socket, rewrapd on
@@ -363,7 +363,7 @@ TEST(FaultTest, RefusedPinIsNeverRetried) {
   EXPECT_NE(log.find("NOT_SERVING until the PIN is fixed"), std::string::npos) << log;
 }
 
-// Issue 14.1: calls that never return (every call of the module hangs: a p11-kit client
+// Calls that never return (every call of the module hangs: a p11-kit client
 // stuck in a read, a vendor library that never answers). The health check does not answer
 // either, so the token is declared lost; every item whose call is stuck is answered
 // UNAVAILABLE within 2 s of NOT_SERVING, the stuck threads are counted, and the service is
@@ -435,7 +435,7 @@ TEST(HangTest, CallsThatNeverReturnAreAnsweredAtTheLoss) {
   EXPECT_EQ(left, 0) << rig.MetricsText();
 }
 
-// Issue 14.1: only the rewrap operations hang (the health check still answers): a call that
+// Only the rewrap operations hang (the health check still answers): a call that
 // stays inside the module past token_call_timeout_s makes the token lost all the same.
 TEST(HangTest, ACallPastTheCallTimeoutIsATokenLoss) {
   Rig rig;
@@ -538,7 +538,7 @@ TEST(HangTest, KeyReadsAnswerWhileCreateKeyIsInTheToken) {
   EXPECT_EQ(info.bits(), 4096u);
 }
 
-// Issue 14.4: a metadata write that fails never loses the key's state. Replacing the
+// A metadata write that fails never loses the key's state. Replacing the
 // metadata object creates the new one before destroying the old: a failed C_CreateObject
 // leaves the key as it was (seen by a second rewrapd on the same token, as after a restart
 // or on another replica); a failed C_DestroyObject leaves two versions, the newer one wins.
@@ -594,7 +594,7 @@ TEST(FaultTest, KeyStateSurvivesFailedMetadataWrites) {
   EXPECT_EQ(enabled_after_restart(), 1);
 }
 
-// Issue 14.2: overload is never a bad ciphertext. One session, eight workers, a token that
+// Overload is never a bad ciphertext. One session, eight workers, a token that
 // takes 0.8 s per operation, 16 valid items: those that cannot get a session within
 // session_wait (5 s) are RESOURCE_EXHAUSTED (retryable), the rest are right; none is
 // DECRYPT_FAILED (before: 4 of 16).
