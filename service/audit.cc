@@ -29,7 +29,7 @@ AuditLog::~AuditLog() {
 
 bool AuditLog::Append(const std::string& lines) {
   if (!ok_.load()) return false;
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   size_t off = 0;
   while (off < lines.size()) {
     ssize_t n = ::write(fd_, lines.data() + off, lines.size() - off);

@@ -6,10 +6,10 @@
 
 #include <atomic>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 
 namespace hsmrewrap::service {
 
@@ -28,7 +28,7 @@ class AuditLog {
  private:
   AuditLog(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
   const std::string path_;
-  std::mutex mu_;  // one writer at a time
+  absl::Mutex mu_;  // one writer at a time
   int fd_;
   std::atomic<bool> ok_{true};
 };

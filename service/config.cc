@@ -377,8 +377,8 @@ absl::Status Finalize(Config& c) {
     return absl::InvalidArgumentError(absl::StrCat("default_key: ", key.status().message()));
   }
   if (c.embedded()) {
-    // The embedded SoftHSM2 default cannot decrypt OAEP-SHA2 natively (TOKENS.md §1), so it
-    // allows host unpadding unless the user said otherwise.
+    // The embedded SoftHSM2 default cannot decrypt OAEP-SHA2 natively (SoftHSM2 2.6 decrypts OAEP
+    // with SHA-1 only), so it allows host unpadding unless the user said otherwise.
     if (!c.allow_host_unpadding_set) c.allow_host_unpadding = true;
     if (!c.token.empty() || !c.token_uri.empty() || !c.init_args.empty()) {
       return absl::InvalidArgumentError("token, token_uri and init_args need module to be set");

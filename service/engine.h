@@ -1,6 +1,6 @@
 // The rewrap engine: business logic apart from gRPC. Validates items, picks the best
 // path per item, runs the token work on a bounded worker pool and gathers results in
-// order. The gRPC adapters in service/grpc_services.h only translate.
+// order. The gRPC adapters (service/rewrap_service.h, keys_service.h) only translate.
 #pragma once
 
 #include <atomic>

@@ -40,7 +40,7 @@ std::vector<double> LatencyBuckets() {
 }
 
 void Metrics::DeclareCounter(const std::string& name, const std::string& help) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   auto& f = families_[name];
   if (f.type.empty()) {
     f.type = "counter";
@@ -50,7 +50,7 @@ void Metrics::DeclareCounter(const std::string& name, const std::string& help) {
 
 void Metrics::DeclareHistogram(const std::string& name, const std::string& help,
                                std::vector<double> buckets) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   auto& f = families_[name];
   if (f.type.empty()) {
     f.type = "histogram";
@@ -62,7 +62,7 @@ void Metrics::DeclareHistogram(const std::string& name, const std::string& help,
 void Metrics::DeclareGauge(const std::string& name, const std::string& help,
                            std::function<std::vector<std::pair<Labels, double>>()> read,
                            const std::string& type) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   auto& f = families_[name];
   f.type = type;
   f.help = help;
@@ -70,19 +70,19 @@ void Metrics::DeclareGauge(const std::string& name, const std::string& help,
 }
 
 void Metrics::Add(const std::string& name, const Labels& labels, double v) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   auto it = families_.find(name);
   if (it != families_.end()) it->second.values[labels] += v;
 }
 
 void Metrics::Set(const std::string& name, const Labels& labels, double v) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   auto it = families_.find(name);
   if (it != families_.end()) it->second.values[labels] = v;
 }
 
 void Metrics::Observe(const std::string& name, const Labels& labels, double v) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   auto it = families_.find(name);
   if (it == families_.end()) return;
   Family& f = it->second;
@@ -100,14 +100,14 @@ std::string Metrics::Render() const {
   std::map<std::string, std::vector<std::pair<Labels, double>>> gauges;
   std::map<std::string, std::function<std::vector<std::pair<Labels, double>>()>> readers;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    absl::MutexLock l(&mu_);
     for (const auto& [name, f] : families_) {
       if (f.read) readers[name] = f.read;
     }
   }
   for (const auto& [name, read] : readers) gauges[name] = read();
 
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   std::string out;
   for (const auto& [name, f] : families_) {
     absl::StrAppend(&out, "# HELP ", name, " ", f.help, "\n# TYPE ", name, " ", f.type, "\n");

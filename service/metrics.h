@@ -10,9 +10,11 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace hsmrewrap::service {
 
@@ -51,8 +53,8 @@ class Metrics final {
     std::map<Labels, Histogram> histograms;                        // histograms
     std::function<std::vector<std::pair<Labels, double>>()> read;  // gauges
   };
-  mutable std::mutex mu_;
-  std::map<std::string, Family> families_;  // guarded by mu_
+  mutable absl::Mutex mu_;
+  std::map<std::string, Family> families_ ABSL_GUARDED_BY(mu_);
 };
 
 // Latency buckets in seconds, 100 µs to 10 s.

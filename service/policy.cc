@@ -400,6 +400,7 @@ absl::StatusOr<std::unique_ptr<Security>> Security::Create(const std::string& po
   if (!policy_path.empty()) {
     auto p = Policy::Load(policy_path);
     if (!p.ok()) return p.status();
+    absl::MutexLock l(&s->mu_);
     s->policy_ = *std::move(p);
   }
   return s;
@@ -409,13 +410,13 @@ absl::Status Security::Reload() {
   if (path_.empty()) return absl::OkStatus();
   auto p = Policy::Load(path_);
   if (!p.ok()) return p.status();
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   policy_ = *std::move(p);
   return absl::OkStatus();
 }
 
 std::shared_ptr<const Policy> Security::current() const {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   return policy_;
 }
 

@@ -12,12 +12,13 @@
 #include <openssl/x509_vfy.h>
 
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "crypto/keys.h"
 #include "service/audit.h"
 #include "service/engine.h"
@@ -115,8 +116,8 @@ class Security {
   std::shared_ptr<const Policy> current() const;
 
   const std::string path_;
-  mutable std::mutex mu_;
-  std::shared_ptr<const Policy> policy_;  // guarded by mu_
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const Policy> policy_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<AuditLog> audit_;
   RateLimiter limiter_;
 };

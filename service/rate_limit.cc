@@ -22,7 +22,7 @@ void RateLimiter::WarnLocked(State& s, const std::string& identity, const std::s
 absl::Status RateLimiter::Admit(const std::string& identity, const RateLimits& limits,
                                 Clock::time_point now) {
   if (!limits.any()) return absl::OkStatus();
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   State& s = state_[identity];
   if (limits.decrypt_failures_per_hour > 0) {
     while (!s.failures.empty() && now - s.failures.front() >= std::chrono::hours(1))
@@ -58,7 +58,7 @@ absl::Status RateLimiter::Admit(const std::string& identity, const RateLimits& l
 void RateLimiter::RecordDecryptFailure(const std::string& identity, const RateLimits& limits,
                                        Clock::time_point now) {
   if (limits.decrypt_failures_per_hour == 0) return;
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   State& s = state_[identity];
   s.failures.push_back(now);
   // Keep no more than the budget needs (a flood of failures must not grow memory).

@@ -6,12 +6,12 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
-#include <mutex>
 #include <string>
 #include <unordered_map>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 
 namespace hsmrewrap::service {
 
@@ -43,9 +43,9 @@ class RateLimiter {
     bool warned = false;
   };
   void WarnLocked(State& s, const std::string& identity, const std::string& why,
-                  Clock::time_point now);
+                  Clock::time_point now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  std::mutex mu_;
+  absl::Mutex mu_;
   std::unordered_map<std::string, State> state_ ABSL_GUARDED_BY(mu_);
 };
 

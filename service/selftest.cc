@@ -57,22 +57,23 @@ SelfTester::SelfTester(RewrapEngine* engine, Metrics* metrics, std::chrono::seco
 
 SelfTester::~SelfTester() {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    absl::MutexLock l(&mu_);
     stopping_ = true;
   }
-  cv_.notify_all();
   if (thread_.joinable()) thread_.join();
 }
 
 void SelfTester::Loop() {
-  std::unique_lock<std::mutex> l(mu_);
-  while (!stopping_) {
-    l.unlock();
+  for (;;) {
+    {
+      absl::MutexLock l(&mu_);
+      if (stopping_) return;
+    }
     for (const auto& r : RunNow()) {
       if (!r.ok) spdlog::error("self-test of key '{}' failed: {}", r.key, r.message);
     }
-    l.lock();
-    cv_.wait_for(l, interval_, [this] { return stopping_; });
+    absl::MutexLock l(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::FromChrono(interval_));
   }
 }
 
@@ -92,7 +93,7 @@ std::vector<SelfTestResult> SelfTester::RunNow(const std::string& key) {
   for (const auto& n : names) {
     SelfTestResult r = TestKey(n);
     {
-      std::lock_guard<std::mutex> l(mu_);
+      absl::MutexLock l(&mu_);
       last_[n] = r;
     }
     out.push_back(std::move(r));
@@ -101,7 +102,7 @@ std::vector<SelfTestResult> SelfTester::RunNow(const std::string& key) {
 }
 
 std::vector<SelfTestResult> SelfTester::Last() const {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   std::vector<SelfTestResult> out;
   for (const auto& [k, r] : last_) out.push_back(r);
   return out;

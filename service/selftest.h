@@ -4,13 +4,13 @@
 // compare. Runs periodically on its own thread and on demand (Keys.SelfTest).
 #pragma once
 
-#include <condition_variable>
 #include <map>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "service/engine.h"
 #include "service/metrics.h"
 
@@ -47,10 +47,9 @@ class SelfTester final {
   const std::chrono::seconds interval_;
   std::string device_private_pem_;  // throw-away device key for this process
   std::string device_spki_der_;
-  mutable std::mutex mu_;
-  std::map<std::string, SelfTestResult> last_;  // guarded by mu_
-  bool stopping_ = false;                       // guarded by mu_
-  std::condition_variable cv_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, SelfTestResult> last_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

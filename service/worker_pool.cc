@@ -10,23 +10,19 @@ WorkerPool::WorkerPool(unsigned threads) {
 
 WorkerPool::~WorkerPool() {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    absl::MutexLock l(&mu_);
     stopping_ = true;
   }
-  cv_.notify_all();
   for (auto& t : threads_) t.join();
 }
 
 void WorkerPool::Post(std::function<void()> task) {
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    tasks_.push_back(std::move(task));
-  }
-  cv_.notify_one();
+  absl::MutexLock l(&mu_);
+  tasks_.push_back(std::move(task));
 }
 
 size_t WorkerPool::queued() const {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   return tasks_.size();
 }
 
@@ -34,8 +30,7 @@ void WorkerPool::Run() {
   for (;;) {
     std::function<void()> task;
     {
-      std::unique_lock<std::mutex> l(mu_);
-      cv_.wait(l, [this] { return stopping_ || !tasks_.empty(); });
+      absl::MutexLock l(&mu_, absl::Condition(this, &WorkerPool::HasWorkOrStopping));
       if (tasks_.empty()) return;  // stopping and drained
       task = std::move(tasks_.front());
       tasks_.pop_front();

@@ -466,6 +466,72 @@ TEST(HangTest, ACallPastTheCallTimeoutIsATokenLoss) {
   EXPECT_EQ(out["OK"], 6) << Outcomes(out);
 }
 
+// Key reads (ListKeys, GetPublicKey, SelfTest) have threads of their own: a CreateKey that
+// is inside C_GenerateKeyPair (a 4096-bit generation can take many seconds; here the call
+// hangs until the test lets it go) does not hold them up. Ordering, not timing: with
+// CreateKey in the token, ListKeys and GetPublicKey answer; CreateKey answers only after.
+TEST(HangTest, KeyReadsAnswerWhileCreateKeyIsInTheToken) {
+  Rig rig;
+  START_RIG(rig, {});
+  ASSERT_NO_FATAL_FAILURE(rig.CreateKey());
+  // CreateKey searches the token three times for the name before it generates the key.
+  const std::string searches =
+      "hsmrewrap_pkcs11_calls_total{function=\"C_FindObjectsFinal\",result=\"ok\"}";
+  const double searches_before = rig.Metric(searches);
+  rig.WriteFaults("hang C_GenerateKeyPair\n");
+  std::this_thread::sleep_for(50ms);
+  auto create = std::async(std::launch::async, [stub = v1::Keys::NewStub(rig.h()->channel())] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 180s);
+    v1::CreateKeyRequest req;
+    req.set_name("big");
+    req.set_bits(4096);
+    v1::KeyInfo info;
+    return stub->CreateKey(&ctx, req, &info);
+  });
+  // However the test ends, the token lets the generation go (else `create` waits for it).
+  struct LetGo {
+    Rig* rig;
+    ~LetGo() { rig->WriteFaults(""); }
+  } let_go{&rig};
+  for (int i = 0; i < 400 && rig.Metric(searches) < searches_before + 3; ++i)
+    std::this_thread::sleep_for(25ms);
+  ASSERT_GE(rig.Metric(searches), searches_before + 3) << "CreateKey never reached the token\n"
+                                                       << rig.Log();
+  ASSERT_EQ(create.wait_for(200ms), std::future_status::timeout)
+      << "CreateKey answered while C_GenerateKeyPair hangs: " << StatusText(create.get());
+  for (int i = 0; i < 3; ++i) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 20s);
+    v1::ListKeysRequest req;
+    v1::ListKeysResponse resp;
+    const grpc::Status st = rig.h()->keys().ListKeys(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << "ListKeys behind a CreateKey in the token: " << StatusText(st);
+    bool listed = false;
+    for (const auto& k : resp.keys()) listed |= k.name() == "rel";
+    EXPECT_TRUE(listed) << resp.DebugString();
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 20s);
+    v1::GetPublicKeyRequest req;
+    req.set_name("rel");
+    req.set_format(v1::DER_SPKI);
+    v1::GetPublicKeyResponse resp;
+    const grpc::Status st = rig.h()->keys().GetPublicKey(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << "GetPublicKey behind a CreateKey in the token: " << StatusText(st);
+  }
+  EXPECT_EQ(create.wait_for(0s), std::future_status::timeout)
+      << "CreateKey answered before the token let C_GenerateKeyPair go";
+  rig.WriteFaults("");
+  ASSERT_EQ(create.wait_for(180s), std::future_status::ready) << "CreateKey never answered";
+  const grpc::Status st = create.get();
+  ASSERT_TRUE(st.ok()) << StatusText(st);
+  v1::KeyInfo info;
+  ASSERT_NO_FATAL_FAILURE(FindKeyInfo(rig.h(), "big", &info));
+  EXPECT_EQ(info.bits(), 4096u);
+}
+
 // A metadata write that fails never loses the key's state. Replacing the
 // metadata object creates the new one before destroying the old: a failed C_CreateObject
 // leaves the key as it was (seen by a second rewrapd on the same token, as after a restart

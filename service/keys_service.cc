@@ -1,0 +1,220 @@
+#include "service/keys_service.h"
+
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "crypto/secret.h"
+#include "service/grpc_status.h"
+
+namespace hsmrewrap::service {
+namespace {
+
+absl::Span<const uint8_t> BytesOf(const std::string& s) {
+  return absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+}
+
+// A secret field of a request (key material, a password), copied into wiped memory; the
+// field itself is wiped. The request is gRPC's, allocated mutable and handed to the
+// handler as const: only its bytes change (not its size), and nothing reads the field
+// afterwards. gRPC's receive buffer, which the request was parsed from, is out of reach.
+crypto::SecretBytes TakeSecretBytes(const std::string& field) {
+  crypto::SecretBytes out(field.begin(), field.end());
+  crypto::Cleanse(const_cast<char*>(field.data()), field.size());
+  return out;
+}
+
+crypto::SecretString TakeSecretString(const std::string& field) {
+  crypto::SecretString out(field.data(), field.size());
+  crypto::Cleanse(const_cast<char*>(field.data()), field.size());
+  return out;
+}
+
+// ImportKey's private key, out of the request (the PFX file itself stays there).
+std::shared_ptr<ImportedKey> TakeImportedKey(const v1::ImportKeyRequest& req) {
+  auto key = std::make_shared<ImportedKey>();
+  switch (req.source_case()) {
+    case v1::ImportKeyRequest::kPkcs8:
+      key->form = ImportedKey::Form::kPkcs8;
+      key->key = TakeSecretBytes(req.pkcs8());
+      break;
+    case v1::ImportKeyRequest::kPfx:
+      key->form = ImportedKey::Form::kPfx;
+      key->password = TakeSecretString(req.pfx().password());
+      key->pfx = BytesOf(req.pfx().pfx());
+      break;
+    case v1::ImportKeyRequest::kCngRsaFullPrivateBlob:
+      key->form = ImportedKey::Form::kCngFullPrivateBlob;
+      key->key = TakeSecretBytes(req.cng_rsa_full_private_blob());
+      break;
+    default:
+      break;
+  }
+  return key;
+}
+
+// Keys the caller may see.
+KeyAdmin::KeyFilter VisibleTo(const Security::Call& call) {
+  return [&call](const std::string& name) { return call.AllowsKey(name); };
+}
+
+}  // namespace
+
+void KeyToProto(const KeyDescription& key, const std::string& token_label, v1::KeyInfo* out) {
+  const hsm::KeyInfo& info = key.info;
+  out->set_name(info.name);
+  out->set_bits(static_cast<uint32_t>(info.bits));
+  if (info.created_unix > 0) out->mutable_created()->set_seconds(info.created_unix);
+  out->set_enabled(info.enabled);
+  out->set_allow_pkcs1(info.allow_pkcs1);
+  out->set_pkcs1_implicit_rejection(key.pkcs1_implicit_rejection);
+  if (!key.spki_sha256.empty()) out->set_spki_sha256(key.spki_sha256);
+  for (const auto& [padding, paths] : key.paths) {
+    auto* ps = out->add_paths();
+    ps->set_padding(PaddingToProto(padding));
+    for (hsm::Path p : paths) ps->add_paths(PathToProto(p));
+  }
+  out->set_token_label(token_label);
+}
+
+KeysServiceImpl::KeysServiceImpl(KeyAdmin* admin, std::string token_label, AuthorizedCalls* calls)
+    : admin_(admin), token_label_(std::move(token_label)), calls_(calls) {}
+
+grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(
+    grpc::CallbackServerContext* ctx, const char* rpc, const std::string& key, WorkerPool* pool,
+    std::function<absl::Status(const Security::Call&)> fn) {
+  auto* reactor = ctx->DefaultReactor();
+  Security* security = calls_->security();
+  auto call = calls_->Take(ctx, rpc);  // a refusal is audited already
+  if (call.ok() && security && !key.empty() && !call->AllowsKey(key)) {
+    security->AuditKeyCall(*call, key, "PERMISSION_DENIED");
+    call =
+        absl::PermissionDeniedError(absl::StrCat("'", call->who, "' may not use key '", key, "'"));
+  }
+  if (!call.ok()) {
+    reactor->Finish(ToGrpc(call.status()));
+    return reactor;
+  }
+  pool->Post([reactor, key, security, call = *std::move(call), fn = std::move(fn)] {
+    const absl::Status st = fn(call);
+    if (security) security->AuditKeyCall(call, key, absl::StatusCodeToString(st.code()));
+    reactor->Finish(ToGrpc(st));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KeysServiceImpl::CreateKey(grpc::CallbackServerContext* ctx,
+                                                     const v1::CreateKeyRequest* req,
+                                                     v1::KeyInfo* out) {
+  return OffThread(ctx, "CreateKey", req->name(), &writes_,
+                   [this, req, out](const Security::Call&) -> absl::Status {
+                     auto key = admin_->CreateKey(req->name(), req->bits(), req->allow_pkcs1());
+                     if (!key.ok()) return key.status();
+                     KeyToProto(*key, token_label_, out);
+                     return absl::OkStatus();
+                   });
+}
+
+grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext* ctx,
+                                                     const v1::ImportKeyRequest* req,
+                                                     v1::KeyInfo* out) {
+  // The private key and the PFX password leave the request before anything else happens
+  // (also when the call is refused): protobuf keeps them in plain std::strings, short ones
+  // inside the message object, which are freed unwiped.
+  std::shared_ptr<ImportedKey> key = TakeImportedKey(*req);
+  return OffThread(ctx, "ImportKey", req->name(), &writes_,
+                   [this, req, out, key](const Security::Call&) -> absl::Status {
+                     auto info = admin_->ImportKey(req->name(), *key, req->allow_pkcs1());
+                     if (!info.ok()) return info.status();
+                     KeyToProto(*info, token_label_, out);
+                     return absl::OkStatus();
+                   });
+}
+
+grpc::ServerUnaryReactor* KeysServiceImpl::ListKeys(grpc::CallbackServerContext* ctx,
+                                                    const v1::ListKeysRequest*,
+                                                    v1::ListKeysResponse* out) {
+  return OffThread(ctx, "ListKeys", "", &reads_,
+                   [this, out](const Security::Call& call) -> absl::Status {
+                     auto keys = admin_->ListKeys(VisibleTo(call));  // only the caller's keys
+                     if (!keys.ok()) return keys.status();
+                     for (const auto& k : *keys) KeyToProto(k, token_label_, out->add_keys());
+                     return absl::OkStatus();
+                   });
+}
+
+grpc::ServerUnaryReactor* KeysServiceImpl::GetPublicKey(grpc::CallbackServerContext* ctx,
+                                                        const v1::GetPublicKeyRequest* req,
+                                                        v1::GetPublicKeyResponse* out) {
+  return OffThread(ctx, "GetPublicKey", req->name(), &reads_,
+                   [this, req, out](const Security::Call&) -> absl::Status {
+                     auto pub = admin_->GetPublicKey(req->name());
+                     if (!pub.ok()) return pub.status();
+                     switch (req->format()) {
+                       case v1::PEM_SPKI:
+                         out->set_public_key(pub->SpkiPem());
+                         break;
+                       case v1::DER_SPKI: {
+                         auto der = pub->SpkiDer();
+                         out->set_public_key(der.data(), der.size());
+                         break;
+                       }
+                       case v1::CNG_RSAPUBLICBLOB: {
+                         auto blob = pub->CngPublicBlob();
+                         out->set_public_key(blob.data(), blob.size());
+                         break;
+                       }
+                       default:
+                         return absl::InvalidArgumentError(
+                             absl::StrCat("format: unknown value ", req->format()));
+                     }
+                     out->set_format(req->format());
+                     out->set_spki_sha256(pub->Sha256Hex());
+                     out->set_bits(static_cast<uint32_t>(pub->bits()));
+                     return absl::OkStatus();
+                   });
+}
+
+absl::Status KeysServiceImpl::SetEnabled(const std::string& name, bool enabled, v1::KeyInfo* out) {
+  auto key = admin_->SetEnabled(name, enabled);
+  if (!key.ok()) return key.status();
+  KeyToProto(*key, token_label_, out);
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* KeysServiceImpl::DisableKey(grpc::CallbackServerContext* ctx,
+                                                      const v1::DisableKeyRequest* req,
+                                                      v1::KeyInfo* out) {
+  return OffThread(
+      ctx, "DisableKey", req->name(), &writes_,
+      [this, req, out](const Security::Call&) { return SetEnabled(req->name(), false, out); });
+}
+
+grpc::ServerUnaryReactor* KeysServiceImpl::EnableKey(grpc::CallbackServerContext* ctx,
+                                                     const v1::EnableKeyRequest* req,
+                                                     v1::KeyInfo* out) {
+  return OffThread(
+      ctx, "EnableKey", req->name(), &writes_,
+      [this, req, out](const Security::Call&) { return SetEnabled(req->name(), true, out); });
+}
+
+grpc::ServerUnaryReactor* KeysServiceImpl::SelfTest(grpc::CallbackServerContext* ctx,
+                                                    const v1::SelfTestRequest* req,
+                                                    v1::SelfTestResponse* out) {
+  return OffThread(ctx, "SelfTest", req->name(), &reads_,
+                   [this, req, out](const Security::Call& call) -> absl::Status {
+                     auto results = admin_->SelfTest(req->name(), VisibleTo(call));
+                     if (!results.ok()) return results.status();
+                     for (const auto& r : *results) {
+                       auto* o = out->add_results();
+                       o->set_name(r.key);
+                       o->set_ok(r.ok);
+                       o->set_message(r.message);
+                       o->set_path(r.path);
+                       o->mutable_time()->set_seconds(r.time_unix);
+                       o->set_seconds(r.seconds);
+                     }
+                     return absl::OkStatus();
+                   });
+}
+
+}  // namespace hsmrewrap::service
