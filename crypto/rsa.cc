@@ -100,6 +100,24 @@ bool ValidPadding(RsaPadding p) {
   return false;
 }
 
+// Decrypts with a host private key; every failure of the padding check is the same status.
+absl::StatusOr<SecretBytes> DecryptWith(EVP_PKEY* pkey, RsaPadding padding,
+                                        absl::Span<const uint8_t> ciphertext) {
+  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey, nullptr));
+  if (!ctx || EVP_PKEY_decrypt_init(ctx.get()) != 1 || !SetPadding(ctx.get(), padding)) {
+    return OsslInternal("RSA decryption setup failed");
+  }
+  SecretBytes out(static_cast<size_t>(EVP_PKEY_get_size(pkey)));
+  size_t out_len = out.size();
+  if (EVP_PKEY_decrypt(ctx.get(), out.data(), &out_len, ciphertext.data(), ciphertext.size()) !=
+      1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(kDecryptionFailed);
+  }
+  out.resize(out_len);
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<Bytes> RsaEncrypt(const PublicKey& key, RsaPadding padding,
@@ -147,19 +165,7 @@ absl::StatusOr<SecretBytes> RsaDecryptWithPrivateKey(
     ERR_clear_error();
     return absl::InvalidArgumentError("not an RSA private key (PKCS#8/PKCS#1, PEM or DER)");
   }
-  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey.get(), nullptr));
-  if (!ctx || EVP_PKEY_decrypt_init(ctx.get()) != 1 || !SetPadding(ctx.get(), padding)) {
-    return OsslInternal("RSA decryption setup failed");
-  }
-  SecretBytes out(static_cast<size_t>(EVP_PKEY_get_size(pkey.get())));
-  size_t out_len = out.size();
-  if (EVP_PKEY_decrypt(ctx.get(), out.data(), &out_len, ciphertext.data(), ciphertext.size()) !=
-      1) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError(kDecryptionFailed);
-  }
-  out.resize(out_len);
-  return out;
+  return DecryptWith(pkey.get(), padding, ciphertext);
 }
 
 // Both unpadders copy the raw RSA output right-aligned into a modulus_len buffer (restoring
@@ -236,19 +242,7 @@ absl::StatusOr<HostRsaKey> HostRsaKey::Generate(int bits) {
 
 absl::StatusOr<SecretBytes> HostRsaKey::Decrypt(RsaPadding padding,
                                                 absl::Span<const uint8_t> ciphertext) const {
-  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey_.get(), nullptr));
-  if (!ctx || EVP_PKEY_decrypt_init(ctx.get()) != 1 || !SetPadding(ctx.get(), padding)) {
-    return OsslInternal("RSA decryption setup failed");
-  }
-  SecretBytes out(static_cast<size_t>(EVP_PKEY_get_size(pkey_.get())));
-  size_t out_len = out.size();
-  if (EVP_PKEY_decrypt(ctx.get(), out.data(), &out_len, ciphertext.data(), ciphertext.size()) !=
-      1) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError(kDecryptionFailed);
-  }
-  out.resize(out_len);
-  return out;
+  return DecryptWith(pkey_.get(), padding, ciphertext);
 }
 
 absl::StatusOr<Bytes> NonConformantPkcs1Ciphertext(const PublicKey& key) {
