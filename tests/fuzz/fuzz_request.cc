@@ -61,7 +61,7 @@ void CheckResult(const v1::RewrapItem& item, const v1::RewrapResult& r) {
     Check(r.error().code() != v1::ItemError::CODE_UNSPECIFIED);
     Check(r.ciphertext().empty());
     if (r.error().code() == v1::ItemError::DECRYPT_FAILED) {
-      Check(r.error().message() == hsmrewrap::service::kDecryptFailedMessage);
+      Check(r.error().message() == hsmrewrap::hsm::kDecryptFailedText);
     }
   } else {
     Check(!r.ciphertext().empty());
