@@ -135,11 +135,9 @@ absl::StatusOr<std::vector<KeyInfo>> TokenSupervisor::ListKeys() {
 }
 
 absl::StatusOr<KeyRefPtr> TokenSupervisor::Resolve(const std::string& name) {
-  {
-    absl::MutexLock l(&mu_);
-    if (state_ == State::kUp && current_ != nullptr) {
-      if (KeyRefPtr cached = current_->Cached(name)) return cached;
-    }
+  // Use() answers only while the token is up; the cache read needs no token call.
+  if (auto use = Use(); use.ok()) {
+    if (KeyRefPtr cached = use->first->Cached(name)) return cached;
   }
   return KeyCall<KeyRefPtr>([name](Pkcs11Backend& b) { return b.Resolve(name); });
 }
