@@ -68,6 +68,10 @@ const KeyDef kKeyDefs[] = {
     {"max_batch_items", &Limits::max_batch_items},
     {"max_message_bytes", &Limits::max_message_bytes},
     {"max_inflight_items", &Limits::max_inflight_items},
+    {"max_streams", &Limits::max_streams},
+    {"max_streams_per_identity", &Limits::max_streams_per_identity},
+    {"max_stream_buffer_bytes", &Limits::max_stream_buffer_bytes},
+    {"max_stream_lifetime_s", &Limits::max_stream_lifetime_s},
     {"metrics_listen", &Config::metrics_listen},
     {"selftest_interval_s", &Config::selftest_interval_s},
     {"log_format", &Config::log_format},
@@ -337,6 +341,13 @@ absl::Status Finalize(Config& c) {
   }
   if (c.limits.max_message_bytes < 4096)
     return absl::InvalidArgumentError("max_message_bytes must be at least 4096");
+  if (c.limits.max_streams == 0 || c.limits.max_streams_per_identity == 0)
+    return absl::InvalidArgumentError(
+        "max_streams and max_streams_per_identity must be at least 1");
+  if (c.limits.max_stream_buffer_bytes < 4096)
+    return absl::InvalidArgumentError("max_stream_buffer_bytes must be at least 4096");
+  if (c.limits.max_stream_lifetime_s == 0)
+    return absl::InvalidArgumentError("max_stream_lifetime_s must be at least 1");
   if (c.listen.find(':') == std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat("listen: expected HOST:PORT, got '", c.listen, "'"));
@@ -449,6 +460,10 @@ std::string Describe(const Config& c) {
   absl::StrAppend(&s, "limits:               ", c.limits.max_batch_items, " items/batch, ",
                   c.limits.max_message_bytes, " bytes/message, ", c.limits.max_inflight_items,
                   " items in flight\n");
+  absl::StrAppend(&s, "streams:              ", c.limits.max_streams, " open (",
+                  c.limits.max_streams_per_identity, " per identity), ",
+                  c.limits.max_stream_buffer_bytes, " unread answer bytes each, ",
+                  c.limits.max_stream_lifetime_s, " s lifetime\n");
   return s;
 }
 

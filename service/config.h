@@ -15,6 +15,13 @@ struct Limits {
   uint32_t max_batch_items = 1000;         // items in one RewrapRequest
   uint32_t max_message_bytes = 16u << 20;  // gRPC receive limit
   uint32_t max_inflight_items = 10000;     // items queued or running in the engine
+  // RewrapStream calls: open at once in all and per caller identity, the answer bytes one
+  // stream may hold that its caller has not read (it reads no further batch past that), and
+  // how long one stream may stay open (it then ends UNAVAILABLE: open a new one).
+  uint32_t max_streams = 256;
+  uint32_t max_streams_per_identity = 32;
+  uint32_t max_stream_buffer_bytes = 8u << 20;
+  uint32_t max_stream_lifetime_s = 3600;
 };
 
 struct Config {

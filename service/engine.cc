@@ -8,6 +8,7 @@
 #include "crypto/apple_payload.h"
 #include "crypto/cms.h"
 #include "crypto/rsa.h"
+#include "hsm/key_policy.h"
 #include "service/item_result.h"
 
 namespace hsmrewrap::service {
@@ -35,6 +36,15 @@ absl::Status CheckFields(const v1::RewrapItem& item, RsaPadding* in_padding) {
   }
   if (item.key_name().empty()) {
     return absl::InvalidArgumentError("key_name is empty");
+  }
+  // Before the gate, the key lookup, the audit record or a metrics label sees the name.
+  if (absl::Status st = hsm::CheckKeyName(item.key_name()); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("key_name: ", st.message()));
+  }
+  if (item.recipient().kind_case() == v1::Recipient::kServiceKey) {
+    if (absl::Status st = hsm::CheckKeyName(item.recipient().service_key()); !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("recipient service_key: ", st.message()));
+    }
   }
   if (!v1::Padding_IsValid(item.padding())) {
     return absl::InvalidArgumentError(absl::StrCat("padding: unknown value ", item.padding()));
@@ -92,8 +102,7 @@ std::vector<std::pair<RsaPadding, std::vector<hsm::Path>>> RewrapEngine::PathsFo
 }
 
 absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> request, Done done,
-                                  std::shared_ptr<ItemGate> gate,
-                                  std::chrono::system_clock::time_point deadline) {
+                                  std::shared_ptr<ItemGate> gate, CallContext call) {
   const size_t n = static_cast<size_t>(request->items_size());
   if (n == 0) return absl::InvalidArgumentError("the batch is empty: send at least one item");
   if (n > options_.limits.max_batch_items) {
@@ -122,54 +131,71 @@ absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> reque
     std::atomic<size_t> remaining;
     Done done;
     std::shared_ptr<ItemGate> gate;
+    CallContext call;
     std::vector<std::string> recipient_sha256;  // per item, for the gate's audit record
+    std::vector<bool> duplicate;                // per item: its id occurs more than once
   };
   auto batch = std::make_shared<Batch>();
   batch->request = std::move(request);
   batch->remaining.store(n);
   batch->done = std::move(done);
   batch->gate = std::move(gate);
+  batch->call = std::move(call);
   if (batch->gate) batch->recipient_sha256.resize(n);
-  for (size_t i = 0; i < n; ++i) batch->response.add_results();
-
-  auto finish_one = [this, batch]() {
-    inflight_.fetch_sub(1);
-    if (batch->remaining.fetch_sub(1) == 1) {
-      if (batch->gate)
-        batch->gate->BatchDone(*batch->request, &batch->response, batch->recipient_sha256);
-      batch->done(std::move(batch->response));
-    }
-  };
-
+  batch->duplicate.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    const v1::RewrapItem& item = batch->request->items(static_cast<int>(i));
-    v1::RewrapResult* slot = batch->response.mutable_results(static_cast<int>(i));
-    if (dups.count(item.id())) {
+    batch->response.add_results();
+    batch->duplicate[i] = dups.count(batch->request->items(static_cast<int>(i)).id()) > 0;
+  }
+
+  // Every item, a malformed one too, runs on a worker and stays in flight until answered, and
+  // the gate admits it (rate limits) before anything else: a caller cannot send work that
+  // escapes the limits.
+  for (size_t i = 0; i < n; ++i) {
+    pool_->Post([this, batch, i]() {
+      const v1::RewrapItem& item = batch->request->items(static_cast<int>(i));
+      v1::RewrapResult* slot = batch->response.mutable_results(static_cast<int>(i));
+      ItemGate* item_gate = batch->gate.get();
+      const CallContext& ctx = batch->call;
       slot->set_id(item.id());
-      Fail(*slot, ItemError::INVALID_ITEM,
-           absl::StrCat("id '", item.id(),
-                        "' occurs more than once in the batch; ids must be unique"));
-      if (batch->gate) batch->gate->ItemDone(*slot);
-      finish_one();
-      continue;
-    }
-    std::string* fp = batch->gate ? &batch->recipient_sha256[i] : nullptr;
-    pool_->Post([this, &item, slot, finish_one, gate = batch->gate.get(), fp, deadline]() {
       if (stopping_.load()) {
-        slot->set_id(item.id());
         Fail(*slot, ItemError::UNAVAILABLE, "rewrapd is shutting down; retry elsewhere");
-      } else if (std::chrono::system_clock::now() > deadline) {
-        slot->set_id(item.id());
+      } else if (std::chrono::system_clock::now() > ctx.deadline) {
         Fail(*slot, ItemError::DEADLINE_EXCEEDED,
              "the call's deadline passed before this item was started");
+      } else if (ctx.cancelled && ctx.cancelled()) {
+        Fail(*slot, ItemError::CANCELLED, "the call was cancelled before this item was started");
+      } else if (batch->duplicate[i]) {
+        absl::Status admitted = item_gate ? item_gate->Admit() : absl::OkStatus();
+        if (!admitted.ok()) {
+          FailGate(*slot, admitted);
+        } else {  // the id is in the result already: the message does not repeat it
+          Fail(*slot, ItemError::INVALID_ITEM,
+               "this id occurs more than once in the batch; ids must be unique");
+        }
       } else {
-        *slot = ProcessItem(item, gate, fp);
+        *slot = ProcessItem(item, item_gate, item_gate ? &batch->recipient_sha256[i] : nullptr);
       }
-      if (gate) gate->ItemDone(*slot);
-      finish_one();
+      if (item_gate) item_gate->ItemDone(*slot);
+      inflight_.fetch_sub(1);
+      if (batch->remaining.fetch_sub(1) == 1) {
+        if (batch->gate)
+          batch->gate->BatchDone(*batch->request, &batch->response, batch->recipient_sha256);
+        batch->done(std::move(batch->response));
+      }
     });
   }
   return absl::OkStatus();
+}
+
+std::string RewrapEngine::KeyLabel(const std::string& key_name) const {
+  absl::MutexLock l(&known_keys_mu_);
+  return known_keys_.contains(key_name) ? key_name : "other";
+}
+
+void RewrapEngine::NoteKnownKey(const std::string& name) {
+  absl::MutexLock l(&known_keys_mu_);
+  known_keys_.insert(name);
 }
 
 bool RewrapEngine::ResolveRecipient(const v1::RewrapItem& item, ItemGate* gate,
@@ -309,6 +335,7 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
     return r;
   }
   const hsm::KeyRefPtr& key = *key_or;
+  NoteKnownKey(item.key_name());
   const absl::Status use = hsm::CheckKeyUse(key->info, in_padding);
   if (!key->info.enabled) {
     Fail(r, ItemError::KEY_DISABLED, std::string(use.message()));

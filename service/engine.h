@@ -10,8 +10,11 @@
 #include <optional>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "crypto/keys.h"
 #include "hsm/backend.h"
 #include "hsmrewrap/v1/rewrap.pb.h"
@@ -47,6 +50,15 @@ class ItemGate {
                          const std::vector<std::string>& recipient_sha256) = 0;
 };
 
+// What the engine may know of the call a batch came in: its deadline and whether the caller
+// has gone. Items not started by then never reach the token.
+struct CallContext {
+  std::chrono::system_clock::time_point deadline = std::chrono::system_clock::time_point::max();
+  // True once the caller cancelled the call (or went away); null = never. Called from worker
+  // threads, before each item, while the call is still open.
+  std::function<bool()> cancelled;
+};
+
 class RewrapEngine final {
  public:
   struct Options {
@@ -68,13 +80,13 @@ class RewrapEngine final {
   // status for the whole batch if they fail. Otherwise takes ownership of `request`,
   // processes its items on the workers and calls `done` exactly once, from a worker
   // thread, with one result per item in order.
-  // `gate`, when set, checks and audits every item (service/policy.h). Items not started by
-  // `deadline` (the gRPC call's) fail DEADLINE_EXCEEDED without touching the token: nobody
-  // waits for them any more.
+  // `gate`, when set, checks and audits every item (service/policy.h); every item, a malformed
+  // one too, is admitted by it first (rate limits) and counts as in flight until answered.
+  // Items not started by the call's deadline fail DEADLINE_EXCEEDED, and items not started
+  // when the caller cancelled fail CANCELLED, without touching the token: nobody waits for
+  // them any more.
   absl::Status Submit(std::shared_ptr<const v1::RewrapRequest> request, Done done,
-                      std::shared_ptr<ItemGate> gate = nullptr,
-                      std::chrono::system_clock::time_point deadline =
-                          std::chrono::system_clock::time_point::max());
+                      std::shared_ptr<ItemGate> gate = nullptr, CallContext call = {});
 
   // Shutdown: items not started yet fail UNAVAILABLE ("shutting down", safe to retry
   // elsewhere) without the token; items running finish. Irreversible.
@@ -87,6 +99,11 @@ class RewrapEngine final {
 
   hsm::KeyBackend& backend() { return *backend_; }
   size_t inflight() const { return inflight_.load(); }
+
+  // The metrics label for an item's key name: the name itself when it names a key this
+  // engine has resolved (so operators' keys only), else "other". Callers cannot grow the
+  // label set.
+  std::string KeyLabel(const std::string& key_name) const;
 
   // The paths this engine would offer a key for each padding, best first.
   std::vector<std::pair<crypto::RsaPadding, std::vector<hsm::Path>>> PathsFor(
@@ -112,6 +129,10 @@ class RewrapEngine final {
   Options options_;
   RecipientCache recipients_{1024};
   std::atomic<size_t> inflight_{0};
+  // Names that resolved to a key: bounded by the keys on the token, never by callers.
+  mutable absl::Mutex known_keys_mu_;
+  absl::flat_hash_set<std::string> known_keys_ ABSL_GUARDED_BY(known_keys_mu_);
+  void NoteKnownKey(const std::string& name);
   std::atomic<bool> stopping_{false};
   std::unique_ptr<WorkerPool> pool_;  // last: destroyed (joined) first
 };

@@ -107,9 +107,15 @@ std::string Metrics::Render() const {
   }
   for (const auto& [name, read] : readers) gauges[name] = read();
 
-  absl::MutexLock l(&mu_);
+  // Formatted from a copy, so a scrape holds the lock that every batch's counting needs only
+  // for the copy (the label sets are bounded: service/rewrap_service.cc RecordBatch).
+  std::map<std::string, Family> families;
+  {
+    absl::MutexLock l(&mu_);
+    families = families_;
+  }
   std::string out;
-  for (const auto& [name, f] : families_) {
+  for (const auto& [name, f] : families) {
     absl::StrAppend(&out, "# HELP ", name, " ", f.help, "\n# TYPE ", name, " ", f.type, "\n");
     if (f.read) {
       for (const auto& [labels, v] : gauges[name])

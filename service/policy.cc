@@ -140,6 +140,9 @@ absl::Status ParseLimits(const YAML::Node& n, const std::string& where, RateLimi
 
 absl::Status ParseClient(const YAML::Node& n, const std::string& where, Policy::Client& c) {
   if (!n.IsMap()) return Bad(where, "expected a mapping");
+  // The only limit on padding-oracle probing by a caller with rights (OK vs DECRYPT_FAILED
+  // is visible with any allowed recipient), so it is on unless the entry says 0.
+  c.limits.decrypt_failures_per_hour = kDefaultDecryptFailuresPerHour;
   for (const auto& kv : n) {
     const std::string k = kv.first.as<std::string>();
     const std::string at = absl::StrCat(where, ".", k);
@@ -312,6 +315,15 @@ const Policy::Client* Policy::Find(const Identity& id) const {
 
 namespace {
 
+// A caller's string as an audit field: at most kAuditFieldMax bytes, so a caller cannot fill
+// the disk (and so trip the fail-closed audit for everyone) with long ids or key names. A
+// cut value ends in "...(N bytes)".
+constexpr size_t kAuditFieldMax = 128;
+std::string Bounded(const std::string& v) {
+  if (v.size() <= kAuditFieldMax) return v;
+  return absl::StrCat(v.substr(0, kAuditFieldMax), "...(", v.size(), " bytes)");
+}
+
 // The per-call gate: policy checks, rate limits and the audit trail of one Rewrap call or
 // one RewrapStream (shared by its batches).
 class CallGate final : public ItemGate {
@@ -366,8 +378,8 @@ class CallGate final : public ItemGate {
           {"time", time},
           {"identity", call_.who},
           {"rpc", call_.rpc},
-          {"id", item.id()},
-          {"key", item.key_name()},
+          {"id", Bounded(item.id())},
+          {"key", Bounded(item.key_name())},
           {"recipient_sha256",
            static_cast<size_t>(i) < fps.size() ? fps[static_cast<size_t>(i)] : ""},
           {"outcome", res.has_error() ? v1::ItemError::Code_Name(res.error().code()) : "OK"},
@@ -422,32 +434,43 @@ std::shared_ptr<const Policy> Security::current() const {
 
 bool Security::has_policy() const { return current() != nullptr; }
 
+absl::Status Security::Decide(Call& call, RpcClass rpc_class) const {
+  call.policy = current();
+  call.client = nullptr;
+  call.who = call.identity.primary();
+  if (!call.policy) return absl::OkStatus();
+  call.client = call.policy->Find(call.identity);
+  if (call.client == nullptr) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("identity '", call.who, "' is not in the policy"));
+  }
+  call.who = call.client->name;
+  if (!call.client->rpcs.count(rpc_class)) {
+    return absl::PermissionDeniedError(absl::StrCat("'", call.who, "' may not call ", call.rpc,
+                                                    " (needs ", RpcClassName(rpc_class), ")"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Security::Call> Security::Authorize(const grpc::ServerContextBase& ctx,
                                                    RpcClass rpc_class, const char* rpc) {
   Call call;
   call.identity = IdentityOf(ctx);
   call.rpc = rpc;
-  call.policy = current();
-  call.who = call.identity.primary();
-  if (call.policy) {
-    call.client = call.policy->Find(call.identity);
-    absl::Status denied;
-    if (call.client == nullptr) {
-      denied = absl::PermissionDeniedError(
-          absl::StrCat("identity '", call.who, "' is not in the policy"));
-    } else {
-      call.who = call.client->name;
-      if (!call.client->rpcs.count(rpc_class)) {
-        denied = absl::PermissionDeniedError(absl::StrCat(
-            "'", call.who, "' may not call ", rpc, " (needs ", RpcClassName(rpc_class), ")"));
-      }
-    }
-    if (!denied.ok()) {
-      AuditKeyCall(call, "", "PERMISSION_DENIED");
-      return denied;
-    }
+  if (absl::Status denied = Decide(call, rpc_class); !denied.ok()) {
+    AuditKeyCall(call, "", "PERMISSION_DENIED");
+    return denied;
   }
   return call;
+}
+
+absl::StatusOr<Security::Call> Security::Reauthorize(const Call& call, RpcClass rpc_class) {
+  Call again = call;
+  if (absl::Status denied = Decide(again, rpc_class); !denied.ok()) {
+    AuditKeyCall(again, "", "PERMISSION_DENIED");
+    return denied;
+  }
+  return again;
 }
 
 std::shared_ptr<ItemGate> Security::GateFor(Call call) {
@@ -459,7 +482,7 @@ void Security::AuditKeyCall(const Call& call, const std::string& key, const std:
   nlohmann::json j = {{"time", AuditTimeNow()},
                       {"identity", call.who},
                       {"rpc", call.rpc},
-                      {"key", key},
+                      {"key", Bounded(key)},
                       {"outcome", outcome}};
   audit_->Append(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }

@@ -32,6 +32,9 @@ namespace hsmrewrap::service {
 enum class RpcClass { kRewrap, kKeysRead, kKeysAdmin };
 const char* RpcClassName(RpcClass c);  // "rewrap", "keys.read", "keys.admin"
 
+// decrypt_failures_per_hour of a policy entry that does not set it.
+inline constexpr uint32_t kDefaultDecryptFailuresPerHour = 100;
+
 class Policy {
  public:
   struct Recipients {
@@ -98,6 +101,10 @@ class Security {
   };
   absl::StatusOr<Call> Authorize(const grpc::ServerContextBase& ctx, RpcClass rpc_class,
                                  const char* rpc);
+  // The same decision again for a call already running (an open stream's next batch), against
+  // the policy in force now: a right a reload removed is gone for open streams too. Refusals
+  // are audited as in Authorize.
+  absl::StatusOr<Call> Reauthorize(const Call& call, RpcClass rpc_class);
   std::shared_ptr<ItemGate> GateFor(Call call);
 
   // One audit record for a key RPC (outcome = gRPC status code name).
@@ -114,6 +121,8 @@ class Security {
   Security(std::string path, std::unique_ptr<AuditLog> audit)
       : path_(std::move(path)), audit_(std::move(audit)) {}
   std::shared_ptr<const Policy> current() const;
+  // Fills call.policy, call.client and call.who from the current policy; the refusal, if any.
+  absl::Status Decide(Call& call, RpcClass rpc_class) const;
 
   const std::string path_;
   mutable absl::Mutex mu_;

@@ -23,24 +23,27 @@ void DeclareServiceMetrics(Metrics& m) {
                      "Latency per RPC (per batch for Rewrap/RewrapStream)", LatencyBuckets());
 }
 
-// The key label is kept only for keys that exist, so callers cannot grow the label set at
-// will.
-void RecordBatch(Metrics* metrics, const char* rpc, const v1::RewrapRequest& req,
-                 const v1::RewrapResponse& resp) {
+// The key label is a key's name only for keys that exist (RewrapEngine::KeyLabel), so
+// callers cannot grow the label set; other names count under "other".
+void RecordBatch(Metrics* metrics, const RewrapEngine& engine, const char* rpc,
+                 const v1::RewrapRequest& req, const v1::RewrapResponse& resp) {
   metrics->Observe("hsmrewrap_batch_items", {{"rpc", rpc}}, req.items_size());
   for (int i = 0; i < resp.results_size() && i < req.items_size(); ++i) {
     const auto& r = resp.results(i);
-    const bool known_key = !r.has_error() || (r.error().code() != v1::ItemError::KEY_NOT_FOUND &&
-                                              r.error().code() != v1::ItemError::INVALID_ITEM);
     metrics->Add("hsmrewrap_items_total",
-                 {{"key", known_key ? req.items(i).key_name() : ""},
+                 {{"key", engine.KeyLabel(req.items(i).key_name())},
                   {"outcome", r.has_error() ? v1::ItemError::Code_Name(r.error().code()) : "OK"},
                   {"path", v1::Path_Name(r.path())}});
   }
 }
 
-RewrapServiceImpl::RewrapServiceImpl(RewrapEngine* engine, Metrics* metrics, AuthorizedCalls* calls)
-    : engine_(engine), metrics_(metrics), calls_(calls) {}
+RewrapServiceImpl::RewrapServiceImpl(RewrapEngine* engine, Metrics* metrics, AuthorizedCalls* calls,
+                                     const Limits& limits)
+    : engine_(engine),
+      metrics_(metrics),
+      calls_(calls),
+      limits_(limits),
+      streams_(limits.max_streams, limits.max_streams_per_identity) {}
 
 grpc::ServerUnaryReactor* RewrapServiceImpl::Rewrap(grpc::CallbackServerContext* ctx,
                                                     const v1::RewrapRequest* req,
@@ -58,11 +61,11 @@ grpc::ServerUnaryReactor* RewrapServiceImpl::Rewrap(grpc::CallbackServerContext*
   absl::Status st = engine_->Submit(
       alias,
       [this, reactor, req, resp](v1::RewrapResponse r) {
-        RecordBatch(metrics_, "Rewrap", *req, r);
+        RecordBatch(metrics_, *engine_, "Rewrap", *req, r);
         *resp = std::move(r);
         reactor->Finish(grpc::Status::OK);
       },
-      std::move(gate), ctx->deadline());
+      std::move(gate), CallContext{ctx->deadline(), [ctx] { return ctx->IsCancelled(); }});
   if (!st.ok()) reactor->Finish(ToGrpc(st));
   return reactor;
 }
@@ -71,9 +74,10 @@ grpc::ServerBidiReactor<v1::RewrapRequest, v1::RewrapResponse>* RewrapServiceImp
     grpc::CallbackServerContext* ctx) {
   auto call = calls_->Take(ctx, "RewrapStream");
   if (!call.ok()) return new RefusedStream(ToGrpc(call.status()));
-  std::shared_ptr<ItemGate> gate;
-  if (Security* security = calls_->security()) gate = security->GateFor(*std::move(call));
-  return new StreamReactor(engine_, metrics_, std::move(gate), ctx->deadline());
+  auto ticket = streams_.Open(call->who.empty() ? "anonymous" : call->who);
+  if (!ticket.ok()) return new RefusedStream(ToGrpc(ticket.status()));
+  return new StreamReactor(engine_, metrics_, calls_->security(), *std::move(call),
+                           *std::move(ticket), limits_, ctx->deadline());
 }
 
 }  // namespace hsmrewrap::service

@@ -9,13 +9,17 @@
 #include "service/engine.h"
 #include "service/interceptors.h"
 #include "service/metrics.h"
+#include "service/stream_reactor.h"
 
 namespace hsmrewrap::service {
 
 class RewrapServiceImpl final : public v1::Rewrap::CallbackService {
  public:
   // `calls` holds each call's authorization (AuthorizationInterceptorFactory's).
-  RewrapServiceImpl(RewrapEngine* engine, Metrics* metrics, AuthorizedCalls* calls);
+  // `limits` bound the streams (max_streams, max_streams_per_identity, ...).
+  RewrapServiceImpl(RewrapEngine* engine, Metrics* metrics, AuthorizedCalls* calls,
+                    const Limits& limits);
+  size_t open_streams() const { return streams_.open(); }
   grpc::ServerUnaryReactor* Rewrap(grpc::CallbackServerContext* ctx, const v1::RewrapRequest* req,
                                    v1::RewrapResponse* resp) override;
   grpc::ServerBidiReactor<v1::RewrapRequest, v1::RewrapResponse>* RewrapStream(
@@ -25,14 +29,16 @@ class RewrapServiceImpl final : public v1::Rewrap::CallbackService {
   RewrapEngine* engine_;
   Metrics* metrics_;
   AuthorizedCalls* calls_;
+  const Limits limits_;
+  StreamCounter streams_;
 };
 
 // Declares the metric families the services record.
 void DeclareServiceMetrics(Metrics& metrics);
 
 // Per batch: its size and one count per item by key, outcome and path.
-void RecordBatch(Metrics* metrics, const char* rpc, const v1::RewrapRequest& req,
-                 const v1::RewrapResponse& resp);
+void RecordBatch(Metrics* metrics, const RewrapEngine& engine, const char* rpc,
+                 const v1::RewrapRequest& req, const v1::RewrapResponse& resp);
 
 inline double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

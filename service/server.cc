@@ -231,8 +231,8 @@ void Server::DeclareProcessMetrics() {
 
 bool Server::StartGrpc() {
   authorized_calls_ = std::make_unique<AuthorizedCalls>(security_.get());
-  rewrap_service_ =
-      std::make_unique<RewrapServiceImpl>(engine_.get(), &metrics_, authorized_calls_.get());
+  rewrap_service_ = std::make_unique<RewrapServiceImpl>(engine_.get(), &metrics_,
+                                                        authorized_calls_.get(), config_.limits);
   keys_service_ = std::make_unique<KeysServiceImpl>(key_admin_.get(), started_->token_label,
                                                     authorized_calls_.get());
 
@@ -242,6 +242,10 @@ bool Server::StartGrpc() {
   int port = 0;
   builder.AddListeningPort(config_.listen, credentials_, &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.limits.max_message_bytes));
+  // Without BDP probing a stream's HTTP/2 window stays near one message: gRPC does not read
+  // ahead megabytes of batches a stream's reactor has stopped reading (a caller that never
+  // reads its answers would otherwise make rewrapd hold them; service/stream_reactor.h).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   builder.RegisterService(rewrap_service_.get());
   builder.RegisterService(keys_service_.get());
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
