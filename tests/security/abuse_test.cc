@@ -21,6 +21,14 @@
 #include "tests/support/rewrapd_harness.h"
 #include "tests/support/temp_dir.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define HSMREWRAP_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define HSMREWRAP_ASAN 1
+#endif
+#endif
+
 namespace hsmrewrap::it {
 namespace {
 
@@ -241,6 +249,10 @@ TEST_F(AbuseTest, StreamsAreBoundedPerIdentity) {
 // Streams that send batches and never read the answers hold a bounded amount of memory:
 // past max_stream_buffer_bytes of unread answers a stream reads no further batch.
 TEST_F(AbuseTest, StreamsThatNeverReadHoldBoundedMemory) {
+#ifdef HSMREWRAP_ASAN
+  GTEST_SKIP() << "under AddressSanitizer rewrapd's RSS is mostly its quarantine of freed "
+                  "memory and shadow memory, not what it holds (scripts/test.sh runs this)";
+#endif
   ASSERT_NO_FATAL_FAILURE(
       Start("  max_stream_buffer_bytes: 262144\n"
             "  max_streams_per_identity: 4\n"));
