@@ -7,9 +7,11 @@
 #include <spdlog/spdlog.h>
 #include <yaml-cpp/yaml.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -148,7 +150,11 @@ absl::Status ParseClient(const YAML::Node& n, const std::string& where, Policy::
     } else if (k == "identities") {
       auto ids = StringList(kv.second, at);
       if (!ids.ok()) return ids.status();
-      c.identities.insert(ids->begin(), ids->end());
+      for (const auto& text : *ids) {
+        auto id = Policy::ParseIdentity(text);
+        if (!id.ok()) return Bad(at, std::string(id.status().message()));
+        c.identities.insert(*std::move(id));
+      }
     } else if (k == "anonymous") {
       auto b = Bool(kv.second, at);
       if (!b.ok()) return b.status();
@@ -279,14 +285,17 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
     return absl::InvalidArgumentError(absl::StrCat("policy ", path, ": ", e.what()));
   }
   // An identity in two entries would make the rights depend on the order: refuse.
-  std::set<std::string> seen;
+  // (Identities are typed, so a bare "spiffe://x" and "uri:spiffe://x" are the same one.)
+  std::map<std::string, std::string> seen;  // identity -> client name
   int anonymous = 0;
   for (const auto& c : policy->clients_) {
     anonymous += c.anonymous;
     for (const auto& id : c.identities) {
-      if (!seen.insert(id).second) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("policy ", path, ": identity '", id, "' is in two clients"));
+      auto [it, fresh] = seen.emplace(id, c.name);
+      if (!fresh) {
+        return absl::InvalidArgumentError(absl::StrCat("policy ", path, ": identity '", id,
+                                                       "' is in two clients, '", it->second,
+                                                       "' and '", c.name, "'"));
       }
     }
   }
@@ -295,17 +304,63 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
   return std::shared_ptr<const Policy>(std::move(policy));
 }
 
-const Policy::Client* Policy::Find(const Identity& id) const {
-  for (const auto& c : clients_) {
-    if (!id.authenticated) {
-      if (c.anonymous) return &c;
-      continue;
+absl::StatusOr<std::string> Policy::ParseIdentity(const std::string& text) {
+  auto typed = [&](const char* kind, std::string value) -> absl::StatusOr<std::string> {
+    if (value.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("identity '", text, "' names nothing after '", kind, ":'"));
     }
-    for (const auto& n : id.names) {
-      if (c.identities.count(n)) return &c;
+    return absl::StrCat(kind, ":", value);
+  };
+  if (absl::StartsWithIgnoreCase(text, "uri:")) return typed("uri", text.substr(4));
+  if (absl::StartsWithIgnoreCase(text, "cn:")) return typed("cn", text.substr(3));
+  if (text.empty()) return absl::InvalidArgumentError("an identity is empty");
+  // Bare: a URI scheme (RFC 3986: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":") makes it
+  // a URI SAN; anything else is a CN.
+  bool uri = false;
+  if (absl::ascii_isalpha(static_cast<unsigned char>(text[0]))) {
+    for (size_t i = 1; i < text.size(); ++i) {
+      const unsigned char ch = static_cast<unsigned char>(text[i]);
+      if (ch == ':') {
+        uri = true;
+        break;
+      }
+      if (!absl::ascii_isalnum(ch) && ch != '+' && ch != '-' && ch != '.') break;
     }
   }
-  return nullptr;
+  return typed(uri ? "uri" : "cn", text);
+}
+
+absl::StatusOr<Policy::Match> Policy::Find(const Identity& id) const {
+  Match m;
+  if (!id.authenticated) {
+    for (const auto& c : clients_) {
+      if (c.anonymous) return Match{&c, "anonymous"};
+    }
+    return m;
+  }
+  // Every entry one of the certificate's names is in (with the first such name).
+  const std::vector<std::string> names = id.names();
+  std::vector<Match> hits;
+  for (const auto& c : clients_) {
+    for (const auto& n : names) {
+      if (c.identities.count(n)) {
+        hits.push_back(Match{&c, n});
+        break;
+      }
+    }
+  }
+  if (hits.empty()) return m;
+  if (hits.size() > 1) {
+    std::vector<std::string> which;
+    for (const auto& h : hits)
+      which.push_back(absl::StrCat("'", h.client->name, "' (", h.matched, ")"));
+    return absl::PermissionDeniedError(
+        absl::StrCat("the client certificate is ambiguous: its names match ", hits.size(),
+                     " policy entries, ", absl::StrJoin(which, " and "),
+                     "; a certificate must name exactly one entry, so it gets no rights"));
+  }
+  return hits.front();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -365,6 +420,7 @@ class CallGate final : public ItemGate {
       nlohmann::json j = {
           {"time", time},
           {"identity", call_.who},
+          {"matched", call_.matched},
           {"rpc", call_.rpc},
           {"id", item.id()},
           {"key", item.key_name()},
@@ -391,6 +447,17 @@ class CallGate final : public ItemGate {
   Security* sec_;
   Security::Call call_;
 };
+
+// "identity 'cn:x' is not in the policy", with at most 4 of the certificate's names.
+std::string NotInPolicy(const Identity& id) {
+  std::vector<std::string> names = id.names();
+  if (names.empty()) return "identity 'anonymous' is not in the policy";
+  const size_t n = names.size();
+  if (n > 4) names.resize(4);
+  return absl::StrCat(n == 1 ? "identity '" : "identities '", absl::StrJoin(names, "', '"), "'",
+                      n > 4 ? absl::StrCat(" (and ", n - 4, " more)") : "", n == 1 ? " is" : " are",
+                      " not in the policy");
+}
 
 }  // namespace
 
@@ -430,12 +497,15 @@ absl::StatusOr<Security::Call> Security::Authorize(const grpc::ServerContextBase
   call.policy = current();
   call.who = call.identity.primary();
   if (call.policy) {
-    call.client = call.policy->Find(call.identity);
     absl::Status denied;
-    if (call.client == nullptr) {
-      denied = absl::PermissionDeniedError(
-          absl::StrCat("identity '", call.who, "' is not in the policy"));
+    auto found = call.policy->Find(call.identity);
+    if (!found.ok()) {
+      denied = found.status();
+    } else if (found->client == nullptr) {
+      denied = absl::PermissionDeniedError(NotInPolicy(call.identity));
     } else {
+      call.client = found->client;
+      call.matched = found->matched;
       call.who = call.client->name;
       if (!call.client->rpcs.count(rpc_class)) {
         denied = absl::PermissionDeniedError(absl::StrCat(
@@ -456,11 +526,8 @@ std::shared_ptr<ItemGate> Security::GateFor(Call call) {
 
 void Security::AuditKeyCall(const Call& call, const std::string& key, const std::string& outcome) {
   if (audit_ == nullptr) return;
-  nlohmann::json j = {{"time", AuditTimeNow()},
-                      {"identity", call.who},
-                      {"rpc", call.rpc},
-                      {"key", key},
-                      {"outcome", outcome}};
+  nlohmann::json j = {{"time", AuditTimeNow()}, {"identity", call.who}, {"matched", call.matched},
+                      {"rpc", call.rpc},        {"key", key},           {"outcome", outcome}};
   audit_->Append(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 

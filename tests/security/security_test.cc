@@ -12,6 +12,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -48,6 +49,8 @@ struct World {
   Issued device_ca = MakeCa("device CA");
   Issued server, connector, rawkeys, reader, admin, limited, failing, stranger, impostor;
   Issued dev_good, dev_expired, dev_wrong_ca, dev_pinned;  // RSA device certificates
+  // CN = the connector's SPIFFE ID, no URI SAN; CN of one entry and URI SAN of another.
+  Issued spiffe_cn, two_entries;
   std::unique_ptr<RewrapdHarness> h;
   std::map<std::string, it::Pkey> service_pub;  // key name -> public key
   std::string error;
@@ -81,7 +84,7 @@ struct World {
            "    keys: [default]\n"
            "    recipients: {raw_public_keys: true}\n"
            "  - name: admin\n"
-           "    identities: [admin]\n"
+           "    identities: [\"cn:admin\"]\n"
            "    rpcs: [keys.read, keys.admin]\n"
            "    keys: [\"*\"]\n"
            "  - name: limited\n"
@@ -120,6 +123,9 @@ struct World {
     failing = Issue(ca, "failing", {}, KeyKind::kEc, "clientAuth");
     stranger = Issue(ca, "stranger", {}, KeyKind::kEc, "clientAuth");
     impostor = Issue(other_ca, "admin", {}, KeyKind::kEc, "clientAuth");  // right CN, wrong CA
+    spiffe_cn = Issue(ca, "spiffe://hsm-rewrap.test/connector", {}, KeyKind::kEc, "clientAuth");
+    two_entries =
+        Issue(ca, "reader", {"URI:spiffe://hsm-rewrap.test/connector"}, KeyKind::kEc, "clientAuth");
     dev_good = Issue(device_ca, "device-good", {}, KeyKind::kRsa2048, "");
     dev_expired =
         Issue(device_ca, "device-expired", {}, KeyKind::kRsa2048, "", -86400L * 10, -86400L);
@@ -211,6 +217,19 @@ class StopWorld : public ::testing::Environment {
   }
 };
 const auto* const g_stop_world = ::testing::AddGlobalTestEnvironment(new StopWorld());
+
+// Audit records (JSON lines) whose `field` is `value`.
+std::vector<nlohmann::json> AuditRecords(const std::string& path, const std::string& field,
+                                         const std::string& value) {
+  std::vector<nlohmann::json> out;
+  std::istringstream in(test::ReadFileOrEmpty(path));
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.contains(field) && j[field] == value) out.push_back(j);
+  }
+  return out;
+}
 
 class SecurityTest : public ::testing::Test {
  protected:
@@ -516,6 +535,76 @@ TEST_F(SecurityTest, RewrapctlWithClientCertificate) {
                                       "list"};
   r = test::RunCommand(no_cert, "", std::chrono::seconds(30));
   EXPECT_NE(r.exit_code, 0) << r.Describe(no_cert);
+}
+
+// Policy identities are typed: the bare SPIFFE ID in the connector's entry is a URI SAN, so
+// a certificate whose CN spells it (and has no URI SAN) is nobody.
+TEST_F(SecurityTest, CnSpellingAUriIsNotThatUri) {
+  v1::RewrapRequest req;
+  *req.add_items() = Item("spiffe-cn", "default", "not-for-you");
+  req.mutable_items(0)->mutable_recipient()->set_certificate(w_->dev_good.cert_der);
+  req.mutable_items(0)->set_format(v1::CMS_ENVELOPED);
+  v1::RewrapResponse resp;
+  grpc::Status st = Rewrap(&w_->spiffe_cn, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  EXPECT_EQ(resp.results_size(), 0);
+  EXPECT_NE(st.error_message().find("cn:spiffe://hsm-rewrap.test/connector"), std::string::npos)
+      << st.error_message();
+  // The real connector (URI SAN) still may.
+  ASSERT_TRUE(Rewrap(&w_->connector, req, &resp).ok());
+  EXPECT_FALSE(resp.results(0).has_error()) << resp.results(0).error().message();
+}
+
+// A certificate whose CN is in one entry and whose URI SAN is in another gets neither.
+TEST_F(SecurityTest, CertificateMatchingTwoEntriesIsRefusedAsAmbiguous) {
+  v1::RewrapRequest req;
+  *req.add_items() = Item("two-entries", "default", "ambiguous");
+  req.mutable_items(0)->mutable_recipient()->set_certificate(w_->dev_good.cert_der);
+  req.mutable_items(0)->set_format(v1::CMS_ENVELOPED);
+  v1::RewrapResponse resp;
+  grpc::Status st = Rewrap(&w_->two_entries, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  for (const char* word : {"ambiguous", "'connector'", "'reader'",
+                           "uri:spiffe://hsm-rewrap.test/connector", "cn:reader"}) {
+    EXPECT_NE(st.error_message().find(word), std::string::npos)
+        << word << " not in: " << st.error_message();
+  }
+  // Key RPCs too (reader's keys.read right does not apply either).
+  auto keys = v1::Keys::NewStub(w_->Channel(&w_->two_entries));
+  grpc::ClientContext ctx;
+  test::SetDeadline(&ctx);
+  v1::ListKeysResponse lr;
+  EXPECT_EQ(keys->ListKeys(&ctx, v1::ListKeysRequest(), &lr).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+}
+
+// Rewrap and key-RPC audit records say which certificate name matched the entry.
+TEST_F(SecurityTest, AuditRecordsTheMatchedName) {
+  v1::RewrapRequest req;
+  *req.add_items() = Item("matched-connector", "default", "matched");
+  req.mutable_items(0)->mutable_recipient()->set_certificate(w_->dev_good.cert_der);
+  req.mutable_items(0)->set_format(v1::CMS_ENVELOPED);
+  v1::RewrapResponse resp;
+  ASSERT_TRUE(Rewrap(&w_->connector, req, &resp).ok());
+  auto keys = v1::Keys::NewStub(w_->Channel(&w_->reader));
+  grpc::ClientContext ctx;
+  test::SetDeadline(&ctx);
+  v1::GetPublicKeyRequest gr;
+  gr.set_name("default");
+  v1::GetPublicKeyResponse gresp;
+  ASSERT_TRUE(keys->GetPublicKey(&ctx, gr, &gresp).ok());
+  auto rewraps = AuditRecords(w_->Path("audit.jsonl"), "id", "matched-connector");
+  ASSERT_EQ(rewraps.size(), 1u);
+  EXPECT_EQ(rewraps[0]["identity"], "connector");
+  EXPECT_EQ(rewraps[0].value("matched", ""), "uri:spiffe://hsm-rewrap.test/connector")
+      << rewraps[0].dump();
+  bool reader_seen = false;
+  for (const auto& j : AuditRecords(w_->Path("audit.jsonl"), "identity", "reader")) {
+    if (j["rpc"] != "GetPublicKey") continue;
+    reader_seen = true;
+    EXPECT_EQ(j.value("matched", ""), "cn:reader") << j.dump();
+  }
+  EXPECT_TRUE(reader_seen) << "no GetPublicKey record of reader";
 }
 
 // Last of the shared-rewrapd tests: changes the policy.
