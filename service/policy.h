@@ -57,6 +57,9 @@ class Policy {
     RateLimits limits;
 
     bool AllowsKey(const std::string& key) const { return keys.count("*") || keys.count(key); }
+    // The certificate's source (ca_files / fingerprints, validity).
+    // Encryption use (keyUsage, CA:TRUE) is the engine's check, made for every certificate
+    // recipient before this one (crypto::CheckEncryptionUse, crypto/cert_use.h).
     absl::Status CheckCertificate(const crypto::Certificate& cert) const;
     absl::Status CheckPublicKey(const crypto::PublicKey& key) const;
     absl::Status CheckServiceKey(const std::string& name) const;

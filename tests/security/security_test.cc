@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -229,6 +230,84 @@ std::vector<nlohmann::json> AuditRecords(const std::string& path, const std::str
     if (!j.is_discarded() && j.contains(field) && j[field] == value) out.push_back(j);
   }
   return out;
+}
+
+// The recipient rules for encryption use: device certificates from `device_ca`, with and
+// without keyUsage, sub-CAs and the CA itself, rewrapped as CMS with the service key
+// `service_pub` ("default") through `rewrap`. A refused one is INVALID_ITEM (with or
+// without a policy) and the message names what is missing; an accepted one decrypts.
+void CheckRecipientKeyUsage(
+    const Issued& device_ca, EVP_PKEY* service_pub,
+    const std::function<grpc::Status(const v1::RewrapRequest&, v1::RewrapResponse*)>& rewrap) {
+  struct Case {
+    std::string id;
+    Issued cert;
+    std::string refusal;  // words the refusal must contain; "" = accepted
+  };
+  auto issue = [&](const std::string& cn, KeyKind kind, const std::string& ku, bool is_ca) {
+    return Issue(device_ca, cn, {}, kind, "", -3600, 86400, Extensions{ku, is_ca});
+  };
+  std::vector<Case> cases;
+  cases.push_back({"rsa-no-key-usage", issue("d1", KeyKind::kRsa2048, "", false), ""});
+  cases.push_back(
+      {"rsa-key-encipherment",
+       issue("d2", KeyKind::kRsa2048, "critical,digitalSignature,keyEncipherment", false), ""});
+  cases.push_back(
+      {"ec-key-agreement", issue("d3", KeyKind::kEc, "critical,keyAgreement", false), ""});
+  cases.push_back({"ec-no-key-usage", issue("d4", KeyKind::kEc, "", false), ""});
+  cases.push_back({"rsa-digital-signature-only",
+                   issue("d5", KeyKind::kRsa2048, "critical,digitalSignature", false),
+                   "keyEncipherment"});
+  cases.push_back({"rsa-key-agreement-only",
+                   issue("d6", KeyKind::kRsa2048, "critical,keyAgreement", false),
+                   "keyEncipherment"});
+  cases.push_back({"ec-digital-signature-only",
+                   issue("d7", KeyKind::kEc, "critical,digitalSignature", false), "keyAgreement"});
+  cases.push_back({"rsa-sub-ca",
+                   issue("sub-ca", KeyKind::kRsa2048, "critical,keyCertSign,cRLSign", true),
+                   "CA:TRUE"});
+  cases.push_back(
+      {"rsa-sub-ca-key-encipherment",
+       issue("sub-ca-2", KeyKind::kRsa2048, "critical,keyEncipherment,keyCertSign", true),
+       "CA:TRUE"});
+  cases.push_back({"ec-sub-ca-no-key-usage", issue("sub-ca-3", KeyKind::kEc, "", true), "CA:TRUE"});
+  const std::string secret = "key-usage-" + it::RandomAscii(12);
+  v1::RewrapRequest req;
+  auto add = [&](const std::string& id, const std::string& der) {
+    v1::RewrapItem* item = req.add_items();
+    item->set_id(id);
+    item->set_key_name("default");
+    item->set_padding(v1::OAEP_SHA256);
+    item->set_ciphertext(*it::RsaEncrypt(service_pub, it::Pad::kOaepSha256, secret));
+    item->set_format(v1::CMS_ENVELOPED);
+    item->mutable_recipient()->set_certificate(der);
+  };
+  for (const Case& c : cases) add(c.id, c.cert.cert_der);
+  add("the-device-ca-itself", device_ca.cert_der);
+  v1::RewrapResponse resp;
+  grpc::Status st = rewrap(req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.results_size(), req.items_size());
+  for (int i = 0; i < resp.results_size(); ++i) {
+    const auto& r = resp.results(i);
+    SCOPED_TRACE(r.id());
+    const bool is_ca_itself = static_cast<size_t>(i) == cases.size();
+    const std::string refusal = is_ca_itself ? "CA:TRUE" : cases[size_t(i)].refusal;
+    if (refusal.empty()) {
+      ASSERT_FALSE(r.has_error()) << r.error().message();
+      const Case& c = cases[size_t(i)];
+      it::CmsResult opened = it::CmsDecrypt(c.cert.key.get(), c.cert.cert.get(), r.ciphertext());
+      EXPECT_TRUE(opened.ok) << opened.error;
+      EXPECT_EQ(opened.plaintext, secret);
+      continue;
+    }
+    EXPECT_EQ(r.error().code(), v1::ItemError::INVALID_ITEM) << r.error().message();
+    EXPECT_NE(r.error().message().find(refusal), std::string::npos)
+        << "the refusal does not name " << refusal << ": " << r.error().message();
+    EXPECT_TRUE(r.ciphertext().empty());
+    printf("[key-usage] %-28s -> %s \"%s\"\n", r.id().c_str(),
+           v1::ItemError::Code_Name(r.error().code()).c_str(), r.error().message().c_str());
+  }
 }
 
 class SecurityTest : public ::testing::Test {
@@ -607,6 +686,15 @@ TEST_F(SecurityTest, AuditRecordsTheMatchedName) {
   EXPECT_TRUE(reader_seen) << "no GetPublicKey record of reader";
 }
 
+// Certificate recipients must be fit for encryption, with a policy (here) as without one
+// (SecurityStandalone.RecipientKeyUsageHoldsWithoutAPolicy).
+TEST_F(SecurityTest, RecipientCertificateMustBeFitForEncryption) {
+  CheckRecipientKeyUsage(w_->device_ca, w_->service_pub.at("default").get(),
+                         [&](const v1::RewrapRequest& req, v1::RewrapResponse* resp) {
+                           return Rewrap(&w_->connector, req, resp);
+                         });
+}
+
 // Last of the shared-rewrapd tests: changes the policy.
 TEST_F(SecurityTest, SighupReloadsPolicyWithoutDroppingTraffic) {
   std::atomic<bool> stop{false};
@@ -710,6 +798,30 @@ TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
   EXPECT_TRUE(not_serving);
   EXPECT_NE(h->StderrText().find("AUDIT LOG /dev/full CANNOT BE WRITTEN"), std::string::npos)
       << h->StderrText();
+  EXPECT_EQ(h->Stop(), "");
+}
+
+// The engine applies the recipient key-usage rules to every certificate recipient, also
+// when no policy file is set.
+TEST(SecurityStandalone, RecipientKeyUsageHoldsWithoutAPolicy) {
+  if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  std::string error;
+  auto h = RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error);
+  ASSERT_NE(h, nullptr) << error;
+  grpc::ClientContext gctx;
+  test::SetDeadline(&gctx);
+  v1::GetPublicKeyRequest gr;
+  gr.set_name("default");
+  v1::GetPublicKeyResponse gresp;
+  ASSERT_TRUE(h->keys().GetPublicKey(&gctx, gr, &gresp).ok());
+  auto pub = it::ParsePublicKey(gresp.public_key());
+  const Issued device_ca = MakeCa("device CA without a policy");
+  CheckRecipientKeyUsage(device_ca, pub.get(),
+                         [&](const v1::RewrapRequest& req, v1::RewrapResponse* resp) {
+                           grpc::ClientContext ctx;
+                           test::SetDeadline(&ctx, std::chrono::seconds(60));
+                           return h->rewrap().Rewrap(&ctx, req, resp);
+                         });
   EXPECT_EQ(h->Stop(), "");
 }
 
