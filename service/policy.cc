@@ -1,9 +1,11 @@
 #include "service/policy.h"
 
 #include <openssl/err.h>
+#include <openssl/objects.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
 #include <spdlog/spdlog.h>
 #include <yaml-cpp/yaml.h>
 
@@ -80,6 +82,44 @@ bool IsHex64(const std::string& s) {
   return true;
 }
 
+// "emailProtection" for a named OID, else the dotted form.
+std::string OidName(const ASN1_OBJECT* o) {
+  const int nid = OBJ_obj2nid(o);
+  const char* sn = nid == NID_undef ? nullptr : OBJ_nid2sn(nid);
+  if (sn != nullptr) return sn;
+  char buf[128];
+  const int n = OBJ_obj2txt(buf, sizeof buf, o, 1);
+  ERR_clear_error();
+  return n > 0 && static_cast<size_t>(n) < sizeof buf ? std::string(buf) : std::string("?");
+}
+
+std::string OidDotted(const ASN1_OBJECT* o) {
+  char buf[128];
+  const int n = OBJ_obj2txt(buf, sizeof buf, o, 1);
+  ERR_clear_error();
+  return n > 0 && static_cast<size_t>(n) < sizeof buf ? std::string(buf) : std::string("?");
+}
+
+absl::StatusOr<Policy::Recipients::Eku> ParseEku(const std::string& text, const std::string& at) {
+  // A short name (emailProtection), a long name or a dotted OID.
+  ASN1_OBJECT* o = text.empty() ? nullptr : OBJ_txt2obj(text.c_str(), 0);
+  ERR_clear_error();
+  if (o == nullptr) {
+    return Bad(at, absl::StrCat("'", text,
+                                "' is neither a dotted OID nor a name OpenSSL knows for one "
+                                "(e.g. emailProtection or 1.3.6.1.5.5.7.3.4)"));
+  }
+  std::shared_ptr<ASN1_OBJECT> oid(o, ASN1_OBJECT_free);
+  if (OBJ_obj2nid(o) == NID_anyExtendedKeyUsage) {
+    return Bad(at,
+               "anyExtendedKeyUsage cannot be required (it would admit any purpose); name the "
+               "usage the device certificates carry, e.g. emailProtection");
+  }
+  const std::string name = OidName(o), dotted = OidDotted(o);
+  return Policy::Recipients::Eku{name == dotted ? dotted : absl::StrCat(name, " (", dotted, ")"),
+                                 std::move(oid)};
+}
+
 absl::Status ParseRecipients(const YAML::Node& n, const std::string& where, Policy::Recipients& r) {
   if (!n.IsMap()) return Bad(where, "expected a mapping");
   for (const auto& kv : n) {
@@ -112,9 +152,20 @@ absl::Status ParseRecipients(const YAML::Node& n, const std::string& where, Poli
       auto keys = StringList(kv.second, at);
       if (!keys.ok()) return keys.status();
       r.service_keys.insert(keys->begin(), keys->end());
+    } else if (k == "require_eku") {
+      auto ekus = StringList(kv.second, at);
+      if (!ekus.ok()) return ekus.status();
+      if (ekus->empty())
+        return Bad(at, "expected at least one extendedKeyUsage (leave require_eku out for none)");
+      for (const auto& e : *ekus) {
+        auto eku = ParseEku(e, at);
+        if (!eku.ok()) return eku.status();
+        r.require_eku.push_back(*std::move(eku));
+      }
     } else {
       return Bad(at,
-                 "unknown key (expected ca_files, fingerprints, raw_public_keys, service_keys)");
+                 "unknown key (expected ca_files, fingerprints, raw_public_keys, service_keys, "
+                 "require_eku)");
     }
   }
   return absl::OkStatus();
@@ -227,17 +278,46 @@ absl::Status Policy::Client::CheckCertificate(const crypto::Certificate& cert) c
       return absl::PermissionDeniedError(
           "recipient certificate is listed but outside its validity period");
     }
-    return absl::OkStatus();
+    return CheckRequiredEku(cert);
   }
   std::string why = "no device CA is configured for this client";
   for (const auto& store : recipients.ca_stores) {
-    if (Chains(store.get(), cert.get(), &why)) return absl::OkStatus();
+    if (Chains(store.get(), cert.get(), &why)) return CheckRequiredEku(cert);
   }
   return absl::PermissionDeniedError(absl::StrCat("recipient certificate is not allowed for '",
                                                   name,
                                                   "': it does not verify against the "
                                                   "policy's device CAs (",
                                                   why, ") and its SHA-256 is not listed"));
+}
+
+absl::Status Policy::Client::CheckRequiredEku(const crypto::Certificate& cert) const {
+  if (recipients.require_eku.empty()) return absl::OkStatus();
+  int crit = -1;
+  auto* eku = static_cast<EXTENDED_KEY_USAGE*>(
+      X509_get_ext_d2i(cert.get(), NID_ext_key_usage, &crit, nullptr));
+  ERR_clear_error();
+  bool found = false;
+  std::vector<std::string> has;  // what the certificate carries, for the message
+  const int n = eku == nullptr ? 0 : sk_ASN1_OBJECT_num(eku);
+  for (int i = 0; i < n; ++i) {
+    const ASN1_OBJECT* o = sk_ASN1_OBJECT_value(eku, i);
+    for (const auto& want : recipients.require_eku) found |= OBJ_cmp(o, want.oid.get()) == 0;
+    if (has.size() < 8) has.push_back(OidName(o));  // bounded: the certificate is the caller's
+  }
+  if (n > 8) has.push_back("...");
+  const bool malformed = eku == nullptr && crit >= 0;
+  EXTENDED_KEY_USAGE_free(eku);
+  if (found) return absl::OkStatus();
+  std::vector<std::string> wanted;
+  for (const auto& w : recipients.require_eku) wanted.push_back(w.name);
+  std::string carries = crit == -1   ? "it has no extendedKeyUsage"
+                        : crit == -2 ? "it has two extendedKeyUsage extensions"
+                        : malformed  ? "its extendedKeyUsage does not decode"
+                                     : absl::StrCat("it has ", absl::StrJoin(has, ", "));
+  return absl::PermissionDeniedError(
+      absl::StrCat("recipient certificate lacks the extendedKeyUsage '", name,
+                   "' requires: ", absl::StrJoin(wanted, " or "), " (", carries, ")"));
 }
 
 absl::Status Policy::Client::CheckPublicKey(const crypto::PublicKey& key) const {

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <grpcpp/server_context.h>
+#include <openssl/asn1.h>
 #include <openssl/x509_vfy.h>
 
 #include <memory>
@@ -45,6 +46,13 @@ class Policy {
     std::set<std::string> fingerprints;
     bool raw_public_keys = false;
     std::set<std::string> service_keys;  // service_key recipients (rotation); "*" = any
+    // `require_eku`: when not empty, a certificate recipient (CA-chained or listed) must
+    // carry at least one of these in extendedKeyUsage; anyExtendedKeyUsage does not count.
+    struct Eku {
+      std::string name;  // for messages: "emailProtection (1.3.6.1.5.5.7.3.4)"
+      std::shared_ptr<ASN1_OBJECT> oid;
+    };
+    std::vector<Eku> require_eku;
   };
   struct Client {
     std::string name;  // label for logs, audit and rate limits
@@ -57,10 +65,11 @@ class Policy {
     RateLimits limits;
 
     bool AllowsKey(const std::string& key) const { return keys.count("*") || keys.count(key); }
-    // The certificate's source (ca_files / fingerprints, validity).
+    // The certificate's source (ca_files / fingerprints, validity) and require_eku.
     // Encryption use (keyUsage, CA:TRUE) is the engine's check, made for every certificate
     // recipient before this one (crypto::CheckEncryptionUse, crypto/cert_use.h).
     absl::Status CheckCertificate(const crypto::Certificate& cert) const;
+    absl::Status CheckRequiredEku(const crypto::Certificate& cert) const;
     absl::Status CheckPublicKey(const crypto::PublicKey& key) const;
     absl::Status CheckServiceKey(const std::string& name) const;
   };

@@ -52,6 +52,8 @@ struct World {
   Issued dev_good, dev_expired, dev_wrong_ca, dev_pinned;  // RSA device certificates
   // CN = the connector's SPIFFE ID, no URI SAN; CN of one entry and URI SAN of another.
   Issued spiffe_cn, two_entries;
+  // The "eku" entry's client, and device certificates with keyEncipherment and an EKU.
+  Issued eku_client, dev_email, dev_tls_client, dev_any_eku;
   std::unique_ptr<RewrapdHarness> h;
   std::map<std::string, it::Pkey> service_pub;  // key name -> public key
   std::string error;
@@ -99,7 +101,16 @@ struct World {
            "    rpcs: [rewrap]\n"
            "    keys: [default]\n"
            "    recipients: {raw_public_keys: true}\n"
-           "    limits: {decrypt_failures_per_hour: 3}\n";
+           "    limits: {decrypt_failures_per_hour: 3}\n"
+           "  - name: eku\n"
+           "    identities: [\"cn:eku-client\"]\n"
+           "    rpcs: [rewrap]\n"
+           "    keys: [default]\n"
+           "    recipients:\n"
+           "      ca_files: [" +
+           Path("device-ca.pem") +
+           "]\n"
+           "      require_eku: [emailProtection]\n";
   }
 
   std::shared_ptr<grpc::Channel> Channel(const Issued* client) const {
@@ -127,6 +138,14 @@ struct World {
     spiffe_cn = Issue(ca, "spiffe://hsm-rewrap.test/connector", {}, KeyKind::kEc, "clientAuth");
     two_entries =
         Issue(ca, "reader", {"URI:spiffe://hsm-rewrap.test/connector"}, KeyKind::kEc, "clientAuth");
+    eku_client = Issue(ca, "eku-client", {}, KeyKind::kEc, "clientAuth");
+    const Extensions encipher{"critical,keyEncipherment"};
+    dev_email = Issue(device_ca, "device-email", {}, KeyKind::kRsa2048, "emailProtection", -3600,
+                      86400, encipher);
+    dev_tls_client = Issue(device_ca, "device-tls-client", {}, KeyKind::kRsa2048, "clientAuth",
+                           -3600, 86400, encipher);
+    dev_any_eku = Issue(device_ca, "device-any-eku", {}, KeyKind::kRsa2048, "anyExtendedKeyUsage",
+                        -3600, 86400, encipher);
     dev_good = Issue(device_ca, "device-good", {}, KeyKind::kRsa2048, "");
     dev_expired =
         Issue(device_ca, "device-expired", {}, KeyKind::kRsa2048, "", -86400L * 10, -86400L);
@@ -693,6 +712,56 @@ TEST_F(SecurityTest, RecipientCertificateMustBeFitForEncryption) {
                          [&](const v1::RewrapRequest& req, v1::RewrapResponse* resp) {
                            return Rewrap(&w_->connector, req, resp);
                          });
+}
+
+// require_eku (entry "eku": emailProtection): a recipient certificate without that EKU is
+// refused, naming it; anyExtendedKeyUsage and no EKU at all do not satisfy it. Entries
+// without require_eku (connector) take the same certificates.
+TEST_F(SecurityTest, RequireEkuRefusesOtherUsages) {
+  const std::string secret = "eku-" + it::RandomAscii(12);
+  struct Case {
+    const char* id;
+    const Issued* device;
+    const char* refusal;  // nullptr = accepted
+  };
+  const Case cases[] = {{"email", &w_->dev_email, nullptr},
+                        {"tls-client", &w_->dev_tls_client, "it has clientAuth"},
+                        {"any-eku", &w_->dev_any_eku, "it has anyExtendedKeyUsage"},
+                        {"no-eku", &w_->dev_good, "it has no extendedKeyUsage"}};
+  v1::RewrapRequest req;
+  for (const Case& c : cases) {
+    v1::RewrapItem item = Item(c.id, "default", secret);
+    item.mutable_recipient()->set_certificate(c.device->cert_der);
+    item.set_format(v1::CMS_ENVELOPED);
+    *req.add_items() = item;
+  }
+  for (const Issued* who : {&w_->eku_client, &w_->connector}) {
+    const bool requires_eku = who == &w_->eku_client;
+    SCOPED_TRACE(requires_eku ? "eku" : "connector");
+    v1::RewrapResponse resp;
+    grpc::Status st = Rewrap(who, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(resp.results_size(), req.items_size());
+    for (int i = 0; i < resp.results_size(); ++i) {
+      const Case& c = cases[i];
+      const auto& r = resp.results(i);
+      SCOPED_TRACE(c.id);
+      if (c.refusal == nullptr || !requires_eku) {
+        ASSERT_FALSE(r.has_error()) << r.error().message();
+        it::CmsResult opened =
+            it::CmsDecrypt(c.device->key.get(), c.device->cert.get(), r.ciphertext());
+        EXPECT_TRUE(opened.ok) << opened.error;
+        EXPECT_EQ(opened.plaintext, secret);
+        continue;
+      }
+      EXPECT_EQ(r.error().code(), v1::ItemError::PERMISSION_DENIED) << r.error().message();
+      for (const char* word : {"emailProtection", c.refusal}) {
+        EXPECT_NE(r.error().message().find(word), std::string::npos)
+            << word << " not in: " << r.error().message();
+      }
+      EXPECT_TRUE(r.ciphertext().empty());
+    }
+  }
 }
 
 // Last of the shared-rewrapd tests: changes the policy.

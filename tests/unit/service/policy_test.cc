@@ -1,10 +1,12 @@
 // Policy parsing and matching without a daemon: typed identities (uri: / cn:, and what a
-// bare string means), one certificate matching two entries. The same rules
+// bare string means), one certificate matching two entries, require_eku. The same rules
 // against the real rewrapd: tests/security/security_test.cc.
 #include "service/policy.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/x509v3.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -161,6 +163,110 @@ TEST(PolicyFindTest, CertificateMatchingTwoEntriesIsAmbiguous) {
   ASSERT_FALSE(m.ok());
   EXPECT_THAT(std::string(m.status().message()),
               AllOf(HasSubstr("'connector'"), HasSubstr("'admin'")));
+}
+
+// --- require_eku ---
+
+struct CertKey {
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key{nullptr, EVP_PKEY_free};
+  std::unique_ptr<X509, decltype(&X509_free)> x509{nullptr, X509_free};
+};
+
+// A self-signed end-entity certificate with extendedKeyUsage `eku` (OpenSSL syntax; "" =
+// none), valid now.
+crypto::Certificate DeviceCert(const std::string& eku) {
+  CertKey c;
+  c.key.reset(EVP_EC_gen("P-256"));
+  c.x509.reset(X509_new());
+  X509* x = c.x509.get();
+  X509_set_version(x, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
+  X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+  X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+  X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("device"), -1, -1, 0);
+  X509_set_issuer_name(x, X509_get_subject_name(x));
+  X509_set_pubkey(x, c.key.get());
+  if (!eku.empty()) {
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, x, x, nullptr, nullptr, 0);
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, NID_ext_key_usage, eku.c_str());
+    EXPECT_NE(ext, nullptr) << eku;
+    X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+  }
+  EXPECT_GT(X509_sign(x, c.key.get(), EVP_sha256()), 0);
+  unsigned char* der = nullptr;
+  const int len = i2d_X509(x, &der);
+  auto cert = crypto::Certificate::Parse(absl::MakeConstSpan(der, static_cast<size_t>(len)));
+  OPENSSL_free(der);
+  EXPECT_TRUE(cert.ok()) << cert.status();
+  return *std::move(cert);
+}
+
+TEST(PolicyEkuTest, RequireEkuParsing) {
+  auto with = [](const std::string& list) {
+    return LoadText(absl::StrCat("clients:\n  - name: c\n    identities: [c]\n",
+                                 "    recipients: {require_eku: ", list, "}\n"));
+  };
+  for (const char* ok : {"[emailProtection]", "[\"1.3.6.1.5.5.7.3.4\"]",
+                         "[emailProtection, \"1.3.6.1.4.1.99999.1\"]", "emailProtection"}) {
+    auto p = with(ok);
+    ASSERT_TRUE(p.ok()) << ok << ": " << p.status();
+  }
+  auto p = with("[emailProtection, \"1.3.6.1.4.1.99999.1\"]");
+  ASSERT_TRUE(p.ok());
+  const auto& req = (*p)->clients()[0].recipients.require_eku;
+  ASSERT_EQ(req.size(), 2u);
+  EXPECT_EQ(req[0].name, "emailProtection (1.3.6.1.5.5.7.3.4)");
+  EXPECT_EQ(req[1].name, "1.3.6.1.4.1.99999.1");
+  struct Bad {
+    const char* list;
+    const char* says;
+  };
+  for (const Bad& b : {Bad{"[emailProtektion]", "neither a dotted OID"},
+                       Bad{"[anyExtendedKeyUsage]", "anyExtendedKeyUsage cannot be required"},
+                       Bad{"[\"2.5.29.37.0\"]", "anyExtendedKeyUsage cannot be required"},
+                       Bad{"[]", "at least one"}}) {
+    auto bad = with(b.list);
+    ASSERT_FALSE(bad.ok()) << b.list;
+    EXPECT_THAT(std::string(bad.status().message()),
+                AllOf(HasSubstr("recipients.require_eku"), HasSubstr(b.says)));
+  }
+}
+
+TEST(PolicyEkuTest, RequiredEkuOnListedCertificate) {
+  const crypto::Certificate email = DeviceCert("emailProtection");
+  const crypto::Certificate tls = DeviceCert("clientAuth");
+  const crypto::Certificate both = DeviceCert("clientAuth,emailProtection");
+  const crypto::Certificate any = DeviceCert("anyExtendedKeyUsage");
+  const crypto::Certificate none = DeviceCert("");
+  std::string fps;
+  for (const auto* c : {&email, &tls, &both, &any, &none})
+    absl::StrAppend(&fps, fps.empty() ? "" : ", ", "\"", c->Sha256Hex(), "\"");
+  auto p = LoadText(absl::StrCat(
+      "clients:\n  - name: mdm\n    identities: [c]\n", "    recipients: {fingerprints: [", fps,
+      "], require_eku: [emailProtection]}\n", "  - name: plain\n    identities: [d]\n",
+      "    recipients: {fingerprints: [", fps, "]}\n"));
+  ASSERT_TRUE(p.ok()) << p.status();
+  const Policy::Client& mdm = (*p)->clients()[0];
+  const Policy::Client& plain = (*p)->clients()[1];
+  EXPECT_TRUE(mdm.CheckCertificate(email).ok());
+  EXPECT_TRUE(mdm.CheckCertificate(both).ok());
+  for (const auto* c : {&tls, &any, &none}) {
+    absl::Status st = mdm.CheckCertificate(*c);
+    EXPECT_EQ(st.code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_THAT(std::string(st.message()),
+                AllOf(HasSubstr("lacks the extendedKeyUsage 'mdm' requires"),
+                      HasSubstr("emailProtection (1.3.6.1.5.5.7.3.4)")));
+  }
+  EXPECT_THAT(std::string(mdm.CheckCertificate(tls).message()), HasSubstr("it has clientAuth"));
+  EXPECT_THAT(std::string(mdm.CheckCertificate(none).message()),
+              HasSubstr("it has no extendedKeyUsage"));
+  // Without require_eku every listed certificate passes.
+  for (const auto* c : {&email, &tls, &both, &any, &none})
+    EXPECT_TRUE(plain.CheckCertificate(*c).ok());
 }
 
 }  // namespace
