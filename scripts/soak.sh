@@ -82,7 +82,7 @@ METRICS=$(grep -o 'metrics on http://[^/]*' "$W/rewrapd.log" | sed 's#metrics on
 
 # --- Requests: per client its own file, with 1% of the seals replaced by random bytes.
 openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=soak-device -days 2 \
-  -keyout "$W/dev.key" -out "$W/dev.crt" 2>/dev/null
+  -addext basicConstraints=critical,CA:FALSE -keyout "$W/dev.key" -out "$W/dev.crt" 2>/dev/null
 for c in $(seq 1 $CLIENTS); do
   python3 tests/connector/gen_requests.py --pub "$W/svc.pem" --key-name soak --certs "$W/dev.crt" \
     --passwords 4 --lines $LINES --out "$W/req$c.raw" --secrets "$W/secrets$c.json" || exit 2

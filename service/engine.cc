@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "crypto/apple_payload.h"
+#include "crypto/cert_use.h"
 #include "crypto/cms.h"
 #include "crypto/rsa.h"
 #include "hsm/key_policy.h"
@@ -205,7 +206,7 @@ bool RewrapEngine::ResolveRecipient(const v1::RewrapItem& item, ItemGate* gate,
   out.bare = IsBareFormat(item.format());
   const auto& rcp = item.recipient();
   // A certificate or public key recipient: parsed (or found in the cache), fingerprinted for
-  // the audit record, checked by the gate.
+  // the audit record, a certificate checked for encryption use, then checked by the gate.
   auto parsed = [&](bool is_certificate, const std::string& bytes, const char* unparsable) -> bool {
     auto p = recipients_.Get(is_certificate, BytesOf(bytes));
     if (!p.ok()) {
@@ -214,6 +215,15 @@ bool RewrapEngine::ResolveRecipient(const v1::RewrapItem& item, ItemGate* gate,
     }
     if (recipient_sha256) {
       *recipient_sha256 = is_certificate ? (*p)->cert->Sha256Hex() : (*p)->key->Sha256Hex();
+    }
+    // A certificate must be fit for encryption (not a CA; keyUsage, when present, allows
+    // key transport / key agreement): a property of the certificate, so INVALID_ITEM, with
+    // or without a policy, before the gate looks at it.
+    if (is_certificate) {
+      if (absl::Status st = crypto::CheckEncryptionUse(*(*p)->cert); !st.ok()) {
+        Fail(r, ItemError::INVALID_ITEM, std::string(st.message()));
+        return false;
+      }
     }
     if (gate) {
       if (absl::Status st = gate->CheckRecipient(rcp, p->get()); !st.ok()) {

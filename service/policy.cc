@@ -1,15 +1,19 @@
 #include "service/policy.h"
 
 #include <openssl/err.h>
+#include <openssl/objects.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
 #include <spdlog/spdlog.h>
 #include <yaml-cpp/yaml.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -78,6 +82,44 @@ bool IsHex64(const std::string& s) {
   return true;
 }
 
+// "emailProtection" for a named OID, else the dotted form.
+std::string OidName(const ASN1_OBJECT* o) {
+  const int nid = OBJ_obj2nid(o);
+  const char* sn = nid == NID_undef ? nullptr : OBJ_nid2sn(nid);
+  if (sn != nullptr) return sn;
+  char buf[128];
+  const int n = OBJ_obj2txt(buf, sizeof buf, o, 1);
+  ERR_clear_error();
+  return n > 0 && static_cast<size_t>(n) < sizeof buf ? std::string(buf) : std::string("?");
+}
+
+std::string OidDotted(const ASN1_OBJECT* o) {
+  char buf[128];
+  const int n = OBJ_obj2txt(buf, sizeof buf, o, 1);
+  ERR_clear_error();
+  return n > 0 && static_cast<size_t>(n) < sizeof buf ? std::string(buf) : std::string("?");
+}
+
+absl::StatusOr<Policy::Recipients::Eku> ParseEku(const std::string& text, const std::string& at) {
+  // A short name (emailProtection), a long name or a dotted OID.
+  ASN1_OBJECT* o = text.empty() ? nullptr : OBJ_txt2obj(text.c_str(), 0);
+  ERR_clear_error();
+  if (o == nullptr) {
+    return Bad(at, absl::StrCat("'", text,
+                                "' is neither a dotted OID nor a name OpenSSL knows for one "
+                                "(e.g. emailProtection or 1.3.6.1.5.5.7.3.4)"));
+  }
+  std::shared_ptr<ASN1_OBJECT> oid(o, ASN1_OBJECT_free);
+  if (OBJ_obj2nid(o) == NID_anyExtendedKeyUsage) {
+    return Bad(at,
+               "anyExtendedKeyUsage cannot be required (it would admit any purpose); name the "
+               "usage the device certificates carry, e.g. emailProtection");
+  }
+  const std::string name = OidName(o), dotted = OidDotted(o);
+  return Policy::Recipients::Eku{name == dotted ? dotted : absl::StrCat(name, " (", dotted, ")"),
+                                 std::move(oid)};
+}
+
 absl::Status ParseRecipients(const YAML::Node& n, const std::string& where, Policy::Recipients& r) {
   if (!n.IsMap()) return Bad(where, "expected a mapping");
   for (const auto& kv : n) {
@@ -110,9 +152,20 @@ absl::Status ParseRecipients(const YAML::Node& n, const std::string& where, Poli
       auto keys = StringList(kv.second, at);
       if (!keys.ok()) return keys.status();
       r.service_keys.insert(keys->begin(), keys->end());
+    } else if (k == "require_eku") {
+      auto ekus = StringList(kv.second, at);
+      if (!ekus.ok()) return ekus.status();
+      if (ekus->empty())
+        return Bad(at, "expected at least one extendedKeyUsage (leave require_eku out for none)");
+      for (const auto& e : *ekus) {
+        auto eku = ParseEku(e, at);
+        if (!eku.ok()) return eku.status();
+        r.require_eku.push_back(*std::move(eku));
+      }
     } else {
       return Bad(at,
-                 "unknown key (expected ca_files, fingerprints, raw_public_keys, service_keys)");
+                 "unknown key (expected ca_files, fingerprints, raw_public_keys, service_keys, "
+                 "require_eku)");
     }
   }
   return absl::OkStatus();
@@ -151,7 +204,11 @@ absl::Status ParseClient(const YAML::Node& n, const std::string& where, Policy::
     } else if (k == "identities") {
       auto ids = StringList(kv.second, at);
       if (!ids.ok()) return ids.status();
-      c.identities.insert(ids->begin(), ids->end());
+      for (const auto& text : *ids) {
+        auto id = Policy::ParseIdentity(text);
+        if (!id.ok()) return Bad(at, std::string(id.status().message()));
+        c.identities.insert(*std::move(id));
+      }
     } else if (k == "anonymous") {
       auto b = Bool(kv.second, at);
       if (!b.ok()) return b.status();
@@ -224,17 +281,46 @@ absl::Status Policy::Client::CheckCertificate(const crypto::Certificate& cert) c
       return absl::PermissionDeniedError(
           "recipient certificate is listed but outside its validity period");
     }
-    return absl::OkStatus();
+    return CheckRequiredEku(cert);
   }
   std::string why = "no device CA is configured for this client";
   for (const auto& store : recipients.ca_stores) {
-    if (Chains(store.get(), cert.get(), &why)) return absl::OkStatus();
+    if (Chains(store.get(), cert.get(), &why)) return CheckRequiredEku(cert);
   }
   return absl::PermissionDeniedError(absl::StrCat("recipient certificate is not allowed for '",
                                                   name,
                                                   "': it does not verify against the "
                                                   "policy's device CAs (",
                                                   why, ") and its SHA-256 is not listed"));
+}
+
+absl::Status Policy::Client::CheckRequiredEku(const crypto::Certificate& cert) const {
+  if (recipients.require_eku.empty()) return absl::OkStatus();
+  int crit = -1;
+  auto* eku = static_cast<EXTENDED_KEY_USAGE*>(
+      X509_get_ext_d2i(cert.get(), NID_ext_key_usage, &crit, nullptr));
+  ERR_clear_error();
+  bool found = false;
+  std::vector<std::string> has;  // what the certificate carries, for the message
+  const int n = eku == nullptr ? 0 : sk_ASN1_OBJECT_num(eku);
+  for (int i = 0; i < n; ++i) {
+    const ASN1_OBJECT* o = sk_ASN1_OBJECT_value(eku, i);
+    for (const auto& want : recipients.require_eku) found |= OBJ_cmp(o, want.oid.get()) == 0;
+    if (has.size() < 8) has.push_back(OidName(o));  // bounded: the certificate is the caller's
+  }
+  if (n > 8) has.push_back("...");
+  const bool malformed = eku == nullptr && crit >= 0;
+  EXTENDED_KEY_USAGE_free(eku);
+  if (found) return absl::OkStatus();
+  std::vector<std::string> wanted;
+  for (const auto& w : recipients.require_eku) wanted.push_back(w.name);
+  std::string carries = crit == -1   ? "it has no extendedKeyUsage"
+                        : crit == -2 ? "it has two extendedKeyUsage extensions"
+                        : malformed  ? "its extendedKeyUsage does not decode"
+                                     : absl::StrCat("it has ", absl::StrJoin(has, ", "));
+  return absl::PermissionDeniedError(
+      absl::StrCat("recipient certificate lacks the extendedKeyUsage '", name,
+                   "' requires: ", absl::StrJoin(wanted, " or "), " (", carries, ")"));
 }
 
 absl::Status Policy::Client::CheckPublicKey(const crypto::PublicKey& key) const {
@@ -282,14 +368,17 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
     return absl::InvalidArgumentError(absl::StrCat("policy ", path, ": ", e.what()));
   }
   // An identity in two entries would make the rights depend on the order: refuse.
-  std::set<std::string> seen;
+  // (Identities are typed, so a bare "spiffe://x" and "uri:spiffe://x" are the same one.)
+  std::map<std::string, std::string> seen;  // identity -> client name
   int anonymous = 0;
   for (const auto& c : policy->clients_) {
     anonymous += c.anonymous;
     for (const auto& id : c.identities) {
-      if (!seen.insert(id).second) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("policy ", path, ": identity '", id, "' is in two clients"));
+      auto [it, fresh] = seen.emplace(id, c.name);
+      if (!fresh) {
+        return absl::InvalidArgumentError(absl::StrCat("policy ", path, ": identity '", id,
+                                                       "' is in two clients, '", it->second,
+                                                       "' and '", c.name, "'"));
       }
     }
   }
@@ -298,17 +387,63 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
   return std::shared_ptr<const Policy>(std::move(policy));
 }
 
-const Policy::Client* Policy::Find(const Identity& id) const {
-  for (const auto& c : clients_) {
-    if (!id.authenticated) {
-      if (c.anonymous) return &c;
-      continue;
+absl::StatusOr<std::string> Policy::ParseIdentity(const std::string& text) {
+  auto typed = [&](const char* kind, std::string value) -> absl::StatusOr<std::string> {
+    if (value.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("identity '", text, "' names nothing after '", kind, ":'"));
     }
-    for (const auto& n : id.names) {
-      if (c.identities.count(n)) return &c;
+    return absl::StrCat(kind, ":", value);
+  };
+  if (absl::StartsWithIgnoreCase(text, "uri:")) return typed("uri", text.substr(4));
+  if (absl::StartsWithIgnoreCase(text, "cn:")) return typed("cn", text.substr(3));
+  if (text.empty()) return absl::InvalidArgumentError("an identity is empty");
+  // Bare: a URI scheme (RFC 3986: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":") makes it
+  // a URI SAN; anything else is a CN.
+  bool uri = false;
+  if (absl::ascii_isalpha(static_cast<unsigned char>(text[0]))) {
+    for (size_t i = 1; i < text.size(); ++i) {
+      const unsigned char ch = static_cast<unsigned char>(text[i]);
+      if (ch == ':') {
+        uri = true;
+        break;
+      }
+      if (!absl::ascii_isalnum(ch) && ch != '+' && ch != '-' && ch != '.') break;
     }
   }
-  return nullptr;
+  return typed(uri ? "uri" : "cn", text);
+}
+
+absl::StatusOr<Policy::Match> Policy::Find(const Identity& id) const {
+  Match m;
+  if (!id.authenticated) {
+    for (const auto& c : clients_) {
+      if (c.anonymous) return Match{&c, "anonymous"};
+    }
+    return m;
+  }
+  // Every entry one of the certificate's names is in (with the first such name).
+  const std::vector<std::string> names = id.names();
+  std::vector<Match> hits;
+  for (const auto& c : clients_) {
+    for (const auto& n : names) {
+      if (c.identities.count(n)) {
+        hits.push_back(Match{&c, n});
+        break;
+      }
+    }
+  }
+  if (hits.empty()) return m;
+  if (hits.size() > 1) {
+    std::vector<std::string> which;
+    for (const auto& h : hits)
+      which.push_back(absl::StrCat("'", h.client->name, "' (", h.matched, ")"));
+    return absl::PermissionDeniedError(
+        absl::StrCat("the client certificate is ambiguous: its names match ", hits.size(),
+                     " policy entries, ", absl::StrJoin(which, " and "),
+                     "; a certificate must name exactly one entry, so it gets no rights"));
+  }
+  return hits.front();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -377,6 +512,7 @@ class CallGate final : public ItemGate {
       nlohmann::json j = {
           {"time", time},
           {"identity", call_.who},
+          {"matched", call_.matched},
           {"rpc", call_.rpc},
           {"id", Bounded(item.id())},
           {"key", Bounded(item.key_name())},
@@ -403,6 +539,17 @@ class CallGate final : public ItemGate {
   Security* sec_;
   Security::Call call_;
 };
+
+// "identity 'cn:x' is not in the policy", with at most 4 of the certificate's names.
+std::string NotInPolicy(const Identity& id) {
+  std::vector<std::string> names = id.names();
+  if (names.empty()) return "identity 'anonymous' is not in the policy";
+  const size_t n = names.size();
+  if (n > 4) names.resize(4);
+  return absl::StrCat(n == 1 ? "identity '" : "identities '", absl::StrJoin(names, "', '"), "'",
+                      n > 4 ? absl::StrCat(" (and ", n - 4, " more)") : "", n == 1 ? " is" : " are",
+                      " not in the policy");
+}
 
 }  // namespace
 
@@ -437,13 +584,14 @@ bool Security::has_policy() const { return current() != nullptr; }
 absl::Status Security::Decide(Call& call, RpcClass rpc_class) const {
   call.policy = current();
   call.client = nullptr;
+  call.matched.clear();
   call.who = call.identity.primary();
   if (!call.policy) return absl::OkStatus();
-  call.client = call.policy->Find(call.identity);
-  if (call.client == nullptr) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("identity '", call.who, "' is not in the policy"));
-  }
+  auto found = call.policy->Find(call.identity);
+  if (!found.ok()) return found.status();
+  if (found->client == nullptr) return absl::PermissionDeniedError(NotInPolicy(call.identity));
+  call.client = found->client;
+  call.matched = found->matched;
   call.who = call.client->name;
   if (!call.client->rpcs.count(rpc_class)) {
     return absl::PermissionDeniedError(absl::StrCat("'", call.who, "' may not call ", call.rpc,
@@ -479,11 +627,8 @@ std::shared_ptr<ItemGate> Security::GateFor(Call call) {
 
 void Security::AuditKeyCall(const Call& call, const std::string& key, const std::string& outcome) {
   if (audit_ == nullptr) return;
-  nlohmann::json j = {{"time", AuditTimeNow()},
-                      {"identity", call.who},
-                      {"rpc", call.rpc},
-                      {"key", Bounded(key)},
-                      {"outcome", outcome}};
+  nlohmann::json j = {{"time", AuditTimeNow()}, {"identity", call.who}, {"matched", call.matched},
+                      {"rpc", call.rpc},        {"key", Bounded(key)},  {"outcome", outcome}};
   audit_->Append(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 

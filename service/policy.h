@@ -9,6 +9,7 @@
 #pragma once
 
 #include <grpcpp/server_context.h>
+#include <openssl/asn1.h>
 #include <openssl/x509_vfy.h>
 
 #include <memory>
@@ -48,18 +49,30 @@ class Policy {
     std::set<std::string> fingerprints;
     bool raw_public_keys = false;
     std::set<std::string> service_keys;  // service_key recipients (rotation); "*" = any
+    // `require_eku`: when not empty, a certificate recipient (CA-chained or listed) must
+    // carry at least one of these in extendedKeyUsage; anyExtendedKeyUsage does not count.
+    struct Eku {
+      std::string name;  // for messages: "emailProtection (1.3.6.1.5.5.7.3.4)"
+      std::shared_ptr<ASN1_OBJECT> oid;
+    };
+    std::vector<Eku> require_eku;
   };
   struct Client {
-    std::string name;                  // label for logs, audit and rate limits
-    std::set<std::string> identities;  // certificate CNs / URI SANs
-    bool anonymous = false;            // matches callers without a client certificate
+    std::string name;  // label for logs, audit and rate limits
+    // Typed certificate names, as ParseIdentity writes them: "uri:<URI SAN>", "cn:<CN>".
+    std::set<std::string> identities;
+    bool anonymous = false;  // matches callers without a client certificate
     std::set<RpcClass> rpcs;
     std::set<std::string> keys;  // service key names; "*" = any
     Recipients recipients;
     RateLimits limits;
 
     bool AllowsKey(const std::string& key) const { return keys.count("*") || keys.count(key); }
+    // The certificate's source (ca_files / fingerprints, validity) and require_eku.
+    // Encryption use (keyUsage, CA:TRUE) is the engine's check, made for every certificate
+    // recipient before this one (crypto::CheckEncryptionUse, crypto/cert_use.h).
     absl::Status CheckCertificate(const crypto::Certificate& cert) const;
+    absl::Status CheckRequiredEku(const crypto::Certificate& cert) const;
     absl::Status CheckPublicKey(const crypto::PublicKey& key) const;
     absl::Status CheckServiceKey(const std::string& name) const;
   };
@@ -67,8 +80,20 @@ class Policy {
   // Parses and checks a policy file; errors name the file and the entry.
   static absl::StatusOr<std::shared_ptr<const Policy>> Load(const std::string& path);
 
-  // The client entry for `id`, or null (then the caller may do nothing).
-  const Client* Find(const Identity& id) const;
+  // One identity of a policy entry, typed: "uri:X" and "cn:X" as written (the prefix in any
+  // case); a bare string that starts like a URI (a scheme: ^[A-Za-z][A-Za-z0-9+.-]*:, as
+  // in "spiffe://...") is "uri:" only, any other bare string "cn:" only.
+  static absl::StatusOr<std::string> ParseIdentity(const std::string& text);
+
+  // The client entry for `id` and the name that matched it ("uri:...", "cn:...", or
+  // "anonymous"); client null when no entry names the caller (then it may do nothing).
+  // PERMISSION_DENIED when the certificate's names match two or more entries: its rights
+  // would depend on the order of the file.
+  struct Match {
+    const Client* client = nullptr;
+    std::string matched;
+  };
+  absl::StatusOr<Match> Find(const Identity& id) const;
   const std::vector<Client>& clients() const { return clients_; }
 
  private:
@@ -92,6 +117,7 @@ class Security {
   struct Call {
     Identity identity;
     std::string who;                         // the client entry's name, else identity.primary()
+    std::string matched;                     // the name that matched the entry (audit), or ""
     std::shared_ptr<const Policy> policy;    // null: no policy file
     const Policy::Client* client = nullptr;  // null when policy is null
     std::string rpc;

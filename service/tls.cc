@@ -25,16 +25,32 @@ absl::StatusOr<std::string> ReadPem(const char* what, const std::string& path) {
 
 }  // namespace
 
+std::vector<std::string> Identity::names() const {
+  std::vector<std::string> out;
+  out.reserve(uris.size() + 1);
+  for (const auto& u : uris) out.push_back(absl::StrCat("uri:", u));
+  if (!cn.empty()) out.push_back(absl::StrCat("cn:", cn));
+  return out;
+}
+
+std::string Identity::primary() const {
+  if (!uris.empty()) return absl::StrCat("uri:", uris.front());
+  if (!cn.empty()) return absl::StrCat("cn:", cn);
+  return "anonymous";
+}
+
 Identity IdentityOf(const grpc::ServerContextBase& ctx) {
   Identity id;
   std::shared_ptr<const grpc::AuthContext> auth = ctx.auth_context();
   if (!auth || !auth->IsPeerAuthenticated()) return id;
-  // gRPC marks a TLS peer authenticated only when its certificate was verified.
+  // gRPC marks a TLS peer authenticated only when its certificate was verified. It reports
+  // the subject's first CN (x509_common_name) and each URI SAN (peer_uri).
   for (const auto& v : auth->FindPropertyValues(GRPC_PEER_URI_PROPERTY_NAME))
-    id.names.emplace_back(v.data(), v.size());
-  for (const auto& v : auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME))
-    id.names.emplace_back(v.data(), v.size());
-  id.authenticated = !id.names.empty();
+    id.uris.emplace_back(v.data(), v.size());
+  for (const auto& v : auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME)) {
+    if (id.cn.empty()) id.cn.assign(v.data(), v.size());
+  }
+  id.authenticated = !id.uris.empty() || !id.cn.empty();
   return id;
 }
 

@@ -15,15 +15,19 @@
 
 namespace hsmrewrap::service {
 
-// Who is calling. With mTLS: the names of the verified client certificate, the subject CN
-// and every URI SAN (e.g. spiffe://example.org/connector). Without a client certificate the
-// caller is anonymous.
+// Who is calling. With mTLS: the names of the verified client certificate, its URI SANs
+// (e.g. spiffe://example.org/connector) and its subject CN, kept apart: a CN that spells a
+// URI is still a CN. Without a client certificate the caller is anonymous.
 struct Identity {
   bool authenticated = false;
-  std::vector<std::string> names;  // URI SANs first, then the CN
-  // The name logs, audit records and rate limits use: the first URI SAN, else the CN,
-  // else "anonymous".
-  std::string primary() const { return names.empty() ? std::string("anonymous") : names.front(); }
+  std::vector<std::string> uris;  // every URI SAN
+  std::string cn;                 // the subject CN ("" if it has none)
+
+  // The names as the policy writes them: "uri:<SAN>" for each URI SAN, then "cn:<CN>".
+  std::vector<std::string> names() const;
+  // The name logs, audit records and rate limits use when no policy entry names the caller:
+  // "uri:" the first URI SAN, else "cn:" the CN, else "anonymous".
+  std::string primary() const;
 };
 
 // Reads the identity from a call's AuthContext (properties peer_uri and x509_common_name,

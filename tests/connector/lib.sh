@@ -28,13 +28,16 @@ seal() {
 }
 
 # Device identities: $W/dev-rsa.{key,crt}, $W/dev-p256.*, $W/dev-p384.*
+# (CA:FALSE: `openssl req -x509` makes CA certificates by default, which rewrapd refuses as
+# recipients.)
 make_devices() {
-  openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=device-rsa -days 2 \
+  local ee=(-addext basicConstraints=critical,CA:FALSE)
+  openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=device-rsa -days 2 "${ee[@]}" \
     -keyout "$W/dev-rsa.key" -out "$W/dev-rsa.crt" 2>/dev/null
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=device-p256 -days 2 \
-    -keyout "$W/dev-p256.key" -out "$W/dev-p256.crt" 2>/dev/null
+    "${ee[@]}" -keyout "$W/dev-p256.key" -out "$W/dev-p256.crt" 2>/dev/null
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -subj /CN=device-p384 -days 2 \
-    -keyout "$W/dev-p384.key" -out "$W/dev-p384.crt" 2>/dev/null
+    "${ee[@]}" -keyout "$W/dev-p384.key" -out "$W/dev-p384.crt" 2>/dev/null
 }
 
 # b64_of_der CERT_PEM -> base64 DER of the certificate

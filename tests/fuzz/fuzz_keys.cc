@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "crypto/cert_use.h"
 #include "crypto/keys.h"
 
 namespace {
@@ -40,6 +41,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (auto c = crypto::Certificate::Parse(in); c.ok()) {
     CheckRoundTrip(c->public_key());
     Check(c->Sha1Hex().size() == 40 && c->Sha256Hex().size() == 64);
+    // Fit for encryption or refused with a reason; never anything else.
+    const absl::Status use = crypto::CheckEncryptionUse(*c);
+    Check(use.ok() || (use.code() == absl::StatusCode::kInvalidArgument && !use.message().empty()));
   }
 
   for (auto parts : {crypto::ParseRsaPrivateKey(in), crypto::ParseCngFullPrivateBlob(in)}) {

@@ -68,10 +68,12 @@ class E2eOpenSsl : public RewrapdTest {
             &r));
     const std::string sealed = ReadFileOrEmpty(F("sealed.bin"));
     ASSERT_EQ(sealed.size(), 256u);
-    // 3. The device: key and self-signed certificate from openssl req.
+    // 3. The device: key and self-signed certificate from openssl req (an end-entity one:
+    // by default openssl req -x509 makes a CA certificate, which rewrapd refuses).
     ASSERT_NO_FATAL_FAILURE(
         Run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", F("dev.key"),
-             "-out", F("dev.crt"), "-subj", "/CN=e2e device", "-days", "2"},
+             "-out", F("dev.crt"), "-subj", "/CN=e2e device", "-days", "2", "-addext",
+             "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=critical,keyEncipherment"},
             &r));
     // 4. Rewrap to the certificate (PEM, as read from the file).
     v1::RewrapRequest req;

@@ -90,13 +90,15 @@ Issued MakeCa(const std::string& cn) {
 }
 
 Issued Issue(const Issued& ca, const std::string& cn, const std::vector<std::string>& sans,
-             KeyKind kind, const std::string& eku, long nb, long na) {
+             KeyKind kind, const std::string& eku, long nb, long na, const Extensions& ext) {
   Issued out;
   out.key = NewKey(kind);
   out.cert = NewCert(out.key.get(), cn, nb, na);
   X509_set_issuer_name(out.cert.get(), X509_get_subject_name(ca.cert.get()));
-  AddExt(out.cert.get(), ca.cert.get(), NID_basic_constraints, "critical,CA:FALSE");
+  AddExt(out.cert.get(), ca.cert.get(), NID_basic_constraints,
+         ext.ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
   AddExt(out.cert.get(), ca.cert.get(), NID_authority_key_identifier, "keyid");
+  if (!ext.key_usage.empty()) AddExt(out.cert.get(), ca.cert.get(), NID_key_usage, ext.key_usage);
   if (!sans.empty())
     AddExt(out.cert.get(), ca.cert.get(), NID_subject_alt_name, absl::StrJoin(sans, ","));
   if (!eku.empty()) AddExt(out.cert.get(), ca.cert.get(), NID_ext_key_usage, eku);

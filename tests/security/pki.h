@@ -1,6 +1,7 @@
 // A throw-away PKI for the security tests, made with OpenSSL at run time (nothing is
 // checked in): CAs, a server certificate for 127.0.0.1, client certificates with a CN and
-// an optional URI SAN, device certificates (RSA) valid, expired or from another CA.
+// an optional URI SAN, device certificates (RSA or EC) valid, expired, from another CA, with
+// or without keyUsage, or CAs themselves.
 #pragma once
 
 #include <string>
@@ -18,11 +19,19 @@ struct Issued {
 
 enum class KeyKind { kEc, kRsa2048 };
 
+// Extensions of an issued certificate beyond the defaults (basicConstraints CA:FALSE,
+// authorityKeyIdentifier).
+struct Extensions {
+  std::string key_usage;  // keyUsage in OpenSSL syntax ("critical,digitalSignature"); "" = none
+  bool ca = false;        // basicConstraints CA:TRUE (a sub-CA) instead of CA:FALSE
+};
+
 Issued MakeCa(const std::string& cn);
 // `sans`: OpenSSL subjectAltName syntax items ("URI:spiffe://x/y", "IP:127.0.0.1",
-// "DNS:localhost"). Validity: now + not_before_s .. now + not_after_s (seconds, may be negative).
+// "DNS:localhost"). `eku`: extendedKeyUsage in OpenSSL syntax ("clientAuth"); "" = none.
+// Validity: now + not_before_s .. now + not_after_s (seconds, may be negative).
 Issued Issue(const Issued& ca, const std::string& cn, const std::vector<std::string>& sans,
              KeyKind kind, const std::string& eku, long not_before_s = -3600,
-             long not_after_s = 86400);
+             long not_after_s = 86400, const Extensions& ext = {});
 
 }  // namespace hsmrewrap::sec

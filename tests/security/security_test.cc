@@ -9,9 +9,11 @@
 
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -48,6 +50,10 @@ struct World {
   Issued device_ca = MakeCa("device CA");
   Issued server, connector, rawkeys, reader, admin, limited, failing, stranger, impostor;
   Issued dev_good, dev_expired, dev_wrong_ca, dev_pinned;  // RSA device certificates
+  // CN = the connector's SPIFFE ID, no URI SAN; CN of one entry and URI SAN of another.
+  Issued spiffe_cn, two_entries;
+  // The "eku" entry's client, and device certificates with keyEncipherment and an EKU.
+  Issued eku_client, dev_email, dev_tls_client, dev_any_eku;
   std::unique_ptr<RewrapdHarness> h;
   std::map<std::string, it::Pkey> service_pub;  // key name -> public key
   std::string error;
@@ -81,7 +87,7 @@ struct World {
            "    keys: [default]\n"
            "    recipients: {raw_public_keys: true}\n"
            "  - name: admin\n"
-           "    identities: [admin]\n"
+           "    identities: [\"cn:admin\"]\n"
            "    rpcs: [keys.read, keys.admin]\n"
            "    keys: [\"*\"]\n"
            "  - name: limited\n"
@@ -95,7 +101,16 @@ struct World {
            "    rpcs: [rewrap]\n"
            "    keys: [default]\n"
            "    recipients: {raw_public_keys: true}\n"
-           "    limits: {decrypt_failures_per_hour: 3}\n";
+           "    limits: {decrypt_failures_per_hour: 3}\n"
+           "  - name: eku\n"
+           "    identities: [\"cn:eku-client\"]\n"
+           "    rpcs: [rewrap]\n"
+           "    keys: [default]\n"
+           "    recipients:\n"
+           "      ca_files: [" +
+           Path("device-ca.pem") +
+           "]\n"
+           "      require_eku: [emailProtection]\n";
   }
 
   std::shared_ptr<grpc::Channel> Channel(const Issued* client) const {
@@ -120,6 +135,17 @@ struct World {
     failing = Issue(ca, "failing", {}, KeyKind::kEc, "clientAuth");
     stranger = Issue(ca, "stranger", {}, KeyKind::kEc, "clientAuth");
     impostor = Issue(other_ca, "admin", {}, KeyKind::kEc, "clientAuth");  // right CN, wrong CA
+    spiffe_cn = Issue(ca, "spiffe://hsm-rewrap.test/connector", {}, KeyKind::kEc, "clientAuth");
+    two_entries =
+        Issue(ca, "reader", {"URI:spiffe://hsm-rewrap.test/connector"}, KeyKind::kEc, "clientAuth");
+    eku_client = Issue(ca, "eku-client", {}, KeyKind::kEc, "clientAuth");
+    const Extensions encipher{"critical,keyEncipherment"};
+    dev_email = Issue(device_ca, "device-email", {}, KeyKind::kRsa2048, "emailProtection", -3600,
+                      86400, encipher);
+    dev_tls_client = Issue(device_ca, "device-tls-client", {}, KeyKind::kRsa2048, "clientAuth",
+                           -3600, 86400, encipher);
+    dev_any_eku = Issue(device_ca, "device-any-eku", {}, KeyKind::kRsa2048, "anyExtendedKeyUsage",
+                        -3600, 86400, encipher);
     dev_good = Issue(device_ca, "device-good", {}, KeyKind::kRsa2048, "");
     dev_expired =
         Issue(device_ca, "device-expired", {}, KeyKind::kRsa2048, "", -86400L * 10, -86400L);
@@ -211,6 +237,97 @@ class StopWorld : public ::testing::Environment {
   }
 };
 const auto* const g_stop_world = ::testing::AddGlobalTestEnvironment(new StopWorld());
+
+// Audit records (JSON lines) whose `field` is `value`.
+std::vector<nlohmann::json> AuditRecords(const std::string& path, const std::string& field,
+                                         const std::string& value) {
+  std::vector<nlohmann::json> out;
+  std::istringstream in(test::ReadFileOrEmpty(path));
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.contains(field) && j[field] == value) out.push_back(j);
+  }
+  return out;
+}
+
+// The recipient rules for encryption use: device certificates from `device_ca`, with and
+// without keyUsage, sub-CAs and the CA itself, rewrapped as CMS with the service key
+// `service_pub` ("default") through `rewrap`. A refused one is INVALID_ITEM (with or
+// without a policy) and the message names what is missing; an accepted one decrypts.
+void CheckRecipientKeyUsage(
+    const Issued& device_ca, EVP_PKEY* service_pub,
+    const std::function<grpc::Status(const v1::RewrapRequest&, v1::RewrapResponse*)>& rewrap) {
+  struct Case {
+    std::string id;
+    Issued cert;
+    std::string refusal;  // words the refusal must contain; "" = accepted
+  };
+  auto issue = [&](const std::string& cn, KeyKind kind, const std::string& ku, bool is_ca) {
+    return Issue(device_ca, cn, {}, kind, "", -3600, 86400, Extensions{ku, is_ca});
+  };
+  std::vector<Case> cases;
+  cases.push_back({"rsa-no-key-usage", issue("d1", KeyKind::kRsa2048, "", false), ""});
+  cases.push_back(
+      {"rsa-key-encipherment",
+       issue("d2", KeyKind::kRsa2048, "critical,digitalSignature,keyEncipherment", false), ""});
+  cases.push_back(
+      {"ec-key-agreement", issue("d3", KeyKind::kEc, "critical,keyAgreement", false), ""});
+  cases.push_back({"ec-no-key-usage", issue("d4", KeyKind::kEc, "", false), ""});
+  cases.push_back({"rsa-digital-signature-only",
+                   issue("d5", KeyKind::kRsa2048, "critical,digitalSignature", false),
+                   "keyEncipherment"});
+  cases.push_back({"rsa-key-agreement-only",
+                   issue("d6", KeyKind::kRsa2048, "critical,keyAgreement", false),
+                   "keyEncipherment"});
+  cases.push_back({"ec-digital-signature-only",
+                   issue("d7", KeyKind::kEc, "critical,digitalSignature", false), "keyAgreement"});
+  cases.push_back({"rsa-sub-ca",
+                   issue("sub-ca", KeyKind::kRsa2048, "critical,keyCertSign,cRLSign", true),
+                   "CA:TRUE"});
+  cases.push_back(
+      {"rsa-sub-ca-key-encipherment",
+       issue("sub-ca-2", KeyKind::kRsa2048, "critical,keyEncipherment,keyCertSign", true),
+       "CA:TRUE"});
+  cases.push_back({"ec-sub-ca-no-key-usage", issue("sub-ca-3", KeyKind::kEc, "", true), "CA:TRUE"});
+  const std::string secret = "key-usage-" + it::RandomAscii(12);
+  v1::RewrapRequest req;
+  auto add = [&](const std::string& id, const std::string& der) {
+    v1::RewrapItem* item = req.add_items();
+    item->set_id(id);
+    item->set_key_name("default");
+    item->set_padding(v1::OAEP_SHA256);
+    item->set_ciphertext(*it::RsaEncrypt(service_pub, it::Pad::kOaepSha256, secret));
+    item->set_format(v1::CMS_ENVELOPED);
+    item->mutable_recipient()->set_certificate(der);
+  };
+  for (const Case& c : cases) add(c.id, c.cert.cert_der);
+  add("the-device-ca-itself", device_ca.cert_der);
+  v1::RewrapResponse resp;
+  grpc::Status st = rewrap(req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.results_size(), req.items_size());
+  for (int i = 0; i < resp.results_size(); ++i) {
+    const auto& r = resp.results(i);
+    SCOPED_TRACE(r.id());
+    const bool is_ca_itself = static_cast<size_t>(i) == cases.size();
+    const std::string refusal = is_ca_itself ? "CA:TRUE" : cases[size_t(i)].refusal;
+    if (refusal.empty()) {
+      ASSERT_FALSE(r.has_error()) << r.error().message();
+      const Case& c = cases[size_t(i)];
+      it::CmsResult opened = it::CmsDecrypt(c.cert.key.get(), c.cert.cert.get(), r.ciphertext());
+      EXPECT_TRUE(opened.ok) << opened.error;
+      EXPECT_EQ(opened.plaintext, secret);
+      continue;
+    }
+    EXPECT_EQ(r.error().code(), v1::ItemError::INVALID_ITEM) << r.error().message();
+    EXPECT_NE(r.error().message().find(refusal), std::string::npos)
+        << "the refusal does not name " << refusal << ": " << r.error().message();
+    EXPECT_TRUE(r.ciphertext().empty());
+    printf("[key-usage] %-28s -> %s \"%s\"\n", r.id().c_str(),
+           v1::ItemError::Code_Name(r.error().code()).c_str(), r.error().message().c_str());
+  }
+}
 
 class SecurityTest : public ::testing::Test {
  protected:
@@ -518,6 +635,135 @@ TEST_F(SecurityTest, RewrapctlWithClientCertificate) {
   EXPECT_NE(r.exit_code, 0) << r.Describe(no_cert);
 }
 
+// Policy identities are typed: the bare SPIFFE ID in the connector's entry is a URI SAN, so
+// a certificate whose CN spells it (and has no URI SAN) is nobody.
+TEST_F(SecurityTest, CnSpellingAUriIsNotThatUri) {
+  v1::RewrapRequest req;
+  *req.add_items() = Item("spiffe-cn", "default", "not-for-you");
+  req.mutable_items(0)->mutable_recipient()->set_certificate(w_->dev_good.cert_der);
+  req.mutable_items(0)->set_format(v1::CMS_ENVELOPED);
+  v1::RewrapResponse resp;
+  grpc::Status st = Rewrap(&w_->spiffe_cn, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  EXPECT_EQ(resp.results_size(), 0);
+  EXPECT_NE(st.error_message().find("cn:spiffe://hsm-rewrap.test/connector"), std::string::npos)
+      << st.error_message();
+  // The real connector (URI SAN) still may.
+  ASSERT_TRUE(Rewrap(&w_->connector, req, &resp).ok());
+  EXPECT_FALSE(resp.results(0).has_error()) << resp.results(0).error().message();
+}
+
+// A certificate whose CN is in one entry and whose URI SAN is in another gets neither.
+TEST_F(SecurityTest, CertificateMatchingTwoEntriesIsRefusedAsAmbiguous) {
+  v1::RewrapRequest req;
+  *req.add_items() = Item("two-entries", "default", "ambiguous");
+  req.mutable_items(0)->mutable_recipient()->set_certificate(w_->dev_good.cert_der);
+  req.mutable_items(0)->set_format(v1::CMS_ENVELOPED);
+  v1::RewrapResponse resp;
+  grpc::Status st = Rewrap(&w_->two_entries, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  for (const char* word : {"ambiguous", "'connector'", "'reader'",
+                           "uri:spiffe://hsm-rewrap.test/connector", "cn:reader"}) {
+    EXPECT_NE(st.error_message().find(word), std::string::npos)
+        << word << " not in: " << st.error_message();
+  }
+  // Key RPCs too (reader's keys.read right does not apply either).
+  auto keys = v1::Keys::NewStub(w_->Channel(&w_->two_entries));
+  grpc::ClientContext ctx;
+  test::SetDeadline(&ctx);
+  v1::ListKeysResponse lr;
+  EXPECT_EQ(keys->ListKeys(&ctx, v1::ListKeysRequest(), &lr).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+}
+
+// Rewrap and key-RPC audit records say which certificate name matched the entry.
+TEST_F(SecurityTest, AuditRecordsTheMatchedName) {
+  v1::RewrapRequest req;
+  *req.add_items() = Item("matched-connector", "default", "matched");
+  req.mutable_items(0)->mutable_recipient()->set_certificate(w_->dev_good.cert_der);
+  req.mutable_items(0)->set_format(v1::CMS_ENVELOPED);
+  v1::RewrapResponse resp;
+  ASSERT_TRUE(Rewrap(&w_->connector, req, &resp).ok());
+  auto keys = v1::Keys::NewStub(w_->Channel(&w_->reader));
+  grpc::ClientContext ctx;
+  test::SetDeadline(&ctx);
+  v1::GetPublicKeyRequest gr;
+  gr.set_name("default");
+  v1::GetPublicKeyResponse gresp;
+  ASSERT_TRUE(keys->GetPublicKey(&ctx, gr, &gresp).ok());
+  auto rewraps = AuditRecords(w_->Path("audit.jsonl"), "id", "matched-connector");
+  ASSERT_EQ(rewraps.size(), 1u);
+  EXPECT_EQ(rewraps[0]["identity"], "connector");
+  EXPECT_EQ(rewraps[0].value("matched", ""), "uri:spiffe://hsm-rewrap.test/connector")
+      << rewraps[0].dump();
+  bool reader_seen = false;
+  for (const auto& j : AuditRecords(w_->Path("audit.jsonl"), "identity", "reader")) {
+    if (j["rpc"] != "GetPublicKey") continue;
+    reader_seen = true;
+    EXPECT_EQ(j.value("matched", ""), "cn:reader") << j.dump();
+  }
+  EXPECT_TRUE(reader_seen) << "no GetPublicKey record of reader";
+}
+
+// Certificate recipients must be fit for encryption, with a policy (here) as without one
+// (SecurityStandalone.RecipientKeyUsageHoldsWithoutAPolicy).
+TEST_F(SecurityTest, RecipientCertificateMustBeFitForEncryption) {
+  CheckRecipientKeyUsage(w_->device_ca, w_->service_pub.at("default").get(),
+                         [&](const v1::RewrapRequest& req, v1::RewrapResponse* resp) {
+                           return Rewrap(&w_->connector, req, resp);
+                         });
+}
+
+// require_eku (entry "eku": emailProtection): a recipient certificate without that EKU is
+// refused, naming it; anyExtendedKeyUsage and no EKU at all do not satisfy it. Entries
+// without require_eku (connector) take the same certificates.
+TEST_F(SecurityTest, RequireEkuRefusesOtherUsages) {
+  const std::string secret = "eku-" + it::RandomAscii(12);
+  struct Case {
+    const char* id;
+    const Issued* device;
+    const char* refusal;  // nullptr = accepted
+  };
+  const Case cases[] = {{"email", &w_->dev_email, nullptr},
+                        {"tls-client", &w_->dev_tls_client, "it has clientAuth"},
+                        {"any-eku", &w_->dev_any_eku, "it has anyExtendedKeyUsage"},
+                        {"no-eku", &w_->dev_good, "it has no extendedKeyUsage"}};
+  v1::RewrapRequest req;
+  for (const Case& c : cases) {
+    v1::RewrapItem item = Item(c.id, "default", secret);
+    item.mutable_recipient()->set_certificate(c.device->cert_der);
+    item.set_format(v1::CMS_ENVELOPED);
+    *req.add_items() = item;
+  }
+  for (const Issued* who : {&w_->eku_client, &w_->connector}) {
+    const bool requires_eku = who == &w_->eku_client;
+    SCOPED_TRACE(requires_eku ? "eku" : "connector");
+    v1::RewrapResponse resp;
+    grpc::Status st = Rewrap(who, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(resp.results_size(), req.items_size());
+    for (int i = 0; i < resp.results_size(); ++i) {
+      const Case& c = cases[i];
+      const auto& r = resp.results(i);
+      SCOPED_TRACE(c.id);
+      if (c.refusal == nullptr || !requires_eku) {
+        ASSERT_FALSE(r.has_error()) << r.error().message();
+        it::CmsResult opened =
+            it::CmsDecrypt(c.device->key.get(), c.device->cert.get(), r.ciphertext());
+        EXPECT_TRUE(opened.ok) << opened.error;
+        EXPECT_EQ(opened.plaintext, secret);
+        continue;
+      }
+      EXPECT_EQ(r.error().code(), v1::ItemError::PERMISSION_DENIED) << r.error().message();
+      for (const char* word : {"emailProtection", c.refusal}) {
+        EXPECT_NE(r.error().message().find(word), std::string::npos)
+            << word << " not in: " << r.error().message();
+      }
+      EXPECT_TRUE(r.ciphertext().empty());
+    }
+  }
+}
+
 // Last of the shared-rewrapd tests: changes the policy.
 TEST_F(SecurityTest, SighupReloadsPolicyWithoutDroppingTraffic) {
   std::atomic<bool> stop{false};
@@ -621,6 +867,30 @@ TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
   EXPECT_TRUE(not_serving);
   EXPECT_NE(h->StderrText().find("AUDIT LOG /dev/full CANNOT BE WRITTEN"), std::string::npos)
       << h->StderrText();
+  EXPECT_EQ(h->Stop(), "");
+}
+
+// The engine applies the recipient key-usage rules to every certificate recipient, also
+// when no policy file is set.
+TEST(SecurityStandalone, RecipientKeyUsageHoldsWithoutAPolicy) {
+  if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  std::string error;
+  auto h = RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error);
+  ASSERT_NE(h, nullptr) << error;
+  grpc::ClientContext gctx;
+  test::SetDeadline(&gctx);
+  v1::GetPublicKeyRequest gr;
+  gr.set_name("default");
+  v1::GetPublicKeyResponse gresp;
+  ASSERT_TRUE(h->keys().GetPublicKey(&gctx, gr, &gresp).ok());
+  auto pub = it::ParsePublicKey(gresp.public_key());
+  const Issued device_ca = MakeCa("device CA without a policy");
+  CheckRecipientKeyUsage(device_ca, pub.get(),
+                         [&](const v1::RewrapRequest& req, v1::RewrapResponse* resp) {
+                           grpc::ClientContext ctx;
+                           test::SetDeadline(&ctx, std::chrono::seconds(60));
+                           return h->rewrap().Rewrap(&ctx, req, resp);
+                         });
   EXPECT_EQ(h->Stop(), "");
 }
 
