@@ -59,8 +59,7 @@ class AbuseTest : public ::testing::Test {
     WriteFile(config, limits.empty() ? "" : "limits:\n" + limits, 0600);
     RewrapdHarness::Options o;
     o.extra_args = {"--config",    config, "--policy",         policy_,
-                    "--audit-log", audit_, "--metrics-listen", "127.0.0.1:0",
-                    "--log-level", "info"};
+                    "--audit-log", audit_, "--metrics-listen", "127.0.0.1:0"};
     std::string why;
     h_ = RewrapdHarness::Start(TokenKind::kSoftHsm, &why, o);
     ASSERT_TRUE(h_) << why;
