@@ -181,7 +181,7 @@ TEST_F(NssBackendTest, Pkcs1ImplicitRejectionIsProbed) {
 // parts) is a clear FAILED_PRECONDITION, not an internal error.
 TEST_F(NssBackendTest, ThreePrimeKeyWithoutCrtIsFailedPrecondition) {
   Open();
-  auto three = testing::GenerateHostRsaPrimes(2048, 3);
+  auto three = testing::GenerateMultiPrimeRsa(2048, 3);
   ASSERT_TRUE(three);
   auto r = backend_->ImportKey("three", testing::HostKeyParts(three.get(), false), false);
   EXPECT_THAT(r, StatusIs(absl::StatusCode::kFailedPrecondition));

@@ -248,7 +248,7 @@ TEST_F(SoftHsmBackendTest, ImportWithoutCrtPartsAndOddSize) {
   ExpectDecrypts("no-crt", RsaPadding::kOaepSha256, Path::kHostUnpadding);
 
   // A three-prime key given as n, e, d only (as Wycheproof's): SoftHSM takes it.
-  auto three = testing::GenerateHostRsaPrimes(2048, 3);
+  auto three = testing::GenerateMultiPrimeRsa(2048, 3);
   ASSERT_TRUE(three);
   ASSERT_THAT(backend_->ImportKey("three-prime", testing::HostKeyParts(three.get(), false), false),
               IsOk());
