@@ -4,7 +4,6 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
-#include <openssl/rsa.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +15,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/integration/it_env.h"
 #include "tests/integration/it_util.h"
+#include "tests/support/openssl_keys.h"
 
 namespace hsmrewrap::it {
 namespace {
@@ -368,19 +368,6 @@ TEST_F(ApiTest, GetPublicKeyFormatsAgree) {
   EXPECT_EQ(resp.public_key(), pem);
 }
 
-// Generates an RSA key with `primes` primes (3 = the Wycheproof three-prime case).
-Pkey GenerateMultiPrimeRsa(int bits, int primes) {
-  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_RSA, nullptr);
-  EVP_PKEY* k = nullptr;
-  if (ctx == nullptr || EVP_PKEY_keygen_init(ctx) != 1 ||
-      EVP_PKEY_CTX_set_rsa_keygen_bits(ctx, bits) != 1 ||
-      EVP_PKEY_CTX_set_rsa_keygen_primes(ctx, primes) != 1 || EVP_PKEY_keygen(ctx, &k) != 1) {
-    k = nullptr;
-  }
-  EVP_PKEY_CTX_free(ctx);
-  return Pkey(k);
-}
-
 TEST_F(ApiTest, ImportKeyEverySource) {
   const Device& d = Dev();
   struct Case {
@@ -432,7 +419,7 @@ TEST_F(ApiTest, ImportKeyEverySource) {
     c->req.set_pkcs8(PrivateKeyPkcs8Der(c->key.get()));
   }
   {
-    Pkey k3 = GenerateMultiPrimeRsa(2048, 3);
+    Pkey k3 = test::GenerateMultiPrimeRsa(2048, 3);
     ASSERT_NE(k3, nullptr) << "OpenSSL cannot make a three-prime key: " << OpenSslErrors();
     Case* c = add("three-prime", 2048, std::move(k3));
     c->req.set_pkcs8(PrivateKeyPkcs8Der(c->key.get()));

@@ -12,17 +12,12 @@
 #include <string>
 
 #include "hsmrewrap/v1/rewrap.pb.h"
+#include "tests/support/openssl_keys.h"
 
 namespace hsmrewrap::it {
 
-struct PkeyFree {
-  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-};
-struct X509Free {
-  void operator()(X509* p) const { X509_free(p); }
-};
-using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
-using X509Ptr = std::unique_ptr<X509, X509Free>;
+using Pkey = test::EvpPkeyPtr;
+using X509Ptr = test::X509Ptr;
 
 // The OpenSSL error queue as text (and clears it).
 std::string OpenSslErrors();

@@ -27,7 +27,6 @@
 namespace hsmrewrap::test {
 namespace {
 
-constexpr char kNssTokenLabel[] = "NSS Certificate DB";
 constexpr char kReadyPrefix[] = "rewrapd serving on ";
 
 TokenKind g_token = TokenKind::kSoftHsm;
@@ -57,8 +56,6 @@ std::string FlagValue(const std::vector<std::string>& args, const std::string& f
 }
 
 }  // namespace
-
-const char* TokenName(TokenKind kind) { return kind == TokenKind::kNss ? "nss" : "softhsm"; }
 
 bool ParseTokenFlag(int* argc, char** argv, std::string* error) {
   std::string value;
@@ -97,19 +94,9 @@ std::string TokenUnavailableReason(TokenKind kind) {
     // Not a skip reason: the build should have made it. Reported by Start().
     return "";
   }
-  if (kind == TokenKind::kNss) {
-    if (access(kNssSoftokenPath, R_OK) != 0) {
-      return std::string("NSS softoken not installed: ") + kNssSoftokenPath +
-             " is missing (install libnss3)";
-    }
-    if (!FindInPath("certutil")) {
-      return "certutil not found in PATH (install libnss3-tools); it creates the NSS database";
-    }
-  } else {
-    if (access(kSoftHsmPath, R_OK) != 0) {
-      return std::string("SoftHSM2 not installed: ") + kSoftHsmPath +
-             " is missing (install softhsm2)";
-    }
+  if (std::string why = ModuleMissingReason(kind); !why.empty()) return why;
+  if (kind == TokenKind::kNss && !FindInPath("certutil")) {
+    return "certutil not found in PATH (install libnss3-tools); it creates the NSS database";
   }
   return "";
 }
@@ -160,10 +147,9 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
       *error = "certutil failed to create the NSS database:\n" + cr.Describe(certutil);
       return nullptr;
     }
-    const std::string init_args =
-        "configdir='sql:" + db + "' certPrefix='' keyPrefix='' secmod='secmod.db' flags=";
+    const std::string init_args = NssInitArgs(db);
     h->argv_.insert(h->argv_.end(), {"--module", kNssSoftokenPath, "--init-args", init_args,
-                                     "--token", kNssTokenLabel, "--pin-file", pin_file});
+                                     "--token", kNssKeyTokenLabel, "--pin-file", pin_file});
   }
   h->argv_.insert(h->argv_.end(), {"--listen", "127.0.0.1:0", "--state-dir", state});
   h->argv_.insert(h->argv_.end(), options.extra_args.begin(), options.extra_args.end());

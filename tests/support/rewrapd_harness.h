@@ -18,12 +18,11 @@
 
 #include "hsmrewrap/v1/rewrap.grpc.pb.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/tokens.h"
 
 namespace hsmrewrap::test {
 
-enum class TokenKind { kSoftHsm, kNss };
-
-const char* TokenName(TokenKind kind);  // "softhsm" / "nss"
+// TokenKind and TokenName: tests/support/tokens.h.
 // Reads --token=... from argv (and removes it), else HSMREWRAP_IT_TOKEN. Returns false and
 // sets *error on an unknown value.
 bool ParseTokenFlag(int* argc, char** argv, std::string* error);

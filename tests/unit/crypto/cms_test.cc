@@ -2,7 +2,6 @@
 
 #include <openssl/cms.h>
 #include <openssl/objects.h>
-#include <openssl/pkcs12.h>
 #include <openssl/rsa.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
@@ -12,12 +11,14 @@
 #include <tuple>
 
 #include "gtest/gtest.h"
+#include "tests/support/openssl_keys.h"
 #include "tests/support/status_matchers.h"
 #include "tests/unit/crypto/test_util.h"
 
 namespace hsmrewrap::crypto {
 namespace {
 
+using ::hsmrewrap::test::IsOk;
 using ::hsmrewrap::test::StatusIs;
 using testing::CertDer;
 using testing::CmsDecrypt;
@@ -241,16 +242,10 @@ INSTANTIATE_TEST_SUITE_P(Curves, CmsEcTest, ::testing::Values("P-256", "P-384"))
 TEST(CmsIntuneTest, EnvelopeToIntuneTestCert) {
   auto dir = testing::SharedDir();
   if (!dir) GTEST_SKIP() << "shared vectors folder (HSMREWRAP_SHARED_DIR) not present";
-  const Bytes pfx = testing::ReadFileOrDie(*dir + "/vectors/intune/testcert.pfx");
-  const unsigned char* p = pfx.data();
-  PKCS12* p12 = d2i_PKCS12(nullptr, &p, static_cast<long>(pfx.size()));  // NOLINT
-  ASSERT_NE(p12, nullptr);
-  EVP_PKEY* pkey = nullptr;
-  X509* x = nullptr;
-  ASSERT_EQ(PKCS12_parse(p12, "TestCert", &pkey, &x, nullptr), 1);
-  PKCS12_free(p12);
-  testing::EvpPkeyPtr key_holder(pkey);
-  testing::X509Ptr x_holder(x);
+  auto pfx = test::LoadIntuneTestPfx(*dir);
+  ASSERT_THAT(pfx, IsOk());
+  EVP_PKEY* pkey = pfx->key.get();
+  X509* x = pfx->cert.get();
   auto cert = Certificate::Parse(CertDer(x));
   ASSERT_TRUE(cert.ok()) << cert.status();
   const Bytes password = ToBytes("1234");

@@ -2,7 +2,6 @@
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
-#include <openssl/pkcs12.h>
 #include <openssl/sha.h>
 #include <unistd.h>
 
@@ -13,12 +12,14 @@
 
 #include "crypto/encoding.h"
 #include "gtest/gtest.h"
+#include "tests/support/openssl_keys.h"
 #include "tests/support/status_matchers.h"
 #include "tests/unit/crypto/test_util.h"
 
 namespace hsmrewrap::crypto {
 namespace {
 
+using ::hsmrewrap::test::IsOk;
 using ::hsmrewrap::test::StatusIs;
 using testing::BnParam;
 using testing::BnParamPadded;
@@ -294,16 +295,9 @@ TEST(CertificateTest, RejectsGarbageAndTruncations) {
 TEST(CertificateTest, IntuneTestCertThumbprint) {
   auto dir = SharedDir();
   if (!dir) GTEST_SKIP() << "shared vectors folder (HSMREWRAP_SHARED_DIR) not present";
-  const Bytes pfx = ReadFileOrDie(*dir + "/vectors/intune/testcert.pfx");
-  const unsigned char* p = pfx.data();
-  PKCS12* p12 = d2i_PKCS12(nullptr, &p, static_cast<long>(pfx.size()));  // NOLINT
-  ASSERT_NE(p12, nullptr);
-  EVP_PKEY* pkey = nullptr;
-  X509* x = nullptr;
-  ASSERT_EQ(PKCS12_parse(p12, "TestCert", &pkey, &x, nullptr), 1);
-  PKCS12_free(p12);
-  testing::EvpPkeyPtr key_holder(pkey);
-  testing::X509Ptr x_holder(x);
+  auto pfx = test::LoadIntuneTestPfx(*dir);
+  ASSERT_THAT(pfx, IsOk());
+  X509* x = pfx->cert.get();
   for (const Bytes& form : {CertDer(x), ToBytes(CertPem(x))}) {
     auto cert = Certificate::Parse(form);
     ASSERT_TRUE(cert.ok()) << cert.status();

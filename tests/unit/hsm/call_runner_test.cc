@@ -16,6 +16,21 @@ using std::chrono_literals::operator""ms;
 
 absl::StatusOr<int> Failed(absl::Status s) { return s; }
 
+// A call that blocks, as in a hung module, until `release`; its caller gives up at `deadline`.
+absl::StatusOr<int> RunBlocked(CallRunner& r, absl::Notification& release, absl::Time deadline) {
+  return r.Run<absl::StatusOr<int>>(
+      [&release]() -> absl::StatusOr<int> {
+        release.WaitForNotification();
+        return 1;
+      },
+      1, Failed, deadline);
+}
+
+// Gives the stuck threads (1 s at most) to come back once their calls have returned.
+void WaitUntilUnstuck(const CallRunner& r) {
+  for (int i = 0; i < 200 && r.stuck() != 0; ++i) std::this_thread::sleep_for(5ms);
+}
+
 TEST(CallRunnerTest, RunsTheCallAndReturnsItsResult) {
   CallRunner r;
   std::thread::id ran_on;
@@ -79,7 +94,7 @@ TEST(CallRunnerTest, AbandonAnswersABlockedCallerAtOnce) {
   EXPECT_FALSE(ran);
 
   release.Notify();  // the module returns: the thread rejoins
-  for (int i = 0; i < 200 && r.stuck() != 0; ++i) std::this_thread::sleep_for(5ms);
+  WaitUntilUnstuck(r);
   EXPECT_EQ(r.stuck(), 0u);
 }
 
@@ -87,17 +102,12 @@ TEST(CallRunnerTest, ADeadlineAbandonsTheCall) {
   CallRunner r;
   absl::Notification release;
   const absl::Time t0 = absl::Now();
-  auto out = r.Run<absl::StatusOr<int>>(
-      [&]() -> absl::StatusOr<int> {
-        release.WaitForNotification();
-        return 1;
-      },
-      1, Failed, absl::Now() + absl::Milliseconds(100));
+  auto out = RunBlocked(r, release, absl::Now() + absl::Milliseconds(100));
   EXPECT_EQ(out.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_LT(absl::Now() - t0, absl::Seconds(2));
   EXPECT_EQ(r.stuck(), 1u);
   release.Notify();
-  for (int i = 0; i < 200 && r.stuck() != 0; ++i) std::this_thread::sleep_for(5ms);
+  WaitUntilUnstuck(r);
   EXPECT_EQ(r.stuck(), 0u);
 }
 
@@ -108,12 +118,7 @@ TEST(CallRunnerTest, BoundsStuckThreads) {
   CallRunner r(o);
   absl::Notification release;
   for (int i = 0; i < 2; ++i) {
-    auto out = r.Run<absl::StatusOr<int>>(
-        [&]() -> absl::StatusOr<int> {
-          release.WaitForNotification();
-          return 1;
-        },
-        1, Failed, absl::Now() + absl::Milliseconds(20));
+    auto out = RunBlocked(r, release, absl::Now() + absl::Milliseconds(20));
     EXPECT_EQ(out.status().code(), absl::StatusCode::kDeadlineExceeded);
   }
   EXPECT_EQ(r.stuck(), 2u);
@@ -127,7 +132,7 @@ TEST(CallRunnerTest, BoundsStuckThreads) {
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_FALSE(ran);
   release.Notify();
-  for (int i = 0; i < 200 && r.stuck() != 0; ++i) std::this_thread::sleep_for(5ms);
+  WaitUntilUnstuck(r);
   EXPECT_TRUE(
       r.Run<absl::StatusOr<int>>([]() -> absl::StatusOr<int> { return 1; }, 2, Failed).ok());
 }

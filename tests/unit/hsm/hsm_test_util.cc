@@ -12,18 +12,6 @@ namespace hsmrewrap::hsm::testing {
 
 HostKey GenerateHostRsa(int bits) { return HostKey(EVP_RSA_gen(static_cast<unsigned>(bits))); }
 
-HostKey GenerateHostRsaPrimes(int bits, int primes) {
-  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_RSA, nullptr);
-  EVP_PKEY* k = nullptr;
-  if (ctx == nullptr || EVP_PKEY_keygen_init(ctx) != 1 ||
-      EVP_PKEY_CTX_set_rsa_keygen_bits(ctx, bits) != 1 ||
-      EVP_PKEY_CTX_set_rsa_keygen_primes(ctx, primes) != 1 || EVP_PKEY_keygen(ctx, &k) != 1) {
-    k = nullptr;
-  }
-  EVP_PKEY_CTX_free(ctx);
-  return HostKey(k);
-}
-
 namespace {
 template <typename Out>
 Out Param(EVP_PKEY* key, const char* name) {

@@ -1,5 +1,6 @@
 // Helpers shared by the hsm token tests: OpenSSL keys, PINs, random bytes; the status
-// matchers, TempDir and the token set-up come from tests/support (named here too).
+// matchers, TempDir, the token set-up and the multi-prime key come from tests/support (named
+// here too).
 #pragma once
 
 #include <openssl/evp.h>
@@ -15,6 +16,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/backend.h"
+#include "tests/support/openssl_keys.h"
 #include "tests/support/status_matchers.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/tokens.h"
@@ -36,14 +38,10 @@ using ::hsmrewrap::test::SetUpSoftHsmConfig;
 using ::hsmrewrap::test::StatusIs;
 using ::hsmrewrap::test::TempDir;
 
-struct EvpPkeyFree {
-  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-};
-using HostKey = std::unique_ptr<EVP_PKEY, EvpPkeyFree>;
+using HostKey = ::hsmrewrap::test::EvpPkeyPtr;
+using ::hsmrewrap::test::GenerateMultiPrimeRsa;
 
 HostKey GenerateHostRsa(int bits);
-// An RSA key with `primes` prime factors (3: the Wycheproof three-prime keys).
-HostKey GenerateHostRsaPrimes(int bits, int primes);
 // Full CRT parts (or n, e, d only when crt is false).
 crypto::RsaPrivateKeyParts HostKeyParts(EVP_PKEY* key, bool crt);
 crypto::Bytes HostKeyDer(EVP_PKEY* key);  // PKCS#8 DER

@@ -1,0 +1,122 @@
+#include "tests/support/test_token.h"
+
+#include <stdlib.h>
+
+#include <cctype>
+#include <cstdio>
+#include <iostream>
+#include <optional>
+
+#include "absl/status/status.h"
+
+namespace hsmrewrap::test {
+namespace {
+
+using crypto::RsaPadding;
+
+constexpr char kSoftHsmLabel[] = "hsm-test";
+constexpr char kSoftHsmSoPin[] = "5678";
+constexpr char kSoftHsmUserPin[] = "1234";
+constexpr char kNssUserPin[] = "nss-test-pin";
+
+// Each kind's facts; what is not set here is false (TokenFacts' defaults).
+TokenFacts SoftHsmFacts() {
+  TokenFacts f;
+  // OAEP with SHA-1 only (no OAEP-SHA2 in C_Decrypt, C_UnwrapKey or C_WrapKey): IN_TOKEN for
+  // OAEP-SHA1 and PKCS#1 v1.5; OAEP-SHA2 only through HOST_UNPADDING.
+  f.decrypt = f.unwrap = f.wrap = {RsaPadding::kOaepSha1, RsaPadding::kPkcs1};
+  f.raw_rsa = f.keeps_allowed_mechanisms = f.stores_data_objects = f.serial_is_unique =
+      f.imports_multi_prime_without_crt = true;
+  // Not pkcs1_implicit_rejection: bad PKCS#1 padding is an error (CKR_GENERAL_ERROR).
+  return f;
+}
+
+TokenFacts NssFacts() {
+  TokenFacts f;
+  // OAEP with SHA-1 and SHA-2, and PKCS#1 v1.5, natively in C_Decrypt, C_UnwrapKey and
+  // C_WrapKey: TOKEN_DECRYPT and IN_TOKEN for every padding.
+  f.decrypt = f.unwrap =
+      f.wrap = {RsaPadding::kOaepSha1, RsaPadding::kOaepSha256, RsaPadding::kOaepSha384,
+                RsaPadding::kOaepSha512, RsaPadding::kPkcs1};
+  f.raw_rsa = f.pkcs1_implicit_rejection = true;
+  // Not keeps_allowed_mechanisms (C_GenerateKeyPair/C_CreateObject with it fail with
+  // CKR_GENERAL_ERROR), stores_data_objects (C_CreateObject of CKO_DATA fails with
+  // CKR_ATTRIBUTE_VALUE_INVALID), serial_is_unique, imports_multi_prime_without_crt
+  // (CKR_TEMPLATE_INCOMPLETE).
+  return f;
+}
+
+}  // namespace
+
+const TokenFacts& FactsOf(TokenKind kind) {
+  static const TokenFacts kSoftHsm = SoftHsmFacts();
+  static const TokenFacts kNss = NssFacts();
+  return kind == TokenKind::kNss ? kNss : kSoftHsm;
+}
+
+absl::StatusOr<std::unique_ptr<TestToken>> TestToken::Create(TokenKind kind) {
+  std::unique_ptr<TestToken> t(new TestToken(kind));
+  if (kind == TokenKind::kSoftHsm) {
+    SetUpSoftHsmConfig(t->dir());
+    auto m = hsm::Module::Load(kSoftHsmPath, "");
+    if (!m.ok()) return m.status();
+    t->module_ = *m;
+    t->label_ = kSoftHsmLabel;
+    auto slot = hsm::InitSoftToken(*t->module_, t->label_, crypto::SecretString(kSoftHsmSoPin),
+                                   t->user_pin());
+    if (!slot.ok()) return slot.status();
+    return t;
+  }
+  // The key database encrypts every private attribute under the PIN with PBKDF2, 10000
+  // rounds by default, paid again on each use of a token key (C_DecryptInit...): about 50 ms
+  // an operation here. One round keeps the suite fast and changes nothing it tests. (Only
+  // this process's tokens; a value already set is kept.)
+  setenv("NSS_MAX_MP_PBE_ITERATION_COUNT", "1", /*overwrite=*/0);
+  t->init_args_ = NssInitArgs(t->dir());
+  auto m = hsm::Module::Load(kNssSoftokenPath, t->init_args_);
+  if (!m.ok()) return m.status();
+  t->module_ = *m;
+  auto tokens = hsm::ListTokens(*t->module_, /*include_uninitialized=*/true);
+  if (!tokens.ok()) return tokens.status();
+  std::optional<CK_SLOT_ID> slot;
+  for (const auto& s : *tokens) {
+    std::cout << "NSS slot " << s.slot << " token '" << s.label << "' flags 0x" << std::hex
+              << s.flags << std::dec << "\n";
+    if (s.label == kNssKeyTokenLabel) slot = s.slot;
+  }
+  if (!slot) return absl::NotFoundError("no NSS key token");
+  t->label_ = kNssKeyTokenLabel;
+  if (auto s = hsm::InitNssUserPin(*t->module_, *slot, t->user_pin()); !s.ok()) return s;
+  return t;
+}
+
+TestToken::~TestToken() { module_.reset(); }
+
+std::string TestToken::uri() const {
+  std::string out = "pkcs11:token=";
+  for (unsigned char c : label_) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      char hex[4];
+      std::snprintf(hex, sizeof(hex), "%%%02X", c);
+      out += hex;
+    }
+  }
+  return out;
+}
+
+crypto::SecretString TestToken::user_pin() const {
+  return crypto::SecretString(kind_ == TokenKind::kNss ? kNssUserPin : kSoftHsmUserPin);
+}
+
+hsm::Pkcs11Backend::Options TestToken::BackendOptions() const {
+  hsm::Pkcs11Backend::Options o;
+  o.module_path = module_path();
+  o.init_args = init_args_;
+  o.token = selector();
+  o.user_pin = user_pin();
+  return o;
+}
+
+}  // namespace hsmrewrap::test

@@ -1,0 +1,112 @@
+// A fresh PKCS#11 token of one kind in a temporary directory of its own, and the facts that
+// token is known to have: the backend suite (tests/unit/hsm/backend_test.cc) runs once per
+// kind and takes every token-specific expectation from TestToken::facts().
+//
+//   auto token = TestToken::Create(TokenKind::kNss);
+//   auto backend = hsm::Pkcs11Backend::Create((*token)->BackendOptions());
+#pragma once
+
+#include <memory>
+#include <ostream>
+#include <set>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "crypto/rsa.h"
+#include "crypto/secret.h"
+#include "hsm/pkcs11.h"
+#include "hsm/pkcs11_backend.h"
+#include "hsm/token.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/tokens.h"
+
+namespace hsmrewrap::test {
+
+// What a token does, measured with the Debian packages (SoftHSM2 2.6, NSS softoken 3.87)
+// and asserted by the backend suite, so a token that changes fails there first.
+struct TokenFacts {
+  // The capability probe (hsm::KeyCapabilities) of a 2048-bit key made with allow_pkcs1 (a
+  // key without it has the same sets less kPkcs1; a small key may lack the OAEP hashes its
+  // modulus is too short for):
+  std::set<crypto::RsaPadding> decrypt;  // C_Decrypt works: the TOKEN_DECRYPT path
+  std::set<crypto::RsaPadding> unwrap;   // C_UnwrapKey works: the IN_TOKEN path's input
+  // Pkcs11Backend::WrapPaddings(): C_WrapKey to a device key works (IN_TOKEN's output).
+  std::set<crypto::RsaPadding> wrap;
+  // CKM_RSA_X_509 decrypt works once host unpadding is allowed (HOST_UNPADDING).
+  bool raw_rsa = false;
+  // A PKCS#1 v1.5 ciphertext with bad padding "decrypts" (CKR_OK) to a deterministic
+  // pseudo-random message instead of failing (the Marvin countermeasure).
+  bool pkcs1_implicit_rejection = false;
+  // The private key keeps CKA_ALLOWED_MECHANISMS (NSS softoken refuses the attribute, so
+  // the backend leaves it out there).
+  bool keeps_allowed_mechanisms = false;
+  // CKO_DATA token objects can be made: key metadata (enabled, allow_pkcs1, created) lives
+  // in the token, survives a new process and is shared by replicas; otherwise it is kept
+  // in the process that wrote it and a new backend serves the key with defaults.
+  bool stores_data_objects = false;
+  // The token's serial number selects it: no other token of the module has the same one
+  // (NSS softoken's two tokens both say 0000000000000000).
+  bool serial_is_unique = false;
+  // A multi-prime (three-prime) key given as n, e, d only can be imported (NSS derives p
+  // and q from n, e, d for two-prime keys only).
+  bool imports_multi_prime_without_crt = false;
+
+  bool TokenDecrypts(crypto::RsaPadding p) const { return decrypt.count(p) != 0; }
+  bool Unwraps(crypto::RsaPadding p) const { return unwrap.count(p) != 0; }
+  bool Wraps(crypto::RsaPadding p) const { return wrap.count(p) != 0; }
+};
+
+const TokenFacts& FactsOf(TokenKind kind);
+
+// gtest prints a TokenKind parameter by its name.
+inline void PrintTo(TokenKind kind, std::ostream* os) { *os << TokenName(kind); }
+
+class TestToken {
+ public:
+  // A new token of `kind` in a new temporary directory, its module loaded (and kept loaded
+  // until ReleaseModule or destruction), the user PIN set:
+  //  - SoftHSM2: DIR/softhsm2.conf (SOFTHSM2_CONF, SetUpSoftHsmConfig), then C_InitToken with
+  //    an SO PIN and C_InitPIN on the first free slot (hsm::InitSoftToken), label "hsm-test";
+  //  - NSS softoken: the module on DIR's SQL database (NssInitArgs; the module creates it),
+  //    the key token "NSS Certificate DB", its user PIN set by an SO login with the empty PIN
+  //    (hsm::InitNssUserPin); NSS_MAX_MP_PBE_ITERATION_COUNT=1 unless set (speed only).
+  // Check ModuleMissingReason(kind) first to skip where the module is not installed.
+  static absl::StatusOr<std::unique_ptr<TestToken>> Create(TokenKind kind);
+  ~TestToken();
+  TestToken(const TestToken&) = delete;
+  TestToken& operator=(const TestToken&) = delete;
+
+  TokenKind kind() const { return kind_; }
+  const char* name() const { return TokenName(kind_); }
+  const TokenFacts& facts() const { return FactsOf(kind_); }
+  const std::string& dir() const { return dir_.path(); }
+
+  const char* module_path() const { return ModulePath(kind_); }
+  const std::string& init_args() const { return init_args_; }  // "" for SoftHSM2
+  const std::string& label() const { return label_; }
+  // RFC 7512 token URI: "pkcs11:token=" and the label, percent-encoded where needed.
+  std::string uri() const;
+  hsm::TokenSelector selector() const { return hsm::TokenSelector{label_, "", ""}; }
+  crypto::SecretString user_pin() const;
+  // Options of a backend on this token: module, init args, label and user PIN set; the
+  // other fields keep their defaults.
+  hsm::Pkcs11Backend::Options BackendOptions() const;
+
+  // The module as loaded by Create (every backend on this token in this process shares
+  // it); null after ReleaseModule.
+  const std::shared_ptr<hsm::Module>& module() const { return module_; }
+  // Drops this reference: with the backends gone too, the module is finalised, as at the
+  // end of a process; the token stays on disk for the next Load.
+  void ReleaseModule() { module_.reset(); }
+
+ private:
+  explicit TestToken(TokenKind kind) : kind_(kind), dir_(std::string("token-") + TokenName(kind)) {}
+
+  TokenKind kind_;
+  TempDir dir_;  // declared first: removed after the module is finalised
+  std::string init_args_;
+  std::string label_;
+  std::shared_ptr<hsm::Module> module_;
+};
+
+}  // namespace hsmrewrap::test

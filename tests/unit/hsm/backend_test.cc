@@ -1,0 +1,625 @@
+// Pkcs11Backend against real tokens: every test runs once on SoftHSM2 and once on NSS
+// softoken (a fresh token per test, tests/support/test_token.h). What differs between the
+// two is data, TestToken::facts(): SoftHSM2 does OAEP with SHA-1 only in the token and
+// keeps key metadata in CKO_DATA objects; NSS softoken does OAEP-SHA2 natively, answers bad
+// PKCS#1 padding with implicit rejection and refuses CKO_DATA token objects.
+#include <atomic>
+#include <iostream>
+#include <set>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hsm/pkcs11_backend.h"
+#include "hsm/token.h"
+#include "tests/support/test_token.h"
+#include "tests/unit/hsm/hsm_test_util.h"
+
+namespace hsmrewrap::hsm {
+namespace {
+
+using ::hsmrewrap::test::TestToken;
+using ::hsmrewrap::test::TokenFacts;
+using ::hsmrewrap::test::TokenKind;
+using ::testing::ContainerEq;
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using testing::IsOk;
+using ::testing::Not;
+using testing::StatusIs;
+using ::testing::UnorderedElementsAreArray;
+
+constexpr RsaPadding kAllPaddings[] = {RsaPadding::kOaepSha1, RsaPadding::kOaepSha256,
+                                       RsaPadding::kOaepSha384, RsaPadding::kOaepSha512,
+                                       RsaPadding::kPkcs1};
+
+// `s` less PKCS#1 v1.5: the capabilities of a key made without allow_pkcs1.
+std::set<RsaPadding> OaepOnly(std::set<RsaPadding> s) {
+  s.erase(RsaPadding::kPkcs1);
+  return s;
+}
+
+uint64_t Calls(const Module& m, const std::string& fn) {
+  for (const auto& s : m.CallStats()) {
+    if (s.function == fn) return s.calls;
+  }
+  return 0;
+}
+
+// Classes of all objects visible to a session of the backend's pool.
+std::vector<std::string> ObjectKinds(Pkcs11Backend& b) {
+  std::vector<std::string> kinds;
+  auto lease = b.pool().Acquire(absl::Now() + absl::Seconds(1));
+  EXPECT_THAT(lease, IsOk());
+  if (!lease.ok()) return kinds;
+  const Module& m = b.module();
+  EXPECT_THAT(
+      m.Call("C_FindObjectsInit", m.fl()->C_FindObjectsInit, lease->handle(), nullptr, CK_ULONG(0)),
+      IsOk());
+  CK_OBJECT_HANDLE objs[64];
+  CK_ULONG n = 0;
+  EXPECT_THAT(
+      m.Call("C_FindObjects", m.fl()->C_FindObjects, lease->handle(), objs, CK_ULONG(64), &n),
+      IsOk());
+  EXPECT_THAT(m.Call("C_FindObjectsFinal", m.fl()->C_FindObjectsFinal, lease->handle()), IsOk());
+  for (CK_ULONG i = 0; i < n; ++i) {
+    CK_OBJECT_CLASS cls = 0;
+    CK_BBOOL token = CK_FALSE;
+    CK_ATTRIBUTE a[2] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &token, sizeof(token)}};
+    EXPECT_THAT(m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, lease->handle(), objs[i],
+                       a, CK_ULONG(2)),
+                IsOk());
+    const char* name = cls == CKO_PRIVATE_KEY  ? "private"
+                       : cls == CKO_PUBLIC_KEY ? "public"
+                       : cls == CKO_DATA       ? "data"
+                       : cls == CKO_SECRET_KEY ? "secret"
+                                               : "other";
+    kinds.push_back(std::string(name) + (token ? "/token" : "/session"));
+  }
+  return kinds;
+}
+
+class BackendTest : public ::testing::TestWithParam<TokenKind> {
+ protected:
+  void SetUp() override {
+    const std::string missing = test::ModuleMissingReason(GetParam());
+    if (!missing.empty()) GTEST_SKIP() << missing;
+    auto t = TestToken::Create(GetParam());
+    ASSERT_THAT(t, IsOk());
+    token_ = std::move(*t);
+  }
+  void TearDown() override {
+    backend_.reset();
+    token_.reset();
+  }
+
+  const TokenFacts& facts() const { return token_->facts(); }
+  Pkcs11Backend::Options Opts(bool host_unpadding = true, size_t pool = 4) {
+    Pkcs11Backend::Options o = token_->BackendOptions();
+    o.pool_size = pool;
+    o.allow_host_unpadding = host_unpadding;
+    return o;
+  }
+  void Open(bool host_unpadding = true, size_t pool = 4) {
+    auto b = Pkcs11Backend::Create(Opts(host_unpadding, pool));
+    ASSERT_THAT(b, IsOk());
+    backend_ = std::move(*b);
+  }
+  // Open(host_unpadding, pool), then a new 2048-bit key `name` in it.
+  absl::StatusOr<KeyInfo> OpenWithKey(const std::string& name, bool allow_pkcs1,
+                                      bool host_unpadding = true, size_t pool = 4) {
+    Open(host_unpadding, pool);
+    if (HasFatalFailure()) return absl::FailedPreconditionError("the backend did not open");
+    return backend_->CreateKey(name, 2048, allow_pkcs1);
+  }
+  // A new process: the backend goes and the module is finalised; the token stays on disk.
+  void Reopen() {
+    backend_.reset();
+    token_->ReleaseModule();
+    Open();
+  }
+  crypto::Bytes Seal(const KeyInfo& k, RsaPadding p, const crypto::Bytes& pt) {
+    auto pub = crypto::PublicKey::FromSpki(k.spki_der);
+    EXPECT_THAT(pub, IsOk());
+    auto ct = crypto::RsaEncrypt(*pub, p, pt);
+    EXPECT_THAT(ct, IsOk());
+    return ct.ok() ? *ct : crypto::Bytes{};
+  }
+  void ExpectDecrypts(const std::string& key, RsaPadding p, Path path) {
+    auto info = backend_->GetKey(key);
+    ASSERT_THAT(info, IsOk());
+    const crypto::Bytes pt = testing::RandomBytes(32);
+    auto out = backend_->Decrypt(key, p, Seal(*info, p, pt), path);
+    ASSERT_THAT(out, IsOk()) << PathName(path) << " padding " << static_cast<int>(p);
+    EXPECT_EQ(crypto::Bytes(out->begin(), out->end()), pt);
+  }
+
+  std::unique_ptr<TestToken> token_;
+  std::unique_ptr<Pkcs11Backend> backend_;
+};
+
+TEST_P(BackendTest, CreateKeyProbesCapabilities) {
+  auto k = OpenWithKey("svc", /*allow_pkcs1=*/true);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_EQ(k->bits, 2048);
+  EXPECT_TRUE(k->enabled);
+  EXPECT_TRUE(k->allow_pkcs1);
+  EXPECT_GT(k->created_unix, 0);
+  EXPECT_THAT(k->caps.decrypt, ContainerEq(facts().decrypt));
+  EXPECT_THAT(k->caps.unwrap, ContainerEq(facts().unwrap));
+  EXPECT_EQ(k->caps.raw_rsa, facts().raw_rsa);
+  EXPECT_EQ(k->caps.pkcs1_implicit_rejection, facts().pkcs1_implicit_rejection);
+  EXPECT_THAT(backend_->WrapPaddings(), ContainerEq(facts().wrap));
+  EXPECT_EQ(backend_->TokenLabel(), token_->label());
+  EXPECT_TRUE(backend_->Healthy());
+  std::cout << token_->name() << " caps: decrypt " << k->caps.decrypt.size() << " unwrap "
+            << k->caps.unwrap.size() << " wrap " << backend_->WrapPaddings().size() << "\n";
+}
+
+TEST_P(BackendTest, NoPkcs1NoHostUnpaddingUnlessAllowed) {
+  auto k = OpenWithKey("strict", /*allow_pkcs1=*/false, /*host_unpadding=*/false);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_THAT(k->caps.decrypt, ContainerEq(OaepOnly(facts().decrypt)));
+  EXPECT_THAT(k->caps.unwrap, ContainerEq(OaepOnly(facts().unwrap)));
+  EXPECT_FALSE(k->caps.raw_rsa);
+  // A key without PKCS#1 is not probed for implicit rejection.
+  EXPECT_FALSE(k->caps.pkcs1_implicit_rejection);
+  EXPECT_THAT(backend_->WrapPaddings(), ContainerEq(facts().wrap));
+  auto ct = Seal(*k, RsaPadding::kPkcs1, testing::RandomBytes(16));
+  EXPECT_THAT(backend_->Decrypt("strict", RsaPadding::kPkcs1, ct, Path::kTokenDecrypt),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  const crypto::Bytes pt = testing::RandomBytes(16);
+  ct = Seal(*k, RsaPadding::kOaepSha256, pt);
+  EXPECT_THAT(backend_->Decrypt("strict", RsaPadding::kOaepSha256, ct, Path::kHostUnpadding),
+              StatusIs(absl::StatusCode::kUnimplemented));
+  auto token = backend_->Decrypt("strict", RsaPadding::kOaepSha256, ct, Path::kTokenDecrypt);
+  if (facts().TokenDecrypts(RsaPadding::kOaepSha256)) {
+    ASSERT_THAT(token, IsOk());
+    EXPECT_EQ(crypto::Bytes(token->begin(), token->end()), pt);
+  } else {
+    EXPECT_THAT(token, StatusIs(absl::StatusCode::kUnimplemented));
+  }
+}
+
+TEST_P(BackendTest, DecryptRoundTrips) {
+  auto k = OpenWithKey("svc", true);
+  ASSERT_THAT(k, IsOk());
+  for (RsaPadding p : kAllPaddings) {
+    if (facts().TokenDecrypts(p)) {
+      ExpectDecrypts("svc", p, Path::kTokenDecrypt);
+    } else {
+      EXPECT_THAT(
+          backend_->Decrypt("svc", p, Seal(*k, p, testing::RandomBytes(16)), Path::kTokenDecrypt),
+          StatusIs(absl::StatusCode::kUnimplemented))
+          << static_cast<int>(p);
+    }
+    ExpectDecrypts("svc", p, Path::kHostUnpadding);
+  }
+  EXPECT_THAT(
+      backend_->Decrypt("nope", RsaPadding::kOaepSha1, crypto::Bytes(256, 1), Path::kTokenDecrypt),
+      StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_P(BackendTest, TamperedCiphertextFailsUniformly) {
+  auto k = OpenWithKey("svc", true, /*host_unpadding=*/true, /*pool=*/1);
+  ASSERT_THAT(k, IsOk());
+  const crypto::Bytes pt = testing::RandomBytes(32);
+  struct Case {
+    RsaPadding padding;
+    Path path;
+  };
+  std::vector<Case> cases;
+  for (RsaPadding p : facts().decrypt) cases.push_back(Case{p, Path::kTokenDecrypt});
+  cases.push_back(Case{RsaPadding::kOaepSha256, Path::kHostUnpadding});
+  cases.push_back(Case{RsaPadding::kPkcs1, Path::kHostUnpadding});
+  for (Case c : cases) {
+    crypto::Bytes ct = Seal(*k, c.padding, pt);
+    for (auto [pos, flip] : {std::pair<size_t, uint8_t>{0, 0x40},
+                             {1, 0x40},
+                             {10, 0x80},
+                             {100, 0x40},
+                             {ct.size() - 1, 0x40}}) {
+      crypto::Bytes bad = ct;
+      bad[pos] ^= flip;
+      auto r = backend_->Decrypt("svc", c.padding, bad, c.path);
+      // PKCS#1 v1.5 has a small chance of a tampered input still unpadding, and a token with
+      // implicit rejection "decrypts" it (Pkcs1BadPaddingIsProbed); never OAEP.
+      if (c.padding == RsaPadding::kPkcs1 && r.ok()) continue;
+      EXPECT_TRUE(IsDecryptFailed(r)) << r.status() << " " << PathName(c.path);
+    }
+    // Still serving after the failures.
+    auto good = backend_->Decrypt("svc", c.padding, ct, c.path);
+    ASSERT_THAT(good, IsOk());
+    EXPECT_EQ(crypto::Bytes(good->begin(), good->end()), pt);
+  }
+  // Every failure discarded its session; the pool still serves.
+  EXPECT_GT(backend_->pool().discarded_sessions(), 0u);
+  EXPECT_LE(backend_->pool().open_sessions(), 1u);
+}
+
+TEST_P(BackendTest, EmptyAndShortCiphertextDoNotPoisonSessions) {
+  auto k = OpenWithKey("svc", false, /*host_unpadding=*/true, /*pool=*/1);
+  ASSERT_THAT(k, IsOk());
+  const crypto::Bytes ct = Seal(*k, RsaPadding::kOaepSha1, testing::RandomBytes(16));
+  for (size_t len : {size_t{0}, size_t{1}, ct.size() - 1}) {
+    crypto::Bytes shorter(ct.begin(), ct.begin() + len);
+    for (Path p : {Path::kTokenDecrypt, Path::kHostUnpadding}) {
+      EXPECT_TRUE(IsDecryptFailed(backend_->Decrypt("svc", RsaPadding::kOaepSha1, shorter, p)));
+    }
+  }
+  crypto::Bytes longer = ct;
+  longer.push_back(0);
+  EXPECT_TRUE(IsDecryptFailed(
+      backend_->Decrypt("svc", RsaPadding::kOaepSha1, longer, Path::kTokenDecrypt)));
+  ExpectDecrypts("svc", RsaPadding::kOaepSha1, Path::kTokenDecrypt);
+  ExpectDecrypts("svc", RsaPadding::kOaepSha256, Path::kHostUnpadding);
+}
+
+TEST_P(BackendTest, KeyAttributesAreProtected) {
+  ASSERT_THAT(OpenWithKey("svc", false, /*host_unpadding=*/false), IsOk());
+  auto h = backend_->PrivateKeyHandle("svc");
+  ASSERT_THAT(h, IsOk());
+  auto lease = backend_->pool().Acquire(absl::Now() + absl::Seconds(5));
+  ASSERT_THAT(lease, IsOk());
+  const Module& m = backend_->module();
+  auto get_bool = [&](CK_ATTRIBUTE_TYPE t) {
+    CK_BBOOL v = CK_FALSE;
+    CK_ATTRIBUTE a{t, &v, sizeof(v)};
+    EXPECT_THAT(m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, lease->handle(), *h, &a,
+                       CK_ULONG(1)),
+                IsOk());
+    return v == CK_TRUE;
+  };
+  EXPECT_TRUE(get_bool(CKA_SENSITIVE));
+  EXPECT_FALSE(get_bool(CKA_EXTRACTABLE));
+  EXPECT_TRUE(get_bool(CKA_ALWAYS_SENSITIVE));
+  EXPECT_TRUE(get_bool(CKA_NEVER_EXTRACTABLE));
+  EXPECT_TRUE(get_bool(CKA_DECRYPT));
+  EXPECT_TRUE(get_bool(CKA_UNWRAP));
+  EXPECT_FALSE(get_bool(CKA_SIGN));
+  EXPECT_TRUE(get_bool(CKA_TOKEN));
+  EXPECT_TRUE(get_bool(CKA_PRIVATE));
+
+  uint8_t buf[1024];
+  CK_ATTRIBUTE d{CKA_PRIVATE_EXPONENT, buf, sizeof(buf)};
+  auto s = m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, lease->handle(), *h, &d,
+                  CK_ULONG(1));
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(CkrOf(s), CKR_ATTRIBUTE_SENSITIVE) << s;
+
+  CK_MECHANISM_TYPE mechs[8];
+  CK_ATTRIBUTE am{CKA_ALLOWED_MECHANISMS, mechs, sizeof(mechs)};
+  auto allowed = m.Call("C_GetAttributeValue", m.fl()->C_GetAttributeValue, lease->handle(), *h,
+                        &am, CK_ULONG(1));
+  if (facts().keeps_allowed_mechanisms) {
+    ASSERT_THAT(allowed, IsOk());
+    EXPECT_EQ(am.ulValueLen, sizeof(CK_MECHANISM_TYPE));
+    EXPECT_EQ(mechs[0], CKM_RSA_PKCS_OAEP);
+  } else {
+    EXPECT_EQ(CkrOf(allowed), CKR_ATTRIBUTE_TYPE_INVALID) << allowed;
+  }
+
+  CK_BBOOL yes = CK_TRUE;
+  CK_ATTRIBUTE ext{CKA_EXTRACTABLE, &yes, sizeof(yes)};
+  EXPECT_FALSE(m.Call("C_SetAttributeValue", m.fl()->C_SetAttributeValue, lease->handle(), *h, &ext,
+                      CK_ULONG(1))
+                   .ok());
+}
+
+TEST_P(BackendTest, ImportOpenSslKeyAndDecrypt) {
+  Open();
+  auto host = testing::GenerateHostRsa(2048);
+  ASSERT_TRUE(host);
+  auto k = backend_->ImportKey("imported", testing::HostKeyParts(host.get(), true), false);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_EQ(k->bits, 2048);
+  EXPECT_EQ(k->spki_der, testing::HostPublicKey(host.get()).SpkiDer());
+  EXPECT_THAT(k->caps.decrypt, ContainerEq(OaepOnly(facts().decrypt)));
+  for (RsaPadding p : k->caps.decrypt) ExpectDecrypts("imported", p, Path::kTokenDecrypt);
+  ExpectDecrypts("imported", RsaPadding::kOaepSha256, Path::kHostUnpadding);
+}
+
+TEST_P(BackendTest, ImportWithoutCrtPartsAndOddSize) {
+  Open();
+  auto host = testing::GenerateHostRsa(1032);  // an odd size, as in Wycheproof
+  ASSERT_TRUE(host);
+  auto k = backend_->ImportKey("no-crt", testing::HostKeyParts(host.get(), false), false);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_EQ(k->bits, 1032);
+  ExpectDecrypts("no-crt", RsaPadding::kOaepSha1, Path::kTokenDecrypt);
+  ExpectDecrypts("no-crt", RsaPadding::kOaepSha256, Path::kHostUnpadding);
+
+  crypto::RsaPrivateKeyParts tiny =
+      testing::HostKeyParts(testing::GenerateHostRsa(768).get(), true);
+  EXPECT_THAT(backend_->ImportKey("tiny", tiny, false),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// A three-prime key given as n, e, d only (as Wycheproof's): SoftHSM2 takes it; NSS derives
+// p and q from n, e, d only for two-prime keys, so there it is a clear FAILED_PRECONDITION,
+// not an internal error, and nothing is left behind.
+TEST_P(BackendTest, ThreePrimeKeyWithoutCrtParts) {
+  Open();
+  auto three = testing::GenerateMultiPrimeRsa(2048, 3);
+  ASSERT_TRUE(three);
+  auto r = backend_->ImportKey("three-prime", testing::HostKeyParts(three.get(), false), false);
+  if (facts().imports_multi_prime_without_crt) {
+    ASSERT_THAT(r, IsOk());
+    ExpectDecrypts("three-prime", RsaPadding::kOaepSha1, Path::kTokenDecrypt);
+    return;
+  }
+  EXPECT_THAT(r, StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("multi-prime key cannot be imported"));
+  // The name is still free.
+  auto two = testing::GenerateHostRsa(2048);
+  EXPECT_THAT(backend_->ImportKey("three-prime", testing::HostKeyParts(two.get(), true), false),
+              IsOk());
+}
+
+TEST_P(BackendTest, MetadataAcrossReopening) {
+  auto k = OpenWithKey("svc", /*allow_pkcs1=*/true);
+  ASSERT_THAT(k, IsOk());
+  ASSERT_THAT(backend_->CreateKey("other", 2048, false), IsOk());
+  auto host = testing::GenerateHostRsa(3072);
+  auto imported = backend_->ImportKey("imported", testing::HostKeyParts(host.get(), true), false);
+  ASSERT_THAT(imported, IsOk());
+  EXPECT_EQ(imported->bits, 3072);
+  EXPECT_THAT(imported->caps.decrypt, ContainerEq(OaepOnly(facts().decrypt)));
+  for (const char* name : {"svc", "imported"}) {
+    auto disabled = backend_->SetEnabled(name, false);
+    ASSERT_THAT(disabled, IsOk());
+    EXPECT_FALSE(disabled->enabled);
+    auto now = backend_->GetKey(name);
+    ASSERT_THAT(now, IsOk());
+    EXPECT_FALSE(now->enabled);
+  }
+  auto ct = Seal(*k, RsaPadding::kOaepSha1, testing::RandomBytes(16));
+  EXPECT_THAT(backend_->Decrypt("svc", RsaPadding::kOaepSha1, ct, Path::kTokenDecrypt),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+
+  Reopen();
+  auto list = backend_->ListKeys();
+  ASSERT_THAT(list, IsOk());
+  ASSERT_EQ(list->size(), 3u);
+  auto again = backend_->GetKey("svc");
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->spki_der, k->spki_der);
+  auto imported_again = backend_->GetKey("imported");
+  ASSERT_THAT(imported_again, IsOk());
+  EXPECT_EQ(imported_again->spki_der, imported->spki_der);
+  if (facts().stores_data_objects) {
+    // The metadata is in the token: the new process sees what the old one wrote.
+    EXPECT_FALSE(again->enabled);
+    EXPECT_FALSE(imported_again->enabled);
+    EXPECT_TRUE(again->allow_pkcs1);
+    EXPECT_EQ(again->created_unix, k->created_unix);
+    EXPECT_THAT(again->caps.decrypt, Contains(RsaPadding::kPkcs1));
+  } else {
+    // The metadata lived in the old process only: the keys are served with defaults.
+    EXPECT_TRUE(again->enabled);
+    EXPECT_TRUE(imported_again->enabled);
+    EXPECT_FALSE(again->allow_pkcs1);
+    EXPECT_EQ(again->created_unix, 0);
+    EXPECT_THAT(again->caps.decrypt, Not(Contains(RsaPadding::kPkcs1)));
+  }
+  ASSERT_THAT(backend_->SetEnabled("svc", true), IsOk());
+  ExpectDecrypts("svc", RsaPadding::kOaepSha1, Path::kTokenDecrypt);
+  auto other = backend_->GetKey("other");
+  ASSERT_THAT(other, IsOk());
+  EXPECT_TRUE(other->enabled);
+  EXPECT_FALSE(other->allow_pkcs1);
+}
+
+TEST_P(BackendTest, TwoReplicasOnOneToken) {
+  // Two backends on one token in one process share the module; the second sees keys the
+  // first creates, and the enabled flag it writes where the token holds the metadata.
+  Open();
+  auto second = Pkcs11Backend::Create(Opts());
+  ASSERT_THAT(second, IsOk());
+  ASSERT_THAT(backend_->CreateKey("svc", 2048, false), IsOk());
+  auto seen = (*second)->GetKey("svc");
+  ASSERT_THAT(seen, IsOk());
+  EXPECT_TRUE(seen->enabled);
+  ASSERT_THAT(backend_->SetEnabled("svc", false), IsOk());
+  absl::SleepFor(absl::Seconds(2.1));  // metadata_ttl
+  auto later = (*second)->GetKey("svc");
+  ASSERT_THAT(later, IsOk());
+  EXPECT_EQ(later->enabled, !facts().stores_data_objects);
+}
+
+TEST_P(BackendTest, DuplicateNameRefused) {
+  ASSERT_THAT(OpenWithKey("svc", false), IsOk());
+  EXPECT_THAT(backend_->CreateKey("svc", 2048, false), StatusIs(absl::StatusCode::kAlreadyExists));
+  auto host = testing::GenerateHostRsa(2048);
+  EXPECT_THAT(backend_->ImportKey("svc", testing::HostKeyParts(host.get(), true), false),
+              StatusIs(absl::StatusCode::kAlreadyExists));
+  EXPECT_THAT(backend_->CreateKey("", 2048, false), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(backend_->CreateKey("x", 1024, false), StatusIs(absl::StatusCode::kInvalidArgument));
+  auto list = backend_->ListKeys();
+  ASSERT_THAT(list, IsOk());
+  EXPECT_EQ(list->size(), 1u);
+}
+
+TEST_P(BackendTest, WrongPinIsPermissionDeniedAndNotRetried) {
+  const Module& module = *token_->module();
+  auto opts = Opts();
+  opts.user_pin = testing::Pin("0000");
+  const uint64_t before = Calls(module, "C_Login");
+  auto b = Pkcs11Backend::Create(opts);
+  EXPECT_THAT(b, StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_EQ(Calls(module, "C_Login"), before + 1);
+
+  auto slot = FindToken(module, token_->selector());
+  ASSERT_THAT(slot, IsOk());
+  auto pool = SessionPool::Create(token_->module(), slot->slot, testing::Pin("0000"), 2);
+  EXPECT_THAT(pool, StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_EQ(Calls(module, "C_Login"), before + 2);
+  // The right PIN still works (neither token locks).
+  Open();
+}
+
+TEST_P(BackendTest, SessionPoolIsBoundedAndLeasesAreExclusive) {
+  const std::shared_ptr<Module>& module = token_->module();
+  auto slot = FindToken(*module, TokenSelector{"", "", token_->uri()});
+  ASSERT_THAT(slot, IsOk());
+  auto pool = SessionPool::Create(module, slot->slot, token_->user_pin(), 2);
+  ASSERT_THAT(pool, IsOk());
+  auto a = (*pool)->Acquire(absl::Now() + absl::Seconds(1));
+  auto b = (*pool)->Acquire(absl::Now() + absl::Seconds(1));
+  ASSERT_THAT(a, IsOk());
+  ASSERT_THAT(b, IsOk());
+  EXPECT_NE(a->handle(), b->handle());
+  EXPECT_THAT((*pool)->Acquire(absl::Now() + absl::Milliseconds(50)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ((*pool)->open_sessions(), 2u);
+  a->MarkBroken();
+  a->Release();
+  EXPECT_EQ((*pool)->open_sessions(), 1u);
+  auto c = (*pool)->Acquire(absl::Now() + absl::Seconds(1));
+  ASSERT_THAT(c, IsOk());
+  CK_SESSION_INFO si{};
+  EXPECT_THAT(module->Call("C_GetSessionInfo", module->fl()->C_GetSessionInfo, c->handle(), &si),
+              IsOk());
+  EXPECT_EQ(si.state, CKS_RW_USER_FUNCTIONS);
+  // Selection never by slot number: serial works too where it is unique (else it is
+  // ambiguous, not a guess); a wrong label does not.
+  if (facts().serial_is_unique) {
+    EXPECT_THAT(FindToken(*module, TokenSelector{"", slot->serial, ""}), IsOk());
+  } else {
+    EXPECT_THAT(FindToken(*module, TokenSelector{"", slot->serial, ""}),
+                StatusIs(absl::StatusCode::kFailedPrecondition));
+  }
+  EXPECT_THAT(FindToken(*module, TokenSelector{"nope", "", ""}),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(FindToken(*module, TokenSelector{"", "", "pkcs11:token=nope"}),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(FindToken(*module, TokenSelector{"", "", "not-a-uri"}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST_P(BackendTest, ConcurrentDecryptsFromEightThreads) {
+  auto k = OpenWithKey("svc", false, /*host_unpadding=*/true, /*pool=*/4);
+  ASSERT_THAT(k, IsOk());
+  const crypto::Bytes pt = testing::RandomBytes(24);
+  const crypto::Bytes ct1 = Seal(*k, RsaPadding::kOaepSha1, pt);
+  const crypto::Bytes ct256 = Seal(*k, RsaPadding::kOaepSha256, pt);
+  crypto::Bytes bad = ct1;
+  bad[7] ^= 1;
+  std::atomic<int> ok{0}, failed_as_expected{0}, wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 20; ++i) {
+        if ((i + t) % 5 == 0) {
+          auto r = backend_->Decrypt("svc", RsaPadding::kOaepSha1, bad, Path::kTokenDecrypt);
+          (IsDecryptFailed(r) ? failed_as_expected : wrong)++;
+          continue;
+        }
+        bool host = (i % 2) == 0;
+        auto r =
+            host ? backend_->Decrypt("svc", RsaPadding::kOaepSha256, ct256, Path::kHostUnpadding)
+                 : backend_->Decrypt("svc", RsaPadding::kOaepSha1, ct1, Path::kTokenDecrypt);
+        (r.ok() && crypto::Bytes(r->begin(), r->end()) == pt ? ok : wrong)++;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(ok.load() + failed_as_expected.load(), 160);
+  EXPECT_LE(backend_->pool().open_sessions(), 4u);
+}
+
+// IN_TOKEN: C_UnwrapKey with the service key, C_WrapKey to the device key, session objects
+// destroyed. Works exactly for the token's unwrap (input) and wrap (output) paddings.
+TEST_P(BackendTest, RewrapInToken) {
+  auto k = OpenWithKey("svc", false);
+  ASSERT_THAT(k, IsOk());
+  // The key pair, and its metadata where the token holds it.
+  std::vector<std::string> key_objects = {"private/token", "public/token"};
+  if (facts().stores_data_objects) key_objects.push_back("data/token");
+  EXPECT_THAT(ObjectKinds(*backend_), UnorderedElementsAreArray(key_objects));
+  auto device = testing::GenerateHostRsa(2048);
+  const crypto::Bytes pt = testing::RandomBytes(20);
+  int rewrapped = 0;
+  for (RsaPadding in : kAllPaddings) {
+    if (in == RsaPadding::kPkcs1) continue;  // the key does not allow PKCS#1
+    for (RsaPadding out : kAllPaddings) {
+      auto r = backend_->RewrapInToken("svc", in, Seal(*k, in, pt),
+                                       testing::HostPublicKey(device.get()), out);
+      if (!facts().Unwraps(in) || !facts().Wraps(out)) {
+        EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnimplemented))
+            << static_cast<int>(in) << " -> " << static_cast<int>(out);
+        continue;
+      }
+      ASSERT_THAT(r, IsOk()) << static_cast<int>(in) << " -> " << static_cast<int>(out);
+      auto back = crypto::RsaDecryptWithPrivateKey(testing::HostKeyDer(device.get()), out, *r);
+      ASSERT_THAT(back, IsOk());
+      EXPECT_EQ(crypto::Bytes(back->begin(), back->end()), pt);
+      EXPECT_THAT(ObjectKinds(*backend_), UnorderedElementsAreArray(key_objects));
+      ++rewrapped;
+    }
+  }
+  EXPECT_GT(rewrapped, 0);
+  // A tampered input fails like any other decryption failure.
+  for (RsaPadding in : OaepOnly(facts().unwrap)) {
+    if (!facts().Wraps(in)) continue;
+    crypto::Bytes bad = Seal(*k, in, pt);
+    bad[3] ^= 2;
+    EXPECT_TRUE(IsDecryptFailed(
+        backend_->RewrapInToken("svc", in, bad, testing::HostPublicKey(device.get()), in)))
+        << static_cast<int>(in);
+  }
+  // Session objects were destroyed: only the key pair (and metadata) are left in the token.
+  EXPECT_THAT(ObjectKinds(*backend_), UnorderedElementsAreArray(key_objects));
+}
+
+// PKCS#1 v1.5 with bad padding: SoftHSM2 fails (CKR_GENERAL_ERROR); NSS softoken does
+// implicit rejection (an invalid padding "decrypts" to a deterministic pseudo-random
+// message). The probe must learn which.
+TEST_P(BackendTest, Pkcs1BadPaddingIsProbed) {
+  auto k = OpenWithKey("p1", /*allow_pkcs1=*/true);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_THAT(k->caps.decrypt, Contains(RsaPadding::kPkcs1));
+  EXPECT_EQ(k->caps.pkcs1_implicit_rejection, facts().pkcs1_implicit_rejection);
+  const crypto::Bytes pt = testing::RandomBytes(32);
+  const crypto::Bytes ct = Seal(*k, RsaPadding::kPkcs1, pt);
+  auto good = backend_->Decrypt("p1", RsaPadding::kPkcs1, ct, Path::kTokenDecrypt);
+  ASSERT_THAT(good, IsOk());
+  EXPECT_EQ(crypto::Bytes(good->begin(), good->end()), pt);
+  crypto::Bytes bad = ct;
+  bad[200] ^= 0x40;  // a low byte: stays < n
+  auto r1 = backend_->Decrypt("p1", RsaPadding::kPkcs1, bad, Path::kTokenDecrypt);
+  auto r2 = backend_->Decrypt("p1", RsaPadding::kPkcs1, bad, Path::kTokenDecrypt);
+  if (facts().pkcs1_implicit_rejection) {
+    EXPECT_THAT(r1, IsOk());
+  }
+  if (r1.ok()) {
+    ASSERT_THAT(r2, IsOk());
+    EXPECT_EQ(crypto::Bytes(r1->begin(), r1->end()), crypto::Bytes(r2->begin(), r2->end()))
+        << "implicit rejection must be deterministic";
+    EXPECT_NE(crypto::Bytes(r1->begin(), r1->end()), pt);
+  } else {
+    EXPECT_TRUE(IsDecryptFailed(r1)) << r1.status();
+  }
+  // OAEP is never affected; a key without PKCS#1 is not probed.
+  for (RsaPadding p : OaepOnly(facts().decrypt)) {
+    crypto::Bytes bad_oaep = Seal(*k, p, pt);
+    bad_oaep[200] ^= 0x40;
+    EXPECT_TRUE(IsDecryptFailed(backend_->Decrypt("p1", p, bad_oaep, Path::kTokenDecrypt)))
+        << static_cast<int>(p);
+  }
+  auto strict = backend_->CreateKey("strict", 2048, /*allow_pkcs1=*/false);
+  ASSERT_THAT(strict, IsOk());
+  EXPECT_FALSE(strict->caps.pkcs1_implicit_rejection);
+}
+
+INSTANTIATE_TEST_SUITE_P(Tokens, BackendTest,
+                         ::testing::Values(TokenKind::kSoftHsm, TokenKind::kNss),
+                         [](const ::testing::TestParamInfo<TokenKind>& p) {
+                           return std::string(test::TokenName(p.param));
+                         });
+
+}  // namespace
+}  // namespace hsmrewrap::hsm
