@@ -10,6 +10,7 @@
 #include "crypto/cms.h"
 #include "crypto/rsa.h"
 #include "hsm/key_policy.h"
+#include "proto/conversions.h"
 #include "service/item_result.h"
 
 namespace hsmrewrap::service {
@@ -50,7 +51,7 @@ absl::Status CheckFields(const v1::RewrapItem& item, RsaPadding* in_padding) {
   if (!v1::Padding_IsValid(item.padding())) {
     return absl::InvalidArgumentError(absl::StrCat("padding: unknown value ", item.padding()));
   }
-  if (!PaddingFromProto(item.padding(), in_padding)) {
+  if (!proto_crypto::PaddingFromProto(item.padding(), in_padding)) {
     return absl::InvalidArgumentError(
         "padding is not set: name the padding the secret was sealed with");
   }
@@ -202,8 +203,8 @@ void RewrapEngine::NoteKnownKey(const std::string& name) {
 bool RewrapEngine::ResolveRecipient(const v1::RewrapItem& item, ItemGate* gate,
                                     std::string* recipient_sha256, Recipient& out,
                                     v1::RewrapResult& r) {
-  out.out_padding = BarePadding(item.format());
-  out.bare = IsBareFormat(item.format());
+  out.out_padding = proto_crypto::BarePadding(item.format());
+  out.bare = proto_crypto::IsBareFormat(item.format());
   const auto& rcp = item.recipient();
   // A certificate or public key recipient: parsed (or found in the cache), fingerprinted for
   // the audit record, a certificate checked for encryption use, then checked by the gate.
@@ -416,10 +417,8 @@ void RewrapEngine::EncryptOnHost(const v1::RewrapItem& item, const Recipient& rc
     crypto::CmsOptions opts;
     // Apple payloads use PKCS#1 v1.5 key transport (rsaEncryption), as MDM servers' PKCS#7
     // envelopes for iOS/macOS do; CMS_ENVELOPED uses OAEP-SHA256.
-    opts.key_transport = (item.format() == v1::CMS_ENVELOPED_PKCS1 || apple)
-                             ? crypto::CmsKeyTransport::kRsaPkcs1
-                             : crypto::CmsKeyTransport::kRsaOaepSha256;
-    opts.cipher = ContentCipherFromProto(item.content_cipher());
+    opts.key_transport = proto_crypto::KeyTransportFor(item.format());
+    opts.cipher = proto_crypto::ContentCipherFromProto(item.content_cipher());
     if (apple) {
       auto payload = crypto::AppleEncryptedPkcs12Payload(*rcpt.cert, BytesOf(item.pfx()),
                                                          crypto::Reveal(plain), opts);

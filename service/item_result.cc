@@ -6,7 +6,6 @@
 
 namespace hsmrewrap::service {
 
-using crypto::RsaPadding;
 using v1::ItemError;
 
 void Fail(v1::RewrapResult& r, ItemError::Code code, std::string message) {
@@ -84,77 +83,6 @@ void FailFromOp(v1::RewrapResult& r, hsm::Outcome outcome, const absl::Status& s
       break;
   }
   Fail(r, ItemError::INTERNAL, "internal error: a successful operation reported as failed");
-}
-
-bool IsBareFormat(v1::OutputFormat f) {
-  return f != v1::CMS_ENVELOPED && f != v1::CMS_ENVELOPED_PKCS1 && f != v1::APPLE_ENCRYPTED_PAYLOAD;
-}
-
-crypto::CmsContentCipher ContentCipherFromProto(v1::ContentCipher c) {
-  switch (c) {
-    case v1::AES_128_CBC:
-      return crypto::CmsContentCipher::kAes128Cbc;
-    case v1::DES_EDE3_CBC:
-      return crypto::CmsContentCipher::kDes3Cbc;
-    case v1::AES_256_CBC:
-    default:
-      return crypto::CmsContentCipher::kAes256Cbc;
-  }
-}
-
-// The padding of a bare RSA output format.
-RsaPadding BarePadding(v1::OutputFormat f) {
-  switch (f) {
-    case v1::RSA_OAEP_SHA1:
-      return RsaPadding::kOaepSha1;
-    case v1::RSA_OAEP_SHA384:
-      return RsaPadding::kOaepSha384;
-    case v1::RSA_OAEP_SHA512:
-      return RsaPadding::kOaepSha512;
-    case v1::RSA_PKCS1:
-      return RsaPadding::kPkcs1;
-    case v1::RSA_OAEP_SHA256:
-    default:
-      return RsaPadding::kOaepSha256;
-  }
-}
-
-bool PaddingFromProto(v1::Padding p, RsaPadding* out) {
-  switch (p) {
-    case v1::OAEP_SHA256:
-      *out = RsaPadding::kOaepSha256;
-      return true;
-    case v1::OAEP_SHA384:
-      *out = RsaPadding::kOaepSha384;
-      return true;
-    case v1::OAEP_SHA512:
-      *out = RsaPadding::kOaepSha512;
-      return true;
-    case v1::OAEP_SHA1:
-      *out = RsaPadding::kOaepSha1;
-      return true;
-    case v1::PKCS1:
-      *out = RsaPadding::kPkcs1;
-      return true;
-    default:
-      return false;
-  }
-}
-
-v1::Padding PaddingToProto(RsaPadding p) {
-  switch (p) {
-    case RsaPadding::kOaepSha256:
-      return v1::OAEP_SHA256;
-    case RsaPadding::kOaepSha384:
-      return v1::OAEP_SHA384;
-    case RsaPadding::kOaepSha512:
-      return v1::OAEP_SHA512;
-    case RsaPadding::kOaepSha1:
-      return v1::OAEP_SHA1;
-    case RsaPadding::kPkcs1:
-      return v1::PKCS1;
-  }
-  return v1::PADDING_UNSPECIFIED;
 }
 
 v1::Path PathToProto(hsm::Path p) {

@@ -1,4 +1,4 @@
-// How an item's failure becomes its ItemError, and the API's enums in crypto/hsm terms.
+// How an item's failure becomes its ItemError, and hsm::Path in the API's terms.
 // Only a typed decryption failure from the token (hsm::Outcome::kDecryptFailed) is
 // DECRYPT_FAILED, always with the same message; every other failure keeps its own code.
 #pragma once
@@ -6,8 +6,6 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "crypto/cms.h"
-#include "crypto/rsa.h"
 #include "hsm/backend.h"
 #include "hsmrewrap/v1/rewrap.pb.h"
 
@@ -29,13 +27,7 @@ void FailFromOp(v1::RewrapResult& r, const hsm::OpResult<T>& op, const std::stri
   FailFromOp(r, op.outcome(), op.status(), key);
 }
 
-bool PaddingFromProto(v1::Padding p, crypto::RsaPadding* out);
-v1::Padding PaddingToProto(crypto::RsaPadding p);
+// The token's path in the API's terms (the other enums: proto/conversions.h).
 v1::Path PathToProto(hsm::Path p);
-crypto::CmsContentCipher ContentCipherFromProto(v1::ContentCipher c);
-// Bare formats carry the RSA-encrypted secret itself (no CMS, no Apple payload).
-bool IsBareFormat(v1::OutputFormat f);
-// The padding of a bare RSA output format.
-crypto::RsaPadding BarePadding(v1::OutputFormat f);
 
 }  // namespace hsmrewrap::service

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "crypto/secret.h"
+#include "proto/conversions.h"
 #include "service/grpc_status.h"
 
 namespace hsmrewrap::service {
@@ -70,7 +71,7 @@ void KeyToProto(const KeyDescription& key, const std::string& token_label, v1::K
   if (!key.spki_sha256.empty()) out->set_spki_sha256(key.spki_sha256);
   for (const auto& [padding, paths] : key.paths) {
     auto* ps = out->add_paths();
-    ps->set_padding(PaddingToProto(padding));
+    ps->set_padding(proto_crypto::PaddingToProto(padding));
     for (hsm::Path p : paths) ps->add_paths(PathToProto(p));
   }
   out->set_token_label(token_label);

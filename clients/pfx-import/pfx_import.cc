@@ -27,6 +27,7 @@
 #include "crypto/encoding.h"
 #include "crypto/keys.h"
 #include "hsmrewrap/v1/rewrap.grpc.pb.h"
+#include "proto/conversions.h"
 
 namespace hsmrewrap::pfx_import {
 
@@ -112,25 +113,8 @@ SecretString PasswordTextFromBytes(absl::Span<const uint8_t> bytes, PasswordEnco
 // Names and dates
 
 std::string PaddingName(RsaPadding padding, EnumCase c) {
-  std::string n;
-  switch (padding) {
-    case RsaPadding::kOaepSha256:
-      n = "OaepSha256";
-      break;
-    case RsaPadding::kOaepSha384:
-      n = "OaepSha384";
-      break;
-    case RsaPadding::kOaepSha512:
-      n = "OaepSha512";
-      break;
-    case RsaPadding::kOaepSha1:
-      n = "OaepSha1";
-      break;
-    case RsaPadding::kPkcs1:
-      n = "Pkcs1";
-      break;
-  }
-  if (c == EnumCase::kCamel) n[0] = absl::ascii_tolower(n[0]);
+  std::string n = proto_crypto::PaddingSchemeName(padding);
+  if (c == EnumCase::kPascal) n[0] = absl::ascii_toupper(n[0]);
   return n;
 }
 
@@ -486,22 +470,6 @@ class Progress final {
   std::string line_;
 };
 
-v1::Padding ProtoPadding(RsaPadding p) {
-  switch (p) {
-    case RsaPadding::kOaepSha256:
-      return v1::OAEP_SHA256;
-    case RsaPadding::kOaepSha384:
-      return v1::OAEP_SHA384;
-    case RsaPadding::kOaepSha512:
-      return v1::OAEP_SHA512;
-    case RsaPadding::kOaepSha1:
-      return v1::OAEP_SHA1;
-    case RsaPadding::kPkcs1:
-      return v1::PKCS1;
-  }
-  return v1::PADDING_UNSPECIFIED;
-}
-
 std::string SafeFileName(const std::string& s) {
   std::string out;
   for (char c : s) {
@@ -730,7 +698,7 @@ class Importer final {
     auto* item = req.add_items();
     item->set_id("verify");
     item->set_key_name(f_.key_name);
-    item->set_padding(ProtoPadding(padding_));
+    item->set_padding(proto_crypto::PaddingToProto(padding_));
     item->set_ciphertext(sealed.data(), sealed.size());
     item->mutable_recipient()->set_public_key(device_spki_.data(), device_spki_.size());
     item->set_format(v1::RSA_OAEP_SHA256);

@@ -22,6 +22,7 @@
 #include "absl/strings/str_format.h"
 #include "crypto/encoding.h"
 #include "hsmrewrap/v1/rewrap.grpc.pb.h"
+#include "proto/conversions.h"
 
 namespace hsmrewrap::connector {
 namespace {
@@ -639,35 +640,9 @@ absl::StatusOr<v1::Padding> ParsePaddingScheme(const json& value) {
 }
 
 std::string PaddingSchemeName(v1::Padding p) {
-  switch (p) {
-    case v1::OAEP_SHA256:
-      return "oaepSha256";
-    case v1::OAEP_SHA384:
-      return "oaepSha384";
-    case v1::OAEP_SHA1:
-      return "oaepSha1";
-    case v1::PKCS1:
-      return "pkcs1";
-    case v1::OAEP_SHA512:
-    default:
-      return "oaepSha512";
-  }
-}
-
-v1::OutputFormat BareFormatFor(v1::Padding p) {
-  switch (p) {
-    case v1::OAEP_SHA256:
-      return v1::RSA_OAEP_SHA256;
-    case v1::OAEP_SHA384:
-      return v1::RSA_OAEP_SHA384;
-    case v1::OAEP_SHA1:
-      return v1::RSA_OAEP_SHA1;
-    case v1::PKCS1:
-      return v1::RSA_PKCS1;
-    case v1::OAEP_SHA512:
-    default:
-      return v1::RSA_OAEP_SHA512;
-  }
+  crypto::RsaPadding r = crypto::RsaPadding::kOaepSha512;  // unset: the module's default
+  proto_crypto::PaddingFromProto(p, &r);
+  return proto_crypto::PaddingSchemeName(r);
 }
 
 absl::StatusOr<v1::OutputFormat> ParseFormat(const std::string& name) {
@@ -771,7 +746,7 @@ absl::StatusOr<v1::RewrapItem> ParseResealRecord(const ojson& rec, const Options
   if (!ct.ok()) return ct.status();
   item.set_ciphertext(*std::move(ct));
   item.mutable_recipient()->set_service_key(options.reseal_to);
-  item.set_format(BareFormatFor(options.reseal_padding));
+  item.set_format(proto_crypto::BareFormatFor(options.reseal_padding, v1::RSA_OAEP_SHA512));
   return item;
 }
 

@@ -57,8 +57,6 @@ std::string PaddingSchemeName(v1::Padding p);
 absl::StatusOr<v1::OutputFormat> ParseFormat(const std::string& name);
 // aes256 (default), aes128, 3des; also aes-256-cbc, AES_128_CBC, des-ede3-cbc, des3.
 absl::StatusOr<v1::ContentCipher> ParseContentCipher(const std::string& name);
-// The bare RSA format that seals with `p` (service_key recipients).
-v1::OutputFormat BareFormatFor(v1::Padding p);
 
 // One request line -> item (its id is set by the caller). `id` receives the caller's id
 // (a string; numbers are printed) when the line has one.

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "clients/rewrap-load/load.h"
 #include "crypto/rsa.h"
+#include "proto/conversions.h"
 
 namespace hsmrewrap::load {
 namespace {
@@ -26,46 +27,6 @@ std::string OsslError(const std::string& what) {
     absl::StrAppend(&out, out == what ? ": " : "; ", buf);
   }
   return out;
-}
-
-bool ToCryptoPadding(v1::Padding p, crypto::RsaPadding* out) {
-  switch (p) {
-    case v1::OAEP_SHA1:
-      *out = crypto::RsaPadding::kOaepSha1;
-      return true;
-    case v1::OAEP_SHA256:
-      *out = crypto::RsaPadding::kOaepSha256;
-      return true;
-    case v1::OAEP_SHA384:
-      *out = crypto::RsaPadding::kOaepSha384;
-      return true;
-    case v1::OAEP_SHA512:
-      *out = crypto::RsaPadding::kOaepSha512;
-      return true;
-    case v1::PKCS1:
-      *out = crypto::RsaPadding::kPkcs1;
-      return true;
-    default:
-      return false;
-  }
-}
-
-bool IsCms(v1::OutputFormat f) { return f == v1::CMS_ENVELOPED || f == v1::CMS_ENVELOPED_PKCS1; }
-
-// The padding of a bare RSA output format.
-crypto::RsaPadding BarePadding(v1::OutputFormat f) {
-  switch (f) {
-    case v1::RSA_OAEP_SHA1:
-      return crypto::RsaPadding::kOaepSha1;
-    case v1::RSA_OAEP_SHA384:
-      return crypto::RsaPadding::kOaepSha384;
-    case v1::RSA_OAEP_SHA512:
-      return crypto::RsaPadding::kOaepSha512;
-    case v1::RSA_PKCS1:
-      return crypto::RsaPadding::kPkcs1;
-    default:
-      return crypto::RsaPadding::kOaepSha256;
-  }
 }
 
 std::string RandomPassword(size_t len) {
@@ -125,17 +86,17 @@ absl::StatusOr<Workload> Prepare(const Options& o, v1::Keys::Stub& keys) {
   if (o.batch == 0 || o.streams == 0 || o.devices == 0) {
     return absl::InvalidArgumentError("--batch, --streams and --devices must be at least 1");
   }
-  if (!IsCms(o.format) && o.format != v1::RSA_OAEP_SHA1 && o.format != v1::RSA_OAEP_SHA256 &&
-      o.format != v1::RSA_OAEP_SHA384 && o.format != v1::RSA_OAEP_SHA512 &&
-      o.format != v1::RSA_PKCS1) {
+  if (!proto_crypto::IsCmsFormat(o.format) && o.format != v1::RSA_OAEP_SHA1 &&
+      o.format != v1::RSA_OAEP_SHA256 && o.format != v1::RSA_OAEP_SHA384 &&
+      o.format != v1::RSA_OAEP_SHA512 && o.format != v1::RSA_PKCS1) {
     return absl::InvalidArgumentError(absl::StrCat("format ", v1::OutputFormat_Name(o.format),
                                                    " is not supported by rewrap-load"));
   }
-  if (!IsCms(o.format) && o.device_kind != DeviceKind::kRsa) {
+  if (!proto_crypto::IsCmsFormat(o.format) && o.device_kind != DeviceKind::kRsa) {
     return absl::InvalidArgumentError("bare RSA formats need --device-kind rsa");
   }
   crypto::RsaPadding padding;
-  if (!ToCryptoPadding(o.padding, &padding))
+  if (!proto_crypto::PaddingFromProto(o.padding, &padding))
     return absl::InvalidArgumentError("--padding is not set");
 
   Workload w;
@@ -204,7 +165,7 @@ absl::StatusOr<Workload> Prepare(const Options& o, v1::Keys::Stub& keys) {
 std::string VerifyOutput(const Options& o, const Device& device, const std::string& expected,
                          const std::string& output) {
   std::string plain;
-  if (IsCms(o.format)) {
+  if (proto_crypto::IsCmsFormat(o.format)) {
     const unsigned char* p = reinterpret_cast<const unsigned char*>(output.data());
     CMS_ContentInfo* cms = d2i_CMS_ContentInfo(nullptr, &p, static_cast<long>(output.size()));
     if (cms == nullptr) return OsslError("output is not DER CMS");
@@ -220,7 +181,7 @@ std::string VerifyOutput(const Options& o, const Device& device, const std::stri
     CMS_ContentInfo_free(cms);
     if (rc != 1) return OsslError("CMS_decrypt with the device key failed");
   } else {
-    const crypto::RsaPadding pad = BarePadding(o.format);
+    const crypto::RsaPadding pad = proto_crypto::BarePadding(o.format);
     EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new(device.key.get(), nullptr);
     if (ctx == nullptr || EVP_PKEY_decrypt_init(ctx) <= 0) {
       EVP_PKEY_CTX_free(ctx);
