@@ -18,6 +18,7 @@
 #include "hsmrewrap/v1/rewrap.grpc.pb.h"
 #include "tests/integration/test_crypto.h"
 #include "tests/security/pki.h"
+#include "tests/security/token_session.h"
 #include "tests/support/command.h"
 #include "tests/support/files.h"
 #include "tests/support/rewrapd_harness.h"
@@ -687,6 +688,171 @@ TEST(SecurityStandalone, KeyWithUnsafeAttributesIsRefused) {
   for (const auto& k : lr.keys()) EXPECT_NE(k.name(), "planted") << "an unsafe key is listed";
   EXPECT_NE(h->StderrText().find("key 'planted' has unsafe attributes"), std::string::npos)
       << h->StderrText();
+  EXPECT_EQ(h->Stop(), "");
+}
+
+// One item sealed (OAEP-SHA256) to service key `key`, rewrapped to a device key.
+v1::RewrapResult RewrapOne(RewrapdHarness& h, const std::string& key, EVP_PKEY* key_pub) {
+  v1::RewrapRequest req;
+  auto* item = req.add_items();
+  item->set_id("one");
+  item->set_key_name(key);
+  item->set_padding(v1::OAEP_SHA256);
+  item->set_ciphertext(*it::RsaEncrypt(key_pub, it::Pad::kOaepSha256, it::RandomBytes(32)));
+  item->set_format(v1::RSA_OAEP_SHA256);
+  static const it::Pkey device = it::GenerateRsa(2048);
+  item->mutable_recipient()->set_public_key(it::SpkiDer(device.get()));
+  grpc::ClientContext ctx;
+  test::SetDeadline(&ctx);
+  v1::RewrapResponse resp;
+  grpc::Status st = h.rewrap().Rewrap(&ctx, req, &resp);
+  if (!st.ok() || resp.results_size() != 1) {
+    v1::RewrapResult r;
+    r.mutable_error()->set_message("the call failed: " + st.error_message());
+    return r;
+  }
+  return resp.results(0);
+}
+
+it::Pkey ServicePublicKey(RewrapdHarness& h, const std::string& key) {
+  grpc::ClientContext ctx;
+  test::SetDeadline(&ctx);
+  v1::GetPublicKeyRequest req;
+  req.set_name(key);
+  req.set_format(v1::DER_SPKI);
+  v1::GetPublicKeyResponse resp;
+  if (!h.keys().GetPublicKey(&ctx, req, &resp).ok()) return nullptr;
+  return it::ParsePublicKey(resp.public_key());
+}
+
+// A modifiable key (made by another tool, or by rewrapd before its keys were read-only)
+// whose attributes someone with the PIN changes while rewrapd serves it is refused from the
+// next self-test on: the self-test names the key and the attribute, and rewrap items get
+// UNSUPPORTED naming the attribute, as for a key refused at start-up.
+TEST(SecurityStandalone, KeyAttributesAreRecheckedBySelfTest) {
+  if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  std::string error;
+  RewrapdHarness::Options opts;
+  opts.extra_args = {"--selftest-interval", "0"};
+  auto h = RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error, opts);
+  ASSERT_NE(h, nullptr) << error;
+  const std::string state = h->dir() + "/state";
+  setenv("SOFTHSM2_CONF", (state + "/softhsm2.conf").c_str(), 1);
+  auto token = TokenSession::Open("hsm-rewrap", test::ReadFileOrEmpty(state + "/user.pin"));
+  ASSERT_TRUE(token.ok()) << token.status();
+  TokenSession& t = **token;
+  {
+    grpc::ClientContext ctx;
+    test::SetDeadline(&ctx);
+    v1::CreateKeyRequest req;
+    req.set_name("made");
+    v1::KeyInfo info;
+    auto st = h->keys().CreateKey(&ctx, req, &info);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+
+  // Made by another tool, modifiable, with the attributes rewrapd requires: served.
+  ASSERT_TRUE(t.GenerateModifiableServiceKey("mod").ok());
+  auto mod_pub = ServicePublicKey(*h, "mod");
+  ASSERT_TRUE(mod_pub) << h->StderrText();
+  v1::RewrapResult r = RewrapOne(*h, "mod", mod_pub.get());
+  ASSERT_FALSE(r.has_error()) << r.error().message();
+
+  // Someone with the PIN gives it a signing role.
+  ASSERT_TRUE(t.SetBool("mod", CKO_PRIVATE_KEY, CKA_SIGN, true).ok());
+  auto self_test = [&](const std::string& name, v1::SelfTestResponse* resp) {
+    grpc::ClientContext ctx;
+    test::SetDeadline(&ctx);
+    v1::SelfTestRequest req;
+    req.set_name(name);
+    return h->keys().SelfTest(&ctx, req, resp);
+  };
+  auto result_of = [](const v1::SelfTestResponse& resp, const std::string& name) {
+    for (const auto& result : resp.results()) {
+      if (result.name() == name) return result;
+    }
+    v1::SelfTestResult none;
+    none.set_ok(true);
+    none.set_message("no result for " + name);
+    return none;
+  };
+  v1::SelfTestResponse st_resp;
+  ASSERT_TRUE(self_test("", &st_resp).ok());
+  v1::SelfTestResult mod_result = result_of(st_resp, "mod");
+  EXPECT_FALSE(mod_result.ok()) << "the self-test did not notice: " << mod_result.message();
+  EXPECT_NE(mod_result.message().find("CKA_SIGN is TRUE"), std::string::npos)
+      << mod_result.message();
+  for (const std::string name : {"default", "made"}) {
+    EXPECT_TRUE(result_of(st_resp, name).ok())
+        << name << ": " << result_of(st_resp, name).message();
+  }
+  // From then on the key is refused, at once.
+  r = RewrapOne(*h, "mod", mod_pub.get());
+  EXPECT_EQ(r.error().code(), v1::ItemError::UNSUPPORTED) << r.error().message();
+  EXPECT_NE(r.error().message().find("CKA_SIGN is TRUE"), std::string::npos) << r.error().message();
+  EXPECT_TRUE(r.ciphertext().empty());
+  // Every later self-test still names it (also one of that key alone).
+  st_resp.Clear();
+  ASSERT_TRUE(self_test("", &st_resp).ok());
+  EXPECT_FALSE(result_of(st_resp, "mod").ok());
+  st_resp.Clear();
+  ASSERT_TRUE(self_test("mod", &st_resp).ok());
+  ASSERT_EQ(st_resp.results_size(), 1);
+  EXPECT_FALSE(st_resp.results(0).ok());
+  EXPECT_NE(st_resp.results(0).message().find("CKA_SIGN is TRUE"), std::string::npos)
+      << st_resp.results(0).message();
+  // The other keys are served as before.
+  auto default_pub = ServicePublicKey(*h, "default");
+  ASSERT_TRUE(default_pub);
+  r = RewrapOne(*h, "default", default_pub.get());
+  EXPECT_FALSE(r.has_error()) << r.error().message();
+  const std::string log = h->StderrText();
+  EXPECT_NE(log.find("key 'mod'"), std::string::npos) << log;
+  EXPECT_NE(log.find("CKA_SIGN is TRUE"), std::string::npos) << log;
+  token->reset();
+  EXPECT_EQ(h->Stop(), "");
+}
+
+// The periodic self-test re-checks the attributes too (no RPC): CKA_DERIVE set on a
+// modifiable key is refused within a self-test interval, and the metrics name the key.
+TEST(SecurityStandalone, PeriodicSelfTestRefusesKeyWhoseAttributesChanged) {
+  if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  std::string error;
+  RewrapdHarness::Options opts;
+  opts.extra_args = {"--selftest-interval", "1", "--metrics-listen", "127.0.0.1:0"};
+  auto h = RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error, opts);
+  ASSERT_NE(h, nullptr) << error;
+  const std::string state = h->dir() + "/state";
+  setenv("SOFTHSM2_CONF", (state + "/softhsm2.conf").c_str(), 1);
+  auto token = TokenSession::Open("hsm-rewrap", test::ReadFileOrEmpty(state + "/user.pin"));
+  ASSERT_TRUE(token.ok()) << token.status();
+  ASSERT_TRUE((*token)->GenerateModifiableServiceKey("mod").ok());
+  auto mod_pub = ServicePublicKey(*h, "mod");
+  ASSERT_TRUE(mod_pub) << h->StderrText();
+  v1::RewrapResult r = RewrapOne(*h, "mod", mod_pub.get());
+  ASSERT_FALSE(r.has_error()) << r.error().message();
+  ASSERT_TRUE((*token)->SetBool("mod", CKO_PRIVATE_KEY, CKA_DERIVE, true).ok());
+  bool refused = false;
+  for (int i = 0; i < 150 && !refused; ++i) {
+    r = RewrapOne(*h, "mod", mod_pub.get());
+    refused = r.error().code() == v1::ItemError::UNSUPPORTED;
+    if (!refused) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(refused) << "still served 15 s after CKA_DERIVE was set: " << r.error().message();
+  EXPECT_NE(r.error().message().find("CKA_DERIVE is TRUE"), std::string::npos)
+      << r.error().message();
+  const std::string err = test::ReadFileOrEmpty(h->StderrPath());
+  const std::string tag = "metrics on http://";
+  const size_t p = err.rfind(tag);
+  ASSERT_NE(p, std::string::npos) << err;
+  const std::string metrics =
+      err.substr(p + tag.size(), err.find('/', p + tag.size()) - p - tag.size());
+  const std::string text =
+      test::RunCommand({"curl", "-s", "--max-time", "5", "http://" + metrics + "/metrics"}).out;
+  EXPECT_NE(text.find("hsmrewrap_selftest_ok{key=\"mod\"} 0"), std::string::npos) << text;
+  EXPECT_NE(text.find("hsmrewrap_key_refused{key=\"mod\"} 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("hsmrewrap_selftest_ok{key=\"default\"} 1"), std::string::npos) << text;
+  token->reset();
   EXPECT_EQ(h->Stop(), "");
 }
 
