@@ -367,7 +367,7 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::CreateKey(const std::string& name, int bi
   auto renew = [&] { return RenewLease(lease); };
   absl::Status s = CreateWithOptionalAttrs(
       token_.label, priv, [&] { return lease->GenerateKeyPair(&mech, pub, priv, &hpub, &hpriv); },
-      renew);
+      renew, &pub);
   if (!s.ok()) {
     if (!lease.ok()) return s;
     lease->MarkBroken();
@@ -435,12 +435,23 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
 
   Template pub = ServicePublicKeyTemplate(name, id);
   pub.Data(CKA_MODULUS, n).Data(CKA_PUBLIC_EXPONENT, e);
-  auto hpub = lease->Create(pub);
-  if (!hpub.ok()) {
+  if (!priv.Has(CKA_MODIFIABLE)) pub.Remove(CKA_MODIFIABLE);  // the token refused it above
+  CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE;
+  // A public key object is made whole or not at all: the retry stays in this session, which
+  // holds the new private key's handle for its clean-up.
+  s = CreateWithOptionalAttrs(
+      token_.label, pub,
+      [&]() -> absl::Status {
+        auto h = lease->Create(pub);
+        if (h.ok()) hpub = *h;
+        return h.status();
+      },
+      [] { return absl::OkStatus(); });
+  if (!s.ok()) {
     lease->Destroy(hpriv);
-    return hpub.status();
+    return s;
   }
-  return FinishNewKey(*lease, name, allow_pkcs1, hpriv, *hpub);
+  return FinishNewKey(*lease, name, allow_pkcs1, hpriv, hpub);
 }
 
 absl::StatusOr<KeyInfo> Pkcs11Backend::SetEnabled(const std::string& name, bool enabled) {

@@ -725,6 +725,54 @@ it::Pkey ServicePublicKey(RewrapdHarness& h, const std::string& key) {
   return it::ParsePublicKey(resp.public_key());
 }
 
+// Keys rewrapd creates or imports cannot be changed, not even with the PIN: both objects
+// have CKA_MODIFIABLE=FALSE (SoftHSM2), so nobody can give them a signing role later.
+TEST(SecurityStandalone, KeysRewrapdMakesAreReadOnly) {
+  if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  std::string error;
+  RewrapdHarness::Options opts;
+  opts.extra_args = {"--selftest-interval", "0"};
+  auto h = RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error, opts);
+  ASSERT_NE(h, nullptr) << error;
+  const std::string state = h->dir() + "/state";
+  setenv("SOFTHSM2_CONF", (state + "/softhsm2.conf").c_str(), 1);
+  auto token = TokenSession::Open("hsm-rewrap", test::ReadFileOrEmpty(state + "/user.pin"));
+  ASSERT_TRUE(token.ok()) << token.status();
+  TokenSession& t = **token;
+  // CreateKey, ImportKey and the embedded default key (CreateKey at the first start).
+  {
+    grpc::ClientContext ctx;
+    test::SetDeadline(&ctx);
+    v1::CreateKeyRequest req;
+    req.set_name("made");
+    v1::KeyInfo info;
+    auto st = h->keys().CreateKey(&ctx, req, &info);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  {
+    grpc::ClientContext ctx;
+    test::SetDeadline(&ctx);
+    v1::ImportKeyRequest req;
+    req.set_name("imported");
+    req.set_pkcs8(it::PrivateKeyPkcs8Der(it::GenerateRsa(2048).get()));
+    v1::KeyInfo info;
+    auto st = h->keys().ImportKey(&ctx, req, &info);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  for (const std::string name : {"made", "imported", "default"}) {
+    for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
+      auto modifiable = t.GetBool(name, cls, CKA_MODIFIABLE);
+      ASSERT_TRUE(modifiable.ok()) << name << ": " << modifiable.status();
+      EXPECT_FALSE(*modifiable) << name << (cls == CKO_PRIVATE_KEY ? " private" : " public")
+                                << " key is modifiable";
+    }
+    absl::Status set = t.SetBool(name, CKO_PRIVATE_KEY, CKA_SIGN, true);
+    EXPECT_FALSE(set.ok()) << name << ": CKA_SIGN could be set on a key rewrapd made";
+  }
+  token->reset();
+  EXPECT_EQ(h->Stop(), "");
+}
+
 // A modifiable key (made by another tool, or by rewrapd before its keys were read-only)
 // whose attributes someone with the PIN changes while rewrapd serves it is refused from the
 // next self-test on: the self-test names the key and the attribute, and rewrap items get

@@ -1,6 +1,7 @@
-// Key attributes over the life of a key, on SoftHSM2 and on NSS softoken: RecheckKey reads
-// the attributes from the token again and refuses a key whose attributes were changed while
-// it was served.
+// Key attributes over the life of a key, on SoftHSM2 and on NSS softoken: the objects of
+// CreateKey and ImportKey are read-only (CKA_MODIFIABLE=FALSE) where the token allows it,
+// and RecheckKey reads the attributes from the token again and refuses a key whose
+// attributes were changed while it was served.
 #include <unistd.h>
 
 #include <iostream>
@@ -121,7 +122,8 @@ class KeyAttributesTest : public ::testing::TestWithParam<Token> {
           lease->Release();
           lease = backend_->pool().Acquire(absl::Now() + absl::Seconds(5));
           return lease.status();
-        });
+        },
+        &pub);
   }
 
   static constexpr char kUserPin[] = "attr-user-1234";
@@ -131,6 +133,65 @@ class KeyAttributesTest : public ::testing::TestWithParam<Token> {
   std::shared_ptr<Module> module_;
   std::unique_ptr<Pkcs11Backend> backend_;
 };
+
+// Both tokens take CKA_MODIFIABLE=FALSE in the templates of C_GenerateKeyPair and
+// C_CreateObject (SoftHSM2 2.6.1, NSS softoken 3.87): every object rewrapd makes is
+// read-only, so nobody can give it a signing role later, not even with the PIN.
+TEST_P(KeyAttributesTest, CreatedAndImportedKeysAreReadOnly) {
+  ASSERT_THAT(backend_->CreateKey("made", 2048, /*allow_pkcs1=*/false), IsOk());
+  auto host = testing::GenerateHostRsa(2048);
+  ASSERT_THAT(backend_->ImportKey("imported", testing::HostKeyParts(host.get(), true), false),
+              IsOk());
+  for (const std::string name : {"made", "imported"}) {
+    for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
+      const char* what = cls == CKO_PRIVATE_KEY ? "private" : "public";
+      auto modifiable = GetBool(name, cls, CKA_MODIFIABLE);
+      ASSERT_THAT(modifiable, IsOk()) << name << " " << what;
+      std::cout << TokenName() << ": " << name << " " << what
+                << " key CKA_MODIFIABLE=" << (*modifiable ? "TRUE" : "FALSE") << "\n";
+      EXPECT_FALSE(*modifiable) << name << " " << what << " key";
+    }
+    absl::Status set = SetBool(name, CKO_PRIVATE_KEY, CKA_SIGN, true);
+    std::cout << TokenName() << ": C_SetAttributeValue(CKA_SIGN=TRUE) on " << name << ": "
+              << (set.ok() ? "OK" : std::string(set.message())) << "\n";
+    EXPECT_FALSE(set.ok()) << name;
+    auto sign = GetBool(name, CKO_PRIVATE_KEY, CKA_SIGN);
+    ASSERT_THAT(sign, IsOk());
+    EXPECT_FALSE(*sign) << name;
+    EXPECT_THAT(backend_->RecheckKey(name), IsOk());
+  }
+  // Stored so: still read-only after the module is loaded again.
+  backend_.reset();
+  module_.reset();
+  auto m = Module::Load(options_.module_path, options_.init_args);
+  ASSERT_THAT(m, IsOk());
+  module_ = *m;
+  auto b = Pkcs11Backend::Create(options_);
+  ASSERT_THAT(b, IsOk());
+  backend_ = std::move(*b);
+  for (const std::string name : {"made", "imported"}) {
+    for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
+      auto modifiable = GetBool(name, cls, CKA_MODIFIABLE);
+      ASSERT_THAT(modifiable, IsOk()) << name;
+      EXPECT_FALSE(*modifiable) << name << " after reopening";
+    }
+  }
+}
+
+// Read-only is not indestructible (CKA_DESTROYABLE stays TRUE): the clean-up of a key whose
+// metadata cannot be written (FinishNewKey) and an operator's deletion still work.
+TEST_P(KeyAttributesTest, ReadOnlyKeysCanBeDestroyed) {
+  ASSERT_THAT(backend_->CreateKey("gone", 2048, false), IsOk());
+  for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
+    auto h = Find("gone", cls);
+    ASSERT_THAT(h, IsOk());
+    auto lease = backend_->pool().Acquire(absl::Now() + absl::Seconds(5));
+    ASSERT_THAT(lease, IsOk());
+    EXPECT_THAT(lease->TryDestroy(*h), IsOk()) << TokenName();
+  }
+  EXPECT_THAT(Find("gone", CKO_PRIVATE_KEY), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(backend_->RecheckKey("gone"), StatusIs(absl::StatusCode::kNotFound));
+}
 
 // A modifiable key whose attributes change while it is served is refused from the next
 // re-check on, at once (no cache), with the attribute named; a key still in order is not.
