@@ -443,7 +443,8 @@ absl::StatusOr<Security::Call> Security::Authorize(const grpc::ServerContextBase
       }
     }
     if (!denied.ok()) {
-      AuditKeyCall(call, "", "PERMISSION_DENIED");
+      // Refused whether or not the record can be written.
+      AuditKeyCall(call, "", "PERMISSION_DENIED").IgnoreError();
       return denied;
     }
   }
@@ -454,14 +455,41 @@ std::shared_ptr<ItemGate> Security::GateFor(Call call) {
   return std::make_shared<CallGate>(this, std::move(call));
 }
 
-void Security::AuditKeyCall(const Call& call, const std::string& key, const std::string& outcome) {
-  if (audit_ == nullptr) return;
+namespace {
+absl::Status AuditUnwritable(const Security::Call& call) {
+  return absl::UnavailableError(
+      absl::StrCat("the audit log cannot be written: rewrapd refuses ", call.rpc,
+                   " (every RPC fails closed until it is restarted with a writable audit log)"));
+}
+}  // namespace
+
+absl::Status Security::BeginKeyCall(const Call& call, const std::string& key, bool changes_keys) {
+  if (audit_ == nullptr) return absl::OkStatus();
+  absl::Status st;
+  if (!audit_->ok()) {
+    st = AuditUnwritable(call);
+  } else if (changes_keys) {
+    st = AuditKeyCall(call, key, "STARTED");
+  }
+  if (!st.ok()) {
+    spdlog::error("{} of key '{}' by '{}' refused: the audit log cannot be written", call.rpc,
+                  key.substr(0, 128), call.who);
+  }
+  return st;
+}
+
+absl::Status Security::AuditKeyCall(const Call& call, const std::string& key,
+                                    const std::string& outcome) {
+  if (audit_ == nullptr) return absl::OkStatus();
   nlohmann::json j = {{"time", AuditTimeNow()},
                       {"identity", call.who},
                       {"rpc", call.rpc},
                       {"key", key},
                       {"outcome", outcome}};
-  audit_->Append(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+  if (audit_->Append(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n")) {
+    return absl::OkStatus();
+  }
+  return AuditUnwritable(call);
 }
 
 }  // namespace hsmrewrap::service

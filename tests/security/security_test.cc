@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -23,6 +24,7 @@
 #include "tests/support/files.h"
 #include "tests/support/rewrapd_harness.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/tokens.h"
 
 namespace hsmrewrap::sec {
 namespace {
@@ -574,7 +576,7 @@ TEST_F(SecurityTest, SighupReloadsPolicyWithoutDroppingTraffic) {
   EXPECT_EQ(failures.load(), 0) << "traffic failed during reloads";
 }
 
-// A rewrapd whose audit log cannot be written stops serving rewraps and says so.
+// A rewrapd whose audit log cannot be written stops serving and says so.
 TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
   if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
   if (access("/dev/full", W_OK) != 0) GTEST_SKIP() << "no /dev/full";
@@ -583,13 +585,28 @@ TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
   opts.extra_args = {"--audit-log", "/dev/full"};
   auto h = RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error, opts);
   ASSERT_NE(h, nullptr) << error;
+  // A read is audited too: its answer is withheld when its record cannot be written.
   grpc::ClientContext gctx;
   test::SetDeadline(&gctx);
   v1::GetPublicKeyRequest gr;
   gr.set_name("default");
   v1::GetPublicKeyResponse gresp;
-  ASSERT_TRUE(h->keys().GetPublicKey(&gctx, gr, &gresp).ok());
-  auto pub = it::ParsePublicKey(gresp.public_key());
+  auto gst = h->keys().GetPublicKey(&gctx, gr, &gresp);
+  EXPECT_EQ(gst.error_code(), grpc::StatusCode::UNAVAILABLE) << gst.error_message();
+  EXPECT_TRUE(gresp.public_key().empty());
+  // The service key's public key, from the token itself.
+  const std::string state = h->dir() + "/state";
+  setenv("SOFTHSM2_CONF", (state + "/softhsm2.conf").c_str(), 1);
+  std::string spki;
+  {
+    auto token = TokenSession::Open("hsm-rewrap", test::ReadFileOrEmpty(state + "/user.pin"));
+    ASSERT_TRUE(token.ok()) << token.status();
+    auto der = (*token)->PublicKeyDer("default");
+    ASSERT_TRUE(der.ok()) << der.status();
+    spki = *der;
+  }
+  auto pub = it::ParsePublicKey(spki);
+  ASSERT_TRUE(pub);
   auto device = it::GenerateRsa(2048);
   v1::RewrapRequest req;
   auto* item = req.add_items();
@@ -622,6 +639,142 @@ TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
   EXPECT_TRUE(not_serving);
   EXPECT_NE(h->StderrText().find("AUDIT LOG /dev/full CANNOT BE WRITTEN"), std::string::npos)
       << h->StderrText();
+  EXPECT_EQ(h->Stop(), "");
+}
+
+// A SoftHSM2 token of the test's own in `dir` (SOFTHSM2_CONF is set for this process and so
+// for every rewrapd it starts), and the arguments that start rewrapd on it: its keys stay
+// across restarts.
+std::vector<std::string> OwnSoftToken(const test::TempDir& dir, const std::string& label,
+                                      std::string* why) {
+  test::SetUpSoftHsmConfig(dir.path());
+  const std::string pin = "sec-" + it::RandomAscii(12);
+  test::WriteFile(dir.File("user.pin"), pin, 0600);
+  std::vector<std::string> cmd = {"softhsm2-util", "--init-token", "--free", "--label",
+                                  label,           "--pin",        pin,      "--so-pin",
+                                  "sec-so-5678"};
+  test::CommandResult r = test::RunCommand(cmd);
+  if (r.exit_code != 0) {
+    *why = r.Describe(cmd);
+    return {};
+  }
+  return {"--module", test::kSoftHsmPath, "--token", label, "--pin-file", dir.File("user.pin")};
+}
+
+// Key administration with a broken audit log fails closed like rewraps: every key RPC is
+// UNAVAILABLE, whether its own record is the first that cannot be written or the log is
+// known to be broken already, and nothing changes in the token.
+TEST(SecurityStandalone, KeyRpcsFailClosedWithTheAuditLog) {
+  if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  if (access("/dev/full", W_OK) != 0) GTEST_SKIP() << "no /dev/full";
+  test::TempDir dir("hsmrewrap-audit-keys");
+  std::string error;
+  const std::vector<std::string> token = OwnSoftToken(dir, "audit-keys", &error);
+  ASSERT_FALSE(token.empty()) << error;
+  auto start = [&](const std::string& audit_log) {
+    RewrapdHarness::Options x;
+    x.module_args = token;
+    x.extra_args = {"--audit-log", audit_log, "--selftest-interval", "0"};
+    return RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error, x);
+  };
+  auto list = [](RewrapdHarness& h, std::map<std::string, bool>* keys) {
+    grpc::ClientContext ctx;
+    test::SetDeadline(&ctx);
+    v1::ListKeysResponse lr;
+    grpc::Status st = h.keys().ListKeys(&ctx, v1::ListKeysRequest(), &lr);
+    for (const auto& k : lr.keys()) (*keys)[k.name()] = k.enabled();
+    return st;
+  };
+  // With a writable audit log: "keep" (enabled) and "off" (disabled).
+  {
+    auto h = start(dir.File("audit.jsonl"));
+    ASSERT_NE(h, nullptr) << error;
+    for (const std::string name : {"keep", "off"}) {
+      grpc::ClientContext ctx;
+      test::SetDeadline(&ctx);
+      v1::CreateKeyRequest req;
+      req.set_name(name);
+      v1::KeyInfo info;
+      auto st = h->keys().CreateKey(&ctx, req, &info);
+      ASSERT_TRUE(st.ok()) << name << ": " << st.error_message();
+    }
+    grpc::ClientContext ctx;
+    test::SetDeadline(&ctx);
+    v1::DisableKeyRequest req;
+    req.set_name("off");
+    v1::KeyInfo info;
+    ASSERT_TRUE(h->keys().DisableKey(&ctx, req, &info).ok());
+    EXPECT_EQ(h->Stop(), "");
+    // Each change: the record of the attempt before the token work, then its outcome.
+    std::vector<std::string> records;
+    std::istringstream in(test::ReadFileOrEmpty(dir.File("audit.jsonl")));
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      ASSERT_FALSE(j.is_discarded()) << line;
+      records.push_back(j.value("rpc", "") + " " + j.value("key", "") + " " +
+                        j.value("outcome", ""));
+    }
+    EXPECT_EQ(records, (std::vector<std::string>{"CreateKey keep STARTED", "CreateKey keep OK",
+                                                 "CreateKey off STARTED", "CreateKey off OK",
+                                                 "DisableKey off STARTED", "DisableKey off OK"}));
+  }
+  const std::string pkcs8 = it::PrivateKeyPkcs8Der(it::GenerateRsa(2048).get());
+  struct Rpc {
+    const char* name;
+    std::function<grpc::Status(RewrapdHarness&)> call;
+  };
+  auto unary = [](auto method, auto req, auto resp) {
+    return [method, req, resp](RewrapdHarness& h) mutable {
+      grpc::ClientContext ctx;
+      test::SetDeadline(&ctx);
+      return (h.keys().*method)(&ctx, req, &resp);
+    };
+  };
+  v1::CreateKeyRequest create;
+  create.set_name("new");
+  v1::ImportKeyRequest import;
+  import.set_name("imported");
+  import.set_pkcs8(pkcs8);
+  v1::DisableKeyRequest disable;
+  disable.set_name("keep");
+  v1::EnableKeyRequest enable;
+  enable.set_name("off");
+  v1::GetPublicKeyRequest get;
+  get.set_name("keep");
+  get.set_format(v1::DER_SPKI);
+  using Keys = v1::Keys::Stub;
+  const std::vector<Rpc> admin = {{"CreateKey", unary(&Keys::CreateKey, create, v1::KeyInfo())},
+                                  {"ImportKey", unary(&Keys::ImportKey, import, v1::KeyInfo())},
+                                  {"DisableKey", unary(&Keys::DisableKey, disable, v1::KeyInfo())},
+                                  {"EnableKey", unary(&Keys::EnableKey, enable, v1::KeyInfo())}};
+  const std::vector<Rpc> reads = {
+      {"ListKeys", unary(&Keys::ListKeys, v1::ListKeysRequest(), v1::ListKeysResponse())},
+      {"GetPublicKey", unary(&Keys::GetPublicKey, get, v1::GetPublicKeyResponse())},
+      {"SelfTest", unary(&Keys::SelfTest, v1::SelfTestRequest(), v1::SelfTestResponse())}};
+  // Each key administration RPC once as the first call of a rewrapd whose audit log cannot
+  // be written (its own record is the one that fails), then every other key RPC.
+  for (size_t first = 0; first < admin.size(); ++first) {
+    auto h = start("/dev/full");
+    ASSERT_NE(h, nullptr) << error;
+    std::vector<const Rpc*> order;
+    for (size_t i = 0; i < admin.size(); ++i) order.push_back(&admin[(first + i) % admin.size()]);
+    for (const Rpc& r : reads) order.push_back(&r);
+    for (size_t i = 0; i < order.size(); ++i) {
+      grpc::Status st = order[i]->call(*h);
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
+          << order[i]->name << " (call " << i << " of a rewrapd whose audit log is /dev/full): "
+          << (st.ok() ? "OK" : st.error_message());
+      EXPECT_NE(st.error_message().find("audit log cannot be written"), std::string::npos)
+          << order[i]->name << ": " << st.error_message();
+    }
+    EXPECT_EQ(h->Stop(), "");
+  }
+  // Nothing changed: the same two keys in the same states.
+  auto h = start(dir.File("audit.jsonl"));
+  ASSERT_NE(h, nullptr) << error;
+  std::map<std::string, bool> keys;
+  ASSERT_TRUE(list(*h, &keys).ok());
+  EXPECT_EQ(keys, (std::map<std::string, bool>{{"keep", true}, {"off", false}}));
   EXPECT_EQ(h->Stop(), "");
 }
 
