@@ -73,6 +73,8 @@ absl::StatusOr<KeyInfo> KeyBackend::GetKey(const std::string& name) {
   return (*ref)->info;
 }
 
+absl::Status KeyBackend::RecheckKey(const std::string& name) { return Resolve(name).status(); }
+
 namespace {
 
 // Whether `path` is one `key` offers for `padding` (Unimplemented naming it if not).

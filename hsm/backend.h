@@ -177,6 +177,16 @@ class KeyBackend {
   virtual absl::StatusOr<KeyRefPtr> Resolve(const std::string& name) = 0;
   absl::StatusOr<KeyInfo> GetKey(const std::string& name);  // Resolve(name)->info
 
+  // Reads the key's attributes from the token again (never from the cache) and checks them
+  // as a key found in the token is checked at load (hsm/key_policy.h). OK while they are
+  // right. When they changed while the key was served (someone with the PIN set CKA_SIGN or
+  // CKA_DERIVE on a modifiable key), the key leaves the cache and is refused from then on:
+  // this and every later Resolve answer FailedPrecondition naming the attributes, without
+  // the token, until the backend is made again (restart, token re-initialisation), which
+  // checks the key as at start-up. NotFound for an unknown key. The self-test calls it for
+  // every key it tests. The default (backends without attributes) is Resolve(name)'s status.
+  virtual absl::Status RecheckKey(const std::string& name);
+
   // TOKEN_DECRYPT (C_Decrypt with `padding`) or HOST_UNPADDING (CKM_RSA_X_509 in the token,
   // constant-time unpadding on the host) with a resolved key. A ciphertext whose length is
   // not the modulus length is a decryption failure (checked before the token: an empty

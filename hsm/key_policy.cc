@@ -19,10 +19,30 @@ std::vector<CK_MECHANISM_TYPE> AllowedMechanisms(bool host_unpadding, bool pkcs1
   return m;
 }
 
-// Dropped one at a time, in this order, when the token rejects the template. (CKA_WRAP is
-// not a private-key attribute; SoftHSM2 2.6.1 rejects it, so it is never sent.)
-constexpr CK_ATTRIBUTE_TYPE kOptionalPrivateAttrs[] = {CKA_ALLOWED_MECHANISMS, CKA_DERIVE,
-                                                       CKA_SIGN_RECOVER};
+// Dropped one at a time, in this order, when the token rejects the template (an attribute
+// the templates do not have is skipped). The first two only harden the key, and the key is
+// checked without them (allow_pkcs1 in software; the attributes at every self-test); a
+// missing CKA_DERIVE or CKA_SIGN_RECOVER leaves the token's default, which the check of the
+// new key refuses if it is TRUE. (CKA_WRAP is not a private-key attribute; SoftHSM2 2.6.1
+// rejects it, so it is never sent.)
+constexpr CK_ATTRIBUTE_TYPE kOptionalAttrs[] = {CKA_ALLOWED_MECHANISMS, CKA_MODIFIABLE, CKA_DERIVE,
+                                                CKA_SIGN_RECOVER};
+
+const char* OptionalAttrName(CK_ATTRIBUTE_TYPE t) {
+  switch (t) {
+    case CKA_ALLOWED_MECHANISMS:
+      return "CKA_ALLOWED_MECHANISMS (the token will not restrict the key's mechanisms; "
+             "hsm-rewrap still enforces allow_pkcs1 itself)";
+    case CKA_MODIFIABLE:
+      return "CKA_MODIFIABLE=FALSE (the key stays modifiable by anyone with the PIN; its "
+             "attributes are re-checked at every self-test)";
+    case CKA_DERIVE:
+      return "CKA_DERIVE";
+    case CKA_SIGN_RECOVER:
+      return "CKA_SIGN_RECOVER";
+  }
+  return "?";
+}
 
 // How tokens reject an attribute they do not support. NSS softoken 3.87 answers a template
 // with CKA_ALLOWED_MECHANISMS with CKR_GENERAL_ERROR, so that counts too; a real device
@@ -70,6 +90,7 @@ Template ServicePrivateKeyTemplate(const std::string& name, const crypto::Bytes&
       .Bool(CKA_SIGN, false)
       .Bool(CKA_SIGN_RECOVER, false)
       .Bool(CKA_DERIVE, false)
+      .Bool(CKA_MODIFIABLE, false)
       .Str(CKA_LABEL, name)
       .Data(CKA_ID, id)
       .Mechanisms(AllowedMechanisms(host_unpadding, pkcs1));
@@ -85,6 +106,7 @@ Template ServicePublicKeyTemplate(const std::string& name, const crypto::Bytes& 
       .Bool(CKA_ENCRYPT, true)
       .Bool(CKA_VERIFY, false)
       .Bool(CKA_WRAP, false)
+      .Bool(CKA_MODIFIABLE, false)
       .Str(CKA_LABEL, name)
       .Data(CKA_ID, id);
   return t;
@@ -119,19 +141,19 @@ Template SessionSecretTemplate() {
 
 absl::Status CreateWithOptionalAttrs(const std::string& token_label, Template& priv,
                                      const std::function<absl::Status()>& create,
-                                     const std::function<absl::Status()>& renew) {
-  for (size_t drop = 0;; ++drop) {
+                                     const std::function<absl::Status()>& renew, Template* pub) {
+  size_t next = 0;
+  for (;;) {
     absl::Status s = create();
-    if (s.ok() || !IsAttributeRejection(CkrOf(s)) || drop >= std::size(kOptionalPrivateAttrs)) {
-      return s;
-    }
-    spdlog::warn("token '{}' rejects the key template ({}); retrying without attribute 0x{:x}{}",
-                 token_label, std::string(s.message()), kOptionalPrivateAttrs[drop],
-                 kOptionalPrivateAttrs[drop] == CKA_ALLOWED_MECHANISMS
-                     ? " (CKA_ALLOWED_MECHANISMS: the token will not restrict the key's "
-                       "mechanisms; hsm-rewrap still enforces allow_pkcs1 itself)"
-                     : "");
-    priv.Remove(kOptionalPrivateAttrs[drop]);
+    if (s.ok() || !IsAttributeRejection(CkrOf(s))) return s;
+    auto sent = [&](CK_ATTRIBUTE_TYPE t) { return priv.Has(t) || (pub != nullptr && pub->Has(t)); };
+    while (next < std::size(kOptionalAttrs) && !sent(kOptionalAttrs[next])) ++next;
+    if (next >= std::size(kOptionalAttrs)) return s;
+    const CK_ATTRIBUTE_TYPE drop = kOptionalAttrs[next++];
+    spdlog::warn("token '{}' rejects the key template ({}); retrying without {}", token_label,
+                 std::string(s.message()), OptionalAttrName(drop));
+    priv.Remove(drop);
+    if (pub != nullptr) pub->Remove(drop);
     if (absl::Status r = renew(); !r.ok()) return r;
   }
 }

@@ -5,7 +5,10 @@
 // (CKA_SIGN, CKA_SIGN_RECOVER, CKA_DERIVE false), and where the token keeps
 // CKA_ALLOWED_MECHANISMS it lists only the rewrap mechanisms (CKM_RSA_PKCS only for keys
 // with allow_pkcs1, CKM_RSA_X_509 only with host unpadding). Its public key object has the
-// same CKA_LABEL (the key name) and CKA_ID.
+// same CKA_LABEL (the key name) and CKA_ID. Both objects of a key rewrapd makes are
+// read-only (CKA_MODIFIABLE=FALSE) where the token takes that; keys made by other tools may
+// be modifiable, so the check of the attributes runs again at every self-test
+// (KeyBackend::RecheckKey).
 #pragma once
 
 #include <functional>
@@ -38,13 +41,15 @@ absl::StatusOr<CK_OBJECT_HANDLE> SessionPublicKey(SessionPool::Lease& lease,
                                                   const crypto::PublicKey& key);
 Template SessionSecretTemplate();
 
-// Calls `create` (C_GenerateKeyPair or C_CreateObject with `priv`). While the token rejects
-// the template, drops the next optional attribute (CKA_ALLOWED_MECHANISMS, CKA_DERIVE,
-// CKA_SIGN_RECOVER, in that order) and tries again on the fresh session `renew` leases (a
-// failed attempt can leave a half-made object in the old one: SoftHSM2 2.6.1).
+// Calls `create` (C_GenerateKeyPair or C_CreateObject with `priv`, and `pub` when given).
+// While the token rejects the template, drops the next optional attribute the templates
+// have (CKA_ALLOWED_MECHANISMS, CKA_MODIFIABLE, CKA_DERIVE, CKA_SIGN_RECOVER, in that
+// order; from both templates) and tries again on the fresh session `renew` leases (a failed
+// attempt can leave a half-made object in the old one: SoftHSM2 2.6.1). Each drop is logged.
 absl::Status CreateWithOptionalAttrs(const std::string& token_label, Template& priv,
                                      const std::function<absl::Status()>& create,
-                                     const std::function<absl::Status()>& renew);
+                                     const std::function<absl::Status()>& renew,
+                                     Template* pub = nullptr);
 
 // What is wrong with a service private key's attributes, one phrase per attribute (empty:
 // nothing). An attribute the token does not know is not held against the key, except

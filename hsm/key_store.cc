@@ -108,6 +108,10 @@ absl::StatusOr<KeyRefPtr> Pkcs11Backend::LoadKey(const std::string& name, CK_OBJ
   auto ref = std::make_shared<const KeyRef>(
       KeyRef{std::move(info), *std::move(pub), modulus_len, uint64_t{priv}, id_});
   absl::MutexLock l(&mu_);
+  // A re-check that refused the key while it was loading wins.
+  if (auto r = refused_.find(name); r != refused_.end()) {
+    return absl::FailedPreconditionError(r->second);
+  }
   keys_[name] = Entry{ref, absl::Now()};
   return ref;
 }
@@ -132,7 +136,8 @@ absl::Status Pkcs11Backend::LoadAllKeys() {
   for (const auto& name : names) {
     {
       absl::MutexLock l(&mu_);
-      if (keys_.count(name)) continue;  // loaded and probed before; metadata has a TTL
+      if (keys_.count(name)) continue;     // loaded and probed before; metadata has a TTL
+      if (refused_.count(name)) continue;  // its attributes changed while it was served
     }
     auto ref = LoadKey(name);
     if (!ref.ok()) {
@@ -140,11 +145,15 @@ absl::Status Pkcs11Backend::LoadAllKeys() {
       spdlog::warn("key '{}' not served: {}", name, std::string(ref.status().message()));
     }
   }
-  // Forget keys that vanished from the token.
+  // Forget keys that vanished from the token (and the refusals of keys that did).
   absl::MutexLock l(&mu_);
   for (auto it = keys_.begin(); it != keys_.end();) {
     it =
         std::binary_search(names.begin(), names.end(), it->first) ? std::next(it) : keys_.erase(it);
+  }
+  for (auto it = refused_.begin(); it != refused_.end();) {
+    it = std::binary_search(names.begin(), names.end(), it->first) ? std::next(it)
+                                                                   : refused_.erase(it);
   }
   return absl::OkStatus();
 }
@@ -162,6 +171,9 @@ absl::StatusOr<KeyRefPtr> Pkcs11Backend::Resolve(const std::string& name) {
   bool cached;
   {
     absl::MutexLock l(&mu_);
+    if (auto r = refused_.find(name); r != refused_.end()) {
+      return absl::FailedPreconditionError(r->second);
+    }
     auto it = keys_.find(name);
     cached = it != keys_.end();
     if (cached && absl::Now() - it->second.metadata_read < options_.metadata_ttl) {
@@ -190,6 +202,56 @@ absl::StatusOr<KeyRefPtr> Pkcs11Backend::Resolve(const std::string& name) {
   }
   it->second.metadata_read = absl::Now();
   return it->second.ref;
+}
+
+absl::Status Pkcs11Backend::RecheckKey(const std::string& name) {
+  KeyRefPtr ref;
+  {
+    absl::MutexLock l(&mu_);
+    if (auto r = refused_.find(name); r != refused_.end()) {
+      return absl::FailedPreconditionError(r->second);
+    }
+    if (auto it = keys_.find(name); it != keys_.end()) ref = it->second.ref;
+  }
+  // Not loaded: loading it from the token checks its attributes.
+  if (ref == nullptr) {
+    if (auto s = CheckKeyName(name); !s.ok()) return s;
+    return LoadKey(name).status();
+  }
+  auto lease = Lease();
+  if (!lease.ok()) return lease.status();
+  Template t = PrivateKeySearch(name);
+  auto found = lease->Find(t);
+  if (!found.ok()) return found.status();
+  if (found->size() != 1 || found->front() != static_cast<CK_OBJECT_HANDLE>(ref->object)) {
+    // Gone, labelled twice or replaced since it was loaded: load (and check) it afresh.
+    lease->Release();
+    {
+      absl::MutexLock l(&mu_);
+      keys_.erase(name);
+    }
+    spdlog::warn("key '{}': its object in the token changed since it was loaded; loading it again",
+                 name);
+    return LoadKey(name).status();
+  }
+  auto wrong = WrongKeyAttributes(*lease, found->front(), ref->info.allow_pkcs1);
+  if (!wrong.ok()) return wrong.status();
+  lease->Release();
+  if (wrong->empty()) return absl::OkStatus();
+  const std::string why = absl::StrCat(
+      "key '", name,
+      "' has unsafe attributes (changed since it was loaded): ", absl::StrJoin(*wrong, "; "));
+  if (!options_.refuse_weak_keys) {
+    spdlog::warn("{}; serving it because refuse_weak_keys is off", why);
+    return absl::OkStatus();
+  }
+  const std::string refusal = absl::StrCat(why, "; refusing to serve it");
+  spdlog::error("{} (until rewrapd restarts or re-opens the token, which checks it again)",
+                refusal);
+  absl::MutexLock l(&mu_);
+  keys_.erase(name);
+  refused_[name] = refusal;
+  return absl::FailedPreconditionError(refusal);
 }
 
 absl::StatusOr<CK_OBJECT_HANDLE> Pkcs11Backend::Reresolve(const std::string& name) {
@@ -250,6 +312,11 @@ absl::Status Pkcs11Backend::CheckNewName(SessionPool::Lease& lease, const std::s
 absl::StatusOr<KeyInfo> Pkcs11Backend::FinishNewKey(SessionPool::Lease& lease,
                                                     const std::string& name, bool allow_pkcs1,
                                                     CK_OBJECT_HANDLE hpriv, CK_OBJECT_HANDLE hpub) {
+  {
+    // A refused key of this name is gone from the token (CheckNewName): its refusal too.
+    absl::MutexLock l(&mu_);
+    refused_.erase(name);
+  }
   const int64_t now = absl::ToUnixSeconds(absl::Now());
   auto md = metadata_.Update(lease, name, [&](KeyMetadata& m) {
     m.created_unix = now;
@@ -300,7 +367,7 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::CreateKey(const std::string& name, int bi
   auto renew = [&] { return RenewLease(lease); };
   absl::Status s = CreateWithOptionalAttrs(
       token_.label, priv, [&] { return lease->GenerateKeyPair(&mech, pub, priv, &hpub, &hpriv); },
-      renew);
+      renew, &pub);
   if (!s.ok()) {
     if (!lease.ok()) return s;
     lease->MarkBroken();
@@ -368,12 +435,23 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
 
   Template pub = ServicePublicKeyTemplate(name, id);
   pub.Data(CKA_MODULUS, n).Data(CKA_PUBLIC_EXPONENT, e);
-  auto hpub = lease->Create(pub);
-  if (!hpub.ok()) {
+  if (!priv.Has(CKA_MODIFIABLE)) pub.Remove(CKA_MODIFIABLE);  // the token refused it above
+  CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE;
+  // A public key object is made whole or not at all: the retry stays in this session, which
+  // holds the new private key's handle for its clean-up.
+  s = CreateWithOptionalAttrs(
+      token_.label, pub,
+      [&]() -> absl::Status {
+        auto h = lease->Create(pub);
+        if (h.ok()) hpub = *h;
+        return h.status();
+      },
+      [] { return absl::OkStatus(); });
+  if (!s.ok()) {
     lease->Destroy(hpriv);
-    return hpub.status();
+    return s;
   }
-  return FinishNewKey(*lease, name, allow_pkcs1, hpriv, *hpub);
+  return FinishNewKey(*lease, name, allow_pkcs1, hpriv, hpub);
 }
 
 absl::StatusOr<KeyInfo> Pkcs11Backend::SetEnabled(const std::string& name, bool enabled) {

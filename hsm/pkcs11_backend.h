@@ -59,6 +59,7 @@ class Pkcs11Backend final : public KeyBackend {
                                     bool allow_pkcs1) override;
   absl::StatusOr<KeyInfo> SetEnabled(const std::string& name, bool enabled) override;
   absl::StatusOr<KeyRefPtr> Resolve(const std::string& name) override;
+  absl::Status RecheckKey(const std::string& name) override;
   OpResult<crypto::SecretBytes> Decrypt(const KeyRefPtr& key, RsaPadding padding,
                                         absl::Span<const uint8_t> ciphertext, Path path) override;
   OpResult<Bytes> RewrapInToken(const KeyRefPtr& key, RsaPadding in_padding,
@@ -123,6 +124,9 @@ class Pkcs11Backend final : public KeyBackend {
   absl::Mutex admin_mu_;  // serialises CreateKey/ImportKey/SetEnabled
   absl::Mutex mu_;
   std::map<std::string, Entry> keys_ ABSL_GUARDED_BY(mu_);
+  // Keys RecheckKey refused (their attributes changed while they were served): name -> why.
+  // Never in keys_; Resolve answers FailedPrecondition(why) without the token.
+  std::map<std::string, std::string> refused_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace hsmrewrap::hsm

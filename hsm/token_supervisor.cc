@@ -142,6 +142,14 @@ absl::StatusOr<KeyRefPtr> TokenSupervisor::Resolve(const std::string& name) {
   return KeyCall<KeyRefPtr>([name](Pkcs11Backend& b) { return b.Resolve(name); });
 }
 
+absl::Status TokenSupervisor::RecheckKey(const std::string& name) {
+  return KeyCall<bool>([name](Pkcs11Backend& b) -> absl::StatusOr<bool> {
+           if (absl::Status s = b.RecheckKey(name); !s.ok()) return s;
+           return true;
+         })
+      .status();
+}
+
 absl::StatusOr<KeyInfo> TokenSupervisor::CreateKey(const std::string& name, int bits,
                                                    bool allow_pkcs1) {
   return KeyCall<KeyInfo>(

@@ -92,6 +92,8 @@ class TokenSupervisor final : public KeyBackend {
   // A fresh cached key is answered on the caller's thread (no token call); otherwise the
   // backend resolves it on a runner thread like every other token call.
   absl::StatusOr<KeyRefPtr> Resolve(const std::string& name) override;
+  // On a runner thread, like every key read (never answered from the cache).
+  absl::Status RecheckKey(const std::string& name) override;
   OpResult<crypto::SecretBytes> Decrypt(const KeyRefPtr& key, RsaPadding padding,
                                         absl::Span<const uint8_t> ciphertext, Path path) override;
   OpResult<Bytes> RewrapInToken(const KeyRefPtr& key, RsaPadding in_padding,

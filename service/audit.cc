@@ -38,8 +38,9 @@ bool AuditLog::Append(const std::string& lines) {
       const int err = n < 0 ? errno : EIO;
       if (ok_.exchange(false)) {
         spdlog::critical(
-            "AUDIT LOG {} CANNOT BE WRITTEN ({}): rewrapd stops serving rewraps (items get "
-            "UNAVAILABLE, health NOT_SERVING) until it is restarted with a writable audit log",
+            "AUDIT LOG {} CANNOT BE WRITTEN ({}): rewrapd stops serving (rewrap items and key "
+            "RPCs get UNAVAILABLE, health NOT_SERVING) until it is restarted with a writable "
+            "audit log",
             path_, std::strerror(err));
       }
       return false;

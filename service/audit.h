@@ -1,7 +1,8 @@
 // The audit trail: one JSON object a line per rewrap item and per key RPC (time, identity,
 // RPC, key, recipient fingerprint, outcome, path; never a plaintext or ciphertext). One
 // write(2) per batch under a mutex (a single writer, no interleaving). If a write fails the
-// log is broken for good: rewrapd stops serving rewraps (fail closed) until it restarts.
+// log is broken for good: rewrapd stops serving rewraps and key RPCs (fail closed) until it
+// restarts.
 #pragma once
 
 #include <atomic>

@@ -60,7 +60,8 @@ class KeyAdmin final {
   absl::StatusOr<std::vector<KeyDescription>> ListKeys(const KeyFilter& visible = {});
   absl::StatusOr<crypto::PublicKey> GetPublicKey(const std::string& name);
   // Runs the known-answer self-test of `name` (NOT_FOUND if there is no such key), or of
-  // every enabled key when `name` is empty; returns the results `visible` lets through.
+  // every enabled key (and every key a self-test refused) when `name` is empty; returns the
+  // results `visible` lets through.
   absl::StatusOr<std::vector<SelfTestResult>> SelfTest(const std::string& name,
                                                        const KeyFilter& visible = {});
 

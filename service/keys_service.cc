@@ -81,13 +81,14 @@ KeysServiceImpl::KeysServiceImpl(KeyAdmin* admin, std::string token_label, Autho
     : admin_(admin), token_label_(std::move(token_label)), calls_(calls) {}
 
 grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(
-    grpc::CallbackServerContext* ctx, const char* rpc, const std::string& key, WorkerPool* pool,
+    grpc::CallbackServerContext* ctx, const char* rpc, const std::string& key, Kind kind,
     std::function<absl::Status(const Security::Call&)> fn) {
   auto* reactor = ctx->DefaultReactor();
   Security* security = calls_->security();
   auto call = calls_->Take(ctx, rpc);  // a refusal is audited already
   if (call.ok() && security && !key.empty() && !call->AllowsKey(key)) {
-    security->AuditKeyCall(*call, key, "PERMISSION_DENIED");
+    // Refused whether or not the record can be written.
+    security->AuditKeyCall(*call, key, "PERMISSION_DENIED").IgnoreError();
     call =
         absl::PermissionDeniedError(absl::StrCat("'", call->who, "' may not use key '", key, "'"));
   }
@@ -95,9 +96,29 @@ grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(
     reactor->Finish(ToGrpc(call.status()));
     return reactor;
   }
-  pool->Post([reactor, key, security, call = *std::move(call), fn = std::move(fn)] {
-    const absl::Status st = fn(call);
-    if (security) security->AuditKeyCall(call, key, absl::StatusCodeToString(st.code()));
+  const bool changes_keys = kind == Kind::kWrite;
+  WorkerPool* pool = changes_keys ? &writes_ : &reads_;
+  pool->Post([reactor, key, changes_keys, security, call = *std::move(call), fn = std::move(fn)] {
+    // Fail closed with the audit log (Security::BeginKeyCall): nothing is done unless the log
+    // is writable and, for a change, the attempt is on record.
+    absl::Status st = security ? security->BeginKeyCall(call, key, changes_keys) : absl::OkStatus();
+    if (st.ok()) {
+      st = fn(call);
+      absl::Status audited =
+          security ? security->AuditKeyCall(call, key, absl::StatusCodeToString(st.code()))
+                   : absl::OkStatus();
+      if (!audited.ok()) {
+        // The answer is withheld (gRPC sends no message with an error status). A change
+        // that was made stays made: say so; the record of the attempt is in the log.
+        st = !st.ok() || !changes_keys
+                 ? audited
+                 : absl::UnavailableError(absl::StrCat(
+                       call.rpc, " of key '", key,
+                       "' was done, but the record of its outcome could not be written (the "
+                       "record of the attempt was); ",
+                       audited.message()));
+      }
+    }
     reactor->Finish(ToGrpc(st));
   });
   return reactor;
@@ -106,7 +127,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(
 grpc::ServerUnaryReactor* KeysServiceImpl::CreateKey(grpc::CallbackServerContext* ctx,
                                                      const v1::CreateKeyRequest* req,
                                                      v1::KeyInfo* out) {
-  return OffThread(ctx, "CreateKey", req->name(), &writes_,
+  return OffThread(ctx, "CreateKey", req->name(), Kind::kWrite,
                    [this, req, out](const Security::Call&) -> absl::Status {
                      auto key = admin_->CreateKey(req->name(), req->bits(), req->allow_pkcs1());
                      if (!key.ok()) return key.status();
@@ -122,7 +143,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext
   // (also when the call is refused): protobuf keeps them in plain std::strings, short ones
   // inside the message object, which are freed unwiped.
   std::shared_ptr<ImportedKey> key = TakeImportedKey(*req);
-  return OffThread(ctx, "ImportKey", req->name(), &writes_,
+  return OffThread(ctx, "ImportKey", req->name(), Kind::kWrite,
                    [this, req, out, key](const Security::Call&) -> absl::Status {
                      auto info = admin_->ImportKey(req->name(), *key, req->allow_pkcs1());
                      if (!info.ok()) return info.status();
@@ -134,7 +155,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* KeysServiceImpl::ListKeys(grpc::CallbackServerContext* ctx,
                                                     const v1::ListKeysRequest*,
                                                     v1::ListKeysResponse* out) {
-  return OffThread(ctx, "ListKeys", "", &reads_,
+  return OffThread(ctx, "ListKeys", "", Kind::kRead,
                    [this, out](const Security::Call& call) -> absl::Status {
                      auto keys = admin_->ListKeys(VisibleTo(call));  // only the caller's keys
                      if (!keys.ok()) return keys.status();
@@ -146,7 +167,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ListKeys(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* KeysServiceImpl::GetPublicKey(grpc::CallbackServerContext* ctx,
                                                         const v1::GetPublicKeyRequest* req,
                                                         v1::GetPublicKeyResponse* out) {
-  return OffThread(ctx, "GetPublicKey", req->name(), &reads_,
+  return OffThread(ctx, "GetPublicKey", req->name(), Kind::kRead,
                    [this, req, out](const Security::Call&) -> absl::Status {
                      auto pub = admin_->GetPublicKey(req->name());
                      if (!pub.ok()) return pub.status();
@@ -186,7 +207,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::DisableKey(grpc::CallbackServerContex
                                                       const v1::DisableKeyRequest* req,
                                                       v1::KeyInfo* out) {
   return OffThread(
-      ctx, "DisableKey", req->name(), &writes_,
+      ctx, "DisableKey", req->name(), Kind::kWrite,
       [this, req, out](const Security::Call&) { return SetEnabled(req->name(), false, out); });
 }
 
@@ -194,14 +215,14 @@ grpc::ServerUnaryReactor* KeysServiceImpl::EnableKey(grpc::CallbackServerContext
                                                      const v1::EnableKeyRequest* req,
                                                      v1::KeyInfo* out) {
   return OffThread(
-      ctx, "EnableKey", req->name(), &writes_,
+      ctx, "EnableKey", req->name(), Kind::kWrite,
       [this, req, out](const Security::Call&) { return SetEnabled(req->name(), true, out); });
 }
 
 grpc::ServerUnaryReactor* KeysServiceImpl::SelfTest(grpc::CallbackServerContext* ctx,
                                                     const v1::SelfTestRequest* req,
                                                     v1::SelfTestResponse* out) {
-  return OffThread(ctx, "SelfTest", req->name(), &reads_,
+  return OffThread(ctx, "SelfTest", req->name(), Kind::kRead,
                    [this, req, out](const Security::Call& call) -> absl::Status {
                      auto results = admin_->SelfTest(req->name(), VisibleTo(call));
                      if (!results.ok()) return results.status();

@@ -1,7 +1,10 @@
 // The Keys service (gRPC callback API) over KeyAdmin (service/key_admin.h): takes secrets
 // out of the request, checks the key the call names against the caller's rights, runs the
-// work off the gRPC thread, translates the answer and audits the outcome. The RPC itself is
-// authorized, and timed, by the interceptors (service/interceptors.h).
+// work off the gRPC thread, translates the answer and audits the outcome. Every key RPC fails
+// closed with the audit log (Security::BeginKeyCall): UNAVAILABLE, with nothing done, while
+// the log cannot be written (a change also needs the record of its attempt written first),
+// and an answer whose record cannot be written is withheld. The RPC itself is authorized,
+// and timed, by the interceptors (service/interceptors.h).
 #pragma once
 
 #include <functional>
@@ -35,11 +38,13 @@ class KeysServiceImpl final : public v1::Keys::CallbackService {
                                      v1::SelfTestResponse*) override;
 
  private:
+  // kWrite: CreateKey, ImportKey, EnableKey, DisableKey (on writes_); kRead: the others.
+  enum class Kind { kRead, kWrite };
   // Takes the call's authorization and checks `key` (when the RPC names one) against it,
-  // then runs `fn` on `pool` (writes_ or reads_) with the caller's rights, audits the outcome
-  // and finishes the call.
+  // then on writes_ or reads_: Security::BeginKeyCall, `fn` with the caller's rights, the
+  // record of the outcome; finishes the call.
   grpc::ServerUnaryReactor* OffThread(grpc::CallbackServerContext* ctx, const char* rpc,
-                                      const std::string& key, WorkerPool* pool,
+                                      const std::string& key, Kind kind,
                                       std::function<absl::Status(const Security::Call&)> fn);
   // SetEnabled's answer into `out`.
   absl::Status SetEnabled(const std::string& name, bool enabled, v1::KeyInfo* out);

@@ -73,7 +73,8 @@ void AddFlags(CLI::App& app, Flags& f) {
       "--policy", f.policy,
       "policy file (YAML): identities -> RPCs, keys, recipients, rate limits; SIGHUP reloads it");
   app.add_option("--audit-log", f.audit_log,
-                 "append one JSON line per item here; rewraps stop if it cannot be written");
+                 "append one JSON line per item and key RPC here; every RPC fails closed if it "
+                 "cannot be written");
   app.add_option("--shutdown-grace", f.shutdown_grace,
                  "seconds in-flight batches get to finish after SIGTERM/SIGINT before rewrapd "
                  "stops (default 10)");

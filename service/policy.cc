@@ -606,7 +606,8 @@ absl::StatusOr<Security::Call> Security::Authorize(const grpc::ServerContextBase
   call.identity = IdentityOf(ctx);
   call.rpc = rpc;
   if (absl::Status denied = Decide(call, rpc_class); !denied.ok()) {
-    AuditKeyCall(call, "", "PERMISSION_DENIED");
+    // Refused whether or not the record can be written.
+    AuditKeyCall(call, "", "PERMISSION_DENIED").IgnoreError();
     return denied;
   }
   return call;
@@ -615,7 +616,7 @@ absl::StatusOr<Security::Call> Security::Authorize(const grpc::ServerContextBase
 absl::StatusOr<Security::Call> Security::Reauthorize(const Call& call, RpcClass rpc_class) {
   Call again = call;
   if (absl::Status denied = Decide(again, rpc_class); !denied.ok()) {
-    AuditKeyCall(again, "", "PERMISSION_DENIED");
+    AuditKeyCall(again, "", "PERMISSION_DENIED").IgnoreError();
     return denied;
   }
   return again;
@@ -625,11 +626,38 @@ std::shared_ptr<ItemGate> Security::GateFor(Call call) {
   return std::make_shared<CallGate>(this, std::move(call));
 }
 
-void Security::AuditKeyCall(const Call& call, const std::string& key, const std::string& outcome) {
-  if (audit_ == nullptr) return;
+namespace {
+absl::Status AuditUnwritable(const Security::Call& call) {
+  return absl::UnavailableError(
+      absl::StrCat("the audit log cannot be written: rewrapd refuses ", call.rpc,
+                   " (every RPC fails closed until it is restarted with a writable audit log)"));
+}
+}  // namespace
+
+absl::Status Security::BeginKeyCall(const Call& call, const std::string& key, bool changes_keys) {
+  if (audit_ == nullptr) return absl::OkStatus();
+  absl::Status st;
+  if (!audit_->ok()) {
+    st = AuditUnwritable(call);
+  } else if (changes_keys) {
+    st = AuditKeyCall(call, key, "STARTED");
+  }
+  if (!st.ok()) {
+    spdlog::error("{} of key '{}' by '{}' refused: the audit log cannot be written", call.rpc,
+                  key.substr(0, 128), call.who);
+  }
+  return st;
+}
+
+absl::Status Security::AuditKeyCall(const Call& call, const std::string& key,
+                                    const std::string& outcome) {
+  if (audit_ == nullptr) return absl::OkStatus();
   nlohmann::json j = {{"time", AuditTimeNow()}, {"identity", call.who}, {"matched", call.matched},
                       {"rpc", call.rpc},        {"key", Bounded(key)},  {"outcome", outcome}};
-  audit_->Append(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+  if (audit_->Append(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n")) {
+    return absl::OkStatus();
+  }
+  return AuditUnwritable(call);
 }
 
 }  // namespace hsmrewrap::service

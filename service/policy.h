@@ -112,7 +112,8 @@ class Security {
   absl::Status Reload();
 
   // Authorizes a call of `rpc_class` named `rpc`. PERMISSION_DENIED (naming the identity)
-  // when the caller may not; the audit log being broken is UNAVAILABLE for rewraps only.
+  // when the caller may not. A broken audit log refuses the call's work later: rewrap
+  // items in the ItemGate (UNAVAILABLE), key RPCs in BeginKeyCall.
   // For rewraps the result carries an ItemGate for the engine.
   struct Call {
     Identity identity;
@@ -133,10 +134,21 @@ class Security {
   absl::StatusOr<Call> Reauthorize(const Call& call, RpcClass rpc_class);
   std::shared_ptr<ItemGate> GateFor(Call call);
 
-  // One audit record for a key RPC (outcome = gRPC status code name).
-  void AuditKeyCall(const Call& call, const std::string& key, const std::string& outcome);
+  // Key RPCs fail closed with the audit log, as rewraps do. Before a key RPC's work:
+  // UNAVAILABLE when the audit log is broken; for key administration (`changes_keys`:
+  // CreateKey, ImportKey, EnableKey, DisableKey) the record of the attempt (outcome
+  // "STARTED") is written first, and the call is UNAVAILABLE, with nothing done, when it
+  // cannot be. A change in the token is then never without a record of who asked for it,
+  // even if the record of its outcome is lost afterwards (which cannot be undone: the key
+  // exists, or is disabled, by then).
+  absl::Status BeginKeyCall(const Call& call, const std::string& key, bool changes_keys);
+  // The record of a key RPC's outcome (gRPC status code name), or of a refused call.
+  // UNAVAILABLE when it cannot be written (the log is broken from then on): the caller
+  // withholds the answer.
+  absl::Status AuditKeyCall(const Call& call, const std::string& key, const std::string& outcome);
 
-  // False once the audit log failed: rewraps are refused and health is NOT_SERVING.
+  // False once the audit log failed: rewraps and key RPCs are refused and health is
+  // NOT_SERVING.
   bool serving() const { return audit_ == nullptr || audit_->ok(); }
   bool has_policy() const;
 

@@ -6,6 +6,8 @@
 #include <openssl/x509.h>
 #include <spdlog/spdlog.h>
 
+#include <set>
+
 #include "absl/strings/str_cat.h"
 #include "crypto/rsa.h"
 
@@ -52,6 +54,15 @@ SelfTester::SelfTester(RewrapEngine* engine, Metrics* metrics, std::chrono::seco
                              out.push_back({{{"key", r.key}}, static_cast<double>(r.time_unix)});
                            return out;
                          });
+  metrics_->DeclareGauge(
+      "hsmrewrap_key_refused",
+      "1 for a key refused because its attributes changed while it was served (found by the "
+      "self-test's re-check; the log and the SelfTest RPC say which attributes)",
+      [this] {
+        std::vector<std::pair<Metrics::Labels, double>> out;
+        for (const auto& [key, why] : Refused()) out.push_back({{{"key", key}}, 1.0});
+        return out;
+      });
   if (interval_.count() > 0) thread_ = std::thread([this] { Loop(); });
 }
 
@@ -78,16 +89,19 @@ void SelfTester::Loop() {
 }
 
 std::vector<SelfTestResult> SelfTester::RunNow(const std::string& key) {
-  std::vector<std::string> names;
+  std::set<std::string> names;
   if (!key.empty()) {
-    names.push_back(key);
+    names.insert(key);
   } else {
     auto keys = engine_->backend().ListKeys();
     if (keys.ok()) {
       for (const auto& k : *keys) {
-        if (k.enabled) names.push_back(k.name);
+        if (k.enabled) names.insert(k.name);
       }
     }
+    // Refused keys are not listed any more; they are reported until they pass again.
+    absl::MutexLock l(&mu_);
+    for (const auto& [name, why] : refused_) names.insert(name);
   }
   std::vector<SelfTestResult> out;
   for (const auto& n : names) {
@@ -99,6 +113,11 @@ std::vector<SelfTestResult> SelfTester::RunNow(const std::string& key) {
     out.push_back(std::move(r));
   }
   return out;
+}
+
+std::map<std::string, std::string> SelfTester::Refused() const {
+  absl::MutexLock l(&mu_);
+  return refused_;
 }
 
 std::vector<SelfTestResult> SelfTester::Last() const {
@@ -122,6 +141,18 @@ SelfTestResult SelfTester::TestKey(const std::string& name) {
     return r;
   };
   if (device_spki_der_.empty()) return finish(false, "could not make the throw-away device key");
+  // The attributes, from the token (not the cache): a key changed while it was served is
+  // refused from here on (FailedPrecondition naming the attributes).
+  const absl::Status recheck = engine_->backend().RecheckKey(name);
+  {
+    absl::MutexLock l(&mu_);
+    if (recheck.code() == absl::StatusCode::kFailedPrecondition) {
+      refused_[name] = std::string(recheck.message());
+    } else if (recheck.ok() || recheck.code() == absl::StatusCode::kNotFound) {
+      refused_.erase(name);
+    }
+  }
+  if (!recheck.ok()) return finish(false, std::string(recheck.message()));
   auto entry = engine_->backend().Resolve(name);
   if (!entry.ok()) return finish(false, std::string(entry.status().message()));
   // A random known answer, sealed as Intune's tooling seals (OAEP-SHA256).

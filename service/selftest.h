@@ -1,7 +1,10 @@
 // Known-answer self-test per enabled key, the way Intune's on-prem validation kit proves
 // that the connector can use its key: seal a random value to the key, rewrap it through the
 // engine (the real token path) to a throw-away device key, decrypt that on the host and
-// compare. Runs periodically on its own thread and on demand (Keys.SelfTest).
+// compare. Before that, the key's attributes are read from the token again and checked as
+// at load (KeyBackend::RecheckKey): a key whose attributes changed while it was served is
+// refused from then on, and every later self-test reports it (by name, with the reason)
+// beside the enabled keys. Runs periodically on its own thread and on demand (Keys.SelfTest).
 #pragma once
 
 #include <map>
@@ -33,10 +36,13 @@ class SelfTester final {
   SelfTester(const SelfTester&) = delete;  // owns a thread
   SelfTester& operator=(const SelfTester&) = delete;
 
-  // Tests `key` (or every enabled key when empty) now and records the results.
+  // Tests `key` (or every enabled key and every key a self-test refused, when empty) now and
+  // records the results.
   std::vector<SelfTestResult> RunNow(const std::string& key = "");
   // The last result per key.
   std::vector<SelfTestResult> Last() const;
+  // Keys whose attribute re-check refused them (and not passed since), with the reason.
+  std::map<std::string, std::string> Refused() const;
 
  private:
   SelfTestResult TestKey(const std::string& key);
@@ -49,6 +55,7 @@ class SelfTester final {
   std::string device_spki_der_;
   mutable absl::Mutex mu_;
   std::map<std::string, SelfTestResult> last_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> refused_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };

@@ -20,10 +20,12 @@
 #include "hsmrewrap/v1/rewrap.grpc.pb.h"
 #include "tests/integration/test_crypto.h"
 #include "tests/security/pki.h"
+#include "tests/security/token_session.h"
 #include "tests/support/command.h"
 #include "tests/support/files.h"
 #include "tests/support/rewrapd_harness.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/tokens.h"
 
 namespace hsmrewrap::sec {
 namespace {
@@ -819,7 +821,7 @@ TEST_F(SecurityTest, SighupReloadsPolicyWithoutDroppingTraffic) {
   EXPECT_EQ(failures.load(), 0) << "traffic failed during reloads";
 }
 
-// A rewrapd whose audit log cannot be written stops serving rewraps and says so.
+// A rewrapd whose audit log cannot be written stops serving and says so.
 TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
   if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
   if (access("/dev/full", W_OK) != 0) GTEST_SKIP() << "no /dev/full";
@@ -828,13 +830,28 @@ TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
   opts.extra_args = {"--audit-log", "/dev/full"};
   auto h = RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error, opts);
   ASSERT_NE(h, nullptr) << error;
+  // A read is audited too: its answer is withheld when its record cannot be written.
   grpc::ClientContext gctx;
   test::SetDeadline(&gctx);
   v1::GetPublicKeyRequest gr;
   gr.set_name("default");
   v1::GetPublicKeyResponse gresp;
-  ASSERT_TRUE(h->keys().GetPublicKey(&gctx, gr, &gresp).ok());
-  auto pub = it::ParsePublicKey(gresp.public_key());
+  auto gst = h->keys().GetPublicKey(&gctx, gr, &gresp);
+  EXPECT_EQ(gst.error_code(), grpc::StatusCode::UNAVAILABLE) << gst.error_message();
+  EXPECT_TRUE(gresp.public_key().empty());
+  // The service key's public key, from the token itself.
+  const std::string state = h->dir() + "/state";
+  setenv("SOFTHSM2_CONF", (state + "/softhsm2.conf").c_str(), 1);
+  std::string spki;
+  {
+    auto token = TokenSession::Open("hsm-rewrap", test::ReadFileOrEmpty(state + "/user.pin"));
+    ASSERT_TRUE(token.ok()) << token.status();
+    auto der = (*token)->PublicKeyDer("default");
+    ASSERT_TRUE(der.ok()) << der.status();
+    spki = *der;
+  }
+  auto pub = it::ParsePublicKey(spki);
+  ASSERT_TRUE(pub);
   auto device = it::GenerateRsa(2048);
   v1::RewrapRequest req;
   auto* item = req.add_items();
@@ -867,6 +884,142 @@ TEST(SecurityStandalone, AuditLogFailureFailsClosed) {
   EXPECT_TRUE(not_serving);
   EXPECT_NE(h->StderrText().find("AUDIT LOG /dev/full CANNOT BE WRITTEN"), std::string::npos)
       << h->StderrText();
+  EXPECT_EQ(h->Stop(), "");
+}
+
+// A SoftHSM2 token of the test's own in `dir` (SOFTHSM2_CONF is set for this process and so
+// for every rewrapd it starts), and the arguments that start rewrapd on it: its keys stay
+// across restarts.
+std::vector<std::string> OwnSoftToken(const test::TempDir& dir, const std::string& label,
+                                      std::string* why) {
+  test::SetUpSoftHsmConfig(dir.path());
+  const std::string pin = "sec-" + it::RandomAscii(12);
+  test::WriteFile(dir.File("user.pin"), pin, 0600);
+  std::vector<std::string> cmd = {"softhsm2-util", "--init-token", "--free", "--label",
+                                  label,           "--pin",        pin,      "--so-pin",
+                                  "sec-so-5678"};
+  test::CommandResult r = test::RunCommand(cmd);
+  if (r.exit_code != 0) {
+    *why = r.Describe(cmd);
+    return {};
+  }
+  return {"--module", test::kSoftHsmPath, "--token", label, "--pin-file", dir.File("user.pin")};
+}
+
+// Key administration with a broken audit log fails closed like rewraps: every key RPC is
+// UNAVAILABLE, whether its own record is the first that cannot be written or the log is
+// known to be broken already, and nothing changes in the token.
+TEST(SecurityStandalone, KeyRpcsFailClosedWithTheAuditLog) {
+  if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  if (access("/dev/full", W_OK) != 0) GTEST_SKIP() << "no /dev/full";
+  test::TempDir dir("hsmrewrap-audit-keys");
+  std::string error;
+  const std::vector<std::string> token = OwnSoftToken(dir, "audit-keys", &error);
+  ASSERT_FALSE(token.empty()) << error;
+  auto start = [&](const std::string& audit_log) {
+    RewrapdHarness::Options x;
+    x.module_args = token;
+    x.extra_args = {"--audit-log", audit_log, "--selftest-interval", "0"};
+    return RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error, x);
+  };
+  auto list = [](RewrapdHarness& h, std::map<std::string, bool>* keys) {
+    grpc::ClientContext ctx;
+    test::SetDeadline(&ctx);
+    v1::ListKeysResponse lr;
+    grpc::Status st = h.keys().ListKeys(&ctx, v1::ListKeysRequest(), &lr);
+    for (const auto& k : lr.keys()) (*keys)[k.name()] = k.enabled();
+    return st;
+  };
+  // With a writable audit log: "keep" (enabled) and "off" (disabled).
+  {
+    auto h = start(dir.File("audit.jsonl"));
+    ASSERT_NE(h, nullptr) << error;
+    for (const std::string name : {"keep", "off"}) {
+      grpc::ClientContext ctx;
+      test::SetDeadline(&ctx);
+      v1::CreateKeyRequest req;
+      req.set_name(name);
+      v1::KeyInfo info;
+      auto st = h->keys().CreateKey(&ctx, req, &info);
+      ASSERT_TRUE(st.ok()) << name << ": " << st.error_message();
+    }
+    grpc::ClientContext ctx;
+    test::SetDeadline(&ctx);
+    v1::DisableKeyRequest req;
+    req.set_name("off");
+    v1::KeyInfo info;
+    ASSERT_TRUE(h->keys().DisableKey(&ctx, req, &info).ok());
+    EXPECT_EQ(h->Stop(), "");
+    // Each change: the record of the attempt before the token work, then its outcome.
+    std::vector<std::string> records;
+    std::istringstream in(test::ReadFileOrEmpty(dir.File("audit.jsonl")));
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      ASSERT_FALSE(j.is_discarded()) << line;
+      records.push_back(j.value("rpc", "") + " " + j.value("key", "") + " " +
+                        j.value("outcome", ""));
+    }
+    EXPECT_EQ(records, (std::vector<std::string>{"CreateKey keep STARTED", "CreateKey keep OK",
+                                                 "CreateKey off STARTED", "CreateKey off OK",
+                                                 "DisableKey off STARTED", "DisableKey off OK"}));
+  }
+  const std::string pkcs8 = it::PrivateKeyPkcs8Der(it::GenerateRsa(2048).get());
+  struct Rpc {
+    const char* name;
+    std::function<grpc::Status(RewrapdHarness&)> call;
+  };
+  auto unary = [](auto method, auto req, auto resp) {
+    return [method, req, resp](RewrapdHarness& h) mutable {
+      grpc::ClientContext ctx;
+      test::SetDeadline(&ctx);
+      return (h.keys().*method)(&ctx, req, &resp);
+    };
+  };
+  v1::CreateKeyRequest create;
+  create.set_name("new");
+  v1::ImportKeyRequest import;
+  import.set_name("imported");
+  import.set_pkcs8(pkcs8);
+  v1::DisableKeyRequest disable;
+  disable.set_name("keep");
+  v1::EnableKeyRequest enable;
+  enable.set_name("off");
+  v1::GetPublicKeyRequest get;
+  get.set_name("keep");
+  get.set_format(v1::DER_SPKI);
+  using Keys = v1::Keys::Stub;
+  const std::vector<Rpc> admin = {{"CreateKey", unary(&Keys::CreateKey, create, v1::KeyInfo())},
+                                  {"ImportKey", unary(&Keys::ImportKey, import, v1::KeyInfo())},
+                                  {"DisableKey", unary(&Keys::DisableKey, disable, v1::KeyInfo())},
+                                  {"EnableKey", unary(&Keys::EnableKey, enable, v1::KeyInfo())}};
+  const std::vector<Rpc> reads = {
+      {"ListKeys", unary(&Keys::ListKeys, v1::ListKeysRequest(), v1::ListKeysResponse())},
+      {"GetPublicKey", unary(&Keys::GetPublicKey, get, v1::GetPublicKeyResponse())},
+      {"SelfTest", unary(&Keys::SelfTest, v1::SelfTestRequest(), v1::SelfTestResponse())}};
+  // Each key administration RPC once as the first call of a rewrapd whose audit log cannot
+  // be written (its own record is the one that fails), then every other key RPC.
+  for (size_t first = 0; first < admin.size(); ++first) {
+    auto h = start("/dev/full");
+    ASSERT_NE(h, nullptr) << error;
+    std::vector<const Rpc*> order;
+    for (size_t i = 0; i < admin.size(); ++i) order.push_back(&admin[(first + i) % admin.size()]);
+    for (const Rpc& r : reads) order.push_back(&r);
+    for (size_t i = 0; i < order.size(); ++i) {
+      grpc::Status st = order[i]->call(*h);
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE)
+          << order[i]->name << " (call " << i << " of a rewrapd whose audit log is /dev/full): "
+          << (st.ok() ? "OK" : st.error_message());
+      EXPECT_NE(st.error_message().find("audit log cannot be written"), std::string::npos)
+          << order[i]->name << ": " << st.error_message();
+    }
+    EXPECT_EQ(h->Stop(), "");
+  }
+  // Nothing changed: the same two keys in the same states.
+  auto h = start(dir.File("audit.jsonl"));
+  ASSERT_NE(h, nullptr) << error;
+  std::map<std::string, bool> keys;
+  ASSERT_TRUE(list(*h, &keys).ok());
+  EXPECT_EQ(keys, (std::map<std::string, bool>{{"keep", true}, {"off", false}}));
   EXPECT_EQ(h->Stop(), "");
 }
 
@@ -957,6 +1110,219 @@ TEST(SecurityStandalone, KeyWithUnsafeAttributesIsRefused) {
   for (const auto& k : lr.keys()) EXPECT_NE(k.name(), "planted") << "an unsafe key is listed";
   EXPECT_NE(h->StderrText().find("key 'planted' has unsafe attributes"), std::string::npos)
       << h->StderrText();
+  EXPECT_EQ(h->Stop(), "");
+}
+
+// One item sealed (OAEP-SHA256) to service key `key`, rewrapped to a device key.
+v1::RewrapResult RewrapOne(RewrapdHarness& h, const std::string& key, EVP_PKEY* key_pub) {
+  v1::RewrapRequest req;
+  auto* item = req.add_items();
+  item->set_id("one");
+  item->set_key_name(key);
+  item->set_padding(v1::OAEP_SHA256);
+  item->set_ciphertext(*it::RsaEncrypt(key_pub, it::Pad::kOaepSha256, it::RandomBytes(32)));
+  item->set_format(v1::RSA_OAEP_SHA256);
+  static const it::Pkey device = it::GenerateRsa(2048);
+  item->mutable_recipient()->set_public_key(it::SpkiDer(device.get()));
+  grpc::ClientContext ctx;
+  test::SetDeadline(&ctx);
+  v1::RewrapResponse resp;
+  grpc::Status st = h.rewrap().Rewrap(&ctx, req, &resp);
+  if (!st.ok() || resp.results_size() != 1) {
+    v1::RewrapResult r;
+    r.mutable_error()->set_message("the call failed: " + st.error_message());
+    return r;
+  }
+  return resp.results(0);
+}
+
+it::Pkey ServicePublicKey(RewrapdHarness& h, const std::string& key) {
+  grpc::ClientContext ctx;
+  test::SetDeadline(&ctx);
+  v1::GetPublicKeyRequest req;
+  req.set_name(key);
+  req.set_format(v1::DER_SPKI);
+  v1::GetPublicKeyResponse resp;
+  if (!h.keys().GetPublicKey(&ctx, req, &resp).ok()) return nullptr;
+  return it::ParsePublicKey(resp.public_key());
+}
+
+// Keys rewrapd creates or imports cannot be changed, not even with the PIN: both objects
+// have CKA_MODIFIABLE=FALSE (SoftHSM2), so nobody can give them a signing role later.
+TEST(SecurityStandalone, KeysRewrapdMakesAreReadOnly) {
+  if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  std::string error;
+  RewrapdHarness::Options opts;
+  opts.extra_args = {"--selftest-interval", "0"};
+  auto h = RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error, opts);
+  ASSERT_NE(h, nullptr) << error;
+  const std::string state = h->dir() + "/state";
+  setenv("SOFTHSM2_CONF", (state + "/softhsm2.conf").c_str(), 1);
+  auto token = TokenSession::Open("hsm-rewrap", test::ReadFileOrEmpty(state + "/user.pin"));
+  ASSERT_TRUE(token.ok()) << token.status();
+  TokenSession& t = **token;
+  // CreateKey, ImportKey and the embedded default key (CreateKey at the first start).
+  {
+    grpc::ClientContext ctx;
+    test::SetDeadline(&ctx);
+    v1::CreateKeyRequest req;
+    req.set_name("made");
+    v1::KeyInfo info;
+    auto st = h->keys().CreateKey(&ctx, req, &info);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  {
+    grpc::ClientContext ctx;
+    test::SetDeadline(&ctx);
+    v1::ImportKeyRequest req;
+    req.set_name("imported");
+    req.set_pkcs8(it::PrivateKeyPkcs8Der(it::GenerateRsa(2048).get()));
+    v1::KeyInfo info;
+    auto st = h->keys().ImportKey(&ctx, req, &info);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  for (const std::string name : {"made", "imported", "default"}) {
+    for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
+      auto modifiable = t.GetBool(name, cls, CKA_MODIFIABLE);
+      ASSERT_TRUE(modifiable.ok()) << name << ": " << modifiable.status();
+      EXPECT_FALSE(*modifiable) << name << (cls == CKO_PRIVATE_KEY ? " private" : " public")
+                                << " key is modifiable";
+    }
+    absl::Status set = t.SetBool(name, CKO_PRIVATE_KEY, CKA_SIGN, true);
+    EXPECT_FALSE(set.ok()) << name << ": CKA_SIGN could be set on a key rewrapd made";
+  }
+  token->reset();
+  EXPECT_EQ(h->Stop(), "");
+}
+
+// A modifiable key (made by another tool, or by rewrapd before its keys were read-only)
+// whose attributes someone with the PIN changes while rewrapd serves it is refused from the
+// next self-test on: the self-test names the key and the attribute, and rewrap items get
+// UNSUPPORTED naming the attribute, as for a key refused at start-up.
+TEST(SecurityStandalone, KeyAttributesAreRecheckedBySelfTest) {
+  if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  std::string error;
+  RewrapdHarness::Options opts;
+  opts.extra_args = {"--selftest-interval", "0"};
+  auto h = RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error, opts);
+  ASSERT_NE(h, nullptr) << error;
+  const std::string state = h->dir() + "/state";
+  setenv("SOFTHSM2_CONF", (state + "/softhsm2.conf").c_str(), 1);
+  auto token = TokenSession::Open("hsm-rewrap", test::ReadFileOrEmpty(state + "/user.pin"));
+  ASSERT_TRUE(token.ok()) << token.status();
+  TokenSession& t = **token;
+  {
+    grpc::ClientContext ctx;
+    test::SetDeadline(&ctx);
+    v1::CreateKeyRequest req;
+    req.set_name("made");
+    v1::KeyInfo info;
+    auto st = h->keys().CreateKey(&ctx, req, &info);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+
+  // Made by another tool, modifiable, with the attributes rewrapd requires: served.
+  ASSERT_TRUE(t.GenerateModifiableServiceKey("mod").ok());
+  auto mod_pub = ServicePublicKey(*h, "mod");
+  ASSERT_TRUE(mod_pub) << h->StderrText();
+  v1::RewrapResult r = RewrapOne(*h, "mod", mod_pub.get());
+  ASSERT_FALSE(r.has_error()) << r.error().message();
+
+  // Someone with the PIN gives it a signing role.
+  ASSERT_TRUE(t.SetBool("mod", CKO_PRIVATE_KEY, CKA_SIGN, true).ok());
+  auto self_test = [&](const std::string& name, v1::SelfTestResponse* resp) {
+    grpc::ClientContext ctx;
+    test::SetDeadline(&ctx);
+    v1::SelfTestRequest req;
+    req.set_name(name);
+    return h->keys().SelfTest(&ctx, req, resp);
+  };
+  auto result_of = [](const v1::SelfTestResponse& resp, const std::string& name) {
+    for (const auto& result : resp.results()) {
+      if (result.name() == name) return result;
+    }
+    v1::SelfTestResult none;
+    none.set_ok(true);
+    none.set_message("no result for " + name);
+    return none;
+  };
+  v1::SelfTestResponse st_resp;
+  ASSERT_TRUE(self_test("", &st_resp).ok());
+  v1::SelfTestResult mod_result = result_of(st_resp, "mod");
+  EXPECT_FALSE(mod_result.ok()) << "the self-test did not notice: " << mod_result.message();
+  EXPECT_NE(mod_result.message().find("CKA_SIGN is TRUE"), std::string::npos)
+      << mod_result.message();
+  for (const std::string name : {"default", "made"}) {
+    EXPECT_TRUE(result_of(st_resp, name).ok())
+        << name << ": " << result_of(st_resp, name).message();
+  }
+  // From then on the key is refused, at once.
+  r = RewrapOne(*h, "mod", mod_pub.get());
+  EXPECT_EQ(r.error().code(), v1::ItemError::UNSUPPORTED) << r.error().message();
+  EXPECT_NE(r.error().message().find("CKA_SIGN is TRUE"), std::string::npos) << r.error().message();
+  EXPECT_TRUE(r.ciphertext().empty());
+  // Every later self-test still names it (also one of that key alone).
+  st_resp.Clear();
+  ASSERT_TRUE(self_test("", &st_resp).ok());
+  EXPECT_FALSE(result_of(st_resp, "mod").ok());
+  st_resp.Clear();
+  ASSERT_TRUE(self_test("mod", &st_resp).ok());
+  ASSERT_EQ(st_resp.results_size(), 1);
+  EXPECT_FALSE(st_resp.results(0).ok());
+  EXPECT_NE(st_resp.results(0).message().find("CKA_SIGN is TRUE"), std::string::npos)
+      << st_resp.results(0).message();
+  // The other keys are served as before.
+  auto default_pub = ServicePublicKey(*h, "default");
+  ASSERT_TRUE(default_pub);
+  r = RewrapOne(*h, "default", default_pub.get());
+  EXPECT_FALSE(r.has_error()) << r.error().message();
+  const std::string log = h->StderrText();
+  EXPECT_NE(log.find("key 'mod'"), std::string::npos) << log;
+  EXPECT_NE(log.find("CKA_SIGN is TRUE"), std::string::npos) << log;
+  token->reset();
+  EXPECT_EQ(h->Stop(), "");
+}
+
+// The periodic self-test re-checks the attributes too (no RPC): CKA_DERIVE set on a
+// modifiable key is refused within a self-test interval, and the metrics name the key.
+TEST(SecurityStandalone, PeriodicSelfTestRefusesKeyWhoseAttributesChanged) {
+  if (!test::TokenUnavailableReason(test::TokenKind::kSoftHsm).empty()) GTEST_SKIP();
+  std::string error;
+  RewrapdHarness::Options opts;
+  opts.extra_args = {"--selftest-interval", "1", "--metrics-listen", "127.0.0.1:0"};
+  auto h = RewrapdHarness::Start(test::TokenKind::kSoftHsm, &error, opts);
+  ASSERT_NE(h, nullptr) << error;
+  const std::string state = h->dir() + "/state";
+  setenv("SOFTHSM2_CONF", (state + "/softhsm2.conf").c_str(), 1);
+  auto token = TokenSession::Open("hsm-rewrap", test::ReadFileOrEmpty(state + "/user.pin"));
+  ASSERT_TRUE(token.ok()) << token.status();
+  ASSERT_TRUE((*token)->GenerateModifiableServiceKey("mod").ok());
+  auto mod_pub = ServicePublicKey(*h, "mod");
+  ASSERT_TRUE(mod_pub) << h->StderrText();
+  v1::RewrapResult r = RewrapOne(*h, "mod", mod_pub.get());
+  ASSERT_FALSE(r.has_error()) << r.error().message();
+  ASSERT_TRUE((*token)->SetBool("mod", CKO_PRIVATE_KEY, CKA_DERIVE, true).ok());
+  bool refused = false;
+  for (int i = 0; i < 150 && !refused; ++i) {
+    r = RewrapOne(*h, "mod", mod_pub.get());
+    refused = r.error().code() == v1::ItemError::UNSUPPORTED;
+    if (!refused) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(refused) << "still served 15 s after CKA_DERIVE was set: " << r.error().message();
+  EXPECT_NE(r.error().message().find("CKA_DERIVE is TRUE"), std::string::npos)
+      << r.error().message();
+  const std::string err = test::ReadFileOrEmpty(h->StderrPath());
+  const std::string tag = "metrics on http://";
+  const size_t p = err.rfind(tag);
+  ASSERT_NE(p, std::string::npos) << err;
+  const std::string metrics =
+      err.substr(p + tag.size(), err.find('/', p + tag.size()) - p - tag.size());
+  const std::string text =
+      test::RunCommand({"curl", "-s", "--max-time", "5", "http://" + metrics + "/metrics"}).out;
+  EXPECT_NE(text.find("hsmrewrap_selftest_ok{key=\"mod\"} 0"), std::string::npos) << text;
+  EXPECT_NE(text.find("hsmrewrap_key_refused{key=\"mod\"} 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("hsmrewrap_selftest_ok{key=\"default\"} 1"), std::string::npos) << text;
+  token->reset();
   EXPECT_EQ(h->Stop(), "");
 }
 
