@@ -15,6 +15,7 @@ struct Limits {
   uint32_t max_batch_items = 1000;         // items in one RewrapRequest
   uint32_t max_message_bytes = 16u << 20;  // gRPC receive limit
   uint32_t max_inflight_items = 10000;     // items queued or running in the engine
+  uint32_t max_queued_key_calls = 16;      // Keys calls waiting, per queue (writes, reads)
 };
 
 struct Config {

@@ -1,5 +1,8 @@
 #include "service/keys_service.h"
 
+#include <spdlog/spdlog.h>
+
+#include <chrono>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -76,8 +79,9 @@ void KeyToProto(const KeyDescription& key, const std::string& token_label, v1::K
   out->set_token_label(token_label);
 }
 
-KeysServiceImpl::KeysServiceImpl(KeyAdmin* admin, std::string token_label, AuthorizedCalls* calls)
-    : admin_(admin), token_label_(std::move(token_label)), calls_(calls) {}
+KeysServiceImpl::KeysServiceImpl(KeyAdmin* admin, std::string token_label, AuthorizedCalls* calls,
+                                 size_t max_queued)
+    : admin_(admin), token_label_(std::move(token_label)), calls_(calls), max_queued_(max_queued) {}
 
 grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(
     grpc::CallbackServerContext* ctx, const char* rpc, const std::string& key, WorkerPool* pool,
@@ -94,11 +98,33 @@ grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(
     reactor->Finish(ToGrpc(call.status()));
     return reactor;
   }
-  pool->Post([reactor, key, security, call = *std::move(call), fn = std::move(fn)] {
-    const absl::Status st = fn(call);
-    if (security) security->AuditKeyCall(call, key, absl::StatusCodeToString(st.code()));
+  // The call's deadline, read now: the context is only touched again by Finish.
+  const auto deadline = ctx->deadline();
+  const bool queued = pool->TryPost(
+      [reactor, key, rpc, deadline, security, call = *call, fn = std::move(fn)] {
+        absl::Status st;
+        if (std::chrono::system_clock::now() >= deadline) {
+          // Nobody waits for the answer any more: the work (a key generation, a PBKDF)
+          // would only hold up the calls queued behind this one.
+          spdlog::warn("{} from '{}': its deadline passed while it was queued; not run", rpc,
+                       call.who);
+          st = absl::DeadlineExceededError(
+              absl::StrCat(rpc, ": the call's deadline passed while it was queued"));
+        } else {
+          st = fn(call);
+        }
+        if (security) security->AuditKeyCall(call, key, absl::StatusCodeToString(st.code()));
+        reactor->Finish(ToGrpc(st));
+      },
+      max_queued_);
+  if (!queued) {
+    spdlog::warn("{} from '{}' refused: the key administration queue is full ({} waiting)", rpc,
+                 call->who, max_queued_);
+    const absl::Status st = absl::ResourceExhaustedError(absl::StrCat(
+        "key administration queue is full (", max_queued_, " calls waiting): retry later"));
+    if (security) security->AuditKeyCall(*call, key, absl::StatusCodeToString(st.code()));
     reactor->Finish(ToGrpc(st));
-  });
+  }
   return reactor;
 }
 
