@@ -23,8 +23,8 @@ namespace hsmrewrap::crypto {
 
 // The largest iteration count of one PKCS#12 MAC or PBE (PBKDF2, the PKCS#12 KDF, PKCS#5
 // v1; for scrypt, N x r x p). Real producers stay below: OpenSSL 3 writes 2048, Windows
-// 2000, Java 10000 (older releases up to 100000), GnuTLS 3.8 600000. docs/operator-guide.md §11 states the
-// limits and what a file at them costs.
+// 2000, Java 10000 (older releases up to 100000), GnuTLS 3.8 600000.
+// docs/operator-guide.md §11 states the limits and what a file at them costs.
 inline constexpr uint64_t kMaxPkcs12Iterations = 1'000'000;
 // The largest sum of all iteration counts of one file (MAC, encrypted safes, key bags): a
 // real file has two or three counts; this bounds files with many safes or keys.
