@@ -1,10 +1,10 @@
 #include "crypto/apple_payload.h"
 
 #include <openssl/rand.h>
-#include <plist/plist.h>
 
 #include <cstdio>
-#include <memory>
+#include <cstring>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -12,11 +12,104 @@
 namespace hsmrewrap::crypto {
 namespace {
 
-// Owns a plist tree; plist_free frees the whole tree.
-struct PlistDeleter {
-  void operator()(plist_t p) const { plist_free(p); }
-};
-using PlistPtr = std::unique_ptr<void, PlistDeleter>;
+// The XML text libplist's plist_to_xml writes (libplist 2.2, src/xplist.c): this prolog,
+// one tab of indentation per level, `&`, `<` and `>` escaped in strings and keys, and
+// data as base64 lines of at most ((76 - 8 * depth) / 4) * 3 bytes, each indented.
+constexpr char kPlistProlog[] =
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+    "<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" "
+    "\"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n"
+    "<plist version=\"1.0\">\n";
+constexpr char kPlistEpilog[] = "</plist>\n";
+constexpr char kPayloadType[] = "com.apple.security.pkcs12";
+// Values of the payload dictionary sit at depth 2 (array, dict).
+constexpr char kValueIndent[] = "\t\t";
+constexpr size_t kDataLineBytes = ((76 - 8 * 2) / 4) * 3;  // 45 bytes: 60 base64 characters
+
+absl::Span<const uint8_t> AsBytes(std::string_view s) {
+  return absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+}
+
+void Append(SecretBytes& out, std::string_view s) { out.insert(out.end(), s.begin(), s.end()); }
+
+const char* Escape(uint8_t c) {
+  switch (c) {
+    case '&':
+      return "&amp;";
+    case '<':
+      return "&lt;";
+    case '>':
+      return "&gt;";
+    default:
+      return nullptr;
+  }
+}
+
+size_t EscapedLen(absl::Span<const uint8_t> s) {
+  size_t n = 0;
+  for (uint8_t c : s) n += Escape(c) ? std::strlen(Escape(c)) : 1;
+  return n;
+}
+
+// Appends the text of `s` with `&`, `<` and `>` escaped, straight into `out`.
+void AppendEscaped(SecretBytes& out, absl::Span<const uint8_t> s) {
+  for (uint8_t c : s) {
+    if (const char* e = Escape(c)) {
+      Append(out, e);
+    } else {
+      out.push_back(c);
+    }
+  }
+}
+
+// "\t\t<key>NAME</key>\n"
+size_t KeyLen(std::string_view name) { return 2 + 5 + name.size() + 6 + 1; }
+void AppendKey(SecretBytes& out, std::string_view name) {
+  Append(out, kValueIndent);
+  Append(out, "<key>");
+  AppendEscaped(out, AsBytes(name));
+  Append(out, "</key>\n");
+}
+
+// "\t\t<string>TEXT</string>\n"
+size_t StringLen(absl::Span<const uint8_t> text) { return 2 + 8 + EscapedLen(text) + 9 + 1; }
+void AppendString(SecretBytes& out, absl::Span<const uint8_t> text) {
+  Append(out, kValueIndent);
+  Append(out, "<string>");
+  AppendEscaped(out, text);
+  Append(out, "</string>\n");
+}
+
+// "\t\t<data>\n" + one "\t\tBASE64\n" per kDataLineBytes + "\t\t</data>\n"
+size_t DataLen(absl::Span<const uint8_t> data) {
+  const size_t lines = (data.size() + kDataLineBytes - 1) / kDataLineBytes;
+  return 2 + 7 + lines * (2 + 1) + 4 * ((data.size() + 2) / 3) + 2 + 8;
+}
+void AppendData(SecretBytes& out, absl::Span<const uint8_t> data) {
+  static constexpr char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  Append(out, kValueIndent);
+  Append(out, "<data>\n");
+  for (size_t line = 0; line < data.size(); line += kDataLineBytes) {
+    const auto chunk = data.subspan(line, kDataLineBytes);
+    Append(out, kValueIndent);
+    size_t i = 0;
+    for (; i + 3 <= chunk.size(); i += 3) {
+      const uint32_t v = (uint32_t{chunk[i]} << 16) | (uint32_t{chunk[i + 1]} << 8) | chunk[i + 2];
+      for (int shift = 18; shift >= 0; shift -= 6) out.push_back(kB64[(v >> shift) & 63]);
+    }
+    if (i < chunk.size()) {
+      const bool two = i + 1 < chunk.size();
+      const uint32_t v = (uint32_t{chunk[i]} << 16) | (two ? uint32_t{chunk[i + 1]} << 8 : 0);
+      out.push_back(kB64[(v >> 18) & 63]);
+      out.push_back(kB64[(v >> 12) & 63]);
+      out.push_back(two ? kB64[(v >> 6) & 63] : '=');
+      out.push_back('=');
+    }
+    out.push_back('\n');
+  }
+  Append(out, kValueIndent);
+  Append(out, "</data>\n");
+}
 
 absl::StatusOr<std::string> RandomUuid() {
   uint8_t b[16];
@@ -76,18 +169,18 @@ absl::StatusOr<SecretBytes> BuildPkcs12PayloadPlist(absl::Span<const uint8_t> pf
           "the password holds a control character that an XML plist cannot carry");
     }
   }
-  // The password as a NUL-terminated UTF-8 string, in wiped memory.
-  SecretString pw;
+  // The password as UTF-8, in wiped memory.
+  SecretBytes pw;
   if (IsUtf8(password)) {
-    pw.assign(reinterpret_cast<const char*>(password.data()), password.size());
+    pw.assign(password.begin(), password.end());
   } else {
     pw.reserve(password.size() * 2);
     for (uint8_t c : password) {  // Latin-1 -> UTF-8
       if (c < 0x80) {
-        pw.push_back(static_cast<char>(c));
+        pw.push_back(c);
       } else {
-        pw.push_back(static_cast<char>(0xc0 | (c >> 6)));
-        pw.push_back(static_cast<char>(0x80 | (c & 0x3f)));
+        pw.push_back(static_cast<uint8_t>(0xc0 | (c >> 6)));
+        pw.push_back(static_cast<uint8_t>(0x80 | (c & 0x3f)));
       }
     }
   }
@@ -102,36 +195,42 @@ absl::StatusOr<SecretBytes> BuildPkcs12PayloadPlist(absl::Span<const uint8_t> pf
                                      ? absl::StrCat("com.hsmrewrap.pkcs12.", uuid)
                                      : options.payload_identifier;
 
-  PlistPtr array(plist_new_array());
-  plist_t dict = plist_new_dict();
-  plist_array_append_item(array.get(), dict);  // the array owns dict from here on
-  plist_dict_set_item(dict, "PayloadType", plist_new_string("com.apple.security.pkcs12"));
-  plist_dict_set_item(dict, "PayloadVersion", plist_new_uint(1));
-  plist_dict_set_item(dict, "PayloadUUID", plist_new_string(uuid.c_str()));
-  plist_dict_set_item(dict, "PayloadIdentifier", plist_new_string(identifier.c_str()));
-  plist_dict_set_item(dict, "PayloadDisplayName", plist_new_string(options.display_name.c_str()));
-  plist_dict_set_item(dict, "PayloadContent",
-                      plist_new_data(reinterpret_cast<const char*>(pfx.data()), pfx.size()));
-  plist_t pw_node = plist_new_string(pw.c_str());
-  plist_dict_set_item(dict, "Password", pw_node);
-
-  char* xml = nullptr;
-  uint32_t xml_len = 0;
-  plist_to_xml(array.get(), &xml, &xml_len);
-
-  // Wipe libplist's copy of the password before the tree is freed (plist_free does not).
-  uint64_t pw_len = 0;
-  if (const char* p = plist_get_string_ptr(pw_node, &pw_len)) Cleanse(const_cast<char*>(p), pw_len);
-  array.reset();
-
-  if (xml == nullptr || xml_len == 0) {
-    if (xml != nullptr) plist_to_xml_free(xml);
-    return absl::InternalError("plist_to_xml failed");
-  }
-  SecretBytes out(reinterpret_cast<const uint8_t*>(xml),
-                  reinterpret_cast<const uint8_t*>(xml) + xml_len);
-  Cleanse(xml, xml_len);
-  plist_to_xml_free(xml);
+  // Written here rather than by libplist: libplist copies every string into buffers it
+  // grows with realloc and frees unwiped, so the password would stay in the heap. The
+  // text is the one libplist's plist_to_xml writes for this tree (same prolog, tab
+  // indentation, escaping and base64 lines), built in one SecretBytes sized up front.
+  const absl::Span<const uint8_t> uuid_text = AsBytes(uuid);
+  const absl::Span<const uint8_t> identifier_text = AsBytes(identifier);
+  const absl::Span<const uint8_t> name_text = AsBytes(options.display_name);
+  const absl::Span<const uint8_t> pw_text = absl::MakeConstSpan(pw);
+  const size_t size =
+      std::strlen(kPlistProlog) + std::strlen(kPlistEpilog) + std::strlen("<array>\n") +
+      std::strlen("</array>\n") + std::strlen("\t<dict>\n") + std::strlen("\t</dict>\n") +
+      KeyLen("PayloadType") + StringLen(AsBytes(kPayloadType)) + KeyLen("PayloadVersion") +
+      std::strlen("\t\t<integer>1</integer>\n") + KeyLen("PayloadUUID") + StringLen(uuid_text) +
+      KeyLen("PayloadIdentifier") + StringLen(identifier_text) + KeyLen("PayloadDisplayName") +
+      StringLen(name_text) + KeyLen("PayloadContent") + DataLen(pfx) + KeyLen("Password") +
+      StringLen(pw_text);
+  SecretBytes out;
+  out.reserve(size);
+  Append(out, kPlistProlog);
+  Append(out, "<array>\n\t<dict>\n");
+  AppendKey(out, "PayloadType");
+  AppendString(out, AsBytes(kPayloadType));
+  AppendKey(out, "PayloadVersion");
+  Append(out, "\t\t<integer>1</integer>\n");
+  AppendKey(out, "PayloadUUID");
+  AppendString(out, uuid_text);
+  AppendKey(out, "PayloadIdentifier");
+  AppendString(out, identifier_text);
+  AppendKey(out, "PayloadDisplayName");
+  AppendString(out, name_text);
+  AppendKey(out, "PayloadContent");
+  AppendData(out, pfx);
+  AppendKey(out, "Password");
+  AppendString(out, pw_text);
+  Append(out, "\t</dict>\n</array>\n");
+  Append(out, kPlistEpilog);
   return out;
 }
 

@@ -30,9 +30,11 @@ struct ApplePayloadOptions {
 //     Password = the password
 //   </dict></array>
 // `password` is the unsealed secret, used as bytes: valid UTF-8 is kept as is; anything
-// else is read as Latin-1 (what Intune's importer's narrowing of UTF-16 gives) and converted to UTF-8. Control characters that XML 1.0 forbids are refused.
-// The plist holds the password, so it is returned as SecretBytes; libplist's own copies
-// are wiped before they are freed.
+// else is read as Latin-1 (what Intune's importer's narrowing of UTF-16 gives) and converted to
+// UTF-8. Control characters that XML 1.0 forbids are refused. The plist holds the password, so it
+// is written straight into one SecretBytes (sized up front) and returned as such: no other buffer
+// ever holds the password or the plist. The text is byte for byte what libplist's plist_to_xml
+// writes for the same tree.
 absl::StatusOr<SecretBytes> BuildPkcs12PayloadPlist(absl::Span<const uint8_t> pfx,
                                                     absl::Span<const uint8_t> password,
                                                     const ApplePayloadOptions& options = {});

@@ -73,14 +73,24 @@ absl::StatusOr<Bytes> Envelope(X509* recipient, const PublicKey& key,
       return OsslInternal("cannot set RSA-OAEP-SHA256 key transport");
     }
   }
-  // Read-only memory BIO over the caller's buffer: no extra copy of the plaintext.
-  BioPtr in(BIO_new_mem_buf(plaintext.empty() ? static_cast<const void*>("") : plaintext.data(),
-                            static_cast<int>(plaintext.size())));
-  if (!in) return OsslInternal("BIO_new_mem_buf failed");
-  if (CMS_final(cms.get(), in.get(), nullptr, CMS_BINARY) != 1) {
+  // The content goes from the caller's buffer straight into the cipher BIO that
+  // CMS_dataInit makes (a cipher BIO over a memory BIO that collects the ciphertext), in one
+  // write, and nowhere else. Not CMS_final: it copies the content through a 1 KiB stack
+  // buffer and a BIO_f_buffer whose heap buffer is freed unwiped, so every plaintext stayed
+  // in rewrapd's memory. The cipher BIO hands the bytes to EVP_CipherUpdate directly; the
+  // only plaintext OpenSSL keeps is the last partial block inside the cipher context, which
+  // it wipes when the context is freed (OPENSSL_clear_free), as it does the content key.
+  BIO* cms_bio = CMS_dataInit(cms.get(), nullptr);
+  if (cms_bio == nullptr) return OsslInternal("CMS_dataInit failed");
+  BioPtr chain(cms_bio);
+  const bool written = plaintext.empty() || BIO_write(chain.get(), plaintext.data(),
+                                                      static_cast<int>(plaintext.size())) ==
+                                                static_cast<int>(plaintext.size());
+  if (!written || BIO_flush(chain.get()) != 1 || CMS_dataFinal(cms.get(), chain.get()) != 1) {
     ERR_clear_error();  // errors here could only concern the content; keep them out
     return absl::InternalError("CMS encryption failed");
   }
+  chain.reset();
   unsigned char* der = nullptr;
   const int len = i2d_CMS_ContentInfo(cms.get(), &der);
   if (len <= 0) return OsslInternal("CMS DER encoding failed");

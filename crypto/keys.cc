@@ -6,7 +6,6 @@
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/pkcs12.h>
-#include <openssl/provider.h>
 #include <openssl/x509v3.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -19,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "crypto/encoding.h"
 #include "crypto/openssl_util.h"
+#include "crypto/pkcs12_parse.h"
 
 namespace hsmrewrap::crypto {
 
@@ -238,8 +238,6 @@ absl::StatusOr<RsaPrivateKeyParts> PrivateKeyFromDer(absl::Span<const uint8_t> d
   }
   return PartsFromPkey(pkey.get());
 }
-
-bool LegacyAlreadyLoaded() { return OSSL_PROVIDER_available(nullptr, "legacy") == 1; }
 
 }  // namespace
 
@@ -495,33 +493,22 @@ absl::StatusOr<RsaPrivateKeyParts> ParseRsaPrivateKeyFromPfx(absl::Span<const ui
     ERR_clear_error();
     return absl::InvalidArgumentError("not a PKCS#12 file (DER decoding failed)");
   }
-  // PKCS12_parse checks the MAC itself; checking it first gives a clear message for the
-  // most common failure. An empty password may mean "no password" (NULL) or "" in
-  // different producers; PKCS12_parse tries both when given "".
-  if (PKCS12_mac_present(p12.get()) == 1) {
-    bool mac_ok =
-        PKCS12_verify_mac(p12.get(), password.c_str(), static_cast<int>(password.size())) == 1;
-    if (!mac_ok && password.empty()) mac_ok = PKCS12_verify_mac(p12.get(), nullptr, 0) == 1;
-    if (!mac_ok) {
-      ERR_clear_error();
+  // Bounded: every iteration count is checked before it is used (pkcs12_parse.h).
+  internal::Pkcs12Parsed parsed = internal::ParsePkcs12(p12.get(), password);
+  switch (parsed.outcome) {
+    case internal::Pkcs12Parsed::Outcome::kOk:
+      break;
+    case internal::Pkcs12Parsed::Outcome::kTooMuchWork:
+      return absl::InvalidArgumentError(parsed.message);
+    case internal::Pkcs12Parsed::Outcome::kMalformed:
+      return absl::InvalidArgumentError("not a PKCS#12 file (its contents are malformed)");
+    case internal::Pkcs12Parsed::Outcome::kWrongPassword:
       return absl::InvalidArgumentError(absl::StrCat(kWrongPassword, " (MAC verification failed)"));
-    }
+    case internal::Pkcs12Parsed::Outcome::kNotDecrypted:
+      return absl::InvalidArgumentError(absl::StrCat(
+          kWrongPassword, ", or its contents use an unsupported or corrupt encryption"));
   }
-  EVP_PKEY* raw = nullptr;
-  bool parsed = PKCS12_parse(p12.get(), password.c_str(), &raw, nullptr, nullptr) == 1;
-  if (!parsed && !LegacyAlreadyLoaded()) {
-    // Most likely RC2-40 or another legacy PBE (openssl 1.x and Windows defaults).
-    ERR_clear_error();
-    if (internal::EnsureLegacyProvider()) {
-      parsed = PKCS12_parse(p12.get(), password.c_str(), &raw, nullptr, nullptr) == 1;
-    }
-  }
-  EvpPkeyPtr pkey(raw);
-  if (!parsed) {
-    ERR_clear_error();
-    return absl::InvalidArgumentError(
-        absl::StrCat(kWrongPassword, ", or its contents use an unsupported or corrupt encryption"));
-  }
+  EvpPkeyPtr pkey = std::move(parsed.key);
   if (!pkey) return absl::InvalidArgumentError("the PFX contains no private key");
   auto parts = PartsFromPkey(pkey.get());
   if (!parts.ok()) {

@@ -99,6 +99,9 @@ absl::StatusOr<RsaPrivateKeyParts> ParseRsaPrivateKey(absl::Span<const uint8_t> 
 // The RSA private key of a PKCS#12 file. Loads OpenSSL's "legacy" provider (with
 // "default") into the default library context the first time a file needs it (RC2-40,
 // as `openssl pkcs12 -export` 1.x and Windows write); that stays loaded process-wide.
+// A file with a MAC or PBE iteration count above kMaxPkcs12Iterations, or counts adding
+// up to more than kMaxPkcs12TotalIterations (crypto/pkcs12_parse.h), is InvalidArgument
+// (the message names the count and the limit) before any of them is run.
 absl::StatusOr<RsaPrivateKeyParts> ParseRsaPrivateKeyFromPfx(absl::Span<const uint8_t> pfx,
                                                              const SecretString& password);
 // BCRYPT_RSAFULLPRIVATE_BLOB ("RSA3"), as Export-IntunePrivateKey writes it.

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "crypto/encoding.h"
 #include "crypto/openssl_util.h"
+#include "crypto/pkcs12_parse.h"
 
 namespace hsmrewrap::crypto {
 namespace {
@@ -26,8 +27,6 @@ struct Free {
   void operator()(T* p) const { F(p); }
 };
 using Pkcs12Ptr = std::unique_ptr<PKCS12, Free<PKCS12, PKCS12_free>>;
-void FreePkcs7Stack(STACK_OF(PKCS7) * s) { sk_PKCS7_pop_free(s, PKCS7_free); }
-void FreeX509Stack(STACK_OF(X509) * s) { sk_X509_pop_free(s, X509_free); }
 
 absl::Status Problem(PfxProblem p, const std::string& message) {
   ERR_clear_error();  // messages never include OpenSSL's queue: it may depend on the password
@@ -35,33 +34,6 @@ absl::Status Problem(PfxProblem p, const std::string& message) {
                                                  : absl::InvalidArgumentError(message);
   s.SetPayload(kProblemPayloadUrl, absl::Cord(PfxProblemName(p)));
   return s;
-}
-
-// The CVE-2024-0727 shapes: a ContentInfo whose content is absent. OpenSSL 3.0.13+ checks
-// this itself; we check again so an older library cannot be made to dereference NULL.
-bool AuthSafesWellFormed(PKCS12* p12) {
-  std::unique_ptr<STACK_OF(PKCS7), Free<STACK_OF(PKCS7), FreePkcs7Stack>> safes(
-      PKCS12_unpack_authsafes(p12));
-  if (!safes) return false;
-  for (int i = 0; i < sk_PKCS7_num(safes.get()); ++i) {
-    PKCS7* p7 = sk_PKCS7_value(safes.get(), i);
-    if (p7 == nullptr) return false;
-    switch (OBJ_obj2nid(p7->type)) {
-      case NID_pkcs7_data:
-        if (p7->d.data == nullptr) return false;
-        break;
-      case NID_pkcs7_encrypted:
-        if (p7->d.encrypted == nullptr || p7->d.encrypted->enc_data == nullptr ||
-            p7->d.encrypted->enc_data->enc_data == nullptr ||
-            p7->d.encrypted->enc_data->algorithm == nullptr) {
-          return false;
-        }
-        break;
-      default:
-        break;  // enveloped (public-key privacy mode) etc.: PKCS12_parse refuses them
-    }
-  }
-  return true;
 }
 
 absl::Time Asn1ToTime(const ASN1_TIME* t) {
@@ -147,49 +119,50 @@ absl::StatusOr<PfxContents> OpenPfx(absl::Span<const uint8_t> pfx, const SecretS
     return Problem(PfxProblem::kNotPkcs12,
                    "not a PKCS#12 file (it does not decode as a PFX structure)");
   }
-  if (!AuthSafesWellFormed(p12.get())) {
-    return Problem(PfxProblem::kNotPkcs12,
-                   "not a valid PKCS#12 file: its contents are malformed or missing");
-  }
-  // PKCS12_parse checks the MAC itself, so on success the password was right. Only when it
-  // fails is the MAC checked separately, to tell a wrong password from other problems
-  // (each check runs the PBKDF again, which costs ~0.2 s at GnuTLS's 600000 iterations).
-  // An empty password may have been written as "no password" (NULL) or as "" depending
-  // on the producer; PKCS12_parse tries both when given "".
-  const char* pass = password.c_str();
-  const int pass_len = static_cast<int>(password.size());
-  const bool has_mac = PKCS12_mac_present(p12.get()) == 1;
-  EVP_PKEY* raw_key = nullptr;
-  X509* raw_cert = nullptr;
-  STACK_OF(X509)* raw_ca = nullptr;
-  const bool parsed = PKCS12_parse(p12.get(), pass, &raw_key, &raw_cert, &raw_ca) == 1;
-  std::shared_ptr<EVP_PKEY> key(raw_key, EVP_PKEY_free);
-  std::shared_ptr<X509> cert(raw_cert, X509_free);
-  std::unique_ptr<STACK_OF(X509), Free<STACK_OF(X509), FreeX509Stack>> ca(raw_ca);
-  if (!parsed) {
-    ERR_clear_error();
-    if (has_mac) {
-      bool mac_ok = PKCS12_verify_mac(p12.get(), pass, pass_len) == 1;
-      if (!mac_ok && password.empty()) mac_ok = PKCS12_verify_mac(p12.get(), nullptr, 0) == 1;
-      if (!mac_ok) {
-        return Problem(PfxProblem::kWrongPassword,
-                       "wrong password (the PKCS#12 integrity check failed)");
+  // Bounded: every iteration count is checked before it is used (pkcs12_parse.h). The
+  // CVE-2024-0727 shapes (a ContentInfo whose content is absent) are malformed there.
+  internal::Pkcs12Parsed parsed = internal::ParsePkcs12(p12.get(), password);
+  switch (parsed.outcome) {
+    case internal::Pkcs12Parsed::Outcome::kOk:
+      break;
+    case internal::Pkcs12Parsed::Outcome::kTooMuchWork:
+      return Problem(PfxProblem::kNotPkcs12, parsed.message);
+    case internal::Pkcs12Parsed::Outcome::kMalformed:
+      return Problem(PfxProblem::kNotPkcs12,
+                     "not a valid PKCS#12 file: its contents are malformed or missing");
+    case internal::Pkcs12Parsed::Outcome::kWrongPassword:
+      return Problem(PfxProblem::kWrongPassword,
+                     "wrong password (the PKCS#12 integrity check failed)");
+    case internal::Pkcs12Parsed::Outcome::kNotDecrypted:
+      if (parsed.has_mac) {
+        return Problem(PfxProblem::kUnsupported,
+                       "the PKCS#12 password is right but its contents do not decrypt "
+                       "(unsupported or corrupt encryption)");
       }
-      return Problem(PfxProblem::kUnsupported,
-                     "the PKCS#12 password is right but its contents do not decrypt "
-                     "(unsupported or corrupt encryption)");
+      return Problem(PfxProblem::kWrongPassword,
+                     "wrong password, or the PKCS#12 contents use an unsupported or corrupt "
+                     "encryption (the file has no integrity MAC to tell which)");
+  }
+  // As PKCS12_parse pairs them: the first certificate that matches the key is the
+  // end-entity certificate, every other one is the chain.
+  std::shared_ptr<EVP_PKEY> key(parsed.key.release(), EVP_PKEY_free);
+  std::shared_ptr<X509> cert;
+  std::vector<std::shared_ptr<X509>> chain;
+  for (auto& x : parsed.certs) {
+    if (key && !cert) {
+      ERR_set_mark();
+      const bool match = X509_check_private_key(x.get(), key.get()) == 1;
+      ERR_pop_to_mark();
+      if (match) {
+        cert.reset(x.release(), X509_free);
+        continue;
+      }
     }
-    return Problem(PfxProblem::kWrongPassword,
-                   "wrong password, or the PKCS#12 contents use an unsupported or corrupt "
-                   "encryption (the file has no integrity MAC to tell which)");
+    chain.emplace_back(x.release(), X509_free);
   }
   PfxContents out;
-  const int others = ca ? sk_X509_num(ca.get()) : 0;
-  for (int i = 0; i < others; ++i) {
-    X509* x = sk_X509_value(ca.get(), i);
-    X509_up_ref(x);
-    out.chain.emplace_back(x, X509_free);
-  }
+  const size_t others = chain.size();
+  out.chain = std::move(chain);
   if (!key) return Problem(PfxProblem::kNoPrivateKey, "the PKCS#12 file contains no private key");
   if (!cert) {
     if (others == 0) {
@@ -199,7 +172,7 @@ absl::StatusOr<PfxContents> OpenPfx(absl::Span<const uint8_t> pfx, const SecretS
                    absl::StrCat("no certificate in the PKCS#12 file matches its private key (",
                                 others, " certificate(s) checked)"));
   }
-  // PKCS12_parse pairs by key; check again explicitly (contract of this function).
+  // Paired by X509_check_private_key above; checked again (contract of this function).
   if (X509_check_private_key(cert.get(), key.get()) != 1) {
     return Problem(PfxProblem::kKeyMismatch,
                    "the certificate's public key does not match the private key");

@@ -29,7 +29,8 @@ namespace hsmrewrap::crypto {
 // Why a PFX was refused. Stable names (PfxProblemName) are used in summaries.
 enum class PfxProblem {
   kNone,
-  kNotPkcs12,      // not-pkcs12: not DER PKCS#12, truncated, malformed, too large
+  kNotPkcs12,      // not-pkcs12: not DER PKCS#12, truncated, malformed, too large, or
+                   // asks for too much work (an iteration count above kMaxPkcs12Iterations)
   kWrongPassword,  // wrong-password: MAC check failed (or contents do not decrypt)
   kNoPrivateKey,   // no-private-key
   kNoCertificate,  // no-certificate
@@ -61,7 +62,9 @@ struct PfxContents {
 };
 
 // Opens `pfx` with `password` (UTF-8 text; OpenSSL converts it to the BMPString form
-// PKCS#12 uses). An empty password also tries "no password". Checks that there is a
+// PKCS#12 uses). An empty password also tries "no password". Refuses (not-pkcs12) a file
+// whose MAC or PBE iteration counts are above kMaxPkcs12Iterations or add up to more than
+// kMaxPkcs12TotalIterations (crypto/pkcs12_parse.h) before running any. Checks that there is a
 // private key, at least one certificate, and a certificate matching the key. Never
 // crashes on malformed input (the CVE-2024-0727 shapes are detected before parsing).
 absl::StatusOr<PfxContents> OpenPfx(absl::Span<const uint8_t> pfx, const SecretString& password);

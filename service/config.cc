@@ -72,6 +72,7 @@ const KeyDef kKeyDefs[] = {
     {"max_streams_per_identity", &Limits::max_streams_per_identity},
     {"max_stream_buffer_bytes", &Limits::max_stream_buffer_bytes},
     {"max_stream_lifetime_s", &Limits::max_stream_lifetime_s},
+    {"max_queued_key_calls", &Limits::max_queued_key_calls},
     {"metrics_listen", &Config::metrics_listen},
     {"selftest_interval_s", &Config::selftest_interval_s},
     {"log_format", &Config::log_format},
@@ -339,6 +340,8 @@ absl::Status Finalize(Config& c) {
   if (c.limits.max_inflight_items < c.limits.max_batch_items) {
     return absl::InvalidArgumentError("max_inflight_items must be at least max_batch_items");
   }
+  if (c.limits.max_queued_key_calls == 0)
+    return absl::InvalidArgumentError("max_queued_key_calls must be at least 1");
   if (c.limits.max_message_bytes < 4096)
     return absl::InvalidArgumentError("max_message_bytes must be at least 4096");
   if (c.limits.max_streams == 0 || c.limits.max_streams_per_identity == 0)
@@ -459,7 +462,8 @@ std::string Describe(const Config& c) {
                   " s after SIGTERM\n");
   absl::StrAppend(&s, "limits:               ", c.limits.max_batch_items, " items/batch, ",
                   c.limits.max_message_bytes, " bytes/message, ", c.limits.max_inflight_items,
-                  " items in flight\n");
+                  " items in flight, ", c.limits.max_queued_key_calls,
+                  " key calls queued (each of writes, reads)\n");
   absl::StrAppend(&s, "streams:              ", c.limits.max_streams, " open (",
                   c.limits.max_streams_per_identity, " per identity), ",
                   c.limits.max_stream_buffer_bytes, " unread answer bytes each, ",

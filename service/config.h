@@ -22,6 +22,7 @@ struct Limits {
   uint32_t max_streams_per_identity = 32;
   uint32_t max_stream_buffer_bytes = 8u << 20;
   uint32_t max_stream_lifetime_s = 3600;
+  uint32_t max_queued_key_calls = 16;      // Keys calls waiting, per queue (writes, reads)
 };
 
 struct Config {

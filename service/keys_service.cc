@@ -1,5 +1,8 @@
 #include "service/keys_service.h"
 
+#include <spdlog/spdlog.h>
+
+#include <chrono>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -77,8 +80,9 @@ void KeyToProto(const KeyDescription& key, const std::string& token_label, v1::K
   out->set_token_label(token_label);
 }
 
-KeysServiceImpl::KeysServiceImpl(KeyAdmin* admin, std::string token_label, AuthorizedCalls* calls)
-    : admin_(admin), token_label_(std::move(token_label)), calls_(calls) {}
+KeysServiceImpl::KeysServiceImpl(KeyAdmin* admin, std::string token_label, AuthorizedCalls* calls,
+                                 size_t max_queued)
+    : admin_(admin), token_label_(std::move(token_label)), calls_(calls), max_queued_(max_queued) {}
 
 grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(
     grpc::CallbackServerContext* ctx, const char* rpc, const std::string& key, Kind kind,
@@ -98,29 +102,55 @@ grpc::ServerUnaryReactor* KeysServiceImpl::OffThread(
   }
   const bool changes_keys = kind == Kind::kWrite;
   WorkerPool* pool = changes_keys ? &writes_ : &reads_;
-  pool->Post([reactor, key, changes_keys, security, call = *std::move(call), fn = std::move(fn)] {
-    // Fail closed with the audit log (Security::BeginKeyCall): nothing is done unless the log
-    // is writable and, for a change, the attempt is on record.
-    absl::Status st = security ? security->BeginKeyCall(call, key, changes_keys) : absl::OkStatus();
-    if (st.ok()) {
-      st = fn(call);
-      absl::Status audited =
-          security ? security->AuditKeyCall(call, key, absl::StatusCodeToString(st.code()))
-                   : absl::OkStatus();
-      if (!audited.ok()) {
-        // The answer is withheld (gRPC sends no message with an error status). A change
-        // that was made stays made: say so; the record of the attempt is in the log.
-        st = !st.ok() || !changes_keys
-                 ? audited
-                 : absl::UnavailableError(absl::StrCat(
-                       call.rpc, " of key '", key,
-                       "' was done, but the record of its outcome could not be written (the "
-                       "record of the attempt was); ",
-                       audited.message()));
-      }
-    }
+  // The call's deadline, read now: the context is only touched again by Finish.
+  const auto deadline = ctx->deadline();
+  const bool queued = pool->TryPost(
+      [reactor, key, rpc, deadline, changes_keys, security, call = *call, fn = std::move(fn)] {
+        absl::Status st;
+        if (std::chrono::system_clock::now() >= deadline) {
+          // Nobody waits for the answer any more: the work (a key generation, a PBKDF)
+          // would only hold up the calls queued behind this one.
+          spdlog::warn("{} from '{}': its deadline passed while it was queued; not run", rpc,
+                       call.who);
+          st = absl::DeadlineExceededError(
+              absl::StrCat(rpc, ": the call's deadline passed while it was queued"));
+          if (security)
+            security->AuditKeyCall(call, key, absl::StatusCodeToString(st.code())).IgnoreError();
+          reactor->Finish(ToGrpc(st));
+          return;
+        }
+        // Fail closed with the audit log (Security::BeginKeyCall): nothing is done unless the
+        // log is writable and, for a change, the attempt is on record.
+        st = security ? security->BeginKeyCall(call, key, changes_keys) : absl::OkStatus();
+        if (st.ok()) {
+          st = fn(call);
+          absl::Status audited =
+              security ? security->AuditKeyCall(call, key, absl::StatusCodeToString(st.code()))
+                       : absl::OkStatus();
+          if (!audited.ok()) {
+            // The answer is withheld (gRPC sends no message with an error status). A change
+            // that was made stays made: say so; the record of the attempt is in the log.
+            st = !st.ok() || !changes_keys
+                     ? audited
+                     : absl::UnavailableError(absl::StrCat(
+                           call.rpc, " of key '", key,
+                           "' was done, but the record of its outcome could not be written (the "
+                           "record of the attempt was); ",
+                           audited.message()));
+          }
+        }
+        reactor->Finish(ToGrpc(st));
+      },
+      max_queued_);
+  if (!queued) {
+    spdlog::warn("{} from '{}' refused: the key administration queue is full ({} waiting)", rpc,
+                 call->who, max_queued_);
+    const absl::Status st = absl::ResourceExhaustedError(absl::StrCat(
+        "key administration queue is full (", max_queued_, " calls waiting): retry later"));
+    if (security)
+      security->AuditKeyCall(*call, key, absl::StatusCodeToString(st.code())).IgnoreError();
     reactor->Finish(ToGrpc(st));
-  });
+  }
   return reactor;
 }
 

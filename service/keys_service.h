@@ -20,7 +20,10 @@ namespace hsmrewrap::service {
 class KeysServiceImpl final : public v1::Keys::CallbackService {
  public:
   // `calls` holds each call's authorization (AuthorizationInterceptorFactory's).
-  KeysServiceImpl(KeyAdmin* admin, std::string token_label, AuthorizedCalls* calls);
+  // `max_queued` bounds each queue (writes, reads): calls waiting for a thread, not counting
+  // those running (limits.max_queued_key_calls).
+  KeysServiceImpl(KeyAdmin* admin, std::string token_label, AuthorizedCalls* calls,
+                  size_t max_queued);
   grpc::ServerUnaryReactor* CreateKey(grpc::CallbackServerContext*, const v1::CreateKeyRequest*,
                                       v1::KeyInfo*) override;
   grpc::ServerUnaryReactor* ImportKey(grpc::CallbackServerContext*, const v1::ImportKeyRequest*,
@@ -41,8 +44,10 @@ class KeysServiceImpl final : public v1::Keys::CallbackService {
   // kWrite: CreateKey, ImportKey, EnableKey, DisableKey (on writes_); kRead: the others.
   enum class Kind { kRead, kWrite };
   // Takes the call's authorization and checks `key` (when the RPC names one) against it,
-  // then on writes_ or reads_: Security::BeginKeyCall, `fn` with the caller's rights, the
-  // record of the outcome; finishes the call.
+  // then on writes_ or reads_ (per `kind`): Security::BeginKeyCall, `fn` with the caller's
+  // rights, the record of the outcome; finishes the call. A full queue is RESOURCE_EXHAUSTED
+  // at once; a call whose deadline passed while it waited is DEADLINE_EXCEEDED without
+  // running `fn`.
   grpc::ServerUnaryReactor* OffThread(grpc::CallbackServerContext* ctx, const char* rpc,
                                       const std::string& key, Kind kind,
                                       std::function<absl::Status(const Security::Call&)> fn);
@@ -52,6 +57,7 @@ class KeysServiceImpl final : public v1::Keys::CallbackService {
   KeyAdmin* admin_;
   std::string token_label_;
   AuthorizedCalls* calls_;
+  size_t max_queued_;
   // Writes (CreateKey, ImportKey, EnableKey, DisableKey) run one at a time; reads (ListKeys,
   // GetPublicKey, SelfTest) on threads of their own, so that a key generation, which can take
   // many seconds, does not hold them up.

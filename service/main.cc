@@ -23,7 +23,8 @@ struct Flags {
       pin_file, log_level, log_format, metrics_listen, tls_cert, tls_key, client_ca, policy,
       audit_log;
   std::optional<uint32_t> pool_size, workers, max_batch, max_inflight, max_message,
-      selftest_interval, shutdown_grace, reconnect_backoff_max, token_call_timeout;
+      max_queued_key_calls, selftest_interval, shutdown_grace, reconnect_backoff_max,
+      token_call_timeout;
   bool allow_host_unpadding = false, deny_host_unpadding = false, check_config = false,
        version = false, insecure = false;
 };
@@ -54,6 +55,9 @@ void AddFlags(CLI::App& app, Flags& f) {
                  "pool size only helps when host work is large next to the token's time");
   app.add_option("--max-batch-items", f.max_batch, "items per batch (default 1000)");
   app.add_option("--max-inflight-items", f.max_inflight, "items queued or running (default 10000)");
+  app.add_option("--max-queued-key-calls", f.max_queued_key_calls,
+                 "Keys calls that may wait for the key administration thread (writes) and "
+                 "again for the read threads; more are RESOURCE_EXHAUSTED (default 16)");
   app.add_option("--max-message-bytes", f.max_message, "largest request message (default 16 MiB)");
   app.add_option("--log-level", f.log_level, "trace|debug|info|warn|error (default info)");
   app.add_option("--log-format", f.log_format,
@@ -117,6 +121,7 @@ void ApplyFlags(const Flags& f, Config& c) {
   if (f.max_batch) c.limits.max_batch_items = *f.max_batch;
   if (f.max_inflight) c.limits.max_inflight_items = *f.max_inflight;
   if (f.max_message) c.limits.max_message_bytes = *f.max_message;
+  if (f.max_queued_key_calls) c.limits.max_queued_key_calls = *f.max_queued_key_calls;
   if (f.allow_host_unpadding || f.deny_host_unpadding) {
     c.allow_host_unpadding = f.allow_host_unpadding;
     c.allow_host_unpadding_set = true;

@@ -234,7 +234,8 @@ bool Server::StartGrpc() {
   rewrap_service_ = std::make_unique<RewrapServiceImpl>(engine_.get(), &metrics_,
                                                         authorized_calls_.get(), config_.limits);
   keys_service_ = std::make_unique<KeysServiceImpl>(key_admin_.get(), started_->token_label,
-                                                    authorized_calls_.get());
+                                                    authorized_calls_.get(),
+                                                    config_.limits.max_queued_key_calls);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -21,6 +21,13 @@ void WorkerPool::Post(std::function<void()> task) {
   tasks_.push_back(std::move(task));
 }
 
+bool WorkerPool::TryPost(std::function<void()> task, size_t max_queued) {
+  absl::MutexLock l(&mu_);
+  if (tasks_.size() >= max_queued) return false;
+  tasks_.push_back(std::move(task));
+  return true;
+}
+
 size_t WorkerPool::queued() const {
   absl::MutexLock l(&mu_);
   return tasks_.size();

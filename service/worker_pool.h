@@ -1,5 +1,6 @@
 // A fixed set of threads that run HSM work, so that no gRPC thread ever blocks on the
-// token. Tasks are queued FIFO; the queue is bounded by the engine's in-flight limit.
+// token. Tasks are queued FIFO. The engine's queue is bounded by its in-flight limit (it
+// uses Post); the Keys service's queues by TryPost.
 #pragma once
 
 #include <deque>
@@ -20,6 +21,9 @@ class WorkerPool final {
   WorkerPool& operator=(const WorkerPool&) = delete;
 
   void Post(std::function<void()> task);
+  // Queues `task` unless `max_queued` tasks are already waiting (not counting those
+  // running); returns whether it was queued.
+  bool TryPost(std::function<void()> task, size_t max_queued);
   size_t queued() const;
 
  private:

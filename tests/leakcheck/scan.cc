@@ -77,6 +77,11 @@ uint64_t Prefix8(const char* p) {
   return v;
 }
 
+// 16 bits of a multiplicative hash of a prefix: a cheap first test before the map.
+size_t Hash16(uint64_t prefix) {
+  return static_cast<size_t>((prefix * 0x9E3779B97F4A7C15ull) >> 48);
+}
+
 struct Needle {
   std::string bytes;
   size_t secret;
@@ -102,6 +107,28 @@ std::vector<std::pair<std::string, std::string>> Encodings(const std::string& se
     if (!dup) out.emplace_back(name, bytes);
   }
   return out;
+}
+
+bool MultiSearch::Add(const std::string& needle, size_t id) {
+  if (needle.size() < 8) return false;
+  maybe_[Hash16(Prefix8(needle.data()))] = true;
+  by_prefix_.emplace(Prefix8(needle.data()), needles_.size());
+  needles_.emplace_back(needle, id);
+  return true;
+}
+
+void MultiSearch::Search(std::string_view data,
+                         const std::function<void(size_t id, size_t offset)>& found) const {
+  if (needles_.empty()) return;
+  for (size_t pos = 0; pos + 8 <= data.size(); ++pos) {
+    const uint64_t prefix = Prefix8(data.data() + pos);
+    if (!maybe_[Hash16(prefix)]) continue;
+    auto range = by_prefix_.equal_range(prefix);
+    for (auto it = range.first; it != range.second; ++it) {
+      const auto& [bytes, id] = needles_[it->second];
+      if (data.compare(pos, bytes.size(), bytes) == 0) found(id, pos);
+    }
+  }
 }
 
 ScanResult ScanCollection(const std::string& root) {
@@ -191,18 +218,17 @@ ScanResult ScanCollection(const std::string& root) {
 
   // 3. Needles, indexed by their first 8 bytes: one pass over each file finds all of them.
   std::vector<Needle> needles;
+  MultiSearch search;
   for (size_t i = 0; i < secret_bytes.size(); ++i) {
     if (secret_bytes[i].size() < kMinSecretLen) {
       ++r.short_secrets;
       continue;
     }
     ++r.searched_secrets;
-    for (auto& [name, bytes] : Encodings(secret_bytes[i])) needles.push_back({bytes, i, name});
+    for (auto& [name, bytes] : Encodings(secret_bytes[i])) {
+      if (search.Add(bytes, needles.size())) needles.push_back({bytes, i, name});
+    }
   }
-  std::unordered_multimap<uint64_t, size_t> by_prefix;
-  by_prefix.reserve(needles.size() * 2);
-  for (size_t n = 0; n < needles.size(); ++n)
-    by_prefix.emplace(Prefix8(needles[n].bytes.data()), n);
 
   for (const auto& [path, test] : logs) {
     std::string text;
@@ -214,16 +240,12 @@ ScanResult ScanCollection(const std::string& root) {
     r.log_bytes += text.size();
     if (text.size() < 8) continue;
     std::set<std::pair<size_t, std::string>> seen;  // one hit per secret and encoding per file
-    for (size_t pos = 0; pos + 8 <= text.size(); ++pos) {
-      auto range = by_prefix.equal_range(Prefix8(text.data() + pos));
-      for (auto it = range.first; it != range.second; ++it) {
-        const Needle& n = needles[it->second];
-        if (text.compare(pos, n.bytes.size(), n.bytes) == 0 &&
-            seen.emplace(n.secret, n.encoding).second) {
-          r.hits.push_back({path.string(), n.secret, n.encoding, pos});
-        }
+    search.Search(text, [&](size_t id, size_t pos) {
+      const Needle& n = needles[id];
+      if (seen.emplace(n.secret, n.encoding).second) {
+        r.hits.push_back({path.string(), n.secret, n.encoding, pos});
       }
-    }
+    });
   }
   return r;
 }

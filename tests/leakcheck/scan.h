@@ -6,7 +6,12 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace hsmrewrap::leakcheck {
@@ -56,5 +61,23 @@ ScanResult ScanCollection(const std::string& root);
 
 // The needles for one secret (raw, hex, HEX, base64, base64url), with their names.
 std::vector<std::pair<std::string, std::string>> Encodings(const std::string& secret);
+
+// A one-pass search for many byte strings at once, indexed by their first 8 bytes: how
+// ScanCollection searches each file, and how tests/security/memory_scan_test.cc searches a
+// running rewrapd's memory.
+class MultiSearch {
+ public:
+  // Adds a needle of at least 8 bytes (shorter ones are ignored; returns false) under `id`.
+  bool Add(const std::string& needle, size_t id);
+  // Calls found(id, offset) for every occurrence of every needle in `data`.
+  void Search(std::string_view data,
+              const std::function<void(size_t id, size_t offset)>& found) const;
+  size_t size() const { return needles_.size(); }
+
+ private:
+  std::vector<std::pair<std::string, size_t>> needles_;
+  std::unordered_multimap<uint64_t, size_t> by_prefix_;   // first 8 bytes -> index in needles_
+  std::vector<bool> maybe_ = std::vector<bool>(1 << 16);  // a hash of the first 8 bytes seen
+};
 
 }  // namespace hsmrewrap::leakcheck
