@@ -27,6 +27,8 @@ TokenFacts SoftHsmFacts() {
   f.decrypt = f.unwrap = f.wrap = {RsaPadding::kOaepSha1, RsaPadding::kPkcs1};
   f.raw_rsa = f.keeps_allowed_mechanisms = f.stores_data_objects = f.serial_is_unique =
       f.imports_multi_prime_without_crt = true;
+  // Read-only keys: C_SetAttributeValue on them fails with CKR_ACTION_PROHIBITED.
+  f.read_only_keys = f.sets_sign_when_modifiable = true;
   // Not pkcs1_implicit_rejection: bad PKCS#1 padding is an error (CKR_GENERAL_ERROR).
   return f;
 }
@@ -39,6 +41,8 @@ TokenFacts NssFacts() {
       f.wrap = {RsaPadding::kOaepSha1, RsaPadding::kOaepSha256, RsaPadding::kOaepSha384,
                 RsaPadding::kOaepSha512, RsaPadding::kPkcs1};
   f.raw_rsa = f.pkcs1_implicit_rejection = true;
+  // Read-only keys: C_SetAttributeValue on them fails with CKR_ATTRIBUTE_READ_ONLY.
+  f.read_only_keys = f.sets_sign_when_modifiable = true;
   // Not keeps_allowed_mechanisms (C_GenerateKeyPair/C_CreateObject with it fail with
   // CKR_GENERAL_ERROR), stores_data_objects (C_CreateObject of CKO_DATA fails with
   // CKR_ATTRIBUTE_VALUE_INVALID), serial_is_unique, imports_multi_prime_without_crt

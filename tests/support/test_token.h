@@ -1,6 +1,7 @@
 // A fresh PKCS#11 token of one kind in a temporary directory of its own, and the facts that
-// token is known to have: the backend suite (tests/unit/hsm/backend_test.cc) runs once per
-// kind and takes every token-specific expectation from TestToken::facts().
+// token is known to have: the suites over the tokens (tests/unit/hsm/backend_test.cc,
+// key_attributes_test.cc; fixture TokenBackendTest) run once per kind and take every
+// token-specific expectation from TestToken::facts().
 //
 //   auto token = TestToken::Create(TokenKind::kNss);
 //   auto backend = hsm::Pkcs11Backend::Create((*token)->BackendOptions());
@@ -23,7 +24,7 @@
 namespace hsmrewrap::test {
 
 // What a token does, measured with the Debian packages (SoftHSM2 2.6, NSS softoken 3.87)
-// and asserted by the backend suite, so a token that changes fails there first.
+// and asserted by the suites over the tokens, so a token that changes fails there first.
 struct TokenFacts {
   // The capability probe (hsm::KeyCapabilities) of a 2048-bit key made with allow_pkcs1 (a
   // key without it has the same sets less kPkcs1; a small key may lack the OAEP hashes its
@@ -50,6 +51,13 @@ struct TokenFacts {
   // A multi-prime (three-prime) key given as n, e, d only can be imported (NSS derives p
   // and q from n, e, d for two-prime keys only).
   bool imports_multi_prime_without_crt = false;
+  // C_GenerateKeyPair and C_CreateObject take CKA_MODIFIABLE=FALSE: the backend's keys are
+  // read-only objects, C_SetAttributeValue on them fails (otherwise the backend leaves the
+  // attribute out and its keys stay modifiable).
+  bool read_only_keys = false;
+  // C_SetAttributeValue(CKA_SIGN=TRUE) works on a private key with CKA_MODIFIABLE=TRUE (one
+  // made by another tool): what RecheckKey has to catch.
+  bool sets_sign_when_modifiable = false;
 
   bool TokenDecrypts(crypto::RsaPadding p) const { return decrypt.count(p) != 0; }
   bool Unwraps(crypto::RsaPadding p) const { return unwrap.count(p) != 0; }

@@ -20,9 +20,6 @@
 namespace hsmrewrap::hsm {
 namespace {
 
-using ::hsmrewrap::test::TestToken;
-using ::hsmrewrap::test::TokenFacts;
-using ::hsmrewrap::test::TokenKind;
 using ::testing::ContainerEq;
 using ::testing::Contains;
 using ::testing::HasSubstr;
@@ -81,44 +78,15 @@ std::vector<std::string> ObjectKinds(Pkcs11Backend& b) {
   return kinds;
 }
 
-class BackendTest : public ::testing::TestWithParam<TokenKind> {
+// The fixture (token_, backend_, facts(), Open, Reopen) is TokenBackendTest.
+class BackendTest : public testing::TokenBackendTest {
  protected:
-  void SetUp() override {
-    const std::string missing = test::ModuleMissingReason(GetParam());
-    if (!missing.empty()) GTEST_SKIP() << missing;
-    auto t = TestToken::Create(GetParam());
-    ASSERT_THAT(t, IsOk());
-    token_ = std::move(*t);
-  }
-  void TearDown() override {
-    backend_.reset();
-    token_.reset();
-  }
-
-  const TokenFacts& facts() const { return token_->facts(); }
-  Pkcs11Backend::Options Opts(bool host_unpadding = true, size_t pool = 4) {
-    Pkcs11Backend::Options o = token_->BackendOptions();
-    o.pool_size = pool;
-    o.allow_host_unpadding = host_unpadding;
-    return o;
-  }
-  void Open(bool host_unpadding = true, size_t pool = 4) {
-    auto b = Pkcs11Backend::Create(Opts(host_unpadding, pool));
-    ASSERT_THAT(b, IsOk());
-    backend_ = std::move(*b);
-  }
   // Open(host_unpadding, pool), then a new 2048-bit key `name` in it.
   absl::StatusOr<KeyInfo> OpenWithKey(const std::string& name, bool allow_pkcs1,
                                       bool host_unpadding = true, size_t pool = 4) {
     Open(host_unpadding, pool);
     if (HasFatalFailure()) return absl::FailedPreconditionError("the backend did not open");
     return backend_->CreateKey(name, 2048, allow_pkcs1);
-  }
-  // A new process: the backend goes and the module is finalised; the token stays on disk.
-  void Reopen() {
-    backend_.reset();
-    token_->ReleaseModule();
-    Open();
   }
   crypto::Bytes Seal(const KeyInfo& k, RsaPadding p, const crypto::Bytes& pt) {
     auto pub = crypto::PublicKey::FromSpki(k.spki_der);
@@ -135,9 +103,6 @@ class BackendTest : public ::testing::TestWithParam<TokenKind> {
     ASSERT_THAT(out, IsOk()) << PathName(path) << " padding " << static_cast<int>(p);
     EXPECT_EQ(crypto::Bytes(out->begin(), out->end()), pt);
   }
-
-  std::unique_ptr<TestToken> token_;
-  std::unique_ptr<Pkcs11Backend> backend_;
 };
 
 TEST_P(BackendTest, CreateKeyProbesCapabilities) {
@@ -615,11 +580,8 @@ TEST_P(BackendTest, Pkcs1BadPaddingIsProbed) {
   EXPECT_FALSE(strict->caps.pkcs1_implicit_rejection);
 }
 
-INSTANTIATE_TEST_SUITE_P(Tokens, BackendTest,
-                         ::testing::Values(TokenKind::kSoftHsm, TokenKind::kNss),
-                         [](const ::testing::TestParamInfo<TokenKind>& p) {
-                           return std::string(test::TokenName(p.param));
-                         });
+INSTANTIATE_TEST_SUITE_P(Tokens, BackendTest, ::testing::ValuesIn(testing::kTokenKinds),
+                         testing::TokenParamName);
 
 }  // namespace
 }  // namespace hsmrewrap::hsm

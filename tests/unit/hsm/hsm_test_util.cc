@@ -7,6 +7,7 @@
 #include <openssl/x509.h>
 
 #include <cstdlib>
+#include <utility>
 
 namespace hsmrewrap::hsm::testing {
 
@@ -66,6 +67,42 @@ crypto::Bytes RandomBytes(size_t n) {
   crypto::Bytes b(n);
   RAND_bytes(b.data(), static_cast<int>(n));
   return b;
+}
+
+void TokenBackendTest::SetUp() {
+  const std::string missing = ::hsmrewrap::test::ModuleMissingReason(GetParam());
+  if (!missing.empty()) GTEST_SKIP() << missing;
+  auto t = ::hsmrewrap::test::TestToken::Create(GetParam());
+  ASSERT_THAT(t, IsOk());
+  token_ = std::move(*t);
+}
+
+void TokenBackendTest::TearDown() {
+  backend_.reset();
+  token_.reset();
+}
+
+Pkcs11Backend::Options TokenBackendTest::Opts(bool host_unpadding, size_t pool) const {
+  Pkcs11Backend::Options o = token_->BackendOptions();
+  o.pool_size = pool;
+  o.allow_host_unpadding = host_unpadding;
+  return o;
+}
+
+void TokenBackendTest::Open(bool host_unpadding, size_t pool) {
+  auto b = Pkcs11Backend::Create(Opts(host_unpadding, pool));
+  ASSERT_THAT(b, IsOk());
+  backend_ = std::move(*b);
+}
+
+void TokenBackendTest::Reopen(bool host_unpadding, size_t pool) {
+  backend_.reset();
+  token_->ReleaseModule();
+  Open(host_unpadding, pool);
+}
+
+std::string TokenParamName(const ::testing::TestParamInfo<::hsmrewrap::test::TokenKind>& p) {
+  return ::hsmrewrap::test::TokenName(p.param);
 }
 
 }  // namespace hsmrewrap::hsm::testing

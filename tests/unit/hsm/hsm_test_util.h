@@ -1,10 +1,11 @@
-// Helpers shared by the hsm token tests: OpenSSL keys, PINs, random bytes; the status
-// matchers, TempDir, the token set-up and the multi-prime key come from tests/support (named
-// here too).
+// Helpers shared by the hsm token tests: the fixture of the suites parameterised over the
+// tokens, OpenSSL keys, PINs, random bytes; the status matchers, TempDir, the token set-up and
+// the multi-prime key come from tests/support (named here too).
 #pragma once
 
 #include <openssl/evp.h>
 
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -16,9 +17,11 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "hsm/backend.h"
+#include "hsm/pkcs11_backend.h"
 #include "tests/support/openssl_keys.h"
 #include "tests/support/status_matchers.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/test_token.h"
 #include "tests/support/tokens.h"
 
 namespace hsmrewrap::hsm {
@@ -50,5 +53,32 @@ crypto::PublicKey HostPublicKey(EVP_PKEY* key);
 crypto::SecretBytes ToSecret(const std::string& s);
 crypto::SecretString Pin(const char* s);
 crypto::Bytes RandomBytes(size_t n);
+
+// The fixture of the suites that run once per token kind (backend_test.cc,
+// key_attributes_test.cc): a fresh TestToken of the parameter's kind for every test (the test
+// is skipped where the kind's module is not installed) and a backend on it, opened by Open.
+// Instantiate with kTokenKinds and TokenParamName.
+class TokenBackendTest : public ::testing::TestWithParam<::hsmrewrap::test::TokenKind> {
+ protected:
+  void SetUp() override;
+  void TearDown() override;
+
+  const ::hsmrewrap::test::TokenFacts& facts() const { return token_->facts(); }
+  // The token's backend options with these two set.
+  Pkcs11Backend::Options Opts(bool host_unpadding = true, size_t pool = 4) const;
+  void Open(bool host_unpadding = true, size_t pool = 4);
+  // A new process: the backend goes and the module is finalised (the token stays on disk),
+  // then Open(host_unpadding, pool).
+  void Reopen(bool host_unpadding = true, size_t pool = 4);
+
+  std::unique_ptr<::hsmrewrap::test::TestToken> token_;
+  std::unique_ptr<Pkcs11Backend> backend_;
+};
+
+// Every token kind, and a test name suffix of each ("softhsm", "nss"):
+//   INSTANTIATE_TEST_SUITE_P(Tokens, MyTest, ::testing::ValuesIn(kTokenKinds), TokenParamName);
+inline constexpr ::hsmrewrap::test::TokenKind kTokenKinds[] = {
+    ::hsmrewrap::test::TokenKind::kSoftHsm, ::hsmrewrap::test::TokenKind::kNss};
+std::string TokenParamName(const ::testing::TestParamInfo<::hsmrewrap::test::TokenKind>& p);
 
 }  // namespace hsmrewrap::hsm::testing

@@ -1,9 +1,9 @@
 // Key attributes over the life of a key, on SoftHSM2 and on NSS softoken: the objects of
 // CreateKey and ImportKey are read-only (CKA_MODIFIABLE=FALSE) where the token allows it,
 // and RecheckKey reads the attributes from the token again and refuses a key whose
-// attributes were changed while it was served.
-#include <unistd.h>
-
+// attributes were changed while it was served. A fresh token per test (TestToken, through the
+// backend suite's fixture TokenBackendTest); what differs between the tokens is in
+// TestToken::facts() (read_only_keys, sets_sign_when_modifiable).
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
@@ -12,6 +12,7 @@
 #include "hsm/key_policy.h"
 #include "hsm/pkcs11_backend.h"
 #include "hsm/token.h"
+#include "tests/support/test_token.h"
 #include "tests/unit/hsm/hsm_test_util.h"
 
 namespace hsmrewrap::hsm {
@@ -21,55 +22,13 @@ using ::testing::HasSubstr;
 using testing::IsOk;
 using testing::StatusIs;
 
-enum class Token { kSoftHsm, kNss };
-
-class KeyAttributesTest : public ::testing::TestWithParam<Token> {
+class KeyAttributesTest : public testing::TokenBackendTest {
  protected:
   void SetUp() override {
-    const bool nss = GetParam() == Token::kNss;
-    const char* path = nss ? testing::kNssSoftokenPath : testing::kSoftHsmPath;
-    if (access(path, R_OK) != 0) GTEST_SKIP() << path << " not installed";
-    std::string init_args;
-    if (nss) {
-      init_args = "configdir='sql:" + dir_.path() +
-                  "' certPrefix='' keyPrefix='' secmod='secmod.db' flags=";
-    } else {
-      testing::SetUpSoftHsmConfig(dir_.path());
-    }
-    auto m = Module::Load(path, init_args);
-    ASSERT_THAT(m, IsOk());
-    module_ = *m;
-    if (nss) {
-      auto tokens = ListTokens(*module_, /*include_uninitialized=*/true);
-      ASSERT_THAT(tokens, IsOk());
-      CK_SLOT_ID slot = 0;
-      for (const auto& t : *tokens) {
-        if (t.label == "NSS Certificate DB") {
-          label_ = t.label;
-          slot = t.slot;
-        }
-      }
-      ASSERT_FALSE(label_.empty()) << "no NSS key token";
-      ASSERT_THAT(InitNssUserPin(*module_, slot, testing::Pin(kUserPin)), IsOk());
-    } else {
-      label_ = "attr-test";
-      ASSERT_THAT(InitSoftToken(*module_, label_, testing::Pin("so-5678"), testing::Pin(kUserPin)),
-                  IsOk());
-    }
-    options_.module_path = path;
-    options_.init_args = init_args;
-    options_.token.label = label_;
-    options_.user_pin = testing::Pin(kUserPin);
-    options_.pool_size = 2;
-    auto b = Pkcs11Backend::Create(options_);
-    ASSERT_THAT(b, IsOk());
-    backend_ = std::move(*b);
+    TokenBackendTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    Open(/*host_unpadding=*/false, /*pool=*/2);
   }
-  void TearDown() override {
-    backend_.reset();
-    module_.reset();
-  }
-  const char* TokenName() const { return GetParam() == Token::kNss ? "NSS softoken" : "SoftHSM2"; }
 
   absl::StatusOr<CK_OBJECT_HANDLE> Find(const std::string& name, CK_OBJECT_CLASS cls) {
     auto lease = backend_->pool().Acquire(absl::Now() + absl::Seconds(5));
@@ -116,7 +75,8 @@ class KeyAttributesTest : public ::testing::TestWithParam<Token> {
     CK_MECHANISM mech{CKM_RSA_PKCS_KEY_PAIR_GEN, nullptr, 0};
     CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
     return CreateWithOptionalAttrs(
-        label_, priv, [&] { return lease->GenerateKeyPair(&mech, pub, priv, &hpub, &hpriv); },
+        token_->label(), priv,
+        [&] { return lease->GenerateKeyPair(&mech, pub, priv, &hpub, &hpriv); },
         [&]() -> absl::Status {
           lease->MarkBroken();
           lease->Release();
@@ -125,19 +85,16 @@ class KeyAttributesTest : public ::testing::TestWithParam<Token> {
         },
         &pub);
   }
-
-  static constexpr char kUserPin[] = "attr-user-1234";
-  testing::TempDir dir_;
-  std::string label_;
-  Pkcs11Backend::Options options_;
-  std::shared_ptr<Module> module_;
-  std::unique_ptr<Pkcs11Backend> backend_;
 };
 
 // Both tokens take CKA_MODIFIABLE=FALSE in the templates of C_GenerateKeyPair and
-// C_CreateObject (SoftHSM2 2.6.1, NSS softoken 3.87): every object rewrapd makes is
-// read-only, so nobody can give it a signing role later, not even with the PIN.
+// C_CreateObject (SoftHSM2 2.6.1, NSS softoken 3.87; TokenFacts::read_only_keys): every object
+// rewrapd makes is read-only, so nobody can give it a signing role later, not even with the PIN.
 TEST_P(KeyAttributesTest, CreatedAndImportedKeysAreReadOnly) {
+  if (!facts().read_only_keys) {
+    GTEST_SKIP() << token_->name()
+                 << " does not take CKA_MODIFIABLE=FALSE: its keys stay modifiable";
+  }
   ASSERT_THAT(backend_->CreateKey("made", 2048, /*allow_pkcs1=*/false), IsOk());
   auto host = testing::GenerateHostRsa(2048);
   ASSERT_THAT(backend_->ImportKey("imported", testing::HostKeyParts(host.get(), true), false),
@@ -147,12 +104,12 @@ TEST_P(KeyAttributesTest, CreatedAndImportedKeysAreReadOnly) {
       const char* what = cls == CKO_PRIVATE_KEY ? "private" : "public";
       auto modifiable = GetBool(name, cls, CKA_MODIFIABLE);
       ASSERT_THAT(modifiable, IsOk()) << name << " " << what;
-      std::cout << TokenName() << ": " << name << " " << what
+      std::cout << token_->name() << ": " << name << " " << what
                 << " key CKA_MODIFIABLE=" << (*modifiable ? "TRUE" : "FALSE") << "\n";
       EXPECT_FALSE(*modifiable) << name << " " << what << " key";
     }
     absl::Status set = SetBool(name, CKO_PRIVATE_KEY, CKA_SIGN, true);
-    std::cout << TokenName() << ": C_SetAttributeValue(CKA_SIGN=TRUE) on " << name << ": "
+    std::cout << token_->name() << ": C_SetAttributeValue(CKA_SIGN=TRUE) on " << name << ": "
               << (set.ok() ? "OK" : std::string(set.message())) << "\n";
     EXPECT_FALSE(set.ok()) << name;
     auto sign = GetBool(name, CKO_PRIVATE_KEY, CKA_SIGN);
@@ -161,14 +118,7 @@ TEST_P(KeyAttributesTest, CreatedAndImportedKeysAreReadOnly) {
     EXPECT_THAT(backend_->RecheckKey(name), IsOk());
   }
   // Stored so: still read-only after the module is loaded again.
-  backend_.reset();
-  module_.reset();
-  auto m = Module::Load(options_.module_path, options_.init_args);
-  ASSERT_THAT(m, IsOk());
-  module_ = *m;
-  auto b = Pkcs11Backend::Create(options_);
-  ASSERT_THAT(b, IsOk());
-  backend_ = std::move(*b);
+  Reopen(/*host_unpadding=*/false, /*pool=*/2);
   for (const std::string name : {"made", "imported"}) {
     for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
       auto modifiable = GetBool(name, cls, CKA_MODIFIABLE);
@@ -187,7 +137,7 @@ TEST_P(KeyAttributesTest, ReadOnlyKeysCanBeDestroyed) {
     ASSERT_THAT(h, IsOk());
     auto lease = backend_->pool().Acquire(absl::Now() + absl::Seconds(5));
     ASSERT_THAT(lease, IsOk());
-    EXPECT_THAT(lease->TryDestroy(*h), IsOk()) << TokenName();
+    EXPECT_THAT(lease->TryDestroy(*h), IsOk()) << token_->name();
   }
   EXPECT_THAT(Find("gone", CKO_PRIVATE_KEY), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(backend_->RecheckKey("gone"), StatusIs(absl::StatusCode::kNotFound));
@@ -204,9 +154,10 @@ TEST_P(KeyAttributesTest, RecheckRefusesKeyWhoseAttributesChanged) {
   EXPECT_THAT(backend_->RecheckKey("nope"), StatusIs(absl::StatusCode::kNotFound));
 
   absl::Status set = SetBool("mod", CKO_PRIVATE_KEY, CKA_SIGN, true);
-  std::cout << TokenName() << ": C_SetAttributeValue(CKA_SIGN=TRUE) on a modifiable key: "
+  std::cout << token_->name() << ": C_SetAttributeValue(CKA_SIGN=TRUE) on a modifiable key: "
             << (set.ok() ? "OK" : std::string(set.message())) << "\n";
-  if (!set.ok()) GTEST_SKIP() << TokenName() << " does not let CKA_SIGN change: " << set;
+  EXPECT_EQ(set.ok(), facts().sets_sign_when_modifiable) << set;
+  if (!set.ok()) GTEST_SKIP() << token_->name() << " does not let CKA_SIGN change: " << set;
   // Until the re-check the cache still serves it: that is the gap the re-check closes.
   EXPECT_NE(backend_->Cached("mod"), nullptr);
   absl::Status recheck = backend_->RecheckKey("mod");
@@ -233,10 +184,8 @@ TEST_P(KeyAttributesTest, RecheckRefusesKeyWhoseAttributesChanged) {
   EXPECT_THAT(backend_->Resolve("fine"), IsOk());
 }
 
-INSTANTIATE_TEST_SUITE_P(Tokens, KeyAttributesTest, ::testing::Values(Token::kSoftHsm, Token::kNss),
-                         [](const ::testing::TestParamInfo<Token>& i) {
-                           return i.param == Token::kNss ? "Nss" : "SoftHsm";
-                         });
+INSTANTIATE_TEST_SUITE_P(Tokens, KeyAttributesTest, ::testing::ValuesIn(testing::kTokenKinds),
+                         testing::TokenParamName);
 
 }  // namespace
 }  // namespace hsmrewrap::hsm
