@@ -240,10 +240,11 @@ ScanResult ScanCollection(const std::string& root) {
     r.log_bytes += text.size();
     if (text.size() < 8) continue;
     std::set<std::pair<size_t, std::string>> seen;  // one hit per secret and encoding per file
+    const std::string file = path.string();  // a structured binding cannot be captured (C++17)
     search.Search(text, [&](size_t id, size_t pos) {
       const Needle& n = needles[id];
       if (seen.emplace(n.secret, n.encoding).second) {
-        r.hits.push_back({path.string(), n.secret, n.encoding, pos});
+        r.hits.push_back({file, n.secret, n.encoding, pos});
       }
     });
   }
