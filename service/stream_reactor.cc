@@ -54,6 +54,7 @@ StreamReactor::StreamReactor(RewrapEngine* engine, Metrics* metrics, Security* s
 }
 
 void StreamReactor::OnDone() {
+  ticket_.reset();
   lifetime_.Cancel();  // its callback still runs (fired = false) and releases its hold
   Release();
 }

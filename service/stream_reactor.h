@@ -24,6 +24,7 @@
 #include <chrono>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -117,7 +118,9 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::RewrapRequest, v1
   Metrics* const metrics_;
   Security* const security_;  // may be null
   const Security::Call call_;
-  const StreamCounter::Ticket ticket_;
+  // Released in OnDone: the alarm's callback may delete the reactor later, when the service
+  // that owns the counter may be gone (shutdown).
+  std::optional<StreamCounter::Ticket> ticket_;
   const size_t max_buffer_bytes_;
   const std::chrono::system_clock::time_point deadline_;  // the stream's (max if none)
   const std::shared_ptr<std::atomic<bool>> cancelled_ = std::make_shared<std::atomic<bool>>(false);
