@@ -457,9 +457,13 @@ CmsResult CmsDecrypt(EVP_PKEY* priv, X509* cert, const std::string& der) {
   return r;
 }
 
-Device MakeDevice(int bits, const std::string& cn) {
+Device MakeDevice(int bits, const std::string& cn) { return DeviceFor(GenerateRsa(bits), cn); }
+
+Device MakeEcDevice(const std::string& cn) { return DeviceFor(Pkey(EVP_EC_gen("P-256")), cn); }
+
+Device DeviceFor(Pkey key, const std::string& cn) {
   Device d;
-  d.key = GenerateRsa(bits);
+  d.key = std::move(key);
   d.cert = SelfSignedCert(d.key.get(), cn);
   d.cert_der = CertDer(d.cert.get());
   d.cert_pem = CertPem(d.cert.get());

@@ -79,6 +79,9 @@ struct Device {
   std::string cert_der, cert_pem, spki_der, spki_pem;
 };
 Device MakeDevice(int bits, const std::string& cn);
+Device MakeEcDevice(const std::string& cn);  // P-256
+// A device for `key` (RSA or EC): a self-signed certificate and the four encodings.
+Device DeviceFor(Pkey key, const std::string& cn);
 
 // Decrypts a successful RewrapResult's ciphertext as `format` says, for `device`.
 // Returns the plaintext, or nullopt with *why set.

@@ -57,17 +57,6 @@ std::string Utf16Le(const std::string& s) {
   return out;
 }
 
-Device MakeEcDevice(const std::string& cn) {
-  Device d;
-  d.key.reset(EVP_EC_gen("P-256"));
-  d.cert = SelfSignedCert(d.key.get(), cn);
-  d.cert_der = CertDer(d.cert.get());
-  d.cert_pem = CertPem(d.cert.get());
-  d.spki_der = SpkiDer(d.key.get());
-  d.spki_pem = SpkiPem(d.key.get());
-  return d;
-}
-
 struct Region {
   uint64_t start = 0, end = 0;
   std::string name;  // the path or [heap], [stack], ...; empty for anonymous memory
