@@ -6,6 +6,7 @@
 #include <openssl/x509v3.h>
 
 #include "absl/status/status.h"
+#include "crypto/cms_assemble.h"
 #include "crypto/openssl_util.h"
 
 namespace hsmrewrap::crypto {
@@ -142,18 +143,10 @@ absl::StatusOr<Bytes> CmsEnvelopeToPublicKey(const PublicKey& key,
     return OsslInternal("cannot build the recipient placeholder");
   }
   // SKI = SHA-1 of the subjectPublicKey BIT STRING contents (RFC 5280 4.2.1.2, method 1).
-  const unsigned char* pk = nullptr;
-  int pk_len = 0;
-  if (X509_PUBKEY_get0_param(nullptr, &pk, &pk_len, nullptr, X509_get_X509_PUBKEY(x.get())) != 1) {
-    return OsslInternal("cannot read the public key bits");
-  }
-  unsigned char ski[EVP_MAX_MD_SIZE];
-  unsigned int ski_len = 0;
-  if (EVP_Digest(pk, static_cast<size_t>(pk_len), ski, &ski_len, EVP_sha1(), nullptr) != 1) {
-    return OsslInternal("SHA-1 failed");
-  }
+  auto ski = CmsKeyId(key);
+  if (!ski.ok()) return ski.status();
   internal::Asn1OctetStringPtr os(ASN1_OCTET_STRING_new());
-  if (!os || ASN1_OCTET_STRING_set(os.get(), ski, static_cast<int>(ski_len)) != 1 ||
+  if (!os || ASN1_OCTET_STRING_set(os.get(), ski->data(), static_cast<int>(ski->size())) != 1 ||
       X509_add1_ext_i2d(x.get(), NID_subject_key_identifier, os.get(), 0, X509V3_ADD_DEFAULT) !=
           1) {
     return OsslInternal("cannot set subjectKeyIdentifier");

@@ -2,6 +2,9 @@
 // certificate or public key of a RewrapItem) with every key transport and content cipher.
 // Input: byte 0 options, byte 1 plaintext length, then the plaintext, then the recipient
 // (X.509 or SPKI, DER or PEM). What is built must parse back as CMS EnvelopedData.
+// The same input also drives the in-token DER assembly (crypto/cms_assemble.h): IV,
+// encrypted key and encrypted content are cut from the plaintext bytes (right-sized or not,
+// by bit 7 of byte 0); whatever it accepts must parse back too.
 #include <openssl/cms.h>
 #include <openssl/objects.h>
 
@@ -10,6 +13,7 @@
 #include <cstdlib>
 
 #include "crypto/cms.h"
+#include "crypto/cms_assemble.h"
 #include "crypto/keys.h"
 
 namespace crypto = hsmrewrap::crypto;
@@ -27,6 +31,24 @@ void CheckEnveloped(const crypto::Bytes& der) {
   Check(OBJ_obj2nid(CMS_get0_type(cms)) == NID_pkcs7_enveloped);
   Check(sk_CMS_RecipientInfo_num(CMS_get0_RecipientInfos(cms)) == 1);
   CMS_ContentInfo_free(cms);
+}
+
+// Parts for CmsAssemble*: sized for `key` and the cipher when `right_size`, else cut
+// straight from `bytes` (the assembly must refuse or still give valid DER).
+crypto::CmsKeyTransParts PartsFrom(absl::Span<const uint8_t> bytes, const crypto::PublicKey& key,
+                                   const crypto::CmsOptions& o, bool right_size) {
+  crypto::CmsKeyTransParts parts;
+  auto take = [&bytes](size_t n) {
+    n = n < bytes.size() ? n : bytes.size();
+    crypto::Bytes out(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(n));
+    bytes.remove_prefix(n);
+    return out;
+  };
+  const size_t k = static_cast<size_t>((key.bits() + 7) / 8);
+  parts.iv = take(right_size ? crypto::CmsContentIvLen(o.cipher) : bytes.size() % 17);
+  parts.encrypted_key = right_size ? crypto::Bytes(k, 0x5a) : take(bytes.size() / 2);
+  parts.encrypted_content = take(right_size ? bytes.size() / 8 * 8 : bytes.size());
+  return parts;
 }
 
 }  // namespace
@@ -50,10 +72,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (auto cert = crypto::Certificate::Parse(recipient); cert.ok()) {
     auto cms = crypto::CmsEnvelopeToCertificate(*cert, plaintext, options);
     if (cms.ok()) CheckEnveloped(*cms);
+    auto assembled = crypto::CmsAssembleToCertificate(
+        *cert, options, PartsFrom(plaintext, cert->public_key(), options, opts & 0x80));
+    if (assembled.ok()) CheckEnveloped(*assembled);
   }
   if (auto key = crypto::PublicKey::FromSpki(recipient); key.ok()) {
     auto cms = crypto::CmsEnvelopeToPublicKey(*key, plaintext, options);
     if (cms.ok()) CheckEnveloped(*cms);
+    auto assembled = crypto::CmsAssembleToPublicKey(
+        *key, options, PartsFrom(plaintext, *key, options, opts & 0x80));
+    if (assembled.ok()) CheckEnveloped(*assembled);
   }
   return 0;
 }
