@@ -1,5 +1,6 @@
 #include "crypto/cms_assemble.h"
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
@@ -155,6 +156,28 @@ size_t CmsContentKeyLen(CmsContentCipher cipher) {
 size_t CmsContentIvLen(CmsContentCipher cipher) {
   const EVP_CIPHER* c = Cipher(cipher);
   return c == nullptr ? 0 : static_cast<size_t>(EVP_CIPHER_get_iv_length(c));
+}
+
+absl::StatusOr<SecretBytes> CmsContentDecrypt(CmsContentCipher cipher,
+                                              absl::Span<const uint8_t> key,
+                                              absl::Span<const uint8_t> iv,
+                                              absl::Span<const uint8_t> encrypted) {
+  const EVP_CIPHER* c = Cipher(cipher);
+  if (c == nullptr || key.size() != CmsContentKeyLen(cipher) || iv.size() != CmsContentIvLen(cipher)) {
+    return absl::InvalidArgumentError("wrong content cipher, key or IV");
+  }
+  internal::OsslPtr<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free> ctx(EVP_CIPHER_CTX_new());
+  SecretBytes out(encrypted.size() + 32);
+  int n = 0, m = 0;
+  if (!ctx || EVP_DecryptInit_ex(ctx.get(), c, nullptr, key.data(), iv.data()) != 1 ||
+      EVP_DecryptUpdate(ctx.get(), out.data(), &n, encrypted.data(),
+                        static_cast<int>(encrypted.size())) != 1 ||
+      EVP_DecryptFinal_ex(ctx.get(), out.data() + n, &m) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("the content does not decrypt");
+  }
+  out.resize(static_cast<size_t>(n + m));
+  return out;
 }
 
 absl::StatusOr<Bytes> CmsKeyId(const PublicKey& key) {

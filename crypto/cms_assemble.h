@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "crypto/cms.h"
 #include "crypto/keys.h"
+#include "crypto/secret.h"
 
 namespace hsmrewrap::crypto {
 
@@ -36,6 +37,13 @@ absl::StatusOr<Bytes> CmsAssembleToCertificate(const Certificate& certificate,
 // CmsEnvelopeToPublicKey does.
 absl::StatusOr<Bytes> CmsAssembleToPublicKey(const PublicKey& key, const CmsOptions& options,
                                              const CmsKeyTransParts& parts);
+
+// Decrypts CBC content with PKCS#7 padding under `key` (the start-up probe's check of what a
+// token built; never used on a secret). InvalidArgument when it does not decrypt.
+absl::StatusOr<SecretBytes> CmsContentDecrypt(CmsContentCipher cipher,
+                                              absl::Span<const uint8_t> key,
+                                              absl::Span<const uint8_t> iv,
+                                              absl::Span<const uint8_t> encrypted);
 
 // SHA-1 of the subjectPublicKey BIT STRING's contents (RFC 5280 §4.2.1.2, method 1): how a
 // bare public key recipient is named.

@@ -30,6 +30,45 @@ const char* OutcomeName(Outcome o) {
   return "unknown";
 }
 
+const char* CmsKeyTransportName(crypto::CmsKeyTransport t) {
+  switch (t) {
+    case crypto::CmsKeyTransport::kRsaOaepSha256:
+      return "OAEP-SHA256";
+    case crypto::CmsKeyTransport::kRsaPkcs1:
+      return "PKCS1";
+  }
+  return "UNKNOWN";
+}
+
+const char* CmsContentCipherName(crypto::CmsContentCipher c) {
+  switch (c) {
+    case crypto::CmsContentCipher::kAes256Cbc:
+      return "AES-256-CBC";
+    case crypto::CmsContentCipher::kAes128Cbc:
+      return "AES-128-CBC";
+    case crypto::CmsContentCipher::kDes3Cbc:
+      return "DES-EDE3-CBC";
+  }
+  return "UNKNOWN";
+}
+
+std::string CmsFormSetName(const CmsFormSet& s) {
+  std::string out = "{";
+  for (const auto& [t, c] : s) {
+    if (out.size() > 1) out += ",";
+    absl::StrAppend(&out, CmsKeyTransportName(t), "/", CmsContentCipherName(c));
+  }
+  return out + "}";
+}
+
+OpResult<crypto::CmsKeyTransParts> KeyBackend::EnvelopeInToken(const KeyRefPtr&, RsaPadding,
+                                                               absl::Span<const uint8_t>,
+                                                               const crypto::PublicKey&,
+                                                               const crypto::CmsOptions&) {
+  return OpResult<crypto::CmsKeyTransParts>::Refused(
+      absl::UnimplementedError("this backend does not build CMS in the token"));
+}
+
 Outcome OutcomeOfStatus(const absl::Status& s) {
   switch (s.code()) {
     case absl::StatusCode::kOk:

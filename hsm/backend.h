@@ -15,6 +15,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "crypto/cms.h"
+#include "crypto/cms_assemble.h"
 #include "crypto/keys.h"
 #include "crypto/rsa.h"
 #include "crypto/secret.h"
@@ -158,6 +160,14 @@ absl::Status CheckKeyUse(const KeyInfo& key, RsaPadding padding);
 std::vector<Path> PathsFor(const KeyInfo& key, RsaPadding padding, bool can_wrap_output,
                            bool host_unpadding);
 
+// In-token CMS (RSA key transport): the (key transport, content cipher) pairs a token builds
+// without the secret or the content key leaving it, learned by trial at start-up.
+using CmsForm = std::pair<crypto::CmsKeyTransport, crypto::CmsContentCipher>;
+using CmsFormSet = std::set<CmsForm>;
+const char* CmsKeyTransportName(crypto::CmsKeyTransport t);  // "OAEP-SHA256", "PKCS1"
+const char* CmsContentCipherName(crypto::CmsContentCipher c);  // "AES-256-CBC", ...
+std::string CmsFormSetName(const CmsFormSet& s);  // "{OAEP-SHA256/AES-256-CBC,...}"
+
 class KeyBackend {
  public:
   virtual ~KeyBackend() = default;
@@ -203,6 +213,21 @@ class KeyBackend {
                                         absl::Span<const uint8_t> ciphertext,
                                         const crypto::PublicKey& device_key,
                                         RsaPadding out_padding) = 0;
+
+  // In-token CMS: C_UnwrapKey(key, in_padding) into a sensitive session secret;
+  // C_GenerateKey of a session content key (options.cipher; sensitive, extractable only by
+  // wrapping); C_WrapKey(CBC_PAD, random IV) of the secret under it (the encryptedContent);
+  // C_WrapKey(device RSA public key as a session object, options.key_transport) of the
+  // content key (the encryptedKey). Every object is destroyed. The host assembles the DER
+  // (crypto/cms_assemble.h). Only for forms in CmsInToken(); the default refuses
+  // (Unimplemented).
+  virtual OpResult<crypto::CmsKeyTransParts> EnvelopeInToken(const KeyRefPtr& key,
+                                                             RsaPadding in_padding,
+                                                             absl::Span<const uint8_t> ciphertext,
+                                                             const crypto::PublicKey& device_key,
+                                                             const crypto::CmsOptions& options);
+  // The forms EnvelopeInToken builds on this token (default: none).
+  virtual CmsFormSet CmsInToken() { return {}; }
 
   // The same by key name, for tools and tests: Resolve, then CheckKeyUse and the path's
   // availability (Unimplemented when the key or token cannot take it), then the operation.

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
+#include "crypto/cms_assemble.h"
 #include "crypto/rsa.h"
 #include "hsm/key_policy.h"
 #include "hsm/mechanisms.h"
@@ -13,9 +15,66 @@ namespace {
 
 bool Lost(const absl::Status& s) { return IsTokenLossRv(CkrOf(s)); }
 
+// One in-token CMS form, end to end (see ProbeWrapPaddings). Only a lost token is an error.
+absl::StatusOr<bool> ProbeCmsForm(const LeaseSource& lease, const crypto::HostRsaKey& host,
+                                  const crypto::SecretBytes& value, RsaPadding transport,
+                                  crypto::CmsContentCipher cipher) {
+  const char* what = CmsContentCipherName(cipher);
+  auto l = lease();
+  if (!l.ok()) return l.status();
+  CK_OBJECT_HANDLE secret = CK_INVALID_HANDLE, cek = CK_INVALID_HANDLE, pub = CK_INVALID_HANDLE;
+  absl::Cleanup cleanup = [&] {
+    l->Destroy(secret);
+    l->Destroy(cek);
+    l->Destroy(pub);
+  };
+  auto fail = [&](const absl::Status& s, const char* step) -> absl::StatusOr<bool> {
+    spdlog::debug("in-token CMS probe {}/{} ({}): {}", PaddingName(transport), what, step,
+                  std::string(s.message()));
+    l->MarkBroken();
+    if (Lost(s)) return s;
+    return false;
+  };
+  Template st = SessionSecretTemplate();
+  st.SecretRef(CKA_VALUE, value);
+  auto h = l->Create(st);
+  if (!h.ok()) return fail(h.status(), "C_CreateObject secret");
+  secret = *h;
+  CK_MECHANISM gen{ContentKeyGenMechanism(cipher), nullptr, 0};
+  Template kt = ContentKeyTemplate(cipher);
+  auto k = l->GenerateKey(&gen, kt);
+  if (!k.ok()) return fail(k.status(), "C_GenerateKey");
+  cek = *k;
+  crypto::Bytes iv = crypto::RandomBytes(crypto::CmsContentIvLen(cipher));
+  CK_MECHANISM cbc{ContentWrapMechanism(cipher), iv.data(), static_cast<CK_ULONG>(iv.size())};
+  auto content = l->Wrap(&cbc, cek, secret, value.size() + 16);
+  if (!content.ok()) return fail(content.status(), "C_WrapKey CBC_PAD");
+  auto p = SessionPublicKey(*l, host.public_key());
+  if (!p.ok()) return fail(p.status(), "device key");
+  pub = *p;
+  RsaMechanism rsa(transport);
+  const size_t n = static_cast<size_t>((host.public_key().bits() + 7) / 8);
+  auto wrapped_key = l->Wrap(rsa.get(), pub, cek, n);
+  if (!wrapped_key.ok()) return fail(wrapped_key.status(), "C_WrapKey content key");
+  auto key = host.Decrypt(transport, *wrapped_key);
+  if (!key.ok()) {
+    spdlog::warn("in-token CMS probe {}/{}: the wrapped content key did not decrypt",
+                 PaddingName(transport), what);
+    return false;
+  }
+  auto back = crypto::CmsContentDecrypt(cipher, *key, iv, *content);
+  if (!back.ok() || *back != value) {
+    spdlog::warn("in-token CMS probe {}/{}: the token's content did not decrypt to the secret",
+                 PaddingName(transport), what);
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
-absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* out) {
+absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* out,
+                               CmsFormSet* cms) {
   auto host = crypto::HostRsaKey::Generate(2048);
   if (!host.ok()) return host.status();
   crypto::SecretBytes value;
@@ -56,6 +115,21 @@ absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* o
       out->insert(p);
     } else {
       spdlog::warn("wrap probe {}: token output did not decrypt to the secret", PaddingName(p));
+    }
+  }
+  if (cms == nullptr) return absl::OkStatus();
+  static constexpr std::pair<RsaPadding, crypto::CmsKeyTransport> kTransports[] = {
+      {RsaPadding::kOaepSha256, crypto::CmsKeyTransport::kRsaOaepSha256},
+      {RsaPadding::kPkcs1, crypto::CmsKeyTransport::kRsaPkcs1}};
+  static constexpr crypto::CmsContentCipher kCiphers[] = {crypto::CmsContentCipher::kAes256Cbc,
+                                                          crypto::CmsContentCipher::kAes128Cbc,
+                                                          crypto::CmsContentCipher::kDes3Cbc};
+  for (const auto& [padding, transport] : kTransports) {
+    if (!out->count(padding)) continue;
+    for (crypto::CmsContentCipher cipher : kCiphers) {
+      auto ok = ProbeCmsForm(lease, *host, value, padding, cipher);
+      if (!ok.ok()) return ok.status();
+      if (*ok) cms->insert({transport, cipher});
     }
   }
   return absl::OkStatus();

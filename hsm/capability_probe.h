@@ -20,7 +20,13 @@ using LeaseSource = std::function<absl::StatusOr<SessionPool::Lease>()>;
 // session object: a throwaway host key's public half goes into the token, a known session
 // secret is wrapped to it, and the host decrypts the result. *out gets every padding that
 // worked; an error return (Unavailable: the token was lost) may leave it partial.
-absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* out);
+// With `cms` set, also what in-token CMS the token builds (KeyBackend::EnvelopeInToken): for
+// each content cipher and each key transport among the wrap paddings (OAEP-SHA256, PKCS#1),
+// a sensitive session secret of known value is wrapped under a generated content key
+// (CBC_PAD, random IV), the content key is wrapped to the throwaway host key, and the host
+// decrypts both; *cms gets every form whose result gave the secret back.
+absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* out,
+                               CmsFormSet* cms = nullptr);
 
 // What the token does with a service key: C_Decrypt and C_UnwrapKey per padding (PKCS#1
 // v1.5 only with allow_pkcs1), whether bad PKCS#1 padding is implicitly rejected, and raw

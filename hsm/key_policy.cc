@@ -139,6 +139,37 @@ Template SessionSecretTemplate() {
   return t;
 }
 
+Template ContentKeyTemplate(crypto::CmsContentCipher cipher) {
+  Template t;
+  t.Ulong(CKA_CLASS, CKO_SECRET_KEY);
+  if (cipher == crypto::CmsContentCipher::kDes3Cbc) {
+    t.Ulong(CKA_KEY_TYPE, CKK_DES3);
+  } else {
+    t.Ulong(CKA_KEY_TYPE, CKK_AES)
+        .Ulong(CKA_VALUE_LEN, cipher == crypto::CmsContentCipher::kAes128Cbc ? 16 : 32);
+  }
+  t.Bool(CKA_TOKEN, false)
+      .Bool(CKA_PRIVATE, true)
+      .Bool(CKA_SENSITIVE, true)
+      .Bool(CKA_EXTRACTABLE, true)
+      .Bool(CKA_WRAP, true)
+      .Bool(CKA_ENCRYPT, false)
+      .Bool(CKA_DECRYPT, false)
+      .Bool(CKA_UNWRAP, false)
+      .Bool(CKA_SIGN, false)
+      .Bool(CKA_VERIFY, false)
+      .Bool(CKA_DERIVE, false);
+  return t;
+}
+
+CK_MECHANISM_TYPE ContentKeyGenMechanism(crypto::CmsContentCipher cipher) {
+  return cipher == crypto::CmsContentCipher::kDes3Cbc ? CKM_DES3_KEY_GEN : CKM_AES_KEY_GEN;
+}
+
+CK_MECHANISM_TYPE ContentWrapMechanism(crypto::CmsContentCipher cipher) {
+  return cipher == crypto::CmsContentCipher::kDes3Cbc ? CKM_DES3_CBC_PAD : CKM_AES_CBC_PAD;
+}
+
 absl::Status CreateWithOptionalAttrs(const std::string& token_label, Template& priv,
                                      const std::function<absl::Status()>& create,
                                      const std::function<absl::Status()>& renew, Template* pub) {

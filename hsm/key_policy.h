@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "crypto/cms.h"
 #include "crypto/keys.h"
 #include "hsm/session_pool.h"
 
@@ -40,6 +41,14 @@ Template ServicePublicKeyTemplate(const std::string& name, const crypto::Bytes& 
 absl::StatusOr<CK_OBJECT_HANDLE> SessionPublicKey(SessionPool::Lease& lease,
                                                   const crypto::PublicKey& key);
 Template SessionSecretTemplate();
+// In-token CMS's content-encryption key: a session AES (16 or 32 bytes) or DES3 key, private,
+// sensitive, extractable (so C_WrapKey can move it to the device key; CKA_SENSITIVE keeps
+// it from being read), usable only to wrap (no encrypt, decrypt, unwrap, sign, derive).
+Template ContentKeyTemplate(crypto::CmsContentCipher cipher);
+// Its key-generation mechanism (CKM_AES_KEY_GEN, CKM_DES3_KEY_GEN) and the CBC-with-padding
+// wrap mechanism (CKM_AES_CBC_PAD, CKM_DES3_CBC_PAD) taking `iv`.
+CK_MECHANISM_TYPE ContentKeyGenMechanism(crypto::CmsContentCipher cipher);
+CK_MECHANISM_TYPE ContentWrapMechanism(crypto::CmsContentCipher cipher);
 
 // Calls `create` (C_GenerateKeyPair or C_CreateObject with `priv`, and `pub` when given).
 // While the token rejects the template, drops the next optional attribute the templates

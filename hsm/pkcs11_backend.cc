@@ -62,15 +62,18 @@ absl::StatusOr<std::unique_ptr<Pkcs11Backend>> Pkcs11Backend::Create(Options opt
   if (!pool.ok()) return pool.status();
   std::unique_ptr<Pkcs11Backend> b(
       new Pkcs11Backend(std::move(options), std::move(*token), std::move(*pool)));
-  if (auto s = ProbeWrapPaddings([p = b.get()] { return p->Lease(); }, &b->wrap_paddings_);
+  if (auto s = ProbeWrapPaddings([p = b.get()] { return p->Lease(); }, &b->wrap_paddings_,
+                                  &b->cms_forms_);
       !s.ok()) {
     if (s.code() == absl::StatusCode::kUnavailable) return s;
     spdlog::warn("token '{}': wrap probe failed: {}", b->token_.label, std::string(s.message()));
   }
   if (auto s = b->LoadAllKeys(); !s.ok()) return s;
-  spdlog::info("token '{}' (serial {}, {}): wrap paddings {}, host unpadding {}", b->token_.label,
-               b->token_.serial, b->module().description(), PaddingSetName(b->wrap_paddings_),
-               b->options_.allow_host_unpadding ? "ALLOWED" : "off");
+  spdlog::info(
+      "token '{}' (serial {}, {}): wrap paddings {}, in-token CMS {}, host unpadding {}",
+      b->token_.label, b->token_.serial, b->module().description(),
+      PaddingSetName(b->wrap_paddings_), CmsFormSetName(b->cms_forms_),
+      b->options_.allow_host_unpadding ? "ALLOWED" : "off");
   if (b->options_.allow_host_unpadding) {
     spdlog::warn("HOST_UNPADDING is enabled: raw RSA in the token, OAEP decoding on the host");
   }
@@ -157,6 +160,28 @@ OpResult<crypto::SecretBytes> Pkcs11Backend::Decrypt(const KeyRefPtr& key_ref, R
   return R::Refused(absl::InvalidArgumentError("Decrypt() does not take the IN_TOKEN path"));
 }
 
+OpResult<Pkcs11Backend::Unwrapped> Pkcs11Backend::UnwrapSealed(
+    const KeyRef& key, RsaPadding in_padding, absl::Span<const uint8_t> ciphertext) {
+  using R = OpResult<Unwrapped>;
+  RsaMechanism in_mech(in_padding);
+  auto handle = static_cast<CK_OBJECT_HANDLE>(key.object);
+  for (int attempt = 0;; ++attempt) {
+    auto lease = Lease();
+    if (!lease.ok()) return R::FromStatus(lease.status());
+    Template secret_template = SessionSecretTemplate();
+    auto secret = lease->Unwrap(in_mech.get(), handle, ciphertext, secret_template);
+    if (secret.ok()) return Unwrapped{*std::move(lease), *secret};
+    lease->Release();
+    if (IsHandleRv(CkrOf(secret.status())) && attempt == 0) {
+      auto h = Reresolve(key.info.name);
+      if (!h.ok()) return R::FromStatus(h.status());
+      handle = *h;
+      continue;
+    }
+    return TokenFailure<Unwrapped>(secret.status(), /*saw_ciphertext=*/true);
+  }
+}
+
 OpResult<Bytes> Pkcs11Backend::RewrapInToken(const KeyRefPtr& key_ref, RsaPadding in_padding,
                                              absl::Span<const uint8_t> ciphertext,
                                              const crypto::PublicKey& device_key,
@@ -170,55 +195,97 @@ OpResult<Bytes> Pkcs11Backend::RewrapInToken(const KeyRefPtr& key_ref, RsaPaddin
   // rule (crypto::MaxPlaintextLen), so both paths give the same answer for the same item.
   const size_t device_len = static_cast<size_t>((device_key.bits() + 7) / 8);
   const size_t max_secret = crypto::MaxPlaintextLen(out_padding, device_len);
-  RsaMechanism in_mech(in_padding);
   RsaMechanism out_mech(out_padding);
-  auto handle = static_cast<CK_OBJECT_HANDLE>(key.object);
-  for (int attempt = 0;; ++attempt) {
-    auto lease = Lease();
-    if (!lease.ok()) return R::FromStatus(lease.status());
-    Template secret_template = SessionSecretTemplate();
-    auto secret = lease->Unwrap(in_mech.get(), handle, ciphertext, secret_template);
-    if (!secret.ok()) {
-      lease->Release();
-      if (IsHandleRv(CkrOf(secret.status())) && attempt == 0) {
-        auto h = Reresolve(key.info.name);
-        if (!h.ok()) return R::FromStatus(h.status());
-        handle = *h;
-        continue;
-      }
-      return TokenFailure<Bytes>(secret.status(), /*saw_ciphertext=*/true);
-    }
-    // Both session objects are destroyed whatever happens below (a failed destroy closes
-    // the session, which destroys them too).
-    CK_OBJECT_HANDLE device = CK_INVALID_HANDLE;
-    absl::Cleanup cleanup = [&] {
-      lease->Destroy(*secret);
-      lease->Destroy(device);
-    };
-    // The secret's length (CKA_VALUE_LEN is readable on a sensitive key: NSS softoken).
-    // Tokens that do not give it (SoftHSM2 2.6 leaves it 0 on unwrapped secrets) are judged
-    // by C_WrapKey's answer below.
-    if (auto v = lease->GetAttribute(*secret, CKA_VALUE_LEN);
-        v.ok() && v->size() == sizeof(CK_ULONG)) {
-      CK_ULONG n = 0;
-      std::memcpy(&n, v->data(), sizeof(n));
-      if (n > max_secret) return R::Refused(absl::InvalidArgumentError(kSecretTooLongText));
-    }
-    auto dev = SessionPublicKey(*lease, device_key);
-    if (!dev.ok()) return TokenFailure<Bytes>(dev.status(), /*saw_ciphertext=*/false);
-    device = *dev;
-    auto wrapped = lease->Wrap(out_mech.get(), device, *secret, device_len);
-    if (!wrapped.ok()) {
-      spdlog::debug("C_WrapKey to device failed: {}", std::string(wrapped.status().message()));
-      const CK_RV rv = CkrOf(wrapped.status());
-      // The device key's size was checked by the caller: a size error is the secret's.
-      if (rv == CKR_KEY_SIZE_RANGE || rv == CKR_DATA_LEN_RANGE || rv == CKR_WRAPPED_KEY_LEN_RANGE) {
-        return R::Refused(absl::InvalidArgumentError(kSecretTooLongText));
-      }
-      return TokenFailure<Bytes>(wrapped.status(), /*saw_ciphertext=*/false);
-    }
-    return *std::move(wrapped);
+  auto unwrapped = UnwrapSealed(key, in_padding, ciphertext);
+  if (!unwrapped.ok()) return R::From(unwrapped);
+  SessionPool::Lease& lease = unwrapped->lease;
+  const CK_OBJECT_HANDLE secret = unwrapped->secret;
+  // Both session objects are destroyed whatever happens below (a failed destroy closes
+  // the session, which destroys them too).
+  CK_OBJECT_HANDLE device = CK_INVALID_HANDLE;
+  absl::Cleanup cleanup = [&] {
+    lease.Destroy(secret);
+    lease.Destroy(device);
+  };
+  // The secret's length (CKA_VALUE_LEN is readable on a sensitive key: NSS softoken).
+  // Tokens that do not give it (SoftHSM2 2.6 leaves it 0 on unwrapped secrets) are judged
+  // by C_WrapKey's answer below.
+  if (auto v = lease.GetAttribute(secret, CKA_VALUE_LEN); v.ok() && v->size() == sizeof(CK_ULONG)) {
+    CK_ULONG n = 0;
+    std::memcpy(&n, v->data(), sizeof(n));
+    if (n > max_secret) return R::Refused(absl::InvalidArgumentError(kSecretTooLongText));
   }
+  auto dev = SessionPublicKey(lease, device_key);
+  if (!dev.ok()) return TokenFailure<Bytes>(dev.status(), /*saw_ciphertext=*/false);
+  device = *dev;
+  auto wrapped = lease.Wrap(out_mech.get(), device, secret, device_len);
+  if (!wrapped.ok()) {
+    spdlog::debug("C_WrapKey to device failed: {}", std::string(wrapped.status().message()));
+    const CK_RV rv = CkrOf(wrapped.status());
+    // The device key's size was checked by the caller: a size error is the secret's.
+    if (rv == CKR_KEY_SIZE_RANGE || rv == CKR_DATA_LEN_RANGE || rv == CKR_WRAPPED_KEY_LEN_RANGE) {
+      return R::Refused(absl::InvalidArgumentError(kSecretTooLongText));
+    }
+    return TokenFailure<Bytes>(wrapped.status(), /*saw_ciphertext=*/false);
+  }
+  return *std::move(wrapped);
+}
+
+OpResult<crypto::CmsKeyTransParts> Pkcs11Backend::EnvelopeInToken(
+    const KeyRefPtr& key_ref, RsaPadding in_padding, absl::Span<const uint8_t> ciphertext,
+    const crypto::PublicKey& device_key, const crypto::CmsOptions& options) {
+  using R = OpResult<crypto::CmsKeyTransParts>;
+  if (!cms_forms_.count({options.key_transport, options.cipher})) {
+    return R::Refused(absl::UnimplementedError(
+        absl::StrCat("this token does not build CMS with ", CmsKeyTransportName(options.key_transport),
+                     " and ", CmsContentCipherName(options.cipher), " in the token")));
+  }
+  if (!device_key.is_rsa()) {
+    return R::Refused(absl::InvalidArgumentError("in-token CMS needs an RSA device key"));
+  }
+  auto own = Own(key_ref);
+  if (!own.ok()) return R::FromStatus(own.status());
+  const KeyRef& key = **own;
+  if (ciphertext.size() != key.modulus_len) return R::DecryptFailed();
+  auto unwrapped = UnwrapSealed(key, in_padding, ciphertext);
+  if (!unwrapped.ok()) return R::From(unwrapped);
+  SessionPool::Lease& lease = unwrapped->lease;
+  const CK_OBJECT_HANDLE secret = unwrapped->secret;
+  CK_OBJECT_HANDLE cek = CK_INVALID_HANDLE, device = CK_INVALID_HANDLE;
+  absl::Cleanup cleanup = [&] {
+    lease.Destroy(secret);
+    lease.Destroy(cek);
+    lease.Destroy(device);
+  };
+  // From here no call sees the ciphertext: a failure is the token's, never DECRYPT_FAILED.
+  auto failed = [](const absl::Status& s, const char* step) {
+    spdlog::debug("in-token CMS, {}: {}", step, std::string(s.message()));
+    return TokenFailure<crypto::CmsKeyTransParts>(s, /*saw_ciphertext=*/false);
+  };
+  CK_MECHANISM gen{ContentKeyGenMechanism(options.cipher), nullptr, 0};
+  Template cek_template = ContentKeyTemplate(options.cipher);
+  auto k = lease.GenerateKey(&gen, cek_template);
+  if (!k.ok()) return failed(k.status(), "C_GenerateKey");
+  cek = *k;
+  crypto::CmsKeyTransParts parts;
+  parts.iv = crypto::RandomBytes(crypto::CmsContentIvLen(options.cipher));
+  CK_MECHANISM cbc{ContentWrapMechanism(options.cipher), parts.iv.data(),
+                   static_cast<CK_ULONG>(parts.iv.size())};
+  // The secret is at most the service key's modulus long (it came out of one RSA block).
+  auto content = lease.Wrap(&cbc, cek, secret, key.modulus_len + 16);
+  if (!content.ok()) return failed(content.status(), "C_WrapKey CBC_PAD");
+  parts.encrypted_content = *std::move(content);
+  auto dev = SessionPublicKey(lease, device_key);
+  if (!dev.ok()) return failed(dev.status(), "device key");
+  device = *dev;
+  RsaMechanism transport(options.key_transport == crypto::CmsKeyTransport::kRsaPkcs1
+                             ? RsaPadding::kPkcs1
+                             : RsaPadding::kOaepSha256);
+  const size_t device_len = static_cast<size_t>((device_key.bits() + 7) / 8);
+  auto wrapped_key = lease.Wrap(transport.get(), device, cek, device_len);
+  if (!wrapped_key.ok()) return failed(wrapped_key.status(), "C_WrapKey content key");
+  parts.encrypted_key = *std::move(wrapped_key);
+  return parts;
 }
 
 }  // namespace hsmrewrap::hsm

@@ -66,6 +66,11 @@ class Pkcs11Backend final : public KeyBackend {
                                 absl::Span<const uint8_t> ciphertext,
                                 const crypto::PublicKey& device_key,
                                 RsaPadding out_padding) override;
+  OpResult<crypto::CmsKeyTransParts> EnvelopeInToken(const KeyRefPtr& key, RsaPadding in_padding,
+                                                     absl::Span<const uint8_t> ciphertext,
+                                                     const crypto::PublicKey& device_key,
+                                                     const crypto::CmsOptions& options) override;
+  CmsFormSet CmsInToken() override { return cms_forms_; }
   std::set<RsaPadding> WrapPaddings() override { return wrap_paddings_; }
   std::string TokenLabel() override { return token_.label; }
   bool Healthy() override;
@@ -113,12 +118,22 @@ class Pkcs11Backend final : public KeyBackend {
   absl::StatusOr<KeyRefPtr> Own(const KeyRefPtr& key);
   OpResult<crypto::SecretBytes> TokenDecrypt(const KeyRef& key, CK_MECHANISM* mech,
                                              absl::Span<const uint8_t> ciphertext);
+  // The first step of both in-token paths: a lease, and in it the sealed secret unwrapped
+  // (C_UnwrapKey with `in_padding`) into a sensitive session object, re-resolving the key's
+  // handle once after CKR_OBJECT_HANDLE_INVALID. The caller destroys the object.
+  struct Unwrapped {
+    SessionPool::Lease lease;
+    CK_OBJECT_HANDLE secret = CK_INVALID_HANDLE;
+  };
+  OpResult<Unwrapped> UnwrapSealed(const KeyRef& key, RsaPadding in_padding,
+                                   absl::Span<const uint8_t> ciphertext);
 
   const uint64_t id_;  // KeyRef::owner of the references this instance makes
   const Options options_;
   const TokenSlot token_;
   const std::unique_ptr<SessionPool> pool_;
   std::set<RsaPadding> wrap_paddings_;  // set once in Create()
+  CmsFormSet cms_forms_;                 // set once in Create()
   MetadataStore metadata_;
 
   absl::Mutex admin_mu_;  // serialises CreateKey/ImportKey/SetEnabled

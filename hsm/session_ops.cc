@@ -91,6 +91,16 @@ void Lease::Destroy(CK_OBJECT_HANDLE h) {
   }
 }
 
+absl::StatusOr<CK_OBJECT_HANDLE> Lease::GenerateKey(CK_MECHANISM* mech, Template& t) {
+  const Module& m = module();
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  if (auto s = m.Call("C_GenerateKey", m.fl()->C_GenerateKey, handle_, mech, t.data(), t.size(), &h);
+      !s.ok()) {
+    return s;
+  }
+  return h;
+}
+
 absl::Status Lease::GenerateKeyPair(CK_MECHANISM* mech, Template& pub, Template& priv,
                                     CK_OBJECT_HANDLE* hpub, CK_OBJECT_HANDLE* hpriv) {
   const Module& m = module();

@@ -64,6 +64,8 @@ class SessionPool final {
     void Destroy(CK_OBJECT_HANDLE h);
     // Destroys `h`, returning the status (for token objects a caller reports).
     absl::Status TryDestroy(CK_OBJECT_HANDLE h);
+    // C_GenerateKey of a secret key with template `t`.
+    absl::StatusOr<CK_OBJECT_HANDLE> GenerateKey(CK_MECHANISM* mech, Template& t);
     absl::Status GenerateKeyPair(CK_MECHANISM* mech, Template& pub, Template& priv,
                                  CK_OBJECT_HANDLE* hpub, CK_OBJECT_HANDLE* hpriv);
     // C_DecryptInit + C_Decrypt into an `out_len` buffer (the modulus length: enough for one

@@ -60,6 +60,7 @@ TokenSupervisor::~TokenSupervisor() {
 void TokenSupervisor::Install(std::shared_ptr<Pkcs11Backend> b) {
   label_ = b->TokenLabel();
   wrap_paddings_ = b->WrapPaddings();
+  cms_forms_ = b->CmsInToken();
   pool_size_ = b->pool().size();
   if (observer_) b->pool().shared_module()->SetCallObserver(observer_);
   current_ = std::move(b);
@@ -195,6 +196,25 @@ OpResult<Bytes> TokenSupervisor::RewrapInToken(const KeyRefPtr& key, RsaPadding 
       [](absl::Status s) { return R::Retryable(std::move(s)); }, options_.call_timeout);
   if (!r.ok()) Observe(r.status());
   return r;
+}
+
+OpResult<crypto::CmsKeyTransParts> TokenSupervisor::EnvelopeInToken(
+    const KeyRefPtr& key, RsaPadding in_padding, absl::Span<const uint8_t> ciphertext,
+    const crypto::PublicKey& device_key, const crypto::CmsOptions& options) {
+  using R = OpResult<crypto::CmsKeyTransParts>;
+  auto r = OnToken<R>(
+      [key, in_padding, ct = Bytes(ciphertext.begin(), ciphertext.end()), device_key,
+       options](Pkcs11Backend& b) {
+        return Rechecked(b, b.EnvelopeInToken(key, in_padding, ct, device_key, options));
+      },
+      [](absl::Status s) { return R::Retryable(std::move(s)); }, options_.call_timeout);
+  if (!r.ok()) Observe(r.status());
+  return r;
+}
+
+CmsFormSet TokenSupervisor::CmsInToken() {
+  absl::MutexLock l(&mu_);
+  return cms_forms_;
 }
 
 std::set<RsaPadding> TokenSupervisor::WrapPaddings() {

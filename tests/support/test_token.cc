@@ -30,6 +30,8 @@ TokenFacts SoftHsmFacts() {
   // Read-only keys: C_SetAttributeValue on them fails with CKR_ACTION_PROHIBITED.
   f.read_only_keys = f.sets_sign_when_modifiable = true;
   // Not pkcs1_implicit_rejection: bad PKCS#1 padding is an error (CKR_GENERAL_ERROR).
+  // No in-token CMS: its symmetric wrapping is AES key wrap (RFC 3394/5649) only, so
+  // C_WrapKey with CKM_AES_CBC_PAD / CKM_DES3_CBC_PAD fails (CKR_MECHANISM_INVALID).
   return f;
 }
 
@@ -41,6 +43,14 @@ TokenFacts NssFacts() {
       f.wrap = {RsaPadding::kOaepSha1, RsaPadding::kOaepSha256, RsaPadding::kOaepSha384,
                 RsaPadding::kOaepSha512, RsaPadding::kPkcs1};
   f.raw_rsa = f.pkcs1_implicit_rejection = true;
+  // Every in-token CMS form: AES-256, AES-128 and 3DES content keys (C_GenerateKey, CBC_PAD
+  // wrap of a sensitive secret), wrapped to the device with OAEP-SHA256 or PKCS#1 v1.5.
+  for (auto t : {crypto::CmsKeyTransport::kRsaOaepSha256, crypto::CmsKeyTransport::kRsaPkcs1}) {
+    for (auto c : {crypto::CmsContentCipher::kAes256Cbc, crypto::CmsContentCipher::kAes128Cbc,
+                   crypto::CmsContentCipher::kDes3Cbc}) {
+      f.cms_in_token.insert({t, c});
+    }
+  }
   // Read-only keys: C_SetAttributeValue on them fails with CKR_ATTRIBUTE_READ_ONLY.
   f.read_only_keys = f.sets_sign_when_modifiable = true;
   // Not keeps_allowed_mechanisms (C_GenerateKeyPair/C_CreateObject with it fail with

@@ -33,6 +33,10 @@ struct TokenFacts {
   std::set<crypto::RsaPadding> unwrap;   // C_UnwrapKey works: the IN_TOKEN path's input
   // Pkcs11Backend::WrapPaddings(): C_WrapKey to a device key works (IN_TOKEN's output).
   std::set<crypto::RsaPadding> wrap;
+  // Pkcs11Backend::CmsInToken(): the CMS forms (RSA key transport, content cipher) the token
+  // builds in the token (C_GenerateKey of the content key, C_WrapKey CBC_PAD of the secret
+  // under it, C_WrapKey of the content key to the device key).
+  hsm::CmsFormSet cms_in_token;
   // CKM_RSA_X_509 decrypt works once host unpadding is allowed (HOST_UNPADDING).
   bool raw_rsa = false;
   // A PKCS#1 v1.5 ciphertext with bad padding "decrypts" (CKR_OK) to a deterministic

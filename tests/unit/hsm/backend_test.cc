@@ -12,6 +12,8 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "hsm/key_policy.h"
+#include "hsm/mechanisms.h"
 #include "hsm/pkcs11_backend.h"
 #include "hsm/token.h"
 #include "tests/support/test_token.h"
@@ -538,6 +540,87 @@ TEST_P(BackendTest, RewrapInToken) {
   }
   // Session objects were destroyed: only the key pair (and metadata) are left in the token.
   EXPECT_THAT(ObjectKinds(*backend_), UnorderedElementsAreArray(key_objects));
+}
+
+// In-token CMS: the token builds the content key, the encrypted content and the encrypted
+// key; the device's private key opens them on the host. Exactly the token's forms work.
+TEST_P(BackendTest, EnvelopeInToken) {
+  auto k = OpenWithKey("svc", false);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_EQ(backend_->CmsInToken(), facts().cms_in_token)
+      << CmsFormSetName(backend_->CmsInToken());
+  std::vector<std::string> key_objects = {"private/token", "public/token"};
+  if (facts().stores_data_objects) key_objects.push_back("data/token");
+  auto device = testing::GenerateHostRsa(3072);
+  const crypto::PublicKey device_pub = testing::HostPublicKey(device.get());
+  const RsaPadding in = *OaepOnly(facts().unwrap).rbegin();
+  int built = 0;
+  for (auto t : {crypto::CmsKeyTransport::kRsaOaepSha256, crypto::CmsKeyTransport::kRsaPkcs1}) {
+    for (auto c : {crypto::CmsContentCipher::kAes256Cbc, crypto::CmsContentCipher::kAes128Cbc,
+                   crypto::CmsContentCipher::kDes3Cbc}) {
+      const crypto::CmsOptions o{t, c};
+      for (size_t len : {size_t{0}, size_t{1}, size_t{16}, size_t{33}}) {
+        const crypto::Bytes pt = testing::RandomBytes(len);
+        auto r = backend_->EnvelopeInToken(backend_->Resolve("svc").value(), in, Seal(*k, in, pt),
+                                           device_pub, o);
+        if (!facts().cms_in_token.count({t, c})) {
+          EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnimplemented));
+          continue;
+        }
+        ASSERT_THAT(r, IsOk()) << CmsKeyTransportName(t) << "/" << CmsContentCipherName(c);
+        const RsaPadding tp =
+            t == crypto::CmsKeyTransport::kRsaPkcs1 ? RsaPadding::kPkcs1 : RsaPadding::kOaepSha256;
+        auto cek = crypto::RsaDecryptWithPrivateKey(testing::HostKeyDer(device.get()), tp,
+                                                    r->encrypted_key);
+        ASSERT_THAT(cek, IsOk());
+        EXPECT_EQ(cek->size(), crypto::CmsContentKeyLen(c));
+        auto back = crypto::CmsContentDecrypt(c, *cek, r->iv, r->encrypted_content);
+        ASSERT_THAT(back, IsOk());
+        EXPECT_EQ(crypto::Bytes(back->begin(), back->end()), pt);
+        ++built;
+      }
+    }
+  }
+  EXPECT_EQ(built, static_cast<int>(facts().cms_in_token.size()) * 4);  // an empty secret too
+  if (!facts().cms_in_token.empty()) {
+    const crypto::CmsOptions o = {};
+    crypto::Bytes bad = Seal(*k, in, testing::RandomBytes(20));
+    bad[5] ^= 1;
+    EXPECT_TRUE(IsDecryptFailed(
+        backend_->EnvelopeInToken(backend_->Resolve("svc").value(), in, bad, device_pub, o)));
+  }
+  // Every session object (secret, content key, device key) was destroyed.
+  EXPECT_THAT(ObjectKinds(*backend_), UnorderedElementsAreArray(key_objects));
+}
+
+// The session objects of the in-token paths keep their values from the host: the unwrapped
+// secret's and the generated content key's CKA_VALUE cannot be read.
+TEST_P(BackendTest, InTokenSessionObjectsAreUnreadable) {
+  auto k = OpenWithKey("svc", false);
+  ASSERT_THAT(k, IsOk());
+  auto lease = backend_->pool().Acquire(absl::Now() + absl::Seconds(5));
+  ASSERT_THAT(lease, IsOk());
+  auto priv = backend_->PrivateKeyHandle("svc");
+  ASSERT_THAT(priv, IsOk());
+  const RsaPadding in = *OaepOnly(facts().unwrap).rbegin();
+  RsaMechanism mech(in);
+  Template st = SessionSecretTemplate();
+  auto secret = lease->Unwrap(mech.get(), *priv, Seal(*k, in, testing::RandomBytes(24)), st);
+  ASSERT_THAT(secret, IsOk());
+  EXPECT_THAT(lease->GetAttribute(*secret, CKA_VALUE), Not(IsOk()));
+  EXPECT_EQ(lease->GetBool(*secret, CKA_SENSITIVE).value_or(false), true);
+  lease->Destroy(*secret);
+  if (facts().cms_in_token.empty()) return;
+  for (auto c : {crypto::CmsContentCipher::kAes256Cbc, crypto::CmsContentCipher::kDes3Cbc}) {
+    CK_MECHANISM gen{ContentKeyGenMechanism(c), nullptr, 0};
+    Template kt = ContentKeyTemplate(c);
+    auto cek = lease->GenerateKey(&gen, kt);
+    ASSERT_THAT(cek, IsOk());
+    EXPECT_THAT(lease->GetAttribute(*cek, CKA_VALUE), Not(IsOk()));
+    EXPECT_EQ(lease->GetBool(*cek, CKA_SENSITIVE).value_or(false), true);
+    EXPECT_EQ(lease->GetBool(*cek, CKA_ENCRYPT).value_or(true), false);
+    lease->Destroy(*cek);
+  }
 }
 
 // PKCS#1 v1.5 with bad padding: SoftHSM2 fails (CKR_GENERAL_ERROR); NSS softoken does
