@@ -14,6 +14,7 @@ PACKAGES=(
   libsystemd-dev libcurl4-openssl-dev libcpp-httplib-dev
   python3 python3-cryptography python3-cryptography-vectors
   gnutls-bin default-jre-headless libplist-utils
+  default-jdk-headless libbcpkix-java
   yamllint systemd dpkg-dev curl libplist-dev
 )
 

@@ -63,6 +63,8 @@ const KeyDef kKeyDefs[] = {
     {"log_level", &Config::log_level},
     {"default_key", &Config::default_key},
     {"allow_host_unpadding", &Config::allow_host_unpadding},
+    {"in_token_cms", &Config::in_token_cms},
+    {"require_in_token", &Config::require_in_token},
     {"pool_size", &Config::pool_size},
     {"workers", &Config::workers},
     {"max_batch_items", &Limits::max_batch_items},
@@ -436,6 +438,12 @@ std::string Describe(const Config& c) {
                     "\n");
   }
   absl::StrAppend(&s, "host unpadding:       ", c.allow_host_unpadding ? "ALLOWED" : "denied",
+                  "\n");
+  absl::StrAppend(&s, "in-token CMS:         ", c.in_token_cms ? "where the token builds it" : "off",
+                  "\n");
+  absl::StrAppend(&s, "require IN_TOKEN:     ",
+                  c.require_in_token ? "yes (items that cannot take it fail UNSUPPORTED)"
+                                     : "no (per key in the policy file)",
                   "\n");
   absl::StrAppend(&s, "session pool:         ", c.pool_size, " sessions, ", c.workers,
                   " workers\n");

@@ -36,6 +36,8 @@ struct Config {
   std::string pin_file;   // --pin-file; else $HSMREWRAP_PIN or systemd credential "pin"
   bool allow_host_unpadding = false;
   bool allow_host_unpadding_set = false;  // true when the user said so either way
+  bool in_token_cms = true;       // build CMS outputs in the token where it can
+  bool require_in_token = false;  // every item must take IN_TOKEN (else UNSUPPORTED)
   uint32_t pool_size = 0;                 // PKCS#11 sessions; 0 = 2 x cores (at least 2)
   uint32_t workers = 0;                   // engine threads; 0 = max(pool_size, cores)
   Limits limits;

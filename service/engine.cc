@@ -8,6 +8,7 @@
 #include "crypto/apple_payload.h"
 #include "crypto/cert_use.h"
 #include "crypto/cms.h"
+#include "crypto/cms_assemble.h"
 #include "crypto/rsa.h"
 #include "hsm/key_policy.h"
 #include "proto/conversions.h"
@@ -363,11 +364,12 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
     return r;
   }
 
-  // 3. The best path this token offers for the item. (APPLE_ENCRYPTED_PAYLOAD is not bare:
-  // the plist needs the password on the host.)
-  const bool can_wrap = rcpt.bare && backend_->WrapPaddings().count(rcpt.out_padding) > 0;
+  // 3. The best path this token offers for the item.
+  crypto::CmsOptions cms;
+  std::string missing;
+  const bool can_build = CanBuildInToken(item, rcpt, &cms, &missing);
   const std::vector<hsm::Path> paths =
-      hsm::PathsFor(key->info, in_padding, can_wrap, options_.allow_host_unpadding);
+      hsm::PathsFor(key->info, in_padding, can_build, options_.allow_host_unpadding);
   if (paths.empty()) {
     Fail(r, ItemError::UNSUPPORTED,
          absl::StrCat("key '", item.key_name(), "' on this token cannot decrypt ",
@@ -377,15 +379,23 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
                           : " natively, and host unpadding is not allowed (allow_host_unpadding)"));
     return r;
   }
+  if (paths.front() != hsm::Path::kInToken &&
+      (options_.require_in_token || (gate && gate->RequireInToken(item.key_name())))) {
+    if (!key->info.caps.unwrap.count(in_padding)) {  // the input side is missing too (or only)
+      const std::string input =
+          absl::StrCat("token '", backend_->TokenLabel(), "' cannot C_UnwrapKey ",
+                       PaddingName(item.padding()), " sealed secrets with key '", item.key_name(),
+                       "'");
+      missing = can_build ? input : absl::StrCat(input, "; and ", missing);
+    }
+    Fail(r, ItemError::UNSUPPORTED,
+         absl::StrCat("key '", item.key_name(), "' requires the IN_TOKEN path (require_in_token) ",
+                      "and this item cannot take it: ", missing));
+    return r;
+  }
   const auto ct = BytesOf(item.ciphertext());
   if (paths.front() == hsm::Path::kInToken) {
-    auto out = backend_->RewrapInToken(key, in_padding, ct, *rcpt.key, rcpt.out_padding);
-    if (!out.ok()) {
-      FailFromOp(r, out, item.key_name());
-      return r;
-    }
-    r.set_ciphertext(out->data(), out->size());
-    r.set_path(v1::IN_TOKEN);
+    RewrapInToken(item, rcpt, key, in_padding, cms, r);
     return r;
   }
   const hsm::Path path = paths.front();
@@ -398,6 +408,101 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
   // 4. Re-encrypt on the host; `plain` is wiped when it goes out of scope.
   EncryptOnHost(item, rcpt, *plain, path, r);
   return r;
+}
+
+bool RewrapEngine::CanBuildInToken(const v1::RewrapItem& item, const Recipient& rcpt,
+                                   crypto::CmsOptions* cms, std::string* missing) {
+  auto token = [this] { return absl::StrCat("token '", backend_->TokenLabel(), "'"); };
+  if (item.format() == v1::APPLE_ENCRYPTED_PAYLOAD) {
+    *missing = "APPLE_ENCRYPTED_PAYLOAD is never built in the token (the password sits inside a "
+               "plist that the host writes)";
+    return false;
+  }
+  if (rcpt.bare) {
+    if (backend_->WrapPaddings().count(rcpt.out_padding)) return true;
+    *missing = absl::StrCat(token(), " cannot C_WrapKey to a device key with the padding of ",
+                            v1::OutputFormat_Name(item.format()), " (learned at start-up)");
+    return false;
+  }
+  cms->key_transport = proto_crypto::KeyTransportFor(item.format());
+  cms->cipher = proto_crypto::ContentCipherFromProto(item.content_cipher());
+  if (!options_.in_token_cms) {
+    *missing = "in-token CMS is turned off (in_token_cms: false)";
+    return false;
+  }
+  if (!rcpt.key->is_rsa()) {
+    *missing = "in-token CMS is built for RSA recipients only (EC key agreement is not done in "
+               "the token)";
+    return false;
+  }
+  if (backend_->CmsInToken().count({cms->key_transport, cms->cipher})) return true;
+  const bool des3 = cms->cipher == crypto::CmsContentCipher::kDes3Cbc;
+  *missing = absl::StrCat(
+      token(), " cannot build ", v1::OutputFormat_Name(item.format()), " with ",
+      hsm::CmsContentCipherName(cms->cipher), " in the token: that needs C_GenerateKey (",
+      des3 ? "CKM_DES3_KEY_GEN" : "CKM_AES_KEY_GEN", "), C_WrapKey with ",
+      des3 ? "CKM_DES3_CBC_PAD" : "CKM_AES_CBC_PAD", " and C_WrapKey with ",
+      hsm::CmsKeyTransportName(cms->key_transport),
+      " to an RSA key, and they did not all work when probed at start-up");
+  return false;
+}
+
+void RewrapEngine::RewrapInToken(const v1::RewrapItem& item, const Recipient& rcpt,
+                                 const hsm::KeyRefPtr& key, RsaPadding in_padding,
+                                 const crypto::CmsOptions& cms, v1::RewrapResult& r) {
+  const auto ct = BytesOf(item.ciphertext());
+  absl::StatusOr<crypto::Bytes> out;
+  if (rcpt.bare) {
+    auto wrapped = backend_->RewrapInToken(key, in_padding, ct, *rcpt.key, rcpt.out_padding);
+    if (!wrapped.ok()) {
+      FailFromOp(r, wrapped, item.key_name());
+      return;
+    }
+    out = *std::move(wrapped);
+  } else {
+    auto parts = backend_->EnvelopeInToken(key, in_padding, ct, *rcpt.key, cms);
+    if (!parts.ok()) {
+      FailFromOp(r, parts, item.key_name());
+      return;
+    }
+    out = rcpt.cert ? crypto::CmsAssembleToCertificate(*rcpt.cert, cms, *parts)
+                    : crypto::CmsAssembleToPublicKey(*rcpt.key, cms, *parts);
+    if (!out.ok()) {
+      spdlog::warn("item {}: assembling the in-token CMS failed: {}", item.id(),
+                   out.status().ToString());
+      Fail(r, ItemError::INTERNAL, "encrypting to the recipient failed");
+      return;
+    }
+  }
+  r.set_ciphertext(out->data(), out->size());
+  r.set_path(v1::IN_TOKEN);
+}
+
+std::vector<v1::InTokenOutput> RewrapEngine::InTokenOutputs(const hsm::KeyInfo& info) {
+  std::vector<v1::InTokenOutput> out;
+  bool unwraps = false;
+  for (RsaPadding p : info.caps.unwrap) unwraps |= p != RsaPadding::kPkcs1 || info.allow_pkcs1;
+  if (!unwraps) return out;
+  const hsm::CmsFormSet forms = options_.in_token_cms ? backend_->CmsInToken() : hsm::CmsFormSet{};
+  for (v1::OutputFormat f : {v1::CMS_ENVELOPED, v1::CMS_ENVELOPED_PKCS1}) {
+    v1::InTokenOutput o;
+    o.set_format(f);
+    for (v1::ContentCipher c : {v1::AES_256_CBC, v1::AES_128_CBC, v1::DES_EDE3_CBC}) {
+      if (forms.count({proto_crypto::KeyTransportFor(f), proto_crypto::ContentCipherFromProto(c)})) {
+        o.add_content_ciphers(c);
+      }
+    }
+    if (o.content_ciphers_size() > 0) out.push_back(std::move(o));
+  }
+  const std::set<RsaPadding> wraps = backend_->WrapPaddings();
+  for (v1::OutputFormat f : {v1::RSA_OAEP_SHA256, v1::RSA_OAEP_SHA1, v1::RSA_OAEP_SHA384,
+                             v1::RSA_OAEP_SHA512, v1::RSA_PKCS1}) {
+    if (!wraps.count(proto_crypto::BarePadding(f))) continue;
+    v1::InTokenOutput o;
+    o.set_format(f);
+    out.push_back(std::move(o));
+  }
+  return out;
 }
 
 void RewrapEngine::EncryptOnHost(const v1::RewrapItem& item, const Recipient& rcpt,

@@ -41,6 +41,9 @@ class ItemGate {
   // May the caller rewrap to this recipient? `parsed` is null for a service_key recipient.
   virtual absl::Status CheckRecipient(const v1::Recipient& recipient,
                                       const RecipientCache::Parsed* parsed) = 0;
+  // Must items of this key take the IN_TOKEN path (the policy file's per-key
+  // require_in_token)? Then an item that cannot fails UNSUPPORTED instead of falling back.
+  virtual bool RequireInToken(const std::string& key_name) { return false; }
   // After each item (counts decryption failures).
   virtual void ItemDone(const v1::RewrapResult& result) = 0;
   // Once per batch, before the response goes out; `recipient_sha256` has one entry per
@@ -68,6 +71,12 @@ class RewrapEngine final {
     unsigned workers = 2;
     Limits limits;
     bool allow_host_unpadding = false;
+    // Build CMS outputs in the token where it can (config in_token_cms; default on). Off:
+    // CMS is always built on the host (TOKEN_DECRYPT / HOST_UNPADDING).
+    bool in_token_cms = true;
+    // Every item must take IN_TOKEN (config require_in_token); one that cannot fails
+    // UNSUPPORTED naming the token's missing capability. Per key: ItemGate::RequireInToken.
+    bool require_in_token = false;
   };
   using Done = std::function<void(v1::RewrapResponse)>;
 
@@ -105,6 +114,9 @@ class RewrapEngine final {
   // label set.
   std::string KeyLabel(const std::string& key_name) const;
 
+  // The outputs this engine builds IN_TOKEN for a key (ListKeys' in_token_outputs).
+  std::vector<v1::InTokenOutput> InTokenOutputs(const hsm::KeyInfo& info);
+
   // The paths this engine would offer a key for each padding, best first.
   std::vector<std::pair<crypto::RsaPadding, std::vector<hsm::Path>>> PathsFor(
       const hsm::KeyInfo& info);
@@ -121,6 +133,15 @@ class RewrapEngine final {
   // returns false.
   bool ResolveRecipient(const v1::RewrapItem& item, ItemGate* gate, std::string* recipient_sha256,
                         Recipient& out, v1::RewrapResult& r);
+  // Whether the token can build the item's output with the secret never leaving it (given
+  // that it unwraps the item's padding); if not, *missing says what the token lacks. Sets
+  // *cms to the CMS options of a CMS item.
+  bool CanBuildInToken(const v1::RewrapItem& item, const Recipient& rcpt, crypto::CmsOptions* cms,
+                       std::string* missing);
+  // IN_TOKEN: the token's rewrap or in-token CMS, and the result.
+  void RewrapInToken(const v1::RewrapItem& item, const Recipient& rcpt, const hsm::KeyRefPtr& key,
+                     crypto::RsaPadding in_padding, const crypto::CmsOptions& cms,
+                     v1::RewrapResult& r);
   // The host step of TOKEN_DECRYPT / HOST_UNPADDING: the secret encrypted to the recipient.
   void EncryptOnHost(const v1::RewrapItem& item, const Recipient& rcpt,
                      const crypto::SecretBytes& plain, hsm::Path path, v1::RewrapResult& r);

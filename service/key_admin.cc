@@ -14,6 +14,7 @@ KeyDescription KeyAdmin::Describe(const hsm::KeyInfo& info) {
   auto pub = crypto::PublicKey::FromSpki(info.spki_der);
   if (pub.ok()) d.spki_sha256 = pub->Sha256Hex();
   d.paths = engine_->PathsFor(info);
+  d.in_token_outputs = engine_->InTokenOutputs(info);
   return d;
 }
 

@@ -30,6 +30,8 @@ struct KeyDescription {
   bool pkcs1_implicit_rejection = false;  // allow_pkcs1 and the token does implicit rejection
   // The paths the engine offers the key per padding, best first.
   std::vector<std::pair<crypto::RsaPadding, std::vector<hsm::Path>>> paths;
+  // The outputs the token builds IN_TOKEN for this key (RewrapEngine::InTokenOutputs).
+  std::vector<v1::InTokenOutput> in_token_outputs;
 };
 
 // The private key of an ImportKey, already taken out of the request.

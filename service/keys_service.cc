@@ -77,6 +77,7 @@ void KeyToProto(const KeyDescription& key, const std::string& token_label, v1::K
     ps->set_padding(proto_crypto::PaddingToProto(padding));
     for (hsm::Path p : paths) ps->add_paths(PathToProto(p));
   }
+  for (const auto& o : key.in_token_outputs) *out->add_in_token_outputs() = o;
   out->set_token_label(token_label);
 }
 

@@ -120,6 +120,32 @@ absl::StatusOr<Policy::Recipients::Eku> ParseEku(const std::string& text, const 
                                  std::move(oid)};
 }
 
+// keys: { <key name or "*">: { require_in_token: bool } }
+absl::Status ParseKeys(const YAML::Node& n, const std::string& where,
+                       std::map<std::string, Policy::KeySettings>& out) {
+  if (!n.IsMap()) return Bad(where, "expected a mapping of key names to their settings");
+  for (const auto& kv : n) {
+    const std::string name = kv.first.as<std::string>();
+    const std::string at = absl::StrCat(where, ".", name);
+    if (name.empty()) return Bad(at, "empty key name");
+    if (!kv.second.IsMap()) return Bad(at, "expected a mapping (require_in_token: true)");
+    Policy::KeySettings settings;
+    for (const auto& setting : kv.second) {
+      const std::string k = setting.first.as<std::string>();
+      if (k != "require_in_token") {
+        return Bad(absl::StrCat(at, ".", k), "unknown key (expected require_in_token)");
+      }
+      const std::string v = setting.second.as<std::string>();
+      if (v != "true" && v != "false") {
+        return Bad(absl::StrCat(at, ".", k), "expected true or false");
+      }
+      settings.require_in_token = v == "true";
+    }
+    out[name] = settings;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ParseRecipients(const YAML::Node& n, const std::string& where, Policy::Recipients& r) {
   if (!n.IsMap()) return Bad(where, "expected a mapping");
   for (const auto& kv : n) {
@@ -339,6 +365,14 @@ absl::Status Policy::Client::CheckServiceKey(const std::string& key) const {
       absl::StrCat("service key '", key, "' is not an allowed recipient for '", name, "'"));
 }
 
+bool Policy::RequireInToken(const std::string& key) const {
+  for (const char* name : {key.c_str(), "*"}) {
+    auto it = keys_.find(name);
+    if (it != keys_.end() && it->second.require_in_token) return true;
+  }
+  return false;
+}
+
 absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& path) {
   YAML::Node root;
   try {
@@ -352,8 +386,15 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
       return Bad(absl::StrCat("policy ", path), "top level must be a mapping with 'clients'");
     for (const auto& kv : root) {
       const std::string k = kv.first.as<std::string>();
+      if (k == "keys") {
+        if (auto st = ParseKeys(kv.second, absl::StrCat("policy ", path, ": keys"), policy->keys_);
+            !st.ok()) {
+          return st;
+        }
+        continue;
+      }
       if (k != "clients")
-        return Bad(absl::StrCat("policy ", path, ": ", k), "unknown key (expected clients)");
+        return Bad(absl::StrCat("policy ", path, ": ", k), "unknown key (expected clients or keys)");
       if (!kv.second.IsSequence())
         return Bad(absl::StrCat("policy ", path, ": clients"), "expected a list");
       size_t i = 0;
@@ -472,6 +513,9 @@ class CallGate final : public ItemGate {
     }
     if (call_.client) return sec_->limiter().Admit(call_.who, call_.client->limits);
     return absl::OkStatus();
+  }
+  bool RequireInToken(const std::string& key) override {
+    return call_.policy != nullptr && call_.policy->RequireInToken(key);
   }
   absl::Status CheckKey(const std::string& key) override {
     if (call_.AllowsKey(key)) return absl::OkStatus();

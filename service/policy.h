@@ -12,6 +12,7 @@
 #include <openssl/asn1.h>
 #include <openssl/x509_vfy.h>
 
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -96,8 +97,17 @@ class Policy {
   absl::StatusOr<Match> Find(const Identity& id) const;
   const std::vector<Client>& clients() const { return clients_; }
 
+  // The policy file's `keys:` section: settings per service key name ("*": every key).
+  struct KeySettings {
+    // Items of this key must take the IN_TOKEN path; those that cannot fail UNSUPPORTED
+    // (naming what the token lacks) instead of falling back to TOKEN_DECRYPT.
+    bool require_in_token = false;
+  };
+  bool RequireInToken(const std::string& key) const;
+
  private:
   std::vector<Client> clients_;
+  std::map<std::string, KeySettings> keys_;
 };
 
 // The transport and policy settings put together, shared by the gRPC adapters.

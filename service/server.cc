@@ -189,6 +189,8 @@ void Server::StartEngine() {
   eo.workers = config_.workers;
   eo.limits = config_.limits;
   eo.allow_host_unpadding = config_.allow_host_unpadding;
+  eo.in_token_cms = config_.in_token_cms;
+  eo.require_in_token = config_.require_in_token;
   engine_ = std::make_unique<RewrapEngine>(started_->backend, eo);
   DeclareServiceMetrics(metrics_);
   DeclareProcessMetrics();

@@ -1,0 +1,263 @@
+// In-token CMS through the real rewrapd (issue: the default output never puts the password
+// in host memory where the token can build it). Runs once per token (--token=softhsm|nss):
+//  - NSS softoken builds every CMS form in the token: path IN_TOKEN, and the output opens
+//    with `openssl cms -decrypt` and with BouncyCastle (a Java program compiled here); its
+//    DER is what `openssl cms -encrypt` writes for the same recipient and options, apart
+//    from the random parts;
+//  - SoftHSM2 cannot (no CBC wrapping): the same requests come back on a host path, and
+//    with require_in_token they fail UNSUPPORTED naming what the token lacks.
+#include <gtest/gtest.h>
+
+#include <regex>
+
+#include "absl/strings/str_cat.h"
+
+#include "tests/integration/it_env.h"
+#include "tests/integration/it_util.h"
+
+namespace hsmrewrap::it {
+namespace {
+
+const v1::OutputFormat kCmsFormats[] = {v1::CMS_ENVELOPED, v1::CMS_ENVELOPED_PKCS1};
+const v1::ContentCipher kCiphers[] = {v1::AES_256_CBC, v1::AES_128_CBC, v1::DES_EDE3_CBC};
+
+const char* CipherName(v1::ContentCipher c) {
+  switch (c) {
+    case v1::AES_256_CBC:
+      return "aes256";
+    case v1::AES_128_CBC:
+      return "aes128";
+    default:
+      return "des3";
+  }
+}
+
+class InTokenCmsTest : public RewrapdTest {
+ protected:
+  static const Device& Dev() {
+    static Device d = MakeDevice(2048, "in-token-device");
+    return d;
+  }
+  const ServiceKey& Key() {
+    static ServiceKey k;
+    if (k.pub == nullptr) CreateServiceKey(h_, "cms-key", 2048, /*allow_pkcs1=*/true, &k);
+    return k;
+  }
+  std::string File(const std::string& name) { return tmp_.path() + "/" + name; }
+  TempDir tmp_{"in-token-cms"};
+};
+
+TEST_F(InTokenCmsTest, ListKeysSaysWhichOutputsAreBuiltInToken) {
+  const ServiceKey& k = Key();
+  ASSERT_NE(k.pub, nullptr);
+  std::map<int, std::set<int>> cms;  // format -> ciphers
+  std::set<int> bare;
+  for (const auto& o : k.info.in_token_outputs()) {
+    if (o.format() == v1::CMS_ENVELOPED || o.format() == v1::CMS_ENVELOPED_PKCS1) {
+      cms[o.format()].insert(o.content_ciphers().begin(), o.content_ciphers().end());
+    } else {
+      EXPECT_EQ(o.content_ciphers_size(), 0) << FormatName(o.format());
+      bare.insert(o.format());
+    }
+    EXPECT_NE(o.format(), v1::APPLE_ENCRYPTED_PAYLOAD);
+  }
+  if (nss()) {
+    for (v1::OutputFormat f : kCmsFormats) {
+      EXPECT_EQ(cms[f], (std::set<int>{v1::AES_256_CBC, v1::AES_128_CBC, v1::DES_EDE3_CBC}))
+          << FormatName(f);
+    }
+    EXPECT_EQ(bare, (std::set<int>{v1::RSA_OAEP_SHA1, v1::RSA_OAEP_SHA256, v1::RSA_OAEP_SHA384,
+                                   v1::RSA_OAEP_SHA512, v1::RSA_PKCS1}));
+  } else {
+    EXPECT_TRUE(cms.empty()) << "SoftHSM2 2.6 has no CBC wrapping";
+    EXPECT_EQ(bare, (std::set<int>{v1::RSA_OAEP_SHA1, v1::RSA_PKCS1}));
+  }
+}
+
+// Every CMS form to a certificate and to a bare key: IN_TOKEN exactly on NSS, and the
+// output opens with OpenSSL (ExpectRewrapped) and with BouncyCastle.
+TEST_F(InTokenCmsTest, EveryCmsFormOpensWithOpenSslAndBouncyCastle) {
+  const ServiceKey& k = Key();
+  ASSERT_NE(k.pub, nullptr);
+  const Device& d = Dev();
+  v1::RewrapRequest req;
+  std::vector<std::string> secrets;
+  std::vector<Rcp> rcps;
+  for (v1::OutputFormat f : kCmsFormats) {
+    for (v1::ContentCipher c : kCiphers) {
+      for (Rcp rcp : {Rcp::kCertDer, Rcp::kSpkiDer}) {
+        secrets.push_back(RandomAscii(1 + secrets.size() * 3));
+        rcps.push_back(rcp);
+        AddItem(&req, absl::StrCat(FormatName(f), "-", CipherName(c), "-", RcpName(rcp)), k.name,
+                v1::OAEP_SHA256, Seal(k, v1::OAEP_SHA256, secrets.back()), d, rcp, f)
+            ->set_content_cipher(c);
+      }
+    }
+  }
+  v1::RewrapResponse resp;
+  ASSERT_NO_FATAL_FAILURE(CallRewrap(h_, req, &resp));
+  ASSERT_TRUE(WriteFile(File("dev.p8"), PrivateKeyPkcs8Der(d.key.get())));
+  ASSERT_TRUE(WriteFile(File("dev.crt"), d.cert_der));
+  std::string jobs;
+  for (int i = 0; i < resp.results_size(); ++i) {
+    const auto& r = resp.results(i);
+    const auto& item = req.items(i);
+    ExpectRewrapped(r, item.id(), d, rcps[i], item.format(), secrets[i], k, v1::OAEP_SHA256);
+    if (nss()) {
+      EXPECT_EQ(r.path(), v1::IN_TOKEN) << item.id() << ": " << PathName(r.path());
+    } else {
+      EXPECT_NE(r.path(), v1::IN_TOKEN) << item.id();
+    }
+    const std::string out = File(absl::StrCat("out", i, ".der"));
+    ASSERT_TRUE(WriteFile(out, r.ciphertext()));
+    absl::StrAppend(&jobs, out, " ", File("dev.p8"), " ",
+                    IsCert(rcps[i]) ? File("dev.crt") : std::string("-"), " ", out, ".plain\n");
+  }
+  printf("[in-token] %s: %d CMS outputs, paths as above\n", TokenName(CurrentToken()),
+         resp.results_size());
+
+  // BouncyCastle: compile the consumer, run every job in one JVM.
+  const std::string cp = "/usr/share/java/bcprov.jar:/usr/share/java/bcpkix.jar:/usr/share/java/bcutil.jar";
+  ASSERT_TRUE(WriteFile(File("jobs"), jobs));
+  const std::vector<std::string> javac = {"javac", "-cp", cp, "-d", tmp_.path(),
+                                          std::string(HSMREWRAP_SOURCE_DIR) +
+                                              "/tests/support/bc/BcCmsDecrypt.java"};
+  CommandResult cr = RunCommand(javac);
+  ASSERT_EQ(cr.exit_code, 0) << cr.Describe(javac)
+                             << "\n(scripts/setup.sh installs default-jdk-headless and "
+                                "libbcpkix-java)";
+  const std::vector<std::string> java = {"java", "-cp", tmp_.path() + ":" + cp, "BcCmsDecrypt",
+                                         File("jobs")};
+  cr = RunCommand(java);
+  EXPECT_EQ(cr.exit_code, 0) << cr.Describe(java);
+  for (int i = 0; i < resp.results_size(); ++i) {
+    const std::string out = File(absl::StrCat("out", i, ".der"));
+    EXPECT_EQ(ReadFileOrEmpty(out + ".plain"), secrets[i])
+        << req.items(i).id() << ": BouncyCastle: " << ReadFileOrEmpty(out + ".plain.err");
+  }
+}
+
+// `openssl asn1parse` of DER with the values of OCTET STRINGs (the IV and the encrypted
+// key) masked; offsets, lengths, OIDs, parameters, versions and names stay.
+std::string Skeleton(const std::string& der_path) {
+  const std::vector<std::string> argv = {"openssl", "asn1parse", "-inform", "DER", "-in",
+                                         der_path};
+  CommandResult cr = RunCommand(argv);
+  EXPECT_EQ(cr.exit_code, 0) << cr.Describe(argv);
+  return std::regex_replace(cr.out, std::regex(R"(\[HEX DUMP\]:[0-9A-F]+)"), "[random]");
+}
+
+TEST_F(InTokenCmsTest, InTokenDerIsWhatOpenSslWritesApartFromRandomParts) {
+  if (!nss()) GTEST_SKIP() << "SoftHSM2 builds no CMS in the token";
+  const ServiceKey& k = Key();
+  ASSERT_NE(k.pub, nullptr);
+  const Device& d = Dev();
+  ASSERT_TRUE(WriteFile(File("dev.pem"), d.cert_pem));
+  const std::string password = RandomAscii(21);
+  ASSERT_TRUE(WriteFile(File("pw"), password));
+  int compared = 0;
+  for (v1::OutputFormat f : kCmsFormats) {
+    for (v1::ContentCipher c : kCiphers) {
+      v1::RewrapRequest req;
+      AddItem(&req, "x", k.name, v1::OAEP_SHA256, Seal(k, v1::OAEP_SHA256, password), d,
+              Rcp::kCertDer, f)
+          ->set_content_cipher(c);
+      v1::RewrapResponse resp;
+      ASSERT_NO_FATAL_FAILURE(CallRewrap(h_, req, &resp));
+      ASSERT_FALSE(resp.results(0).has_error()) << resp.results(0).error().message();
+      ASSERT_EQ(resp.results(0).path(), v1::IN_TOKEN);
+      ASSERT_TRUE(WriteFile(File("in-token.der"), resp.results(0).ciphertext()));
+      std::vector<std::string> enc = {"openssl", "cms", "-encrypt", "-binary",
+                                      std::string("-") + (c == v1::AES_256_CBC   ? "aes256"
+                                                          : c == v1::AES_128_CBC ? "aes128"
+                                                                                 : "des3"),
+                                      "-recip", File("dev.pem")};
+      if (f == v1::CMS_ENVELOPED) {
+        for (const char* o : {"rsa_padding_mode:oaep", "rsa_oaep_md:sha256", "rsa_mgf1_md:sha256"}) {
+          enc.insert(enc.end(), {"-keyopt", o});
+        }
+      }
+      enc.insert(enc.end(), {"-in", File("pw"), "-outform", "DER", "-out", File("openssl.der")});
+      CommandResult cr = RunCommand(enc);
+      ASSERT_EQ(cr.exit_code, 0) << cr.Describe(enc);
+      const std::string a = Skeleton(File("in-token.der"));
+      const std::string b = Skeleton(File("openssl.der"));
+      EXPECT_EQ(a, b) << FormatName(f) << "/" << CipherName(c);
+      EXPECT_NE(a.find("[random]"), std::string::npos);
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 6);
+}
+
+// require_in_token (the global config key, here as its environment variable): items that
+// cannot take IN_TOKEN fail UNSUPPORTED, naming what is missing, instead of falling back.
+TEST_F(InTokenCmsTest, RequireInTokenRefusesWhatTheTokenCannotBuild) {
+  std::string error;
+  RewrapdHarness::Options o;
+  o.env = {{"HSMREWRAP_REQUIRE_IN_TOKEN", "true"}};
+  auto h = RewrapdHarness::Start(CurrentToken(), &error, o);
+  ASSERT_NE(h, nullptr) << error;
+  ServiceKey k;
+  ASSERT_NO_FATAL_FAILURE(CreateServiceKey(h.get(), "strict", 2048, false, &k));
+  const Device& d = Dev();
+  const Device ec = MakeEcDevice("ec-device");
+  const std::string pw = RandomAscii(12);
+  v1::RewrapRequest req;
+  AddItem(&req, "cms", k.name, v1::OAEP_SHA256, Seal(k, v1::OAEP_SHA256, pw), d, Rcp::kCertDer,
+          v1::CMS_ENVELOPED);
+  AddItem(&req, "cms-ec", k.name, v1::OAEP_SHA256, Seal(k, v1::OAEP_SHA256, pw), ec,
+          Rcp::kCertDer, v1::CMS_ENVELOPED);
+  AddItem(&req, "apple", k.name, v1::OAEP_SHA256, Seal(k, v1::OAEP_SHA256, pw), d, Rcp::kCertDer,
+          v1::APPLE_ENCRYPTED_PAYLOAD)
+      ->set_pfx(Pkcs12(d.key.get(), d.cert.get(), pw));
+  AddItem(&req, "bare-sha1", k.name, v1::OAEP_SHA1, Seal(k, v1::OAEP_SHA1, pw), d, Rcp::kSpkiDer,
+          v1::RSA_OAEP_SHA1);
+  v1::RewrapResponse resp;
+  ASSERT_NO_FATAL_FAILURE(CallRewrap(h.get(), req, &resp));
+  auto message = [&resp](int i) { return resp.results(i).error().message(); };
+  if (nss()) {
+    ExpectRewrapped(resp.results(0), "cms", d, Rcp::kCertDer, v1::CMS_ENVELOPED, pw, k,
+                    v1::OAEP_SHA256);
+    EXPECT_EQ(resp.results(0).path(), v1::IN_TOKEN);
+  } else {
+    ExpectItemError(resp.results(0), "cms", v1::ItemError::UNSUPPORTED);
+    // SoftHSM2 unwraps OAEP-SHA1 only and wraps with no CBC mode: both sides are missing.
+    EXPECT_NE(message(0).find("cannot C_UnwrapKey OAEP_SHA256"), std::string::npos)
+        << message(0);
+    EXPECT_NE(message(0).find("CKM_AES_CBC_PAD"), std::string::npos) << message(0);
+  }
+  ExpectItemError(resp.results(1), "cms-ec", v1::ItemError::UNSUPPORTED);
+  EXPECT_NE(message(1).find("RSA recipients only"), std::string::npos) << message(1);
+  ExpectItemError(resp.results(2), "apple", v1::ItemError::UNSUPPORTED);
+  EXPECT_NE(message(2).find("never built in the token"), std::string::npos) << message(2);
+  // OAEP-SHA1 in and out: both tokens unwrap and wrap it in the token.
+  ExpectRewrapped(resp.results(3), "bare-sha1", d, Rcp::kSpkiDer, v1::RSA_OAEP_SHA1, pw, k,
+                  v1::OAEP_SHA1);
+  EXPECT_EQ(resp.results(3).path(), v1::IN_TOKEN);
+  for (int i = 0; i < 3; ++i) {
+    if (resp.results(i).has_error()) {
+      EXPECT_NE(message(i).find("requires the IN_TOKEN path (require_in_token)"), std::string::npos)
+          << message(i);
+    }
+  }
+
+  // SoftHSM2 with OAEP-SHA1 sealed secrets (which it unwraps): the CMS output is what it
+  // cannot build, and the message names the mechanisms.
+  if (!nss()) {
+    v1::RewrapRequest req2;
+    AddItem(&req2, "cms-sha1", k.name, v1::OAEP_SHA1, Seal(k, v1::OAEP_SHA1, pw), d,
+            Rcp::kCertDer, v1::CMS_ENVELOPED);
+    v1::RewrapResponse resp2;
+    ASSERT_NO_FATAL_FAILURE(CallRewrap(h.get(), req2, &resp2));
+    ExpectItemError(resp2.results(0), "cms-sha1", v1::ItemError::UNSUPPORTED);
+    const std::string m = resp2.results(0).error().message();
+    EXPECT_NE(m.find("CKM_AES_CBC_PAD"), std::string::npos) << m;
+    EXPECT_EQ(m.find("C_UnwrapKey"), std::string::npos) << m;
+    EXPECT_NE(m.find("AES-256-CBC"), std::string::npos) << m;
+  }
+  EXPECT_EQ(h->Stop(), "");
+}
+
+}  // namespace
+}  // namespace hsmrewrap::it

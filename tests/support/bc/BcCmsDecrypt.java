@@ -1,0 +1,71 @@
+// A second, independent CMS consumer for the tests: BouncyCastle (Debian's libbcpkix-java),
+// beside `openssl cms`. Decrypts CMS EnvelopedData the way a Java device or server would.
+//
+//   java -cp DIR:/usr/share/java/bcprov.jar:/usr/share/java/bcpkix.jar:/usr/share/java/bcutil.jar \
+//       BcCmsDecrypt LIST
+//
+// LIST has one job per line: "CMS_DER KEY_PKCS8_DER CERT_DER|- OUT". With a certificate the
+// recipient is looked up by it (issuer and serial, or its subjectKeyIdentifier); with "-" by
+// the key's SHA-1 key id (RFC 5280 method 1), as a device holding only its key would. The
+// plaintext goes to OUT; a job that fails writes "ERROR <reason>" to OUT.err. Exit 0 when
+// every job decrypted.
+import java.io.ByteArrayInputStream;
+import java.nio.file.Files;
+import java.nio.file.Paths;
+import java.security.KeyFactory;
+import java.security.MessageDigest;
+import java.security.PrivateKey;
+import java.security.Security;
+import java.security.cert.CertificateFactory;
+import java.security.cert.X509Certificate;
+import java.security.spec.PKCS8EncodedKeySpec;
+import java.util.List;
+import org.bouncycastle.asn1.x509.SubjectPublicKeyInfo;
+import org.bouncycastle.cms.CMSEnvelopedData;
+import org.bouncycastle.cms.KeyTransRecipientId;
+import org.bouncycastle.cms.RecipientId;
+import org.bouncycastle.cms.RecipientInformation;
+import org.bouncycastle.cms.jcajce.JceKeyTransEnvelopedRecipient;
+import org.bouncycastle.cms.jcajce.JceKeyTransRecipientId;
+import org.bouncycastle.jce.provider.BouncyCastleProvider;
+
+public final class BcCmsDecrypt {
+  public static void main(String[] args) throws Exception {
+    Security.addProvider(new BouncyCastleProvider());
+    List<String> jobs = Files.readAllLines(Paths.get(args[0]));
+    int failed = 0;
+    for (String line : jobs) {
+      if (line.isBlank()) continue;
+      String[] f = line.trim().split(" ");
+      try {
+        Files.write(Paths.get(f[3]), decrypt(f[0], f[1], f[2]));
+      } catch (Exception e) {
+        failed++;
+        Files.write(Paths.get(f[3] + ".err"), ("ERROR " + e).getBytes("UTF-8"));
+      }
+    }
+    System.exit(failed == 0 ? 0 : 1);
+  }
+
+  static byte[] decrypt(String cmsPath, String keyPath, String certPath) throws Exception {
+    CMSEnvelopedData env = new CMSEnvelopedData(Files.readAllBytes(Paths.get(cmsPath)));
+    byte[] pkcs8 = Files.readAllBytes(Paths.get(keyPath));
+    PrivateKey key = KeyFactory.getInstance("RSA").generatePrivate(new PKCS8EncodedKeySpec(pkcs8));
+    RecipientId rid;
+    if (!certPath.equals("-")) {
+      X509Certificate cert = (X509Certificate) CertificateFactory.getInstance("X.509")
+          .generateCertificate(new ByteArrayInputStream(Files.readAllBytes(Paths.get(certPath))));
+      rid = new JceKeyTransRecipientId(cert);
+    } else {
+      // The key id of the public key: SHA-1 of the subjectPublicKey BIT STRING.
+      java.security.interfaces.RSAPrivateCrtKey crt = (java.security.interfaces.RSAPrivateCrtKey) key;
+      java.security.PublicKey pub = KeyFactory.getInstance("RSA").generatePublic(
+          new java.security.spec.RSAPublicKeySpec(crt.getModulus(), crt.getPublicExponent()));
+      byte[] bits = SubjectPublicKeyInfo.getInstance(pub.getEncoded()).getPublicKeyData().getBytes();
+      rid = new KeyTransRecipientId(MessageDigest.getInstance("SHA-1").digest(bits));
+    }
+    RecipientInformation ri = env.getRecipientInfos().get(rid);
+    if (ri == null) throw new IllegalStateException("no RecipientInfo matches");
+    return ri.getContent(new JceKeyTransEnvelopedRecipient(key).setProvider("BC"));
+  }
+}
