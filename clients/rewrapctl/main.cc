@@ -43,7 +43,28 @@ std::string ReadFileOrDie(const std::string& path) {
   return ss.str();
 }
 
+// "CMS_ENVELOPED[AES_256_CBC,AES_128_CBC]" or "RSA_OAEP_SHA256".
+std::string InTokenName(const v1::InTokenOutput& o) {
+  std::string s = v1::OutputFormat_Name(o.format());
+  if (o.content_ciphers_size() == 0) return s;
+  std::string ciphers;
+  for (int c : o.content_ciphers()) {
+    absl::StrAppend(&ciphers, ciphers.empty() ? "" : ",",
+                    v1::ContentCipher_Name(static_cast<v1::ContentCipher>(c)));
+  }
+  return absl::StrCat(s, "[", ciphers, "]");
+}
+
 json KeyJson(const v1::KeyInfo& k) {
+  json in_token = json::array();
+  for (const auto& o : k.in_token_outputs()) {
+    json ciphers = json::array();
+    for (int c : o.content_ciphers()) {
+      ciphers.push_back(v1::ContentCipher_Name(static_cast<v1::ContentCipher>(c)));
+    }
+    in_token.push_back(
+        json{{"format", v1::OutputFormat_Name(o.format())}, {"content_ciphers", ciphers}});
+  }
   json paths = json::object();
   for (const auto& p : k.paths()) {
     json list = json::array();
@@ -61,7 +82,8 @@ json KeyJson(const v1::KeyInfo& k) {
                                   : ""},
       {"spki_sha256", k.spki_sha256()},
       {"token", k.token_label()},
-      {"paths", paths}};
+      {"paths", paths},
+      {"in_token_outputs", in_token}};
 }
 
 void PrintKeys(const std::vector<v1::KeyInfo>& keys, const std::string& output) {
@@ -86,6 +108,9 @@ void PrintKeys(const std::vector<v1::KeyInfo>& keys, const std::string& output) 
       std::printf("    %-12s %s\n", v1::Padding_Name(p.padding()).c_str(),
                   list.empty() ? "(not available)" : list.c_str());
     }
+    std::string outs;
+    for (const auto& o : k.in_token_outputs()) absl::StrAppend(&outs, " ", InTokenName(o));
+    std::printf("    %-12s%s\n", "in token:", outs.empty() ? " (none)" : outs.c_str());
   }
 }
 

@@ -330,5 +330,68 @@ TEST_F(EngineTest, ManyItemsComeBackInOrder) {
   EXPECT_EQ(engine_->inflight(), 0u);
 }
 
+// require_in_token: per key through the gate (the policy file's keys: section) and for every
+// key through the engine option (config require_in_token). The fake token builds no CMS.
+class RequireInTokenGate final : public ItemGate {
+ public:
+  explicit RequireInTokenGate(std::string key) : key_(std::move(key)) {}
+  absl::Status Admit() override { return absl::OkStatus(); }
+  absl::Status CheckKey(const std::string&) override { return absl::OkStatus(); }
+  absl::Status CheckRecipient(const v1::Recipient&, const RecipientCache::Parsed*) override {
+    return absl::OkStatus();
+  }
+  bool RequireInToken(const std::string& key) override { return key == key_; }
+  void ItemDone(const v1::RewrapResult&) override {}
+  void BatchDone(const v1::RewrapRequest&, v1::RewrapResponse*,
+                 const std::vector<std::string>&) override {}
+
+ private:
+  std::string key_;
+};
+
+TEST_F(EngineTest, RequireInTokenRefusesInsteadOfFallingBack) {
+  backend_->SetWrapPaddings({RsaPadding::kOaepSha256});
+  RequireInTokenGate gate("native");
+  const std::string secret = "in-token-only";
+  auto ct = Seal("native", RsaPadding::kOaepSha512, secret);
+  // A bare output the token wraps: IN_TOKEN, required or not.
+  auto bare = engine_->ProcessItem(Item("a", "native", v1::OAEP_SHA512, ct), &gate);
+  EXPECT_EQ(bare.path(), v1::IN_TOKEN);
+  EXPECT_EQ(OpenBare(bare, RsaPadding::kOaepSha256), secret);
+  // CMS: this token builds none in the token; the required key fails, naming the mechanisms.
+  const int before = backend_->decrypt_calls();
+  auto cms = engine_->ProcessItem(Item("b", "native", v1::OAEP_SHA512, ct, v1::CMS_ENVELOPED),
+                                  &gate);
+  EXPECT_EQ(cms.error().code(), ItemError::UNSUPPORTED);
+  EXPECT_THAT(cms.error().message(),
+              AllOf(HasSubstr("require_in_token"), HasSubstr("CKM_AES_CBC_PAD"),
+                    HasSubstr("CMS_ENVELOPED with AES-256-CBC")));
+  EXPECT_EQ(backend_->decrypt_calls(), before) << "refused before any token call";
+  // Another key is not required to: it falls back to TOKEN_DECRYPT.
+  auto other = engine_->ProcessItem(
+      Item("c", "svc", v1::OAEP_SHA1, Seal("svc", RsaPadding::kOaepSha1, secret),
+           v1::CMS_ENVELOPED),
+      &gate);
+  EXPECT_EQ(other.path(), v1::TOKEN_DECRYPT);
+  EXPECT_EQ(OpenCms(other), secret);
+
+  // The engine option requires it of every key, gate or not.
+  RewrapEngine::Options o;
+  o.allow_host_unpadding = true;
+  o.require_in_token = true;
+  RewrapEngine strict(backend_, o);
+  auto r = strict.ProcessItem(Item("d", "svc", v1::OAEP_SHA1, Seal("svc", RsaPadding::kOaepSha1,
+                                                                   secret), v1::CMS_ENVELOPED));
+  EXPECT_EQ(r.error().code(), ItemError::UNSUPPORTED);
+  EXPECT_THAT(r.error().message(), HasSubstr("require_in_token"));
+  // in_token_cms off: never built in the token, and the message says why.
+  o.require_in_token = true;
+  o.in_token_cms = false;
+  RewrapEngine off(backend_, o);
+  auto r2 = off.ProcessItem(Item("e", "svc", v1::OAEP_SHA1, Seal("svc", RsaPadding::kOaepSha1,
+                                                                 secret), v1::CMS_ENVELOPED));
+  EXPECT_THAT(r2.error().message(), HasSubstr("in_token_cms: false"));
+}
+
 }  // namespace
 }  // namespace hsmrewrap::service

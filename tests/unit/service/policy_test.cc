@@ -269,5 +269,25 @@ TEST(PolicyEkuTest, RequiredEkuOnListedCertificate) {
     EXPECT_TRUE(plain.CheckCertificate(*c).ok());
 }
 
+TEST(PolicyKeysTest, RequireInTokenPerKey) {
+  auto p = LoadText(
+      "clients: [{name: a, anonymous: true, rpcs: [rewrap], keys: ['*']}]\n"
+      "keys:\n  intune-2024: {require_in_token: true}\n  old: {require_in_token: false}\n");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE((*p)->RequireInToken("intune-2024"));
+  EXPECT_FALSE((*p)->RequireInToken("old"));
+  EXPECT_FALSE((*p)->RequireInToken("other"));
+  auto all = LoadText("clients: []\nkeys: {'*': {require_in_token: true}}\n");
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_TRUE((*all)->RequireInToken("any"));
+  // Mistakes name the entry.
+  EXPECT_THAT(LoadText("clients: []\nkeys: {k: {require_in_tokn: true}}\n").status().message(),
+              HasSubstr("keys.k.require_in_tokn"));
+  EXPECT_THAT(LoadText("clients: []\nkeys: {k: {require_in_token: maybe}}\n").status().message(),
+              HasSubstr("expected true or false"));
+  EXPECT_THAT(LoadText("clients: []\nkeys: [k]\n").status().message(),
+              HasSubstr("expected a mapping"));
+}
+
 }  // namespace
 }  // namespace hsmrewrap::service
