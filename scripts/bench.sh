@@ -4,6 +4,12 @@
 # next to its target with the ratio.
 #
 #   scripts/bench.sh [--quick] [--out DIR] [--skip-memory] [--skip-delay] [--skip-scaling]
+#   scripts/bench.sh --mode in-token-cms [--quick] [--out DIR]
+#
+# --mode in-token-cms: on NSS softoken (which builds CMS in the token), CMS_ENVELOPED to
+# RSA-2048 device certificates built IN_TOKEN against the same requests built on the host
+# (rewrapd --no-in-token-cms: TOKEN_DECRYPT), alternating runs, side by side (about 3 min;
+# --quick about 1).
 #
 # --quick finishes in about 2-3 minutes (short runs, fewer points); the default takes about
 # 25 minutes (the memory run alone is 10 minutes). Binaries come from $BUILD_DIR (default
@@ -15,7 +21,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD_DIR=$(cd "${BUILD_DIR:-$ROOT/build}" 2>/dev/null && pwd) || { echo "bench.sh: no build folder: build first (scripts/build.sh)" >&2; exit 2; }
-QUICK=0 OUT="" DO_MEM=1 DO_DELAY=1 DO_SCALING=1 ARGS="$*"
+QUICK=0 OUT="" DO_MEM=1 DO_DELAY=1 DO_SCALING=1 MODE=all ARGS="$*"
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1 ;;
@@ -23,7 +29,8 @@ while [ $# -gt 0 ]; do
     --skip-memory) DO_MEM=0 ;;
     --skip-delay) DO_DELAY=0 ;;
     --skip-scaling) DO_SCALING=0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --mode) MODE=$2; shift ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -76,6 +83,51 @@ baseline() {  # baseline NAME [args...]: JSON in $OUT/NAME.json
 row() {  # row FIGURE MEASURED TARGET RATIO VERDICT
   say "$(printf '| %-66s | %18s | %-31s | %5s | %-3s |' "$1" "$2" "$3" "$4" "$5")"
 }
+
+# --- In-token CMS against host-built CMS on NSS softoken (--mode in-token-cms).
+if [ "$MODE" = in-token-cms ]; then
+  NSS_MOD=/usr/lib/x86_64-linux-gnu/libsoftokn3.so
+  [ -f "$NSS_MOD" ] && command -v certutil >/dev/null || { echo "bench.sh: needs libnss3 and certutil (libnss3-tools)" >&2; exit 2; }
+  NSSDB=$WORK/nssdb
+  # NSS softoken decrypts the private key from its SQL database with PBKDF2 on every use
+  # (~30 ms at the default iteration count on this machine): that would measure the
+  # database's key protection, not the rewrap. One iteration, as the tests use.
+  export NSS_MAX_MP_PBE_ITERATION_COUNT=${NSS_MAX_MP_PBE_ITERATION_COUNT:-1}
+  mkdir -p "$NSSDB" && printf 'bench-nss-pin' >"$NSSDB/pin" && chmod 600 "$NSSDB/pin"
+  certutil -N -d "sql:$NSSDB" -f "$NSSDB/pin"
+  nss() {  # nss LOGNAME [args...]: rewrapd on the NSS database
+    serve "$@" --module "$NSS_MOD" --token "NSS Certificate DB" --pin-file "$NSSDB/pin" \
+      --init-args "configdir='sql:$NSSDB' certPrefix='' keyPrefix='' secmod='secmod.db' flags=" \
+      --state-dir "$WORK/nss-state"
+  }
+  say "## in-token CMS vs host-built CMS on NSS softoken, $(date -u +%Y-%m-%dT%H:%MZ)"
+  say ""
+  say "- command: \`scripts/bench.sh${ARGS:+ $ARGS}\` at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); runs of ${DUR} s, alternating (in-token, host, in-token, host)"
+  say "- machine: $CORES cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  say "- service key RSA-2048 on NSS softoken $(dpkg-query -W -f='${Version}' libnss3 2>/dev/null), OAEP_SHA256 sealed, CMS_ENVELOPED (AES-256-CBC, OAEP-SHA256) to 2048-bit device certificates, batch 64, 2 streams x depth 4, every output decrypted and checked (--verify-all); NSS_MAX_MP_PBE_ITERATION_COUNT=$NSS_MAX_MP_PBE_ITERATION_COUNT"
+  say ""
+  nss nsskey
+  "$CTL" --target "$REWRAPD_ADDR" --timeout 120 keys create default >/dev/null
+  # NSS softoken keeps key metadata in the process only: every run re-reads the key.
+  stop_rewrapd
+  say "| run | path | items/s | server CPU us/item | item p50 ms | item p99 ms | errors | verified |"
+  say "|---|---|---|---|---|---|---|---|"
+  for round in 1 2; do
+    for side in in-token host; do
+      if [ $side = in-token ]; then nss cms-$side$round; else nss cms-$side$round --no-in-token-cms; fi
+      PADDING=OAEP_SHA256 load cms-$side$round --batch 64 --streams 2 --depth 4 --duration $DUR --verify-all
+      stop_rewrapd
+      f=$OUT/cms-$side$round.json
+      say "| $side $round | $(jget "$f" '" ".join(k + "=" + str(v) for k, v in j["paths"].items())') | $(jget "$f" 'round(j["items_per_s"])') | $(jget "$f" 'round(j["server"]["cpu_us_per_item"])') | $(jget "$f" 'round(j["latency"]["item"]["p50_ms"], 1)') | $(jget "$f" 'round(j["latency"]["item"]["p99_ms"], 1)') | $(jget "$f" 'j["error_items"]') | $(jget "$f" 'j["verified"]') |"
+    done
+  done
+  IN=$(calc "($(jget "$OUT/cms-in-token1.json" 'j["items_per_s"]') + $(jget "$OUT/cms-in-token2.json" 'j["items_per_s"]')) / 2")
+  HOST=$(calc "($(jget "$OUT/cms-host1.json" 'j["items_per_s"]') + $(jget "$OUT/cms-host2.json" 'j["items_per_s"]')) / 2")
+  say ""
+  say "In-token CMS / host-built CMS, mean of two runs each: $(printf %.0f "$IN") / $(printf %.0f "$HOST") items/s = $(calc "round($IN / $HOST, 2)")."
+  say "Load average after: $(cut -d' ' -f1-3 /proc/loadavg). Reports: $OUT (*.json)."
+  exit 0
+fi
 
 say "## rewrap benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
 say ""

@@ -26,7 +26,7 @@ struct Flags {
       max_queued_key_calls, selftest_interval, shutdown_grace, reconnect_backoff_max,
       token_call_timeout;
   bool allow_host_unpadding = false, deny_host_unpadding = false, check_config = false,
-       version = false, insecure = false;
+       version = false, insecure = false, require_in_token = false, no_in_token_cms = false;
 };
 
 void AddFlags(CLI::App& app, Flags& f) {
@@ -49,6 +49,10 @@ void AddFlags(CLI::App& app, Flags& f) {
                "token cannot do");
   app.add_flag("--deny-host-unpadding", f.deny_host_unpadding,
                "never unpad on the host (the embedded default allows it)");
+  app.add_flag("--require-in-token", f.require_in_token,
+               "every item must take the IN_TOKEN path; items that cannot fail UNSUPPORTED");
+  app.add_flag("--no-in-token-cms", f.no_in_token_cms,
+               "build CMS outputs on the host even where the token could build them");
   app.add_option("--pool-size", f.pool_size, "PKCS#11 sessions (default: 2 x cores, at least 2)");
   app.add_option("--workers", f.workers,
                  "engine threads that run items (default: max(pool size, cores)); more than the "
@@ -122,6 +126,8 @@ void ApplyFlags(const Flags& f, Config& c) {
   if (f.max_inflight) c.limits.max_inflight_items = *f.max_inflight;
   if (f.max_message) c.limits.max_message_bytes = *f.max_message;
   if (f.max_queued_key_calls) c.limits.max_queued_key_calls = *f.max_queued_key_calls;
+  if (f.require_in_token) c.require_in_token = true;
+  if (f.no_in_token_cms) c.in_token_cms = false;
   if (f.allow_host_unpadding || f.deny_host_unpadding) {
     c.allow_host_unpadding = f.allow_host_unpadding;
     c.allow_host_unpadding_set = true;
