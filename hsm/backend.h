@@ -34,6 +34,12 @@ const char* PathName(Path p);
 struct KeyCapabilities {
   std::set<RsaPadding> decrypt;  // C_Decrypt with this padding works (TOKEN_DECRYPT)
   std::set<RsaPadding> unwrap;   // C_UnwrapKey with this padding works (IN_TOKEN source)
+  // Paddings in `unwrap` for which the token refuses the longest secret the key can carry
+  // (it caps its secret objects' length: NSS softoken 3.87 at 256 bytes, so RSA-3072 and
+  // larger keys). An IN_TOKEN item of such a padding whose unwrap fails may be a valid long
+  // secret: the engine then runs it on the next path (never DECRYPT_FAILED from the unwrap
+  // alone).
+  std::set<RsaPadding> unwrap_short_only;
   bool raw_rsa = false;          // CKM_RSA_X_509 decrypt works (HOST_UNPADDING possible)
   // PKCS#1 v1.5 (probed only when PKCS1 is): the token does implicit rejection, i.e. a
   // ciphertext with invalid padding "decrypts" (C_Decrypt/C_UnwrapKey CKR_OK) to a

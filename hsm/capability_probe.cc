@@ -175,6 +175,26 @@ absl::StatusOr<KeyCapabilities> ProbeKey(const LeaseSource& lease, CK_OBJECT_HAN
         if (Lost(h.status())) return h.status();
       }
     }
+    // And the longest secret this key carries with this padding: a token may cap the
+    // length of the secret objects it makes (NSS softoken 3.87: 256 bytes), so a valid
+    // sealed secret longer than that would fail C_UnwrapKey like a bad ciphertext.
+    if (caps.unwrap.count(p)) {
+      const crypto::Bytes longest = crypto::RandomBytes(crypto::MaxPlaintextLen(p, k));
+      auto long_ct = crypto::RsaEncrypt(pub, p, longest);
+      if (!long_ct.ok()) return long_ct.status();
+      auto l = lease();
+      if (!l.ok()) return l.status();
+      Template t = SessionSecretTemplate();
+      auto h = l->Unwrap(mech.get(), priv, *long_ct, t);
+      if (h.ok()) {
+        l->Destroy(*h);
+      } else {
+        spdlog::debug("unwrap probe {} of {} bytes: {}", PaddingName(p), longest.size(),
+                      std::string(h.status().message()));
+        if (Lost(h.status())) return h.status();
+        caps.unwrap_short_only.insert(p);
+      }
+    }
   }
   // Implicit rejection (the Marvin countermeasure, NSS softoken): does an invalid PKCS#1
   // v1.5 block come back as CKR_OK instead of an error? Not an error to us: it is reported

@@ -97,9 +97,14 @@ absl::StatusOr<KeyRefPtr> Pkcs11Backend::LoadKey(const std::string& name, CK_OBJ
   info.spki_der = pub->SpkiDer();
   info.caps = *std::move(caps);
   const size_t modulus_len = static_cast<size_t>((info.bits + 7) / 8);
-  spdlog::info("key '{}' RSA-{}{}: decrypt {} unwrap {} raw_rsa {}{}{}", name, info.bits,
+  spdlog::info("key '{}' RSA-{}{}: decrypt {} unwrap {}{} raw_rsa {}{}{}", name, info.bits,
                md.present ? "" : " (no metadata: defaults)", PaddingSetName(info.caps.decrypt),
-               PaddingSetName(info.caps.unwrap), info.caps.raw_rsa,
+               PaddingSetName(info.caps.unwrap),
+               info.caps.unwrap_short_only.empty()
+                   ? ""
+                   : " (not the longest secrets: " + PaddingSetName(info.caps.unwrap_short_only) +
+                         ")",
+               info.caps.raw_rsa,
                info.caps.pkcs1_implicit_rejection
                    ? " pkcs1_implicit_rejection (bad PKCS#1 padding gives a pseudo-random "
                      "secret, not DECRYPT_FAILED)"

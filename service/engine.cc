@@ -394,11 +394,29 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
     return r;
   }
   const auto ct = BytesOf(item.ciphertext());
+  size_t next = 0;
   if (paths.front() == hsm::Path::kInToken) {
-    RewrapInToken(item, rcpt, key, in_padding, cms, r);
-    return r;
+    if (RewrapInToken(item, rcpt, key, in_padding, cms, r)) return r;
+    // The unwrap failed where the token caps its secrets' length: the item may be a valid
+    // secret too long to unwrap. It runs on the next path, where the decryption decides;
+    // with require_in_token (or no other path) it fails UNSUPPORTED, never DECRYPT_FAILED.
+    next = 1;
+    if (paths.size() < 2 || options_.require_in_token ||
+        (gate && gate->RequireInToken(item.key_name()))) {
+      r = v1::RewrapResult();
+      r.set_id(item.id());
+      Fail(r, ItemError::UNSUPPORTED,
+           absl::StrCat("token '", backend_->TokenLabel(), "' does not unwrap the longest ",
+                        PaddingName(item.padding()), " secrets key '", item.key_name(),
+                        "' can carry: this one is longer than it takes or does not decrypt, "
+                        "and ", paths.size() < 2 ? "no other path is available"
+                                                 : "require_in_token forbids the fallback"));
+      return r;
+    }
+    r = v1::RewrapResult();
+    r.set_id(item.id());
   }
-  const hsm::Path path = paths.front();
+  const hsm::Path path = paths[next];
   auto plain = backend_->Decrypt(key, in_padding, ct, path);
   if (!plain.ok()) {
     FailFromOp(r, plain, item.key_name());
@@ -447,23 +465,28 @@ bool RewrapEngine::CanBuildInToken(const v1::RewrapItem& item, const Recipient& 
   return false;
 }
 
-void RewrapEngine::RewrapInToken(const v1::RewrapItem& item, const Recipient& rcpt,
+bool RewrapEngine::RewrapInToken(const v1::RewrapItem& item, const Recipient& rcpt,
                                  const hsm::KeyRefPtr& key, RsaPadding in_padding,
                                  const crypto::CmsOptions& cms, v1::RewrapResult& r) {
   const auto ct = BytesOf(item.ciphertext());
+  // A failed unwrap is final unless the token caps the unwrapped secret's length below
+  // what this key and padding carry (KeyCapabilities::unwrap_short_only).
+  const bool maybe_too_long = key->info.caps.unwrap_short_only.count(in_padding) > 0;
   absl::StatusOr<crypto::Bytes> out;
   if (rcpt.bare) {
     auto wrapped = backend_->RewrapInToken(key, in_padding, ct, *rcpt.key, rcpt.out_padding);
     if (!wrapped.ok()) {
+      if (maybe_too_long && wrapped.outcome() == hsm::Outcome::kDecryptFailed) return false;
       FailFromOp(r, wrapped, item.key_name());
-      return;
+      return true;
     }
     out = *std::move(wrapped);
   } else {
     auto parts = backend_->EnvelopeInToken(key, in_padding, ct, *rcpt.key, cms);
     if (!parts.ok()) {
+      if (maybe_too_long && parts.outcome() == hsm::Outcome::kDecryptFailed) return false;
       FailFromOp(r, parts, item.key_name());
-      return;
+      return true;
     }
     out = rcpt.cert ? crypto::CmsAssembleToCertificate(*rcpt.cert, cms, *parts)
                     : crypto::CmsAssembleToPublicKey(*rcpt.key, cms, *parts);
@@ -471,11 +494,12 @@ void RewrapEngine::RewrapInToken(const v1::RewrapItem& item, const Recipient& rc
       spdlog::warn("item {}: assembling the in-token CMS failed: {}", item.id(),
                    out.status().ToString());
       Fail(r, ItemError::INTERNAL, "encrypting to the recipient failed");
-      return;
+      return true;
     }
   }
   r.set_ciphertext(out->data(), out->size());
   r.set_path(v1::IN_TOKEN);
+  return true;
 }
 
 std::vector<v1::InTokenOutput> RewrapEngine::InTokenOutputs(const hsm::KeyInfo& info) {

@@ -138,8 +138,10 @@ class RewrapEngine final {
   // *cms to the CMS options of a CMS item.
   bool CanBuildInToken(const v1::RewrapItem& item, const Recipient& rcpt, crypto::CmsOptions* cms,
                        std::string* missing);
-  // IN_TOKEN: the token's rewrap or in-token CMS, and the result.
-  void RewrapInToken(const v1::RewrapItem& item, const Recipient& rcpt, const hsm::KeyRefPtr& key,
+  // IN_TOKEN: the token's rewrap or in-token CMS, and the result. False (r untouched)
+  // when the unwrap failed and the key's caps say it may have been a valid secret longer
+  // than the token unwraps: the caller decides what follows.
+  bool RewrapInToken(const v1::RewrapItem& item, const Recipient& rcpt, const hsm::KeyRefPtr& key,
                      crypto::RsaPadding in_padding, const crypto::CmsOptions& cms,
                      v1::RewrapResult& r);
   // The host step of TOKEN_DECRYPT / HOST_UNPADDING: the secret encrypted to the recipient.

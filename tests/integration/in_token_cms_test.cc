@@ -137,6 +137,40 @@ TEST_F(InTokenCmsTest, EveryCmsFormOpensWithOpenSslAndBouncyCastle) {
   }
 }
 
+// A token that caps its secret objects' length (NSS softoken: 256 bytes) cannot unwrap the
+// longest secrets an RSA-3072 key carries: such a valid item is never DECRYPT_FAILED, it is
+// rewrapped on the host path; shorter secrets stay IN_TOKEN.
+TEST_F(InTokenCmsTest, SecretsLongerThanTheTokenUnwrapsFallBackNeverFail) {
+  ServiceKey k;
+  ASSERT_NO_FATAL_FAILURE(CreateServiceKey(h_, "cms-3072", 3072, false, &k));
+  const Device big = MakeDevice(4096, "device-4096");
+  const std::string longest = RandomAscii(384 - 66), shortest = RandomAscii(200);
+  v1::RewrapRequest req;
+  AddItem(&req, "long-cms", k.name, v1::OAEP_SHA256, Seal(k, v1::OAEP_SHA256, longest), big,
+          Rcp::kCertDer, v1::CMS_ENVELOPED);
+  AddItem(&req, "long-bare", k.name, v1::OAEP_SHA256, Seal(k, v1::OAEP_SHA256, longest), big,
+          Rcp::kSpkiDer, v1::RSA_OAEP_SHA256);
+  AddItem(&req, "short-cms", k.name, v1::OAEP_SHA256, Seal(k, v1::OAEP_SHA256, shortest), big,
+          Rcp::kCertDer, v1::CMS_ENVELOPED);
+  std::string bad = Seal(k, v1::OAEP_SHA256, shortest);
+  bad[7] ^= 1;
+  AddItem(&req, "bad", k.name, v1::OAEP_SHA256, bad, big, Rcp::kCertDer, v1::CMS_ENVELOPED);
+  v1::RewrapResponse resp;
+  ASSERT_NO_FATAL_FAILURE(CallRewrap(h_, req, &resp));
+  ExpectRewrapped(resp.results(0), "long-cms", big, Rcp::kCertDer, v1::CMS_ENVELOPED, longest, k,
+                  v1::OAEP_SHA256);
+  ExpectRewrapped(resp.results(1), "long-bare", big, Rcp::kSpkiDer, v1::RSA_OAEP_SHA256, longest,
+                  k, v1::OAEP_SHA256);
+  ExpectRewrapped(resp.results(2), "short-cms", big, Rcp::kCertDer, v1::CMS_ENVELOPED, shortest,
+                  k, v1::OAEP_SHA256);
+  ExpectItemError(resp.results(3), "bad", v1::ItemError::DECRYPT_FAILED);
+  if (nss()) {
+    EXPECT_EQ(resp.results(0).path(), v1::TOKEN_DECRYPT);
+    EXPECT_EQ(resp.results(1).path(), v1::TOKEN_DECRYPT);
+    EXPECT_EQ(resp.results(2).path(), v1::IN_TOKEN);
+  }
+}
+
 // `openssl asn1parse` of DER with the values of OCTET STRINGs (the IV and the encrypted
 // key) masked; offsets, lengths, OIDs, parameters, versions and names stay.
 std::string Skeleton(const std::string& der_path) {
