@@ -1,5 +1,7 @@
 #include "hsm/backend.h"
 
+#include <openssl/ec.h>
+
 #include "absl/strings/str_cat.h"
 
 namespace hsmrewrap::hsm {
@@ -61,11 +63,21 @@ std::string CmsFormSetName(const CmsFormSet& s) {
   return out + "}";
 }
 
-OpResult<crypto::CmsKeyTransParts> KeyBackend::EnvelopeInToken(const KeyRefPtr&, RsaPadding,
+std::string EcCmsFormSetName(const EcCmsFormSet& s) {
+  std::string out = "{";
+  for (const auto& [curve, c] : s) {
+    if (out.size() > 1) out += ",";
+    const char* name = EC_curve_nid2nist(curve);
+    absl::StrAppend(&out, name ? name : "?", "/", CmsContentCipherName(c));
+  }
+  return out + "}";
+}
+
+OpResult<crypto::CmsTokenParts> KeyBackend::EnvelopeInToken(const KeyRefPtr&, RsaPadding,
                                                                absl::Span<const uint8_t>,
                                                                const crypto::PublicKey&,
                                                                const crypto::CmsOptions&) {
-  return OpResult<crypto::CmsKeyTransParts>::Refused(
+  return OpResult<crypto::CmsTokenParts>::Refused(
       absl::UnimplementedError("this backend does not build CMS in the token"));
 }
 

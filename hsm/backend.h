@@ -173,6 +173,11 @@ using CmsFormSet = std::set<CmsForm>;
 const char* CmsKeyTransportName(crypto::CmsKeyTransport t);  // "OAEP-SHA256", "PKCS1"
 const char* CmsContentCipherName(crypto::CmsContentCipher c);  // "AES-256-CBC", ...
 std::string CmsFormSetName(const CmsFormSet& s);  // "{OAEP-SHA256/AES-256-CBC,...}"
+// In-token CMS to EC recipients (ECDH key agreement in the token): (curve NID, content
+// cipher) pairs, learned by trial at start-up for P-256 and P-384 with AES content.
+using EcCmsForm = std::pair<int, crypto::CmsContentCipher>;
+using EcCmsFormSet = std::set<EcCmsForm>;
+std::string EcCmsFormSetName(const EcCmsFormSet& s);  // "{P-256/AES-256-CBC,...}"
 
 class KeyBackend {
  public:
@@ -220,20 +225,21 @@ class KeyBackend {
                                         const crypto::PublicKey& device_key,
                                         RsaPadding out_padding) = 0;
 
-  // In-token CMS: C_UnwrapKey(key, in_padding) into a sensitive session secret;
-  // C_GenerateKey of a session content key (options.cipher; sensitive, extractable only by
-  // wrapping); C_WrapKey(CBC_PAD, random IV) of the secret under it (the encryptedContent);
-  // C_WrapKey(device RSA public key as a session object, options.key_transport) of the
-  // content key (the encryptedKey). Every object is destroyed. The host assembles the DER
-  // (crypto/cms_assemble.h). Only for forms in CmsInToken(); the default refuses
-  // (Unimplemented).
-  virtual OpResult<crypto::CmsKeyTransParts> EnvelopeInToken(const KeyRefPtr& key,
+  // In-token CMS: C_UnwrapKey(key, in_padding) into a sensitive session secret, then the
+  // parts of hsm/cms_in_token.h (content key generated in the token, the secret wrapped
+  // under it with CBC_PAD; the content key wrapped to an RSA device key, or by ECDH key
+  // agreement for an EC one). Every object is destroyed. The host assembles the DER
+  // (crypto/cms_assemble.h). Only for forms in CmsInToken() / CmsInTokenEc(); the default
+  // refuses (Unimplemented).
+  virtual OpResult<crypto::CmsTokenParts> EnvelopeInToken(const KeyRefPtr& key,
                                                              RsaPadding in_padding,
                                                              absl::Span<const uint8_t> ciphertext,
                                                              const crypto::PublicKey& device_key,
                                                              const crypto::CmsOptions& options);
-  // The forms EnvelopeInToken builds on this token (default: none).
+  // The forms EnvelopeInToken builds on this token (default: none): to RSA device keys, and
+  // to EC device keys.
   virtual CmsFormSet CmsInToken() { return {}; }
+  virtual EcCmsFormSet CmsInTokenEc() { return {}; }
 
   // The same by key name, for tools and tests: Resolve, then CheckKeyUse and the path's
   // availability (Unimplemented when the key or token cannot take it), then the operation.

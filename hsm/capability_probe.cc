@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <vector>
 
-#include "absl/cleanup/cleanup.h"
+#include <openssl/ec.h>
+#include <openssl/obj_mac.h>
+
+#include "absl/strings/str_cat.h"
+#include "hsm/cms_in_token.h"
 #include "crypto/cms_assemble.h"
 #include "crypto/rsa.h"
 #include "hsm/key_policy.h"
@@ -15,57 +19,42 @@ namespace {
 
 bool Lost(const absl::Status& s) { return IsTokenLossRv(CkrOf(s)); }
 
-// One in-token CMS form, end to end (see ProbeWrapPaddings). Only a lost token is an error.
-absl::StatusOr<bool> ProbeCmsForm(const LeaseSource& lease, const crypto::HostRsaKey& host,
-                                  const crypto::SecretBytes& value, RsaPadding transport,
-                                  crypto::CmsContentCipher cipher) {
-  const char* what = CmsContentCipherName(cipher);
+// One in-token CMS form, end to end (see ProbeWrapPaddings), with the same calls the rewrap
+// makes (BuildCmsParts) on a known secret. `open` gives the content key back from the
+// parts, as the device would. Only a lost token is an error.
+absl::StatusOr<bool> ProbeCmsForm(
+    const LeaseSource& lease, const crypto::SecretBytes& value, const crypto::PublicKey& device,
+    const crypto::CmsOptions& options, const std::string& what,
+    const std::function<absl::StatusOr<crypto::SecretBytes>(const crypto::CmsTokenParts&)>& open) {
   auto l = lease();
   if (!l.ok()) return l.status();
-  CK_OBJECT_HANDLE secret = CK_INVALID_HANDLE, cek = CK_INVALID_HANDLE, pub = CK_INVALID_HANDLE;
-  absl::Cleanup cleanup = [&] {
-    l->Destroy(secret);
-    l->Destroy(cek);
-    l->Destroy(pub);
-  };
-  auto fail = [&](const absl::Status& s, const char* step) -> absl::StatusOr<bool> {
-    spdlog::debug("in-token CMS probe {}/{} ({}): {}", PaddingName(transport), what, step,
-                  std::string(s.message()));
-    l->MarkBroken();
-    if (Lost(s)) return s;
-    return false;
-  };
   Template st = SessionSecretTemplate();
   st.SecretRef(CKA_VALUE, value);
-  auto h = l->Create(st);
-  if (!h.ok()) return fail(h.status(), "C_CreateObject secret");
-  secret = *h;
-  CK_MECHANISM gen{ContentKeyGenMechanism(cipher), nullptr, 0};
-  Template kt = ContentKeyTemplate(cipher);
-  auto k = l->GenerateKey(&gen, kt);
-  if (!k.ok()) return fail(k.status(), "C_GenerateKey");
-  cek = *k;
-  crypto::Bytes iv = crypto::RandomBytes(crypto::CmsContentIvLen(cipher));
-  CK_MECHANISM cbc{ContentWrapMechanism(cipher), iv.data(), static_cast<CK_ULONG>(iv.size())};
-  auto content = l->Wrap(&cbc, cek, secret, value.size() + 16);
-  if (!content.ok()) return fail(content.status(), "C_WrapKey CBC_PAD");
-  auto p = SessionPublicKey(*l, host.public_key());
-  if (!p.ok()) return fail(p.status(), "device key");
-  pub = *p;
-  RsaMechanism rsa(transport);
-  const size_t n = static_cast<size_t>((host.public_key().bits() + 7) / 8);
-  auto wrapped_key = l->Wrap(rsa.get(), pub, cek, n);
-  if (!wrapped_key.ok()) return fail(wrapped_key.status(), "C_WrapKey content key");
-  auto key = host.Decrypt(transport, *wrapped_key);
-  if (!key.ok()) {
-    spdlog::warn("in-token CMS probe {}/{}: the wrapped content key did not decrypt",
-                 PaddingName(transport), what);
+  auto secret = l->Create(st);
+  if (!secret.ok()) {
+    spdlog::debug("in-token CMS probe {}: C_CreateObject: {}", what,
+                  std::string(secret.status().message()));
+    l->MarkBroken();
+    if (Lost(secret.status())) return secret.status();
     return false;
   }
-  auto back = crypto::CmsContentDecrypt(cipher, *key, iv, *content);
+  auto parts = BuildCmsParts(*l, *secret, device, options, value.size());
+  l->Destroy(*secret);
+  if (!parts.ok()) {
+    spdlog::debug("in-token CMS probe {}: {}", what, std::string(parts.status().message()));
+    l->MarkBroken();
+    if (Lost(parts.status())) return parts.status();
+    return false;
+  }
+  auto key = open(*parts);
+  if (!key.ok()) {
+    spdlog::warn("in-token CMS probe {}: the content key did not come back: {}", what,
+                 std::string(key.status().message()));
+    return false;
+  }
+  auto back = crypto::CmsContentDecrypt(options.cipher, *key, parts->iv, parts->encrypted_content);
   if (!back.ok() || *back != value) {
-    spdlog::warn("in-token CMS probe {}/{}: the token's content did not decrypt to the secret",
-                 PaddingName(transport), what);
+    spdlog::warn("in-token CMS probe {}: the token's content did not decrypt to the secret", what);
     return false;
   }
   return true;
@@ -74,7 +63,7 @@ absl::StatusOr<bool> ProbeCmsForm(const LeaseSource& lease, const crypto::HostRs
 }  // namespace
 
 absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* out,
-                               CmsFormSet* cms) {
+                               CmsFormSet* cms, EcCmsFormSet* ec_cms) {
   auto host = crypto::HostRsaKey::Generate(2048);
   if (!host.ok()) return host.status();
   crypto::SecretBytes value;
@@ -127,9 +116,32 @@ absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* o
   for (const auto& [padding, transport] : kTransports) {
     if (!out->count(padding)) continue;
     for (crypto::CmsContentCipher cipher : kCiphers) {
-      auto ok = ProbeCmsForm(lease, *host, value, padding, cipher);
+      const crypto::RsaPadding p = padding;
+      auto ok = ProbeCmsForm(
+          lease, value, host->public_key(), crypto::CmsOptions{transport, cipher},
+          absl::StrCat(PaddingName(p), "/", CmsContentCipherName(cipher)),
+          [&host, p](const crypto::CmsTokenParts& parts) {
+            return host->Decrypt(p, parts.encrypted_key);
+          });
       if (!ok.ok()) return ok.status();
       if (*ok) cms->insert({transport, cipher});
+    }
+  }
+  if (ec_cms == nullptr) return absl::OkStatus();
+  for (int curve : {NID_X9_62_prime256v1, NID_secp384r1}) {
+    auto device = crypto::HostEcKey::Generate(curve);
+    if (!device.ok()) return device.status();
+    for (crypto::CmsContentCipher cipher :
+         {crypto::CmsContentCipher::kAes256Cbc, crypto::CmsContentCipher::kAes128Cbc}) {
+      const crypto::HostEcKey& d = *device;
+      auto ok = ProbeCmsForm(
+          lease, value, d.public_key(), crypto::CmsOptions{{}, cipher},
+          absl::StrCat(EC_curve_nid2nist(curve), "/", CmsContentCipherName(cipher)),
+          [&d, cipher](const crypto::CmsTokenParts& parts) {
+            return d.UnwrapContentKey(cipher, parts.ephemeral_point, parts.encrypted_key);
+          });
+      if (!ok.ok()) return ok.status();
+      if (*ok) ec_cms->insert({curve, cipher});
     }
   }
   return absl::OkStatus();

@@ -25,8 +25,10 @@ using LeaseSource = std::function<absl::StatusOr<SessionPool::Lease>()>;
 // a sensitive session secret of known value is wrapped under a generated content key
 // (CBC_PAD, random IV), the content key is wrapped to the throwaway host key, and the host
 // decrypts both; *cms gets every form whose result gave the secret back.
+// With `ec_cms` set, the same for EC device keys (P-256, P-384; AES content): a host EC key
+// stands for the device and unwraps the content key from the token's parts.
 absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* out,
-                               CmsFormSet* cms = nullptr);
+                               CmsFormSet* cms = nullptr, EcCmsFormSet* ec_cms = nullptr);
 
 // What the token does with a service key: C_Decrypt and C_UnwrapKey per padding (PKCS#1
 // v1.5 only with allow_pkcs1), whether bad PKCS#1 padding is implicitly rejected, and raw

@@ -162,6 +162,38 @@ Template ContentKeyTemplate(crypto::CmsContentCipher cipher) {
   return t;
 }
 
+void EphemeralEcTemplates(const crypto::Bytes& ec_params, Template& pub, Template& priv) {
+  pub.Ulong(CKA_CLASS, CKO_PUBLIC_KEY)
+      .Ulong(CKA_KEY_TYPE, CKK_EC)
+      .Bool(CKA_TOKEN, false)
+      .Data(CKA_EC_PARAMS, ec_params)
+      .Bool(CKA_DERIVE, true);
+  priv.Ulong(CKA_CLASS, CKO_PRIVATE_KEY)
+      .Ulong(CKA_KEY_TYPE, CKK_EC)
+      .Bool(CKA_TOKEN, false)
+      .Bool(CKA_PRIVATE, true)
+      .Bool(CKA_SENSITIVE, true)
+      .Bool(CKA_EXTRACTABLE, false)
+      .Bool(CKA_DERIVE, true)
+      .Bool(CKA_SIGN, false);
+}
+
+Template KekTemplate(size_t len) {
+  Template t;
+  t.Ulong(CKA_CLASS, CKO_SECRET_KEY)
+      .Ulong(CKA_KEY_TYPE, CKK_AES)
+      .Ulong(CKA_VALUE_LEN, static_cast<CK_ULONG>(len))
+      .Bool(CKA_TOKEN, false)
+      .Bool(CKA_PRIVATE, true)
+      .Bool(CKA_SENSITIVE, true)
+      .Bool(CKA_EXTRACTABLE, false)
+      .Bool(CKA_WRAP, true)
+      .Bool(CKA_ENCRYPT, false)
+      .Bool(CKA_DECRYPT, false)
+      .Bool(CKA_UNWRAP, false);
+  return t;
+}
+
 CK_MECHANISM_TYPE ContentKeyGenMechanism(crypto::CmsContentCipher cipher) {
   return cipher == crypto::CmsContentCipher::kDes3Cbc ? CKM_DES3_KEY_GEN : CKM_AES_KEY_GEN;
 }

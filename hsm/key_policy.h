@@ -49,6 +49,11 @@ Template ContentKeyTemplate(crypto::CmsContentCipher cipher);
 // wrap mechanism (CKM_AES_CBC_PAD, CKM_DES3_CBC_PAD) taking `iv`.
 CK_MECHANISM_TYPE ContentKeyGenMechanism(crypto::CmsContentCipher cipher);
 CK_MECHANISM_TYPE ContentWrapMechanism(crypto::CmsContentCipher cipher);
+// In-token CMS to EC recipients: the session ephemeral key pair on the curve `ec_params`
+// (DER OID; the private half sensitive, never extractable, derive only), and the session
+// KEK C_DeriveKey makes (AES, `len` bytes, sensitive, never extractable, wrap only).
+void EphemeralEcTemplates(const crypto::Bytes& ec_params, Template& pub, Template& priv);
+Template KekTemplate(size_t len);
 
 // Calls `create` (C_GenerateKeyPair or C_CreateObject with `priv`, and `pub` when given).
 // While the token rejects the template, drops the next optional attribute the templates

@@ -7,6 +7,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "hsm/capability_probe.h"
+#include "hsm/cms_in_token.h"
 #include "hsm/key_policy.h"
 #include "hsm/mechanisms.h"
 #include "spdlog/spdlog.h"
@@ -63,16 +64,17 @@ absl::StatusOr<std::unique_ptr<Pkcs11Backend>> Pkcs11Backend::Create(Options opt
   std::unique_ptr<Pkcs11Backend> b(
       new Pkcs11Backend(std::move(options), std::move(*token), std::move(*pool)));
   if (auto s = ProbeWrapPaddings([p = b.get()] { return p->Lease(); }, &b->wrap_paddings_,
-                                  &b->cms_forms_);
+                                  &b->cms_forms_, &b->ec_cms_forms_);
       !s.ok()) {
     if (s.code() == absl::StatusCode::kUnavailable) return s;
     spdlog::warn("token '{}': wrap probe failed: {}", b->token_.label, std::string(s.message()));
   }
   if (auto s = b->LoadAllKeys(); !s.ok()) return s;
   spdlog::info(
-      "token '{}' (serial {}, {}): wrap paddings {}, in-token CMS {}, host unpadding {}",
+      "token '{}' (serial {}, {}): wrap paddings {}, in-token CMS {} EC {}, host unpadding {}",
       b->token_.label, b->token_.serial, b->module().description(),
       PaddingSetName(b->wrap_paddings_), CmsFormSetName(b->cms_forms_),
+      EcCmsFormSetName(b->ec_cms_forms_),
       b->options_.allow_host_unpadding ? "ALLOWED" : "off");
   if (b->options_.allow_host_unpadding) {
     spdlog::warn("HOST_UNPADDING is enabled: raw RSA in the token, OAEP decoding on the host");
@@ -231,17 +233,23 @@ OpResult<Bytes> Pkcs11Backend::RewrapInToken(const KeyRefPtr& key_ref, RsaPaddin
   return *std::move(wrapped);
 }
 
-OpResult<crypto::CmsKeyTransParts> Pkcs11Backend::EnvelopeInToken(
+OpResult<crypto::CmsTokenParts> Pkcs11Backend::EnvelopeInToken(
     const KeyRefPtr& key_ref, RsaPadding in_padding, absl::Span<const uint8_t> ciphertext,
     const crypto::PublicKey& device_key, const crypto::CmsOptions& options) {
-  using R = OpResult<crypto::CmsKeyTransParts>;
-  if (!cms_forms_.count({options.key_transport, options.cipher})) {
+  using R = OpResult<crypto::CmsTokenParts>;
+  if (device_key.is_ec()) {
+    auto point = crypto::EcPointOf(device_key);
+    if (!point.ok() || !ec_cms_forms_.count({point->curve_nid, options.cipher})) {
+      return R::Refused(absl::UnimplementedError(
+          absl::StrCat("this token does not build CMS to this EC curve with ",
+                       CmsContentCipherName(options.cipher), " in the token")));
+    }
+  } else if (!device_key.is_rsa()) {
+    return R::Refused(absl::InvalidArgumentError("in-token CMS needs an RSA or EC device key"));
+  } else if (!cms_forms_.count({options.key_transport, options.cipher})) {
     return R::Refused(absl::UnimplementedError(
         absl::StrCat("this token does not build CMS with ", CmsKeyTransportName(options.key_transport),
                      " and ", CmsContentCipherName(options.cipher), " in the token")));
-  }
-  if (!device_key.is_rsa()) {
-    return R::Refused(absl::InvalidArgumentError("in-token CMS needs an RSA device key"));
   }
   auto own = Own(key_ref);
   if (!own.ok()) return R::FromStatus(own.status());
@@ -251,41 +259,15 @@ OpResult<crypto::CmsKeyTransParts> Pkcs11Backend::EnvelopeInToken(
   if (!unwrapped.ok()) return R::From(unwrapped);
   SessionPool::Lease& lease = unwrapped->lease;
   const CK_OBJECT_HANDLE secret = unwrapped->secret;
-  CK_OBJECT_HANDLE cek = CK_INVALID_HANDLE, device = CK_INVALID_HANDLE;
-  absl::Cleanup cleanup = [&] {
-    lease.Destroy(secret);
-    lease.Destroy(cek);
-    lease.Destroy(device);
-  };
+  absl::Cleanup cleanup = [&] { lease.Destroy(secret); };
   // From here no call sees the ciphertext: a failure is the token's, never DECRYPT_FAILED.
-  auto failed = [](const absl::Status& s, const char* step) {
-    spdlog::debug("in-token CMS, {}: {}", step, std::string(s.message()));
-    return TokenFailure<crypto::CmsKeyTransParts>(s, /*saw_ciphertext=*/false);
-  };
-  CK_MECHANISM gen{ContentKeyGenMechanism(options.cipher), nullptr, 0};
-  Template cek_template = ContentKeyTemplate(options.cipher);
-  auto k = lease.GenerateKey(&gen, cek_template);
-  if (!k.ok()) return failed(k.status(), "C_GenerateKey");
-  cek = *k;
-  crypto::CmsKeyTransParts parts;
-  parts.iv = crypto::RandomBytes(crypto::CmsContentIvLen(options.cipher));
-  CK_MECHANISM cbc{ContentWrapMechanism(options.cipher), parts.iv.data(),
-                   static_cast<CK_ULONG>(parts.iv.size())};
   // The secret is at most the service key's modulus long (it came out of one RSA block).
-  auto content = lease.Wrap(&cbc, cek, secret, key.modulus_len + 16);
-  if (!content.ok()) return failed(content.status(), "C_WrapKey CBC_PAD");
-  parts.encrypted_content = *std::move(content);
-  auto dev = SessionPublicKey(lease, device_key);
-  if (!dev.ok()) return failed(dev.status(), "device key");
-  device = *dev;
-  RsaMechanism transport(options.key_transport == crypto::CmsKeyTransport::kRsaPkcs1
-                             ? RsaPadding::kPkcs1
-                             : RsaPadding::kOaepSha256);
-  const size_t device_len = static_cast<size_t>((device_key.bits() + 7) / 8);
-  auto wrapped_key = lease.Wrap(transport.get(), device, cek, device_len);
-  if (!wrapped_key.ok()) return failed(wrapped_key.status(), "C_WrapKey content key");
-  parts.encrypted_key = *std::move(wrapped_key);
-  return parts;
+  auto parts = BuildCmsParts(lease, secret, device_key, options, key.modulus_len);
+  if (!parts.ok()) {
+    spdlog::debug("in-token CMS: {}", std::string(parts.status().message()));
+    return TokenFailure<crypto::CmsTokenParts>(parts.status(), /*saw_ciphertext=*/false);
+  }
+  return *std::move(parts);
 }
 
 }  // namespace hsmrewrap::hsm

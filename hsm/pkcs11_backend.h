@@ -66,11 +66,12 @@ class Pkcs11Backend final : public KeyBackend {
                                 absl::Span<const uint8_t> ciphertext,
                                 const crypto::PublicKey& device_key,
                                 RsaPadding out_padding) override;
-  OpResult<crypto::CmsKeyTransParts> EnvelopeInToken(const KeyRefPtr& key, RsaPadding in_padding,
+  OpResult<crypto::CmsTokenParts> EnvelopeInToken(const KeyRefPtr& key, RsaPadding in_padding,
                                                      absl::Span<const uint8_t> ciphertext,
                                                      const crypto::PublicKey& device_key,
                                                      const crypto::CmsOptions& options) override;
   CmsFormSet CmsInToken() override { return cms_forms_; }
+  EcCmsFormSet CmsInTokenEc() override { return ec_cms_forms_; }
   std::set<RsaPadding> WrapPaddings() override { return wrap_paddings_; }
   std::string TokenLabel() override { return token_.label; }
   bool Healthy() override;
@@ -134,6 +135,7 @@ class Pkcs11Backend final : public KeyBackend {
   const std::unique_ptr<SessionPool> pool_;
   std::set<RsaPadding> wrap_paddings_;  // set once in Create()
   CmsFormSet cms_forms_;                 // set once in Create()
+  EcCmsFormSet ec_cms_forms_;            // set once in Create()
   MetadataStore metadata_;
 
   absl::Mutex admin_mu_;  // serialises CreateKey/ImportKey/SetEnabled

@@ -91,6 +91,18 @@ void Lease::Destroy(CK_OBJECT_HANDLE h) {
   }
 }
 
+absl::StatusOr<CK_OBJECT_HANDLE> Lease::DeriveKey(CK_MECHANISM* mech, CK_OBJECT_HANDLE base,
+                                                  Template& t) {
+  const Module& m = module();
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  if (auto s = m.Call("C_DeriveKey", m.fl()->C_DeriveKey, handle_, mech, base, t.data(), t.size(),
+                      &h);
+      !s.ok()) {
+    return s;
+  }
+  return h;
+}
+
 absl::StatusOr<CK_OBJECT_HANDLE> Lease::GenerateKey(CK_MECHANISM* mech, Template& t) {
   const Module& m = module();
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;

@@ -64,6 +64,9 @@ class SessionPool final {
     void Destroy(CK_OBJECT_HANDLE h);
     // Destroys `h`, returning the status (for token objects a caller reports).
     absl::Status TryDestroy(CK_OBJECT_HANDLE h);
+    // C_DeriveKey from `base` into a new object of template `t`.
+    absl::StatusOr<CK_OBJECT_HANDLE> DeriveKey(CK_MECHANISM* mech, CK_OBJECT_HANDLE base,
+                                               Template& t);
     // C_GenerateKey of a secret key with template `t`.
     absl::StatusOr<CK_OBJECT_HANDLE> GenerateKey(CK_MECHANISM* mech, Template& t);
     absl::Status GenerateKeyPair(CK_MECHANISM* mech, Template& pub, Template& priv,

@@ -61,6 +61,7 @@ void TokenSupervisor::Install(std::shared_ptr<Pkcs11Backend> b) {
   label_ = b->TokenLabel();
   wrap_paddings_ = b->WrapPaddings();
   cms_forms_ = b->CmsInToken();
+  ec_cms_forms_ = b->CmsInTokenEc();
   pool_size_ = b->pool().size();
   if (observer_) b->pool().shared_module()->SetCallObserver(observer_);
   current_ = std::move(b);
@@ -198,10 +199,10 @@ OpResult<Bytes> TokenSupervisor::RewrapInToken(const KeyRefPtr& key, RsaPadding 
   return r;
 }
 
-OpResult<crypto::CmsKeyTransParts> TokenSupervisor::EnvelopeInToken(
+OpResult<crypto::CmsTokenParts> TokenSupervisor::EnvelopeInToken(
     const KeyRefPtr& key, RsaPadding in_padding, absl::Span<const uint8_t> ciphertext,
     const crypto::PublicKey& device_key, const crypto::CmsOptions& options) {
-  using R = OpResult<crypto::CmsKeyTransParts>;
+  using R = OpResult<crypto::CmsTokenParts>;
   auto r = OnToken<R>(
       [key, in_padding, ct = Bytes(ciphertext.begin(), ciphertext.end()), device_key,
        options](Pkcs11Backend& b) {
@@ -215,6 +216,11 @@ OpResult<crypto::CmsKeyTransParts> TokenSupervisor::EnvelopeInToken(
 CmsFormSet TokenSupervisor::CmsInToken() {
   absl::MutexLock l(&mu_);
   return cms_forms_;
+}
+
+EcCmsFormSet TokenSupervisor::CmsInTokenEc() {
+  absl::MutexLock l(&mu_);
+  return ec_cms_forms_;
 }
 
 std::set<RsaPadding> TokenSupervisor::WrapPaddings() {

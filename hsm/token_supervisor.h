@@ -100,11 +100,12 @@ class TokenSupervisor final : public KeyBackend {
                                 absl::Span<const uint8_t> ciphertext,
                                 const crypto::PublicKey& device_key,
                                 RsaPadding out_padding) override;
-  OpResult<crypto::CmsKeyTransParts> EnvelopeInToken(const KeyRefPtr& key, RsaPadding in_padding,
+  OpResult<crypto::CmsTokenParts> EnvelopeInToken(const KeyRefPtr& key, RsaPadding in_padding,
                                                      absl::Span<const uint8_t> ciphertext,
                                                      const crypto::PublicKey& device_key,
                                                      const crypto::CmsOptions& options) override;
   CmsFormSet CmsInToken() override;
+  EcCmsFormSet CmsInTokenEc() override;
   std::set<RsaPadding> WrapPaddings() override;
   std::string TokenLabel() override;
   // True while the state is Up (no token call: the thread keeps the state current).
@@ -174,6 +175,7 @@ class TokenSupervisor final : public KeyBackend {
   std::string label_ ABSL_GUARDED_BY(mu_);
   std::set<RsaPadding> wrap_paddings_ ABSL_GUARDED_BY(mu_);
   CmsFormSet cms_forms_ ABSL_GUARDED_BY(mu_);
+  EcCmsFormSet ec_cms_forms_ ABSL_GUARDED_BY(mu_);
   uint64_t reconnects_ ABSL_GUARDED_BY(mu_) = 0;
   double last_outage_s_ ABSL_GUARDED_BY(mu_) = 0;
   Module::CallObserver observer_ ABSL_GUARDED_BY(mu_);

@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <openssl/ec.h>
+
+#include <set>
 #include <unordered_set>
 
 #include "absl/strings/str_cat.h"
@@ -448,9 +451,18 @@ bool RewrapEngine::CanBuildInToken(const v1::RewrapItem& item, const Recipient& 
     *missing = "in-token CMS is turned off (in_token_cms: false)";
     return false;
   }
-  if (!rcpt.key->is_rsa()) {
-    *missing = "in-token CMS is built for RSA recipients only (EC key agreement is not done in "
-               "the token)";
+  if (rcpt.key->is_ec()) {
+    auto point = crypto::EcPointOf(*rcpt.key);
+    const int curve = point.ok() ? point->curve_nid : 0;
+    if (backend_->CmsInTokenEc().count({curve, cms->cipher})) return true;
+    const char* name = curve ? EC_curve_nid2nist(curve) : nullptr;
+    *missing = absl::StrCat(
+        token(), " cannot build CMS to an EC ", name ? name : "", " device key with ",
+        hsm::CmsContentCipherName(cms->cipher),
+        " in the token: that needs C_GenerateKeyPair (CKM_EC_KEY_PAIR_GEN) on the curve, "
+        "C_DeriveKey (CKM_ECDH1_DERIVE with CKD_SHA1_KDF), C_WrapKey with CKM_AES_KEY_WRAP and "
+        "with CKM_AES_CBC_PAD (AES content only), and they did not all work when probed at "
+        "start-up");
     return false;
   }
   if (backend_->CmsInToken().count({cms->key_transport, cms->cipher})) return true;
@@ -488,8 +500,13 @@ bool RewrapEngine::RewrapInToken(const v1::RewrapItem& item, const Recipient& rc
       FailFromOp(r, parts, item.key_name());
       return true;
     }
-    out = rcpt.cert ? crypto::CmsAssembleToCertificate(*rcpt.cert, cms, *parts)
-                    : crypto::CmsAssembleToPublicKey(*rcpt.key, cms, *parts);
+    if (rcpt.key->is_ec()) {
+      out = rcpt.cert ? crypto::CmsAssembleKeyAgreeToCertificate(*rcpt.cert, cms.cipher, *parts)
+                      : crypto::CmsAssembleKeyAgreeToPublicKey(*rcpt.key, cms.cipher, *parts);
+    } else {
+      out = rcpt.cert ? crypto::CmsAssembleToCertificate(*rcpt.cert, cms, *parts)
+                      : crypto::CmsAssembleToPublicKey(*rcpt.key, cms, *parts);
+    }
     if (!out.ok()) {
       spdlog::warn("item {}: assembling the in-token CMS failed: {}", item.id(),
                    out.status().ToString());
@@ -516,7 +533,14 @@ std::vector<v1::InTokenOutput> RewrapEngine::InTokenOutputs(const hsm::KeyInfo& 
         o.add_content_ciphers(c);
       }
     }
-    if (o.content_ciphers_size() > 0) out.push_back(std::move(o));
+    if (f == v1::CMS_ENVELOPED) {
+      const hsm::EcCmsFormSet ec =
+          options_.in_token_cms ? backend_->CmsInTokenEc() : hsm::EcCmsFormSet{};
+      std::set<std::string> curves;
+      for (const auto& form : ec) curves.insert(EC_curve_nid2nist(form.first));
+      for (const auto& c : curves) o.add_ec_curves(c);
+    }
+    if (o.content_ciphers_size() > 0 || o.ec_curves_size() > 0) out.push_back(std::move(o));
   }
   const std::set<RsaPadding> wraps = backend_->WrapPaddings();
   for (v1::OutputFormat f : {v1::RSA_OAEP_SHA256, v1::RSA_OAEP_SHA1, v1::RSA_OAEP_SHA384,

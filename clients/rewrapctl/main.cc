@@ -46,11 +46,14 @@ std::string ReadFileOrDie(const std::string& path) {
 // "CMS_ENVELOPED[AES_256_CBC,AES_128_CBC]" or "RSA_OAEP_SHA256".
 std::string InTokenName(const v1::InTokenOutput& o) {
   std::string s = v1::OutputFormat_Name(o.format());
-  if (o.content_ciphers_size() == 0) return s;
+  if (o.content_ciphers_size() == 0 && o.ec_curves_size() == 0) return s;
   std::string ciphers;
   for (int c : o.content_ciphers()) {
     absl::StrAppend(&ciphers, ciphers.empty() ? "" : ",",
                     v1::ContentCipher_Name(static_cast<v1::ContentCipher>(c)));
+  }
+  for (const auto& curve : o.ec_curves()) {
+    absl::StrAppend(&ciphers, ciphers.empty() ? "" : ",", "EC ", curve);
   }
   return absl::StrCat(s, "[", ciphers, "]");
 }
@@ -62,8 +65,11 @@ json KeyJson(const v1::KeyInfo& k) {
     for (int c : o.content_ciphers()) {
       ciphers.push_back(v1::ContentCipher_Name(static_cast<v1::ContentCipher>(c)));
     }
-    in_token.push_back(
-        json{{"format", v1::OutputFormat_Name(o.format())}, {"content_ciphers", ciphers}});
+    json curves = json::array();
+    for (const auto& c : o.ec_curves()) curves.push_back(c);
+    in_token.push_back(json{{"format", v1::OutputFormat_Name(o.format())},
+                            {"content_ciphers", ciphers},
+                            {"ec_curves", curves}});
   }
   json paths = json::object();
   for (const auto& p : k.paths()) {

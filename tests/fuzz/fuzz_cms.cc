@@ -35,9 +35,9 @@ void CheckEnveloped(const crypto::Bytes& der) {
 
 // Parts for CmsAssemble*: sized for `key` and the cipher when `right_size`, else cut
 // straight from `bytes` (the assembly must refuse or still give valid DER).
-crypto::CmsKeyTransParts PartsFrom(absl::Span<const uint8_t> bytes, const crypto::PublicKey& key,
+crypto::CmsTokenParts PartsFrom(absl::Span<const uint8_t> bytes, const crypto::PublicKey& key,
                                    const crypto::CmsOptions& o, bool right_size) {
-  crypto::CmsKeyTransParts parts;
+  crypto::CmsTokenParts parts;
   auto take = [&bytes](size_t n) {
     n = n < bytes.size() ? n : bytes.size();
     crypto::Bytes out(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(n));

@@ -1,5 +1,6 @@
 #include "tests/support/test_token.h"
 
+#include <openssl/obj_mac.h>
 #include <stdlib.h>
 
 #include <cctype>
@@ -31,7 +32,8 @@ TokenFacts SoftHsmFacts() {
   f.read_only_keys = f.sets_sign_when_modifiable = true;
   // Not pkcs1_implicit_rejection: bad PKCS#1 padding is an error (CKR_GENERAL_ERROR).
   // No in-token CMS: its symmetric wrapping is AES key wrap (RFC 3394/5649) only, so
-  // C_WrapKey with CKM_AES_CBC_PAD / CKM_DES3_CBC_PAD fails (CKR_MECHANISM_INVALID).
+  // C_WrapKey with CKM_AES_CBC_PAD / CKM_DES3_CBC_PAD fails (CKR_MECHANISM_INVALID); and its
+  // CKM_ECDH1_DERIVE takes CKD_NULL only (CKD_SHA1_KDF: CKR_MECHANISM_PARAM_INVALID).
   return f;
 }
 
@@ -49,6 +51,12 @@ TokenFacts NssFacts() {
     for (auto c : {crypto::CmsContentCipher::kAes256Cbc, crypto::CmsContentCipher::kAes128Cbc,
                    crypto::CmsContentCipher::kDes3Cbc}) {
       f.cms_in_token.insert({t, c});
+    }
+  }
+  // And to EC device keys: P-256 and P-384, AES content (ECDH with CKD_SHA1_KDF, AES key wrap).
+  for (int curve : {NID_X9_62_prime256v1, NID_secp384r1}) {
+    for (auto c : {crypto::CmsContentCipher::kAes256Cbc, crypto::CmsContentCipher::kAes128Cbc}) {
+      f.ec_cms_in_token.insert({curve, c});
     }
   }
   // Read-only keys: C_SetAttributeValue on them fails with CKR_ATTRIBUTE_READ_ONLY.

@@ -37,6 +37,9 @@ struct TokenFacts {
   // builds in the token (C_GenerateKey of the content key, C_WrapKey CBC_PAD of the secret
   // under it, C_WrapKey of the content key to the device key).
   hsm::CmsFormSet cms_in_token;
+  // Pkcs11Backend::CmsInTokenEc(): the same to EC device keys (ephemeral EC key pair,
+  // C_DeriveKey CKM_ECDH1_DERIVE with CKD_SHA1_KDF, C_WrapKey CKM_AES_KEY_WRAP).
+  hsm::EcCmsFormSet ec_cms_in_token;
   // CKM_RSA_X_509 decrypt works once host unpadding is allowed (HOST_UNPADDING).
   bool raw_rsa = false;
   // A PKCS#1 v1.5 ciphertext with bad padding "decrypts" (CKR_OK) to a deterministic

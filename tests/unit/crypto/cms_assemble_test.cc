@@ -42,7 +42,12 @@ const EVP_CIPHER* EvpCipher(CmsContentCipher c) {
 
 // What a token makes for in-token CMS, made here with OpenSSL: a random content key and IV,
 // the content under them (CBC, PKCS#7 padding), the key encrypted to the recipient.
-CmsKeyTransParts MakeParts(const PublicKey& recipient, const CmsOptions& o, const Bytes& content) {
+struct TestParts : CmsTokenParts {
+  Bytes content_key_for_test;
+};
+
+TestParts MakeParts(const PublicKey& recipient, const CmsOptions& o, const Bytes& content,
+                    bool wrap_key = true) {
   const EVP_CIPHER* cipher = EvpCipher(o.cipher);
   Bytes key = RandomBytes(static_cast<size_t>(EVP_CIPHER_get_key_length(cipher)));
   if (o.cipher == CmsContentCipher::kDes3Cbc) {  // DES parity, as a token's key generator sets it
@@ -51,7 +56,8 @@ CmsKeyTransParts MakeParts(const PublicKey& recipient, const CmsOptions& o, cons
       b = static_cast<uint8_t>(b | (__builtin_popcount(b) % 2 == 0 ? 1 : 0));
     }
   }
-  CmsKeyTransParts parts;
+  TestParts parts;
+  parts.content_key_for_test = key;
   parts.iv = RandomBytes(static_cast<size_t>(EVP_CIPHER_get_iv_length(cipher)));
   EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
   parts.encrypted_content.resize(content.size() + 16);
@@ -63,6 +69,7 @@ CmsKeyTransParts MakeParts(const PublicKey& recipient, const CmsOptions& o, cons
   EXPECT_EQ(EVP_EncryptFinal_ex(ctx, parts.encrypted_content.data() + n, &m), 1);
   EVP_CIPHER_CTX_free(ctx);
   parts.encrypted_content.resize(static_cast<size_t>(n + m));
+  if (!wrap_key) return parts;
   const RsaPadding padding = o.key_transport == CmsKeyTransport::kRsaPkcs1 ? RsaPadding::kPkcs1
                                                                             : RsaPadding::kOaepSha256;
   auto ek = RsaEncrypt(recipient, padding, key);
@@ -80,10 +87,12 @@ size_t Find(const Bytes& hay, const Bytes& needle) {
 // `host` equals `assembled` byte for byte outside the random parts (whose places are found
 // in `assembled`; the same places in `host` since every length must match).
 void ExpectSameApartFromRandomParts(const Bytes& host, const Bytes& assembled,
-                                    const CmsKeyTransParts& parts) {
+                                    const CmsTokenParts& parts) {
   ASSERT_EQ(host.size(), assembled.size());
   std::vector<bool> random(assembled.size(), false);
-  for (const Bytes* part : {&parts.iv, &parts.encrypted_key, &parts.encrypted_content}) {
+  for (const Bytes* part :
+       {&parts.iv, &parts.encrypted_key, &parts.encrypted_content, &parts.ephemeral_point}) {
+    if (part->empty()) continue;
     const size_t at = Find(assembled, *part);
     ASSERT_NE(at, std::string::npos);
     for (size_t i = 0; i < part->size(); ++i) random[at + i] = true;
@@ -108,7 +117,7 @@ TEST_P(CmsAssembleTest, CertificateRecipientMatchesHostBuildAndDecrypts) {
   ASSERT_TRUE(cert.ok());
   const CmsOptions o{kt, cipher};
   const Bytes secret = ToBytes("pfx-password-\xc3\xa9t\xc3\xa9 42");
-  const CmsKeyTransParts parts = MakeParts(cert->public_key(), o, secret);
+  const CmsTokenParts parts = MakeParts(cert->public_key(), o, secret);
   auto assembled = CmsAssembleToCertificate(*cert, o, parts);
   ASSERT_TRUE(assembled.ok()) << assembled.status();
   auto host = CmsEnvelopeToCertificate(*cert, secret, o);
@@ -126,7 +135,7 @@ TEST_P(CmsAssembleTest, BareKeyRecipientMatchesHostBuildAndDecrypts) {
   ASSERT_TRUE(key.ok());
   const CmsOptions o{kt, cipher};
   const Bytes secret = ToBytes("0123456789abcdef");  // a whole block: a full padding block
-  const CmsKeyTransParts parts = MakeParts(*key, o, secret);
+  const CmsTokenParts parts = MakeParts(*key, o, secret);
   auto assembled = CmsAssembleToPublicKey(*key, o, parts);
   ASSERT_TRUE(assembled.ok()) << assembled.status();
   auto host = CmsEnvelopeToPublicKey(*key, secret, o);
@@ -146,14 +155,83 @@ INSTANTIATE_TEST_SUITE_P(
                                          CmsContentCipher::kAes128Cbc, CmsContentCipher::kDes3Cbc),
                        ::testing::Values(2048, 3072)));
 
+// EC recipients: parts as a token makes them (ephemeral key, KEK by ECDH + X9.63 KDF, AES
+// key wrap), made here with HostEcKey; the assembled DER is OpenSSL's apart from the random
+// parts (the ephemeral point too) and decrypts with OpenSSL.
+class CmsAssembleEcTest
+    : public ::testing::TestWithParam<std::tuple<const char*, CmsContentCipher>> {};
+
+TestParts MakeEcParts(const PublicKey& recipient, CmsContentCipher cipher, const Bytes& content) {
+  TestParts parts = MakeParts(recipient, CmsOptions{CmsKeyTransport::kRsaOaepSha256, cipher},
+                                  content, /*wrap_key=*/false);
+  auto mine = EcPointOf(recipient);
+  EXPECT_TRUE(mine.ok());
+  auto eph = HostEcKey::Generate(mine->curve_nid);
+  EXPECT_TRUE(eph.ok());
+  parts.ephemeral_point = EcPointOf(eph->public_key())->point;
+  auto wrapped = eph->WrapContentKey(cipher, mine->point, parts.content_key_for_test);
+  EXPECT_TRUE(wrapped.ok()) << wrapped.status();
+  parts.encrypted_key = *wrapped;
+  return parts;
+}
+
+TEST_P(CmsAssembleEcTest, MatchesHostBuildAndDecrypts) {
+  const auto [curve, cipher] = GetParam();
+  auto pkey = EcKey(curve);
+  auto x = SelfSignedCert(pkey.get(), "ec-device", 77);
+  auto cert = Certificate::Parse(CertDer(x.get()));
+  ASSERT_TRUE(cert.ok());
+  const Bytes secret = ToBytes("ec-pfx-password");
+  const CmsOptions o{CmsKeyTransport::kRsaOaepSha256, cipher};
+  for (bool by_cert : {true, false}) {
+    const CmsTokenParts parts = MakeEcParts(cert->public_key(), cipher, secret);
+    auto assembled = by_cert ? CmsAssembleKeyAgreeToCertificate(*cert, cipher, parts)
+                             : CmsAssembleKeyAgreeToPublicKey(cert->public_key(), cipher, parts);
+    ASSERT_TRUE(assembled.ok()) << assembled.status();
+    auto host = by_cert ? CmsEnvelopeToCertificate(*cert, secret, o)
+                        : CmsEnvelopeToPublicKey(cert->public_key(), secret, o);
+    ASSERT_TRUE(host.ok()) << host.status();
+    ExpectSameApartFromRandomParts(*host, *assembled, parts);
+    auto back = CmsDecrypt(*assembled, pkey.get(), by_cert ? x.get() : nullptr);
+    ASSERT_TRUE(back.has_value()) << (by_cert ? "certificate" : "key id");
+    EXPECT_EQ(*back, secret);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Curves, CmsAssembleEcTest,
+                         ::testing::Combine(::testing::Values("P-256", "P-384"),
+                                            ::testing::Values(CmsContentCipher::kAes256Cbc,
+                                                              CmsContentCipher::kAes128Cbc)));
+
+TEST(CmsAssemble, KeyAgreementRefuses3desAndWrongParts) {
+  auto pkey = EcKey("P-256");
+  auto key = PublicKey::FromSpki(SpkiDer(pkey.get()));
+  ASSERT_TRUE(key.ok());
+  CmsTokenParts parts = MakeEcParts(*key, CmsContentCipher::kAes256Cbc, ToBytes("x"));
+  ASSERT_TRUE(CmsAssembleKeyAgreeToPublicKey(*key, CmsContentCipher::kAes256Cbc, parts).ok());
+  EXPECT_THAT(CmsAssembleKeyAgreeToPublicKey(*key, CmsContentCipher::kDes3Cbc, parts).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  CmsTokenParts bad = parts;
+  bad.ephemeral_point.pop_back();
+  EXPECT_THAT(CmsAssembleKeyAgreeToPublicKey(*key, CmsContentCipher::kAes256Cbc, bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  bad = parts;
+  bad.encrypted_key.pop_back();
+  EXPECT_THAT(CmsAssembleKeyAgreeToPublicKey(*key, CmsContentCipher::kAes256Cbc, bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  auto rsa = PublicKey::FromSpki(SpkiDer(RsaKey(2048).get()));
+  EXPECT_THAT(CmsAssembleKeyAgreeToPublicKey(*rsa, CmsContentCipher::kAes256Cbc, parts).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST(CmsAssemble, RefusesPartsOfTheWrongSizeAndEcRecipients) {
   auto pkey = RsaKey(2048);
   auto key = PublicKey::FromSpki(SpkiDer(pkey.get()));
   ASSERT_TRUE(key.ok());
   const CmsOptions o;
-  CmsKeyTransParts good = MakeParts(*key, o, ToBytes("pw"));
+  CmsTokenParts good = MakeParts(*key, o, ToBytes("pw"));
   ASSERT_TRUE(CmsAssembleToPublicKey(*key, o, good).ok());
-  CmsKeyTransParts bad = good;
+  CmsTokenParts bad = good;
   bad.iv.pop_back();
   EXPECT_THAT(CmsAssembleToPublicKey(*key, o, bad).status(),
               StatusIs(absl::StatusCode::kInvalidArgument));

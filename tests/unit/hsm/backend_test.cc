@@ -12,6 +12,8 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include <openssl/obj_mac.h>
+
 #include "hsm/key_policy.h"
 #include "hsm/mechanisms.h"
 #include "hsm/pkcs11_backend.h"
@@ -590,6 +592,42 @@ TEST_P(BackendTest, EnvelopeInToken) {
         backend_->EnvelopeInToken(backend_->Resolve("svc").value(), in, bad, device_pub, o)));
   }
   // Every session object (secret, content key, device key) was destroyed.
+  EXPECT_THAT(ObjectKinds(*backend_), UnorderedElementsAreArray(key_objects));
+}
+
+// In-token CMS to EC device keys: ECDH with an ephemeral key made in the token, KEK by the
+// X9.63 KDF, content key AES-key-wrapped; the device's private key opens it on the host.
+TEST_P(BackendTest, EnvelopeInTokenToEcDevices) {
+  auto k = OpenWithKey("svc", false);
+  ASSERT_THAT(k, IsOk());
+  EXPECT_EQ(backend_->CmsInTokenEc(), facts().ec_cms_in_token)
+      << EcCmsFormSetName(backend_->CmsInTokenEc());
+  std::vector<std::string> key_objects = {"private/token", "public/token"};
+  if (facts().stores_data_objects) key_objects.push_back("data/token");
+  const RsaPadding in = *OaepOnly(facts().unwrap).rbegin();
+  int built = 0;
+  for (int curve : {NID_X9_62_prime256v1, NID_secp384r1}) {
+    auto device = crypto::HostEcKey::Generate(curve);
+    ASSERT_THAT(device, IsOk());
+    for (auto c : {crypto::CmsContentCipher::kAes256Cbc, crypto::CmsContentCipher::kAes128Cbc}) {
+      const crypto::Bytes pt = testing::RandomBytes(29);
+      auto r = backend_->EnvelopeInToken(backend_->Resolve("svc").value(), in, Seal(*k, in, pt),
+                                         device->public_key(), crypto::CmsOptions{{}, c});
+      if (!facts().ec_cms_in_token.count({curve, c})) {
+        EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnimplemented));
+        continue;
+      }
+      ASSERT_THAT(r, IsOk()) << curve << "/" << CmsContentCipherName(c);
+      auto cek = device->UnwrapContentKey(c, r->ephemeral_point, r->encrypted_key);
+      ASSERT_THAT(cek, IsOk());
+      auto back = crypto::CmsContentDecrypt(c, *cek, r->iv, r->encrypted_content);
+      ASSERT_THAT(back, IsOk());
+      EXPECT_EQ(crypto::Bytes(back->begin(), back->end()), pt);
+      ++built;
+    }
+  }
+  EXPECT_EQ(built, static_cast<int>(facts().ec_cms_in_token.size()));
+  // The ephemeral key pair and the KEK were destroyed with the rest.
   EXPECT_THAT(ObjectKinds(*backend_), UnorderedElementsAreArray(key_objects));
 }
 
