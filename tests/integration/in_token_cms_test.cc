@@ -8,6 +8,8 @@
 //    with require_in_token they fail UNSUPPORTED naming what the token lacks.
 #include <gtest/gtest.h>
 
+#include <openssl/evp.h>
+
 #include <regex>
 
 #include "absl/strings/str_cat.h"
@@ -37,6 +39,11 @@ class InTokenCmsTest : public RewrapdTest {
   static const Device& Dev() {
     static Device d = MakeDevice(2048, "in-token-device");
     return d;
+  }
+  static const Device& EcDev(bool p384 = false) {
+    static Device d256 = MakeEcDevice("in-token-ec-p256");
+    static Device d384 = DeviceFor(Pkey(EVP_EC_gen("P-384")), "in-token-ec-p384");
+    return p384 ? d384 : d256;
   }
   const ServiceKey& Key() {
     static ServiceKey k;
@@ -74,46 +81,65 @@ TEST_F(InTokenCmsTest, ListKeysSaysWhichOutputsAreBuiltInToken) {
   }
 }
 
-// Every CMS form to a certificate and to a bare key: IN_TOKEN exactly on NSS, and the
-// output opens with OpenSSL (ExpectRewrapped) and with BouncyCastle.
+// Every CMS form to a certificate and to a bare key, RSA (key transport) and EC P-256/P-384
+// (key agreement) devices: IN_TOKEN exactly on NSS, and the output opens with OpenSSL
+// (ExpectRewrapped) and with BouncyCastle.
 TEST_F(InTokenCmsTest, EveryCmsFormOpensWithOpenSslAndBouncyCastle) {
   const ServiceKey& k = Key();
   ASSERT_NE(k.pub, nullptr);
-  const Device& d = Dev();
-  v1::RewrapRequest req;
-  std::vector<std::string> secrets;
-  std::vector<Rcp> rcps;
+  struct Case {
+    const Device* device;
+    v1::OutputFormat format;
+    v1::ContentCipher cipher;
+    Rcp rcp;
+  };
+  std::vector<Case> cases;
   for (v1::OutputFormat f : kCmsFormats) {
     for (v1::ContentCipher c : kCiphers) {
+      for (Rcp rcp : {Rcp::kCertDer, Rcp::kSpkiDer}) cases.push_back({&Dev(), f, c, rcp});
+    }
+  }
+  for (bool p384 : {false, true}) {  // EC: CMS_ENVELOPED with AES only
+    for (v1::ContentCipher c : {v1::AES_256_CBC, v1::AES_128_CBC}) {
       for (Rcp rcp : {Rcp::kCertDer, Rcp::kSpkiDer}) {
-        secrets.push_back(RandomAscii(1 + secrets.size() * 3));
-        rcps.push_back(rcp);
-        AddItem(&req, absl::StrCat(FormatName(f), "-", CipherName(c), "-", RcpName(rcp)), k.name,
-                v1::OAEP_SHA256, Seal(k, v1::OAEP_SHA256, secrets.back()), d, rcp, f)
-            ->set_content_cipher(c);
+        cases.push_back({&EcDev(p384), v1::CMS_ENVELOPED, c, rcp});
       }
     }
   }
+  v1::RewrapRequest req;
+  std::vector<std::string> secrets;
+  for (const Case& c : cases) {
+    secrets.push_back(RandomAscii(1 + secrets.size() * 3));
+    AddItem(&req,
+            absl::StrCat(c.device->key.get() == Dev().key.get() ? "rsa" : "ec", secrets.size(), "-",
+                         FormatName(c.format), "-", CipherName(c.cipher), "-", RcpName(c.rcp)),
+            k.name, v1::OAEP_SHA256, Seal(k, v1::OAEP_SHA256, secrets.back()), *c.device, c.rcp,
+            c.format)
+        ->set_content_cipher(c.cipher);
+  }
   v1::RewrapResponse resp;
   ASSERT_NO_FATAL_FAILURE(CallRewrap(h_, req, &resp));
-  ASSERT_TRUE(WriteFile(File("dev.p8"), PrivateKeyPkcs8Der(d.key.get())));
-  ASSERT_TRUE(WriteFile(File("dev.crt"), d.cert_der));
   std::string jobs;
   for (int i = 0; i < resp.results_size(); ++i) {
     const auto& r = resp.results(i);
     const auto& item = req.items(i);
-    ExpectRewrapped(r, item.id(), d, rcps[i], item.format(), secrets[i], k, v1::OAEP_SHA256);
+    const Case& c = cases[static_cast<size_t>(i)];
+    ExpectRewrapped(r, item.id(), *c.device, c.rcp, item.format(), secrets[i], k, v1::OAEP_SHA256);
     if (nss()) {
       EXPECT_EQ(r.path(), v1::IN_TOKEN) << item.id() << ": " << PathName(r.path());
     } else {
       EXPECT_NE(r.path(), v1::IN_TOKEN) << item.id();
     }
     const std::string out = File(absl::StrCat("out", i, ".der"));
+    const std::string key = File(absl::StrCat("dev", i, ".p8"));
+    const std::string crt = File(absl::StrCat("dev", i, ".crt"));
     ASSERT_TRUE(WriteFile(out, r.ciphertext()));
-    absl::StrAppend(&jobs, out, " ", File("dev.p8"), " ",
-                    IsCert(rcps[i]) ? File("dev.crt") : std::string("-"), " ", out, ".plain\n");
+    ASSERT_TRUE(WriteFile(key, PrivateKeyPkcs8Der(c.device->key.get())));
+    ASSERT_TRUE(WriteFile(crt, c.device->cert_der));
+    absl::StrAppend(&jobs, out, " ", key, " ", crt, " ", IsCert(c.rcp) ? "cert" : "keyid", " ",
+                    out, ".plain\n");
   }
-  printf("[in-token] %s: %d CMS outputs, paths as above\n", TokenName(CurrentToken()),
+  printf("[in-token] %s: %d CMS outputs (RSA and EC devices)\n", TokenName(CurrentToken()),
          resp.results_size());
 
   // BouncyCastle: compile the consumer, run every job in one JVM.
@@ -221,7 +247,32 @@ TEST_F(InTokenCmsTest, InTokenDerIsWhatOpenSslWritesApartFromRandomParts) {
       ++compared;
     }
   }
-  EXPECT_EQ(compared, 6);
+  // EC devices (key agreement): `openssl cms -encrypt` to the EC certificate.
+  for (bool p384 : {false, true}) {
+    ASSERT_TRUE(WriteFile(File("ec.pem"), EcDev(p384).cert_pem));
+    for (v1::ContentCipher c : {v1::AES_256_CBC, v1::AES_128_CBC}) {
+      v1::RewrapRequest req;
+      AddItem(&req, "ec", k.name, v1::OAEP_SHA256, Seal(k, v1::OAEP_SHA256, password),
+              EcDev(p384), Rcp::kCertDer, v1::CMS_ENVELOPED)
+          ->set_content_cipher(c);
+      v1::RewrapResponse resp;
+      ASSERT_NO_FATAL_FAILURE(CallRewrap(h_, req, &resp));
+      ASSERT_FALSE(resp.results(0).has_error()) << resp.results(0).error().message();
+      ASSERT_EQ(resp.results(0).path(), v1::IN_TOKEN);
+      ASSERT_TRUE(WriteFile(File("in-token.der"), resp.results(0).ciphertext()));
+      const std::vector<std::string> enc = {
+          "openssl", "cms",  "-encrypt", "-binary", c == v1::AES_256_CBC ? "-aes256" : "-aes128",
+          "-recip",  File("ec.pem"), "-in", File("pw"), "-outform", "DER", "-out",
+          File("openssl.der")};
+      CommandResult cr = RunCommand(enc);
+      ASSERT_EQ(cr.exit_code, 0) << cr.Describe(enc);
+      // The ephemeral point is a BIT STRING: asn1parse prints no dump for it, only its length.
+      EXPECT_EQ(Skeleton(File("in-token.der")), Skeleton(File("openssl.der")))
+          << (p384 ? "P-384/" : "P-256/") << CipherName(c);
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 10);
 }
 
 // require_in_token (the global config key, here as its environment variable): items that
@@ -261,8 +312,14 @@ TEST_F(InTokenCmsTest, RequireInTokenRefusesWhatTheTokenCannotBuild) {
         << message(0);
     EXPECT_NE(message(0).find("CKM_AES_CBC_PAD"), std::string::npos) << message(0);
   }
-  ExpectItemError(resp.results(1), "cms-ec", v1::ItemError::UNSUPPORTED);
-  EXPECT_NE(message(1).find("RSA recipients only"), std::string::npos) << message(1);
+  if (nss()) {
+    ExpectRewrapped(resp.results(1), "cms-ec", ec, Rcp::kCertDer, v1::CMS_ENVELOPED, pw, k,
+                    v1::OAEP_SHA256);
+    EXPECT_EQ(resp.results(1).path(), v1::IN_TOKEN);
+  } else {
+    ExpectItemError(resp.results(1), "cms-ec", v1::ItemError::UNSUPPORTED);
+    EXPECT_NE(message(1).find("CKM_ECDH1_DERIVE"), std::string::npos) << message(1);
+  }
   ExpectItemError(resp.results(2), "apple", v1::ItemError::UNSUPPORTED);
   EXPECT_NE(message(2).find("never built in the token"), std::string::npos) << message(2);
   // OAEP-SHA1 in and out: both tokens unwrap and wrap it in the token.
@@ -270,7 +327,7 @@ TEST_F(InTokenCmsTest, RequireInTokenRefusesWhatTheTokenCannotBuild) {
                   v1::OAEP_SHA1);
   EXPECT_EQ(resp.results(3).path(), v1::IN_TOKEN);
   for (int i = 0; i < 3; ++i) {
-    if (resp.results(i).has_error()) {
+    if (resp.results(i).has_error()) {  // (each of the first three fails on some token)
       EXPECT_NE(message(i).find("requires the IN_TOKEN path (require_in_token)"), std::string::npos)
           << message(i);
     }

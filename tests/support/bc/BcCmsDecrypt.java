@@ -4,11 +4,11 @@
 //   java -cp DIR:/usr/share/java/bcprov.jar:/usr/share/java/bcpkix.jar:/usr/share/java/bcutil.jar \
 //       BcCmsDecrypt LIST
 //
-// LIST has one job per line: "CMS_DER KEY_PKCS8_DER CERT_DER|- OUT". With a certificate the
-// recipient is looked up by it (issuer and serial, or its subjectKeyIdentifier); with "-" by
-// the key's SHA-1 key id (RFC 5280 method 1), as a device holding only its key would. The
-// plaintext goes to OUT; a job that fails writes "ERROR <reason>" to OUT.err. Exit 0 when
-// every job decrypted.
+// LIST has one job per line: "CMS_DER KEY_PKCS8_DER CERT_DER cert|keyid OUT". The key is RSA
+// (key transport) or EC (key agreement). "cert" looks the recipient up by the certificate
+// (issuer and serial); "keyid" by the SHA-1 of the certificate's public key bits (RFC 5280
+// method 1), as a device holding only its key would. The plaintext goes to OUT; a job that
+// fails writes "ERROR <reason>" to OUT.err. Exit 0 when every job decrypted.
 import java.io.ByteArrayInputStream;
 import java.nio.file.Files;
 import java.nio.file.Paths;
@@ -22,9 +22,13 @@ import java.security.spec.PKCS8EncodedKeySpec;
 import java.util.List;
 import org.bouncycastle.asn1.x509.SubjectPublicKeyInfo;
 import org.bouncycastle.cms.CMSEnvelopedData;
+import org.bouncycastle.cms.KeyAgreeRecipientId;
 import org.bouncycastle.cms.KeyTransRecipientId;
+import org.bouncycastle.cms.Recipient;
 import org.bouncycastle.cms.RecipientId;
 import org.bouncycastle.cms.RecipientInformation;
+import org.bouncycastle.cms.jcajce.JceKeyAgreeEnvelopedRecipient;
+import org.bouncycastle.cms.jcajce.JceKeyAgreeRecipientId;
 import org.bouncycastle.cms.jcajce.JceKeyTransEnvelopedRecipient;
 import org.bouncycastle.cms.jcajce.JceKeyTransRecipientId;
 import org.bouncycastle.jce.provider.BouncyCastleProvider;
@@ -38,34 +42,36 @@ public final class BcCmsDecrypt {
       if (line.isBlank()) continue;
       String[] f = line.trim().split(" ");
       try {
-        Files.write(Paths.get(f[3]), decrypt(f[0], f[1], f[2]));
+        Files.write(Paths.get(f[4]), decrypt(f[0], f[1], f[2], f[3].equals("keyid")));
       } catch (Exception e) {
         failed++;
-        Files.write(Paths.get(f[3] + ".err"), ("ERROR " + e).getBytes("UTF-8"));
+        Files.write(Paths.get(f[4] + ".err"), ("ERROR " + e).getBytes("UTF-8"));
       }
     }
     System.exit(failed == 0 ? 0 : 1);
   }
 
-  static byte[] decrypt(String cmsPath, String keyPath, String certPath) throws Exception {
+  static byte[] decrypt(String cmsPath, String keyPath, String certPath, boolean byKeyId)
+      throws Exception {
     CMSEnvelopedData env = new CMSEnvelopedData(Files.readAllBytes(Paths.get(cmsPath)));
-    byte[] pkcs8 = Files.readAllBytes(Paths.get(keyPath));
-    PrivateKey key = KeyFactory.getInstance("RSA").generatePrivate(new PKCS8EncodedKeySpec(pkcs8));
+    X509Certificate cert = (X509Certificate) CertificateFactory.getInstance("X.509")
+        .generateCertificate(new ByteArrayInputStream(Files.readAllBytes(Paths.get(certPath))));
+    boolean ec = cert.getPublicKey().getAlgorithm().equals("EC");
+    PKCS8EncodedKeySpec spec = new PKCS8EncodedKeySpec(Files.readAllBytes(Paths.get(keyPath)));
+    PrivateKey key = KeyFactory.getInstance(ec ? "EC" : "RSA", "BC").generatePrivate(spec);
+    byte[] keyId = MessageDigest.getInstance("SHA-1").digest(
+        SubjectPublicKeyInfo.getInstance(cert.getPublicKey().getEncoded()).getPublicKeyData().getBytes());
     RecipientId rid;
-    if (!certPath.equals("-")) {
-      X509Certificate cert = (X509Certificate) CertificateFactory.getInstance("X.509")
-          .generateCertificate(new ByteArrayInputStream(Files.readAllBytes(Paths.get(certPath))));
-      rid = new JceKeyTransRecipientId(cert);
+    Recipient recipient;
+    if (ec) {
+      rid = byKeyId ? new KeyAgreeRecipientId(keyId) : new JceKeyAgreeRecipientId(cert);
+      recipient = new JceKeyAgreeEnvelopedRecipient(key).setProvider("BC");
     } else {
-      // The key id of the public key: SHA-1 of the subjectPublicKey BIT STRING.
-      java.security.interfaces.RSAPrivateCrtKey crt = (java.security.interfaces.RSAPrivateCrtKey) key;
-      java.security.PublicKey pub = KeyFactory.getInstance("RSA").generatePublic(
-          new java.security.spec.RSAPublicKeySpec(crt.getModulus(), crt.getPublicExponent()));
-      byte[] bits = SubjectPublicKeyInfo.getInstance(pub.getEncoded()).getPublicKeyData().getBytes();
-      rid = new KeyTransRecipientId(MessageDigest.getInstance("SHA-1").digest(bits));
+      rid = byKeyId ? new KeyTransRecipientId(keyId) : new JceKeyTransRecipientId(cert);
+      recipient = new JceKeyTransEnvelopedRecipient(key).setProvider("BC");
     }
     RecipientInformation ri = env.getRecipientInfos().get(rid);
     if (ri == null) throw new IllegalStateException("no RecipientInfo matches");
-    return ri.getContent(new JceKeyTransEnvelopedRecipient(key).setProvider("BC"));
+    return ri.getContent(recipient);
   }
 }
