@@ -133,7 +133,8 @@ absl::StatusOr<Bytes> CmsEnvelopeToCertificate(const Certificate& certificate,
 // for key transport, rKeyId for key agreement). The X509 never leaves this function.
 absl::StatusOr<Bytes> CmsEnvelopeToPublicKey(const PublicKey& key,
                                              absl::Span<const uint8_t> plaintext,
-                                             const CmsOptions& options) {
+                                             const CmsOptions& options,
+                                             absl::Span<const uint8_t> key_id) {
   if (plaintext.size() > kMaxCmsPlaintext) {
     return absl::InvalidArgumentError("CMS plaintext larger than 64 KiB");
   }
@@ -143,7 +144,8 @@ absl::StatusOr<Bytes> CmsEnvelopeToPublicKey(const PublicKey& key,
     return OsslInternal("cannot build the recipient placeholder");
   }
   // SKI = SHA-1 of the subjectPublicKey BIT STRING contents (RFC 5280 4.2.1.2, method 1).
-  auto ski = CmsKeyId(key);
+  absl::StatusOr<Bytes> ski =
+      key_id.empty() ? CmsKeyId(key) : absl::StatusOr<Bytes>(Bytes(key_id.begin(), key_id.end()));
   if (!ski.ok()) return ski.status();
   internal::Asn1OctetStringPtr os(ASN1_OCTET_STRING_new());
   if (!os || ASN1_OCTET_STRING_set(os.get(), ski->data(), static_cast<int>(ski->size())) != 1 ||

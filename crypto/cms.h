@@ -23,10 +23,13 @@ struct CmsOptions {
 absl::StatusOr<Bytes> CmsEnvelopeToCertificate(const Certificate& certificate,
                                                absl::Span<const uint8_t> plaintext,
                                                const CmsOptions& options = {});
-// Same for a bare public key: the recipient is identified by subjectKeyIdentifier =
-// SHA-1 of the key's BIT STRING (RFC 5280 §4.2.1.2 method 1).
+// Same for a bare public key: the recipient is identified by a key identifier
+// (subjectKeyIdentifier for key transport, rKeyId for key agreement): `key_id` when given
+// (the SKI the device's certificate carries), else SHA-1 of the key's BIT STRING (RFC 5280
+// §4.2.1.2 method 1).
 absl::StatusOr<Bytes> CmsEnvelopeToPublicKey(const PublicKey& key,
                                              absl::Span<const uint8_t> plaintext,
-                                             const CmsOptions& options = {});
+                                             const CmsOptions& options = {},
+                                             absl::Span<const uint8_t> key_id = {});
 
 }  // namespace hsmrewrap::crypto

@@ -289,6 +289,14 @@ absl::StatusOr<Bytes> CmsAssembleToCertificate(const Certificate& certificate,
   return Assemble(certificate.public_key(), options, parts, *rid, 0);
 }
 
+namespace {
+// `key_id` when given, else the key's SHA-1 key id.
+absl::StatusOr<Bytes> KeyIdOr(const PublicKey& key, absl::Span<const uint8_t> key_id) {
+  if (key_id.empty()) return CmsKeyId(key);
+  return Bytes(key_id.begin(), key_id.end());
+}
+}  // namespace
+
 absl::StatusOr<EcPublicPoint> EcPointOf(const PublicKey& key) {
   if (!key.is_ec()) return absl::InvalidArgumentError("not an EC key");
   EcPublicPoint out;
@@ -336,8 +344,9 @@ absl::StatusOr<Bytes> CmsAssembleKeyAgreeToCertificate(const Certificate& certif
 }
 
 absl::StatusOr<Bytes> CmsAssembleKeyAgreeToPublicKey(const PublicKey& key, CmsContentCipher cipher,
-                                                     const CmsTokenParts& parts) {
-  auto ski = CmsKeyId(key);
+                                                     const CmsTokenParts& parts,
+                                                     absl::Span<const uint8_t> key_id) {
+  auto ski = KeyIdOr(key, key_id);
   if (!ski.ok()) return ski.status();
   // KeyAgreeRecipientIdentifier rKeyId [0] IMPLICIT RecipientKeyIdentifier { OCTET STRING }.
   return AssembleKeyAgree(
@@ -450,8 +459,9 @@ absl::StatusOr<SecretBytes> HostEcKey::UnwrapContentKey(CmsContentCipher cipher,
 }
 
 absl::StatusOr<Bytes> CmsAssembleToPublicKey(const PublicKey& key, const CmsOptions& options,
-                                             const CmsTokenParts& parts) {
-  auto ski = CmsKeyId(key);
+                                             const CmsTokenParts& parts,
+                                             absl::Span<const uint8_t> key_id) {
+  auto ski = KeyIdOr(key, key_id);
   if (!ski.ok()) return ski.status();
   // RecipientIdentifier subjectKeyIdentifier [0] IMPLICIT OCTET STRING; ktri version 2.
   return Assemble(key, options, parts, der::Tlv(der::ContextPrimitive(0), *ski), 2);

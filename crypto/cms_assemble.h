@@ -39,10 +39,11 @@ size_t CmsContentIvLen(CmsContentCipher cipher);
 absl::StatusOr<Bytes> CmsAssembleToCertificate(const Certificate& certificate,
                                                const CmsOptions& options,
                                                const CmsTokenParts& parts);
-// The same for a bare RSA public key, named by subjectKeyIdentifier (CmsKeyId), as
-// CmsEnvelopeToPublicKey does.
+// The same for a bare RSA public key, named by subjectKeyIdentifier (`key_id`, else
+// CmsKeyId), as CmsEnvelopeToPublicKey does.
 absl::StatusOr<Bytes> CmsAssembleToPublicKey(const PublicKey& key, const CmsOptions& options,
-                                             const CmsTokenParts& parts);
+                                             const CmsTokenParts& parts,
+                                             absl::Span<const uint8_t> key_id = {});
 
 // Decrypts CBC content with PKCS#7 padding under `key` (the start-up probe's check of what a
 // token built; never used on a secret). InvalidArgument when it does not decrypt.
@@ -73,7 +74,8 @@ absl::StatusOr<Bytes> CmsAssembleKeyAgreeToCertificate(const Certificate& certif
                                                        CmsContentCipher cipher,
                                                        const CmsTokenParts& parts);
 absl::StatusOr<Bytes> CmsAssembleKeyAgreeToPublicKey(const PublicKey& key, CmsContentCipher cipher,
-                                                     const CmsTokenParts& parts);
+                                                     const CmsTokenParts& parts,
+                                                     absl::Span<const uint8_t> key_id = {});
 
 // An EC key pair on the host, for checking what a token built (the start-up probe).
 class HostEcKey final {

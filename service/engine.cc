@@ -297,6 +297,39 @@ bool RewrapEngine::ResolveRecipient(const v1::RewrapItem& item, ItemGate* gate,
   } else if (!out.key->is_ec()) {
     Fail(r, ItemError::INVALID_ITEM, "recipient key is neither RSA nor EC");
     return false;
+  } else if (item.format() == v1::CMS_ENVELOPED_PKCS1) {
+    Fail(r, ItemError::INVALID_ITEM,
+         "format CMS_ENVELOPED_PKCS1 is RSA PKCS#1 v1.5 key transport, which does not apply to "
+         "an EC recipient key; use CMS_ENVELOPED (ECDH key agreement with AES key wrap)");
+    return false;
+  } else if (item.format() == v1::APPLE_ENCRYPTED_PAYLOAD) {
+    Fail(r, ItemError::UNSUPPORTED,
+         "APPLE_ENCRYPTED_PAYLOAD is not produced for EC device keys: Apple's CMS decoder takes "
+         "key agreement only in its own scheme (dhSinglePass-stdDH-sha1kdf with a CBC-wrapped "
+         "content key), not RFC 5753 AES key wrap; give the device an RSA identity");
+    return false;
+  } else if (item.content_cipher() == v1::DES_EDE3_CBC) {
+    Fail(r, ItemError::INVALID_ITEM,
+         "content_cipher DES_EDE3_CBC is for RSA recipients (old .NET Framework clients); EC "
+         "recipients get ECDH key agreement with AES key wrap, which needs AES_256_CBC or "
+         "AES_128_CBC");
+    return false;
+  }
+  // recipient_key_id names a bare public key recipient in the RecipientInfo.
+  if (!item.recipient_key_id().empty()) {
+    if (rcp.kind_case() != v1::Recipient::kPublicKey || out.bare ||
+        item.format() == v1::APPLE_ENCRYPTED_PAYLOAD) {
+      Fail(r, ItemError::INVALID_ITEM,
+           "recipient_key_id applies to a public_key recipient of a CMS format only (a "
+           "certificate recipient is named by its issuer and serial number)");
+      return false;
+    }
+    if (item.recipient_key_id().size() > 64) {
+      Fail(r, ItemError::INVALID_ITEM,
+           absl::StrCat("recipient_key_id is ", item.recipient_key_id().size(),
+                        " bytes; at most 64"));
+      return false;
+    }
   }
   return true;
 }
@@ -500,12 +533,14 @@ bool RewrapEngine::RewrapInToken(const v1::RewrapItem& item, const Recipient& rc
       FailFromOp(r, parts, item.key_name());
       return true;
     }
+    const auto key_id = BytesOf(item.recipient_key_id());
     if (rcpt.key->is_ec()) {
-      out = rcpt.cert ? crypto::CmsAssembleKeyAgreeToCertificate(*rcpt.cert, cms.cipher, *parts)
-                      : crypto::CmsAssembleKeyAgreeToPublicKey(*rcpt.key, cms.cipher, *parts);
+      out = rcpt.cert
+                ? crypto::CmsAssembleKeyAgreeToCertificate(*rcpt.cert, cms.cipher, *parts)
+                : crypto::CmsAssembleKeyAgreeToPublicKey(*rcpt.key, cms.cipher, *parts, key_id);
     } else {
       out = rcpt.cert ? crypto::CmsAssembleToCertificate(*rcpt.cert, cms, *parts)
-                      : crypto::CmsAssembleToPublicKey(*rcpt.key, cms, *parts);
+                      : crypto::CmsAssembleToPublicKey(*rcpt.key, cms, *parts, key_id);
     }
     if (!out.ok()) {
       spdlog::warn("item {}: assembling the in-token CMS failed: {}", item.id(),
@@ -584,7 +619,8 @@ void RewrapEngine::EncryptOnHost(const v1::RewrapItem& item, const Recipient& rc
       out = std::move(payload);
     } else {
       out = rcpt.cert ? crypto::CmsEnvelopeToCertificate(*rcpt.cert, crypto::Reveal(plain), opts)
-                      : crypto::CmsEnvelopeToPublicKey(*rcpt.key, crypto::Reveal(plain), opts);
+                      : crypto::CmsEnvelopeToPublicKey(*rcpt.key, crypto::Reveal(plain), opts,
+                                                       BytesOf(item.recipient_key_id()));
     }
   }
   if (!out.ok()) {

@@ -18,6 +18,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "crypto/encoding.h"
@@ -711,6 +712,24 @@ absl::StatusOr<v1::RewrapItem> ParseRequest(const json& j, const Options& option
     auto c = ParseContentCipher(j["contentCipher"].get<std::string>());
     if (!c.ok()) return c.status();
     item.set_content_cipher(*c);
+  }
+  // The device's subjectKeyIdentifier, for a devicePublicKey recipient: hex as certificates
+  // print it (colons and spaces allowed).
+  if (j.contains("recipientKeyId") && !j["recipientKeyId"].is_null()) {
+    if (!j["recipientKeyId"].is_string())
+      return absl::InvalidArgumentError("recipientKeyId must be a hex string");
+    std::string hex;
+    for (char c : j["recipientKeyId"].get<std::string>()) {
+      if (c != ':' && c != ' ') hex.push_back(c);
+    }
+    bool is_hex = !hex.empty() && hex.size() % 2 == 0;
+    for (char c : hex) is_hex = is_hex && absl::ascii_isxdigit(static_cast<unsigned char>(c));
+    if (!is_hex) {
+      return absl::InvalidArgumentError(
+          "recipientKeyId must be hex (e.g. 3A:7F:...: the device certificate's "
+          "subjectKeyIdentifier)");
+    }
+    item.set_recipient_key_id(absl::HexStringToBytes(hex));
   }
   // The PFX for the Apple payload: "pfx", or the Graph record's "encryptedPfxBlob".
   for (const char* field : {"pfx", "encryptedPfxBlob"}) {

@@ -70,7 +70,7 @@ int Main(int argc, char** argv) {
   app.add_option("--device-bits", o.device_bits, "RSA device key size (default 2048)")
       ->check(CLI::Range(2048, 8192));
   app.add_option("--device-kind", device_kind,
-                 "rsa (default), ec-p256 or ec-p384 (EC: CMS formats only)")
+                 "rsa (default), ec-p256 or ec-p384 (EC: CMS_ENVELOPED only)")
       ->check(CLI::IsMember({"rsa", "ec-p256", "ec-p384"}));
   app.add_option("--recipient", recipient,
                  "send device certificates (default) or public keys (SPKI)")

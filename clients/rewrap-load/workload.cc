@@ -95,6 +95,11 @@ absl::StatusOr<Workload> Prepare(const Options& o, v1::Keys::Stub& keys) {
   if (!proto_crypto::IsCmsFormat(o.format) && o.device_kind != DeviceKind::kRsa) {
     return absl::InvalidArgumentError("bare RSA formats need --device-kind rsa");
   }
+  if (o.format == v1::CMS_ENVELOPED_PKCS1 && o.device_kind != DeviceKind::kRsa) {
+    return absl::InvalidArgumentError(
+        "CMS_ENVELOPED_PKCS1 is RSA key transport: it needs --device-kind rsa (EC devices take "
+        "CMS_ENVELOPED)");
+  }
   crypto::RsaPadding padding;
   if (!proto_crypto::PaddingFromProto(o.padding, &padding))
     return absl::InvalidArgumentError("--padding is not set");

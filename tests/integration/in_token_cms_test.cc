@@ -12,7 +12,13 @@
 
 #include <regex>
 
+#include <sstream>
+
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 #include "tests/integration/it_env.h"
 #include "tests/integration/it_util.h"
@@ -51,6 +57,24 @@ class InTokenCmsTest : public RewrapdTest {
     return k;
   }
   std::string File(const std::string& name) { return tmp_.path() + "/" + name; }
+  // BouncyCastle as a second consumer: compiles tests/support/bc/BcCmsDecrypt.java and runs
+  // its jobs ("CMS KEY CERT cert|keyid OUT" lines) in one JVM.
+  void RunBouncyCastle(const std::string& jobs, const std::string& name) {
+    const std::string cp =
+        "/usr/share/java/bcprov.jar:/usr/share/java/bcpkix.jar:/usr/share/java/bcutil.jar";
+    ASSERT_TRUE(WriteFile(File(name), jobs));
+    const std::vector<std::string> javac = {"javac", "-cp", cp, "-d", tmp_.path(),
+                                            std::string(HSMREWRAP_SOURCE_DIR) +
+                                                "/tests/support/bc/BcCmsDecrypt.java"};
+    CommandResult cr = RunCommand(javac);
+    ASSERT_EQ(cr.exit_code, 0) << cr.Describe(javac)
+                               << "\n(scripts/setup.sh installs default-jdk-headless and "
+                                  "libbcpkix-java)";
+    const std::vector<std::string> java = {"java", "-cp", tmp_.path() + ":" + cp, "BcCmsDecrypt",
+                                           File(name)};
+    cr = RunCommand(java);
+    EXPECT_EQ(cr.exit_code, 0) << cr.Describe(java);
+  }
   TempDir tmp_{"in-token-cms"};
 };
 
@@ -142,24 +166,235 @@ TEST_F(InTokenCmsTest, EveryCmsFormOpensWithOpenSslAndBouncyCastle) {
   printf("[in-token] %s: %d CMS outputs (RSA and EC devices)\n", TokenName(CurrentToken()),
          resp.results_size());
 
-  // BouncyCastle: compile the consumer, run every job in one JVM.
-  const std::string cp = "/usr/share/java/bcprov.jar:/usr/share/java/bcpkix.jar:/usr/share/java/bcutil.jar";
-  ASSERT_TRUE(WriteFile(File("jobs"), jobs));
-  const std::vector<std::string> javac = {"javac", "-cp", cp, "-d", tmp_.path(),
-                                          std::string(HSMREWRAP_SOURCE_DIR) +
-                                              "/tests/support/bc/BcCmsDecrypt.java"};
-  CommandResult cr = RunCommand(javac);
-  ASSERT_EQ(cr.exit_code, 0) << cr.Describe(javac)
-                             << "\n(scripts/setup.sh installs default-jdk-headless and "
-                                "libbcpkix-java)";
-  const std::vector<std::string> java = {"java", "-cp", tmp_.path() + ":" + cp, "BcCmsDecrypt",
-                                         File("jobs")};
-  cr = RunCommand(java);
-  EXPECT_EQ(cr.exit_code, 0) << cr.Describe(java);
+  ASSERT_NO_FATAL_FAILURE(RunBouncyCastle(jobs, "jobs"));
   for (int i = 0; i < resp.results_size(); ++i) {
     const std::string out = File(absl::StrCat("out", i, ".der"));
     EXPECT_EQ(ReadFileOrEmpty(out + ".plain"), secrets[i])
         << req.items(i).id() << ": BouncyCastle: " << ReadFileOrEmpty(out + ".plain.err");
+  }
+}
+
+// docs/rewrap-connector.md's recipient table, row by row: what comes out of rewrapd (OIDs as
+// `openssl cms -cmsout -print` names them, how the recipient is named) or the error it is
+// refused with; every output opens with OpenSSL and BouncyCastle.
+std::vector<std::vector<std::string>> RecipientTable() {
+  const std::string doc =
+      ReadFileOrEmpty(std::string(HSMREWRAP_SOURCE_DIR) + "/docs/rewrap-connector.md");
+  std::vector<std::vector<std::string>> rows;
+  const size_t begin = doc.find("<!-- recipient-table");
+  const size_t end = doc.find("<!-- end recipient-table -->");
+  if (begin == std::string::npos || end == std::string::npos) return rows;
+  std::istringstream lines(doc.substr(begin, end - begin));
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind("| ", 0) != 0 || line.rfind("| format", 0) == 0) continue;
+    std::vector<std::string> cells;
+    for (absl::string_view cell : absl::StrSplit(line.substr(1), '|')) {
+      cells.push_back(std::string(absl::StripAsciiWhitespace(cell)));
+    }
+    if (!cells.empty() && cells.back().empty()) cells.pop_back();
+    rows.push_back(cells);
+  }
+  return rows;
+}
+
+TEST_F(InTokenCmsTest, RecipientTableInTheDocsIsWhatComesOut) {
+  const ServiceKey& k = Key();
+  ASSERT_NE(k.pub, nullptr);
+  const auto rows = RecipientTable();
+  ASSERT_GE(rows.size(), 20u) << "the table in docs/rewrap-connector.md was not found";
+  const std::map<std::string, v1::OutputFormat> formats = {
+      {"cms", v1::CMS_ENVELOPED},          {"cmsPkcs1", v1::CMS_ENVELOPED_PKCS1},
+      {"apple", v1::APPLE_ENCRYPTED_PAYLOAD}, {"rsaOaepSha256", v1::RSA_OAEP_SHA256},
+      {"rsaPkcs1", v1::RSA_PKCS1}};
+  const std::map<std::string, v1::ContentCipher> ciphers = {
+      {"aes256", v1::AES_256_CBC}, {"aes128", v1::AES_128_CBC}, {"3des", v1::DES_EDE3_CBC},
+      {"", v1::AES_256_CBC}};
+  const std::map<std::string, std::string> rid_names = {
+      {"issuer and serial", "issuerAndSerialNumber"},
+      {"subjectKeyIdentifier", "subjectKeyIdentifier"},
+      {"rKeyId", "rKeyId"}};
+  std::string jobs;
+  std::vector<std::pair<std::string, std::string>> bc_expect;  // out file, secret
+  int n = 0;
+  for (const auto& row : rows) {
+    ASSERT_GE(row.size(), 4u) << absl::StrJoin(row, "|");
+    const std::string what = absl::StrJoin(row, " | ");
+    ASSERT_TRUE(formats.count(row[0]) && ciphers.count(row[2])) << what;
+    const std::string& device_text = row[1];
+    const Device& d = absl::StartsWith(device_text, "RSA")         ? Dev()
+                      : absl::StartsWith(device_text, "EC P-384") ? EcDev(true)
+                                                                   : EcDev(false);
+    const Rcp rcp = absl::EndsWith(device_text, "certificate") ? Rcp::kCertDer : Rcp::kSpkiDer;
+    const v1::OutputFormat format = formats.at(row[0]);
+    // Hex: the Apple payload's plist escapes XML's special characters.
+    const std::string secret = HexEncode(RandomBytes(9 + static_cast<size_t>(n)));
+    v1::RewrapRequest req;
+    v1::RewrapItem* item = AddItem(&req, absl::StrCat("row", n), k.name, v1::OAEP_SHA256,
+                                   Seal(k, v1::OAEP_SHA256, secret), d, rcp, format);
+    if (!row[2].empty()) item->set_content_cipher(ciphers.at(row[2]));
+    if (format == v1::APPLE_ENCRYPTED_PAYLOAD) item->set_pfx(Pkcs12(d.key.get(), d.cert.get(), secret));
+    v1::RewrapResponse resp;
+    ASSERT_NO_FATAL_FAILURE(CallRewrap(h_, req, &resp));
+    const auto& r = resp.results(0);
+    ++n;
+    if (absl::StartsWith(row[3], "refused: ")) {
+      const std::string code = row[3].substr(9);
+      EXPECT_TRUE(r.has_error()) << what << ": not refused";
+      EXPECT_EQ(CodeName(r.error().code()), code) << what << ": " << r.error().message();
+      EXPECT_EQ(r.path(), v1::PATH_UNSPECIFIED) << what;
+      continue;
+    }
+    ASSERT_FALSE(r.has_error()) << what << ": " << r.error().message();
+    if (format == v1::RSA_OAEP_SHA256 || format == v1::RSA_PKCS1) {
+      ExpectRewrapped(r, item->id(), d, rcp, format, secret, k, v1::OAEP_SHA256);
+      continue;
+    }
+    ASSERT_EQ(row.size(), 6u) << what;
+    const std::string out = File(absl::StrCat("row", n, ".der"));
+    ASSERT_TRUE(WriteFile(out, r.ciphertext()));
+    const std::vector<std::string> print = {"openssl", "cms", "-cmsout", "-print",
+                                            "-inform", "DER", "-in", out};
+    CommandResult cr = RunCommand(print);
+    ASSERT_EQ(cr.exit_code, 0) << cr.Describe(print);
+    // The OIDs as `openssl asn1parse` names them: "rsaesOaep (SHA-256, MGF1-SHA-256)" is the
+    // algorithm with sha256 in its parameters; "a, b" are both there.
+    const std::vector<std::string> parse = {"openssl", "asn1parse", "-inform", "DER", "-in", out};
+    CommandResult oids = RunCommand(parse);
+    ASSERT_EQ(oids.exit_code, 0) << oids.Describe(parse);
+    const std::string alg = row[3].substr(0, row[3].find(" ("));
+    for (absl::string_view name : absl::StrSplit(alg, ", ")) {
+      EXPECT_NE(oids.out.find(absl::StrCat(":", name, "\n")), std::string::npos)
+          << what << "\n" << oids.out;
+    }
+    if (absl::StrContains(row[3], "SHA-256")) {
+      EXPECT_NE(oids.out.find(":sha256\n"), std::string::npos) << what;
+      EXPECT_NE(oids.out.find(":mgf1\n"), std::string::npos) << what;
+    }
+    EXPECT_NE(oids.out.find(":" + row[4] + "\n"), std::string::npos) << what;
+    ASSERT_TRUE(rid_names.count(row[5])) << what;
+    EXPECT_NE(cr.out.find(rid_names.at(row[5])), std::string::npos) << what << "\n" << cr.out;
+    if (format != v1::APPLE_ENCRYPTED_PAYLOAD) {
+      ExpectRewrapped(r, item->id(), d, rcp, format, secret, k, v1::OAEP_SHA256);
+    }
+    const std::string key = File(absl::StrCat("row", n, ".p8"));
+    const std::string crt = File(absl::StrCat("row", n, ".crt"));
+    ASSERT_TRUE(WriteFile(key, PrivateKeyPkcs8Der(d.key.get())));
+    ASSERT_TRUE(WriteFile(crt, d.cert_der));
+    absl::StrAppend(&jobs, out, " ", key, " ", crt, " ", IsCert(rcp) ? "cert" : "keyid", " ", out,
+                    ".plain\n");
+    bc_expect.emplace_back(out, format == v1::APPLE_ENCRYPTED_PAYLOAD
+                                    ? "<string>" + secret + "</string>"
+                                    : secret);
+  }
+  ASSERT_NO_FATAL_FAILURE(RunBouncyCastle(jobs, "table-jobs"));
+  for (const auto& [out, want] : bc_expect) {
+    const std::string got = ReadFileOrEmpty(out + ".plain");
+    EXPECT_NE(got.find(want), std::string::npos)
+        << out << ": BouncyCastle: " << ReadFileOrEmpty(out + ".plain.err");
+  }
+  printf("[table] %s: %d rows of docs/rewrap-connector.md checked, %zu outputs opened by "
+         "BouncyCastle\n",
+         TokenName(CurrentToken()), n, bc_expect.size());
+}
+
+// recipient_key_id: a device whose certificate carries a CA-chosen subjectKeyIdentifier finds
+// a bare-key output named by that SKI (OpenSSL with -recip, BouncyCastle by the certificate);
+// a certificate without SKI: the default key id (SHA-1 of the key) is found by the key.
+TEST_F(InTokenCmsTest, RecipientKeyIdNamesTheDeviceAsItsCertificateDoes) {
+  const ServiceKey& k = Key();
+  ASSERT_NE(k.pub, nullptr);
+  struct Made {
+    std::string name, newkey, ski_ext;
+    std::string ski;  // bytes given as recipient_key_id; empty: none
+  };
+  const std::vector<Made> devs = {
+      {"rsa-ski", "rsa:2048", "subjectKeyIdentifier=0A:0B:0C:0D:0E:0F", HexDecode("0a0b0c0d0e0f")},
+      {"ec-ski", "ec", "subjectKeyIdentifier=C0:FF:EE:00:42", HexDecode("c0ffee0042")},
+      {"rsa-noski", "rsa:2048", "subjectKeyIdentifier=none", ""}};
+  std::string jobs;
+  std::vector<std::pair<std::string, std::string>> expect;
+  for (const Made& dv : devs) {
+    std::vector<std::string> req_cmd = {
+        "openssl", "req", "-x509", "-newkey", dv.newkey, "-nodes", "-subj", "/CN=" + dv.name,
+        "-days", "2", "-addext", "basicConstraints=critical,CA:FALSE", "-addext", dv.ski_ext,
+        "-keyout", File(dv.name + ".key"), "-out", File(dv.name + ".crt")};
+    if (dv.newkey == "ec") req_cmd.insert(req_cmd.begin() + 5, {"-pkeyopt", "ec_paramgen_curve:P-256"});
+    CommandResult cr = RunCommand(req_cmd);
+    ASSERT_EQ(cr.exit_code, 0) << cr.Describe(req_cmd);
+    const std::vector<std::string> pub = {"openssl", "x509", "-in", File(dv.name + ".crt"),
+                                          "-pubkey", "-noout"};
+    cr = RunCommand(pub);
+    ASSERT_EQ(cr.exit_code, 0) << cr.Describe(pub);
+    const std::string password = RandomAscii(23);
+    v1::RewrapRequest req;
+    v1::RewrapItem* item = req.add_items();
+    item->set_id(dv.name);
+    item->set_key_name(k.name);
+    item->set_padding(v1::OAEP_SHA256);
+    item->set_ciphertext(Seal(k, v1::OAEP_SHA256, password));
+    item->mutable_recipient()->set_public_key(cr.out);  // PEM SPKI
+    item->set_format(v1::CMS_ENVELOPED);
+    item->set_recipient_key_id(dv.ski);
+    v1::RewrapResponse resp;
+    ASSERT_NO_FATAL_FAILURE(CallRewrap(h_, req, &resp));
+    ASSERT_FALSE(resp.results(0).has_error()) << dv.name << ": " << resp.results(0).error().message();
+    const std::string out = File(dv.name + ".der");
+    ASSERT_TRUE(WriteFile(out, resp.results(0).ciphertext()));
+    // OpenSSL as the device: with its certificate when it has an SKI, else with its key alone.
+    std::vector<std::string> dec = {"openssl", "cms", "-decrypt", "-inform", "DER", "-in", out,
+                                    "-inkey", File(dv.name + ".key")};
+    if (!dv.ski.empty()) dec.insert(dec.end(), {"-recip", File(dv.name + ".crt")});
+    cr = RunCommand(dec);
+    EXPECT_EQ(cr.exit_code, 0) << cr.Describe(dec);
+    EXPECT_EQ(cr.out, password) << dv.name;
+    // BouncyCastle: by the certificate (its SKI) when it has one, else by the key's id.
+    const std::vector<std::string> p8 = {"openssl", "pkcs8", "-topk8", "-nocrypt", "-in",
+                                         File(dv.name + ".key"), "-outform", "DER", "-out",
+                                         File(dv.name + ".p8")};
+    cr = RunCommand(p8);
+    ASSERT_EQ(cr.exit_code, 0) << cr.Describe(p8);
+    const std::vector<std::string> der = {"openssl", "x509", "-in", File(dv.name + ".crt"),
+                                          "-outform", "DER", "-out", File(dv.name + ".cder")};
+    cr = RunCommand(der);
+    ASSERT_EQ(cr.exit_code, 0) << cr.Describe(der);
+    absl::StrAppend(&jobs, out, " ", File(dv.name + ".p8"), " ", File(dv.name + ".cder"), " ",
+                    dv.ski.empty() ? "keyid" : "cert", " ", out, ".plain\n");
+    expect.emplace_back(out, password);
+  }
+  // Without recipient_key_id the certificate's custom SKI does not match (what the field is for).
+  {
+    const std::vector<std::string> pub = {"openssl", "x509", "-in", File("rsa-ski.crt"), "-pubkey",
+                                          "-noout"};
+    CommandResult cr = RunCommand(pub);
+    v1::RewrapRequest req;
+    AddItem(&req, "no-id", k.name, v1::OAEP_SHA256, Seal(k, v1::OAEP_SHA256, "x"), Dev(),
+            Rcp::kSpkiDer, v1::CMS_ENVELOPED)
+        ->mutable_recipient()
+        ->set_public_key(cr.out);
+    v1::RewrapResponse resp;
+    ASSERT_NO_FATAL_FAILURE(CallRewrap(h_, req, &resp));
+    ASSERT_TRUE(WriteFile(File("no-id.der"), resp.results(0).ciphertext()));
+    const std::vector<std::string> dec = {"openssl", "cms", "-decrypt", "-inform", "DER", "-in",
+                                          File("no-id.der"), "-inkey", File("rsa-ski.key"),
+                                          "-recip", File("rsa-ski.crt")};
+    cr = RunCommand(dec);
+    EXPECT_NE(cr.exit_code, 0) << "a custom SKI matched the SHA-1 key id";
+  }
+  // recipient_key_id with a certificate recipient is refused.
+  {
+    v1::RewrapRequest req;
+    AddItem(&req, "cert-id", k.name, v1::OAEP_SHA256, Seal(k, v1::OAEP_SHA256, "x"), Dev(),
+            Rcp::kCertDer, v1::CMS_ENVELOPED)
+        ->set_recipient_key_id("\x01\x02");
+    v1::RewrapResponse resp;
+    ASSERT_NO_FATAL_FAILURE(CallRewrap(h_, req, &resp));
+    ExpectItemError(resp.results(0), "cert-id", v1::ItemError::INVALID_ITEM);
+  }
+  ASSERT_NO_FATAL_FAILURE(RunBouncyCastle(jobs, "ski-jobs"));
+  for (const auto& [out, want] : expect) {
+    EXPECT_EQ(ReadFileOrEmpty(out + ".plain"), want)
+        << out << ": BouncyCastle: " << ReadFileOrEmpty(out + ".plain.err");
   }
 }
 

@@ -6,7 +6,7 @@
 //
 // LIST has one job per line: "CMS_DER KEY_PKCS8_DER CERT_DER cert|keyid OUT". The key is RSA
 // (key transport) or EC (key agreement). "cert" looks the recipient up by the certificate
-// (issuer and serial); "keyid" by the SHA-1 of the certificate's public key bits (RFC 5280
+// (issuer and serial, or its subjectKeyIdentifier); "keyid" by the SHA-1 of the certificate's public key bits (RFC 5280
 // method 1), as a device holding only its key would. The plaintext goes to OUT; a job that
 // fails writes "ERROR <reason>" to OUT.err. Exit 0 when every job decrypted.
 import java.io.ByteArrayInputStream;
@@ -71,6 +71,14 @@ public final class BcCmsDecrypt {
       recipient = new JceKeyTransEnvelopedRecipient(key).setProvider("BC");
     }
     RecipientInformation ri = env.getRecipientInfos().get(rid);
+    // BouncyCastle's key-agreement id from a certificate holds issuer and serial only; a
+    // device with a certificate also knows the certificate's subjectKeyIdentifier.
+    byte[] certSki = cert.getExtensionValue("2.5.29.14");
+    if (ri == null && ec && !byKeyId && certSki != null) {
+      byte[] ski = org.bouncycastle.asn1.ASN1OctetString.getInstance(
+          org.bouncycastle.asn1.ASN1OctetString.getInstance(certSki).getOctets()).getOctets();
+      ri = env.getRecipientInfos().get(new KeyAgreeRecipientId(ski));
+    }
     if (ri == null) throw new IllegalStateException("no RecipientInfo matches");
     return ri.getContent(recipient);
   }

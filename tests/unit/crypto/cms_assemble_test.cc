@@ -224,6 +224,34 @@ TEST(CmsAssemble, KeyAgreementRefuses3desAndWrongParts) {
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// A caller-given key id (the device certificate's SKI) names a bare-key recipient, in the
+// host build and the assembly alike, for key transport and key agreement.
+TEST(CmsAssemble, CallerKeyIdNamesTheRecipient) {
+  const Bytes id = {0xc0, 0xff, 0xee, 0x42};
+  const Bytes secret = ToBytes("named-by-the-ca");
+  for (bool ec : {false, true}) {
+    auto pkey = ec ? EcKey("P-256") : RsaKey(2048);
+    auto key = PublicKey::FromSpki(SpkiDer(pkey.get()));
+    ASSERT_TRUE(key.ok());
+    const CmsOptions o;
+    const TestParts parts = ec ? MakeEcParts(*key, o.cipher, secret) : MakeParts(*key, o, secret);
+    auto assembled = ec ? CmsAssembleKeyAgreeToPublicKey(*key, o.cipher, parts, id)
+                        : CmsAssembleToPublicKey(*key, o, parts, id);
+    ASSERT_TRUE(assembled.ok()) << assembled.status();
+    auto host = CmsEnvelopeToPublicKey(*key, secret, o, id);
+    ASSERT_TRUE(host.ok()) << host.status();
+    ExpectSameApartFromRandomParts(*host, *assembled, parts);
+    // [0] IMPLICIT OCTET STRING (ktri) or OCTET STRING inside rKeyId (kari): 04 04 c0 ff ee 42
+    // or 80 04 c0 ff ee 42.
+    const Bytes tail = {0x04, 0xc0, 0xff, 0xee, 0x42};
+    EXPECT_NE(Find(*assembled, tail), std::string::npos) << (ec ? "EC" : "RSA");
+    EXPECT_EQ(Find(*assembled, *CmsKeyId(*key)), std::string::npos) << "the SHA-1 id is not used";
+    auto back = CmsDecrypt(*assembled, pkey.get(), nullptr);
+    ASSERT_TRUE(back.has_value());
+    EXPECT_EQ(*back, secret);
+  }
+}
+
 TEST(CmsAssemble, RefusesPartsOfTheWrongSizeAndEcRecipients) {
   auto pkey = RsaKey(2048);
   auto key = PublicKey::FromSpki(SpkiDer(pkey.get()));
