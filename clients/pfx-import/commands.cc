@@ -35,6 +35,15 @@ int Usage(const std::string& command, const std::string& m) {
   return kExitUsage;
 }
 
+// Flag problems are usage errors (2); a sign-in that fails is a start-up failure (3).
+int SessionError(const std::string& command, const absl::Status& s) {
+  if (s.code() == absl::StatusCode::kInvalidArgument) {
+    return Usage(command, std::string(s.message()));
+  }
+  std::cerr << "pfx-import " << command << ": " << s.message() << "\n";
+  return kExitStartup;
+}
+
 int DefaultJobs() {
   const unsigned n = std::thread::hardware_concurrency();
   return n == 0 ? 1 : static_cast<int>(n);
@@ -140,6 +149,7 @@ absl::StatusOr<GraphSession> OpenGraph(const GraphFlags& f, GraphClient::Options
         "Graph needs a sign-in: --tenant and --client-id with --client-secret-file or "
         "--client-cert/--client-key, or a bearer token in --token-file or $GRAPH_TOKEN");
   }
+  if (auto token = s.tokens->Get(); !token.ok()) return token.status();
   s.graph = std::make_unique<GraphClient>(std::move(options), s.http.get(), s.tokens.get());
   return s;
 }
@@ -173,7 +183,7 @@ int RunList(int argc, char** argv) {
   app.add_flag("--json", json, "JSON Lines, one record per line (input for remove)");
   if (int rc = Parse(app, argc, argv); rc >= 0) return rc;
   auto session = OpenGraph(gf, ClientOptions("list"));
-  if (!session.ok()) return Usage("list", std::string(session.status().message()));
+  if (!session.ok()) return SessionError("list", session.status());
   GraphClient& graph = *session->graph;
 
   std::vector<std::string> filters;
@@ -374,7 +384,7 @@ int RunRemove(int argc, char** argv) {
     from.clear();
   }
   auto session = OpenGraph(gf, ClientOptions("remove"));
-  if (!session.ok()) return Usage("remove", std::string(session.status().message()));
+  if (!session.ok()) return SessionError("remove", session.status());
   GraphClient& graph = *session->graph;
   if (!yes) {
     for (const auto& t : targets) {
@@ -424,7 +434,7 @@ int RunUpdate(int argc, char** argv) {
   auto targets = ReadTargets(in);
   if (!targets.ok()) return Usage("update", std::string(targets.status().message()));
   auto session = OpenGraph(gf, ClientOptions("update"));
-  if (!session.ok()) return Usage("update", std::string(session.status().message()));
+  if (!session.ok()) return SessionError("update", session.status());
   GraphClient& graph = *session->graph;
   return RunTargets("update", in, std::move(*targets), jobs, [&](const Target& t) {
     if (Str(t.record, "encryptedPfxPassword").empty() || Str(t.record, "encryptedPfxBlob").empty()) {

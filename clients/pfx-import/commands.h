@@ -38,8 +38,8 @@ struct GraphSession {
   std::unique_ptr<TokenSource> tokens;
   std::unique_ptr<GraphClient> graph;
 };
-// Reads the secrets (files, $GRAPH_TOKEN), checks the flags and builds the session.
-// Nothing is fetched yet: the first call signs in.
+// Reads the secrets (files, $GRAPH_TOKEN), checks the flags, builds the session and signs
+// in once (so a wrong secret is one start-up error, not one per row).
 absl::StatusOr<GraphSession> OpenGraph(const GraphFlags& f, GraphClient::Options options);
 
 // Ctrl-C: set by SIGINT/SIGTERM while a command runs rows (InstallStopHandler).

@@ -154,7 +154,11 @@ class Importer final {
         ++throttled_;
       };
       auto g = OpenGraph(f_.graph, std::move(go));
-      if (!g.ok()) return Usage(g.status().message());
+      if (!g.ok()) {
+        return g.status().code() == absl::StatusCode::kInvalidArgument
+                   ? Usage(g.status().message())
+                   : Startup(g.status().message());
+      }
       graph_ = std::move(*g);
       target_ = graph_.graph->RecordsUrl();
     }
