@@ -16,7 +16,9 @@
 
 namespace hsmrewrap::pfx_import {
 
-// Reads items with `next` (on the calling thread) while at most 4 * jobs are unfinished,
+// Reads items with `next` (on the calling thread) while at most 64 * jobs are not yet handed
+// to `done` (a wide window: one slow item, e.g. a PFX with 600000 PBKDF2 iterations, must
+// not leave the other workers idle behind it while its result holds up the output order),
 // runs `work` on them on `jobs` threads, and calls `done` on the calling thread for each
 // item in input order. When *stop becomes true no new item is read or started; items
 // already started finish and are handed to `done`; the others are dropped.
@@ -27,7 +29,7 @@ int64_t RunInOrder(int jobs, const std::function<bool(Item*)>& next,
                    const std::function<void(Item&, Result&)>& done,
                    const std::atomic<bool>* stop) {
   jobs = std::max(jobs, 1);
-  const uint64_t window = static_cast<uint64_t>(jobs) * 4;
+  const uint64_t window = static_cast<uint64_t>(jobs) * 64;
   std::mutex mu;
   std::condition_variable cv;
   std::deque<std::pair<uint64_t, Item>> queue;                // guarded by mu
