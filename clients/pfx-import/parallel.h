@@ -43,6 +43,7 @@ int64_t RunInOrder(int jobs, const std::function<bool(Item*)>& next,
         std::unique_lock<std::mutex> lock(mu);
         cv.wait(lock, [&] { return !queue.empty() || closed; });
         if (queue.empty()) return;
+        if (stopped()) return;  // the calling thread drops what is queued
         auto [seq, item] = std::move(queue.front());
         queue.pop_front();
         lock.unlock();
@@ -54,13 +55,16 @@ int64_t RunInOrder(int jobs, const std::function<bool(Item*)>& next,
     });
   }
   uint64_t read = 0, emitted = 0;
-  bool input_done = false;
+  bool input_done = false, stop_seen = false;
   for (;;) {
-    if (!input_done && stopped()) {
+    if (!stop_seen && stopped()) {
+      // Workers check the flag under the lock before taking an item, so after this no
+      // queued item starts: they are the newest, and are dropped.
       std::lock_guard<std::mutex> lock(mu);
-      read -= queue.size();  // queued items are the newest; they never start
+      read -= queue.size();
       queue.clear();
-      input_done = true;
+      input_done = stop_seen = true;
+      cv.notify_all();
     }
     if (!input_done && read - emitted < window) {
       Item item;

@@ -9,6 +9,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include <signal.h>
+
 #include <atomic>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -360,20 +362,31 @@ TEST_F(GraphImport, FourJobsUploadEveryRowThroughA429) {
 }
 
 TEST_F(GraphImport, CtrlCLetsRowsInFlightEndKeepsTheStateAndExits130) {
-  // Three uploads pass, then Graph throttles for a long time: the workers wait while the
-  // test sends SIGINT once the state file holds the three.
+  // Three uploads pass, then Graph throttles for a long time. Once three records are in
+  // and a 429 has been sent (so every worker waits: the back-off is shared), the test sends
+  // SIGINT. The rows in flight stop waiting and are reported; queued rows never start.
   graph_.ThrottleNext(1000, 30, /*skip=*/3);
   std::string cmd = "cd " + ShellQuote(dir_.path()) + " || exit; " + ShellQuote(PfxImportPath());
   for (const auto& a : ImportArgs("2")) cmd += " " + ShellQuote(a);
-  cmd += " -q 2>err & pid=$!; "
-         "for i in $(seq 1200); do [ \"$(cat state.jsonl 2>/dev/null | wc -l)\" -ge 3 ] && break; "
-         "sleep 0.05; done; kill -INT $pid; wait $pid; echo \"rc=$?\"";
+  cmd += " -q 2>err & echo $! >pid; wait $!; echo \"rc=$?\"";
   std::string log;
-  Shell(cmd, &log);
+  std::thread run([&] { Shell(cmd, &log); });
+  for (int i = 0; i < 6000; ++i) {  // at most 10 min (a loaded machine), normally < 1 s
+    if (graph_.records().size() == 3 && !graph_.throttled_at().empty() &&
+        !test::ReadFileOrEmpty(dir_.File("pid")).empty()) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const int pid = std::atoi(test::ReadFileOrEmpty(dir_.File("pid")).c_str());
+  EXPECT_GT(pid, 0);
+  if (pid > 0) kill(pid, SIGINT);  // never 0: that would be the test's own process group
+  run.join();
   const std::string err = test::ReadFileOrEmpty(dir_.File("err"));
   EXPECT_THAT(log, HasSubstr("rc=130")) << err;
   EXPECT_THAT(err, HasSubstr("3 imported"));
   EXPECT_THAT(err, HasSubstr("interrupted"));
+  EXPECT_THAT(err, Not(HasSubstr("row 7 "))) << "queued rows do not start";
   EXPECT_EQ(StateLines(), 3);
   EXPECT_EQ(graph_.records().size(), 3u);
   // A re-run does the rest.
