@@ -5,10 +5,10 @@
 #   pfx-import --csv manifest.csv --verify --service HOST:PORT
 # against rewrapd and prints how long it took.
 #
-# Usage: scripts/pfx-bulk-demo.sh [N] [--service HOST:PORT] [--keep]
+# Usage: scripts/pfx-bulk-demo.sh [N] [--service HOST:PORT] [--jobs J] [--keep]
 #   Without --service a rewrapd is started on 127.0.0.1:0 with a temporary state dir and
 #   stopped at the end. Binaries: $PFX_IMPORT and $REWRAPD, else from $BUILD_DIR
-#   (default: build).
+#   (default: build). --jobs J is passed to pfx-import (default there: cores).
 # Exit status: 0 when every good file was imported and verified and every planted bad one
 # failed with its expected reason.
 set -euo pipefail
@@ -16,11 +16,13 @@ set -euo pipefail
 N=1000
 SERVICE=""
 KEEP=0
+JOBS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --service) SERVICE="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --jobs) JOBS=(--jobs "$2"); shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) N="$1"; shift ;;
   esac
 done
@@ -166,7 +168,7 @@ gen_end=$(date +%s.%N)
 printf 'generated %d good PFX (%d from keytool/pk12util) and %d bad ones in %.1f s\n' "$GOOD" "$EXTRA" "$BAD" \
   "$(echo "$gen_end - $gen_start" | bc)"
 
-CMD=("$PFX_IMPORT" --service "$SERVICE" --csv "$WORK/manifest.csv" --verify --out "$WORK/records.jsonl")
+CMD=("$PFX_IMPORT" --service "$SERVICE" --csv "$WORK/manifest.csv" --verify "${JOBS[@]}" --out "$WORK/records.jsonl")
 echo "running: ${CMD[*]}"
 start=$(date +%s.%N)
 set +e

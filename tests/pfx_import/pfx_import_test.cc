@@ -492,6 +492,78 @@ TEST_F(PfxImportCli, CsvBulkRunCountsFailuresByReason) {
             2);
 }
 
+TEST_F(PfxImportCli, FourJobsGiveTheSameRecordsInTheSameOrderAsOne) {
+  // The shared vectors (when present) and generated files, good and bad, in one manifest.
+  std::string csv = "pfxPath,password,userPrincipalName,intendedPurpose\n";
+  if (SharedPresent()) {
+    for (const auto& [file, pw] : std::vector<std::pair<std::string, std::string>>{
+             {"pkcs12/openssl.p12", "foo"},
+             {"pkcs12/windows.p12", "foo"},
+             {"pkcs12/pbes2_sha256.p12", "foo"},
+             {"pkcs12/no_encryption.p12", "foo"},
+             {"pkcs12/empty_password.p12", ""},
+             {"pkcs12/unicode_password.p12", "Hello, \xE4\xB8\x96\xE7\x95\x8C"},
+             {"pkcs12/bad1.p12", ""},
+             {"intune/testcert.pfx", "TestCert"}}) {
+      csv += SharedDir() + "/vectors/" + file + ",\"" + pw + "\",v-" + file.substr(7, 6) +
+             "@x,unassigned\n";
+    }
+  }
+  mkdir(dir_.File("g").c_str(), 0700);
+  for (int i = 0; i < 24; ++i) {
+    const bool expired = i % 7 == 3;
+    KeyCert kc = MakeKeyCert("user" + std::to_string(i), expired ? -86400 * 2 : -3600,
+                             expired ? -86400 : 86400, "critical,digitalSignature,keyEncipherment");
+    const std::string pw = "pw-" + std::to_string(i);
+    test::WriteFile(dir_.File("g/" + std::to_string(i) + ".pfx"), MakePfx(kc.key, kc.cert, {}, pw));
+    csv += "g/" + std::to_string(i) + ".pfx," + (i % 5 == 4 ? "wrong" : pw) + ",u" +
+           std::to_string(i) + "@x,smimeEncryption\n";
+  }
+  test::WriteFile(dir_.File("m.csv"), csv);
+  auto run = [&](const std::string& jobs) {
+    test::CommandResult r = RunPfxImport({"--csv", dir_.File("m.csv"), "--public-key-file",
+                                          dir_.File("svc.pub"), "--jobs", jobs, "--out",
+                                          dir_.File("out" + jobs + ".jsonl")});
+    EXPECT_EQ(r.exit_code, 1) << r.err;  // the bad rows
+    return r;
+  };
+  test::CommandResult one = run("1"), four = run("4");
+  auto records = [&](const std::string& jobs) {
+    std::vector<nlohmann::json> out;
+    std::istringstream in(test::ReadFileOrEmpty(dir_.File("out" + jobs + ".jsonl")));
+    for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+    return out;
+  };
+  auto r1 = records("1"), r4 = records("4");
+  ASSERT_GE(r1.size(), 18u);
+  ASSERT_EQ(r1.size(), r4.size());
+  for (size_t i = 0; i < r1.size(); ++i) {
+    SCOPED_TRACE(r1[i]["userPrincipalName"].get<std::string>());
+    EXPECT_EQ(Unseal(r1[i]), Unseal(r4[i]));  // the seals differ (OAEP is randomized)
+    for (auto* r : {&r1[i], &r4[i]}) {
+      for (const char* k : {"encryptedPfxPassword", "createdDateTime", "lastModifiedDateTime"}) {
+        r->erase(k);
+      }
+    }
+    EXPECT_EQ(r1[i], r4[i]);
+  }
+  // The same failures, in the same (input) order, and the same counts.
+  auto failures = [](const std::string& err) {
+    std::vector<std::string> out;
+    std::istringstream in(err);
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("pfx-import: row ", 0) == 0) out.push_back(line);
+    }
+    return out;
+  };
+  EXPECT_EQ(failures(one.err), failures(four.err));
+  EXPECT_GE(failures(one.err).size(), 6u);
+  const std::string summary = one.err.substr(one.err.find(" imported"));
+  EXPECT_EQ(summary.substr(0, summary.find('(')),
+            four.err.substr(four.err.find(" imported")).substr(0, summary.find('(')));
+  EXPECT_THAT(four.err, HasSubstr("4 jobs"));
+}
+
 // ---------------------------------------------------------------------------------------
 // Other producers.
 
