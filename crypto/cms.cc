@@ -17,9 +17,7 @@ using internal::OsslInternal;
 using internal::OsslInvalidArgument;
 using internal::X509Ptr;
 
-namespace {
-
-const EVP_CIPHER* ContentCipher(CmsContentCipher c) {
+const EVP_CIPHER* CmsEvpCipher(CmsContentCipher c) {
   switch (c) {
     case CmsContentCipher::kAes256Cbc:
       return EVP_aes_256_cbc();
@@ -31,12 +29,14 @@ const EVP_CIPHER* ContentCipher(CmsContentCipher c) {
   return nullptr;
 }
 
+namespace {
+
 // Builds DER ContentInfo(EnvelopedData) with one recipient for `recipient`'s key.
 // `id_flags` is 0 (issuerAndSerialNumber) or CMS_USE_KEYID (subjectKeyIdentifier).
 absl::StatusOr<Bytes> Envelope(X509* recipient, const PublicKey& key,
                                absl::Span<const uint8_t> plaintext, const CmsOptions& options,
                                unsigned int id_flags) {
-  const EVP_CIPHER* cipher = ContentCipher(options.cipher);
+  const EVP_CIPHER* cipher = CmsEvpCipher(options.cipher);
   if (cipher == nullptr) return absl::InvalidArgumentError("unknown CMS content cipher");
   const bool rsa = key.is_rsa();
   if (!rsa && !key.is_ec()) {

@@ -1,6 +1,8 @@
 // CMS EnvelopedData for device recipients (RFC 5652), built with OpenSSL's CMS API.
 #pragma once
 
+#include <openssl/types.h>
+
 #include <optional>
 
 #include "absl/status/statusor.h"
@@ -11,6 +13,9 @@ namespace hsmrewrap::crypto {
 
 enum class CmsKeyTransport { kRsaOaepSha256, kRsaPkcs1 };
 enum class CmsContentCipher { kAes256Cbc, kAes128Cbc, kDes3Cbc };
+
+// OpenSSL's cipher of a content cipher (null for values the enum does not define).
+const EVP_CIPHER* CmsEvpCipher(CmsContentCipher c);
 
 struct CmsOptions {
   CmsKeyTransport key_transport = CmsKeyTransport::kRsaOaepSha256;

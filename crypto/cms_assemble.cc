@@ -34,21 +34,9 @@ absl::StatusOr<Bytes> ToDer(int (*i2d)(const T*, unsigned char**), const T* v, c
   return out;
 }
 
-const EVP_CIPHER* Cipher(CmsContentCipher c) {
-  switch (c) {
-    case CmsContentCipher::kAes256Cbc:
-      return EVP_aes_256_cbc();
-    case CmsContentCipher::kAes128Cbc:
-      return EVP_aes_128_cbc();
-    case CmsContentCipher::kDes3Cbc:
-      return EVP_des_ede3_cbc();
-  }
-  return nullptr;
-}
-
 // AlgorithmIdentifier { <cipher OID>, OCTET STRING iv } (RFC 3565 / RFC 3370 §5.1).
 absl::StatusOr<Bytes> ContentAlgorithm(CmsContentCipher c, const Bytes& iv) {
-  const EVP_CIPHER* cipher = Cipher(c);
+  const EVP_CIPHER* cipher = CmsEvpCipher(c);
   if (cipher == nullptr) return absl::InvalidArgumentError("unknown CMS content cipher");
   internal::Asn1OctetStringPtr os(ASN1_OCTET_STRING_new());
   AlgorPtr alg(X509_ALGOR_new());
@@ -120,7 +108,7 @@ absl::Status CheckParts(const PublicKey& key, const CmsOptions& options,
     return absl::InvalidArgumentError("key transport needs an RSA recipient key");
   }
   const size_t k = static_cast<size_t>((key.bits() + 7) / 8);
-  const EVP_CIPHER* cipher = Cipher(options.cipher);
+  const EVP_CIPHER* cipher = CmsEvpCipher(options.cipher);
   if (cipher == nullptr) return absl::InvalidArgumentError("unknown CMS content cipher");
   const size_t block = static_cast<size_t>(EVP_CIPHER_get_block_size(cipher));
   if (parts.iv.size() != CmsContentIvLen(options.cipher) || parts.encrypted_key.size() != k ||
@@ -231,12 +219,12 @@ absl::StatusOr<Bytes> Assemble(const PublicKey& key, const CmsOptions& options,
 }  // namespace
 
 size_t CmsContentKeyLen(CmsContentCipher cipher) {
-  const EVP_CIPHER* c = Cipher(cipher);
+  const EVP_CIPHER* c = CmsEvpCipher(cipher);
   return c == nullptr ? 0 : static_cast<size_t>(EVP_CIPHER_get_key_length(c));
 }
 
 size_t CmsContentIvLen(CmsContentCipher cipher) {
-  const EVP_CIPHER* c = Cipher(cipher);
+  const EVP_CIPHER* c = CmsEvpCipher(cipher);
   return c == nullptr ? 0 : static_cast<size_t>(EVP_CIPHER_get_iv_length(c));
 }
 
@@ -244,7 +232,7 @@ absl::StatusOr<SecretBytes> CmsContentDecrypt(CmsContentCipher cipher,
                                               absl::Span<const uint8_t> key,
                                               absl::Span<const uint8_t> iv,
                                               absl::Span<const uint8_t> encrypted) {
-  const EVP_CIPHER* c = Cipher(cipher);
+  const EVP_CIPHER* c = CmsEvpCipher(cipher);
   if (c == nullptr || key.size() != CmsContentKeyLen(cipher) || iv.size() != CmsContentIvLen(cipher)) {
     return absl::InvalidArgumentError("wrong content cipher, key or IV");
   }

@@ -4,7 +4,8 @@
 // (X.509 or SPKI, DER or PEM). What is built must parse back as CMS EnvelopedData.
 // The same input also drives the in-token DER assembly (crypto/cms_assemble.h): IV,
 // encrypted key and encrypted content are cut from the plaintext bytes (right-sized or not,
-// by bit 7 of byte 0); whatever it accepts must parse back too.
+// by bit 7 of byte 0; key agreement for EC recipients, with a caller key id cut from the
+// plaintext for bare keys); whatever it accepts must parse back too.
 #include <openssl/cms.h>
 #include <openssl/objects.h>
 
@@ -46,9 +47,32 @@ crypto::CmsTokenParts PartsFrom(absl::Span<const uint8_t> bytes, const crypto::P
   };
   const size_t k = static_cast<size_t>((key.bits() + 7) / 8);
   parts.iv = take(right_size ? crypto::CmsContentIvLen(o.cipher) : bytes.size() % 17);
-  parts.encrypted_key = right_size ? crypto::Bytes(k, 0x5a) : take(bytes.size() / 2);
-  parts.encrypted_content = take(right_size ? bytes.size() / 8 * 8 : bytes.size());
+  if (key.is_ec()) {  // key agreement: a wrapped content key and an ephemeral point
+    auto point = crypto::EcPointOf(key);
+    parts.encrypted_key = right_size ? crypto::Bytes(crypto::CmsContentKeyLen(o.cipher) + 8, 0x5a)
+                                     : take(bytes.size() / 3);
+    parts.ephemeral_point = right_size && point.ok() ? point->point : take(bytes.size() / 2);
+  } else {
+    parts.encrypted_key = right_size ? crypto::Bytes(k, 0x5a) : take(bytes.size() / 2);
+  }
+  parts.encrypted_content = take(right_size ? bytes.size() / 16 * 16 : bytes.size());
   return parts;
+}
+
+// The in-token assembly for `key`: key agreement for EC keys, key transport for RSA.
+void Assemble(const crypto::Certificate* cert, const crypto::PublicKey& key,
+              const crypto::CmsOptions& options, absl::Span<const uint8_t> bytes, bool right_size) {
+  const crypto::CmsTokenParts parts = PartsFrom(bytes, key, options, right_size);
+  absl::StatusOr<crypto::Bytes> der;
+  if (key.is_ec()) {
+    der = cert ? crypto::CmsAssembleKeyAgreeToCertificate(*cert, options.cipher, parts)
+               : crypto::CmsAssembleKeyAgreeToPublicKey(key, options.cipher, parts, bytes.first(
+                                                                              bytes.size() % 9));
+  } else {
+    der = cert ? crypto::CmsAssembleToCertificate(*cert, options, parts)
+               : crypto::CmsAssembleToPublicKey(key, options, parts, bytes.first(bytes.size() % 9));
+  }
+  if (der.ok()) CheckEnveloped(*der);
 }
 
 }  // namespace
@@ -72,16 +96,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (auto cert = crypto::Certificate::Parse(recipient); cert.ok()) {
     auto cms = crypto::CmsEnvelopeToCertificate(*cert, plaintext, options);
     if (cms.ok()) CheckEnveloped(*cms);
-    auto assembled = crypto::CmsAssembleToCertificate(
-        *cert, options, PartsFrom(plaintext, cert->public_key(), options, opts & 0x80));
-    if (assembled.ok()) CheckEnveloped(*assembled);
+    Assemble(&*cert, cert->public_key(), options, plaintext, opts & 0x80);
   }
   if (auto key = crypto::PublicKey::FromSpki(recipient); key.ok()) {
     auto cms = crypto::CmsEnvelopeToPublicKey(*key, plaintext, options);
     if (cms.ok()) CheckEnveloped(*cms);
-    auto assembled = crypto::CmsAssembleToPublicKey(
-        *key, options, PartsFrom(plaintext, *key, options, opts & 0x80));
-    if (assembled.ok()) CheckEnveloped(*assembled);
+    Assemble(nullptr, *key, options, plaintext, opts & 0x80);
   }
   return 0;
 }

@@ -28,18 +28,6 @@ using testing::SelfSignedCert;
 using testing::SpkiDer;
 using testing::ToBytes;
 
-const EVP_CIPHER* EvpCipher(CmsContentCipher c) {
-  switch (c) {
-    case CmsContentCipher::kAes256Cbc:
-      return EVP_aes_256_cbc();
-    case CmsContentCipher::kAes128Cbc:
-      return EVP_aes_128_cbc();
-    case CmsContentCipher::kDes3Cbc:
-      return EVP_des_ede3_cbc();
-  }
-  return nullptr;
-}
-
 // What a token makes for in-token CMS, made here with OpenSSL: a random content key and IV,
 // the content under them (CBC, PKCS#7 padding), the key encrypted to the recipient.
 struct TestParts : CmsTokenParts {
@@ -48,7 +36,7 @@ struct TestParts : CmsTokenParts {
 
 TestParts MakeParts(const PublicKey& recipient, const CmsOptions& o, const Bytes& content,
                     bool wrap_key = true) {
-  const EVP_CIPHER* cipher = EvpCipher(o.cipher);
+  const EVP_CIPHER* cipher = CmsEvpCipher(o.cipher);
   Bytes key = RandomBytes(static_cast<size_t>(EVP_CIPHER_get_key_length(cipher)));
   if (o.cipher == CmsContentCipher::kDes3Cbc) {  // DES parity, as a token's key generator sets it
     for (auto& b : key) {
