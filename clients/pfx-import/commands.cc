@@ -217,7 +217,7 @@ int RunList(int argc, char** argv) {
   if (json) {
     for (const auto& rec : records) std::cout << rec.dump() << "\n";
   } else {
-    const char* kFormat = "%-32s %-40s %-15s %-12s %-10s %-25s\n";
+    static constexpr absl::string_view kFormat = "%-32s %-40s %-15s %-12s %-10s %-25s\n";
     std::cout << absl::StrFormat(kFormat, "userPrincipalName", "thumbprint", "intendedPurpose",
                                  "keyName", "padding", "expirationDateTime");
     bool blobless = false;
