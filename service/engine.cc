@@ -415,8 +415,11 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
                           : " natively, and host unpadding is not allowed (allow_host_unpadding)"));
     return r;
   }
-  if (paths.front() != hsm::Path::kInToken &&
-      (options_.require_in_token || (gate && gate->RequireInToken(item.key_name())))) {
+  // require_in_token, globally or for this key (asked only where it matters).
+  auto required = [&] {
+    return options_.require_in_token || (gate && gate->RequireInToken(item.key_name()));
+  };
+  if (paths.front() != hsm::Path::kInToken && required()) {
     if (!key->info.caps.unwrap.count(in_padding)) {  // the input side is missing too (or only)
       const std::string input =
           absl::StrCat("token '", backend_->TokenLabel(), "' cannot C_UnwrapKey ",
@@ -437,10 +440,7 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
     // secret too long to unwrap. It runs on the next path, where the decryption decides;
     // with require_in_token (or no other path) it fails UNSUPPORTED, never DECRYPT_FAILED.
     next = 1;
-    if (paths.size() < 2 || options_.require_in_token ||
-        (gate && gate->RequireInToken(item.key_name()))) {
-      r = v1::RewrapResult();
-      r.set_id(item.id());
+    if (paths.size() < 2 || required()) {
       Fail(r, ItemError::UNSUPPORTED,
            absl::StrCat("token '", backend_->TokenLabel(), "' does not unwrap the longest ",
                         PaddingName(item.padding()), " secrets key '", item.key_name(),
@@ -449,8 +449,6 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
                                                  : "require_in_token forbids the fallback"));
       return r;
     }
-    r = v1::RewrapResult();
-    r.set_id(item.id());
   }
   const hsm::Path path = paths[next];
   auto plain = backend_->Decrypt(key, in_padding, ct, path);
