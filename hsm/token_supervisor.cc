@@ -23,14 +23,27 @@ const char* TokenSupervisor::StateName(State s) {
 absl::StatusOr<std::unique_ptr<TokenSupervisor>> TokenSupervisor::Create(Factory factory,
                                                                          Options options) {
   auto first = factory();
-  if (!first.ok()) return first.status();
+  const bool start_lost = !first.ok() && options.start_lost_when_unavailable &&
+                          OutcomeOfStatus(first.status()) == Outcome::kRetryable;
+  if (!first.ok() && !start_lost) return first.status();
   std::unique_ptr<TokenSupervisor> s(new TokenSupervisor(std::move(factory), options));
   {
     absl::MutexLock l(&s->mu_);
-    s->Install(std::shared_ptr<Pkcs11Backend>(std::move(*first)));
+    if (start_lost) {
+      s->state_ = State::kLost;
+      s->label_ = options.name;
+      spdlog::error("{} is unavailable at start-up ({}): re-initialising it with backoff",
+                    s->Who(), first.status().ToString());
+    } else {
+      s->Install(std::shared_ptr<Pkcs11Backend>(std::move(*first)));
+    }
   }
   s->thread_ = std::thread([p = s.get()] { p->Run(); });
   return s;
+}
+
+std::string TokenSupervisor::Who() const {
+  return options_.name.empty() ? "token" : absl::StrCat("token '", options_.name, "'");
 }
 
 namespace {
@@ -91,10 +104,10 @@ void TokenSupervisor::Observe(const absl::Status& s) {
     absl::MutexLock l(&mu_);
     if (state_ != State::kPinRefused) {
       spdlog::error(
-          "the token refused the user PIN ({}); rewrapd stops using the token and will not retry "
+          "{} refused the user PIN ({}); rewrapd stops using the token and will not retry "
           "the "
           "PIN: health is NOT_SERVING until the PIN is fixed and rewrapd restarted",
-          std::string(s.message()));
+          Who(), std::string(s.message()));
       state_ = State::kPinRefused;
     }
   }
@@ -349,9 +362,9 @@ void TokenSupervisor::MarkLost(const std::string& why) {
       runner_.Abandon(generation, absl::UnavailableError(absl::StrCat(
                                       "the token was lost during the call (", why, "); retry")));
   spdlog::error(
-      "token lost ({}): health NOT_SERVING, items fail UNAVAILABLE ({} calls in flight answered); "
-      "re-initialising with backoff",
-      why, abandoned);
+      "{} lost ({}): items on it fail UNAVAILABLE or move to another token ({} calls in flight "
+      "answered); re-initialising with backoff",
+      Who(), why, abandoned);
   Retire(std::move(old));
 }
 
@@ -481,8 +494,8 @@ void TokenSupervisor::Run() {
         absl::MutexLock l(&mu_);
         last_outage_s_ = outage;
       }
-      spdlog::info("token is back after {:.2f} s ({} attempts): re-initialised, serving", outage,
-                   attempts);
+      spdlog::info("{} is back after {:.2f} s ({} attempts): re-initialised, serving", Who(),
+                   outage, attempts);
       lost_at = absl::Time();
       backoff = options_.initial_backoff;
       continue;
@@ -492,7 +505,7 @@ void TokenSupervisor::Run() {
       continue;
     }
     if (s.code() == absl::StatusCode::kCancelled) return;
-    spdlog::warn("token still unavailable ({}); next attempt in {}", std::string(s.message()),
+    spdlog::warn("{} still unavailable ({}); next attempt in {}", Who(), std::string(s.message()),
                  absl::FormatDuration(backoff));
     if (!Sleep(backoff)) return;
     backoff = std::min(backoff * 2, options_.max_backoff);

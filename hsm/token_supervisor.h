@@ -70,11 +70,18 @@ class TokenSupervisor final : public KeyBackend {
     // finalised under them (they have been answered already; this only lets a module that
     // answers quickly be finalised cleanly).
     absl::Duration drain_wait = absl::Milliseconds(200);
+    // The token's name in log lines (config tokens: name); empty: "token".
+    std::string name;
+    // A token that is unavailable at start-up (the factory fails with a retryable status:
+    // Unavailable, ...) starts Lost and is re-initialised like a lost token, instead of
+    // failing Create. For members of a set: the others serve meanwhile.
+    bool start_lost_when_unavailable = false;
   };
   // Makes a new backend: loads/initialises the module, selects the token, logs in.
   using Factory = std::function<absl::StatusOr<std::unique_ptr<Pkcs11Backend>>()>;
 
-  // Calls `factory` once; its error is returned (start-up does not retry).
+  // Calls `factory` once; its error is returned (start-up does not retry), except a
+  // retryable one with start_lost_when_unavailable.
   static absl::StatusOr<std::unique_ptr<TokenSupervisor>> Create(Factory factory, Options options);
   ~TokenSupervisor() override;                       // stops the thread
   TokenSupervisor(const TokenSupervisor&) = delete;  // owns a thread
@@ -154,6 +161,8 @@ class TokenSupervisor final : public KeyBackend {
   absl::StatusOr<T> KeyCall(std::function<absl::StatusOr<T>(Pkcs11Backend&)> op);
 
   void Run();
+  // "token 'NAME'" or "token", for log lines.
+  std::string Who() const;
   // OK, or why the token counts as lost (three failed checks, or one that did not answer).
   absl::Status CheckHealthy(const std::shared_ptr<Pkcs11Backend>& b, uint64_t generation);
   void MarkLost(const std::string& why);

@@ -158,38 +158,76 @@ absl::StatusOr<crypto::SecretString> ReadPin(const Config& c) {
       "systemd credential named 'pin'");
 }
 
+namespace {
+
+// A token's PIN: its pin_file; with one token also $HSMREWRAP_PIN or the systemd credential.
+absl::StatusOr<crypto::SecretString> ReadTokenPin(const TokenConfig& t, const Config& c) {
+  if (!t.pin_file.empty()) return ReadPinFile(t.pin_file);
+  if (c.tokens.size() > 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "token '", t.name, "': no pin_file (or pin-source= in its token_uri): with several "
+        "tokens each names its PIN file"));
+  }
+  return ReadPin(c);  // the single-token form: c.pin_file is t.pin_file
+}
+
+}  // namespace
+
 absl::StatusOr<Started> OpenToken(const Config& c) {
   Started out;
-  hsm::Pkcs11Backend::Options opts;
-  absl::StatusOr<crypto::SecretString> pin;
-  if (c.embedded()) {
-    pin = PrepareEmbedded(c, &out.created_token);
-    opts.module_path = kSoftHsmModule;
-    opts.token.label = kEmbeddedTokenLabel;
-  } else {
-    pin = ReadPin(c);
-    opts.module_path = c.module;
-    opts.init_args = c.init_args;
-    opts.token.label = c.token;
-    opts.token.uri = c.token_uri;
+  std::vector<hsm::TokenSet::Member> members;
+  const bool several = c.tokens.size() > 1;
+  for (size_t n = 0; n < c.tokens.size(); ++n) {
+    const TokenConfig& t = c.tokens[n];
+    hsm::Pkcs11Backend::Options opts;
+    absl::StatusOr<crypto::SecretString> pin;
+    if (t.embedded()) {
+      pin = PrepareEmbedded(c, &out.created_token);
+      opts.module_path = kSoftHsmModule;
+      opts.token.label = kEmbeddedTokenLabel;
+    } else {
+      pin = ReadTokenPin(t, c);
+      opts.module_path = t.module;
+      opts.init_args = t.init_args;
+      opts.token.label = t.token;
+      opts.token.uri = t.token_uri;
+    }
+    if (!pin.ok()) return pin.status();
+    opts.user_pin = *std::move(pin);
+    opts.pool_size = t.pool_size;
+    opts.allow_host_unpadding = t.allow_host_unpadding.value_or(false);
+    // The supervisor re-runs this factory (a fresh module, login, pool and key handles)
+    // whenever the token is lost and comes back.
+    hsm::TokenSupervisor::Options so;
+    so.max_backoff = absl::Milliseconds(c.reconnect_backoff_max_ms);
+    so.call_timeout = absl::Seconds(c.token_call_timeout_s);
+    so.name = several ? t.name : "";
+    so.start_lost_when_unavailable = several;
+    auto supervisor =
+        hsm::TokenSupervisor::Create([opts]() { return hsm::Pkcs11Backend::Create(opts); }, so);
+    if (!supervisor.ok()) {
+      if (!several) return supervisor.status();
+      return absl::Status(supervisor.status().code(),
+                          absl::StrCat("token '", t.name, "': ", supervisor.status().message()));
+    }
+    hsm::TokenSet::Member m;
+    m.supervisor = std::shared_ptr<hsm::TokenSupervisor>(std::move(*supervisor));
+    m.backend = m.supervisor;
+    m.name = t.name.empty() ? m.backend->TokenLabel() : t.name;
+    m.allow_host_unpadding = opts.allow_host_unpadding;
+    m.sessions = t.pool_size;
+    members.push_back(std::move(m));
   }
-  if (!pin.ok()) return pin.status();
-  opts.user_pin = *std::move(pin);
-  opts.pool_size = c.pool_size;
-  opts.allow_host_unpadding = c.allow_host_unpadding;
-  // The supervisor re-runs this factory (a fresh module, login, pool and key handles)
-  // whenever the token is lost and comes back.
-  hsm::TokenSupervisor::Options so;
-  so.max_backoff = absl::Milliseconds(c.reconnect_backoff_max_ms);
-  so.call_timeout = absl::Seconds(c.token_call_timeout_s);
-  auto supervisor =
-      hsm::TokenSupervisor::Create([opts]() { return hsm::Pkcs11Backend::Create(opts); }, so);
-  if (!supervisor.ok()) return supervisor.status();
-  out.supervisor = std::shared_ptr<hsm::TokenSupervisor>(std::move(*supervisor));
-  out.backend = out.supervisor;
+  out.tokens = std::make_shared<hsm::TokenSet>(std::move(members));
+  out.backend = out.tokens;
+  if (several && !out.tokens->Healthy()) {
+    return absl::UnavailableError(
+        "none of the tokens could be opened (each is named in the errors above)");
+  }
+  out.tokens->LoadReferences();
   out.token_label = out.backend->TokenLabel();
 
-  if (c.embedded()) {
+  if (c.tokens.size() == 1 && c.tokens[0].embedded()) {
     auto key = out.backend->GetKey(c.default_key);
     if (key.status().code() == absl::StatusCode::kNotFound) {
       auto created = out.backend->CreateKey(c.default_key, 2048, false);

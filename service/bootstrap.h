@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "crypto/secret.h"
 #include "hsm/backend.h"
+#include "hsm/token_set.h"
 #include "hsm/token_supervisor.h"
 #include "service/config.h"
 
@@ -18,15 +19,18 @@ inline constexpr char kEmbeddedTokenLabel[] = "hsm-rewrap";
 
 // What start-up made; `created_token`/`created_key` say whether this run created them.
 struct Started {
-  std::shared_ptr<hsm::TokenSupervisor> supervisor;
-  std::shared_ptr<hsm::KeyBackend> backend;  // the supervisor, as the engine sees it
-  std::string token_label;
+  // The tokens (one per config tokens: entry, each behind its supervisor), in order.
+  std::shared_ptr<hsm::TokenSet> tokens;
+  std::shared_ptr<hsm::KeyBackend> backend;  // the set, as key administration sees it
+  std::string token_label;                   // the set's TokenLabel()
   bool created_token = false;
   bool created_key = false;
 };
 
-// Opens the configured token (creating the embedded one on first run) and returns a
-// backend with `config.pool_size` sessions.
+// Opens the configured tokens (creating the embedded one on first run), each with its
+// pool_size sessions. With several tokens, one that is unavailable at start-up does not stop
+// rewrapd: it starts lost and joins when it answers (at least one must open). A refused PIN
+// or a configuration error of any token stops start-up.
 absl::StatusOr<Started> OpenToken(const Config& config);
 
 // The user PIN: --pin-file, else $HSMREWRAP_PIN, else the systemd credential "pin"

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <map>
+#include <set>
 #include <string_view>
 #include <thread>
 #include <utility>
@@ -88,6 +89,41 @@ const KeyDef kKeyDefs[] = {
     {"reconnect_backoff_max_ms", &Config::reconnect_backoff_max_ms},
     {"token_call_timeout_s", &Config::token_call_timeout_s},
 };
+
+// The keys of one entry of `tokens:`.
+struct TokenKeyDef {
+  const char* name;
+  ConfigValueType type;
+};
+constexpr char kTokensKey[] = "tokens";
+const TokenKeyDef kTokenKeyDefs[] = {
+    {"name", ConfigValueType::kString},      {"module", ConfigValueType::kString},
+    {"init_args", ConfigValueType::kString}, {"token", ConfigValueType::kString},
+    {"token_uri", ConfigValueType::kString}, {"pin_file", ConfigValueType::kString},
+    {"pool_size", ConfigValueType::kUint32}, {"workers", ConfigValueType::kUint32},
+    {"allow_host_unpadding", ConfigValueType::kBool},
+};
+
+absl::Status SetTokenValue(const std::string& name, const std::string& shown,
+                           const std::string& value, TokenConfig& t) {
+  std::string* str = name == "name"        ? &t.name
+                     : name == "module"    ? &t.module
+                     : name == "init_args" ? &t.init_args
+                     : name == "token"     ? &t.token
+                     : name == "token_uri" ? &t.token_uri
+                     : name == "pin_file"  ? &t.pin_file
+                                           : nullptr;
+  if (str) {
+    *str = value;
+    return absl::OkStatus();
+  }
+  if (name == "pool_size") return ParseU32(shown, value, t.pool_size);
+  if (name == "workers") return ParseU32(shown, value, t.workers);
+  bool b = false;
+  if (auto st = ParseBool(shown, value, b); !st.ok()) return st;
+  t.allow_host_unpadding = b;
+  return absl::OkStatus();
+}
 
 ConfigValueType TypeOf(const KeyDef& d) {
   if (std::holds_alternative<std::string Config::*>(d.field)) return ConfigValueType::kString;
@@ -184,6 +220,11 @@ class YamlReader {
         return Bad(path_, k, absl::StrCat(in, "a key must be a name, got ", KindOf(k)));
       const std::string name = k.Scalar();
       const std::string shown = section.empty() ? name : absl::StrCat(section, ".", name);
+      if (section.empty() && name == kTokensKey) {
+        if (auto st = FirstTime(name, shown, k); !st.ok()) return st;
+        if (auto st = ApplyTokens(k, v); !st.ok()) return st;
+        continue;
+      }
       if (section.empty() && IsSection(name)) {
         if (auto st = FirstTime(name, shown, k); !st.ok()) return st;
         if (!v.IsMap()) {
@@ -219,6 +260,55 @@ class YamlReader {
   }
 
  private:
+  // tokens: a list of mappings, each with the keys of kTokenKeyDefs.
+  absl::Status ApplyTokens(const YAML::Node& k, const YAML::Node& v) {
+    std::string keys;
+    for (const auto& d : kTokenKeyDefs) absl::StrAppend(&keys, keys.empty() ? "" : ", ", d.name);
+    if (!v.IsSequence() || v.size() == 0) {
+      return Bad(path_, k,
+                 absl::StrCat("tokens: expected a list of tokens (each a mapping of ", keys,
+                              "), got ", v.IsSequence() ? "an empty list" : KindOf(v)));
+    }
+    config_.tokens.clear();
+    config_.tokens_given = true;
+    for (size_t n = 0; n < v.size(); ++n) {
+      const YAML::Node& entry = v[n];
+      const std::string at = absl::StrCat("tokens[", n, "]");
+      if (!entry.IsMap()) {
+        return Bad(path_, entry,
+                   absl::StrCat(at, ": expected a mapping (", keys, "), got ", KindOf(entry)));
+      }
+      TokenConfig t;
+      std::map<std::string, int> seen;
+      for (const auto& kv : entry) {
+        const YAML::Node& ek = kv.first;
+        const YAML::Node& ev = kv.second;
+        if (!ek.IsScalar())
+          return Bad(path_, ek, absl::StrCat(at, ": a key must be a name, got ", KindOf(ek)));
+        const std::string name = ek.Scalar();
+        const TokenKeyDef* d = nullptr;
+        for (const auto& def : kTokenKeyDefs) {
+          if (name == def.name) d = &def;
+        }
+        const std::string shown = absl::StrCat(at, ".", name);
+        if (d == nullptr) {
+          return Bad(path_, ek,
+                     absl::StrCat("unknown key '", shown, "' (a token takes ", keys, ")"));
+        }
+        if (!seen.emplace(name, LineOf(ek)).second)
+          return Bad(path_, ek, absl::StrCat("'", shown, "' is given twice"));
+        if (!ev.IsScalar()) {
+          return Bad(path_, ek,
+                     absl::StrCat(shown, ": expected ", Expected(d->type), ", got ", KindOf(ev)));
+        }
+        if (auto st = SetTokenValue(name, shown, ev.Scalar(), t); !st.ok())
+          return Bad(path_, ek, st.message());
+      }
+      config_.tokens.push_back(std::move(t));
+    }
+    return absl::OkStatus();
+  }
+
   // yaml-cpp keeps both entries of a repeated key and the later one would win silently. A
   // limit is the same setting at the top level and under limits:.
   absl::Status FirstTime(const std::string& name, const std::string& shown, const YAML::Node& k) {
@@ -286,6 +376,15 @@ const std::vector<ConfigKey>& ConfigKeys() {
   return *keys;
 }
 
+const std::vector<ConfigKey>& TokenConfigKeys() {
+  static const std::vector<ConfigKey>* const keys = [] {
+    auto* out = new std::vector<ConfigKey>;
+    for (const auto& d : kTokenKeyDefs) out->push_back(ConfigKey{d.name, d.type, kTokensKey});
+    return out;
+  }();
+  return *keys;
+}
+
 absl::Status ApplyYamlFile(const std::string& path, Config& config) {
   std::vector<YAML::Node> docs;
   try {
@@ -327,6 +426,124 @@ absl::Status ApplyEnvironment(Config& config) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Token URI extras (RFC 7512): the module (module-path / module-name) and the PIN file
+// (pin-source) may come from the URI; explicit settings must agree with it. A PIN in the URI
+// (pin-value) is refused: URIs end up in argv, logs and config dumps. `at` prefixes messages.
+absl::Status AdoptUriExtras(const std::string& at, TokenConfig& t) {
+  if (t.token_uri.empty()) return absl::OkStatus();
+  auto extras = hsm::ParseUriExtras(t.token_uri);
+  if (!extras.ok())
+    return absl::InvalidArgumentError(absl::StrCat(at, "token_uri: ", extras.status().message()));
+  if (extras->has_pin_value) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        at, "token_uri: pin-value is not accepted (a PIN must not sit in a URI); use "
+            "pin-source=file:PATH or pin_file"));
+  }
+  // A setting the URI also gives: taken from the URI when unset, else it must agree.
+  auto adopt = [&at](std::string& setting, const char* setting_name, const std::string& from_uri,
+                     const char* uri_name) -> absl::Status {
+    if (from_uri.empty()) return absl::OkStatus();
+    if (setting.empty()) {
+      setting = from_uri;
+    } else if (setting != from_uri) {
+      return absl::InvalidArgumentError(absl::StrCat(at, setting_name, " '", setting,
+                                                     "' and token_uri's ", uri_name, " (",
+                                                     from_uri, ") differ"));
+    }
+    return absl::OkStatus();
+  };
+  if (auto st = adopt(t.module, "module", extras->module_path, "module"); !st.ok()) return st;
+  return adopt(t.pin_file, "pin_file", extras->pin_source, "pin-source");
+}
+
+bool ValidTokenName(const std::string& n) {
+  if (n.empty() || n.size() > 64) return false;
+  for (char ch : n) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_' &&
+        ch != '.')
+      return false;
+  }
+  return true;
+}
+
+// The token list: the single-token keys as a list of one, or `tokens:` checked entry by entry;
+// per-token defaults filled in from the top-level keys; the total of workers.
+absl::Status FinalizeTokens(Config& c) {
+  const bool single_keys = !c.module.empty() || !c.token.empty() || !c.token_uri.empty() ||
+                           !c.init_args.empty() || !c.pin_file.empty();
+  if (c.tokens_given && single_keys) {
+    return absl::InvalidArgumentError(
+        "tokens: is given, and so are single-token settings (module, token, token_uri, "
+        "init_args or pin_file, from the file, the environment or flags): put them into the "
+        "entries of tokens:");
+  }
+  if (!c.tokens_given) {
+    TokenConfig t;
+    t.module = c.module;
+    t.init_args = c.init_args;
+    t.token = c.token;
+    t.token_uri = c.token_uri;
+    t.pin_file = c.pin_file;
+    t.pool_size = c.pool_size;
+    if (auto st = AdoptUriExtras("", t); !st.ok()) return st;
+    c.module = t.module;
+    c.pin_file = t.pin_file;
+    if (c.embedded()) {
+      // The embedded SoftHSM2 default cannot decrypt OAEP-SHA2 natively (SoftHSM2 2.6 decrypts
+      // OAEP with SHA-1 only), so it allows host unpadding unless the user said otherwise.
+      if (!c.allow_host_unpadding_set) c.allow_host_unpadding = true;
+      if (!c.token.empty() || !c.token_uri.empty() || !c.init_args.empty()) {
+        return absl::InvalidArgumentError("token, token_uri and init_args need module to be set");
+      }
+    } else if (c.token.empty() && c.token_uri.empty()) {
+      return absl::InvalidArgumentError(
+          "with module set, name the token with token (label) or token_uri");
+    }
+    c.tokens = {t};
+  }
+  std::set<std::string> names;
+  uint32_t total_workers = 0;
+  for (size_t n = 0; n < c.tokens.size(); ++n) {
+    TokenConfig& t = c.tokens[n];
+    if (c.tokens_given) {
+      const std::string at = absl::StrCat("tokens[", n, "]");
+      if (!ValidTokenName(t.name)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            at, ".name: ", t.name.empty() ? "missing" : absl::StrCat("'", t.name, "' is not valid"),
+            " (every token needs a name of 1 to 64 letters, digits, '-', '_' or '.')"));
+      }
+      if (!names.insert(t.name).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(at, ".name: '", t.name, "' is given to two tokens"));
+      }
+      const std::string prefix = absl::StrCat("tokens '", t.name, "': ");
+      if (auto st = AdoptUriExtras(prefix, t); !st.ok()) return st;
+      if (t.module.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            prefix, "module is missing (or module-path= in token_uri); the embedded SoftHSM2 "
+                    "default is for the single-token form only"));
+      }
+      if (t.token.empty() && t.token_uri.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(prefix, "name the token with token (label) or token_uri"));
+      }
+    }
+    if (t.pool_size == 0) t.pool_size = c.pool_size;
+    if (t.pool_size > 256) return absl::InvalidArgumentError("pool_size: at most 256");
+    if (!t.allow_host_unpadding) t.allow_host_unpadding = c.allow_host_unpadding;
+    if (t.workers == 0) t.workers = t.pool_size;
+    total_workers += t.workers;
+  }
+  const uint32_t cores = std::max(1u, std::thread::hardware_concurrency());
+  if (c.workers == 0) c.workers = std::max(total_workers, cores);
+  if (c.workers > 1024) return absl::InvalidArgumentError("workers: at most 1024");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status Finalize(Config& c) {
   if (c.state_dir.empty()) c.state_dir = DefaultStateDir();
   // Defaults measured in docs/benchmarks.md: a local, CPU-bound token runs best with as many
@@ -335,8 +552,6 @@ absl::Status Finalize(Config& c) {
   const uint32_t cores = std::max(1u, std::thread::hardware_concurrency());
   if (c.pool_size == 0) c.pool_size = std::max(2u, 2 * cores);
   if (c.pool_size > 256) return absl::InvalidArgumentError("pool_size: at most 256");
-  if (c.workers == 0) c.workers = std::max(c.pool_size, cores);
-  if (c.workers > 1024) return absl::InvalidArgumentError("workers: at most 1024");
   if (c.limits.max_batch_items == 0)
     return absl::InvalidArgumentError("max_batch_items must be at least 1");
   if (c.limits.max_inflight_items < c.limits.max_batch_items) {
@@ -358,50 +573,11 @@ absl::Status Finalize(Config& c) {
         absl::StrCat("listen: expected HOST:PORT, got '", c.listen, "'"));
   }
   if (auto st = CheckTransport(c); !st.ok()) return st;
-  // The module (module-path / module-name) and the PIN file (pin-source) may come from the
-  // token URI (RFC 7512); explicit settings must agree with it. A PIN in the URI
-  // (pin-value) is refused: URIs end up in argv, logs and config dumps.
-  if (!c.token_uri.empty()) {
-    auto extras = hsm::ParseUriExtras(c.token_uri);
-    if (!extras.ok())
-      return absl::InvalidArgumentError(absl::StrCat("token_uri: ", extras.status().message()));
-    if (extras->has_pin_value) {
-      return absl::InvalidArgumentError(
-          "token_uri: pin-value is not accepted (a PIN must not sit in a URI); use "
-          "pin-source=file:PATH or pin_file");
-    }
-    // A setting the URI also gives: taken from the URI when unset, else it must agree.
-    auto adopt = [](std::string& setting, const char* setting_name, const std::string& from_uri,
-                    const char* uri_name) -> absl::Status {
-      if (from_uri.empty()) return absl::OkStatus();
-      if (setting.empty()) {
-        setting = from_uri;
-      } else if (setting != from_uri) {
-        return absl::InvalidArgumentError(absl::StrCat(setting_name, " '", setting,
-                                                       "' and token_uri's ", uri_name, " (",
-                                                       from_uri, ") differ"));
-      }
-      return absl::OkStatus();
-    };
-    if (auto st = adopt(c.module, "module", extras->module_path, "module"); !st.ok()) return st;
-    if (auto st = adopt(c.pin_file, "pin_file", extras->pin_source, "pin-source"); !st.ok())
-      return st;
-  }
+  if (auto st = FinalizeTokens(c); !st.ok()) return st;
   if (auto key = hsm::KeyNameFromNameOrUri(c.default_key); key.ok()) {
     c.default_key = *key;
   } else {
     return absl::InvalidArgumentError(absl::StrCat("default_key: ", key.status().message()));
-  }
-  if (c.embedded()) {
-    // The embedded SoftHSM2 default cannot decrypt OAEP-SHA2 natively (SoftHSM2 2.6 decrypts OAEP
-    // with SHA-1 only), so it allows host unpadding unless the user said otherwise.
-    if (!c.allow_host_unpadding_set) c.allow_host_unpadding = true;
-    if (!c.token.empty() || !c.token_uri.empty() || !c.init_args.empty()) {
-      return absl::InvalidArgumentError("token, token_uri and init_args need module to be set");
-    }
-  } else if (c.token.empty() && c.token_uri.empty()) {
-    return absl::InvalidArgumentError(
-        "with module set, name the token with token (label) or token_uri");
   }
   if (!c.log_format.empty() && c.log_format != "json" && c.log_format != "text") {
     return absl::InvalidArgumentError(
@@ -425,7 +601,21 @@ std::string Describe(const Config& c) {
   std::string s;
   absl::StrAppend(&s, "listen:               ", c.listen, "\n");
   absl::StrAppend(&s, "state dir:            ", c.state_dir, "\n");
-  if (c.embedded()) {
+  auto pin_from = [](const std::string& pin_file) {
+    return pin_file.empty() ? std::string("$HSMREWRAP_PIN or systemd credential 'pin'") : pin_file;
+  };
+  if (c.tokens_given) {
+    absl::StrAppend(&s, "tokens:               ", c.tokens.size(),
+                    " (items go to the least loaded token that holds their key, and fail over)\n");
+    for (const TokenConfig& t : c.tokens) {
+      absl::StrAppend(&s, "  - ", t.name, ": module ", t.module, ", ",
+                      t.token_uri.empty() ? "label " + t.token : t.token_uri, "\n");
+      if (!t.init_args.empty()) absl::StrAppend(&s, "      init args: ", t.init_args, "\n");
+      absl::StrAppend(&s, "      PIN from ", pin_from(t.pin_file), "; ", t.pool_size,
+                      " sessions, ", t.workers, " workers; host unpadding ",
+                      t.allow_host_unpadding.value_or(false) ? "ALLOWED" : "denied", "\n");
+    }
+  } else if (c.embedded()) {
     absl::StrAppend(&s, "token:                embedded SoftHSM2 token 'hsm-rewrap' in ",
                     c.state_dir, "/tokens (created on first run, key '", c.default_key, "')\n");
   } else {
@@ -433,20 +623,24 @@ std::string Describe(const Config& c) {
     if (!c.init_args.empty()) absl::StrAppend(&s, "init args:            ", c.init_args, "\n");
     absl::StrAppend(
         &s, "token:                ", c.token_uri.empty() ? "label " + c.token : c.token_uri, "\n");
-    absl::StrAppend(&s, "PIN from:             ",
-                    c.pin_file.empty() ? "$HSMREWRAP_PIN or systemd credential 'pin'" : c.pin_file,
+    absl::StrAppend(&s, "PIN from:             ", pin_from(c.pin_file), "\n");
+  }
+  if (!c.tokens_given) {
+    absl::StrAppend(&s, "host unpadding:       ", c.allow_host_unpadding ? "ALLOWED" : "denied",
                     "\n");
   }
-  absl::StrAppend(&s, "host unpadding:       ", c.allow_host_unpadding ? "ALLOWED" : "denied",
-                  "\n");
   absl::StrAppend(&s, "in-token CMS:         ", c.in_token_cms ? "where the token builds it" : "off",
                   "\n");
   absl::StrAppend(&s, "require IN_TOKEN:     ",
                   c.require_in_token ? "yes (items that cannot take it fail UNSUPPORTED)"
                                      : "no (per key in the policy file)",
                   "\n");
-  absl::StrAppend(&s, "session pool:         ", c.pool_size, " sessions, ", c.workers,
-                  " workers\n");
+  if (c.tokens_given) {
+    absl::StrAppend(&s, "workers:              ", c.workers, " in all\n");
+  } else {
+    absl::StrAppend(&s, "session pool:         ", c.pool_size, " sessions, ", c.workers,
+                    " workers\n");
+  }
   absl::StrAppend(&s, "metrics:              ",
                   c.metrics_listen.empty() ? "off" : "http://" + c.metrics_listen + "/metrics",
                   "\n");

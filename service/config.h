@@ -25,6 +25,20 @@ struct Limits {
   uint32_t max_queued_key_calls = 16;      // Keys calls waiting, per queue (writes, reads)
 };
 
+// One token of a set (config `tokens:`): the single-token keys plus a name.
+struct TokenConfig {
+  std::string name;       // unique in the set; results and metrics carry it
+  std::string module;     // empty only for the embedded default (single-token form)
+  std::string init_args;
+  std::string token;      // label
+  std::string token_uri;  // RFC 7512 URI (module-path= / module-name= / pin-source= too)
+  std::string pin_file;
+  uint32_t pool_size = 0;  // 0 = the top-level pool_size
+  uint32_t workers = 0;    // engine threads this token adds; 0 = its pool_size
+  std::optional<bool> allow_host_unpadding;  // unset = the top-level allow_host_unpadding
+  bool embedded() const { return module.empty(); }
+};
+
 struct Config {
   std::string config_file;  // --config
   std::string state_dir;    // --state-dir (embedded default keeps its token here)
@@ -41,6 +55,12 @@ struct Config {
   uint32_t pool_size = 0;                 // PKCS#11 sessions; 0 = 2 x cores (at least 2)
   uint32_t workers = 0;                   // engine threads; 0 = max(pool_size, cores)
   Limits limits;
+  // The tokens (config `tokens:`, a YAML list). Finalize makes it one entry from the
+  // single-token keys above when the list is not given; after Finalize every entry has its
+  // module, pin_file, pool_size, workers and allow_host_unpadding filled in, and `workers`
+  // is the total.
+  std::vector<TokenConfig> tokens;
+  bool tokens_given = false;  // the list came from the file
   std::string log_level = "info";
   std::string log_format;               // "json" (one JSON object a line) or "text"; empty = json
                                         // unless stderr is a terminal
@@ -77,6 +97,9 @@ struct ConfigKey {
   // A mapping the key may also sit in ("limits" for limits: {max_batch_items: ..}), or "".
   const char* section;
 };
+
+// The keys an entry of `tokens:` takes.
+const std::vector<ConfigKey>& TokenConfigKeys();
 
 // Every key ApplyYamlFile and ApplyEnvironment accept, from the table they read (so a test
 // that walks this list covers a key added later).

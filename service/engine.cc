@@ -89,20 +89,25 @@ absl::Status CheckFields(const v1::RewrapItem& item, RsaPadding* in_padding) {
 
 }  // namespace
 
-RewrapEngine::RewrapEngine(std::shared_ptr<hsm::KeyBackend> backend, Options options)
-    : backend_(std::move(backend)),
+RewrapEngine::RewrapEngine(std::shared_ptr<hsm::TokenSet> tokens, Options options)
+    : tokens_(std::move(tokens)),
       options_(options),
       pool_(std::make_unique<WorkerPool>(options.workers)) {}
+
+RewrapEngine::RewrapEngine(std::shared_ptr<hsm::KeyBackend> backend, Options options)
+    : RewrapEngine(hsm::TokenSet::Of(std::move(backend), "", options.allow_host_unpadding),
+                   options) {}
 
 RewrapEngine::~RewrapEngine() { pool_.reset(); }
 
 std::vector<std::pair<RsaPadding, std::vector<hsm::Path>>> RewrapEngine::PathsFor(
-    const hsm::KeyInfo& info) {
+    const hsm::KeyInfo& info, size_t token) {
   std::vector<std::pair<RsaPadding, std::vector<hsm::Path>>> out;
-  const bool can_wrap = !backend_->WrapPaddings().empty();
+  const hsm::TokenSet::Member& m = tokens_->member(token);
+  const bool can_wrap = !m.backend->WrapPaddings().empty();
   for (RsaPadding p : kListedPaddings) {
     if (p == RsaPadding::kPkcs1 && !info.allow_pkcs1) continue;
-    out.emplace_back(p, hsm::PathsFor(info, p, can_wrap, options_.allow_host_unpadding));
+    out.emplace_back(p, hsm::PathsFor(info, p, can_wrap, m.allow_host_unpadding));
   }
   return out;
 }
@@ -180,7 +185,8 @@ absl::Status RewrapEngine::Submit(std::shared_ptr<const v1::RewrapRequest> reque
                "this id occurs more than once in the batch; ids must be unique");
         }
       } else {
-        *slot = ProcessItem(item, item_gate, item_gate ? &batch->recipient_sha256[i] : nullptr);
+        *slot = ProcessItem(item, item_gate, item_gate ? &batch->recipient_sha256[i] : nullptr,
+                            &ctx);
       }
       if (item_gate) item_gate->ItemDone(*slot);
       inflight_.fetch_sub(1);
@@ -259,7 +265,7 @@ bool RewrapEngine::ResolveRecipient(const v1::RewrapItem& item, ItemGate* gate,
       }
       if (!out.bare) out.out_padding = RsaPadding::kOaepSha512;  // Intune's default padding
       out.bare = true;
-      auto t = backend_->Resolve(rcp.service_key());
+      auto t = tokens_->Resolve(rcp.service_key());
       if (!t.ok()) {
         if (t.status().code() == absl::StatusCode::kNotFound) {
           Fail(r, ItemError::KEY_NOT_FOUND,
@@ -335,7 +341,9 @@ bool RewrapEngine::ResolveRecipient(const v1::RewrapItem& item, ItemGate* gate,
 }
 
 v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate* gate,
-                                           std::string* recipient_sha256) {
+                                           std::string* recipient_sha256,
+                                           const CallContext* call,
+                                           std::optional<size_t> only_token) {
   v1::RewrapResult r;
   r.set_id(item.id());
   if (gate) {  // rate limits and a failed audit log stop an item before anything else
@@ -369,51 +377,119 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
   Recipient rcpt;
   if (!ResolveRecipient(item, gate, recipient_sha256, rcpt, r)) return r;
 
-  // 2. The service key: resolved once, for every step below.
-  auto key_or = backend_->Resolve(item.key_name());
-  if (!key_or.ok()) {
-    if (key_or.status().code() == absl::StatusCode::kNotFound) {
-      Fail(r, ItemError::KEY_NOT_FOUND, absl::StrCat("key '", item.key_name(), "' not found"));
-    } else if (key_or.status().code() == absl::StatusCode::kFailedPrecondition) {
-      // A key rewrapd refuses to serve (unsafe attributes, duplicate label): says why.
-      Fail(r, ItemError::UNSUPPORTED, std::string(key_or.status().message()));
-    } else {
-      FailFromStatus(r, key_or.status(), item.key_name());
+  // 2. The token: the least loaded one that serves the key. An item that fails there
+  // retryably (the token lost, no session free, a call abandoned) or that this token cannot
+  // serve (key absent or refused, padding or path not available) runs on the next token,
+  // inside this call and before its deadline. Never after DECRYPT_FAILED or any other
+  // outcome that is final for the item: the same ciphertext is not tried on N tokens.
+  std::vector<bool> tried(tokens_->size(), only_token.has_value());
+  if (only_token) tried[*only_token] = false;
+  v1::RewrapResult best;
+  int best_rank = -1;
+  while (auto m = tokens_->Next(tried)) {
+    tried[*m] = true;
+    v1::RewrapResult attempt;
+    attempt.set_id(item.id());
+    Attempt a;
+    {
+      hsm::TokenSet::InFlight busy(*tokens_, *m);
+      a = RunOn(*m, item, rcpt, in_padding, gate, attempt);
     }
-    return r;
+    attempt.set_token(tokens_->member(*m).name);
+    if (a.final) {
+      tokens_->stats(*m).items++;
+      return attempt;
+    }
+    if (a.rank == 3) tokens_->stats(*m).failovers++;  // it failed here retryably
+    spdlog::debug("item {}: token '{}' could not serve it ({}); trying another token", item.id(),
+                  tokens_->member(*m).name, attempt.error().message());
+    if (a.rank > best_rank) {
+      best = std::move(attempt);
+      best_rank = a.rank;
+    }
+    if (call && (std::chrono::system_clock::now() > call->deadline ||
+                 (call->cancelled && call->cancelled()))) {
+      break;
+    }
+  }
+  return best;
+}
+
+RewrapEngine::Attempt RewrapEngine::RunOn(size_t m, const v1::RewrapItem& item,
+                                          const Recipient& rcpt, RsaPadding in_padding,
+                                          ItemGate* gate, v1::RewrapResult& r) {
+  const hsm::TokenSet::Member& member = tokens_->member(m);
+  hsm::KeyBackend& backend = *member.backend;
+  // Not served here, but maybe by another token: the rank says what the caller is told
+  // when none serves it.
+  auto elsewhere = [](int rank) { return Attempt{false, rank}; };
+  constexpr int kNotHere = 1, kRefusedHere = 2, kUnavailableHere = 3;
+  // Outcomes of a token operation: retryable ones, and refusals other than the secret being
+  // too long for the recipient, may go better on another token.
+  auto after_op = [&](hsm::Outcome outcome, const absl::Status& s) -> Attempt {
+    FailFromOp(r, outcome, s, item.key_name());
+    if (outcome == hsm::Outcome::kRetryable) return elsewhere(kUnavailableHere);
+    if (outcome == hsm::Outcome::kRefused && s.code() != absl::StatusCode::kInvalidArgument &&
+        s.code() != absl::StatusCode::kInternal)
+      return elsewhere(kRefusedHere);
+    return Attempt{};
+  };
+
+  // The service key on this token: resolved once, for every step below.
+  auto key_or = tokens_->ResolveOn(m, item.key_name());
+  if (!key_or.ok()) {
+    const absl::Status& st = key_or.status();
+    if (st.code() == absl::StatusCode::kNotFound) {
+      Fail(r, ItemError::KEY_NOT_FOUND, absl::StrCat("key '", item.key_name(), "' not found"));
+      return elsewhere(kNotHere);
+    }
+    if (st.code() == absl::StatusCode::kFailedPrecondition) {
+      // A key rewrapd refuses to serve (unsafe attributes, duplicate label, a different
+      // public key from the other tokens'): says why.
+      Fail(r, ItemError::UNSUPPORTED, std::string(st.message()));
+      return elsewhere(kRefusedHere);
+    }
+    FailFromStatus(r, st, item.key_name());
+    if (hsm::OutcomeOfStatus(st) == hsm::Outcome::kRetryable ||
+        st.code() == absl::StatusCode::kPermissionDenied) {
+      // A token that is down and did not hold the key when it last listed its keys does not
+      // make an unknown key look unavailable.
+      return elsewhere(tokens_->KnownAbsent(m, item.key_name()) ? 0 : kUnavailableHere);
+    }
+    return elsewhere(kRefusedHere);
   }
   const hsm::KeyRefPtr& key = *key_or;
   NoteKnownKey(item.key_name());
   const absl::Status use = hsm::CheckKeyUse(key->info, in_padding);
   if (!key->info.enabled) {
     Fail(r, ItemError::KEY_DISABLED, std::string(use.message()));
-    return r;
+    return Attempt{};
   }
   if (item.ciphertext().size() != key->modulus_len) {
     Fail(r, ItemError::INVALID_ITEM,
          absl::StrCat("ciphertext is ", item.ciphertext().size(), " bytes; key '", item.key_name(),
                       "' needs exactly ", key->modulus_len, " (its modulus length)"));
-    return r;
+    return Attempt{};
   }
   if (!use.ok()) {
     Fail(r, ItemError::UNSUPPORTED, std::string(use.message()));
-    return r;
+    return Attempt{};
   }
 
   // 3. The best path this token offers for the item.
   crypto::CmsOptions cms;
   std::string missing;
-  const bool can_build = CanBuildInToken(item, rcpt, &cms, &missing);
+  const bool can_build = CanBuildInToken(m, item, rcpt, &cms, &missing);
   const std::vector<hsm::Path> paths =
-      hsm::PathsFor(key->info, in_padding, can_build, options_.allow_host_unpadding);
+      hsm::PathsFor(key->info, in_padding, can_build, member.allow_host_unpadding);
   if (paths.empty()) {
     Fail(r, ItemError::UNSUPPORTED,
          absl::StrCat("key '", item.key_name(), "' on this token cannot decrypt ",
                       PaddingName(item.padding()),
-                      options_.allow_host_unpadding
+                      member.allow_host_unpadding
                           ? " (the token refuses it and raw RSA)"
                           : " natively, and host unpadding is not allowed (allow_host_unpadding)"));
-    return r;
+    return elsewhere(kRefusedHere);
   }
   // require_in_token, globally or for this key (asked only where it matters).
   auto required = [&] {
@@ -422,7 +498,7 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
   if (paths.front() != hsm::Path::kInToken && required()) {
     if (!key->info.caps.unwrap.count(in_padding)) {  // the input side is missing too (or only)
       const std::string input =
-          absl::StrCat("token '", backend_->TokenLabel(), "' cannot C_UnwrapKey ",
+          absl::StrCat("token '", backend.TokenLabel(), "' cannot C_UnwrapKey ",
                        PaddingName(item.padding()), " sealed secrets with key '", item.key_name(),
                        "'");
       missing = can_build ? input : absl::StrCat(input, "; and ", missing);
@@ -430,48 +506,53 @@ v1::RewrapResult RewrapEngine::ProcessItem(const v1::RewrapItem& item, ItemGate*
     Fail(r, ItemError::UNSUPPORTED,
          absl::StrCat("key '", item.key_name(), "' requires the IN_TOKEN path (require_in_token) ",
                       "and this item cannot take it: ", missing));
-    return r;
+    return elsewhere(kRefusedHere);
   }
   const auto ct = BytesOf(item.ciphertext());
   size_t next = 0;
   if (paths.front() == hsm::Path::kInToken) {
-    if (RewrapInToken(item, rcpt, key, in_padding, cms, r)) return r;
+    switch (RewrapInToken(backend, item, rcpt, key, in_padding, cms, r)) {
+      case InTokenEnd::kDone:
+        return Attempt{};
+      case InTokenEnd::kRetry:
+        return elsewhere(kUnavailableHere);
+      case InTokenEnd::kFallBack:
+        break;
+    }
     // The unwrap failed where the token caps its secrets' length: the item may be a valid
     // secret too long to unwrap. It runs on the next path, where the decryption decides;
     // with require_in_token (or no other path) it fails UNSUPPORTED, never DECRYPT_FAILED.
     next = 1;
     if (paths.size() < 2 || required()) {
       Fail(r, ItemError::UNSUPPORTED,
-           absl::StrCat("token '", backend_->TokenLabel(), "' does not unwrap the longest ",
+           absl::StrCat("token '", backend.TokenLabel(), "' does not unwrap the longest ",
                         PaddingName(item.padding()), " secrets key '", item.key_name(),
                         "' can carry: this one is longer than it takes or does not decrypt, "
                         "and ", paths.size() < 2 ? "no other path is available"
                                                  : "require_in_token forbids the fallback"));
-      return r;
+      return elsewhere(kRefusedHere);
     }
   }
   const hsm::Path path = paths[next];
-  auto plain = backend_->Decrypt(key, in_padding, ct, path);
-  if (!plain.ok()) {
-    FailFromOp(r, plain, item.key_name());
-    return r;
-  }
+  auto plain = backend.Decrypt(key, in_padding, ct, path);
+  if (!plain.ok()) return after_op(plain.outcome(), plain.status());
 
   // 4. Re-encrypt on the host; `plain` is wiped when it goes out of scope.
   EncryptOnHost(item, rcpt, *plain, path, r);
-  return r;
+  return Attempt{};
 }
 
-bool RewrapEngine::CanBuildInToken(const v1::RewrapItem& item, const Recipient& rcpt,
+bool RewrapEngine::CanBuildInToken(size_t m, const v1::RewrapItem& item, const Recipient& rcpt,
                                    crypto::CmsOptions* cms, std::string* missing) {
-  auto token = [this] { return absl::StrCat("token '", backend_->TokenLabel(), "'"); };
+  hsm::KeyBackend& backend = *tokens_->member(m).backend;
+  auto token = [&backend] { return absl::StrCat("token '", backend.TokenLabel(), "'"); };
   if (item.format() == v1::APPLE_ENCRYPTED_PAYLOAD) {
     *missing = "APPLE_ENCRYPTED_PAYLOAD is never built in the token (the password sits inside a "
                "plist that the host writes)";
     return false;
   }
   if (rcpt.bare) {
-    if (backend_->WrapPaddings().count(rcpt.out_padding)) return true;
+    if (backend.WrapPaddings().count(rcpt.out_padding)) return true;
     *missing = absl::StrCat(token(), " cannot C_WrapKey to a device key with the padding of ",
                             v1::OutputFormat_Name(item.format()), " (learned at start-up)");
     return false;
@@ -485,7 +566,7 @@ bool RewrapEngine::CanBuildInToken(const v1::RewrapItem& item, const Recipient& 
   if (rcpt.key->is_ec()) {
     auto point = crypto::EcPointOf(*rcpt.key);
     const int curve = point.ok() ? point->curve_nid : 0;
-    if (backend_->CmsInTokenEc().count({curve, cms->cipher})) return true;
+    if (backend.CmsInTokenEc().count({curve, cms->cipher})) return true;
     const char* name = curve ? EC_curve_nid2nist(curve) : nullptr;
     *missing = absl::StrCat(
         token(), " cannot build CMS to an EC ", name ? name : "", " device key with ",
@@ -496,7 +577,7 @@ bool RewrapEngine::CanBuildInToken(const v1::RewrapItem& item, const Recipient& 
         "start-up");
     return false;
   }
-  if (backend_->CmsInToken().count({cms->key_transport, cms->cipher})) return true;
+  if (backend.CmsInToken().count({cms->key_transport, cms->cipher})) return true;
   const bool des3 = cms->cipher == crypto::CmsContentCipher::kDes3Cbc;
   *missing = absl::StrCat(
       token(), " cannot build ", v1::OutputFormat_Name(item.format()), " with ",
@@ -508,28 +589,34 @@ bool RewrapEngine::CanBuildInToken(const v1::RewrapItem& item, const Recipient& 
   return false;
 }
 
-bool RewrapEngine::RewrapInToken(const v1::RewrapItem& item, const Recipient& rcpt,
-                                 const hsm::KeyRefPtr& key, RsaPadding in_padding,
-                                 const crypto::CmsOptions& cms, v1::RewrapResult& r) {
+RewrapEngine::InTokenEnd RewrapEngine::RewrapInToken(hsm::KeyBackend& backend,
+                                                     const v1::RewrapItem& item,
+                                                     const Recipient& rcpt,
+                                                     const hsm::KeyRefPtr& key,
+                                                     RsaPadding in_padding,
+                                                     const crypto::CmsOptions& cms,
+                                                     v1::RewrapResult& r) {
   const auto ct = BytesOf(item.ciphertext());
   // A failed unwrap is final unless the token caps the unwrapped secret's length below
   // what this key and padding carry (KeyCapabilities::unwrap_short_only).
   const bool maybe_too_long = key->info.caps.unwrap_short_only.count(in_padding) > 0;
   absl::StatusOr<crypto::Bytes> out;
   if (rcpt.bare) {
-    auto wrapped = backend_->RewrapInToken(key, in_padding, ct, *rcpt.key, rcpt.out_padding);
+    auto wrapped = backend.RewrapInToken(key, in_padding, ct, *rcpt.key, rcpt.out_padding);
     if (!wrapped.ok()) {
-      if (maybe_too_long && wrapped.outcome() == hsm::Outcome::kDecryptFailed) return false;
+      if (maybe_too_long && wrapped.outcome() == hsm::Outcome::kDecryptFailed)
+        return InTokenEnd::kFallBack;
       FailFromOp(r, wrapped, item.key_name());
-      return true;
+      return wrapped.outcome() == hsm::Outcome::kRetryable ? InTokenEnd::kRetry : InTokenEnd::kDone;
     }
     out = *std::move(wrapped);
   } else {
-    auto parts = backend_->EnvelopeInToken(key, in_padding, ct, *rcpt.key, cms);
+    auto parts = backend.EnvelopeInToken(key, in_padding, ct, *rcpt.key, cms);
     if (!parts.ok()) {
-      if (maybe_too_long && parts.outcome() == hsm::Outcome::kDecryptFailed) return false;
+      if (maybe_too_long && parts.outcome() == hsm::Outcome::kDecryptFailed)
+        return InTokenEnd::kFallBack;
       FailFromOp(r, parts, item.key_name());
-      return true;
+      return parts.outcome() == hsm::Outcome::kRetryable ? InTokenEnd::kRetry : InTokenEnd::kDone;
     }
     const auto key_id = BytesOf(item.recipient_key_id());
     if (rcpt.key->is_ec()) {
@@ -544,20 +631,22 @@ bool RewrapEngine::RewrapInToken(const v1::RewrapItem& item, const Recipient& rc
       spdlog::warn("item {}: assembling the in-token CMS failed: {}", item.id(),
                    out.status().ToString());
       Fail(r, ItemError::INTERNAL, "encrypting to the recipient failed");
-      return true;
+      return InTokenEnd::kDone;
     }
   }
   r.set_ciphertext(out->data(), out->size());
   r.set_path(v1::IN_TOKEN);
-  return true;
+  return InTokenEnd::kDone;
 }
 
-std::vector<v1::InTokenOutput> RewrapEngine::InTokenOutputs(const hsm::KeyInfo& info) {
+std::vector<v1::InTokenOutput> RewrapEngine::InTokenOutputs(const hsm::KeyInfo& info,
+                                                            size_t token) {
+  hsm::KeyBackend& backend = *tokens_->member(token).backend;
   std::vector<v1::InTokenOutput> out;
   bool unwraps = false;
   for (RsaPadding p : info.caps.unwrap) unwraps |= p != RsaPadding::kPkcs1 || info.allow_pkcs1;
   if (!unwraps) return out;
-  const hsm::CmsFormSet forms = options_.in_token_cms ? backend_->CmsInToken() : hsm::CmsFormSet{};
+  const hsm::CmsFormSet forms = options_.in_token_cms ? backend.CmsInToken() : hsm::CmsFormSet{};
   for (v1::OutputFormat f : {v1::CMS_ENVELOPED, v1::CMS_ENVELOPED_PKCS1}) {
     v1::InTokenOutput o;
     o.set_format(f);
@@ -568,14 +657,14 @@ std::vector<v1::InTokenOutput> RewrapEngine::InTokenOutputs(const hsm::KeyInfo& 
     }
     if (f == v1::CMS_ENVELOPED) {
       const hsm::EcCmsFormSet ec =
-          options_.in_token_cms ? backend_->CmsInTokenEc() : hsm::EcCmsFormSet{};
+          options_.in_token_cms ? backend.CmsInTokenEc() : hsm::EcCmsFormSet{};
       std::set<std::string> curves;
       for (const auto& form : ec) curves.insert(EC_curve_nid2nist(form.first));
       for (const auto& c : curves) o.add_ec_curves(c);
     }
     if (o.content_ciphers_size() > 0 || o.ec_curves_size() > 0) out.push_back(std::move(o));
   }
-  const std::set<RsaPadding> wraps = backend_->WrapPaddings();
+  const std::set<RsaPadding> wraps = backend.WrapPaddings();
   for (v1::OutputFormat f : {v1::RSA_OAEP_SHA256, v1::RSA_OAEP_SHA1, v1::RSA_OAEP_SHA384,
                              v1::RSA_OAEP_SHA512, v1::RSA_PKCS1}) {
     if (!wraps.count(proto_crypto::BarePadding(f))) continue;

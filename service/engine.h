@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "crypto/keys.h"
 #include "hsm/backend.h"
+#include "hsm/token_set.h"
 #include "hsmrewrap/v1/rewrap.pb.h"
 #include "service/config.h"
 #include "service/item_result.h"
@@ -70,6 +71,7 @@ class RewrapEngine final {
     // the session is back in the pool.
     unsigned workers = 2;
     Limits limits;
+    // For the single-backend constructor only (a set's members carry their own).
     bool allow_host_unpadding = false;
     // Build CMS outputs in the token where it can (config in_token_cms; default on). Off:
     // CMS is always built on the host (TOKEN_DECRYPT / HOST_UNPADDING).
@@ -80,6 +82,10 @@ class RewrapEngine final {
   };
   using Done = std::function<void(v1::RewrapResponse)>;
 
+  // Items go to the least loaded token of the set that serves their key and move to the next
+  // one when a token fails them retryably (hsm/token_set.h), inside the call.
+  RewrapEngine(std::shared_ptr<hsm::TokenSet> tokens, Options options);
+  // One backend: a set of one (named after its TokenLabel()).
   RewrapEngine(std::shared_ptr<hsm::KeyBackend> backend, Options options);
   ~RewrapEngine();
   RewrapEngine(const RewrapEngine&) = delete;  // owns the worker threads
@@ -103,10 +109,17 @@ class RewrapEngine final {
 
   // Runs one item to completion on the calling thread (exposed for tests and the baseline).
   // With a gate, *recipient_sha256 gets the recipient's fingerprint for the audit record.
+  // With `call`, an item is not moved to another token after the call's deadline passed or
+  // the caller cancelled. With `only_token`, the item runs on that member of the set and
+  // nowhere else (the self-test of each token).
   v1::RewrapResult ProcessItem(const v1::RewrapItem& item, ItemGate* gate = nullptr,
-                               std::string* recipient_sha256 = nullptr);
+                               std::string* recipient_sha256 = nullptr,
+                               const CallContext* call = nullptr,
+                               std::optional<size_t> only_token = std::nullopt);
 
-  hsm::KeyBackend& backend() { return *backend_; }
+  // Key administration's view: the whole set.
+  hsm::KeyBackend& backend() { return *tokens_; }
+  hsm::TokenSet& tokens() { return *tokens_; }
   size_t inflight() const { return inflight_.load(); }
 
   // The metrics label for an item's key name: the name itself when it names a key this
@@ -114,12 +127,13 @@ class RewrapEngine final {
   // label set.
   std::string KeyLabel(const std::string& key_name) const;
 
-  // The outputs this engine builds IN_TOKEN for a key (ListKeys' in_token_outputs).
-  std::vector<v1::InTokenOutput> InTokenOutputs(const hsm::KeyInfo& info);
+  // The outputs this engine builds IN_TOKEN for a key on member `token` of the set
+  // (ListKeys' in_token_outputs).
+  std::vector<v1::InTokenOutput> InTokenOutputs(const hsm::KeyInfo& info, size_t token = 0);
 
-  // The paths this engine would offer a key for each padding, best first.
+  // The paths this engine would offer a key on member `token` for each padding, best first.
   std::vector<std::pair<crypto::RsaPadding, std::vector<hsm::Path>>> PathsFor(
-      const hsm::KeyInfo& info);
+      const hsm::KeyInfo& info, size_t token = 0);
 
  private:
   // An item's recipient, parsed (from the cache) and checked.
@@ -133,22 +147,35 @@ class RewrapEngine final {
   // returns false.
   bool ResolveRecipient(const v1::RewrapItem& item, ItemGate* gate, std::string* recipient_sha256,
                         Recipient& out, v1::RewrapResult& r);
-  // Whether the token can build the item's output with the secret never leaving it (given
+  // How one token's attempt at an item ended: final (the result stands), or to be tried on
+  // the next token (rank: which failure the caller is told when no token succeeds; a
+  // retryable one outranks a refusal, which outranks "not found").
+  struct Attempt {
+    bool final = true;
+    int rank = 0;
+  };
+  // The item (fields, gate and recipient checked) on member `m` of the set.
+  Attempt RunOn(size_t m, const v1::RewrapItem& item, const Recipient& rcpt,
+                crypto::RsaPadding in_padding, ItemGate* gate, v1::RewrapResult& r);
+  // Whether token `m` can build the item's output with the secret never leaving it (given
   // that it unwraps the item's padding); if not, *missing says what the token lacks. Sets
   // *cms to the CMS options of a CMS item.
-  bool CanBuildInToken(const v1::RewrapItem& item, const Recipient& rcpt, crypto::CmsOptions* cms,
-                       std::string* missing);
-  // IN_TOKEN: the token's rewrap or in-token CMS, and the result. False (r untouched)
+  bool CanBuildInToken(size_t m, const v1::RewrapItem& item, const Recipient& rcpt,
+                       crypto::CmsOptions* cms, std::string* missing);
+  // IN_TOKEN: the token's rewrap or in-token CMS, and the result. kFallBack (r untouched)
   // when the unwrap failed and the key's caps say it may have been a valid secret longer
-  // than the token unwraps: the caller decides what follows.
-  bool RewrapInToken(const v1::RewrapItem& item, const Recipient& rcpt, const hsm::KeyRefPtr& key,
-                     crypto::RsaPadding in_padding, const crypto::CmsOptions& cms,
-                     v1::RewrapResult& r);
+  // than the token unwraps: the caller decides what follows. kRetry: failed retryably (r
+  // says how).
+  enum class InTokenEnd { kDone, kFallBack, kRetry };
+  InTokenEnd RewrapInToken(hsm::KeyBackend& backend, const v1::RewrapItem& item,
+                           const Recipient& rcpt, const hsm::KeyRefPtr& key,
+                           crypto::RsaPadding in_padding, const crypto::CmsOptions& cms,
+                           v1::RewrapResult& r);
   // The host step of TOKEN_DECRYPT / HOST_UNPADDING: the secret encrypted to the recipient.
   void EncryptOnHost(const v1::RewrapItem& item, const Recipient& rcpt,
                      const crypto::SecretBytes& plain, hsm::Path path, v1::RewrapResult& r);
 
-  std::shared_ptr<hsm::KeyBackend> backend_;
+  std::shared_ptr<hsm::TokenSet> tokens_;
   Options options_;
   RecipientCache recipients_{1024};
   std::atomic<size_t> inflight_{0};

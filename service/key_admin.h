@@ -32,6 +32,10 @@ struct KeyDescription {
   std::vector<std::pair<crypto::RsaPadding, std::vector<hsm::Path>>> paths;
   // The outputs the token builds IN_TOKEN for this key (RewrapEngine::InTokenOutputs).
   std::vector<v1::InTokenOutput> in_token_outputs;
+  // Per token of the set, in configuration order: whether it serves the key and how.
+  std::vector<v1::KeyTokenInfo> tokens;
+  // Set when the key is not on every token: how to put it there.
+  std::string clone_advice;
 };
 
 // The private key of an ImportKey, already taken out of the request.
@@ -50,12 +54,14 @@ class KeyAdmin final {
 
   KeyAdmin(RewrapEngine* engine, SelfTester* selftest) : engine_(engine), selftest_(selftest) {}
 
-  // A new key in the token: `bits` 2048 (also for 0), 3072 or 4096.
+  // A new key in one token (`token`: a config tokens: name; empty = the first token that is
+  // up): `bits` 2048 (also for 0), 3072 or 4096.
   absl::StatusOr<KeyDescription> CreateKey(const std::string& name, uint32_t bits,
-                                           bool allow_pkcs1);
-  // An existing RSA key (at least 1024 bits) into the token.
+                                           bool allow_pkcs1, const std::string& token = "");
+  // An existing RSA key (at least 1024 bits) into the tokens named (empty: every token).
   absl::StatusOr<KeyDescription> ImportKey(const std::string& name, const ImportedKey& key,
-                                           bool allow_pkcs1);
+                                           bool allow_pkcs1,
+                                           const std::vector<std::string>& tokens = {});
   absl::StatusOr<KeyDescription> SetEnabled(const std::string& name, bool enabled);
 
   // The token's keys that `visible` lets through.
@@ -68,9 +74,10 @@ class KeyAdmin final {
                                                        const KeyFilter& visible = {});
 
  private:
-  KeyDescription Describe(const hsm::KeyInfo& info);
-  // Describes the key the backend just wrote (the backend's key cache has it already).
-  absl::StatusOr<KeyDescription> Publish(hsm::KeyInfo info);
+  // A key from its holdings on the tokens (hsm::TokenSet::ListByToken).
+  KeyDescription Describe(const std::vector<hsm::TokenSet::Holding>& holdings);
+  // Describes the key a write just made or changed, on every token.
+  absl::StatusOr<KeyDescription> Publish(const hsm::KeyInfo& written);
 
   RewrapEngine* engine_;
   SelfTester* selftest_;

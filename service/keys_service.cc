@@ -79,6 +79,8 @@ void KeyToProto(const KeyDescription& key, const std::string& token_label, v1::K
   }
   for (const auto& o : key.in_token_outputs) *out->add_in_token_outputs() = o;
   out->set_token_label(token_label);
+  for (const auto& t : key.tokens) *out->add_tokens() = t;
+  if (!key.clone_advice.empty()) out->set_clone_advice(key.clone_advice);
 }
 
 KeysServiceImpl::KeysServiceImpl(KeyAdmin* admin, std::string token_label, AuthorizedCalls* calls,
@@ -160,7 +162,8 @@ grpc::ServerUnaryReactor* KeysServiceImpl::CreateKey(grpc::CallbackServerContext
                                                      v1::KeyInfo* out) {
   return OffThread(ctx, "CreateKey", req->name(), Kind::kWrite,
                    [this, req, out](const Security::Call&) -> absl::Status {
-                     auto key = admin_->CreateKey(req->name(), req->bits(), req->allow_pkcs1());
+                     auto key = admin_->CreateKey(req->name(), req->bits(), req->allow_pkcs1(),
+                                                  req->token());
                      if (!key.ok()) return key.status();
                      KeyToProto(*key, token_label_, out);
                      return absl::OkStatus();
@@ -176,7 +179,9 @@ grpc::ServerUnaryReactor* KeysServiceImpl::ImportKey(grpc::CallbackServerContext
   std::shared_ptr<ImportedKey> key = TakeImportedKey(*req);
   return OffThread(ctx, "ImportKey", req->name(), Kind::kWrite,
                    [this, req, out, key](const Security::Call&) -> absl::Status {
-                     auto info = admin_->ImportKey(req->name(), *key, req->allow_pkcs1());
+                     const std::vector<std::string> tokens(req->tokens().begin(),
+                                                           req->tokens().end());
+                     auto info = admin_->ImportKey(req->name(), *key, req->allow_pkcs1(), tokens);
                      if (!info.ok()) return info.status();
                      KeyToProto(*info, token_label_, out);
                      return absl::OkStatus();
@@ -265,6 +270,7 @@ grpc::ServerUnaryReactor* KeysServiceImpl::SelfTest(grpc::CallbackServerContext*
                        o->set_path(r.path);
                        o->mutable_time()->set_seconds(r.time_unix);
                        o->set_seconds(r.seconds);
+                       o->set_token(r.token);
                      }
                      return absl::OkStatus();
                    });

@@ -9,7 +9,7 @@ namespace hsmrewrap::service {
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& listen,
                                                                     Metrics* metrics,
-                                                                    std::function<bool()> serving) {
+                                                                    std::function<Health()> health) {
   const size_t colon = listen.rfind(':');
   int port = 0;
   if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) ||
@@ -26,14 +26,15 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
     res.set_content(metrics->Render(), "text/plain; version=0.0.4; charset=utf-8");
   });
   s->server_->Get("/healthz",
-                  [serving = std::move(serving)](const httplib::Request&, httplib::Response& res) {
-                    const bool ok = serving();
-                    res.status = ok ? 200 : 503;
-                    res.set_content(ok ? "SERVING\n" : "NOT_SERVING\n", "text/plain");
+                  [health = std::move(health)](const httplib::Request&, httplib::Response& res) {
+                    const Health h = health();
+                    res.status = h.serving ? 200 : 503;
+                    res.set_content(h.json + "\n", "application/json");
                   });
   s->server_->Get("/", [](const httplib::Request&, httplib::Response& res) {
     res.set_content(
-        "rewrapd: GET /metrics (Prometheus), GET /healthz (200 SERVING / 503 NOT_SERVING)\n",
+        "rewrapd: GET /metrics (Prometheus), GET /healthz (200 SERVING / 503 NOT_SERVING, JSON "
+        "with a tokens section)\n",
         "text/plain");
   });
   if (port == 0) {

@@ -20,11 +20,16 @@ namespace hsmrewrap::service {
 
 class MetricsServer final {
  public:
-  // Binds HOST:PORT (port 0 picks one) and starts serving. `serving` answers /healthz
+  // What /healthz answers: 200 when serving, else 503, with a JSON body.
+  struct Health {
+    bool serving = false;
+    std::string json;
+  };
+  // Binds HOST:PORT (port 0 picks one) and starts serving. `health` answers /healthz
   // (called on the HTTP thread; must be thread-safe).
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& listen,
                                                               Metrics* metrics,
-                                                              std::function<bool()> serving);
+                                                              std::function<Health()> health);
   ~MetricsServer();
   MetricsServer(const MetricsServer&) = delete;  // owns a thread and a socket
   MetricsServer& operator=(const MetricsServer&) = delete;

@@ -40,18 +40,24 @@ absl::Span<const uint8_t> Span(const std::string& s) {
 SelfTester::SelfTester(RewrapEngine* engine, Metrics* metrics, std::chrono::seconds interval)
     : engine_(engine), metrics_(metrics), interval_(interval) {
   MakeDeviceKey(&device_private_pem_, &device_spki_der_);
+  // With several tokens, the results are per key and token.
+  const bool several = engine_->tokens().size() > 1;
+  auto Labels = [several](const SelfTestResult& r) {
+    return several ? Metrics::Labels{{"key", r.key}, {"token", r.token}}
+                   : Metrics::Labels{{"key", r.key}};
+  };
   metrics_->DeclareGauge("hsmrewrap_selftest_ok",
-                         "1 if the key's last known-answer self-test passed", [this] {
+                         "1 if the key's last known-answer self-test passed", [this, Labels] {
                            std::vector<std::pair<Metrics::Labels, double>> out;
                            for (const auto& r : Last())
-                             out.push_back({{{"key", r.key}}, r.ok ? 1.0 : 0.0});
+                             out.push_back({Labels(r), r.ok ? 1.0 : 0.0});
                            return out;
                          });
   metrics_->DeclareGauge("hsmrewrap_selftest_last_run_timestamp_seconds",
-                         "Unix time of the key's last self-test", [this] {
+                         "Unix time of the key's last self-test", [this, Labels] {
                            std::vector<std::pair<Metrics::Labels, double>> out;
                            for (const auto& r : Last())
-                             out.push_back({{{"key", r.key}}, static_cast<double>(r.time_unix)});
+                             out.push_back({Labels(r), static_cast<double>(r.time_unix)});
                            return out;
                          });
   metrics_->DeclareGauge(
@@ -105,12 +111,13 @@ std::vector<SelfTestResult> SelfTester::RunNow(const std::string& key) {
   }
   std::vector<SelfTestResult> out;
   for (const auto& n : names) {
-    SelfTestResult r = TestKey(n);
-    {
-      absl::MutexLock l(&mu_);
-      last_[n] = r;
+    for (SelfTestResult& r : TestKey(n)) {
+      {
+        absl::MutexLock l(&mu_);
+        last_[{n, r.token}] = r;
+      }
+      out.push_back(std::move(r));
     }
-    out.push_back(std::move(r));
   }
   return out;
 }
@@ -127,7 +134,26 @@ std::vector<SelfTestResult> SelfTester::Last() const {
   return out;
 }
 
-SelfTestResult SelfTester::TestKey(const std::string& name) {
+std::vector<SelfTestResult> SelfTester::TestKey(const std::string& name) {
+  std::vector<SelfTestResult> out;
+  hsm::TokenSet& set = engine_->tokens();
+  if (set.size() == 1) {
+    out.push_back(TestKeyOn(name, std::nullopt));
+    out.back().token = set.member(0).name;
+    return out;
+  }
+  // Each token that holds the key (or may: a token that is down is tested, and fails).
+  for (size_t i = 0; i < set.size(); ++i) {
+    auto key = set.member(i).backend->Resolve(name);
+    if (!key.ok() && key.status().code() == absl::StatusCode::kNotFound) continue;
+    out.push_back(TestKeyOn(name, i));
+    out.back().token = set.member(i).name;
+  }
+  if (out.empty()) out.push_back(TestKeyOn(name, std::nullopt));
+  return out;
+}
+
+SelfTestResult SelfTester::TestKeyOn(const std::string& name, std::optional<size_t> token) {
   SelfTestResult r;
   r.key = name;
   const auto start = std::chrono::steady_clock::now();
@@ -153,7 +179,7 @@ SelfTestResult SelfTester::TestKey(const std::string& name) {
     }
   }
   if (!recheck.ok()) return finish(false, std::string(recheck.message()));
-  auto entry = engine_->backend().Resolve(name);
+  auto entry = token ? engine_->tokens().ResolveOn(*token, name) : engine_->backend().Resolve(name);
   if (!entry.ok()) return finish(false, std::string(entry.status().message()));
   // A random known answer, sealed as Intune's tooling seals (OAEP-SHA256).
   crypto::SecretBytes secret(32);
@@ -169,7 +195,7 @@ SelfTestResult SelfTester::TestKey(const std::string& name) {
   item.set_ciphertext(sealed->data(), sealed->size());
   item.mutable_recipient()->set_public_key(device_spki_der_);
   item.set_format(v1::RSA_OAEP_SHA256);
-  v1::RewrapResult res = engine_->ProcessItem(item);
+  v1::RewrapResult res = engine_->ProcessItem(item, nullptr, nullptr, nullptr, token);
   r.path = res.path();
   if (res.has_error()) {
     return finish(false, absl::StrCat(v1::ItemError::Code_Name(res.error().code()), ": ",

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +22,7 @@ namespace hsmrewrap::service {
 
 struct SelfTestResult {
   std::string key;
+  std::string token;  // the token it ran on (one result per key and token that serves it)
   bool ok = false;
   std::string message;  // why it failed; empty when ok
   v1::Path path = v1::PATH_UNSPECIFIED;
@@ -45,7 +47,9 @@ class SelfTester final {
   std::map<std::string, std::string> Refused() const;
 
  private:
-  SelfTestResult TestKey(const std::string& key);
+  // Every token that holds `key` (a key no token serves: one failed result).
+  std::vector<SelfTestResult> TestKey(const std::string& key);
+  SelfTestResult TestKeyOn(const std::string& key, std::optional<size_t> token);
   void Loop();
 
   RewrapEngine* engine_;
@@ -54,7 +58,8 @@ class SelfTester final {
   std::string device_private_pem_;  // throw-away device key for this process
   std::string device_spki_der_;
   mutable absl::Mutex mu_;
-  std::map<std::string, SelfTestResult> last_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, SelfTestResult> last_
+      ABSL_GUARDED_BY(mu_);  // by (key, token)
   std::map<std::string, std::string> refused_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;

@@ -1,5 +1,7 @@
 #include "service/server.h"
 
+#include <nlohmann/json.hpp>
+
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -18,6 +20,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "service/tls.h"
@@ -170,7 +173,9 @@ bool Server::OpenToken() {
     return false;
   }
   started_ = *std::move(started);
-  if (config_.allow_host_unpadding) {
+  bool host_unpadding = false;
+  for (const auto& t : config_.tokens) host_unpadding |= t.allow_host_unpadding.value_or(false);
+  if (host_unpadding) {
     spdlog::warn(
         "HOST UNPADDING IS ALLOWED: for paddings this token cannot decrypt natively, the token "
         "does raw RSA "
@@ -179,7 +184,9 @@ bool Server::OpenToken() {
         config_.embedded()
             ? "This is the embedded SoftHSM2 development default; use a real HSM and "
               "leave allow_host_unpadding off in production."
-            : "It was enabled by configuration.");
+            : config_.tokens_given ? "It was enabled by configuration (for the tokens whose "
+                                     "allow_host_unpadding is true)."
+                                   : "It was enabled by configuration.");
   }
   return true;
 }
@@ -191,15 +198,17 @@ void Server::StartEngine() {
   eo.allow_host_unpadding = config_.allow_host_unpadding;
   eo.in_token_cms = config_.in_token_cms;
   eo.require_in_token = config_.require_in_token;
-  engine_ = std::make_unique<RewrapEngine>(started_->backend, eo);
+  engine_ = std::make_unique<RewrapEngine>(started_->tokens, eo);
   DeclareServiceMetrics(metrics_);
   DeclareProcessMetrics();
   // Time every PKCS#11 call. The supervisor sets the observer on every module it loads
   // (after a token loss too).
-  if (auto* sup = started_->supervisor.get()) {
-    metrics_.DeclareHistogram("hsmrewrap_pkcs11_call_seconds",
-                              "Latency of PKCS#11 calls by function and result", LatencyBuckets());
-    observer_guard_.supervisor = sup;
+  metrics_.DeclareHistogram("hsmrewrap_pkcs11_call_seconds",
+                            "Latency of PKCS#11 calls by function and result", LatencyBuckets());
+  for (size_t i = 0; i < started_->tokens->size(); ++i) {
+    hsm::TokenSupervisor* sup = started_->tokens->member(i).supervisor.get();
+    if (sup == nullptr) continue;
+    observer_guard_.supervisors.push_back(sup);
     sup->SetCallObserver([this](const char* function, bool ok, double seconds) {
       metrics_.Observe("hsmrewrap_pkcs11_call_seconds",
                        {{"function", function}, {"result", ok ? "ok" : "error"}}, seconds);
@@ -228,7 +237,7 @@ void Server::DeclareProcessMetrics() {
                         [this] {
                           return Samples{{{}, static_cast<double>(engine_->inflight())}};
                         });
-  DeclareTokenMetrics(metrics_, started_->supervisor.get());
+  DeclareTokenMetrics(metrics_, started_->tokens);
 }
 
 bool Server::StartGrpc() {
@@ -285,7 +294,7 @@ void Server::LogKeys() {
 bool Server::StartMetricsServer() {
   if (config_.metrics_listen.empty()) return true;
   auto ms = MetricsServer::Start(config_.metrics_listen, &metrics_,
-                                 [this] { return serving_now_.load(); });
+                                 [this] { return HealthReport(); });
   if (!ms.ok()) {
     spdlog::error("{}", std::string(ms.status().message()));
     return false;
@@ -326,18 +335,59 @@ void Server::ReloadPolicy() {
 }
 
 void Server::FollowHealth() {
-  const bool token_ok = started_->backend->Healthy();
+  // SERVING while every key has at least one token up that serves it (with one token: while
+  // it is up).
+  const std::vector<std::string> orphans = started_->tokens->KeysWithoutUpToken();
+  const bool token_ok = started_->tokens->Healthy() && orphans.empty();
   token_healthy_.store(token_ok);
   // A broken audit log stops the service for good (fail closed).
   const bool now = token_ok && security_->serving();
   if (now == serving_now_.load()) return;
   SetHealth(now);
-  const char* why = !security_->serving() ? "audit log unwritable" : "token unavailable";
+  const std::string why =
+      !security_->serving() ? "audit log unwritable"
+      : started_->tokens->size() == 1 || !started_->tokens->Healthy()
+          ? "token unavailable"
+          : absl::StrCat("no token that is up serves key(s) ", absl::StrJoin(orphans, ", "));
   if (now)
     spdlog::info("token is back: serving");
   else
     spdlog::error("{}: health NOT_SERVING", why);
-  sd_notifyf(0, "STATUS=%s%s", now ? "serving" : why, now ? "" : ": NOT_SERVING");
+  sd_notifyf(0, "STATUS=%s%s", now ? "serving" : why.c_str(), now ? "" : ": NOT_SERVING");
+}
+
+MetricsServer::Health Server::HealthReport() const {
+  MetricsServer::Health h;
+  h.serving = serving_now_.load();
+  nlohmann::json j;
+  j["status"] = h.serving ? "SERVING" : "NOT_SERVING";
+  const hsm::TokenSet& set = *started_->tokens;
+  nlohmann::json tokens = nlohmann::json::array();
+  for (size_t i = 0; i < set.size(); ++i) {
+    const auto& m = set.member(i);
+    nlohmann::json t;
+    t["name"] = m.name;
+    t["up"] = m.backend->Healthy();
+    t["state"] = m.supervisor ? hsm::TokenSupervisor::StateName(m.supervisor->state())
+                              : (m.backend->Healthy() ? "up" : "lost");
+    t["inflight"] = set.stats(i).inflight.load();
+    t["items"] = set.stats(i).items.load();
+    t["failovers"] = set.stats(i).failovers.load();
+    t["reconnects"] = m.supervisor ? m.supervisor->reconnects() : 0;
+    t["last_outage_seconds"] = m.supervisor ? m.supervisor->last_outage_seconds() : 0.0;
+    tokens.push_back(std::move(t));
+  }
+  j["tokens"] = std::move(tokens);
+  nlohmann::json keys = nlohmann::json::object();
+  for (const auto& [name, holders] : set.Holders()) {
+    nlohmann::json names = nlohmann::json::array();
+    for (size_t i : holders) names.push_back(set.member(i).name);
+    keys[name] = std::move(names);
+  }
+  j["keys"] = std::move(keys);
+  j["keys_without_up_token"] = set.KeysWithoutUpToken();
+  h.json = j.dump();
+  return h;
 }
 
 void Server::SetHealth(bool serving) {

@@ -75,9 +75,9 @@ class Server final {
   // Removes the PKCS#11 call observer (which records into metrics_) before metrics_ goes:
   // the module outlives it. By then the server, the self-test thread and the workers are idle.
   struct ObserverGuard {
-    hsm::TokenSupervisor* supervisor = nullptr;
+    std::vector<hsm::TokenSupervisor*> supervisors;
     ~ObserverGuard() {
-      if (supervisor) supervisor->SetCallObserver(nullptr);
+      for (auto* s : supervisors) s->SetCallObserver(nullptr);
     }
   } observer_guard_;
   std::unique_ptr<SelfTester> selftest_;
@@ -90,6 +90,9 @@ class Server final {
   std::unique_ptr<MetricsServer> metrics_server_;
   std::atomic<bool> token_healthy_{false};
   std::atomic<bool> serving_now_{false};  // what health says, also for /healthz
+  // /healthz: the state and a tokens section (per token: state, in-flight, items, reconnects,
+  // outage seconds) and the keys no up token serves.
+  MetricsServer::Health HealthReport() const;
 };
 
 }  // namespace hsmrewrap::service

@@ -47,6 +47,7 @@ void FakeBackend::AddKeyPem(const std::string& name, std::string private_pem, in
 }
 
 absl::StatusOr<std::vector<hsm::KeyInfo>> FakeBackend::ListKeys() {
+  if (!healthy_.load()) return absl::UnavailableError("fake token is down");
   std::lock_guard<std::mutex> l(mu_);
   std::vector<hsm::KeyInfo> out;
   for (auto& [n, k] : keys_) out.push_back(k.info);
@@ -54,6 +55,7 @@ absl::StatusOr<std::vector<hsm::KeyInfo>> FakeBackend::ListKeys() {
 }
 
 absl::StatusOr<hsm::KeyRefPtr> FakeBackend::Resolve(const std::string& name) {
+  if (!healthy_.load()) return absl::UnavailableError("fake token is down");
   hsm::KeyInfo info;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -64,7 +66,8 @@ absl::StatusOr<hsm::KeyRefPtr> FakeBackend::Resolve(const std::string& name) {
   auto pub = crypto::PublicKey::FromSpki(info.spki_der);
   if (!pub.ok()) return pub.status();
   const size_t len = static_cast<size_t>((pub->bits() + 7) / 8);
-  return std::make_shared<const hsm::KeyRef>(hsm::KeyRef{std::move(info), *std::move(pub), len});
+  return std::make_shared<const hsm::KeyRef>(hsm::KeyRef{
+      std::move(info), *std::move(pub), len, 0, reinterpret_cast<uint64_t>(this)});
 }
 
 absl::StatusOr<hsm::KeyInfo> FakeBackend::CreateKey(const std::string& name, int bits,
@@ -74,6 +77,7 @@ absl::StatusOr<hsm::KeyInfo> FakeBackend::CreateKey(const std::string& name, int
 }
 
 absl::StatusOr<hsm::KeyInfo> FakeBackend::SetEnabled(const std::string& name, bool enabled) {
+  if (!healthy_.load()) return absl::UnavailableError("fake token is down");
   std::lock_guard<std::mutex> l(mu_);
   auto it = keys_.find(name);
   if (it == keys_.end()) return absl::NotFoundError("no such key");
@@ -87,6 +91,8 @@ hsm::OpResult<crypto::SecretBytes> FakeBackend::Decrypt(const hsm::KeyRefPtr& ke
                                                         hsm::Path path) {
   using R = hsm::OpResult<crypto::SecretBytes>;
   decrypt_calls_++;
+  op_calls_++;
+  if (!healthy_.load()) return R::Retryable(absl::UnavailableError("fake token is down"));
   std::string pem;
   {
     std::lock_guard<std::mutex> l(mu_);

@@ -67,8 +67,13 @@ class FakeBackend final : public hsm::KeyBackend {
                                              const crypto::PublicKey& device_key,
                                              crypto::RsaPadding out_padding) override;
   std::set<crypto::RsaPadding> WrapPaddings() override { return wrap_; }
-  std::string TokenLabel() override { return "fake"; }
-  bool Healthy() override { return true; }
+  std::string TokenLabel() override { return label_; }
+  void SetTokenLabel(std::string l) { label_ = std::move(l); }
+  bool Healthy() override { return healthy_.load(); }
+  // While false, Healthy() is false and every key call and operation fails Unavailable.
+  void SetHealthy(bool up) { healthy_.store(up); }
+  // Calls of Decrypt/RewrapInToken that reached this fake (any outcome).
+  int op_calls() const { return op_calls_.load(); }
 
  private:
   std::mutex mu_;
@@ -78,6 +83,9 @@ class FakeBackend final : public hsm::KeyBackend {
   absl::Status fail_;
   std::atomic<int> decrypt_calls_{0};
   std::vector<hsm::Path> paths_;
+  std::string label_ = "fake";
+  std::atomic<bool> healthy_{true};
+  std::atomic<int> op_calls_{0};
 };
 
 }  // namespace hsmrewrap::testing
