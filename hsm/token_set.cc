@@ -241,6 +241,21 @@ absl::StatusOr<KeyInfo> TokenSet::ImportKeyOn(const std::vector<std::string>& na
   if (targets.empty()) {
     for (size_t i = 0; i < members_.size(); ++i) targets.push_back(i);
   }
+  // A key of this name that the set serves already with another public key: refused before
+  // anything is written (the import would make a token the set must refuse for it).
+  {
+    absl::MutexLock l(&mu_);
+    if (auto it = references_.find(name); it != references_.end()) {
+      auto ref = crypto::PublicKey::FromSpki(it->second.spki);
+      if (ref.ok() && (ref->modulus() != parts.n || ref->public_exponent() != parts.e)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "key '", name, "' is served already with another public key (SPKI SHA-256 ",
+            it->second.sha256, ", from token '", members_[it->second.first].name,
+            "'): a key of the same name on several tokens must be the same key; import it "
+            "under another name, or import that same key"));
+      }
+    }
+  }
   std::optional<KeyInfo> first;
   std::vector<std::string> done;
   for (size_t i : targets) {

@@ -7,13 +7,20 @@
 // back. Used by the reliability tests, scripts/soak.sh and scripts/bench.sh (latency).
 //
 // Environment:
-//   HSMREWRAP_FAULT_CONFIG  the configuration file (absent or missing file = forward only)
+//   HSMREWRAP_FAULT_CONFIG  the configuration file (absent or missing file = forward only),
+//                           unless a file named like this module plus ".conf" exists
+//                           (fault.so -> fault.so.conf): then that one. A copy of the module
+//                           per token (tests of several tokens in one process) so has a
+//                           configuration of its own.
 //   HSMREWRAP_FAULT_MODULE  absolute path of the real module (else the file's `module`
 //                           line, else SoftHSM2)
 //
 // Configuration (one directive a line, `#` starts a comment; FUNCS is a comma-separated
 // list of C_ names or `*` for every function except C_GetFunctionList):
 //   module PATH                      the real module (read once, when loaded)
+//   env NAME VALUE                   setenv(NAME, VALUE) just before the real module is
+//                                    loaded (read once): e.g. P11_KIT_SERVER_ADDRESS for a
+//                                    p11-kit client module, which reads it when loaded
 //   delay FUNCS MICROSECONDS         sleep before each call of FUNCS (no CPU, like a network)
 //   fail FUNCS CKR_NAME [CONDITION...]
 //       CONDITIONs (all must hold; none = every call "until told otherwise"):
@@ -40,6 +47,7 @@
 #include <p11-kit/pkcs11.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -202,7 +210,13 @@ bool ParseRange(const std::string& v, double* a, double* b) {
 }
 
 // Parses the configuration text. Returns null and sets *err on a bad line.
-std::shared_ptr<Rules> Parse(const std::string& text, std::string* module, std::string* err) {
+// What is read once, when the module is loaded.
+struct LoadTime {
+  std::string module;
+  std::vector<std::pair<std::string, std::string>> env;
+};
+
+std::shared_ptr<Rules> Parse(const std::string& text, LoadTime* load, std::string* err) {
   auto rules = std::make_shared<Rules>();
   std::stringstream in(text);
   std::string line;
@@ -216,7 +230,9 @@ std::shared_ptr<Rules> Parse(const std::string& text, std::string* module, std::
     if (w.empty()) continue;
     const std::string where = "line " + std::to_string(lineno) + ": ";
     if (w[0] == "module" && w.size() == 2) {
-      if (module) *module = w[1];
+      if (load) load->module = w[1];
+    } else if (w[0] == "env" && w.size() == 3) {
+      if (load) load->env.emplace_back(w[1], w[2]);
     } else if (w[0] == "delay" && w.size() == 3) {
       char* end = nullptr;
       long us = std::strtol(w[2].c_str(), &end, 10);
@@ -412,19 +428,25 @@ extern "C" CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list);
 
 void Init() {
   if (const char* c = std::getenv("HSMREWRAP_FAULT_CONFIG"); c != nullptr) g_config_path = c;
+  Dl_info self{};
+  if (dladdr(reinterpret_cast<void*>(&Init), &self) != 0 && self.dli_fname != nullptr) {
+    const std::string own = std::string(self.dli_fname) + ".conf";
+    if (::access(own.c_str(), R_OK) == 0) g_config_path = own;
+  }
   std::string module = "/usr/lib/softhsm/libsofthsm2.so";
   if (!g_config_path.empty()) {
     bool ok = false;
     std::string text = ReadAll(g_config_path, &ok), err;
     if (ok) {
-      std::string from_file;
+      LoadTime from_file;
       auto parsed = Parse(text, &from_file, &err);
       if (!parsed) {
         std::fprintf(stderr, "hsmrewrap fault module: %s: %s (ignored)\n", g_config_path.c_str(),
                      err.c_str());
       } else {
         g_rules = std::move(parsed);
-        if (!from_file.empty()) module = from_file;
+        if (!from_file.module.empty()) module = from_file.module;
+        for (const auto& [name, value] : from_file.env) ::setenv(name.c_str(), value.c_str(), 1);
       }
       g_stamp = StatConfig();
     }
