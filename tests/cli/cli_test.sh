@@ -85,7 +85,10 @@ MADDR=$(sed -n 's/.*metrics on http:\/\/\([^/]*\)\/metrics.*/\1/p' "$WORK/err")
 metrics=$(curl -sf "http://$MADDR/metrics"); check "metrics endpoint answers" 0 $?
 contains "metrics: build info" 'hsmrewrap_build_info{version=' "$metrics"
 healthz=$(curl -s -o /dev/null -w '%{http_code} ' "http://$MADDR/healthz"; curl -s "http://$MADDR/healthz")
-contains "metrics server /healthz: 200 SERVING" "200 SERVING" "$healthz"
+contains "metrics server /healthz: 200" "200 " "$healthz"
+contains "metrics server /healthz: JSON status" '"status":"SERVING"' "$healthz"
+contains "metrics server /healthz: tokens section" '"tokens":[{' "$healthz"
+contains "metrics server /healthz: the token is up" '"name":"hsm-rewrap","reconnects":0,"state":"up","up":true' "$healthz"
 contains "metrics: self-test result" 'hsmrewrap_selftest_ok{key="default"} 1' "$metrics"
 contains "metrics: PKCS#11 calls" 'hsmrewrap_pkcs11_calls_total{function="C_Decrypt",result="ok"}' "$metrics"
 contains "metrics: sessions" 'hsmrewrap_sessions{state="pool_size"}' "$metrics"

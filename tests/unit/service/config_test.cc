@@ -333,5 +333,105 @@ TEST(ConfigTest, DefaultKeyMayBeAUri) {
   EXPECT_THAT(std::string(Finalize(no_object).message()), HasSubstr("object="));
 }
 
+TEST(ConfigTest, TokensListIsTheSetAndEachEntryTakesTheSingleTokenKeys) {
+  Config c;
+  std::string path = WriteTemp(
+      "pool_size: 3\n"
+      "allow_host_unpadding: true\n"
+      "tokens:\n"
+      "  - name: hsm-a\n"
+      "    module: /usr/lib/softhsm/libsofthsm2.so\n"
+      "    token: unit-a\n"
+      "    pin_file: /run/a.pin\n"
+      "    pool_size: 8\n"
+      "    workers: 10\n"
+      "    allow_host_unpadding: false\n"
+      "  - name: hsm-b\n"
+      "    token_uri: \"pkcs11:token=unit-b?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/b.pin\"\n"
+      "    init_args: \"x=1\"\n");
+  ASSERT_TRUE(ApplyYamlFile(path, c).ok());
+  ASSERT_TRUE(Finalize(c).ok()) << Finalize(c);
+  ASSERT_EQ(c.tokens.size(), 2u);
+  EXPECT_EQ(c.tokens[0].name, "hsm-a");
+  EXPECT_EQ(c.tokens[0].pool_size, 8u);
+  EXPECT_EQ(c.tokens[0].workers, 10u);
+  EXPECT_EQ(c.tokens[0].allow_host_unpadding, false);
+  EXPECT_EQ(c.tokens[1].module, "/usr/lib/softhsm/libsofthsm2.so");  // from module-path=
+  EXPECT_EQ(c.tokens[1].pin_file, "/run/b.pin");                     // from pin-source=
+  EXPECT_EQ(c.tokens[1].init_args, "x=1");
+  EXPECT_EQ(c.tokens[1].pool_size, 3u);  // the top-level default
+  EXPECT_EQ(c.tokens[1].workers, 3u);
+  EXPECT_EQ(c.tokens[1].allow_host_unpadding, true);
+  EXPECT_EQ(c.workers, 13u);  // the sum
+  const std::string d = Describe(c);
+  EXPECT_THAT(d, HasSubstr("tokens:               2"));
+  EXPECT_THAT(d, HasSubstr("- hsm-a: module /usr/lib/softhsm/libsofthsm2.so, label unit-a"));
+  EXPECT_THAT(d, HasSubstr("- hsm-b: module"));
+  std::remove(path.c_str());
+}
+
+TEST(ConfigTest, TheSingleTokenKeysAreAListOfOne) {
+  Config c;
+  c.module = "/usr/lib/softhsm/libsofthsm2.so";
+  c.token = "t";
+  c.pool_size = 4;
+  ASSERT_TRUE(Finalize(c).ok());
+  ASSERT_EQ(c.tokens.size(), 1u);
+  EXPECT_EQ(c.tokens[0].name, "");  // named after its label when opened
+  EXPECT_EQ(c.tokens[0].module, c.module);
+  EXPECT_EQ(c.tokens[0].pool_size, 4u);
+  Config e;  // the embedded default
+  ASSERT_TRUE(Finalize(e).ok());
+  ASSERT_EQ(e.tokens.size(), 1u);
+  EXPECT_TRUE(e.tokens[0].embedded());
+  EXPECT_EQ(e.tokens[0].allow_host_unpadding, true);
+}
+
+TEST(ConfigTest, TokensListErrorsNameTheEntry) {
+  struct Case {
+    std::string yaml, error;
+  } cases[] = {
+      {"tokens: []\n", "tokens: expected a list of tokens"},
+      {"tokens: x\n", "tokens: expected a list"},
+      {"tokens:\n  - x\n", "tokens[0]: expected a mapping"},
+      {"tokens:\n  - name: a\n    modul: /m.so\n", "unknown key 'tokens[0].modul'"},
+      {"tokens:\n  - name: a\n    pool_size: lots\n", "tokens[0].pool_size"},
+      {"tokens:\n  - name: a\n    name: b\n", "'tokens[0].name' is given twice"},
+      {"tokens:\n  - name: a\n    module: [x]\n", "tokens[0].module: expected a string"},
+  };
+  for (const auto& c : cases) {
+    Config cfg;
+    std::string path = WriteTemp(c.yaml);
+    auto st = ApplyYamlFile(path, cfg);
+    EXPECT_FALSE(st.ok()) << c.yaml;
+    EXPECT_THAT(std::string(st.message()), HasSubstr(c.error)) << c.yaml;
+    std::remove(path.c_str());
+  }
+  struct Final {
+    std::string yaml, error;
+  } finals[] = {
+      {"tokens:\n  - module: /m.so\n    token: t\n", "tokens[0].name: missing"},
+      {"tokens:\n  - name: a b\n    module: /m.so\n    token: t\n", "'a b' is not valid"},
+      {"tokens:\n  - name: a\n    module: /m.so\n    token: t\n  - name: a\n    module: /m.so\n"
+       "    token: u\n",
+       "'a' is given to two tokens"},
+      {"tokens:\n  - name: a\n    token: t\n", "tokens 'a': module is missing"},
+      {"tokens:\n  - name: a\n    module: /m.so\n", "tokens 'a': name the token"},
+      {"module: /m.so\ntoken: t\ntokens:\n  - name: a\n    module: /m.so\n    token: t\n",
+       "put them into the entries of tokens:"},
+      {"tokens:\n  - name: a\n    module: /m.so\n    token_uri: \"pkcs11:token=t?pin-value=1\"\n",
+       "tokens 'a': token_uri: pin-value is not accepted"},
+  };
+  for (const auto& f : finals) {
+    Config cfg;
+    std::string path = WriteTemp(f.yaml);
+    ASSERT_TRUE(ApplyYamlFile(path, cfg).ok()) << f.yaml;
+    auto st = Finalize(cfg);
+    EXPECT_FALSE(st.ok()) << f.yaml;
+    EXPECT_THAT(std::string(st.message()), HasSubstr(f.error)) << f.yaml;
+    std::remove(path.c_str());
+  }
+}
+
 }  // namespace
 }  // namespace hsmrewrap::service
