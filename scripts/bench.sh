@@ -5,11 +5,19 @@
 #
 #   scripts/bench.sh [--quick] [--out DIR] [--skip-memory] [--skip-delay] [--skip-scaling]
 #   scripts/bench.sh --mode in-token-cms [--quick] [--out DIR]
+#   scripts/bench.sh --mode multi-token [--quick] [--out DIR]
 #
 # --mode in-token-cms: on NSS softoken (which builds CMS in the token), CMS_ENVELOPED to
 # RSA-2048 device certificates built IN_TOKEN against the same requests built on the host
 # (rewrapd --no-in-token-cms: TOKEN_DECRYPT), alternating runs, side by side (about 3 min;
 # --quick about 1).
+#
+# --mode multi-token: several tokens behind one rewrapd (config tokens:), each a SoftHSM2
+# token behind its own copy of the fault module with a latency added to every token
+# operation (a network HSM stand-in), the same RSA-2048 key imported into each: 1, 2 and 4
+# tokens of 8 sessions each, with 2 ms per operation (the issue's figure) and with 20 ms (where
+# one token is far from this machine's CPU limit), side by side with the ratio to one token
+# and the CPU rewrapd and the load client used (about 4 min; --quick about 1.5).
 #
 # --quick finishes in about 2-3 minutes (short runs, fewer points); the default takes about
 # 25 minutes (the memory run alone is 10 minutes). Binaries come from $BUILD_DIR (default
@@ -125,6 +133,73 @@ if [ "$MODE" = in-token-cms ]; then
   HOST=$(calc "($(jget "$OUT/cms-host1.json" 'j["items_per_s"]') + $(jget "$OUT/cms-host2.json" 'j["items_per_s"]')) / 2")
   say ""
   say "In-token CMS / host-built CMS, mean of two runs each: $(printf %.0f "$IN") / $(printf %.0f "$HOST") items/s = $(calc "round($IN / $HOST, 2)")."
+  say "Load average after: $(cut -d' ' -f1-3 /proc/loadavg). Reports: $OUT (*.json)."
+  exit 0
+fi
+
+# --- Several tokens behind one rewrapd (--mode multi-token).
+if [ "$MODE" = multi-token ]; then
+  [ -f "$DELAY_MOD" ] || { echo "bench.sh: needs the fault module ($DELAY_MOD): build the tests" >&2; exit 2; }
+  MT=$WORK/mt
+  mkdir -p "$MT/tokens"
+  printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$MT/tokens" >"$MT/softhsm2.conf"
+  export SOFTHSM2_CONF=$MT/softhsm2.conf
+  printf 'bench-multi-pin' >"$MT/pin" && chmod 600 "$MT/pin"
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$MT/key.pem" 2>/dev/null
+  for t in 1 2 3 4; do
+    softhsm2-util --init-token --free --label "unit-$t" --pin bench-multi-pin --so-pin bench-multi-so >/dev/null
+    # A module instance per token: a copy of the fault module over a copy of SoftHSM2.
+    mkdir -p "$MT/t$t"
+    cp "$DELAY_MOD" "$MT/t$t/fault.so"
+    cp /usr/lib/softhsm/libsofthsm2.so "$MT/t$t/libsofthsm2.so"
+  done
+  faults() {  # faults MICROSECONDS: the latency of every token
+    for t in 1 2 3 4; do
+      printf 'module %s\ndelay C_Decrypt,C_UnwrapKey,C_WrapKey %s\n' "$MT/t$t/libsofthsm2.so" "$1" >"$MT/t$t/fault.so.conf"
+    done
+  }
+  config() {  # config N: rewrapd.yaml with tokens 1..N, 8 sessions each
+    local f=$MT/rewrapd-$1.yaml t
+    echo "tokens:" >"$f"
+    for t in $(seq 1 "$1"); do
+      printf '  - name: unit-%s\n    module: %s\n    token: unit-%s\n    pin_file: %s\n    pool_size: 8\n' \
+        "$t" "$MT/t$t/fault.so" "$t" "$MT/pin" >>"$f"
+    done
+    echo "$f"
+  }
+  faults 0
+  serve mt-import --config "$(config 4)" --state-dir "$MT/state"
+  "$CTL" --target "$REWRAPD_ADDR" --timeout 120 keys import default --pkcs8 "$MT/key.pem" >/dev/null ||
+    { echo "bench.sh: importing the key into the 4 tokens failed" >&2; exit 1; }
+  stop_rewrapd
+  MDUR=$([ $QUICK -eq 1 ] && echo 5 || echo 15)
+  say "## several tokens behind one rewrapd, $(date -u +%Y-%m-%dT%H:%MZ)"
+  say ""
+  say "- command: \`scripts/bench.sh${ARGS:+ $ARGS}\` at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); runs of ${MDUR} s"
+  say "- machine: $CORES cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  say "- each token: SoftHSM2 $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null) behind a copy of the fault module adding the latency to C_Decrypt/C_UnwrapKey/C_WrapKey, 8 sessions; the same RSA-2048 key in every token (ImportKey); $PADDING sealed (TOKEN_DECRYPT), $FORMAT to ${DEVICE_BITS}-bit device certificates, batch 64, 8 streams x depth 4; load client on the same machine"
+  say ""
+  say "| latency/op | tokens | items/s | ratio to 1 token | target | rewrapd CPU us/item | machine CPU busy | items per token | errors |"
+  say "|---|---|---|---|---|---|---|---|---|"
+  for delay in 2000 20000; do
+    faults $delay
+    one=""
+    for n in 1 2 4; do
+      serve mt-$delay-$n --config "$(config "$n")" --state-dir "$MT/state"
+      busy0=$(awk '/^cpu /{print $2+$3+$4+$6+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
+      load mt-$delay-$n --batch 64 --streams 8 --depth 4 --duration "$MDUR"
+      busy1=$(awk '/^cpu /{print $2+$3+$4+$6+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
+      stop_rewrapd
+      f=$OUT/mt-$delay-$n.json
+      ips=$(jget "$f" 'j["items_per_s"]')
+      [ -n "$one" ] || one=$ips
+      ratio=$(calc "round($ips / $one, 2)")
+      target=$([ "$n" = 1 ] && echo "-" || ([ "$n" = 2 ] && echo ">= 1.8" || echo ">= 3.4"))
+      busy=$(python3 -c "a=[float(x) for x in '$busy0'.split()]; b=[float(x) for x in '$busy1'.split()]; print(f'{100*(b[0]-a[0])/(b[1]-a[1]):.0f}%')")
+      say "| $((delay / 1000)) ms | $n | $(printf %.0f "$ips") | $ratio | $target | $(jget "$f" 'round(j["server"]["cpu_us_per_item"])') | $busy | $(jget "$f" '" ".join(k + "=" + str(v) for k, v in sorted(j.get("tokens", {}).items()))') | $(jget "$f" 'j["error_items"]') |"
+    done
+  done
+  say ""
   say "Load average after: $(cut -d' ' -f1-3 /proc/loadavg). Reports: $OUT (*.json)."
   exit 0
 fi

@@ -109,6 +109,7 @@ struct Report {
   uint64_t mismatches = 0;
   uint64_t verified = 0;
   std::map<std::string, uint64_t> paths;  // result path -> items
+  std::map<std::string, uint64_t> tokens;  // the token that ran it (RewrapResult.token) -> items
   // Open loop.
   uint64_t scheduled_items = 0, skipped_items = 0;
   double max_send_lag_ms = 0;

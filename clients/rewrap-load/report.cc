@@ -209,6 +209,7 @@ std::string ReportJson(const Report& r) {
   j["mismatches"] = r.mismatches;
   j["verified"] = r.verified;
   j["paths"] = r.paths;
+  j["tokens"] = r.tokens;
   if (o.rate > 0) {
     j["open_loop"] = {{"target_items_per_s", o.rate},
                       {"scheduled_items", r.scheduled_items},

@@ -40,7 +40,7 @@ double ClientCpu() {
 // What every stream adds to; merged into the Report at the end.
 struct Tally {
   std::vector<std::pair<uint32_t, uint32_t>> latencies;  // (batch latency in µs, items)
-  std::map<std::string, uint64_t> errors, paths;
+  std::map<std::string, uint64_t> errors, paths, tokens;
   uint64_t items = 0, ok_items = 0, batches = 0, error_items = 0, mismatches = 0, verified = 0;
   std::vector<std::string> notes;  // first few mismatch reasons / stream errors
 
@@ -48,6 +48,7 @@ struct Tally {
     latencies.insert(latencies.end(), t.latencies.begin(), t.latencies.end());
     for (const auto& [k, v] : t.errors) errors[k] += v;
     for (const auto& [k, v] : t.paths) paths[k] += v;
+    for (const auto& [k, v] : t.tokens) tokens[k] += v;
     items += t.items, ok_items += t.ok_items, batches += t.batches, error_items += t.error_items;
     mismatches += t.mismatches, verified += t.verified;
     for (const auto& n : t.notes)
@@ -280,7 +281,7 @@ void Runner::Count(const v1::RewrapRequest& req, const v1::RewrapResponse& resp,
   // Verification first, outside the stream's lock (it is the expensive part).
   uint64_t verified = 0, mismatches = 0;
   std::string note;
-  std::map<std::string, uint64_t> errs, paths;
+  std::map<std::string, uint64_t> errs, paths, tokens;
   uint64_t ok_items = 0, err_items = 0;
   if (resp.results_size() != req.items_size()) {
     errs["WRONG_RESULT_COUNT"] += n;
@@ -303,6 +304,7 @@ void Runner::Count(const v1::RewrapRequest& req, const v1::RewrapResponse& resp,
         continue;
       }
       paths[v1::Path_Name(r.path())]++;
+      if (!r.token().empty()) tokens[r.token()]++;
       const uint64_t seq = verify_seq_.fetch_add(1);
       if (o_.verify_all || seq % std::max(1u, o_.verify_every) == 0) {
         size_t idx = 0;
@@ -345,6 +347,7 @@ void Runner::Count(const v1::RewrapRequest& req, const v1::RewrapResponse& resp,
   t.mismatches += mismatches;
   for (const auto& [k, v] : errs) t.errors[k] += v;
   for (const auto& [k, v] : paths) t.paths[k] += v;
+  for (const auto& [k, v] : tokens) t.tokens[k] += v;
   if (!note.empty() && t.notes.size() < 10) t.notes.push_back(std::move(note));
 }
 
@@ -532,6 +535,7 @@ Report Runner::Run(std::shared_ptr<grpc::Channel> channel) {
   rep.verified = all.verified;
   rep.errors = all.errors;
   rep.paths = all.paths;
+  rep.tokens = all.tokens;
   rep.stream_errors = all.notes;
   // Rates count only answered items (stream failures are counted as errors, not as work).
   const uint64_t answered = done_items_.load();

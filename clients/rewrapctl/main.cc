@@ -58,9 +58,9 @@ std::string InTokenName(const v1::InTokenOutput& o) {
   return absl::StrCat(s, "[", ciphers, "]");
 }
 
-json KeyJson(const v1::KeyInfo& k) {
+json InTokenJson(const google::protobuf::RepeatedPtrField<v1::InTokenOutput>& outputs) {
   json in_token = json::array();
-  for (const auto& o : k.in_token_outputs()) {
+  for (const auto& o : outputs) {
     json ciphers = json::array();
     for (int c : o.content_ciphers()) {
       ciphers.push_back(v1::ContentCipher_Name(static_cast<v1::ContentCipher>(c)));
@@ -71,11 +71,33 @@ json KeyJson(const v1::KeyInfo& k) {
                             {"content_ciphers", ciphers},
                             {"ec_curves", curves}});
   }
+  return in_token;
+}
+
+json PathsJson(const google::protobuf::RepeatedPtrField<v1::PathSupport>& support) {
   json paths = json::object();
-  for (const auto& p : k.paths()) {
+  for (const auto& p : support) {
     json list = json::array();
     for (int path : p.paths()) list.push_back(v1::Path_Name(static_cast<v1::Path>(path)));
     paths[v1::Padding_Name(p.padding())] = list;
+  }
+  return paths;
+}
+
+json KeyJson(const v1::KeyInfo& k) {
+  json in_token = InTokenJson(k.in_token_outputs());
+  json paths = PathsJson(k.paths());
+  json tokens = json::array();
+  for (const auto& t : k.tokens()) {
+    tokens.push_back(json{{"name", t.name()},
+                          {"token_label", t.token_label()},
+                          {"up", t.up()},
+                          {"state", v1::KeyTokenInfo::State_Name(t.state())},
+                          {"message", t.message()},
+                          {"enabled", t.enabled()},
+                          {"spki_sha256", t.spki_sha256()},
+                          {"paths", PathsJson(t.paths())},
+                          {"in_token_outputs", InTokenJson(t.in_token_outputs())}});
   }
   return json{
       {"name", k.name()},
@@ -89,7 +111,25 @@ json KeyJson(const v1::KeyInfo& k) {
       {"spki_sha256", k.spki_sha256()},
       {"token", k.token_label()},
       {"paths", paths},
-      {"in_token_outputs", in_token}};
+      {"in_token_outputs", in_token},
+      {"tokens", tokens},
+      {"clone_advice", k.clone_advice()}};
+}
+
+// The paths per padding and the in-token outputs, indented by `indent`.
+void PrintPaths(const google::protobuf::RepeatedPtrField<v1::PathSupport>& support,
+                const google::protobuf::RepeatedPtrField<v1::InTokenOutput>& outputs,
+                const char* indent) {
+  for (const auto& p : support) {
+    std::string list;
+    for (int path : p.paths())
+      absl::StrAppend(&list, list.empty() ? "" : " > ", v1::Path_Name(static_cast<v1::Path>(path)));
+    std::printf("%s%-12s %s\n", indent, v1::Padding_Name(p.padding()).c_str(),
+                list.empty() ? "(not available)" : list.c_str());
+  }
+  std::string outs;
+  for (const auto& o : outputs) absl::StrAppend(&outs, " ", InTokenName(o));
+  std::printf("%s%-12s%s\n", indent, "in token:", outs.empty() ? " (none)" : outs.c_str());
 }
 
 void PrintKeys(const std::vector<v1::KeyInfo>& keys, const std::string& output) {
@@ -106,17 +146,19 @@ void PrintKeys(const std::vector<v1::KeyInfo>& keys, const std::string& output) 
     std::printf("%-24s %5u %-8s %-6s %-20s %s\n", k.name().c_str(), k.bits(),
                 k.enabled() ? "enabled" : "disabled", k.allow_pkcs1() ? "yes" : "no",
                 j["created"].get<std::string>().c_str(), k.spki_sha256().c_str());
-    for (const auto& p : k.paths()) {
-      std::string list;
-      for (int path : p.paths())
-        absl::StrAppend(&list, list.empty() ? "" : " > ",
-                        v1::Path_Name(static_cast<v1::Path>(path)));
-      std::printf("    %-12s %s\n", v1::Padding_Name(p.padding()).c_str(),
-                  list.empty() ? "(not available)" : list.c_str());
+    if (k.tokens_size() <= 1) {
+      PrintPaths(k.paths(), k.in_token_outputs(), "    ");
+      continue;
     }
-    std::string outs;
-    for (const auto& o : k.in_token_outputs()) absl::StrAppend(&outs, " ", InTokenName(o));
-    std::printf("    %-12s%s\n", "in token:", outs.empty() ? " (none)" : outs.c_str());
+    // Several tokens: what each one gives.
+    for (const auto& t : k.tokens()) {
+      const std::string state = v1::KeyTokenInfo::State_Name(t.state());
+      std::printf("  token %s (%s)%s: %s%s%s\n", t.name().c_str(), t.token_label().c_str(),
+                  t.up() ? "" : " DOWN", state.c_str(), t.message().empty() ? "" : ": ",
+                  t.message().c_str());
+      if (t.state() == v1::KeyTokenInfo::SERVING) PrintPaths(t.paths(), t.in_token_outputs(), "      ");
+    }
+    if (!k.clone_advice().empty()) std::printf("  clone: %s\n", k.clone_advice().c_str());
   }
 }
 
@@ -145,6 +187,10 @@ int Run(int argc, char** argv) {
   create->add_option("--bits", bits, "2048, 3072 or 4096")
       ->check(CLI::IsMember({2048, 3072, 4096}));
   create->add_flag("--allow-pkcs1", allow_pkcs1, "also accept PKCS#1 v1.5 sealed secrets (legacy)");
+  std::string create_token;
+  create->add_option("--token", create_token,
+                     "with several tokens: the one to create the key on (config tokens: name; "
+                     "default: the first that is up); clone it to the others with the HSM's tools");
   auto* import = keys->add_subcommand("import", "import an existing private key into the token");
   import->add_option("name", name, "key name")->required();
   std::string pkcs8_file, pfx_file, pfx_password_file, cng_file;
@@ -156,6 +202,11 @@ int Run(int argc, char** argv) {
   src->require_option(1);
   import->add_option("--password-file", pfx_password_file, "file holding the PFX password");
   import->add_flag("--allow-pkcs1", allow_pkcs1, "also accept PKCS#1 v1.5 sealed secrets (legacy)");
+  std::vector<std::string> import_tokens;
+  import->add_option("--tokens", import_tokens,
+                     "with several tokens: the ones to import into (config tokens: names, comma "
+                     "separated; default: every token)")
+      ->delimiter(',');
   auto* exp = keys->add_subcommand("export-public", "write the public key");
   exp->add_option("name", name, "key name")->required();
   std::string format = "pem", out_file = "-";
@@ -246,11 +297,13 @@ int Run(int argc, char** argv) {
       req.set_name(name);
       req.set_bits(bits);
       req.set_allow_pkcs1(allow_pkcs1);
+      req.set_token(create_token);
       s = keys_stub->CreateKey(ctx().get(), req, &info);
     } else if (*import) {
       v1::ImportKeyRequest req;
       req.set_name(name);
       req.set_allow_pkcs1(allow_pkcs1);
+      for (const auto& t : import_tokens) req.add_tokens(t);
       if (!pkcs8_file.empty()) req.set_pkcs8(ReadFileOrDie(pkcs8_file));
       if (!cng_file.empty()) req.set_cng_rsa_full_private_blob(ReadFileOrDie(cng_file));
       if (!pfx_file.empty()) {
