@@ -21,6 +21,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -495,6 +496,95 @@ TEST(MixedTest, NssAndSoftHsmInOneSetEachItemSaysItsTokenAndPath) {
   // NSS decrypts OAEP-SHA256 in the token (IN_TOKEN); SoftHSM2 2.6 only by raw RSA.
   EXPECT_EQ(seen["nss"].count("RSA_OAEP_SHA256/IN_TOKEN"), 1u);
   EXPECT_EQ(seen["softhsm"].count("RSA_OAEP_SHA256/HOST_UNPADDING"), 1u);
+}
+
+TEST(KeysTest, CreateOnOneTokenAdviseCloningSelfTestPerTokenAndHealthPerKey) {
+  Rig rig;
+  std::string why;
+  ASSERT_TRUE(rig.InitSoftToken("k-a", &why)) << why;
+  ASSERT_TRUE(rig.InitSoftToken("k-b", &why)) << why;
+  const std::string pin = rig.dir().File("user.pin");
+  const std::string mod_a = rig.TokenModule("k-a", test::kSoftHsmPath, true, {});
+  const std::string mod_b = rig.TokenModule("k-b", test::kSoftHsmPath, true, {});
+  const std::string unpad = "    allow_host_unpadding: true\n";  // SoftHSM2: OAEP-SHA2 by raw RSA
+  ASSERT_TRUE(rig.Launch(Rig::Entry("k-a", mod_a, "k-a", pin, unpad) +
+                             Rig::Entry("k-b", mod_b, "k-b", pin, unpad),
+                         &why))
+      << why;
+  // CreateKey makes the key on the token named, and says how to put it on the other.
+  v1::CreateKeyRequest create;
+  create.set_name("born-in-b");
+  create.set_token("k-b");
+  v1::KeyInfo made;
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    const grpc::Status st = rig.h()->keys().CreateKey(&ctx, create, &made);
+    ASSERT_TRUE(st.ok()) << StatusText(st);
+  }
+  ASSERT_EQ(made.tokens_size(), 2);
+  EXPECT_EQ(made.tokens(0).name(), "k-a");
+  EXPECT_EQ(made.tokens(0).state(), v1::KeyTokenInfo::ABSENT);
+  EXPECT_EQ(made.tokens(1).state(), v1::KeyTokenInfo::SERVING);
+  EXPECT_NE(made.clone_advice().find("k-a"), std::string::npos) << made.clone_advice();
+  create.set_token("k-c");
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    const grpc::Status st = rig.h()->keys().CreateKey(&ctx, create, &made);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << StatusText(st);
+  }
+  // A key on both: the self-test runs on each token.
+  Pkey k = GenerateRsa(2048);
+  ServiceKey both;
+  ASSERT_NO_FATAL_FAILURE(ImportEverywhere(rig.h(), k.get(), "both", &both));
+  v1::SelfTestRequest req;
+  req.set_name("both");
+  v1::SelfTestResponse resp;
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    const grpc::Status st = rig.h()->keys().SelfTest(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << StatusText(st);
+  }
+  std::set<std::string> tested;
+  for (const auto& r : resp.results()) {
+    EXPECT_TRUE(r.ok()) << r.token() << ": " << r.message();
+    tested.insert(r.token());
+  }
+  EXPECT_EQ(tested, (std::set<std::string>{"k-a", "k-b"}));
+  // Disable and enable write both tokens.
+  {
+    v1::DisableKeyRequest d;
+    d.set_name("both");
+    v1::KeyInfo info;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    ASSERT_TRUE(rig.h()->keys().DisableKey(&ctx, d, &info).ok());
+    ASSERT_EQ(info.tokens_size(), 2);
+    EXPECT_FALSE(info.tokens(0).enabled());
+    EXPECT_FALSE(info.tokens(1).enabled());
+  }
+  // Token k-b lost: "both" is still served (by k-a), "born-in-b" by nobody: NOT_SERVING, and
+  // /healthz says which key.
+  rig.Faults("k-b", "fail * CKR_DEVICE_REMOVED\n");
+  long code = 0;
+  std::string health;
+  for (int i = 0; i < 100; ++i) {
+    health = rig.Healthz(&code);
+    if (code == 503) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(code, 503) << health;
+  EXPECT_NE(health.find("\"keys_without_up_token\":[\"born-in-b\"]"), std::string::npos) << health;
+  EXPECT_NE(health.find("\"status\":\"NOT_SERVING\""), std::string::npos) << health;
+  rig.Faults("k-b", "");
+  for (int i = 0; i < 200; ++i) {
+    health = rig.Healthz(&code);
+    if (code == 200) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(code, 200) << health;
 }
 
 }  // namespace
