@@ -244,6 +244,7 @@ class Job {
                                 reinterpret_cast<const uint8_t*>(r.ciphertext().data()),
                                 r.ciphertext().size()))},
                  {"path", v1::Path_Name(r.path())}};
+      if (!r.token().empty()) j["token"] = r.token();  // which token (HSM) ran it
       line = j.dump();
     }
     Emit(w->seq, std::move(line), /*failed=*/false, "");

@@ -36,7 +36,7 @@ Input (--in, JSON Lines, one request per line):
 
 Output (--out, JSON Lines): exactly one line per non-empty input line, IN INPUT ORDER,
 each carrying the request's id:
-  {"id": "r1", "output": "<base64>", "path": "HOST_UNPADDING"}
+  {"id": "r1", "output": "<base64>", "path": "HOST_UNPADDING", "token": "hsm-rewrap"}
   {"id": "r2", "error": {"code": "DECRYPT_FAILED", "message": "..."}, "path": "PATH_UNSPECIFIED",
    "line": 2, "attempts": 1}
   Error codes are the service's ItemError codes (INVALID_ITEM also for lines that do not
