@@ -16,6 +16,7 @@
 
 #include "tests/integration/it_util.h"
 #include "tests/integration/test_crypto.h"
+#include "tests/reliability/rig_util.h"
 #include "tests/leakcheck/record.h"
 #include "tests/support/tokens.h"
 
@@ -61,11 +62,7 @@ class Rig {
     x.env.push_back({"HSMREWRAP_FAULT_MODULE", test::kSoftHsmPath});
     h_ = RewrapdHarness::Start(TokenKind::kSoftHsm, why, x);
     if (!h_) return false;
-    const std::string err = ReadFileOrEmpty(h_->StderrPath());
-    const std::string tag = "metrics on http://";
-    if (size_t p = err.rfind(tag); p != std::string::npos) {
-      metrics_ = err.substr(p + tag.size(), err.find('/', p + tag.size()) - p - tag.size());
-    }
+    metrics_ = MetricsAddressFromLog(h_->StderrPath());
     return true;
   }
 

@@ -27,6 +27,7 @@
 
 #include "tests/integration/it_util.h"
 #include "tests/integration/test_crypto.h"
+#include "tests/reliability/rig_util.h"
 #include "tests/support/tokens.h"
 
 namespace hsmrewrap::it {
@@ -48,40 +49,6 @@ std::string Outcomes(const std::map<std::string, int>& m) {
   for (const auto& [k, v] : m) s += k + "=" + std::to_string(v) + " ";
   return s;
 }
-
-// A `p11-kit server` for one SoftHSM2 token on a Unix socket; SIGKILL of its process group
-// is the unit going away.
-class Server {
- public:
-  Server(std::string socket, std::string label) : socket_(std::move(socket)), label_(label) {}
-  ~Server() { Kill(); }
-  bool Start() {
-    unlink(socket_.c_str());
-    pid_ = fork();
-    if (pid_ == 0) {
-      setpgid(0, 0);
-      execlp("p11-kit", "p11-kit", "server", "-f", "-n", socket_.c_str(), "--provider",
-             test::kSoftHsmPath, ("pkcs11:token=" + label_).c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    for (int i = 0; i < 100; ++i) {
-      if (access(socket_.c_str(), F_OK) == 0) return true;
-      std::this_thread::sleep_for(50ms);
-    }
-    return false;
-  }
-  void Kill() {
-    if (pid_ <= 0) return;
-    kill(-pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-  const std::string& socket() const { return socket_; }
-
- private:
-  std::string socket_, label_;
-  pid_t pid_ = -1;
-};
 
 class Rig {
  public:
@@ -142,11 +109,7 @@ class Rig {
     x.module_args = {"--config", config};
     h_ = RewrapdHarness::Start(TokenKind::kSoftHsm, why, x);
     if (!h_) return false;
-    const std::string err = ReadFileOrEmpty(h_->StderrPath());
-    const std::string tag = "metrics on http://";
-    if (size_t p = err.rfind(tag); p != std::string::npos) {
-      metrics_ = err.substr(p + tag.size(), err.find('/', p + tag.size()) - p - tag.size());
-    }
+    metrics_ = MetricsAddressFromLog(h_->StderrPath());
     return true;
   }
 
@@ -274,7 +237,7 @@ TEST(KillTest, OneOfTwoTokensKilledUnderLoadCostsNothing) {
   std::string why;
   ASSERT_TRUE(rig.InitSoftToken("unit-a", &why)) << why;
   ASSERT_TRUE(rig.InitSoftToken("unit-b", &why)) << why;
-  Server a(rig.dir().File("a.sock"), "unit-a"), b(rig.dir().File("b.sock"), "unit-b");
+  P11KitServer a(rig.dir().File("a.sock"), "unit-a"), b(rig.dir().File("b.sock"), "unit-b");
   ASSERT_TRUE(a.Start() && b.Start()) << "p11-kit server did not create its socket";
   const std::string pin = rig.dir().File("user.pin");
   const std::string mod_a = rig.TokenModule(

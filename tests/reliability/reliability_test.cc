@@ -22,6 +22,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/integration/it_util.h"
 #include "tests/integration/test_crypto.h"
+#include "tests/reliability/rig_util.h"
 #include "tests/support/tokens.h"
 
 namespace hsmrewrap::it {
@@ -80,11 +81,7 @@ class Rig {
     h_ = RewrapdHarness::Start(TokenKind::kSoftHsm, why, x);
     if (!h_) return false;
     health_ = grpc::health::v1::Health::NewStub(h_->channel());
-    const std::string err = ReadFileOrEmpty(h_->StderrPath());
-    const std::string tag = "metrics on http://";
-    if (size_t p = err.rfind(tag); p != std::string::npos) {  // the last: the bound address
-      metrics_ = err.substr(p + tag.size(), err.find('/', p + tag.size()) - p - tag.size());
-    }
+    metrics_ = MetricsAddressFromLog(h_->StderrPath());
     return true;
   }
 
@@ -734,48 +731,13 @@ TEST(DrainTest, SigtermStopsAfterTheGracePeriod) {
   }
 }
 
-// The remote token: p11-kit server (SoftHSM2) on a Unix socket, rewrapd on p11-kit's client
-// module. SIGKILL of the server's process group is a real token loss; a new server on the
-// same socket is the return.
-class RemoteServer {
- public:
-  explicit RemoteServer(std::string socket) : socket_(std::move(socket)) {}
-  ~RemoteServer() { Kill(); }
-  bool Start() {
-    unlink(socket_.c_str());
-    pid_ = fork();
-    if (pid_ == 0) {
-      setpgid(0, 0);  // its own group: the per-connection p11-kit-remote children die with it
-      execlp("p11-kit", "p11-kit", "server", "-f", "-n", socket_.c_str(), "--provider",
-             kSoftHsmPath, (std::string("pkcs11:token=") + kLabel).c_str(),
-             static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    for (int i = 0; i < 100; ++i) {
-      if (access(socket_.c_str(), F_OK) == 0) return true;
-      std::this_thread::sleep_for(50ms);
-    }
-    return false;
-  }
-  void Kill() {
-    if (pid_ <= 0) return;
-    kill(-pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-
- private:
-  std::string socket_;
-  pid_t pid_ = -1;
-};
-
 TEST(RemoteTest, ServerKilledAndRestarted) {
   if (access(kP11KitClient, R_OK) != 0)
     GTEST_SKIP() << kP11KitClient << " missing (package p11-kit-modules)";
   Rig rig;
   std::string why;
   ASSERT_TRUE(rig.Prepare(&why)) << why;
-  RemoteServer server(rig.dir() + "/p11.sock");
+  P11KitServer server(rig.dir() + "/p11.sock", kLabel);
   ASSERT_TRUE(server.Start()) << "p11-kit server did not create its socket";
   // rewrapd -> fault module (latency only, so a batch is in flight at the kill) -> p11-kit
   // client module -> socket -> p11-kit server -> SoftHSM2.
