@@ -479,10 +479,46 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Load(const std::string& path,
   return m;
 }
 
+void Module::LimitConcurrency(size_t n) {
+  if (n == 0) return;
+  absl::MutexLock l(&limit_mu_);
+  if (limit_ == 0 || n < limit_) limit_ = n;
+  limited_.store(true, std::memory_order_release);
+}
+
+size_t Module::max_concurrency() const {
+  absl::MutexLock l(&limit_mu_);
+  return limit_;
+}
+
+Module::Permit::Permit(const Module& m) {
+  if (!m.limited_.load(std::memory_order_acquire)) return;
+  absl::MutexLock l(&m.limit_mu_);
+  // A call stuck inside a lost token's module keeps its slot: Retire() wakes the waiters,
+  // which then refuse instead of waiting for it.
+  auto free_slot = [&m]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(m.limit_mu_) {
+    return m.inside_ < m.limit_ || m.retired_.load(std::memory_order_acquire);
+  };
+  m.limit_mu_.Await(absl::Condition(&free_slot));
+  if (m.retired_.load(std::memory_order_acquire)) {
+    granted_ = false;
+    return;
+  }
+  ++m.inside_;
+  m_ = &m;
+}
+
+Module::Permit::~Permit() {
+  if (m_ == nullptr) return;
+  absl::MutexLock l(&m_->limit_mu_);
+  --m_->inside_;
+}
+
 void Module::Retire() {
   {
     absl::MutexLock lock(&RegistryMutex());
     if (retired_.exchange(true, std::memory_order_acq_rel)) return;
+    absl::MutexLock wake(&limit_mu_);  // callers waiting for a concurrency slot see it
     if (registered_) {
       auto& reg = Registry();
       if (auto it = reg.find(path_); it != reg.end() && it->second.lock().get() == this)

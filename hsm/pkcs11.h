@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
@@ -84,6 +85,11 @@ class Module final {
       c.errors.fetch_add(1, std::memory_order_relaxed);
       return absl::UnimplementedError(std::string(name) + " is not provided by the module");
     }
+    Permit permit(*this);  // max_concurrency: wait for a slot (no-op without a limit)
+    if (!permit.granted()) {  // retired while it waited
+      c.errors.fetch_add(1, std::memory_order_relaxed);
+      return CkrToStatus(name, CKR_CRYPTOKI_NOT_INITIALIZED);
+    }
     const auto start = std::chrono::steady_clock::now();
     CK_RV rv = fn(args...);
     // Loaded after the call: an observer cleared meanwhile (shutdown) is not called.
@@ -104,6 +110,13 @@ class Module final {
     if (observer) p = std::make_shared<const CallObserver>(std::move(observer));
     std::atomic_store_explicit(&observer_, std::move(p), std::memory_order_release);
   }
+
+  // At most `n` calls inside the module at once (0: no limit), for modules that take one
+  // call at a time (a TPM reached without a resource manager) or fail under more: callers
+  // wait for a slot instead of getting the module's errors. Module-wide (every token of the
+  // module); the lowest limit any user sets wins.
+  void LimitConcurrency(size_t n);
+  size_t max_concurrency() const;
 
   // Token lost and calls stuck inside the module (p11-kit 0.24.1's client module can leave
   // threads waiting forever for answers from a dead server): C_Finalize now, under them,
@@ -128,6 +141,25 @@ class Module final {
 
   Module() = default;
   Counter& CounterFor(const char* name) const;
+
+  // A slot of LimitConcurrency for the life of one call.
+  class Permit {
+   public:
+    explicit Permit(const Module& m);
+    ~Permit();
+    Permit(const Permit&) = delete;
+    Permit& operator=(const Permit&) = delete;
+    // False when the module was retired while the caller waited for a slot.
+    bool granted() const { return granted_; }
+
+   private:
+    const Module* m_ = nullptr;  // set while holding a slot
+    bool granted_ = true;
+  };
+  mutable absl::Mutex limit_mu_;
+  size_t limit_ ABSL_GUARDED_BY(limit_mu_) = 0;
+  mutable size_t inside_ ABSL_GUARDED_BY(limit_mu_) = 0;
+  std::atomic<bool> limited_{false};
 
   std::string path_;
   std::string init_args_;

@@ -57,6 +57,7 @@ absl::StatusOr<std::unique_ptr<Pkcs11Backend>> Pkcs11Backend::Create(Options opt
   if (options.pool_size < 1) return absl::InvalidArgumentError("pool_size must be >= 1");
   auto module = Module::Load(options.module_path, options.init_args);
   if (!module.ok()) return module.status();
+  (*module)->LimitConcurrency(options.max_concurrency);
   auto token = FindToken(**module, options.token);
   if (!token.ok()) return token.status();
   auto pool = SessionPool::Create(*module, token->slot, options.user_pin, options.pool_size);

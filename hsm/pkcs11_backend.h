@@ -37,6 +37,8 @@ class Pkcs11Backend final : public KeyBackend {
     TokenSelector token;      // label / serial / RFC 7512 URI
     crypto::SecretString user_pin;
     size_t pool_size = 4;  // working sessions (an anchor session is kept in addition)
+    // Calls inside the module at once (config max_concurrency; 0: no limit): Module::LimitConcurrency.
+    size_t max_concurrency = 0;
     // Permit CKM_RSA_X_509 on keys created/imported here and probe it (HOST_UNPADDING).
     bool allow_host_unpadding = false;
     // Refuse (true) or only warn about (false) keys whose attributes say extractable or

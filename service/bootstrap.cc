@@ -195,6 +195,7 @@ absl::StatusOr<Started> OpenToken(const Config& c) {
     if (!pin.ok()) return pin.status();
     opts.user_pin = *std::move(pin);
     opts.pool_size = t.pool_size;
+    opts.max_concurrency = t.max_concurrency;
     opts.allow_host_unpadding = t.allow_host_unpadding.value_or(false);
     // The supervisor re-runs this factory (a fresh module, login, pool and key handles)
     // whenever the token is lost and comes back.

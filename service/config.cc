@@ -68,6 +68,7 @@ const KeyDef kKeyDefs[] = {
     {"require_in_token", &Config::require_in_token},
     {"pool_size", &Config::pool_size},
     {"workers", &Config::workers},
+    {"max_concurrency", &Config::max_concurrency},
     {"max_batch_items", &Limits::max_batch_items},
     {"max_message_bytes", &Limits::max_message_bytes},
     {"max_inflight_items", &Limits::max_inflight_items},
@@ -102,6 +103,7 @@ const TokenKeyDef kTokenKeyDefs[] = {
     {"token_uri", ConfigValueType::kString}, {"pin_file", ConfigValueType::kString},
     {"pool_size", ConfigValueType::kUint32}, {"workers", ConfigValueType::kUint32},
     {"allow_host_unpadding", ConfigValueType::kBool},
+    {"max_concurrency", ConfigValueType::kUint32},
 };
 
 absl::Status SetTokenValue(const std::string& name, const std::string& shown,
@@ -119,6 +121,7 @@ absl::Status SetTokenValue(const std::string& name, const std::string& shown,
   }
   if (name == "pool_size") return ParseU32(shown, value, t.pool_size);
   if (name == "workers") return ParseU32(shown, value, t.workers);
+  if (name == "max_concurrency") return ParseU32(shown, value, t.max_concurrency);
   bool b = false;
   if (auto st = ParseBool(shown, value, b); !st.ok()) return st;
   t.allow_host_unpadding = b;
@@ -534,6 +537,7 @@ absl::Status FinalizeTokens(Config& c) {
     if (t.pool_size > 256) return absl::InvalidArgumentError("pool_size: at most 256");
     if (!t.allow_host_unpadding) t.allow_host_unpadding = c.allow_host_unpadding;
     if (t.workers == 0) t.workers = t.pool_size;
+    if (t.max_concurrency == 0) t.max_concurrency = c.max_concurrency;
     total_workers += t.workers;
   }
   const uint32_t cores = std::max(1u, std::thread::hardware_concurrency());
@@ -613,7 +617,11 @@ std::string Describe(const Config& c) {
       if (!t.init_args.empty()) absl::StrAppend(&s, "      init args: ", t.init_args, "\n");
       absl::StrAppend(&s, "      PIN from ", pin_from(t.pin_file), "; ", t.pool_size,
                       " sessions, ", t.workers, " workers; host unpadding ",
-                      t.allow_host_unpadding.value_or(false) ? "ALLOWED" : "denied", "\n");
+                      t.allow_host_unpadding.value_or(false) ? "ALLOWED" : "denied",
+                      t.max_concurrency ? absl::StrCat("; at most ", t.max_concurrency,
+                                                       " calls in the module at once")
+                                        : "",
+                      "\n");
     }
   } else if (c.embedded()) {
     absl::StrAppend(&s, "token:                embedded SoftHSM2 token 'hsm-rewrap' in ",
@@ -639,7 +647,11 @@ std::string Describe(const Config& c) {
     absl::StrAppend(&s, "workers:              ", c.workers, " in all\n");
   } else {
     absl::StrAppend(&s, "session pool:         ", c.pool_size, " sessions, ", c.workers,
-                    " workers\n");
+                    " workers",
+                    c.max_concurrency ? absl::StrCat(", at most ", c.max_concurrency,
+                                                     " calls in the module at once")
+                                      : "",
+                    "\n");
   }
   absl::StrAppend(&s, "metrics:              ",
                   c.metrics_listen.empty() ? "off" : "http://" + c.metrics_listen + "/metrics",

@@ -35,6 +35,7 @@ struct TokenConfig {
   std::string pin_file;
   uint32_t pool_size = 0;  // 0 = the top-level pool_size
   uint32_t workers = 0;    // engine threads this token adds; 0 = its pool_size
+  uint32_t max_concurrency = 0;  // calls inside the module at once; 0 = the top-level value
   std::optional<bool> allow_host_unpadding;  // unset = the top-level allow_host_unpadding
   bool embedded() const { return module.empty(); }
 };
@@ -54,6 +55,9 @@ struct Config {
   bool require_in_token = false;  // every item must take IN_TOKEN (else UNSUPPORTED)
   uint32_t pool_size = 0;                 // PKCS#11 sessions; 0 = 2 x cores (at least 2)
   uint32_t workers = 0;                   // engine threads; 0 = max(pool_size, cores)
+  // Calls inside the PKCS#11 module at once (0 = no limit): a module that takes one call at a
+  // time (a TPM without a resource manager) is driven through this instead of failing.
+  uint32_t max_concurrency = 0;
   Limits limits;
   // The tokens (config `tokens:`, a YAML list). Finalize makes it one entry from the
   // single-token keys above when the list is not given; after Finalize every entry has its

@@ -22,7 +22,7 @@ struct Flags {
   std::optional<std::string> config_file, state_dir, listen, module, init_args, token, token_uri,
       pin_file, log_level, log_format, metrics_listen, tls_cert, tls_key, client_ca, policy,
       audit_log;
-  std::optional<uint32_t> pool_size, workers, max_batch, max_inflight, max_message,
+  std::optional<uint32_t> pool_size, max_concurrency, workers, max_batch, max_inflight, max_message,
       max_queued_key_calls, selftest_interval, shutdown_grace, reconnect_backoff_max,
       token_call_timeout;
   bool allow_host_unpadding = false, deny_host_unpadding = false, check_config = false,
@@ -54,6 +54,9 @@ void AddFlags(CLI::App& app, Flags& f) {
   app.add_flag("--no-in-token-cms", f.no_in_token_cms,
                "build CMS outputs on the host even where the token could build them");
   app.add_option("--pool-size", f.pool_size, "PKCS#11 sessions (default: 2 x cores, at least 2)");
+  app.add_option("--max-concurrency", f.max_concurrency,
+                 "calls inside the PKCS#11 module at once (default 0: no limit; 1 for a module "
+                 "that takes one call at a time, e.g. a TPM without a resource manager)");
   app.add_option("--workers", f.workers,
                  "engine threads that run items (default: max(pool size, cores)); more than the "
                  "pool size only helps when host work is large next to the token's time");
@@ -115,6 +118,7 @@ void ApplyFlags(const Flags& f, Config& c) {
   if (f.reconnect_backoff_max) c.reconnect_backoff_max_ms = *f.reconnect_backoff_max;
   if (f.token_call_timeout) c.token_call_timeout_s = *f.token_call_timeout;
   if (f.pool_size) c.pool_size = *f.pool_size;
+  if (f.max_concurrency) c.max_concurrency = *f.max_concurrency;
   if (f.workers) c.workers = *f.workers;
   if (f.tls_cert) c.tls_cert = *f.tls_cert;
   if (f.tls_key) c.tls_key = *f.tls_key;
