@@ -6,6 +6,7 @@
 #include <openssl/ec.h>
 #include <openssl/obj_mac.h>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "hsm/cms_in_token.h"
 #include "crypto/cms_assemble.h"
@@ -77,6 +78,9 @@ absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* o
     if (!l.ok()) return l.status();
     auto pub = SessionPublicKey(*l, host->public_key());
     if (!pub.ok()) return pub.status();
+    // Every probe object is destroyed explicitly on every path: closing the session is not
+    // enough where a token keeps "session" objects (tpm2-pkcs11 stores every object).
+    absl::Cleanup destroy_pub = [&] { l->Destroy(*pub); };
     Template t;
     t.Ulong(CKA_CLASS, CKO_SECRET_KEY)
         .Ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET)
@@ -92,7 +96,7 @@ absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* o
     RsaMechanism mech(p);
     auto wrapped = l->Wrap(mech.get(), *pub, *secret, k);
     l->Destroy(*secret);
-    l->Destroy(*pub);
+    std::move(destroy_pub).Invoke();
     if (!wrapped.ok()) {
       spdlog::debug("wrap probe {}: {}", PaddingName(p), std::string(wrapped.status().message()));
       if (Lost(wrapped.status())) return wrapped.status();

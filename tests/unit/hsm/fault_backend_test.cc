@@ -1,0 +1,120 @@
+// Pkcs11Backend behind the fault module (tests/fault_module) over a real token: answers no
+// software token gives on demand (an init call's error, a device that stops answering
+// while the module still answers C_GetTokenInfo, a refused template or secret object).
+// The fault module loads its real module once per process, so the tests on NSS softoken
+// (FaultBackendNss*) run in a ctest entry of their own (hsm_fault_nss_test).
+#include <stdlib.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "hsm/mechanisms.h"
+#include "hsm/pkcs11_backend.h"
+#include "hsm/token_supervisor.h"
+#include "tests/support/files.h"
+#include "tests/support/test_token.h"
+#include "tests/unit/hsm/hsm_test_util.h"
+
+namespace hsmrewrap::hsm {
+namespace {
+
+using ::hsmrewrap::test::TestToken;
+using ::hsmrewrap::test::TokenKind;
+using ::testing::HasSubstr;
+using testing::IsOk;
+using testing::StatusIs;
+
+// Successful calls of `fn` through `m` so far.
+uint64_t Succeeded(const Module& m, const std::string& fn) {
+  for (const auto& s : m.CallStats()) {
+    if (s.function == fn) return s.calls - s.errors;
+  }
+  return 0;
+}
+
+class FaultBackendTest : public ::testing::Test {
+ protected:
+  // One configuration file for the process: the fault module reads its path once.
+  static const std::string& ConfPath() {
+    static testing::TempDir* dir = new testing::TempDir("fault-backend");
+    static const std::string* path = new std::string(dir->File("faults.conf"));
+    return *path;
+  }
+
+  void SetUpToken(TokenKind kind) {
+    const std::string missing = ::hsmrewrap::test::ModuleMissingReason(kind);
+    if (!missing.empty()) GTEST_SKIP() << missing;
+    auto t = TestToken::Create(kind);
+    ASSERT_THAT(t, IsOk());
+    token_ = std::move(*t);
+    token_->ReleaseModule();  // the fault module loads it again
+    Faults("");
+    setenv("HSMREWRAP_FAULT_CONFIG", ConfPath().c_str(), 1);
+    setenv("HSMREWRAP_FAULT_MODULE", token_->module_path(), 1);
+  }
+
+  void TearDown() override {
+    supervisor_.reset();
+    backend_.reset();
+    token_.reset();
+    Faults("");
+  }
+
+  // Replaces the rules (atomically; the module re-reads the file within 10 ms).
+  void Faults(const std::string& rules) {
+    const std::string tmp = ConfPath() + ".tmp";
+    ::hsmrewrap::test::WriteFile(tmp, rules);
+    ASSERT_EQ(std::rename(tmp.c_str(), ConfPath().c_str()), 0);
+    absl::SleepFor(absl::Milliseconds(30));
+  }
+
+  Pkcs11Backend::Options Opts(bool host_unpadding = true) const {
+    Pkcs11Backend::Options o = token_->BackendOptions();
+    o.module_path = HSMREWRAP_FAULT_MODULE_PATH;
+    o.allow_host_unpadding = host_unpadding;
+    o.pool_size = 2;
+    return o;
+  }
+
+  void Open(bool host_unpadding = true) {
+    auto b = Pkcs11Backend::Create(Opts(host_unpadding));
+    ASSERT_THAT(b, IsOk());
+    backend_ = std::move(*b);
+  }
+
+  crypto::Bytes Seal(const KeyInfo& k, RsaPadding p, const crypto::Bytes& pt) {
+    auto pub = crypto::PublicKey::FromSpki(k.spki_der);
+    EXPECT_THAT(pub, IsOk());
+    auto ct = crypto::RsaEncrypt(*pub, p, pt);
+    EXPECT_THAT(ct, IsOk());
+    return ct.ok() ? *ct : crypto::Bytes{};
+  }
+
+  std::unique_ptr<TestToken> token_;
+  std::unique_ptr<Pkcs11Backend> backend_;
+  std::unique_ptr<TokenSupervisor> supervisor_;
+};
+
+class FaultBackendSoftHsmTest : public FaultBackendTest {
+ protected:
+  void SetUp() override { SetUpToken(TokenKind::kSoftHsm); }
+};
+
+// The wrap probe at start-up makes a session public key, then a session secret. When the
+// token refuses the secret, the public key must still be destroyed: a token that keeps
+// "session" objects (tpm2-pkcs11 stores every object) would keep one per start.
+TEST_F(FaultBackendSoftHsmTest, WrapProbeDestroysItsObjectsWhenTheSecretIsRefused) {
+  Faults("fail C_CreateObject CKR_TEMPLATE_INCONSISTENT calls=2-2\n");
+  Open();
+  const Module& m = backend_->module();
+  EXPECT_EQ(Succeeded(m, "C_CreateObject"), 1u);
+  EXPECT_EQ(Succeeded(m, "C_DestroyObject"), Succeeded(m, "C_CreateObject"))
+      << "every object the probe made is destroyed";
+  EXPECT_TRUE(backend_->WrapPaddings().empty());
+}
+
+}  // namespace
+}  // namespace hsmrewrap::hsm
