@@ -98,7 +98,16 @@ absl::StatusOr<SessionPool::Lease> Pkcs11Backend::Lease() {
 bool Pkcs11Backend::Healthy() {
   CK_TOKEN_INFO ti{};
   const Module& m = module();
-  return m.Call("C_GetTokenInfo", m.fl()->C_GetTokenInfo, token_.slot, &ti).ok();
+  if (!m.Call("C_GetTokenInfo", m.fl()->C_GetTokenInfo, token_.slot, &ti).ok()) return false;
+  // And a call that reaches the device: C_GetTokenInfo alone is answered by the module
+  // (tpm2-pkcs11 answers it while its TPM connection is broken), so a dead device would
+  // stay SERVING and turn every item's C_UnwrapKey error into DECRYPT_FAILED.
+  if (auto s = pool_->ReachDevice(); !s.ok()) {
+    spdlog::debug("token '{}' does not reach its device: {}", token_.label,
+                  std::string(s.message()));
+    return false;
+  }
+  return true;
 }
 
 absl::StatusOr<KeyRefPtr> Pkcs11Backend::Own(const KeyRefPtr& key) {

@@ -116,5 +116,66 @@ TEST_F(FaultBackendSoftHsmTest, WrapProbeDestroysItsObjectsWhenTheSecretIsRefuse
   EXPECT_TRUE(backend_->WrapPaddings().empty());
 }
 
+// An error of C_DecryptInit (a call that never saw the ciphertext) is the token's, never a
+// decryption failure, whatever its code; the same code from C_Decrypt (which saw it) is one.
+TEST_F(FaultBackendSoftHsmTest, InitCallErrorsAreNeverDecryptFailed) {
+  Open();
+  auto k = backend_->CreateKey("k", 2048, /*allow_pkcs1=*/false);
+  ASSERT_THAT(k, IsOk());
+  const crypto::Bytes pt = testing::RandomBytes(32);
+  const crypto::Bytes sha1 = Seal(*k, RsaPadding::kOaepSha1, pt);
+  const crypto::Bytes sha256 = Seal(*k, RsaPadding::kOaepSha256, pt);
+  for (const char* rv : {"CKR_GENERAL_ERROR", "CKR_FUNCTION_FAILED", "CKR_ARGUMENTS_BAD",
+                         "CKR_KEY_FUNCTION_NOT_PERMITTED", "CKR_DEVICE_ERROR"}) {
+    Faults(std::string("fail C_DecryptInit ") + rv + "\n");
+    auto r1 = backend_->Decrypt("k", RsaPadding::kOaepSha1, sha1, Path::kTokenDecrypt);
+    EXPECT_FALSE(r1.ok()) << rv;
+    EXPECT_NE(r1.outcome(), Outcome::kDecryptFailed) << rv << ": " << r1.status();
+    auto r2 = backend_->Decrypt("k", RsaPadding::kOaepSha256, sha256, Path::kHostUnpadding);
+    EXPECT_FALSE(r2.ok()) << rv;
+    EXPECT_NE(r2.outcome(), Outcome::kDecryptFailed) << rv << ": " << r2.status();
+  }
+  Faults("fail C_Decrypt CKR_GENERAL_ERROR\n");
+  EXPECT_EQ(backend_->Decrypt("k", RsaPadding::kOaepSha1, sha1, Path::kTokenDecrypt).outcome(),
+            Outcome::kDecryptFailed);
+  Faults("");
+  auto good = backend_->Decrypt("k", RsaPadding::kOaepSha1, sha1, Path::kTokenDecrypt);
+  ASSERT_THAT(good, IsOk());
+  EXPECT_EQ(crypto::Bytes(good->begin(), good->end()), pt);
+}
+
+// Health is judged by a call that reaches the device (C_GenerateRandom), not by
+// C_GetTokenInfo alone, which a module may answer from memory (tpm2-pkcs11 with a broken
+// TPM connection). And a decryption failure from a token whose device does not answer is
+// UNAVAILABLE, not DECRYPT_FAILED (the supervisor's re-check).
+TEST_F(FaultBackendSoftHsmTest, HealthReachesTheDevice) {
+  Open();
+  EXPECT_TRUE(backend_->Healthy());
+  Faults("fail C_GenerateRandom CKR_GENERAL_ERROR\n");
+  EXPECT_FALSE(backend_->Healthy()) << "C_GetTokenInfo answers, the device does not";
+  Faults("");
+  EXPECT_TRUE(backend_->Healthy());
+  backend_.reset();
+
+  TokenSupervisor::Options so;
+  so.check_interval = absl::Seconds(30);  // only the re-check after the failure runs
+  auto sup = TokenSupervisor::Create(
+      [this]() -> absl::StatusOr<std::unique_ptr<Pkcs11Backend>> {
+        auto b = Pkcs11Backend::Create(Opts());
+        if (!b.ok()) return b.status();
+        return std::move(*b);
+      },
+      so);
+  ASSERT_THAT(sup, IsOk());
+  supervisor_ = std::move(*sup);
+  auto k = supervisor_->CreateKey("k", 2048, /*allow_pkcs1=*/false);
+  ASSERT_THAT(k, IsOk());
+  const crypto::Bytes ct = Seal(*k, RsaPadding::kOaepSha1, testing::RandomBytes(32));
+  Faults("fail C_UnwrapKey,C_Decrypt CKR_GENERAL_ERROR\nfail C_GenerateRandom CKR_GENERAL_ERROR\n");
+  auto r = supervisor_->Decrypt("k", RsaPadding::kOaepSha1, ct, Path::kTokenDecrypt);
+  EXPECT_EQ(r.outcome(), Outcome::kRetryable) << r.status();
+  EXPECT_THAT(r.status(), StatusIs(absl::StatusCode::kUnavailable));
+}
+
 }  // namespace
 }  // namespace hsmrewrap::hsm
