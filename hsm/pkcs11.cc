@@ -370,6 +370,17 @@ absl::Status CkrToStatus(absl::string_view function, CK_RV rv) {
       case CKR_HOST_MEMORY:
         code = absl::StatusCode::kResourceExhausted;
         break;
+      // A template the token will not take is the request's, never a lost token.
+      case CKR_TEMPLATE_INCOMPLETE:
+      case CKR_TEMPLATE_INCONSISTENT:
+      case CKR_ATTRIBUTE_TYPE_INVALID:
+      case CKR_ATTRIBUTE_VALUE_INVALID:
+      case CKR_ATTRIBUTE_READ_ONLY:
+        code = absl::StatusCode::kFailedPrecondition;
+        break;
+      case CKR_KEY_SIZE_RANGE:
+        code = absl::StatusCode::kInvalidArgument;
+        break;
       default:
         code = absl::StatusCode::kInternal;
     }

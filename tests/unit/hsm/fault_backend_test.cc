@@ -177,5 +177,45 @@ TEST_F(FaultBackendSoftHsmTest, HealthReachesTheDevice) {
   EXPECT_THAT(r.status(), StatusIs(absl::StatusCode::kUnavailable));
 }
 
+// A key template the token refuses is the request's (FAILED_PRECONDITION with the token's
+// answer), never UNAVAILABLE or INTERNAL; so is CKR_GENERAL_ERROR from a token whose device
+// still answers (tpm2-pkcs11's answer to attributes the TPM sets itself). A size outside
+// the token's range is INVALID_ARGUMENT; a token without RSA key generation is
+// FAILED_PRECONDITION before any C_GenerateKeyPair.
+TEST_F(FaultBackendSoftHsmTest, RefusedKeyTemplatesAreNotUnavailable) {
+  Open();
+  Faults("fail C_GenerateKeyPair CKR_TEMPLATE_INCONSISTENT\n");
+  auto a = backend_->CreateKey("a", 2048, false);
+  EXPECT_THAT(a.status(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(std::string(a.status().message()), HasSubstr("refuses to generate"));
+
+  Faults("fail C_GenerateKeyPair CKR_GENERAL_ERROR\n");
+  auto b = backend_->CreateKey("b", 2048, false);
+  EXPECT_THAT(b.status(), StatusIs(absl::StatusCode::kFailedPrecondition));
+
+  Faults("fail C_GenerateKeyPair CKR_GENERAL_ERROR\nfail C_GenerateRandom CKR_GENERAL_ERROR\n");
+  auto c = backend_->CreateKey("c", 2048, false);
+  EXPECT_THAT(c.status(), StatusIs(absl::StatusCode::kUnavailable)) << "the device is gone";
+
+  Faults("fail C_GenerateKeyPair CKR_KEY_SIZE_RANGE\n");
+  auto d = backend_->CreateKey("d", 4096, false);
+  EXPECT_THAT(d.status(), StatusIs(absl::StatusCode::kInvalidArgument));
+
+  Faults("fail C_GetMechanismInfo CKR_MECHANISM_INVALID\n");
+  auto e = backend_->CreateKey("e", 2048, false);
+  EXPECT_THAT(e.status(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("CKM_RSA_PKCS_KEY_PAIR_GEN"));
+
+  // Import: the private key object refused.
+  Faults("fail C_CreateObject CKR_TEMPLATE_INCONSISTENT\n");
+  auto host = testing::GenerateHostRsa(2048);
+  auto f = backend_->ImportKey("f", testing::HostKeyParts(host.get(), /*crt=*/true), false);
+  EXPECT_THAT(f.status(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("refuses to import"));
+
+  Faults("");
+  EXPECT_THAT(backend_->CreateKey("g", 2048, false), IsOk());
+}
+
 }  // namespace
 }  // namespace hsmrewrap::hsm
