@@ -9,6 +9,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "spdlog/spdlog.h"
@@ -485,6 +486,11 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Load(const std::string& path,
   }
   spdlog::info("loaded PKCS#11 module {} ({}), Cryptoki {}.{}", path, m->description_,
                fl->version.major, fl->version.minor);
+  if (absl::StrContains(m->description_, "TPM2.0 Cryptoki")) {
+    m->serial_ = std::make_unique<std::mutex>();
+    spdlog::info("{}: calls are made one at a time (tpm2-pkcs11 crashes under concurrent calls)",
+                 path);
+  }
   m->registered_ = true;
   reg[path] = m;
   return m;

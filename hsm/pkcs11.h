@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -85,7 +86,10 @@ class Module final {
       return absl::UnimplementedError(std::string(name) + " is not provided by the module");
     }
     const auto start = std::chrono::steady_clock::now();
+    std::unique_lock<std::mutex> one_at_a_time;
+    if (serial_) one_at_a_time = std::unique_lock<std::mutex>(*serial_);
     CK_RV rv = fn(args...);
+    if (one_at_a_time.owns_lock()) one_at_a_time.unlock();
     // Loaded after the call: an observer cleared meanwhile (shutdown) is not called.
     if (auto observer = std::atomic_load_explicit(&observer_, std::memory_order_acquire)) {
       (*observer)(name, rv == CKR_OK,
@@ -117,6 +121,12 @@ class Module final {
   const std::string& path() const { return path_; }
   // Library description/manufacturer from C_GetInfo.
   const std::string& description() const { return description_; }
+  // Calls into this module are made one at a time (a process-wide mutex around every call
+  // but Retire's C_Finalize): modules known to crash under concurrent calls. tpm2-pkcs11
+  // 1.9.0 ("tpm2-software.github.io / TPM2.0 Cryptoki") takes CKF_OS_LOCKING_OK but
+  // segfaults in C_DecryptInit while another thread is in C_GetSessionInfo (8 threads
+  // decrypting: about one run in three); its TPM serialises commands anyway.
+  bool serialized() const { return serial_ != nullptr; }
   std::vector<CallStat> CallStats() const;
 
  private:
@@ -138,6 +148,7 @@ class Module final {
   std::shared_ptr<const CallObserver> observer_;  // atomic_load/atomic_store only
   bool registered_ = false;
   std::atomic<bool> retired_{false};
+  std::unique_ptr<std::mutex> serial_;  // set once in Load(), before the module is shared
   // Index i counts the function KnownFunctions()[i]; the last slot counts unknown names.
   mutable std::array<Counter, kMaxFunctions + 1> counters_;
 };
