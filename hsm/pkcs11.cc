@@ -486,6 +486,16 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Load(const std::string& path,
   }
   spdlog::info("loaded PKCS#11 module {} ({}), Cryptoki {}.{}", path, m->description_,
                fl->version.major, fl->version.minor);
+  // openCryptoki 3.8.1 cannot be initialised a second time in a process: C_Initialize after
+  // C_Finalize crashes (SIGSEGV in its software token's session_mgr_close_all_sessions). Such
+  // a module stays loaded and initialised for the process's life: Load() returns the same
+  // instance again, and a reconnect after a token loss opens new sessions on it.
+  if (absl::StrContains(m->description_, "IBM / Meta PKCS11 LIBRARY")) {
+    m->pinned_ = true;
+    static auto* pinned = new std::vector<std::shared_ptr<Module>>();  // never destroyed
+    pinned->push_back(m);
+    spdlog::info("{}: kept initialised for the process (it cannot be initialised again)", path);
+  }
   if (absl::StrContains(m->description_, "TPM2.0 Cryptoki")) {
     m->serial_ = std::make_unique<std::mutex>();
     spdlog::info("{}: calls are made one at a time (tpm2-pkcs11 crashes under concurrent calls)",
@@ -497,6 +507,14 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Load(const std::string& path,
 }
 
 void Module::Retire() {
+  if (pinned_) {
+    // Finalising it would crash the next C_Initialize (see Load): the calls stuck in it stay;
+    // the next backend opens new sessions on the same initialised library.
+    spdlog::warn("{}: calls may still be inside it; not finalised (the module cannot be "
+                 "initialised again in this process)",
+                 path_);
+    return;
+  }
   {
     absl::MutexLock lock(&RegistryMutex());
     if (retired_.exchange(true, std::memory_order_acq_rel)) return;

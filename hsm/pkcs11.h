@@ -127,6 +127,9 @@ class Module final {
   // segfaults in C_DecryptInit while another thread is in C_GetSessionInfo (8 threads
   // decrypting: about one run in three); its TPM serialises commands anyway.
   bool serialized() const { return serial_ != nullptr; }
+  // Kept initialised for the process's life, never finalised (Retire() included): modules
+  // that crash when initialised a second time (openCryptoki 3.8.1).
+  bool pinned() const { return pinned_; }
   std::vector<CallStat> CallStats() const;
 
  private:
@@ -149,6 +152,7 @@ class Module final {
   bool registered_ = false;
   std::atomic<bool> retired_{false};
   std::unique_ptr<std::mutex> serial_;  // set once in Load(), before the module is shared
+  bool pinned_ = false;  // never finalised: Load() keeps a reference for the process's life
   // Index i counts the function KnownFunctions()[i]; the last slot counts unknown names.
   mutable std::array<Counter, kMaxFunctions + 1> counters_;
 };

@@ -167,13 +167,9 @@ absl::StatusOr<std::unique_ptr<TestToken>> TestToken::Create(TokenKind kind) {
     auto m = hsm::Module::Load(kOpenCryptokiPath, "");
     if (!m.ok()) return m.status();
     t->module_ = *m;
-    // openCryptoki 3.8.1 cannot be initialised twice in a process: the second C_Initialize
-    // (after C_Finalize) crashes in its software token (SIGSEGV in
-    // session_mgr_close_all_sessions from ST_Initialize/Fork_Initializer). So the module
-    // stays loaded for the rest of the process; ReleaseModule then only drops this token's
-    // reference (a "new process" keeps the library's state).
-    static auto* keep = new std::shared_ptr<hsm::Module>();
-    *keep = *m;
+    // openCryptoki 3.8.1 cannot be initialised twice in a process (hsm::Module pins it), so
+    // ReleaseModule only drops this token's reference: a "new process" keeps the library's
+    // state.
     t->label_ = kSoftHsmLabel;
     auto slot = hsm::InitTokenInSlot(*t->module_, static_cast<CK_SLOT_ID>(std::atol(slot_env)),
                                      t->label_, crypto::SecretString(kOpenCryptokiSoPin),
