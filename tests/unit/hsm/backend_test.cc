@@ -4,6 +4,7 @@
 // keeps key metadata in CKO_DATA objects; NSS softoken does OAEP-SHA2 natively, answers bad
 // PKCS#1 padding with implicit rejection and refuses CKO_DATA token objects.
 #include <atomic>
+#include <cstdlib>
 #include <iostream>
 #include <set>
 #include <thread>
@@ -18,6 +19,7 @@
 #include "hsm/mechanisms.h"
 #include "hsm/pkcs11_backend.h"
 #include "hsm/token.h"
+#include "hsm/token_supervisor.h"
 #include "tests/support/test_token.h"
 #include "tests/unit/hsm/hsm_test_util.h"
 
@@ -761,6 +763,63 @@ TEST_P(BackendTest, Pkcs1BadPaddingIsProbed) {
 
 INSTANTIATE_TEST_SUITE_P(Tokens, BackendTest, ::testing::ValuesIn(testing::kTokenKinds),
                          testing::TokenParamName);
+
+// The TPM's resource manager (tpm2-abrmd) killed and restarted under a served key: tpm2-pkcs11
+// never reconnects (every TPM call fails CKR_GENERAL_ERROR from then on) while C_GetTokenInfo
+// keeps answering. The supervisor must see the loss (Healthy() reaches the TPM), answer items
+// UNAVAILABLE (never DECRYPT_FAILED) and serve again after re-initialising the module.
+TEST(TpmRecoveryTest, ResourceManagerRestartIsALossNotBadCiphertexts) {
+  using ::hsmrewrap::test::TestToken;
+  using ::hsmrewrap::test::TokenKind;
+  const std::string missing = ::hsmrewrap::test::ModuleMissingReason(TokenKind::kTpm);
+  const char* restart = getenv("HSMREWRAP_TPM_RESTART_ABRMD");
+  if (!missing.empty() || restart == nullptr) GTEST_SKIP() << "no TPM stack: " << missing;
+  auto token = TestToken::Create(TokenKind::kTpm);
+  ASSERT_THAT(token, IsOk());
+  const Pkcs11Backend::Options opts = (*token)->BackendOptions();
+  (*token)->ReleaseModule();  // the supervisor's backends own the module: it can finalise it
+  TokenSupervisor::Options so;
+  so.max_backoff = absl::Milliseconds(500);
+  auto sup = TokenSupervisor::Create(
+      [opts]() -> absl::StatusOr<std::unique_ptr<Pkcs11Backend>> {
+        auto b = Pkcs11Backend::Create(opts);
+        if (!b.ok()) return b.status();
+        return std::move(*b);
+      },
+      so);
+  ASSERT_THAT(sup, IsOk());
+  auto k = (*sup)->CreateKey("k", 2048, /*allow_pkcs1=*/false);
+  ASSERT_THAT(k, IsOk());
+  auto pub = crypto::PublicKey::FromSpki(k->spki_der);
+  ASSERT_THAT(pub, IsOk());
+  const crypto::Bytes pt = testing::RandomBytes(32);
+  auto ct = crypto::RsaEncrypt(*pub, RsaPadding::kOaepSha256, pt);
+  ASSERT_THAT(ct, IsOk());
+  ASSERT_THAT((*sup)->Decrypt("k", RsaPadding::kOaepSha256, *ct, Path::kTokenDecrypt), IsOk());
+
+  ASSERT_EQ(std::system(restart), 0) << restart;
+  const absl::Time back = absl::Now();
+  int decrypt_failed = 0, unavailable = 0;
+  bool served = false;
+  while (absl::Now() - back < absl::Seconds(5)) {
+    auto r = (*sup)->Decrypt("k", RsaPadding::kOaepSha256, *ct, Path::kTokenDecrypt);
+    if (r.ok()) {
+      EXPECT_EQ(crypto::Bytes(r->begin(), r->end()), pt);
+      served = true;
+      break;
+    }
+    if (r.outcome() == Outcome::kDecryptFailed) ++decrypt_failed;
+    if (r.status().code() == absl::StatusCode::kUnavailable) ++unavailable;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  std::cout << "tpm: abrmd restarted; " << unavailable << " UNAVAILABLE, " << decrypt_failed
+            << " DECRYPT_FAILED, served again after "
+            << absl::FormatDuration(absl::Now() - back) << ", reconnects "
+            << (*sup)->reconnects() << "\n";
+  EXPECT_EQ(decrypt_failed, 0);
+  EXPECT_TRUE(served) << "not serving 5 s after tpm2-abrmd came back";
+  EXPECT_GE((*sup)->reconnects(), 1u);
+}
 
 }  // namespace
 }  // namespace hsmrewrap::hsm
