@@ -24,7 +24,8 @@
 #   slot: each test makes a fresh token there with C_InitToken + C_InitPIN. Exported:
 #   TPM2_PKCS11_STORE, TPM2_PKCS11_TCTI and TPM2TOOLS_TCTI (tabrmd on the private bus),
 #   DBUS_SESSION_BUS_ADDRESS, TPM2_PKCS11_LOG_LEVEL=0 (tpm2-pkcs11 logs to stderr
-#   otherwise; its errors still come), TSS2_LOG=all+NONE unless set (ESYS's stderr log), HSMREWRAP_TPM_DIR (the directory) and
+#   otherwise; its errors still come), TSS2_LOG=all+NONE unless set (ESYS's stderr log),
+#   HSMREWRAP_TPM_DIR (the directory) and
 #   HSMREWRAP_TPM_RESTART_ABRMD (a command that kills and restarts tpm2-abrmd, for the
 #   resource-manager-loss tests).
 # Exit status: CMD's; 77 when the stack cannot run here (package missing, not root).
