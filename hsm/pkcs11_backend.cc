@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "hsm/capability_probe.h"
 #include "hsm/cms_in_token.h"
@@ -78,6 +79,14 @@ absl::StatusOr<std::unique_ptr<Pkcs11Backend>> Pkcs11Backend::Create(Options opt
       b->options_.allow_host_unpadding ? "ALLOWED" : "off");
   if (b->options_.allow_host_unpadding) {
     spdlog::warn("HOST_UNPADDING is enabled: raw RSA in the token, OAEP decoding on the host");
+  }
+  if (absl::StrContains(b->module().description(), "TPM2.0 Cryptoki")) {
+    // tpm2-pkcs11 reads its store (TPM2_PKCS11_STORE) once per C_Initialize.
+    spdlog::warn(
+        "token '{}' is a TPM (tpm2-pkcs11): its module reads the key store once per start, so "
+        "replicas sharing one store do not see keys or enable/disable changes made by another "
+        "replica until they restart; give each replica its own token or restart them together",
+        b->token_.label);
   }
   return b;
 }
