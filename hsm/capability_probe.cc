@@ -245,7 +245,19 @@ absl::StatusOr<KeyCapabilities> ProbeKey(const LeaseSource& lease, CK_OBJECT_HAN
       Template t = SessionSecretTemplate();
       auto h = l->Unwrap(mech.get(), priv, *ct, t);
       if (h.ok()) {
-        caps.unwrap.insert(p);
+        // The secret must come out sensitive, as asked: a token that quietly makes it
+        // readable (the issue saw openCryptoki force CKA_SENSITIVE=FALSE when unwrapping
+        // with CKA_EXTRACTABLE=TRUE) would hand the plaintext to anyone with the PIN.
+        auto sensitive = l->GetBool(*h, CKA_SENSITIVE);
+        if (sensitive.ok() && *sensitive) {
+          caps.unwrap.insert(p);
+        } else {
+          spdlog::warn("unwrap probe {}: the unwrapped secret is not sensitive ({}); IN_TOKEN "
+                       "is not offered for it",
+                       PaddingName(p),
+                       sensitive.ok() ? "CKA_SENSITIVE=FALSE"
+                                      : std::string(sensitive.status().message()));
+        }
         l->Destroy(*h);
       } else {
         spdlog::debug("unwrap probe {}: {}", PaddingName(p), std::string(h.status().message()));
