@@ -11,8 +11,9 @@
 #   openCryptoki 3.8.1 has its paths compiled in (/etc/opencryptoki/opencryptoki.conf,
 #   /var/lib/opencryptoki/swtok, /run/pkcsslotd.socket, /run/lock/opencryptoki, and the
 #   token's shared memory /dev/shm/var.lib.opencryptoki.swtok), so CMD and pkcsslotd run in
-#   a private mount and IPC namespace (unshare -m -i; needs root, as in CI) where those
-#   paths are bind mounts of, or tmpfs over, the temporary directory. The token in slot 3
+#   a private mount and IPC namespace (unshare -m -i -p; needs root, as in CI) where those
+#   paths are bind mounts of, or tmpfs over, the temporary directory (and a PID namespace:
+#   nothing started there outlives the script). The token in slot 3
 #   is left uninitialised: its SO PIN is the default 87654321 (C_InitToken resets it to that
 #   every time), so each test makes a fresh token with C_InitToken + C_InitPIN
 #   (tests/support/test_token.cc). The daemon needs the `pkcs11` group (made by the
@@ -49,7 +50,8 @@ missing() {  # why KIND cannot run here ("" when it can)
         { echo "openCryptoki's software token missing (install opencryptoki)"; return; }
       getent group pkcs11 >/dev/null || { echo "no pkcs11 group (install opencryptoki)"; return; }
       [ "$(id -u)" -eq 0 ] || { echo "needs root (a private mount namespace)"; return; }
-      unshare -m -i true 2>/dev/null || { echo "unshare -m -i is not permitted here"; return; }
+      unshare -m -i -p -f --mount-proc true 2>/dev/null ||
+        { echo "unshare -m -i -p is not permitted here"; return; }
       ;;
     tpm)
       [ -e "$TPM_MODULE" ] || { echo "$TPM_MODULE missing (install libtpm2-pkcs11-1)"; return; }
@@ -89,9 +91,12 @@ kill_pid_file() {  # stops the process whose pid is in $1 (if any) and waits for
 }
 
 run_opencryptoki() {
-  # Re-run inside a private mount + IPC namespace; everything below lives only there.
+  # Re-run inside a private mount + IPC + PID namespace; everything below lives only there,
+  # and every process left in it (pkcsslotd, or whatever CMD started) is killed by the
+  # kernel when this script, its PID 1, exits.
   if [ "${HSMREWRAP_OCK_NS:-}" != 1 ]; then
-    HSMREWRAP_OCK_NS=1 exec unshare -m -i --propagation private "$0" opencryptoki "$@"
+    HSMREWRAP_OCK_NS=1 exec unshare -m -i -p -f --mount-proc --propagation private \
+      "$0" opencryptoki "$@"
   fi
   unset HSMREWRAP_OCK_NS
   local dir
