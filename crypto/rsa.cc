@@ -245,23 +245,60 @@ absl::StatusOr<SecretBytes> HostRsaKey::Decrypt(RsaPadding padding,
   return DecryptWith(pkey_.get(), padding, ciphertext);
 }
 
-absl::StatusOr<Bytes> NonConformantPkcs1Ciphertext(const PublicKey& key) {
+const char* Pkcs1MalformationName(Pkcs1Malformation kind) {
+  switch (kind) {
+    case Pkcs1Malformation::kNoSeparator:
+      return "no zero separator";
+    case Pkcs1Malformation::kWrongBlockType:
+      return "block type 01";
+    case Pkcs1Malformation::kShortPadding:
+      return "7-byte padding string";
+    case Pkcs1Malformation::kWrongLeadingByte:
+      return "leading byte 01";
+  }
+  return "?";
+}
+
+absl::StatusOr<Bytes> NonConformantPkcs1Ciphertext(const PublicKey& key, Pkcs1Malformation kind) {
   const Bytes nb = key.modulus();
   const Bytes eb = key.public_exponent();
   const size_t k = static_cast<size_t>((key.bits() + 7) / 8);
-  if (k < 11 || nb.empty() || eb.empty()) return absl::InternalError("bad public key");
+  constexpr size_t kMessageLen = 16;
+  if (k < 11 + kMessageLen || nb.empty() || eb.empty()) {
+    return absl::InternalError("bad public key");
+  }
   Bytes block = RandomBytes(k);
-  block[0] = 0x00;  // keeps m < n
-  block[1] = 0x02;
   for (size_t i = 2; i < k; ++i) {
     while (block[i] == 0) block[i] = RandomBytes(1)[0];
+  }
+  block[0] = 0x00;  // keeps m < n
+  block[1] = 0x02;
+  switch (kind) {
+    case Pkcs1Malformation::kNoSeparator:
+      break;
+    case Pkcs1Malformation::kWrongBlockType:
+      block[1] = 0x01;
+      block[k - kMessageLen - 1] = 0x00;
+      break;
+    case Pkcs1Malformation::kShortPadding:
+      block[2 + 7] = 0x00;  // PS is block[2..8]
+      break;
+    case Pkcs1Malformation::kWrongLeadingByte:
+      block[0] = 0x01;
+      block[k - kMessageLen - 1] = 0x00;
+      break;
   }
   internal::BnPtr n(BN_bin2bn(nb.data(), static_cast<int>(nb.size()), nullptr));
   internal::BnPtr e(BN_bin2bn(eb.data(), static_cast<int>(eb.size()), nullptr));
   internal::BnPtr m(BN_bin2bn(block.data(), static_cast<int>(block.size()), nullptr));
   internal::BnPtr c(BN_new());
   internal::BnCtxPtr ctx(BN_CTX_new());
-  if (!n || !e || !m || !c || !ctx || BN_cmp(m.get(), n.get()) >= 0 ||
+  if (n && m && BN_cmp(m.get(), n.get()) >= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("a PKCS#1 block with ",
+                                                   Pkcs1MalformationName(kind),
+                                                   " does not fit below this modulus"));
+  }
+  if (!n || !e || !m || !c || !ctx ||
       BN_mod_exp(c.get(), m.get(), e.get(), n.get(), ctx.get()) != 1) {
     return OsslInternal("raw RSA encryption of the PKCS#1 probe failed");
   }

@@ -63,10 +63,25 @@ class HostRsaKey final {
   PublicKey public_key_;
 };
 
-// A modulus-length RSA ciphertext whose plaintext block is NOT PKCS#1 v1.5 conformant:
-// 00 02 followed by non-zero random bytes with no zero separator, raw-RSA encrypted
-// (m^e mod n). A token that answers C_Decrypt(CKM_RSA_PKCS) of it with CKR_OK does
-// implicit rejection (the Marvin countermeasure).
-absl::StatusOr<Bytes> NonConformantPkcs1Ciphertext(const PublicKey& key);
+// How a PKCS#1 v1.5 encryption block (00 02 PS 00 M, PS >= 8 non-zero bytes) is broken.
+enum class Pkcs1Malformation {
+  kNoSeparator,       // 00 02 and non-zero random bytes to the end: no 00 after PS
+  kWrongBlockType,    // 00 01 PS 00 M: the signature block type
+  kShortPadding,      // 00 02 PS 00 M with a 7-byte PS
+  kWrongLeadingByte,  // 01 02 PS 00 M
+};
+inline constexpr Pkcs1Malformation kAllPkcs1Malformations[] = {
+    Pkcs1Malformation::kNoSeparator, Pkcs1Malformation::kWrongBlockType,
+    Pkcs1Malformation::kShortPadding, Pkcs1Malformation::kWrongLeadingByte};
+const char* Pkcs1MalformationName(Pkcs1Malformation kind);
+
+// A modulus-length RSA ciphertext whose plaintext block is NOT PKCS#1 v1.5 conformant in
+// the way `kind` says (PS random non-zero bytes, M 16 random bytes), raw-RSA encrypted
+// (m^e mod n). A token that answers C_Decrypt(CKM_RSA_PKCS) of every kind with CKR_OK and
+// a deterministic message does implicit rejection (the Marvin countermeasure); one that
+// answers only some kinds so is a padding oracle for the others. InvalidArgument when the
+// block does not fit below the modulus (kWrongLeadingByte on a modulus whose top byte is 1).
+absl::StatusOr<Bytes> NonConformantPkcs1Ciphertext(
+    const PublicKey& key, Pkcs1Malformation kind = Pkcs1Malformation::kNoSeparator);
 
 }  // namespace hsmrewrap::crypto

@@ -1,11 +1,13 @@
 #include "hsm/capability_probe.h"
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include <openssl/ec.h>
 #include <openssl/obj_mac.h>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "hsm/cms_in_token.h"
 #include "crypto/cms_assemble.h"
@@ -60,6 +62,66 @@ absl::StatusOr<bool> ProbeCmsForm(
   return true;
 }
 
+// Whether the key does implicit rejection for every kind of malformed PKCS#1 v1.5 block
+// (see ProbeKey). With `decrypt`, by C_Decrypt (each block twice: the same message both
+// times, at most k-11 bytes); otherwise by C_UnwrapKey (CKR_OK for each). Only a lost token
+// is an error.
+absl::StatusOr<bool> ProbeImplicitRejection(const LeaseSource& lease, CK_OBJECT_HANDLE priv,
+                                            const crypto::PublicKey& pub, bool decrypt) {
+  const size_t k = static_cast<size_t>((pub.bits() + 7) / 8);
+  RsaMechanism mech(RsaPadding::kPkcs1);
+  for (crypto::Pkcs1Malformation kind : crypto::kAllPkcs1Malformations) {
+    const char* what = crypto::Pkcs1MalformationName(kind);
+    auto bad = crypto::NonConformantPkcs1Ciphertext(pub, kind);
+    if (!bad.ok()) {
+      if (bad.status().code() == absl::StatusCode::kInvalidArgument) {
+        spdlog::debug("PKCS#1 implicit-rejection probe ({}): {}", what,
+                      std::string(bad.status().message()));
+        continue;  // this modulus cannot carry that block; the other kinds decide
+      }
+      return bad.status();
+    }
+    if (decrypt) {
+      std::optional<crypto::SecretBytes> first;
+      for (int round = 0; round < 2; ++round) {
+        auto l = lease();
+        if (!l.ok()) return l.status();
+        auto pt = l->Decrypt(mech.get(), priv, *bad, k);
+        if (!pt.ok()) {
+          spdlog::debug("PKCS#1 implicit-rejection probe ({}, C_Decrypt): {}", what,
+                        std::string(pt.status().message()));
+          if (Lost(pt.status())) return pt.status();
+          return false;
+        }
+        if (pt->size() > k - 11) {
+          spdlog::info("PKCS#1 implicit-rejection probe ({}): {} bytes out of a {}-byte key", what,
+                       pt->size(), k);
+          return false;
+        }
+        if (!first) {
+          first = *std::move(pt);
+        } else if (*first != *pt) {
+          spdlog::info("PKCS#1 implicit-rejection probe ({}): not deterministic", what);
+          return false;
+        }
+      }
+    } else {
+      auto l = lease();
+      if (!l.ok()) return l.status();
+      Template t = SessionSecretTemplate();
+      auto h = l->Unwrap(mech.get(), priv, *bad, t);
+      if (!h.ok()) {
+        spdlog::debug("PKCS#1 implicit-rejection probe ({}, C_UnwrapKey): {}", what,
+                      std::string(h.status().message()));
+        if (Lost(h.status())) return h.status();
+        return false;
+      }
+      l->Destroy(*h);
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* out,
@@ -77,6 +139,9 @@ absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* o
     if (!l.ok()) return l.status();
     auto pub = SessionPublicKey(*l, host->public_key());
     if (!pub.ok()) return pub.status();
+    // Every probe object is destroyed explicitly on every path: closing the session is not
+    // enough where a token keeps "session" objects (tpm2-pkcs11 stores every object).
+    absl::Cleanup destroy_pub = [&] { l->Destroy(*pub); };
     Template t;
     t.Ulong(CKA_CLASS, CKO_SECRET_KEY)
         .Ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET)
@@ -92,7 +157,7 @@ absl::Status ProbeWrapPaddings(const LeaseSource& lease, std::set<RsaPadding>* o
     RsaMechanism mech(p);
     auto wrapped = l->Wrap(mech.get(), *pub, *secret, k);
     l->Destroy(*secret);
-    l->Destroy(*pub);
+    std::move(destroy_pub).Invoke();
     if (!wrapped.ok()) {
       spdlog::debug("wrap probe {}: {}", PaddingName(p), std::string(wrapped.status().message()));
       if (Lost(wrapped.status())) return wrapped.status();
@@ -180,7 +245,19 @@ absl::StatusOr<KeyCapabilities> ProbeKey(const LeaseSource& lease, CK_OBJECT_HAN
       Template t = SessionSecretTemplate();
       auto h = l->Unwrap(mech.get(), priv, *ct, t);
       if (h.ok()) {
-        caps.unwrap.insert(p);
+        // The secret must come out sensitive, as asked: a token that quietly makes it
+        // readable (the issue saw openCryptoki force CKA_SENSITIVE=FALSE when unwrapping
+        // with CKA_EXTRACTABLE=TRUE) would hand the plaintext to anyone with the PIN.
+        auto sensitive = l->GetBool(*h, CKA_SENSITIVE);
+        if (sensitive.ok() && *sensitive) {
+          caps.unwrap.insert(p);
+        } else {
+          spdlog::warn("unwrap probe {}: the unwrapped secret is not sensitive ({}); IN_TOKEN "
+                       "is not offered for it",
+                       PaddingName(p),
+                       sensitive.ok() ? "CKA_SENSITIVE=FALSE"
+                                      : std::string(sensitive.status().message()));
+        }
         l->Destroy(*h);
       } else {
         spdlog::debug("unwrap probe {}: {}", PaddingName(p), std::string(h.status().message()));
@@ -210,35 +287,17 @@ absl::StatusOr<KeyCapabilities> ProbeKey(const LeaseSource& lease, CK_OBJECT_HAN
   }
   // Implicit rejection (the Marvin countermeasure, NSS softoken): does an invalid PKCS#1
   // v1.5 block come back as CKR_OK instead of an error? Not an error to us: it is reported
-  // in KeyInfo, and a bad PKCS#1 ciphertext then gives a pseudo-random secret.
+  // in KeyInfo, and a bad PKCS#1 ciphertext then gives a pseudo-random secret. Claimed only
+  // when every kind of malformed block (no separator, wrong block type, short padding,
+  // wrong leading byte) is answered so, with a message of a possible length (at most k-11
+  // bytes) that is the same when asked again: a token that accepts some kinds and rejects
+  // others (openCryptoki 3.8.1 returns the last byte of a block without a separator, and
+  // refuses the rest) is a padding oracle at the API, and must not be reported as safe.
   if (allow_pkcs1 &&
       (caps.decrypt.count(RsaPadding::kPkcs1) || caps.unwrap.count(RsaPadding::kPkcs1))) {
-    auto bad = crypto::NonConformantPkcs1Ciphertext(pub);
-    if (!bad.ok()) return bad.status();
-    RsaMechanism mech(RsaPadding::kPkcs1);
-    auto l = lease();
-    if (!l.ok()) return l.status();
-    if (caps.decrypt.count(RsaPadding::kPkcs1)) {
-      auto pt = l->Decrypt(mech.get(), priv, *bad, k);
-      if (pt.ok()) {
-        caps.pkcs1_implicit_rejection = true;
-      } else {
-        spdlog::debug("PKCS#1 implicit-rejection probe (C_Decrypt): {}",
-                      std::string(pt.status().message()));
-        if (Lost(pt.status())) return pt.status();
-      }
-    } else {
-      Template t = SessionSecretTemplate();
-      auto h = l->Unwrap(mech.get(), priv, *bad, t);
-      if (h.ok()) {
-        caps.pkcs1_implicit_rejection = true;
-        l->Destroy(*h);
-      } else {
-        spdlog::debug("PKCS#1 implicit-rejection probe (C_UnwrapKey): {}",
-                      std::string(h.status().message()));
-        if (Lost(h.status())) return h.status();
-      }
-    }
+    auto seen = ProbeImplicitRejection(lease, priv, pub, caps.decrypt.count(RsaPadding::kPkcs1));
+    if (!seen.ok()) return seen.status();
+    caps.pkcs1_implicit_rejection = *seen;
   }
   if (host_unpadding) {
     auto ct = crypto::RsaEncrypt(pub, RsaPadding::kPkcs1, probe);

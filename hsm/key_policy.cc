@@ -103,8 +103,10 @@ Template ServicePublicKeyTemplate(const std::string& name, const crypto::Bytes& 
       .Ulong(CKA_KEY_TYPE, CKK_RSA)
       .Bool(CKA_TOKEN, true)
       .Bool(CKA_PRIVATE, false)
-      .Bool(CKA_ENCRYPT, true)
-      .Bool(CKA_VERIFY, false)
+      // No CKA_ENCRYPT, no CKA_VERIFY: the service never uses the public key object in the
+      // token (it seals and checks on the host), and a TPM (tpm2-pkcs11) ties the public
+      // key's encrypt/verify to the private key's decrypt/sign and refuses a template that
+      // sets them otherwise. What the key may do is the private key's attributes.
       .Bool(CKA_WRAP, false)
       .Bool(CKA_MODIFIABLE, false)
       .Str(CKA_LABEL, name)

@@ -351,11 +351,78 @@ absl::Status Pkcs11Backend::RenewLease(absl::StatusOr<SessionPool::Lease>& lease
   return lease.status();
 }
 
+absl::Status Pkcs11Backend::CheckKeySize(CK_MECHANISM_TYPE mech, int bits, const char* what) {
+  const Module& m = module();
+  CK_MECHANISM_INFO mi{};
+  absl::Status s = m.Call("C_GetMechanismInfo", m.fl()->C_GetMechanismInfo, token_.slot, mech, &mi);
+  if (CkrOf(s) == CKR_MECHANISM_INVALID) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("token '", token_.label, "' cannot ", what, " (it has no ",
+                     mech == CKM_RSA_PKCS_KEY_PAIR_GEN ? "CKM_RSA_PKCS_KEY_PAIR_GEN"
+                                                       : "CKM_RSA_PKCS_OAEP",
+                     ")"));
+  }
+  if (!s.ok()) {
+    if (IsTokenLossRv(CkrOf(s))) return s;
+    spdlog::debug("C_GetMechanismInfo: {}; key size not checked", std::string(s.message()));
+    return absl::OkStatus();
+  }
+  CK_ULONG lo = mi.ulMinKeySize, hi = mi.ulMaxKeySize;
+  if (hi == 0) return absl::OkStatus();  // not said
+  // RSA sizes are in bits; a few modules give bytes (no RSA key is 256 bits or less).
+  if (hi <= 256) {
+    lo *= 8;
+    hi *= 8;
+  }
+  const CK_ULONG b = static_cast<CK_ULONG>(bits);
+  if (b < lo || b > hi) {
+    return absl::InvalidArgumentError(absl::StrCat("token '", token_.label, "' cannot ", what,
+                                                   ": it takes RSA keys of ", lo, " to ", hi,
+                                                   " bits, not ", bits));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Pkcs11Backend::KeyRefusal(const absl::Status& s, const char* what) {
+  const CK_RV rv = CkrOf(s);
+  switch (rv) {
+    case CKR_KEY_SIZE_RANGE:
+      return absl::InvalidArgumentError(absl::StrCat("token '", token_.label, "' cannot ", what,
+                                                     ": the key size is out of its range (",
+                                                     s.message(), ")"));
+    case CKR_TEMPLATE_INCOMPLETE:
+    case CKR_TEMPLATE_INCONSISTENT:
+    case CKR_ATTRIBUTE_TYPE_INVALID:
+    case CKR_ATTRIBUTE_VALUE_INVALID:
+    case CKR_ATTRIBUTE_READ_ONLY:
+    case CKR_MECHANISM_INVALID:
+    case CKR_MECHANISM_PARAM_INVALID:
+    case CKR_FUNCTION_NOT_SUPPORTED:
+      return absl::FailedPreconditionError(absl::StrCat("token '", token_.label,
+                                                        "' refuses to ", what, " (",
+                                                        s.message(), ")"));
+    case CKR_GENERAL_ERROR:
+    case CKR_FUNCTION_FAILED:
+      if (Healthy()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("token '", token_.label, "' refuses to ", what, " (", s.message(),
+                         "; the token still answers, so it is not lost)"));
+      }
+      return absl::UnavailableError(s.message());
+    default:
+      return s;
+  }
+}
+
 absl::StatusOr<KeyInfo> Pkcs11Backend::CreateKey(const std::string& name, int bits,
                                                  bool allow_pkcs1) {
   if (auto s = CheckKeyName(name); !s.ok()) return s;
   if (bits != 2048 && bits != 3072 && bits != 4096) {
     return absl::InvalidArgumentError("RSA key size must be 2048, 3072 or 4096");
+  }
+  if (auto s = CheckKeySize(CKM_RSA_PKCS_KEY_PAIR_GEN, bits, "generate this RSA key");
+      !s.ok()) {
+    return s;
   }
   absl::MutexLock admin(&admin_mu_);
   auto lease = Lease();
@@ -376,7 +443,8 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::CreateKey(const std::string& name, int bi
   if (!s.ok()) {
     if (!lease.ok()) return s;
     lease->MarkBroken();
-    return s;
+    lease->Release();
+    return KeyRefusal(s, "generate this RSA key");
   }
   return FinishNewKey(*lease, name, allow_pkcs1, hpriv, hpub);
 }
@@ -396,6 +464,7 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
   }
   const bool crt = !parts.p.empty() && !parts.q.empty() && !parts.dp.empty() && !parts.dq.empty() &&
                    !parts.qinv.empty();
+  if (auto s = CheckKeySize(CKM_RSA_PKCS_OAEP, bits, "serve this RSA key"); !s.ok()) return s;
   absl::MutexLock admin(&admin_mu_);
   auto lease = Lease();
   if (!lease.ok()) return lease.status();
@@ -435,7 +504,8 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
           "this token needs the CRT parameters (p, q, dP, dQ, qInv) of a two-prime RSA key; "
           "a multi-prime key cannot be imported into it");
     }
-    return s;
+    lease->Release();
+    return KeyRefusal(s, "import this RSA private key");
   }
 
   Template pub = ServicePublicKeyTemplate(name, id);
@@ -454,7 +524,8 @@ absl::StatusOr<KeyInfo> Pkcs11Backend::ImportKey(const std::string& name,
       [] { return absl::OkStatus(); });
   if (!s.ok()) {
     lease->Destroy(hpriv);
-    return s;
+    lease->Release();
+    return KeyRefusal(s, "import this RSA public key");
   }
   return FinishNewKey(*lease, name, allow_pkcs1, hpriv, hpub);
 }

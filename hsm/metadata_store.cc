@@ -81,14 +81,10 @@ absl::StatusOr<KeyMetadata> MetadataStore::Update(SessionPool::Lease& lease,
                       {"enabled", md.enabled},
                       {"allow_pkcs1", md.allow_pkcs1}};
   const std::string text = j.dump();
-  if (existing.size() == 1) {
-    auto s = lease.SetAttribute(
-        existing.front(),
-        CK_ATTRIBUTE{CKA_VALUE, const_cast<char*>(text.data()), CK_ULONG(text.size())});
-    if (s.ok()) return md;
-    spdlog::debug("metadata update in place failed ({}); replacing the object",
-                  std::string(s.message()));
-  }
+  // Always a new object, then the old ones destroyed; never C_SetAttributeValue in place:
+  // tpm2-pkcs11 1.9.0 answers CKR_OK and shows the new value in this process, but its store
+  // keeps the old one, so a restart brought the previous state back (a disabled key served
+  // again).
   Template t;
   t.Ulong(CKA_CLASS, CKO_DATA)
       .Bool(CKA_TOKEN, true)

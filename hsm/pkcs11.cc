@@ -9,6 +9,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "spdlog/spdlog.h"
@@ -370,6 +371,17 @@ absl::Status CkrToStatus(absl::string_view function, CK_RV rv) {
       case CKR_HOST_MEMORY:
         code = absl::StatusCode::kResourceExhausted;
         break;
+      // A template the token will not take is the request's, never a lost token.
+      case CKR_TEMPLATE_INCOMPLETE:
+      case CKR_TEMPLATE_INCONSISTENT:
+      case CKR_ATTRIBUTE_TYPE_INVALID:
+      case CKR_ATTRIBUTE_VALUE_INVALID:
+      case CKR_ATTRIBUTE_READ_ONLY:
+        code = absl::StatusCode::kFailedPrecondition;
+        break;
+      case CKR_KEY_SIZE_RANGE:
+        code = absl::StatusCode::kInvalidArgument;
+        break;
       default:
         code = absl::StatusCode::kInternal;
     }
@@ -474,6 +486,23 @@ absl::StatusOr<std::shared_ptr<Module>> Module::Load(const std::string& path,
   }
   spdlog::info("loaded PKCS#11 module {} ({}), Cryptoki {}.{}", path, m->description_,
                fl->version.major, fl->version.minor);
+  // openCryptoki 3.8.1 cannot be initialised a second time in a process: C_Initialize after
+  // C_Finalize crashes (SIGSEGV in its software token's session_mgr_close_all_sessions). Such
+  // a module stays loaded and initialised for the process's life: Load() returns the same
+  // instance again, and a reconnect after a token loss opens new sessions on it.
+  if (absl::StrContains(m->description_, "IBM / Meta PKCS11 LIBRARY")) {
+    m->pinned_ = true;
+    static auto* pinned = new std::vector<std::shared_ptr<Module>>();  // never destroyed
+    pinned->push_back(m);
+    spdlog::info("{}: kept initialised for the process (it cannot be initialised again)", path);
+  }
+  // tpm2-pkcs11 1.9.0 crashes under concurrent calls: one at a time, whatever max_concurrency
+  // says (LimitConcurrency keeps the lowest limit).
+  if (absl::StrContains(m->description_, "TPM2.0 Cryptoki")) {
+    m->LimitConcurrency(1);
+    spdlog::info("{}: calls are made one at a time (tpm2-pkcs11 crashes under concurrent calls)",
+                 path);
+  }
   m->registered_ = true;
   reg[path] = m;
   return m;
@@ -515,6 +544,14 @@ Module::Permit::~Permit() {
 }
 
 void Module::Retire() {
+  if (pinned_) {
+    // Finalising it would crash the next C_Initialize (see Load): the calls stuck in it stay;
+    // the next backend opens new sessions on the same initialised library.
+    spdlog::warn("{}: calls may still be inside it; not finalised (the module cannot be "
+                 "initialised again in this process)",
+                 path_);
+    return;
+  }
   {
     absl::MutexLock lock(&RegistryMutex());
     if (retired_.exchange(true, std::memory_order_acq_rel)) return;

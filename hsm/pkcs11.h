@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -130,6 +131,15 @@ class Module final {
   const std::string& path() const { return path_; }
   // Library description/manufacturer from C_GetInfo.
   const std::string& description() const { return description_; }
+  // Calls into this module are made one at a time (a process-wide mutex around every call
+  // but Retire's C_Finalize): modules known to crash under concurrent calls. tpm2-pkcs11
+  // 1.9.0 ("tpm2-software.github.io / TPM2.0 Cryptoki") takes CKF_OS_LOCKING_OK but
+  // segfaults in C_DecryptInit while another thread is in C_GetSessionInfo (8 threads
+  // decrypting: about one run in three); its TPM serialises commands anyway.
+  bool serialized() const { return max_concurrency() == 1; }
+  // Kept initialised for the process's life, never finalised (Retire() included): modules
+  // that crash when initialised a second time (openCryptoki 3.8.1).
+  bool pinned() const { return pinned_; }
   std::vector<CallStat> CallStats() const;
 
  private:
@@ -170,6 +180,7 @@ class Module final {
   std::shared_ptr<const CallObserver> observer_;  // atomic_load/atomic_store only
   bool registered_ = false;
   std::atomic<bool> retired_{false};
+  bool pinned_ = false;  // never finalised: Load() keeps a reference for the process's life
   // Index i counts the function KnownFunctions()[i]; the last slot counts unknown names.
   mutable std::array<Counter, kMaxFunctions + 1> counters_;
 };

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "hsm/capability_probe.h"
 #include "hsm/cms_in_token.h"
@@ -80,6 +81,14 @@ absl::StatusOr<std::unique_ptr<Pkcs11Backend>> Pkcs11Backend::Create(Options opt
   if (b->options_.allow_host_unpadding) {
     spdlog::warn("HOST_UNPADDING is enabled: raw RSA in the token, OAEP decoding on the host");
   }
+  if (absl::StrContains(b->module().description(), "TPM2.0 Cryptoki")) {
+    // tpm2-pkcs11 reads its store (TPM2_PKCS11_STORE) once per C_Initialize.
+    spdlog::warn(
+        "token '{}' is a TPM (tpm2-pkcs11): its module reads the key store once per start, so "
+        "replicas sharing one store do not see keys or enable/disable changes made by another "
+        "replica until they restart; give each replica its own token or restart them together",
+        b->token_.label);
+  }
   return b;
 }
 
@@ -99,7 +108,16 @@ absl::StatusOr<SessionPool::Lease> Pkcs11Backend::Lease() {
 bool Pkcs11Backend::Healthy() {
   CK_TOKEN_INFO ti{};
   const Module& m = module();
-  return m.Call("C_GetTokenInfo", m.fl()->C_GetTokenInfo, token_.slot, &ti).ok();
+  if (!m.Call("C_GetTokenInfo", m.fl()->C_GetTokenInfo, token_.slot, &ti).ok()) return false;
+  // And a call that reaches the device: C_GetTokenInfo alone is answered by the module
+  // (tpm2-pkcs11 answers it while its TPM connection is broken), so a dead device would
+  // stay SERVING and turn every item's C_UnwrapKey error into DECRYPT_FAILED.
+  if (auto s = pool_->ReachDevice(); !s.ok()) {
+    spdlog::debug("token '{}' does not reach its device: {}", token_.label,
+                  std::string(s.message()));
+    return false;
+  }
+  return true;
 }
 
 absl::StatusOr<KeyRefPtr> Pkcs11Backend::Own(const KeyRefPtr& key) {

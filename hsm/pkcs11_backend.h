@@ -111,6 +111,18 @@ class Pkcs11Backend final : public KeyBackend {
   // Finds the private key by label again after CKR_OBJECT_HANDLE_INVALID; updates the cache.
   absl::StatusOr<CK_OBJECT_HANDLE> Reresolve(const std::string& name);
   absl::Status CheckNewName(SessionPool::Lease& lease, const std::string& name);
+  // Whether the token makes (generate) or serves (import: OAEP decryption) RSA keys of
+  // `bits`, from C_GetMechanismInfo of `mech`: InvalidArgument naming the token's range when
+  // not, FailedPrecondition when the token lacks the mechanism. A token that does not say
+  // is let through (the call itself will tell).
+  absl::Status CheckKeySize(CK_MECHANISM_TYPE mech, int bits, const char* what);
+  // The status of a key generation or import the token refused, told apart from a lost
+  // token: a size outside the token's range is InvalidArgument, a template or mechanism the
+  // token will not take is FailedPrecondition, and so is CKR_GENERAL_ERROR /
+  // CKR_FUNCTION_FAILED from a token that still answers (Healthy(): tpm2-pkcs11 answers a
+  // template the TPM will not make with CKR_GENERAL_ERROR); only a token that no longer
+  // answers stays Unavailable. `what`: "generate this key", "import this key".
+  absl::Status KeyRefusal(const absl::Status& s, const char* what);
   // Writes the new key's metadata (destroying the key objects if that fails), then loads
   // and probes it.
   absl::StatusOr<KeyInfo> FinishNewKey(SessionPool::Lease& lease, const std::string& name,

@@ -175,6 +175,17 @@ void SessionPool::Return(CK_SESSION_HANDLE h, bool broken) {
   idle_.push_back(h);
 }
 
+absl::Status SessionPool::ReachDevice() {
+  absl::MutexLock l(&login_mu_);
+  if (anchor_ == CK_INVALID_HANDLE) return absl::UnavailableError("no anchor session");
+  CK_BYTE buf[4];
+  absl::Status s = module_->Call("C_GenerateRandom", module_->fl()->C_GenerateRandom, anchor_, buf,
+                                 CK_ULONG(sizeof(buf)));
+  const CK_RV rv = CkrOf(s);
+  if (rv == CKR_RANDOM_NO_RNG || rv == CKR_FUNCTION_NOT_SUPPORTED) return absl::OkStatus();
+  return s;
+}
+
 size_t SessionPool::idle_sessions() const {
   absl::MutexLock l(&mu_);
   return idle_.size();

@@ -118,6 +118,12 @@ class SessionPool final {
   size_t open_sessions() const;
   // Sessions discarded after errors, for metrics.
   uint64_t discarded_sessions() const;
+  // A call that reaches the device behind the module: C_GenerateRandom of a few bytes on
+  // the anchor session (serialised; the anchor does nothing else). C_GetTokenInfo and
+  // C_GetSessionInfo can be answered by the module alone (tpm2-pkcs11 answers both from
+  // memory while its TPM connection is broken). A token without a random generator
+  // (CKR_RANDOM_NO_RNG, CKR_FUNCTION_NOT_SUPPORTED) has answered, so that is OK.
+  absl::Status ReachDevice();
 
  private:
   SessionPool(std::shared_ptr<Module> module, CK_SLOT_ID slot, crypto::SecretString pin,

@@ -210,6 +210,47 @@ absl::StatusOr<TokenSlot> FindToken(const Module& m, const TokenSelector& sel) {
   return matches.front();
 }
 
+absl::StatusOr<TokenSlot> InitTokenInSlot(const Module& m, CK_SLOT_ID id, const std::string& label,
+                                          const crypto::SecretString& so_pin,
+                                          const crypto::SecretString& user_pin) {
+  if (label.empty() || label.size() > 32) {
+    return absl::InvalidArgumentError("token label must have 1..32 bytes");
+  }
+  unsigned char padded[32];
+  PadInto(padded, sizeof(padded), label);
+  if (auto s = m.Call("C_InitToken", m.fl()->C_InitToken, id, PinPtr(so_pin),
+                      CK_ULONG(so_pin.size()), padded);
+      !s.ok()) {
+    return s;
+  }
+  CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+  if (auto s = m.Call("C_OpenSession", m.fl()->C_OpenSession, id,
+                      CK_FLAGS(CKF_SERIAL_SESSION | CKF_RW_SESSION), nullptr, nullptr, &h);
+      !s.ok()) {
+    return s;
+  }
+  absl::Status st = m.Call("C_Login", m.fl()->C_Login, h, CK_USER_TYPE(CKU_SO), PinPtr(so_pin),
+                           CK_ULONG(so_pin.size()));
+  if (st.ok()) {
+    st = m.Call("C_InitPIN", m.fl()->C_InitPIN, h, PinPtr(user_pin), CK_ULONG(user_pin.size()));
+    (void)m.Call("C_Logout", m.fl()->C_Logout, h);
+  }
+  (void)m.Call("C_CloseSession", m.fl()->C_CloseSession, h);
+  if (!st.ok()) return st;
+  TokenSlot t;
+  t.slot = id;
+  t.label = label;
+  CK_TOKEN_INFO after{};
+  if (m.Call("C_GetTokenInfo", m.fl()->C_GetTokenInfo, id, &after).ok()) {
+    t.serial = PaddedString(after.serialNumber, sizeof(after.serialNumber));
+    t.model = PaddedString(after.model, sizeof(after.model));
+    t.manufacturer = PaddedString(after.manufacturerID, sizeof(after.manufacturerID));
+    t.flags = after.flags;
+  }
+  spdlog::info("initialised token '{}' serial {} in {}", label, t.serial, m.path());
+  return t;
+}
+
 absl::StatusOr<TokenSlot> InitSoftToken(const Module& m, const std::string& label,
                                         const crypto::SecretString& so_pin,
                                         const crypto::SecretString& user_pin) {
@@ -222,39 +263,7 @@ absl::StatusOr<TokenSlot> InitSoftToken(const Module& m, const std::string& labe
     CK_TOKEN_INFO ti{};
     if (!m.Call("C_GetTokenInfo", m.fl()->C_GetTokenInfo, id, &ti).ok()) continue;
     if (ti.flags & CKF_TOKEN_INITIALIZED) continue;
-    unsigned char padded[32];
-    PadInto(padded, sizeof(padded), label);
-    if (auto s = m.Call("C_InitToken", m.fl()->C_InitToken, id, PinPtr(so_pin),
-                        CK_ULONG(so_pin.size()), padded);
-        !s.ok()) {
-      return s;
-    }
-    CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
-    if (auto s = m.Call("C_OpenSession", m.fl()->C_OpenSession, id,
-                        CK_FLAGS(CKF_SERIAL_SESSION | CKF_RW_SESSION), nullptr, nullptr, &h);
-        !s.ok()) {
-      return s;
-    }
-    absl::Status st = m.Call("C_Login", m.fl()->C_Login, h, CK_USER_TYPE(CKU_SO), PinPtr(so_pin),
-                             CK_ULONG(so_pin.size()));
-    if (st.ok()) {
-      st = m.Call("C_InitPIN", m.fl()->C_InitPIN, h, PinPtr(user_pin), CK_ULONG(user_pin.size()));
-      (void)m.Call("C_Logout", m.fl()->C_Logout, h);
-    }
-    (void)m.Call("C_CloseSession", m.fl()->C_CloseSession, h);
-    if (!st.ok()) return st;
-    TokenSlot t;
-    t.slot = id;
-    t.label = label;
-    CK_TOKEN_INFO after{};
-    if (m.Call("C_GetTokenInfo", m.fl()->C_GetTokenInfo, id, &after).ok()) {
-      t.serial = PaddedString(after.serialNumber, sizeof(after.serialNumber));
-      t.model = PaddedString(after.model, sizeof(after.model));
-      t.manufacturer = PaddedString(after.manufacturerID, sizeof(after.manufacturerID));
-      t.flags = after.flags;
-    }
-    spdlog::info("initialised token '{}' serial {} in {}", label, t.serial, m.path());
-    return t;
+    return InitTokenInSlot(m, id, label, so_pin, user_pin);
   }
   return absl::NotFoundError(absl::StrCat("no slot with an uninitialised token in ", m.path()));
 }

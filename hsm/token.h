@@ -63,6 +63,13 @@ absl::StatusOr<TokenSlot> FindToken(const Module& module, const TokenSelector& s
 absl::StatusOr<TokenSlot> InitSoftToken(const Module& module, const std::string& label,
                                         const crypto::SecretString& so_pin,
                                         const crypto::SecretString& user_pin);
+// The same on the token in `slot`, initialised or not (C_InitToken wipes it; openCryptoki
+// 3.8.1 refuses it while any session of the token is open, and resets the SO PIN to its
+// default 87654321 every time).
+absl::StatusOr<TokenSlot> InitTokenInSlot(const Module& module, CK_SLOT_ID slot,
+                                          const std::string& label,
+                                          const crypto::SecretString& so_pin,
+                                          const crypto::SecretString& user_pin);
 
 // NSS softoken: the key slot's user PIN is set by an SO login with the empty PIN and
 // C_InitPIN (the key slot starts with no user PIN). Fails if the PIN was already set.

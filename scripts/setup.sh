@@ -16,6 +16,12 @@ PACKAGES=(
   gnutls-bin default-jre-headless libplist-utils
   default-jdk-headless libbcpkix-java
   yamllint systemd dpkg-dev curl libplist-dev
+  # Hardware-grade tokens (tests/support/hw_tokens.sh): openCryptoki's software token behind
+  # pkcsslotd, and a TPM 2.0 (swtpm) behind tpm2-abrmd on a private D-Bus bus with
+  # tpm2-pkcs11 and its tpm2_ptool.
+  opencryptoki libopencryptoki0
+  swtpm swtpm-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtss2-tcti-swtpm0
+  libtpm2-pkcs11-1 libtpm2-pkcs11-tools python3-tpm2-pkcs11-tools dbus dbus-daemon
 )
 
 missing=()

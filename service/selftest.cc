@@ -6,10 +6,12 @@
 #include <openssl/x509.h>
 #include <spdlog/spdlog.h>
 
+#include <optional>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "crypto/rsa.h"
+#include "proto/conversions.h"
 
 namespace hsmrewrap::service {
 namespace {
@@ -181,28 +183,50 @@ SelfTestResult SelfTester::TestKeyOn(const std::string& name, std::optional<size
   if (!recheck.ok()) return finish(false, std::string(recheck.message()));
   auto entry = token ? engine_->tokens().ResolveOn(*token, name) : engine_->backend().Resolve(name);
   if (!entry.ok()) return finish(false, std::string(entry.status().message()));
-  // A random known answer, sealed as Intune's tooling seals (OAEP-SHA256).
+  // A random known answer, sealed with a padding the key serves: OAEP-SHA256 (as Intune's
+  // tooling seals) where it can, else the engine's next best (a token without OAEP-SHA2
+  // and without host unpadding serves OAEP-SHA1 only: testing OAEP-SHA256 there would fail
+  // forever although every item it can take works).
+  std::optional<crypto::RsaPadding> padding;
+  const size_t member = token.value_or(0);
+  for (const auto& [p, paths] : engine_->PathsFor((*entry)->info, member)) {
+    if (!paths.empty()) {
+      padding = p;
+      break;
+    }
+  }
+  if (!padding) {
+    return finish(false, "the key serves no padding on this token (no path for any padding)");
+  }
+  // The output: OAEP-SHA256 to the device, or OAEP-SHA1 where the token wraps only that
+  // (so an IN_TOKEN key is tested on its IN_TOKEN path).
+  const std::set<crypto::RsaPadding> wraps =
+      engine_->tokens().member(member).backend->WrapPaddings();
+  const crypto::RsaPadding out_padding =
+      !wraps.count(crypto::RsaPadding::kOaepSha256) && wraps.count(crypto::RsaPadding::kOaepSha1)
+          ? crypto::RsaPadding::kOaepSha1
+          : crypto::RsaPadding::kOaepSha256;
   crypto::SecretBytes secret(32);
   RAND_bytes(secret.data(), static_cast<int>(secret.size()));
-  auto sealed = crypto::RsaEncrypt((*entry)->public_key, crypto::RsaPadding::kOaepSha256,
-                                   crypto::Reveal(secret));
+  auto sealed = crypto::RsaEncrypt((*entry)->public_key, *padding, crypto::Reveal(secret));
   if (!sealed.ok())
     return finish(false, absl::StrCat("sealing failed: ", sealed.status().message()));
   v1::RewrapItem item;
   item.set_id("selftest");
   item.set_key_name(name);
-  item.set_padding(v1::OAEP_SHA256);
+  item.set_padding(proto_crypto::PaddingToProto(*padding));
   item.set_ciphertext(sealed->data(), sealed->size());
   item.mutable_recipient()->set_public_key(device_spki_der_);
-  item.set_format(v1::RSA_OAEP_SHA256);
+  item.set_format(out_padding == crypto::RsaPadding::kOaepSha1 ? v1::RSA_OAEP_SHA1
+                                                               : v1::RSA_OAEP_SHA256);
   v1::RewrapResult res = engine_->ProcessItem(item, nullptr, nullptr, nullptr, token);
   r.path = res.path();
   if (res.has_error()) {
     return finish(false, absl::StrCat(v1::ItemError::Code_Name(res.error().code()), ": ",
                                       res.error().message()));
   }
-  auto opened = crypto::RsaDecryptWithPrivateKey(
-      Span(device_private_pem_), crypto::RsaPadding::kOaepSha256, Span(res.ciphertext()));
+  auto opened = crypto::RsaDecryptWithPrivateKey(Span(device_private_pem_), out_padding,
+                                                 Span(res.ciphertext()));
   if (!opened.ok() || *opened != secret)
     return finish(false, "the rewrapped value does not match the known answer");
   return finish(true, "");

@@ -3,7 +3,11 @@
 #include <openssl/obj_mac.h>
 #include <stdlib.h>
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cctype>
+#include <cstdlib>
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -19,6 +23,11 @@ constexpr char kSoftHsmLabel[] = "hsm-test";
 constexpr char kSoftHsmSoPin[] = "5678";
 constexpr char kSoftHsmUserPin[] = "1234";
 constexpr char kNssUserPin[] = "nss-test-pin";
+// openCryptoki's swtok: PINs of 4..8 bytes; C_InitToken resets the SO PIN to its default.
+constexpr char kOpenCryptokiSoPin[] = "87654321";
+constexpr char kOpenCryptokiUserPin[] = "ock-1234";
+constexpr char kTpmSoPin[] = "tpm-so-5678";
+constexpr char kTpmUserPin[] = "tpm-1234";
 
 // Each kind's facts; what is not set here is false (TokenFacts' defaults).
 TokenFacts SoftHsmFacts() {
@@ -27,7 +36,7 @@ TokenFacts SoftHsmFacts() {
   // OAEP-SHA1 and PKCS#1 v1.5; OAEP-SHA2 only through HOST_UNPADDING.
   f.decrypt = f.unwrap = f.wrap = {RsaPadding::kOaepSha1, RsaPadding::kPkcs1};
   f.raw_rsa = f.keeps_allowed_mechanisms = f.stores_data_objects = f.serial_is_unique =
-      f.imports_multi_prime_without_crt = true;
+      f.imports_private_keys = f.imports_without_crt = f.imports_multi_prime_without_crt = true;
   // Read-only keys: C_SetAttributeValue on them fails with CKR_ACTION_PROHIBITED.
   f.read_only_keys = f.sets_sign_when_modifiable = true;
   // Not pkcs1_implicit_rejection: bad PKCS#1 padding is an error (CKR_GENERAL_ERROR).
@@ -44,7 +53,7 @@ TokenFacts NssFacts() {
   f.decrypt = f.unwrap =
       f.wrap = {RsaPadding::kOaepSha1, RsaPadding::kOaepSha256, RsaPadding::kOaepSha384,
                 RsaPadding::kOaepSha512, RsaPadding::kPkcs1};
-  f.raw_rsa = f.pkcs1_implicit_rejection = true;
+  f.raw_rsa = f.pkcs1_implicit_rejection = f.imports_private_keys = f.imports_without_crt = true;
   // Every in-token CMS form: AES-256, AES-128 and 3DES content keys (C_GenerateKey, CBC_PAD
   // wrap of a sensitive secret), wrapped to the device with OAEP-SHA256 or PKCS#1 v1.5.
   for (auto t : {crypto::CmsKeyTransport::kRsaOaepSha256, crypto::CmsKeyTransport::kRsaPkcs1}) {
@@ -68,12 +77,73 @@ TokenFacts NssFacts() {
   return f;
 }
 
+// Measured with openCryptoki 3.8.1 (Debian opencryptoki 3.8.1+dfsg-3.2), its software token
+// swtok, under tests/support/hw_tokens.sh (hsm_opencryptoki_test).
+TokenFacts OpenCryptokiFacts() {
+  TokenFacts f;
+  // C_Decrypt: OAEP with SHA-1 and SHA-2, and PKCS#1 v1.5. C_UnwrapKey: none, since the
+  // session secret's template (CKA_SENSITIVE and CKA_EXTRACTABLE TRUE) is refused with
+  // CKR_ATTRIBUTE_READ_ONLY, so no IN_TOKEN. C_WrapKey of a (non-sensitive) secret to a
+  // device key: every padding, and so the probe's six RSA CMS forms; no EC forms.
+  f.decrypt = f.wrap = {RsaPadding::kOaepSha1, RsaPadding::kOaepSha256, RsaPadding::kOaepSha384,
+                        RsaPadding::kOaepSha512, RsaPadding::kPkcs1};
+  for (auto t : {crypto::CmsKeyTransport::kRsaOaepSha256, crypto::CmsKeyTransport::kRsaPkcs1}) {
+    for (auto c : {crypto::CmsContentCipher::kAes256Cbc, crypto::CmsContentCipher::kAes128Cbc,
+                   crypto::CmsContentCipher::kDes3Cbc}) {
+      f.cms_in_token.insert({t, c});
+    }
+  }
+  f.raw_rsa = f.stores_data_objects = f.imports_private_keys = true;
+  // A key made by another tool (CKA_MODIFIABLE=TRUE) takes CKA_SIGN=TRUE.
+  f.sets_sign_when_modifiable = f.read_only_keys = true;
+  // One swtok per pkcsslotd: its serial (123) is unique within the module.
+  f.serial_is_unique = true;
+  // Not keeps_allowed_mechanisms (Cryptoki 2.20: CKA_ALLOWED_MECHANISMS is
+  // CKR_ATTRIBUTE_TYPE_INVALID, dropped and logged), pkcs1_implicit_rejection (a block without
+  // a zero separator decrypts to CKR_OK, the other malformed kinds fail), imports_without_crt
+  // (CKR_TEMPLATE_INCOMPLETE without p, q, dP, dQ, qInv).
+  return f;
+}
+
+// Measured with tpm2-pkcs11 1.9.0 (Debian libtpm2-pkcs11-1 1.9.0-0.1) on swtpm 0.7.1 through
+// tpm2-abrmd 3.0.0, under tests/support/hw_tokens.sh (hsm_tpm_test).
+TokenFacts TpmFacts() {
+  TokenFacts f;
+  // C_Decrypt: OAEP with SHA-1 and SHA-2 (the TPM's RSA_Decrypt with the OAEP hash), and
+  // PKCS#1 v1.5; raw RSA. No C_UnwrapKey or C_WrapKey with RSA (and C_CreateObject makes
+  // public keys and data objects only), so no IN_TOKEN and no in-token CMS.
+  f.decrypt = {RsaPadding::kOaepSha1, RsaPadding::kOaepSha256, RsaPadding::kOaepSha384,
+               RsaPadding::kOaepSha512, RsaPadding::kPkcs1};
+  f.raw_rsa = f.stores_data_objects = f.keeps_allowed_mechanisms = true;
+  // Not read_only_keys: it takes CKA_MODIFIABLE=FALSE and reads it back FALSE, but does not
+  // enforce it (C_SetAttributeValue of CKA_SIGN or CKA_EXTRACTABLE to TRUE succeeds on the
+  // backend's own keys): RecheckKey (every self-test) refuses such a key.
+  f.sets_extractable = f.sets_sign_when_modifiable = true;
+  f.private_exponent_rv = 0x12;  // CKR_ATTRIBUTE_TYPE_INVALID
+  f.generates_rsa_4096 = false;  // CKM_RSA_PKCS_KEY_PAIR_GEN: 1024..3072 bits
+  // Not serial_is_unique (every token of the store says 0000000000000000),
+  // imports_private_keys.
+  return f;
+}
+
 }  // namespace
 
 const TokenFacts& FactsOf(TokenKind kind) {
   static const TokenFacts kSoftHsm = SoftHsmFacts();
   static const TokenFacts kNss = NssFacts();
-  return kind == TokenKind::kNss ? kNss : kSoftHsm;
+  static const TokenFacts kOpenCryptoki = OpenCryptokiFacts();
+  static const TokenFacts kTpm = TpmFacts();
+  switch (kind) {
+    case TokenKind::kSoftHsm:
+      return kSoftHsm;
+    case TokenKind::kNss:
+      return kNss;
+    case TokenKind::kOpenCryptoki:
+      return kOpenCryptoki;
+    case TokenKind::kTpm:
+      return kTpm;
+  }
+  return kSoftHsm;
 }
 
 absl::StatusOr<std::unique_ptr<TestToken>> TestToken::Create(TokenKind kind) {
@@ -85,6 +155,40 @@ absl::StatusOr<std::unique_ptr<TestToken>> TestToken::Create(TokenKind kind) {
     t->module_ = *m;
     t->label_ = kSoftHsmLabel;
     auto slot = hsm::InitSoftToken(*t->module_, t->label_, crypto::SecretString(kSoftHsmSoPin),
+                                   t->user_pin());
+    if (!slot.ok()) return slot.status();
+    return t;
+  }
+  if (kind == TokenKind::kOpenCryptoki) {
+    // pkcsslotd is up (tests/support/hw_tokens.sh): the swtok slot it names, wiped and
+    // initialised afresh (C_InitToken needs no session of the token open: none is).
+    const char* slot_env = getenv("HSMREWRAP_OPENCRYPTOKI_SLOT");
+    if (slot_env == nullptr) return absl::FailedPreconditionError(ModuleMissingReason(kind));
+    auto m = hsm::Module::Load(kOpenCryptokiPath, "");
+    if (!m.ok()) return m.status();
+    t->module_ = *m;
+    // openCryptoki 3.8.1 cannot be initialised twice in a process (hsm::Module pins it), so
+    // ReleaseModule only drops this token's reference: a "new process" keeps the library's
+    // state.
+    t->label_ = kSoftHsmLabel;
+    auto slot = hsm::InitTokenInSlot(*t->module_, static_cast<CK_SLOT_ID>(std::atol(slot_env)),
+                                     t->label_, crypto::SecretString(kOpenCryptokiSoPin),
+                                     t->user_pin());
+    if (!slot.ok()) return slot.status();
+    return t;
+  }
+  if (kind == TokenKind::kTpm) {
+    // A new token in the store's empty slot (tpm2-pkcs11 always shows one), labelled
+    // uniquely: the tokens of earlier tests stay in the store (and in the TPM's hierarchy).
+    if (getenv("TPM2_PKCS11_STORE") == nullptr) {
+      return absl::FailedPreconditionError(ModuleMissingReason(kind));
+    }
+    static std::atomic<int> next{0};
+    auto m = hsm::Module::Load(kTpm2Pkcs11Path, "");
+    if (!m.ok()) return m.status();
+    t->module_ = *m;
+    t->label_ = "hsm-test-" + std::to_string(getpid()) + "-" + std::to_string(next++);
+    auto slot = hsm::InitSoftToken(*t->module_, t->label_, crypto::SecretString(kTpmSoPin),
                                    t->user_pin());
     if (!slot.ok()) return slot.status();
     return t;
@@ -129,7 +233,17 @@ std::string TestToken::uri() const {
 }
 
 crypto::SecretString TestToken::user_pin() const {
-  return crypto::SecretString(kind_ == TokenKind::kNss ? kNssUserPin : kSoftHsmUserPin);
+  switch (kind_) {
+    case TokenKind::kSoftHsm:
+      break;
+    case TokenKind::kNss:
+      return crypto::SecretString(kNssUserPin);
+    case TokenKind::kOpenCryptoki:
+      return crypto::SecretString(kOpenCryptokiUserPin);
+    case TokenKind::kTpm:
+      return crypto::SecretString(kTpmUserPin);
+  }
+  return crypto::SecretString(kSoftHsmUserPin);
 }
 
 hsm::Pkcs11Backend::Options TestToken::BackendOptions() const {

@@ -55,6 +55,16 @@ struct TokenFacts {
   // The token's serial number selects it: no other token of the module has the same one
   // (NSS softoken's two tokens both say 0000000000000000).
   bool serial_is_unique = false;
+  // CKM_RSA_PKCS_KEY_PAIR_GEN makes 4096-bit keys (its C_GetMechanismInfo maximum; a TPM's
+  // is 3072).
+  bool generates_rsa_4096 = true;
+  // C_CreateObject of an RSA private key works: ImportKey (tpm2-pkcs11 1.9.0 makes RSA
+  // public keys and data objects only: "Can only create RSA Public key objects or data
+  // objects", CKR_ATTRIBUTE_VALUE_INVALID).
+  bool imports_private_keys = false;
+  // A two-prime key given as n, e, d only (no CRT parameters) can be imported (NSS derives
+  // p and q; openCryptoki 3.8.1 refuses it).
+  bool imports_without_crt = false;
   // A multi-prime (three-prime) key given as n, e, d only can be imported (NSS derives p
   // and q from n, e, d for two-prime keys only).
   bool imports_multi_prime_without_crt = false;
@@ -65,6 +75,13 @@ struct TokenFacts {
   // C_SetAttributeValue(CKA_SIGN=TRUE) works on a private key with CKA_MODIFIABLE=TRUE (one
   // made by another tool): what RecheckKey has to catch.
   bool sets_sign_when_modifiable = false;
+  // C_SetAttributeValue(CKA_EXTRACTABLE=TRUE) works on the backend's own private key
+  // (tpm2-pkcs11 1.9.0, although the key was made with CKA_MODIFIABLE=FALSE; the TPM never
+  // gives the key out, but the attribute reads TRUE): RecheckKey then refuses the key.
+  bool sets_extractable = false;
+  // C_GetAttributeValue(CKA_PRIVATE_EXPONENT) of the private key fails with this code
+  // (CKR_ATTRIBUTE_SENSITIVE; tpm2-pkcs11 does not have the attribute at all).
+  unsigned long private_exponent_rv = 0x11;  // CKR_ATTRIBUTE_SENSITIVE
 
   bool TokenDecrypts(crypto::RsaPadding p) const { return decrypt.count(p) != 0; }
   bool Unwraps(crypto::RsaPadding p) const { return unwrap.count(p) != 0; }

@@ -75,10 +75,13 @@ class TokenBackendTest : public ::testing::TestWithParam<::hsmrewrap::test::Toke
   std::unique_ptr<Pkcs11Backend> backend_;
 };
 
-// Every token kind, and a test name suffix of each ("softhsm", "nss"):
+// Every token kind, and a test name suffix of each ("softhsm", "nss", "opencryptoki", "tpm"):
 //   INSTANTIATE_TEST_SUITE_P(Tokens, MyTest, ::testing::ValuesIn(kTokenKinds), TokenParamName);
+// openCryptoki and the TPM run only under tests/support/hw_tokens.sh (their own ctest
+// entries); elsewhere they are skipped (ModuleMissingReason).
 inline constexpr ::hsmrewrap::test::TokenKind kTokenKinds[] = {
-    ::hsmrewrap::test::TokenKind::kSoftHsm, ::hsmrewrap::test::TokenKind::kNss};
+    ::hsmrewrap::test::TokenKind::kSoftHsm, ::hsmrewrap::test::TokenKind::kNss,
+    ::hsmrewrap::test::TokenKind::kOpenCryptoki, ::hsmrewrap::test::TokenKind::kTpm};
 std::string TokenParamName(const ::testing::TestParamInfo<::hsmrewrap::test::TokenKind>& p);
 
 }  // namespace hsmrewrap::hsm::testing

@@ -39,6 +39,14 @@ TEST(Pkcs11Test, Classification) {
             absl::StatusCode::kUnimplemented);
   EXPECT_EQ(CkrToStatus("C_DecryptInit", CKR_OBJECT_HANDLE_INVALID).code(),
             absl::StatusCode::kNotFound);
+  // A template or key size the token refuses is the request's, never a lost token.
+  for (CK_RV rv : {CKR_TEMPLATE_INCOMPLETE, CKR_TEMPLATE_INCONSISTENT, CKR_ATTRIBUTE_TYPE_INVALID,
+                   CKR_ATTRIBUTE_VALUE_INVALID, CKR_ATTRIBUTE_READ_ONLY}) {
+    EXPECT_EQ(CkrToStatus("C_GenerateKeyPair", rv).code(), absl::StatusCode::kFailedPrecondition)
+        << CkrName(rv);
+  }
+  EXPECT_EQ(CkrToStatus("C_GenerateKeyPair", CKR_KEY_SIZE_RANGE).code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(CkrToStatus("C_X", CKR_OK).ok());
 }
 
