@@ -233,7 +233,23 @@ absl::StatusOr<KeyCapabilities> ProbeKey(const LeaseSource& lease, CK_OBJECT_HAN
       if (!l.ok()) return l.status();
       auto pt = l->Decrypt(mech.get(), priv, *ct, k);
       if (pt.ok() && same(*pt)) {
-        caps.decrypt.insert(p);
+        // And the empty message (an empty PFX password is one): openCryptoki 3.8.1 decrypts
+        // a PKCS#1 block of an empty message to one byte 00 (its decoder takes the separator
+        // for the message), so every such item would come back rewrapped wrong. A padding the
+        // token decrypts wrong is not TOKEN_DECRYPT (HOST_UNPADDING or UNSUPPORTED instead).
+        auto empty_ct = crypto::RsaEncrypt(pub, p, {});
+        if (!empty_ct.ok()) return empty_ct.status();
+        auto e = l->Decrypt(mech.get(), priv, *empty_ct, k);
+        if (e.ok() && e->empty()) {
+          caps.decrypt.insert(p);
+        } else {
+          spdlog::warn("decrypt probe {}: the token decrypts an empty message to {}; C_Decrypt "
+                       "with this padding is not used (TOKEN_DECRYPT not offered)",
+                       PaddingName(p),
+                       e.ok() ? std::to_string(e->size()) + " bytes"
+                              : std::string(e.status().message()));
+          if (!e.ok() && Lost(e.status())) return e.status();
+        }
       } else if (!pt.ok()) {
         spdlog::debug("decrypt probe {}: {}", PaddingName(p), std::string(pt.status().message()));
         if (Lost(pt.status())) return pt.status();

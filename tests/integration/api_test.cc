@@ -144,7 +144,7 @@ TEST_F(ApiTest, ReflectionListsServices) {
 // --------------------------------------------------------------------------------------
 
 TEST_F(ApiTest, EmbeddedDefaultHasKeyNamedDefault) {
-  if (nss()) GTEST_SKIP() << "the `default` key belongs to the embedded SoftHSM2 default";
+  if (!embedded()) GTEST_SKIP() << "the `default` key belongs to the embedded SoftHSM2 default";
   ServiceKey k;
   ASSERT_NO_FATAL_FAILURE(LoadServiceKey(h_, "default", &k));
   EXPECT_EQ(k.info.bits(), 2048u);
@@ -195,11 +195,12 @@ TEST_F(ApiTest, CreateKeyAndListKeysFields) {
       std::set<int> uniq(paths.begin(), paths.end());
       EXPECT_EQ(uniq.size(), paths.size()) << PaddingName(p) << ": duplicate paths";
       EXPECT_EQ(uniq.count(v1::PATH_UNSPECIFIED), 0u);
-      if (nss()) {
+      if (!host_unpadding()) {
         EXPECT_EQ(uniq.count(v1::HOST_UNPADDING), 0u)
-            << "NSS decrypts OAEP natively; HOST_UNPADDING must not be offered for "
+            << "host unpadding is not allowed for this rewrapd; HOST_UNPADDING must not be "
+               "offered for "
             << PaddingName(p);
-      } else if (p != v1::OAEP_SHA1) {
+      } else if (embedded() && p != v1::OAEP_SHA1) {
         // SoftHSM2 decrypts OAEP with SHA-1 (and MGF1-SHA1) only; the embedded default
         // allows host unpadding, so that is what it must offer.
         EXPECT_EQ(uniq.count(v1::HOST_UNPADDING), 1u)
@@ -215,7 +216,7 @@ TEST_F(ApiTest, CreateKeyAndListKeysFields) {
     }
     // Learned by trial: NSS softoken 3.87 does PKCS#1 implicit rejection, SoftHSM2 returns an
     // error (CKR_GENERAL_ERROR). Never reported for a key without PKCS#1.
-    EXPECT_EQ(info.pkcs1_implicit_rejection(), allow && nss()) << name;
+    EXPECT_EQ(info.pkcs1_implicit_rejection(), allow && facts().pkcs1_implicit_rejection) << name;
     EXPECT_EQ(created.pkcs1_implicit_rejection(), info.pkcs1_implicit_rejection()) << name;
   }
 }
@@ -280,6 +281,22 @@ TEST_F(ApiTest, CreateKeyErrors) {
 TEST_F(ApiTest, CreateKey3072And4096Rewrap) {
   const Device& d = Dev();
   for (uint32_t bits : {3072u, 4096u}) {
+    if (static_cast<int>(bits) > facts().max_rsa_bits) {
+      // Larger than the token makes (a TPM: 3072): refused before the token is asked.
+      v1::CreateKeyRequest req;
+      req.set_name(UniqueName("big"));
+      req.set_bits(bits);
+      v1::KeyInfo info;
+      grpc::ClientContext ctx;
+      SetDeadline(&ctx);
+      const grpc::Status s = h_->keys().CreateKey(&ctx, req, &info);
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << StatusText(s);
+      EXPECT_NE(s.error_message().find("it takes RSA keys of 1024 to " +
+                                       std::to_string(facts().max_rsa_bits)),
+                std::string::npos)
+          << s.error_message();
+      continue;
+    }
     ServiceKey k;
     ASSERT_NO_FATAL_FAILURE(CreateServiceKey(h_, UniqueName("big"), bits, false, &k));
     EXPECT_EQ(k.info.bits(), bits);
@@ -369,6 +386,21 @@ TEST_F(ApiTest, GetPublicKeyFormatsAgree) {
 }
 
 TEST_F(ApiTest, ImportKeyEverySource) {
+  if (!facts().imports_private_keys) {
+    // A TPM makes its keys itself: an import is a clear refusal, never INTERNAL.
+    Pkey key = GenerateRsa(2048);
+    v1::ImportKeyRequest req;
+    req.set_name(UniqueName("import-refused"));
+    req.set_pkcs8(PrivateKeyPkcs8Der(key.get()));
+    v1::KeyInfo info;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    const grpc::Status s = h_->keys().ImportKey(&ctx, req, &info);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << StatusText(s);
+    EXPECT_NE(s.error_message().find("refuses to import this RSA private key"), std::string::npos)
+        << s.error_message();
+    GTEST_SKIP() << TokenName(CurrentToken()) << " imports no private keys; the refusal is checked";
+  }
   const Device& d = Dev();
   struct Case {
     std::string label;
@@ -431,9 +463,9 @@ TEST_F(ApiTest, ImportKeyEverySource) {
   std::vector<size_t> item_key;
   for (size_t i = 0; i < cases.size(); ++i) {
     Case& c = cases[i];
-    if (c.label == "three-prime" && nss()) {
-      // NSS softoken cannot import a multi-prime key given as n, e, d (no two-prime CRT
-      // form): a clear client error, not INTERNAL.
+    if (c.label == "three-prime" && !facts().imports_multi_prime_without_crt) {
+      // NSS softoken and openCryptoki cannot import a multi-prime key given as n, e, d (no
+      // two-prime CRT form): a clear client error, not INTERNAL.
       grpc::ClientContext ctx;
       SetDeadline(&ctx);
       v1::KeyInfo info;

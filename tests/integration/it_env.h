@@ -7,6 +7,7 @@
 #include <string>
 
 #include "tests/integration/it_util.h"
+#include "tests/support/test_token.h"
 
 namespace hsmrewrap::it {
 
@@ -24,6 +25,15 @@ class RewrapdTest : public ::testing::Test {
     ASSERT_NE(h_, nullptr) << error;
   }
   bool nss() const { return CurrentToken() == TokenKind::kNss; }
+  // rewrapd runs on its embedded SoftHSM2 default (host unpadding allowed, key `default`).
+  bool embedded() const { return CurrentToken() == TokenKind::kSoftHsm; }
+  // rewrapd was started with host unpadding allowed (the embedded default allows it; the
+  // openCryptoki run allows it for PKCS#1).
+  bool host_unpadding() const {
+    return embedded() || h_->CommandLine().find("--allow-host-unpadding") != std::string::npos;
+  }
+  // What the token is measured to do (tests/support/test_token.h).
+  const test::TokenFacts& facts() const { return test::FactsOf(CurrentToken()); }
   RewrapdHarness* h_ = nullptr;
 };
 

@@ -8,6 +8,7 @@
 
 #include "tests/integration/it_env.h"
 #include "tests/leakcheck/record.h"
+#include "tests/support/test_token.h"
 
 namespace hsmrewrap::it {
 namespace {
@@ -51,6 +52,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   ::testing::InitGoogleTest(&argc, argv);
+  hsmrewrap::test::RegisterHarnessTokenMaker();  // openCryptoki and TPM tokens
   const auto token = hsmrewrap::it::CurrentToken();
   const std::string skip = hsmrewrap::it::TokenUnavailableReason(token);
   if (!skip.empty()) {

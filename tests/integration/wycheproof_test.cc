@@ -28,6 +28,7 @@
 
 #include "tests/integration/it_env.h"
 #include "tests/integration/it_util.h"
+#include "tests/support/test_token.h"
 #include "tests/leakcheck/record.h"
 
 #ifndef HSMREWRAP_SHARED_DIR
@@ -198,13 +199,25 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
         grpc::StatusCode import_code = grpc::StatusCode::OK;
         const std::string err = ImportNoAssert(h_, req, &k, &import_code);
         const bool three_primes = st.file.find("three_primes") != std::string::npos;
-        if (!err.empty() && three_primes && CurrentToken() == TokenKind::kNss &&
+        const test::TokenFacts& facts = test::FactsOf(CurrentToken());
+        if (!err.empty() && three_primes && !facts.imports_multi_prime_without_crt &&
             import_code == grpc::StatusCode::FAILED_PRECONDITION) {
-          // NSS softoken cannot import a multi-prime key given as n, e, d: the service says
-          // so as a client error. Any other error (or token) stays a failure.
+          // NSS softoken and openCryptoki cannot import a multi-prime key given as n, e, d:
+          // the service says so as a client error. Any other error (or token) stays a failure.
           printf("[wycheproof] %s group %d: %s\n", st.file.c_str(), gi, err.c_str());
           ++st.groups_skipped;
           st.skipped["token cannot import multi-prime keys"] += static_cast<int>(tests.size());
+          continue;
+        }
+        const int bits = g.value("keySize", 0);
+        if (!err.empty() && bits > facts.max_rsa_bits &&
+            import_code == grpc::StatusCode::INVALID_ARGUMENT &&
+            err.find("it takes RSA keys of") != std::string::npos) {
+          // Larger than the token's C_GetMechanismInfo maximum (openCryptoki 3.8.1: 4096): a
+          // clear client error before the token is asked.
+          printf("[wycheproof] %s group %d: %s\n", st.file.c_str(), gi, err.c_str());
+          ++st.groups_skipped;
+          st.skipped["key larger than the token takes"] += static_cast<int>(tests.size());
           continue;
         }
         if (!err.empty()) {
@@ -217,6 +230,15 @@ TEST_F(WycheproofTest, EveryVectorThroughTheApi) {
       }
       const ServiceKey& key = kit->second;
       const std::set<int> advertised = key.PathsFor(padding);
+      if (advertised.empty()) {
+        // ListKeys says the key has no path for this padding on this token (openCryptoki's
+        // PKCS#1 decryption is not used, hsm/README.md, and host unpadding is off outside the
+        // embedded default): the service refuses such items UNSUPPORTED (api_test checks
+        // that); the vectors cannot be run here.
+        ++st.groups_skipped;
+        st.skipped["padding not served on this token"] += static_cast<int>(tests.size());
+        continue;
+      }
 
       v1::RewrapRequest req;
       std::vector<const json*> items;

@@ -75,8 +75,12 @@ bool ParseTokenFlag(int* argc, char** argv, std::string* error) {
     g_token = TokenKind::kSoftHsm;
   } else if (value == "nss") {
     g_token = TokenKind::kNss;
+  } else if (value == "opencryptoki") {
+    g_token = TokenKind::kOpenCryptoki;
+  } else if (value == "tpm") {
+    g_token = TokenKind::kTpm;
   } else {
-    *error = "unknown token '" + value + "' (expected softhsm or nss)";
+    *error = "unknown token '" + value + "' (expected softhsm, nss, opencryptoki or tpm)";
     return false;
   }
   return true;
@@ -104,6 +108,15 @@ std::string TokenUnavailableReason(TokenKind kind) {
 void SetDeadline(grpc::ClientContext* ctx, std::chrono::seconds s) {
   ctx->set_deadline(std::chrono::system_clock::now() + s);
 }
+
+namespace {
+HarnessTokenMaker& TokenMaker() {
+  static auto* maker = new HarnessTokenMaker();
+  return *maker;
+}
+}  // namespace
+
+void SetHarnessTokenMaker(HarnessTokenMaker maker) { TokenMaker() = std::move(maker); }
 
 std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::string* error) {
   return Start(kind, error, Options());
@@ -150,6 +163,15 @@ std::unique_ptr<RewrapdHarness> RewrapdHarness::Start(TokenKind kind, std::strin
     const std::string init_args = NssInitArgs(db);
     h->argv_.insert(h->argv_.end(), {"--module", kNssSoftokenPath, "--init-args", init_args,
                                      "--token", kNssKeyTokenLabel, "--pin-file", pin_file});
+  } else if (kind == TokenKind::kOpenCryptoki || kind == TokenKind::kTpm) {
+    if (!TokenMaker()) {
+      *error = std::string("no token maker for ") + TokenName(kind) +
+               " (SetHarnessTokenMaker: the integration tests' main registers it)";
+      return nullptr;
+    }
+    std::vector<std::string> args = TokenMaker()(kind, dir, &h->token_keep_, error);
+    if (args.empty()) return nullptr;
+    h->argv_.insert(h->argv_.end(), args.begin(), args.end());
   }
   h->argv_.insert(h->argv_.end(), {"--listen", "127.0.0.1:0", "--state-dir", state});
   h->argv_.insert(h->argv_.end(), options.extra_args.begin(), options.extra_args.end());

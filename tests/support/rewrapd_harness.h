@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,6 +38,16 @@ std::string RewrapdPath();
 // Sets a deadline on a client context (default 120 s: SoftHSM key generation and big
 // batches on a busy 2-core machine are slow).
 void SetDeadline(grpc::ClientContext* ctx, std::chrono::seconds s = std::chrono::seconds(120));
+
+// Makes a fresh token of `kind` for a rewrapd the harness starts, where the test process itself
+// sets the token up (openCryptoki, TPM: their stacks are brought up around the test by
+// tests/support/hw_tokens.sh): returns the rewrapd arguments naming it (--module, --token,
+// --pin-file; files in `dir`) and sets *keep to what must live while rewrapd runs. The
+// integration tests' main() registers tests/support/test_token's (it needs hsmrewrap::hsm,
+// which this library does not link).
+using HarnessTokenMaker = std::function<std::vector<std::string>(
+    TokenKind kind, const std::string& dir, std::shared_ptr<void>* keep, std::string* error)>;
+void SetHarnessTokenMaker(HarnessTokenMaker maker);
 
 class RewrapdHarness {
  public:
@@ -86,6 +97,7 @@ class RewrapdHarness {
   RewrapdHarness() = default;
   TokenKind kind_ = TokenKind::kSoftHsm;
   std::unique_ptr<TempDir> dir_;
+  std::shared_ptr<void> token_keep_;  // a token made by the HarnessTokenMaker
   std::string log_dir_;        // rewrapd.stdout, rewrapd.stderr, audit.jsonl
   std::string own_audit_log_;  // --audit-log given in extra_args; copied to log_dir_ on Stop()
   std::vector<std::string> argv_;

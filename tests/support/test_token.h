@@ -58,6 +58,9 @@ struct TokenFacts {
   // CKM_RSA_PKCS_KEY_PAIR_GEN makes 4096-bit keys (its C_GetMechanismInfo maximum; a TPM's
   // is 3072).
   bool generates_rsa_4096 = true;
+  // The largest RSA key the token takes (its C_GetMechanismInfo maximum): rewrapd refuses a
+  // larger one at ImportKey with INVALID_ARGUMENT (openCryptoki 3.8.1: 4096; TPM: 3072).
+  int max_rsa_bits = 16384;
   // C_CreateObject of an RSA private key works: ImportKey (tpm2-pkcs11 1.9.0 makes RSA
   // public keys and data objects only: "Can only create RSA Public key objects or data
   // objects", CKR_ATTRIBUTE_VALUE_INVALID).
@@ -140,5 +143,9 @@ class TestToken {
   std::string label_;
   std::shared_ptr<hsm::Module> module_;
 };
+
+// Registers with the rewrapd harness (SetHarnessTokenMaker) a maker of fresh openCryptoki and
+// TPM tokens (TestToken::Create) for the rewrapd it starts; the PIN goes to a file in its dir.
+void RegisterHarnessTokenMaker();
 
 }  // namespace hsmrewrap::test
