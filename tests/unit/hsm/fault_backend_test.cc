@@ -225,16 +225,16 @@ class FaultBackendNssTest : public FaultBackendTest {
 // Implicit rejection is claimed only when every kind of malformed PKCS#1 block is answered
 // with CKR_OK (and the same message twice). NSS softoken answers all of them so; here the
 // fault module makes it refuse every C_Decrypt from the second malformed kind on, as
-// openCryptoki 3.8.1 refuses all kinds but "no separator". The key's probe decrypts once
-// per padding (OAEP-SHA1/256/384/512, PKCS#1: C_Decrypt 1-5), then each malformed kind
-// twice (6-7 the first kind, 8- the others).
+// openCryptoki 3.8.1 refuses all kinds but "no separator". The key's probe decrypts twice
+// per padding, a secret and the empty message (OAEP-SHA1/256/384/512, PKCS#1: C_Decrypt
+// 1-10), then each malformed kind twice (11-12 the first kind, 13- the others).
 TEST_F(FaultBackendNssTest, ImplicitRejectionNeedsEveryMalformedKind) {
   Open(/*host_unpadding=*/false);
   auto whole = backend_->CreateKey("whole", 2048, /*allow_pkcs1=*/true);
   ASSERT_THAT(whole, IsOk());
   EXPECT_TRUE(whole->caps.pkcs1_implicit_rejection) << "NSS softoken rejects implicitly";
 
-  Faults("fail C_Decrypt CKR_ENCRYPTED_DATA_INVALID calls=8-\n");
+  Faults("fail C_Decrypt CKR_ENCRYPTED_DATA_INVALID calls=13-\n");
   auto partial = backend_->CreateKey("partial", 2048, /*allow_pkcs1=*/true);
   ASSERT_THAT(partial, IsOk());
   ASSERT_EQ(partial->caps.decrypt.size(), 5u) << "the call numbering above assumes 5 probes";
