@@ -65,9 +65,27 @@ TokenSupervisor::~TokenSupervisor() {
     absl::MutexLock l(&mu_);
     generation = generation_;
   }
-  // And a health check of the current token that hangs (its thread waits on it).
+  // A health check (or another call) that is running normally is waited for, up to
+  // probe_timeout: abandoned, it would keep the backend alive on a runner thread and finalise
+  // the module there when it returns, while the process is exiting (NSS softoken crashed so at
+  // shutdown, SIGSEGV after the drain). Only one that hangs is abandoned.
+  const absl::Time patience = absl::Now() + options_.probe_timeout;
+  while (runner_.OldestRunning(generation) > absl::ZeroDuration() && absl::Now() < patience) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
   runner_.Abandon(generation, absl::CancelledError("stopping"));
   if (thread_.joinable()) thread_.join();
+  // The backend and its module go here, on this thread, once no call holds them (an
+  // abandoned call that still does finalises them when it returns: nothing else can).
+  std::shared_ptr<Pkcs11Backend> last;
+  {
+    absl::MutexLock l(&mu_);
+    last = std::move(current_);
+  }
+  const absl::Time drained = absl::Now() + options_.drain_wait;
+  while (last && last.use_count() > 1 && absl::Now() < drained) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
 }
 
 void TokenSupervisor::Install(std::shared_ptr<Pkcs11Backend> b) {
